@@ -1,0 +1,11 @@
+//! The rayon CPU backend: the project's reference implementation of every
+//! op. Each kernel here is generic over f32/f64, works on plain slices and is
+//! deterministic: reductions use fixed chunks summed in a fixed order, never
+//! an order that depends on how rayon schedules work.
+
+pub mod activation;
+pub mod gemm;
+
+/// Fixed work-chunk size for parallel reductions, independent of the thread
+/// count so results are bit-identical on any machine.
+pub const REDUCE_CHUNK: usize = 4096;

@@ -1,0 +1,46 @@
+//! The one error type of the tensor crate: every shape, dtype and device
+//! problem is reported here instead of panicking.
+
+use crate::{DType, Shape};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TensorError {
+    #[error("{op}: shape mismatch: expected {expected}, got {got}")]
+    ShapeMismatch { op: &'static str, expected: String, got: Shape },
+
+    #[error("{op}: {msg}")]
+    InvalidArgument { op: &'static str, msg: String },
+
+    #[error("{op}: dtype mismatch: {a:?} vs {b:?}")]
+    DTypeMismatch { op: &'static str, a: DType, b: DType },
+
+    #[error("{op}: tensors live on different devices ({a} and {b})")]
+    DeviceMismatch { op: &'static str, a: String, b: String },
+
+    #[error("{op} is not supported on {device}: {why}")]
+    Unsupported { op: &'static str, device: String, why: String },
+
+    #[error("data length {len} does not match shape {shape} ({numel} elements)")]
+    DataLength { len: usize, shape: Shape, numel: usize },
+
+    #[error("CUDA driver: {0}")]
+    Cuda(String),
+
+    #[error("NVRTC: {0}")]
+    Nvrtc(String),
+
+    #[error("kernel launch {kernel}: {msg}")]
+    Launch { kernel: String, msg: String },
+}
+
+pub type Result<T> = std::result::Result<T, TensorError>;
+
+impl TensorError {
+    pub(crate) fn invalid(op: &'static str, msg: impl Into<String>) -> Self {
+        TensorError::InvalidArgument { op, msg: msg.into() }
+    }
+
+    pub(crate) fn shape(op: &'static str, expected: impl Into<String>, got: &Shape) -> Self {
+        TensorError::ShapeMismatch { op, expected: expected.into(), got: got.clone() }
+    }
+}

@@ -1,0 +1,32 @@
+//! SiLU forward and backward.
+
+use super::{check_same, check_same_shape};
+use crate::gpu::not_built;
+use crate::{cpu, with_element, Result, Storage, Tensor};
+
+/// y = x * sigmoid(x), elementwise.
+pub fn silu_forward(x: &Tensor) -> Result<Tensor> {
+    match x.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let xs = x.cpu_slice::<T>()?;
+            let mut y = vec![T::default(); xs.len()];
+            cpu::activation::silu_forward(xs, &mut y);
+            Ok(Tensor::from_cpu(x.shape().clone(), y))
+        }),
+        Storage::Gpu(g) => Err(not_built("silu_forward", g.device())),
+    }
+}
+
+/// dx = dy * silu'(x).
+pub fn silu_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+    check_same("silu_backward", &[dy, x])?;
+    check_same_shape("silu_backward", x, dy)?;
+    match x.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut dx = vec![T::default(); x.numel()];
+            cpu::activation::silu_backward(dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dx);
+            Ok(Tensor::from_cpu(x.shape().clone(), dx))
+        }),
+        Storage::Gpu(g) => Err(not_built("silu_backward", g.device())),
+    }
+}

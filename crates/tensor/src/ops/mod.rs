@@ -1,0 +1,33 @@
+//! The public ops. Each function checks shapes, dtypes and devices (clear
+//! errors, no panics), then dispatches to `cpu::*` or the GPU launch code.
+//! Backward functions are explicit; there is no tape.
+
+pub mod activation;
+
+pub use activation::*;
+
+use crate::{Result, Tensor, TensorError};
+
+/// Error unless every tensor shares the first one's device and dtype.
+pub(crate) fn check_same(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+    let Some(first) = ts.first() else { return Ok(()) };
+    let dev = first.device();
+    for t in &ts[1..] {
+        if t.dtype() != first.dtype() {
+            return Err(TensorError::DTypeMismatch { op, a: first.dtype(), b: t.dtype() });
+        }
+        let d = t.device();
+        if !d.same(&dev) {
+            return Err(TensorError::DeviceMismatch { op, a: dev.to_string(), b: d.to_string() });
+        }
+    }
+    Ok(())
+}
+
+/// Error unless `a` and `b` have the same shape.
+pub(crate) fn check_same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(TensorError::shape(op, format!("{} (the first operand's shape)", a.shape()), b.shape()));
+    }
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2,
+//! 3", SC'11) and Box-Muller normals. `kernels/philox.cuh` is its CUDA twin:
+//! the number drawn for element `i` of stream `stream` at step `step` under
+//! `seed` is a pure function of those four values on every device.
+//!
+//! Layout: element i uses block b = i / 4 and lane i % 4 of
+//! philox(counter = [b lo, b hi, step, stream], key = [seed lo, seed hi]).
+//! Normals pair lanes (0, 1) and (2, 3) through Box-Muller in f32.
+
+use rayon::prelude::*;
+
+const M0: u32 = 0xD251_1F53;
+const M1: u32 = 0xCD9E_8D57;
+const W0: u32 = 0x9E37_79B9;
+const W1: u32 = 0xBB67_AE85;
+
+#[inline(always)]
+fn mulhilo(a: u32, b: u32) -> (u32, u32) {
+    let p = a as u64 * b as u64;
+    ((p >> 32) as u32, p as u32)
+}
+
+/// The Philox4x32 bijection with 10 rounds.
+#[inline]
+pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
+    let mut c = counter;
+    let mut k = key;
+    for round in 0..10 {
+        if round > 0 {
+            k[0] = k[0].wrapping_add(W0);
+            k[1] = k[1].wrapping_add(W1);
+        }
+        let (hi0, lo0) = mulhilo(M0, c[0]);
+        let (hi1, lo1) = mulhilo(M1, c[2]);
+        c = [hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0];
+    }
+    c
+}
+
+/// The four raw words of block `block` for (seed, step, stream).
+#[inline]
+pub fn block_bits(seed: u64, step: u32, stream: u32, block: u64) -> [u32; 4] {
+    philox4x32_10([block as u32, (block >> 32) as u32, step, stream], [seed as u32, (seed >> 32) as u32])
+}
+
+/// A word to a uniform in the open interval (0, 1): 24 bits, exact in f32.
+#[inline(always)]
+pub fn uniform_open(x: u32) -> f32 {
+    ((x >> 8) as f32 + 0.5) * (1.0 / 16_777_216.0)
+}
+
+/// Box-Muller on two words: two independent standard normals.
+#[inline(always)]
+pub fn box_muller(a: u32, b: u32) -> (f32, f32) {
+    let u1 = uniform_open(a);
+    let u2 = uniform_open(b);
+    let r = (-2.0f32 * u1.ln()).sqrt();
+    let theta = std::f32::consts::TAU * u2;
+    (r * theta.cos(), r * theta.sin())
+}
+
+/// Four normals of one block.
+#[inline]
+pub fn normal4(seed: u64, step: u32, stream: u32, block: u64) -> [f32; 4] {
+    let x = block_bits(seed, step, stream, block);
+    let (z0, z1) = box_muller(x[0], x[1]);
+    let (z2, z3) = box_muller(x[2], x[3]);
+    [z0, z1, z2, z3]
+}
+
+/// The standard normal drawn for element `i`.
+pub fn normal(seed: u64, step: u32, stream: u32, i: u64) -> f32 {
+    normal4(seed, step, stream, i / 4)[(i % 4) as usize]
+}
+
+/// Fills `out[i] = normal(seed, step, stream, i)` in parallel.
+pub fn fill_normal(out: &mut [f32], seed: u64, step: u32, stream: u32) {
+    out.par_chunks_mut(4 * 1024).enumerate().for_each(|(chunk, dst)| {
+        let first_block = (chunk * 1024) as u64;
+        for (j, quad) in dst.chunks_mut(4).enumerate() {
+            let z = normal4(seed, step, stream, first_block + j as u64);
+            quad.copy_from_slice(&z[..quad.len()]);
+        }
+    });
+}
+
+/// The raw word for element `i` (lane i % 4 of block i / 4), used for masks.
+#[inline]
+pub fn bits(seed: u64, step: u32, stream: u32, i: u64) -> u32 {
+    block_bits(seed, step, stream, i / 4)[(i % 4) as usize]
+}
+
+/// Dropout keeps element i when its 24-bit uniform is at least `p`; an
+/// integer comparison so every device draws the identical mask.
+#[inline]
+pub fn dropout_threshold(p: f32) -> u32 {
+    (p as f64 * 16_777_216.0).round() as u32
+}
+
+#[inline(always)]
+pub fn keep(word: u32, threshold: u32) -> bool {
+    (word >> 8) >= threshold
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Known answers published with Random123 (kat_vectors, philox4x32_10).
+    #[test]
+    fn random123_known_answers() {
+        assert_eq!(philox4x32_10([0; 4], [0; 2]), [0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8]);
+        assert_eq!(
+            philox4x32_10([u32::MAX; 4], [u32::MAX; 2]),
+            [0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd]
+        );
+        assert_eq!(
+            philox4x32_10([0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344], [0xa4093822, 0x299f31d0]),
+            [0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1]
+        );
+    }
+
+    #[test]
+    fn normals_have_unit_moments_and_are_pure() {
+        let n = 1 << 18;
+        let mut v = vec![0f32; n];
+        fill_normal(&mut v, 42, 7, 3);
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.01, "var {var}");
+        for i in [0u64, 1, 5, 4095, 4096, 100_003] {
+            assert_eq!(v[i as usize], normal(42, 7, 3, i));
+        }
+        // a different step, stream or seed gives different numbers
+        assert_ne!(normal(42, 8, 3, 0), v[0]);
+        assert_ne!(normal(42, 7, 4, 0), v[0]);
+        assert_ne!(normal(43, 7, 3, 0), v[0]);
+    }
+
+    #[test]
+    fn dropout_mask_rate() {
+        let t = dropout_threshold(0.25);
+        let kept = (0..100_000u64).filter(|&i| keep(bits(1, 0, 0, i), t)).count();
+        assert!((kept as f64 / 100_000.0 - 0.75).abs() < 0.01);
+    }
+}
