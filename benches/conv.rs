@@ -1,1 +1,63 @@
-fn main() {}
+//! Criterion benchmarks of the CPU conv2d ops (`crates/tensor/src/cpu/conv.rs`)
+//! at the U-Net's shapes. Throughput is in FLOPs (2 * B * Co * Ci * KH * KW *
+//! Ho * Wo per product), so criterion's "Gelem/s" reads as GFLOP/s; the bias
+//! gradient counts one element of dy per "FLOP".
+//!
+//! Run: `cargo bench --bench conv` (about a minute), or filter, e.g.
+//! `cargo bench --bench conv -- "64->64 14x14/forward"`.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use diffuse_tensor::ops::{self, Conv2dParams};
+use diffuse_tensor::{DType, Device, Tensor};
+use std::hint::black_box;
+use std::time::Duration;
+
+struct Case {
+    name: &'static str,
+    b: usize,
+    ci: usize,
+    co: usize,
+    hw: usize,
+    k: usize,
+    p: Conv2dParams,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case { name: "conv2d_3x3 B64 64->64 14x14", b: 64, ci: 64, co: 64, hw: 14, k: 3, p: Conv2dParams::same(3) },
+        Case { name: "conv2d_3x3 B64 32->32 28x28", b: 64, ci: 32, co: 32, hw: 28, k: 3, p: Conv2dParams::same(3) },
+        Case { name: "conv2d_3x3s2 B64 64->64 14x14 (down)", b: 64, ci: 64, co: 64, hw: 14, k: 3, p: Conv2dParams::down2() },
+        Case { name: "conv2d_1x1 B64 64->128 14x14", b: 64, ci: 64, co: 128, hw: 14, k: 1, p: Conv2dParams::same(1) },
+    ]
+}
+
+fn bench_conv(c: &mut Criterion) {
+    let cpu = Device::Cpu;
+    for case in cases() {
+        let (ho, wo) = case.p.output_hw(case.hw, case.hw, case.k, case.k).expect("bench shapes are valid");
+        let x = Tensor::randn([case.b, case.ci, case.hw, case.hw], 1, 0, DType::F32, &cpu).expect("x");
+        let w = Tensor::randn([case.co, case.ci, case.k, case.k], 2, 0, DType::F32, &cpu).expect("w");
+        let bias = Tensor::randn([case.co], 3, 0, DType::F32, &cpu).expect("b");
+        let dy = Tensor::randn([case.b, case.co, ho, wo], 4, 0, DType::F32, &cpu).expect("dy");
+        let flops = (2 * case.b * case.co * case.ci * case.k * case.k * ho * wo) as u64;
+
+        let mut g = c.benchmark_group(case.name);
+        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
+        g.throughput(Throughput::Elements(flops));
+        g.bench_function("forward", |bch| {
+            bch.iter(|| ops::conv2d_forward(black_box(&x), black_box(&w), Some(&bias), &case.p).expect("forward"))
+        });
+        g.bench_function("backward_data", |bch| {
+            bch.iter(|| ops::conv2d_backward_data(black_box(&dy), black_box(&w), x.shape(), &case.p).expect("bwd data"))
+        });
+        g.bench_function("backward_weight", |bch| {
+            bch.iter(|| ops::conv2d_backward_weight(black_box(&dy), black_box(&x), w.shape(), &case.p).expect("bwd w"))
+        });
+        g.throughput(Throughput::Elements(dy.numel() as u64));
+        g.bench_function("backward_bias", |bch| bch.iter(|| ops::conv2d_backward_bias(black_box(&dy)).expect("bwd b")));
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_conv);
+criterion_main!(benches);

@@ -3,8 +3,30 @@
 //! Backward functions are explicit; there is no tape.
 
 pub mod activation;
+pub mod conv;
+pub mod dropout;
+pub mod elementwise;
+pub mod embedding;
+pub mod layout;
+pub mod loss;
+pub mod noise;
+pub mod optim;
+pub mod attention;
+pub mod group_norm;
+pub mod linear;
 
 pub use activation::*;
+pub use conv::*;
+pub use dropout::*;
+pub use elementwise::*;
+pub use embedding::*;
+pub use layout::*;
+pub use loss::*;
+pub use noise::*;
+pub use optim::*;
+pub use attention::*;
+pub use group_norm::*;
+pub use linear::*;
 
 use crate::{Result, Tensor, TensorError};
 

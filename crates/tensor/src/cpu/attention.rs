@@ -1,0 +1,188 @@
+//! Single-head self-attention on the CPU, forward and backward. Per batch
+//! item, with q, k, v channel-major [C, N] (N tokens):
+//! `s_ij = C^-0.5 sum_c q[c,i] k[c,j]`, `p_ij = softmax_j(s_ij)`,
+//! `out[c,i] = sum_j p_ij v[c,j]`, and `lse_i = log sum_j exp(s_ij)`.
+//!
+//! Batch items run in parallel; inside one, the products are serial `gemm`
+//! calls and softmax rows are summed serially, so results do not depend on
+//! the thread count. The backward recomputes `p` from q, k and the saved lse
+//! instead of storing the N x N weights.
+
+use super::gemm::{matmul, MatRef, Threads};
+use crate::Element;
+use rayon::prelude::*;
+
+/// Sizes of an attention problem: `b` items of `c` channels and `n` tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionDims {
+    pub b: usize,
+    pub c: usize,
+    pub n: usize,
+}
+
+impl AttentionDims {
+    /// Elements of one item's q, k, v or out.
+    fn item(&self) -> usize {
+        self.c * self.n
+    }
+
+    /// The score scale C^-0.5.
+    fn scale<T: Element>(&self) -> T {
+        T::from_f64((self.c as f64).sqrt().recip())
+    }
+}
+
+/// `s = q^T k` (unscaled) into the row-major [n, n] buffer `s`.
+fn raw_scores<T: Element>(q: &[T], k: &[T], c: usize, n: usize, s: &mut [T]) {
+    matmul(MatRef::row_major_t(q, c, n), MatRef::row_major(k, c, n), s, false, Threads::Serial);
+}
+
+/// Turns one row of raw scores into softmax weights of the scaled scores and
+/// returns their log-sum-exp. Subtracting the max keeps exp in range.
+fn softmax_row<T: Element>(row: &mut [T], scale: T) -> T {
+    let max = row.iter().fold(T::neg_infinity(), |m, &s| m.max(s * scale));
+    let mut sum = 0f64;
+    for s in row.iter_mut() {
+        *s = (*s * scale - max).exp();
+        sum += s.to_f64();
+    }
+    let inv = T::from_f64(sum.recip());
+    row.iter_mut().for_each(|p| *p = *p * inv);
+    max + T::from_f64(sum.ln())
+}
+
+/// One item's softmax weights `p` [n, n] and lse [n].
+fn weights_one<T: Element>(q: &[T], k: &[T], d: AttentionDims, p: &mut [T], lse: &mut [T]) {
+    raw_scores(q, k, d.c, d.n, p);
+    let scale = d.scale::<T>();
+    for (row, l) in p.chunks_exact_mut(d.n).zip(lse) {
+        *l = softmax_row(row, scale);
+    }
+}
+
+/// Forward: `out` [b, c, n], `lse` [b, n].
+pub fn attention_forward<T: Element>(q: &[T], k: &[T], v: &[T], d: AttentionDims, out: &mut [T], lse: &mut [T]) {
+    let (item, n) = (d.item(), d.n);
+    if item == 0 {
+        return;
+    }
+    out.par_chunks_mut(item).zip(lse.par_chunks_mut(n)).enumerate().for_each_init(
+        || vec![T::zero(); n * n],
+        |p, (b, (out, lse))| {
+            let r = b * item..(b + 1) * item;
+            weights_one(&q[r.clone()], &k[r.clone()], d, p, lse);
+            // out = v p^T: out[c, i] = sum_j v[c, j] p[i, j].
+            let (vb, pt) = (MatRef::row_major(&v[r], d.c, n), MatRef::row_major_t(p, n, n));
+            matmul(vb, pt, out, false, Threads::Serial);
+        },
+    );
+}
+
+/// The softmax weights alone, `p` [b, n, n].
+pub fn attention_weights<T: Element>(q: &[T], k: &[T], d: AttentionDims, p: &mut [T]) {
+    let (item, n) = (d.item(), d.n);
+    if item == 0 {
+        return;
+    }
+    p.par_chunks_mut(n * n).enumerate().for_each_init(
+        || vec![T::zero(); n],
+        |lse, (b, p)| {
+            let r = b * item..(b + 1) * item;
+            weights_one(&q[r.clone()], &k[r], d, p, lse);
+        },
+    );
+}
+
+/// Scratch buffers of one backward item.
+struct Scratch<T> {
+    p: Vec<T>,
+    dp: Vec<T>,
+    rowdot: Vec<f64>,
+}
+
+/// One item's inputs to the backward pass.
+struct Item<'a, T> {
+    dout: &'a [T],
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    out: &'a [T],
+    lse: &'a [T],
+}
+
+/// `p_ij = exp(scale * s_ij - lse_i)`: the forward weights, recomputed.
+fn recompute_weights<T: Element>(it: &Item<'_, T>, d: AttentionDims, p: &mut [T]) {
+    raw_scores(it.q, it.k, d.c, d.n, p);
+    let scale = d.scale::<T>();
+    for (row, &l) in p.chunks_exact_mut(d.n).zip(it.lse) {
+        row.iter_mut().for_each(|s| *s = (*s * scale - l).exp());
+    }
+}
+
+/// `rowdot_i = sum_c dout[c, i] out[c, i]` (= sum_j p_ij dp_ij).
+fn row_dots<T: Element>(dout: &[T], out: &[T], n: usize, rowdot: &mut [f64]) {
+    rowdot.iter_mut().for_each(|r| *r = 0.0);
+    for (dc, oc) in dout.chunks_exact(n).zip(out.chunks_exact(n)) {
+        for ((r, &g), &o) in rowdot.iter_mut().zip(dc).zip(oc) {
+            *r += g.to_f64() * o.to_f64();
+        }
+    }
+}
+
+/// Backward of one item into `dq`, `dk`, `dv` (each [c, n]).
+fn backward_one<T: Element>(it: &Item<'_, T>, d: AttentionDims, sc: &mut Scratch<T>, dq: &mut [T], dk: &mut [T], dv: &mut [T]) {
+    let (c, n) = (d.c, d.n);
+    recompute_weights(it, d, &mut sc.p);
+    // out = v p^T  =>  dv = dout p,  dp = dout^T v.
+    matmul(MatRef::row_major(it.dout, c, n), MatRef::row_major(&sc.p, n, n), dv, false, Threads::Serial);
+    matmul(MatRef::row_major_t(it.dout, c, n), MatRef::row_major(it.v, c, n), &mut sc.dp, false, Threads::Serial);
+    // Softmax backward, with the score scale folded in: ds = scale * p * (dp - rowdot).
+    row_dots(it.dout, it.out, n, &mut sc.rowdot);
+    let scale = d.scale::<T>();
+    for ((dsr, pr), &rd) in sc.dp.chunks_exact_mut(n).zip(sc.p.chunks_exact(n)).zip(&sc.rowdot) {
+        let rd = T::from_f64(rd);
+        for (ds, &p) in dsr.iter_mut().zip(pr) {
+            *ds = scale * p * (*ds - rd);
+        }
+    }
+    // s = q^T k  =>  dq = k ds^T,  dk = q ds.
+    let ds = &sc.dp;
+    matmul(MatRef::row_major(it.k, c, n), MatRef::row_major_t(ds, n, n), dq, false, Threads::Serial);
+    matmul(MatRef::row_major(it.q, c, n), MatRef::row_major(ds, n, n), dk, false, Threads::Serial);
+}
+
+/// Backward: `dq`, `dk`, `dv` [b, c, n] from `dout` and the forward's `out`, `lse`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward<T: Element>(
+    dout: &[T],
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    out: &[T],
+    lse: &[T],
+    d: AttentionDims,
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+) {
+    let (item, n) = (d.item(), d.n);
+    if item == 0 {
+        return;
+    }
+    let grads = dq.par_chunks_mut(item).zip(dk.par_chunks_mut(item)).zip(dv.par_chunks_mut(item));
+    grads.enumerate().for_each_init(
+        || Scratch { p: vec![T::zero(); n * n], dp: vec![T::zero(); n * n], rowdot: vec![0f64; n] },
+        |sc, (b, ((dq, dk), dv))| {
+            let r = b * item..(b + 1) * item;
+            let it = Item {
+                dout: &dout[r.clone()],
+                q: &q[r.clone()],
+                k: &k[r.clone()],
+                v: &v[r.clone()],
+                out: &out[r],
+                lse: &lse[b * n..(b + 1) * n],
+            };
+            backward_one(&it, d, sc, dq, dk, dv);
+        },
+    );
+}

@@ -1,0 +1,27 @@
+//! Inverted dropout with a mask drawn from Philox: element i is kept iff
+//! `philox::keep(philox::bits(seed, step, stream, i), dropout_threshold(p))`,
+//! and kept elements are scaled by 1/(1-p). The mask is a pure function of
+//! (seed, step, stream, i), so backward regenerates it instead of storing it,
+//! and a CUDA kernel draws the identical mask.
+
+use super::elementwise::PAR_CHUNK;
+use crate::{philox, Element};
+use rayon::prelude::*;
+
+/// out[i] = keep(i) ? x[i] * scale : 0. Forward and backward are both this:
+/// the op is linear and diagonal, so it is its own adjoint.
+pub fn apply_mask<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: u32, out: &mut [T]) {
+    let threshold = philox::dropout_threshold(p);
+    let scale = T::from_f64(1.0 / (1.0 - p as f64));
+    const _: () = assert!(PAR_CHUNK % 4 == 0);
+    out.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).enumerate().for_each(|(c, (o, x))| {
+        // chunks hold whole Philox blocks: draw each block's four words once
+        let first_block = (c * PAR_CHUNK / 4) as u64;
+        for (j, (o4, x4)) in o.chunks_mut(4).zip(x.chunks(4)).enumerate() {
+            let words = philox::block_bits(seed, step, stream, first_block + j as u64);
+            for ((o, &x), &word) in o4.iter_mut().zip(x4).zip(&words) {
+                *o = if philox::keep(word, threshold) { x * scale } else { T::zero() };
+            }
+        }
+    });
+}

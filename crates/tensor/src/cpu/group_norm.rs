@@ -1,0 +1,224 @@
+//! Group normalisation on the CPU, optionally fused with SiLU:
+//! `y = silu?((x - mean_g) * rstd_g * gamma_c + beta_c)` with biased group
+//! variance, forward (saving each group's mean and 1/std) and backward.
+//!
+//! The data of one (image, group) pair is a contiguous slab of
+//! `channels_per_group * hw` elements. Slabs run in parallel; every sum inside
+//! a slab is serial, in f64, over fixed lanes combined in a fixed order, so
+//! results are bit-identical for any thread count. dgamma/dbeta are reduced
+//! over images from per-image partials, again in a fixed order.
+
+use super::activation::{silu_grad_scalar, silu_scalar};
+use crate::Element;
+use rayon::prelude::*;
+
+/// Sizes of a group-norm problem: `n` images of `c` channels of `hw`
+/// positions, in `groups` groups of consecutive channels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupNormDims {
+    pub n: usize,
+    pub c: usize,
+    pub hw: usize,
+    pub groups: usize,
+}
+
+impl GroupNormDims {
+    pub fn channels_per_group(&self) -> usize {
+        self.c / self.groups.max(1)
+    }
+
+    /// Elements of one (image, group) slab.
+    pub fn slab(&self) -> usize {
+        self.channels_per_group() * self.hw
+    }
+
+    /// Number of (image, group) slabs.
+    pub fn slabs(&self) -> usize {
+        self.n * self.groups
+    }
+}
+
+/// Independent accumulators per sum: lets the loop vectorise while keeping a
+/// fixed summation order.
+const LANES: usize = 8;
+
+/// Combines lane accumulators in a fixed pairwise order.
+#[inline]
+fn combine(acc: &[f64; LANES]) -> f64 {
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
+/// Sum of `f(x)` over `xs`, in f64.
+#[inline]
+fn lane_sum<T: Element>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0f64; LANES];
+    let mut chunks = xs.chunks_exact(LANES);
+    for ch in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(ch) {
+            *a += f(x.to_f64());
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&x| f(x.to_f64())).sum();
+    combine(&acc) + tail
+}
+
+/// Mean and 1/sqrt(var + eps) of one slab, by two passes (the second sums
+/// squared deviations, so a large mean does not cancel the variance away).
+fn slab_stats<T: Element>(x: &[T], eps: f64) -> (f64, f64) {
+    let len = x.len() as f64;
+    let mean = lane_sum(x, |v| v) / len;
+    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / len;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// Normalises one slab into `y` and returns its (mean, rstd).
+fn forward_slab<T: Element>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    hw: usize,
+    eps: f64,
+    fuse_silu: bool,
+    y: &mut [T],
+) -> (f64, f64) {
+    let (mean, rstd) = slab_stats(x, eps);
+    for ((xc, yc), (&g, &b)) in x.chunks_exact(hw).zip(y.chunks_exact_mut(hw)).zip(gamma.iter().zip(beta)) {
+        let (a, b) = (rstd * g.to_f64(), b.to_f64());
+        // (x - mean) in f64 keeps f32 inputs with a large mean accurate.
+        for (y, &x) in yc.iter_mut().zip(xc) {
+            let z = (x.to_f64() - mean) * a + b;
+            *y = T::from_f64(if fuse_silu { silu_scalar(z) } else { z });
+        }
+    }
+    (mean, rstd)
+}
+
+/// Forward over all slabs. `gamma`, `beta` have `c` elements; `mean`, `rstd`
+/// have `n * groups`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_forward<T: Element>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    d: GroupNormDims,
+    eps: f64,
+    fuse_silu: bool,
+    y: &mut [T],
+    mean: &mut [T],
+    rstd: &mut [T],
+) {
+    let (slab, cpg) = (d.slab(), d.channels_per_group());
+    if slab == 0 {
+        return;
+    }
+    y.par_chunks_mut(slab)
+        .zip(x.par_chunks(slab))
+        .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
+        .enumerate()
+        .for_each(|(s, ((y, x), (m, r)))| {
+            let c0 = (s % d.groups) * cpg;
+            let (mu, rs) = forward_slab(x, &gamma[c0..c0 + cpg], &beta[c0..c0 + cpg], d.hw, eps, fuse_silu, y);
+            *m = T::from_f64(mu);
+            *r = T::from_f64(rs);
+        });
+}
+
+/// Per-slab constants of the backward pass.
+struct SlabStats {
+    mean: f64,
+    rstd: f64,
+}
+
+/// Backward pass 1 on one slab: writes dz = dL/d(pre-activation) into `dx`
+/// (recomputing the pre-SiLU value when fused) and returns per channel
+/// (sum dz * xhat, sum dz) into `pg`, `pb`.
+#[allow(clippy::too_many_arguments)]
+fn slab_dz<T: Element>(
+    dy: &[T],
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    st: &SlabStats,
+    hw: usize,
+    fuse_silu: bool,
+    dx: &mut [T],
+    pg: &mut [f64],
+    pb: &mut [f64],
+) {
+    let channels = dy.chunks_exact(hw).zip(x.chunks_exact(hw)).zip(dx.chunks_exact_mut(hw));
+    for (j, ((dyc, xc), dxc)) in channels.enumerate() {
+        let (g, b) = (gamma[j].to_f64(), beta[j].to_f64());
+        let (mut sg, mut sb) = ([0f64; LANES], [0f64; LANES]);
+        for (i, ((dz_out, &dy), &x)) in dxc.iter_mut().zip(dyc).zip(xc).enumerate() {
+            let xhat = (x.to_f64() - st.mean) * st.rstd;
+            let mut dz = dy.to_f64();
+            if fuse_silu {
+                dz *= silu_grad_scalar(xhat * g + b);
+            }
+            *dz_out = T::from_f64(dz);
+            sg[i % LANES] += dz * xhat;
+            sb[i % LANES] += dz;
+        }
+        pg[j] = combine(&sg);
+        pb[j] = combine(&sb);
+    }
+}
+
+/// Backward pass 2 on one slab: turns dz (in `dx`) into dx,
+/// `dx = rstd * (gamma dz - mean(gamma dz) - xhat * mean(gamma dz xhat))`.
+fn slab_dx<T: Element>(x: &[T], gamma: &[T], st: &SlabStats, hw: usize, pg: &[f64], pb: &[f64], dx: &mut [T]) {
+    let len = x.len() as f64;
+    let mean_dxhat: f64 = gamma.iter().zip(pb).map(|(&g, &s)| g.to_f64() * s).sum::<f64>() / len;
+    let mean_dxhat_xhat: f64 = gamma.iter().zip(pg).map(|(&g, &s)| g.to_f64() * s).sum::<f64>() / len;
+    for ((xc, dxc), &g) in x.chunks_exact(hw).zip(dx.chunks_exact_mut(hw)).zip(gamma) {
+        let g = g.to_f64();
+        for (d, &x) in dxc.iter_mut().zip(xc) {
+            let xhat = (x.to_f64() - st.mean) * st.rstd;
+            *d = T::from_f64(st.rstd * (g * d.to_f64() - mean_dxhat - xhat * mean_dxhat_xhat));
+        }
+    }
+}
+
+/// Backward over all slabs: fills `dx` (like `x`), `dgamma`, `dbeta` (`c`).
+/// `mean`, `rstd` are the forward's saved statistics.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_backward<T: Element>(
+    dy: &[T],
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    mean: &[T],
+    rstd: &[T],
+    d: GroupNormDims,
+    fuse_silu: bool,
+    dx: &mut [T],
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+) {
+    let (slab, cpg) = (d.slab(), d.channels_per_group());
+    // Per-(image, channel) partial sums; slab s owns entries [s*cpg, (s+1)*cpg).
+    let mut pg = vec![0f64; d.n * d.c];
+    let mut pb = vec![0f64; d.n * d.c];
+    if slab > 0 {
+        dx.par_chunks_mut(slab)
+            .zip(dy.par_chunks(slab).zip(x.par_chunks(slab)))
+            .zip(pg.par_chunks_mut(cpg).zip(pb.par_chunks_mut(cpg)))
+            .enumerate()
+            .for_each(|(s, ((dx, (dy, x)), (pg, pb)))| {
+                let c0 = (s % d.groups) * cpg;
+                let (g, b) = (&gamma[c0..c0 + cpg], &beta[c0..c0 + cpg]);
+                let st = SlabStats { mean: mean[s].to_f64(), rstd: rstd[s].to_f64() };
+                slab_dz(dy, x, g, b, &st, d.hw, fuse_silu, dx, pg, pb);
+                slab_dx(x, g, &st, d.hw, pg, pb, dx);
+            });
+    }
+    reduce_over_images(&pg, d, dgamma);
+    reduce_over_images(&pb, d, dbeta);
+}
+
+/// `out[c] = sum_n partial[n, c]`, summed in image order.
+fn reduce_over_images<T: Element>(partial: &[f64], d: GroupNormDims, out: &mut [T]) {
+    for (c, o) in out.iter_mut().enumerate().take(d.c) {
+        *o = T::from_f64((0..d.n).map(|n| partial[n * d.c + c]).sum());
+    }
+}

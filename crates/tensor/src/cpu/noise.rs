@@ -1,0 +1,51 @@
+//! The forward diffusion step q(x_t | x_0): eps ~ N(0, 1) from Philox and
+//! x_t = sqrt(abar_n) x0 + sqrt(1 - abar_n) eps, one (a_n, b_n) per sample.
+//!
+//! eps[i] is `philox::normal(seed, step, stream, i)` drawn in f32 (the CUDA
+//! kernel draws the same f32) and only then widened to T.
+
+use super::elementwise::PAR_CHUNK;
+use crate::{philox, Element};
+use rayon::prelude::*;
+
+/// out[i] = philox::normal(seed, step, stream, i) as T. Chunks hold whole
+/// Philox blocks (PAR_CHUNK is a multiple of 4) so each block is drawn once.
+pub fn fill_normal<T: Element>(out: &mut [T], seed: u64, step: u32, stream: u32) {
+    const _: () = assert!(PAR_CHUNK % 4 == 0);
+    out.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(c, dst)| {
+        let first_block = (c * PAR_CHUNK / 4) as u64;
+        for (j, quad) in dst.chunks_mut(4).enumerate() {
+            let z = philox::normal4(seed, step, stream, first_block + j as u64);
+            for (d, &z) in quad.iter_mut().zip(&z) {
+                *d = T::from_f32(z);
+            }
+        }
+    });
+}
+
+/// x_t = a[n] * x0 + b[n] * eps per sample of `per_sample` elements.
+pub fn noise_mix<T: Element>(x0: &[T], eps: &[T], a: &[T], b: &[T], per_sample: usize, x_t: &mut [T]) {
+    if per_sample == 0 {
+        return;
+    }
+    x_t.par_chunks_mut(per_sample)
+        .zip(x0.par_chunks(per_sample).zip(eps.par_chunks(per_sample)))
+        .zip(a.par_iter().zip(b.par_iter()))
+        .for_each(|((xt, (x0, eps)), (&a, &b))| {
+            for ((xt, &x0), &e) in xt.iter_mut().zip(x0).zip(eps) {
+                *xt = a * x0 + b * e;
+            }
+        });
+}
+
+/// dx0 = a[n] * dx_t per sample (eps does not depend on x0).
+pub fn noise_add_backward<T: Element>(dx_t: &[T], a: &[T], per_sample: usize, dx0: &mut [T]) {
+    if per_sample == 0 {
+        return;
+    }
+    dx0.par_chunks_mut(per_sample).zip(dx_t.par_chunks(per_sample)).zip(a.par_iter()).for_each(|((dx0, dxt), &a)| {
+        for (d, &g) in dx0.iter_mut().zip(dxt) {
+            *d = a * g;
+        }
+    });
+}

@@ -1,0 +1,115 @@
+//! Single-head self-attention over the H*W positions of a feature map,
+//! forward and backward. q, k, v are [B, C, N] (channel-major, as a 1x1 conv
+//! in NCHW produces them): `s_ij = C^-0.5 sum_c q[c,i] k[c,j]`,
+//! `p_ij = softmax_j(s_ij)`, `out[c,i] = sum_j p_ij v[c,j]`.
+
+use super::check_same;
+use crate::cpu::attention::AttentionDims;
+use crate::gpu::not_built;
+use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
+
+#[derive(Clone, Debug)]
+pub struct AttentionOutput {
+    /// [B, C, N]
+    pub out: Tensor,
+    /// [B, N]: log-sum-exp of the scaled scores of each query.
+    pub lse: Tensor,
+}
+
+#[derive(Clone, Debug)]
+pub struct AttentionGrads {
+    pub dq: Tensor,
+    pub dk: Tensor,
+    pub dv: Tensor,
+}
+
+/// Checks that `q` is a non-empty [B, C, N] and every other tensor has its
+/// shape, dtype and device; returns the sizes.
+fn check_qkv(op: &'static str, q: &Tensor, others: &[(&'static str, &Tensor)]) -> Result<AttentionDims> {
+    let (b, c, n) = q.shape().dims3(op)?;
+    if c == 0 || n == 0 {
+        return Err(TensorError::invalid(op, format!("q {} needs at least one channel and one token", q.shape())));
+    }
+    for &(name, t) in others {
+        check_same(op, &[q, t])?;
+        if t.shape() != q.shape() {
+            return Err(TensorError::shape(op, format!("{name} shaped like q {}", q.shape()), t.shape()));
+        }
+    }
+    Ok(AttentionDims { b, c, n })
+}
+
+/// Attention output and the per-query log-sum-exp the backward needs.
+pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttentionOutput> {
+    const OP: &str = "attention_forward";
+    let d = check_qkv(OP, q, &[("k", k), ("v", v)])?;
+    match q.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut out = vec![T::default(); q.numel()];
+            let mut lse = vec![T::default(); d.b * d.n];
+            let (qs, ks, vs) = (q.cpu_slice::<T>()?, k.cpu_slice::<T>()?, v.cpu_slice::<T>()?);
+            cpu::attention::attention_forward(qs, ks, vs, d, &mut out, &mut lse);
+            Ok(AttentionOutput {
+                out: Tensor::from_cpu(q.shape().clone(), out),
+                lse: Tensor::from_cpu(Shape::new([d.b, d.n]), lse),
+            })
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}
+
+/// Gradients with respect to q, k, v given `dout` and the forward's `out`, `lse`.
+pub fn attention_backward(
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+) -> Result<AttentionGrads> {
+    const OP: &str = "attention_backward";
+    let d = check_qkv(OP, q, &[("k", k), ("v", v), ("dout", dout), ("out", out)])?;
+    check_same(OP, &[q, lse])?;
+    if lse.dims() != [d.b, d.n] {
+        return Err(TensorError::shape(OP, format!("lse of shape [{}, {}]", d.b, d.n), lse.shape()));
+    }
+    match q.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let (mut dq, mut dk, mut dv) =
+                (vec![T::default(); q.numel()], vec![T::default(); q.numel()], vec![T::default(); q.numel()]);
+            cpu::attention::attention_backward(
+                dout.cpu_slice::<T>()?,
+                q.cpu_slice::<T>()?,
+                k.cpu_slice::<T>()?,
+                v.cpu_slice::<T>()?,
+                out.cpu_slice::<T>()?,
+                lse.cpu_slice::<T>()?,
+                d,
+                &mut dq,
+                &mut dk,
+                &mut dv,
+            );
+            let shape = q.shape().clone();
+            Ok(AttentionGrads {
+                dq: Tensor::from_cpu(shape.clone(), dq),
+                dk: Tensor::from_cpu(shape.clone(), dk),
+                dv: Tensor::from_cpu(shape, dv),
+            })
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}
+
+/// The softmax weights `p` [B, N, N] (row i: query i's weights over keys).
+pub fn attention_weights(q: &Tensor, k: &Tensor) -> Result<Tensor> {
+    const OP: &str = "attention_weights";
+    let d = check_qkv(OP, q, &[("k", k)])?;
+    match q.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut p = vec![T::default(); d.b * d.n * d.n];
+            cpu::attention::attention_weights(q.cpu_slice::<T>()?, k.cpu_slice::<T>()?, d, &mut p);
+            Ok(Tensor::from_cpu(Shape::new([d.b, d.n, d.n]), p))
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}

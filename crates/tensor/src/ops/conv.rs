@@ -1,0 +1,175 @@
+//! 2-D convolution (NCHW, cross-correlation as in PyTorch): forward with an
+//! optional bias, and the three backward products (data, weight, bias).
+//!
+//! These functions check shapes, dtypes and devices and build a
+//! [`cpu::conv::ConvGeom`]; the CPU twin is `cpu/conv.rs` (im2col + gemm);
+//! tests are `crates/tensor/tests/conv.rs` (f64 oracle, finite differences,
+//! adjoint and determinism properties).
+
+use super::check_same;
+use crate::cpu::conv::ConvGeom;
+use crate::gpu::not_built;
+use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
+
+/// Stride and per-side zero padding of a 2-D convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Conv2dParams {
+    pub stride: usize,
+    pub pad_top: usize,
+    pub pad_bottom: usize,
+    pub pad_left: usize,
+    pub pad_right: usize,
+}
+
+impl Conv2dParams {
+    /// Stride 1 and `k / 2` padding on every side: a k x k kernel (k odd)
+    /// keeps the spatial size (3x3 -> pad 1, 1x1 -> pad 0).
+    pub fn same(k: usize) -> Self {
+        let p = k / 2;
+        Conv2dParams { stride: 1, pad_top: p, pad_bottom: p, pad_left: p, pad_right: p }
+    }
+
+    /// Stride 2, padding only at the bottom and right (TensorFlow 'SAME' for a
+    /// 3x3 kernel on an even size, as in the reference Downsample): H -> H / 2.
+    pub fn down2() -> Self {
+        Conv2dParams { stride: 2, pad_top: 0, pad_bottom: 1, pad_left: 0, pad_right: 1 }
+    }
+
+    /// The output size for an `h x w` input and a `kh x kw` kernel, or an
+    /// error when the stride is 0, the kernel is empty or larger than the
+    /// padded input.
+    pub fn output_hw(&self, h: usize, w: usize, kh: usize, kw: usize) -> Result<(usize, usize)> {
+        const OP: &str = "conv2d output size";
+        if self.stride == 0 {
+            return Err(TensorError::invalid(OP, "stride must be at least 1"));
+        }
+        if kh == 0 || kw == 0 {
+            return Err(TensorError::invalid(OP, format!("empty {kh}x{kw} kernel")));
+        }
+        let ho = out_len(h, self.pad_top, self.pad_bottom, kh, self.stride, "height")?;
+        let wo = out_len(w, self.pad_left, self.pad_right, kw, self.stride, "width")?;
+        Ok((ho, wo))
+    }
+}
+
+/// Output length along one axis: (len + pads - k) / stride + 1.
+fn out_len(len: usize, pad_a: usize, pad_b: usize, k: usize, stride: usize, axis: &str) -> Result<usize> {
+    const OP: &str = "conv2d output size";
+    let padded = len
+        .checked_add(pad_a)
+        .and_then(|v| v.checked_add(pad_b))
+        .ok_or_else(|| TensorError::invalid(OP, format!("padded {axis} overflows")))?;
+    if k > padded {
+        return Err(TensorError::invalid(
+            OP,
+            format!("kernel {axis} {k} is larger than the padded input {axis} {padded} ({len} + {pad_a} + {pad_b})"),
+        ));
+    }
+    Ok((padded - k) / stride + 1)
+}
+
+/// Checks an input shape [N, Ci, H, W] against a weight shape [Co, Ci, KH, KW]
+/// and builds the geometry every kernel works from.
+fn geometry(op: &'static str, x: &Shape, w: &Shape, p: &Conv2dParams) -> Result<ConvGeom> {
+    let (n, ci, h, wd) = x.nchw(op)?;
+    let (co, wci, kh, kw) = match w.dims() {
+        &[a, b, c, d] => (a, b, c, d),
+        _ => return Err(TensorError::shape(op, "a rank-4 weight (Co, Ci, KH, KW)", w)),
+    };
+    if wci != ci {
+        return Err(TensorError::shape(op, format!("a weight with {ci} input channels (the input's), [{co}, {ci}, {kh}, {kw}]"), w));
+    }
+    let (ho, wo) = p.output_hw(h, wd, kh, kw).map_err(|e| TensorError::invalid(op, e.to_string()))?;
+    // User-given shapes (backward) may be absurd: sizes must not overflow.
+    for (what, dims) in [("input", [n, ci, h, wd]), ("weight", [co, ci, kh, kw]), ("output", [n, co, ho, wo])] {
+        if dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).is_none() {
+            return Err(TensorError::invalid(op, format!("{what} {dims:?} is too large")));
+        }
+    }
+    Ok(ConvGeom { n, ci, h, w: wd, co, kh, kw, stride: p.stride, pad_top: p.pad_top, pad_left: p.pad_left, ho, wo })
+}
+
+fn check_bias(op: &'static str, b: &Tensor, co: usize) -> Result<()> {
+    if b.dims() != [co] {
+        return Err(TensorError::shape(op, format!("a bias of shape [{co}] (one per output channel)"), b.shape()));
+    }
+    Ok(())
+}
+
+fn check_dy(op: &'static str, dy: &Tensor, g: &ConvGeom) -> Result<()> {
+    dy.shape().expect(op, &[g.n, g.co, g.ho, g.wo])
+}
+
+/// y[n, o, :, :] = sum_c w[o, c] * x[n, c] (cross-correlation, zero padding)
+/// + b[o]. x [N, Ci, H, W], w [Co, Ci, KH, KW], b [Co] -> y [N, Co, Ho, Wo].
+pub fn conv2d_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) -> Result<Tensor> {
+    const OP: &str = "conv2d_forward";
+    match b {
+        Some(b) => check_same(OP, &[x, w, b])?,
+        None => check_same(OP, &[x, w])?,
+    }
+    let g = geometry(OP, x.shape(), w.shape(), p)?;
+    if let Some(b) = b {
+        check_bias(OP, b, g.co)?;
+    }
+    match x.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let bias = match b {
+                Some(b) => Some(b.cpu_slice::<T>()?),
+                None => None,
+            };
+            let mut y = vec![T::default(); g.n * g.co * g.p()];
+            cpu::conv::conv2d_forward(&g, x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, bias, &mut y);
+            Ok(Tensor::from_cpu(Shape::new([g.n, g.co, g.ho, g.wo]), y))
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}
+
+/// dx = d<conv(x, w), dy>/dx: dy [N, Co, Ho, Wo], w, and the input's shape
+/// [N, Ci, H, W] -> dx [N, Ci, H, W].
+pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: &Conv2dParams) -> Result<Tensor> {
+    const OP: &str = "conv2d_backward_data";
+    check_same(OP, &[dy, w])?;
+    let g = geometry(OP, x_shape, w.shape(), p)?;
+    check_dy(OP, dy, &g)?;
+    match dy.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut dx = vec![T::default(); x_shape.numel()];
+            cpu::conv::conv2d_backward_data(&g, dy.cpu_slice::<T>()?, w.cpu_slice::<T>()?, &mut dx);
+            Ok(Tensor::from_cpu(x_shape.clone(), dx))
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}
+
+/// dw = d<conv(x, w), dy>/dw: dy [N, Co, Ho, Wo], x [N, Ci, H, W], and the
+/// weight's shape [Co, Ci, KH, KW] -> dw [Co, Ci, KH, KW].
+pub fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, w_shape: &Shape, p: &Conv2dParams) -> Result<Tensor> {
+    const OP: &str = "conv2d_backward_weight";
+    check_same(OP, &[dy, x])?;
+    let g = geometry(OP, x.shape(), w_shape, p)?;
+    check_dy(OP, dy, &g)?;
+    match dy.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut dw = vec![T::default(); w_shape.numel()];
+            cpu::conv::conv2d_backward_weight(&g, dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dw);
+            Ok(Tensor::from_cpu(w_shape.clone(), dw))
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}
+
+/// db[o] = sum over n, y, x of dy[n, o, y, x]: dy [N, Co, Ho, Wo] -> db [Co].
+pub fn conv2d_backward_bias(dy: &Tensor) -> Result<Tensor> {
+    const OP: &str = "conv2d_backward_bias";
+    let (n, co, ho, wo) = dy.shape().nchw(OP)?;
+    match dy.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut db = vec![T::default(); co];
+            cpu::conv::conv2d_backward_bias(n, co, ho * wo, dy.cpu_slice::<T>()?, &mut db);
+            Ok(Tensor::from_cpu(Shape::new([co]), db))
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}

@@ -1,0 +1,147 @@
+//! Group normalisation (optionally fused with SiLU), forward and backward:
+//! `y = silu?((x - mean_g) * rstd_g * gamma_c + beta_c)`, `rstd = 1/sqrt(var + eps)`
+//! with the biased variance of each (image, group).
+
+use super::check_same;
+use crate::cpu::group_norm::GroupNormDims;
+use crate::gpu::not_built;
+use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
+
+/// The forward's output and the statistics its backward needs.
+#[derive(Clone, Debug)]
+pub struct GroupNormOutput {
+    pub y: Tensor,
+    /// [N, G]
+    pub mean: Tensor,
+    /// [N, G]
+    pub rstd: Tensor,
+}
+
+#[derive(Clone, Debug)]
+pub struct GroupNormGrads {
+    pub dx: Tensor,
+    pub dgamma: Tensor,
+    pub dbeta: Tensor,
+}
+
+/// Reads (N, C, H*W) from a [N, C, H, W] or [N, C] shape.
+fn nc_hw(op: &'static str, s: &Shape) -> Result<(usize, usize, usize)> {
+    match s.dims() {
+        &[n, c, h, w] => Ok((n, c, h * w)),
+        &[n, c] => Ok((n, c, 1)),
+        _ => Err(TensorError::shape(op, "a [N, C, H, W] or [N, C] tensor", s)),
+    }
+}
+
+/// Checks x, gamma, beta and `groups`; returns the problem sizes.
+fn check_input(op: &'static str, x: &Tensor, gamma: &Tensor, beta: &Tensor, groups: usize) -> Result<GroupNormDims> {
+    check_same(op, &[x, gamma, beta])?;
+    let (n, c, hw) = nc_hw(op, x.shape())?;
+    if groups == 0 || c % groups != 0 {
+        return Err(TensorError::invalid(op, format!("groups ({groups}) must be positive and divide the channels ({c})")));
+    }
+    if c == 0 || hw == 0 {
+        return Err(TensorError::invalid(op, format!("empty groups: input shape {}", x.shape())));
+    }
+    for (name, t) in [("gamma", gamma), ("beta", beta)] {
+        if t.dims() != [c] {
+            return Err(TensorError::shape(op, format!("{name} of shape [{c}]"), t.shape()));
+        }
+    }
+    Ok(GroupNormDims { n, c, hw, groups })
+}
+
+/// Group norm of `x` ([N, C, H, W] or [N, C]) with per-channel `gamma`,
+/// `beta` ([C]); SiLU applied to the result when `fuse_silu`.
+pub fn group_norm_forward(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    fuse_silu: bool,
+) -> Result<GroupNormOutput> {
+    const OP: &str = "group_norm_forward";
+    let d = check_input(OP, x, gamma, beta, groups)?;
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(TensorError::invalid(OP, format!("eps must be finite and non-negative, got {eps}")));
+    }
+    match x.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut y = vec![T::default(); x.numel()];
+            let mut mean = vec![T::default(); d.slabs()];
+            let mut rstd = vec![T::default(); d.slabs()];
+            cpu::group_norm::group_norm_forward(
+                x.cpu_slice::<T>()?,
+                gamma.cpu_slice::<T>()?,
+                beta.cpu_slice::<T>()?,
+                d,
+                eps,
+                fuse_silu,
+                &mut y,
+                &mut mean,
+                &mut rstd,
+            );
+            let stats = Shape::new([d.n, d.groups]);
+            Ok(GroupNormOutput {
+                y: Tensor::from_cpu(x.shape().clone(), y),
+                mean: Tensor::from_cpu(stats.clone(), mean),
+                rstd: Tensor::from_cpu(stats, rstd),
+            })
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}
+
+/// Gradients of group norm given `dy` (shaped like `x`) and the forward's
+/// saved `mean`, `rstd` ([N, G]). `beta` is needed to recompute the pre-SiLU
+/// value when `fuse_silu`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_backward(
+    dy: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    groups: usize,
+    fuse_silu: bool,
+) -> Result<GroupNormGrads> {
+    const OP: &str = "group_norm_backward";
+    let d = check_input(OP, x, gamma, beta, groups)?;
+    check_same(OP, &[x, dy, mean, rstd])?;
+    if dy.shape() != x.shape() {
+        return Err(TensorError::shape(OP, format!("dy shaped like x {}", x.shape()), dy.shape()));
+    }
+    for (name, t) in [("mean", mean), ("rstd", rstd)] {
+        if t.dims() != [d.n, d.groups] {
+            return Err(TensorError::shape(OP, format!("{name} of shape [{}, {}]", d.n, d.groups), t.shape()));
+        }
+    }
+    match x.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut dx = vec![T::default(); x.numel()];
+            let mut dgamma = vec![T::default(); d.c];
+            let mut dbeta = vec![T::default(); d.c];
+            cpu::group_norm::group_norm_backward(
+                dy.cpu_slice::<T>()?,
+                x.cpu_slice::<T>()?,
+                gamma.cpu_slice::<T>()?,
+                beta.cpu_slice::<T>()?,
+                mean.cpu_slice::<T>()?,
+                rstd.cpu_slice::<T>()?,
+                d,
+                fuse_silu,
+                &mut dx,
+                &mut dgamma,
+                &mut dbeta,
+            );
+            Ok(GroupNormGrads {
+                dx: Tensor::from_cpu(x.shape().clone(), dx),
+                dgamma: Tensor::from_cpu(Shape::new([d.c]), dgamma),
+                dbeta: Tensor::from_cpu(Shape::new([d.c]), dbeta),
+            })
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}

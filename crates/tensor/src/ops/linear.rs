@@ -1,0 +1,81 @@
+//! Fully connected layer, forward and backward: `y = x w^T + b` with
+//! `x` [N, In], `w` [Out, In] (PyTorch's layout), `b` [Out].
+
+use super::check_same;
+use crate::cpu::linear::LinearDims;
+use crate::gpu::not_built;
+use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
+
+#[derive(Clone, Debug)]
+pub struct LinearGrads {
+    pub dx: Tensor,
+    pub dw: Tensor,
+    pub db: Tensor,
+}
+
+/// Checks that `x` is [N, In] and `w` is [Out, In]; returns the sizes.
+fn check_xw(op: &'static str, x: &Tensor, w: &Tensor) -> Result<LinearDims> {
+    check_same(op, &[x, w])?;
+    let (n, d_in) = x.shape().dims2(op)?;
+    let (d_out, w_in) = w.shape().dims2(op)?;
+    if w_in != d_in {
+        return Err(TensorError::shape(op, format!("weight [Out, {d_in}] (x has {d_in} features)"), w.shape()));
+    }
+    Ok(LinearDims { n, d_in, d_out })
+}
+
+/// `y = x w^T (+ b)`, [N, Out].
+pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear_forward";
+    let d = check_xw(OP, x, w)?;
+    if let Some(b) = b {
+        check_same(OP, &[x, b])?;
+        if b.dims() != [d.d_out] {
+            return Err(TensorError::shape(OP, format!("bias of shape [{}]", d.d_out), b.shape()));
+        }
+    }
+    match x.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut y = vec![T::default(); d.n * d.d_out];
+            let bias = match b {
+                Some(b) => Some(b.cpu_slice::<T>()?),
+                None => None,
+            };
+            cpu::linear::linear_forward(x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, bias, d, &mut y);
+            Ok(Tensor::from_cpu(Shape::new([d.n, d.d_out]), y))
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}
+
+/// Gradients of `linear_forward` given `dy` [N, Out]: dx [N, In], dw [Out, In], db [Out].
+pub fn linear_backward(dy: &Tensor, x: &Tensor, w: &Tensor) -> Result<LinearGrads> {
+    const OP: &str = "linear_backward";
+    let d = check_xw(OP, x, w)?;
+    check_same(OP, &[x, dy])?;
+    if dy.dims() != [d.n, d.d_out] {
+        return Err(TensorError::shape(OP, format!("dy of shape [{}, {}]", d.n, d.d_out), dy.shape()));
+    }
+    match x.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut dx = vec![T::default(); d.n * d.d_in];
+            let mut dw = vec![T::default(); d.d_out * d.d_in];
+            let mut db = vec![T::default(); d.d_out];
+            cpu::linear::linear_backward(
+                dy.cpu_slice::<T>()?,
+                x.cpu_slice::<T>()?,
+                w.cpu_slice::<T>()?,
+                d,
+                &mut dx,
+                &mut dw,
+                &mut db,
+            );
+            Ok(LinearGrads {
+                dx: Tensor::from_cpu(x.shape().clone(), dx),
+                dw: Tensor::from_cpu(w.shape().clone(), dw),
+                db: Tensor::from_cpu(Shape::new([d.d_out]), db),
+            })
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}

@@ -1,0 +1,43 @@
+//! The DDPM loss: mean squared error between predicted and true noise.
+
+use super::{check_same, check_same_shape};
+use crate::cpu::loss as kernels;
+use crate::gpu::not_built;
+use crate::{with_element, Element, Result, Storage, Tensor, TensorError};
+
+/// [1] = mean((pred - target)^2), accumulated in f64 in a fixed order.
+pub fn mse_loss_forward(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    const OP: &str = "mse_loss_forward";
+    check_operands(OP, pred, target)?;
+    match pred.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let loss = kernels::mse_loss_forward(pred.cpu_slice::<T>()?, target.cpu_slice::<T>()?);
+            Ok(Tensor::from_cpu([1].into(), vec![T::from_f64(loss)]))
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}
+
+/// dpred = dloss * 2 (pred - target) / numel.
+pub fn mse_loss_backward(pred: &Tensor, target: &Tensor, dloss: f64) -> Result<Tensor> {
+    const OP: &str = "mse_loss_backward";
+    check_operands(OP, pred, target)?;
+    match pred.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut dpred = vec![T::default(); pred.numel()];
+            kernels::mse_loss_backward(pred.cpu_slice::<T>()?, target.cpu_slice::<T>()?, dloss, &mut dpred);
+            Ok(Tensor::from_cpu(pred.shape().clone(), dpred))
+        }),
+        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+    }
+}
+
+/// Same shape, dtype, device, and at least one element (a mean of nothing is undefined).
+fn check_operands(op: &'static str, pred: &Tensor, target: &Tensor) -> Result<()> {
+    check_same(op, &[pred, target])?;
+    check_same_shape(op, pred, target)?;
+    if pred.numel() == 0 {
+        return Err(TensorError::invalid(op, format!("the mean of an empty tensor {} is undefined", pred.shape())));
+    }
+    Ok(())
+}

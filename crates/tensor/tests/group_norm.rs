@@ -1,0 +1,286 @@
+//! Group norm (with and without fused SiLU): f64 oracle, finite differences,
+//! normalisation and adjoint properties, determinism, error cases.
+
+mod common;
+use common::*;
+use diffuse_tensor::ops::{self, GroupNormOutput};
+use diffuse_tensor::Tensor;
+use proptest::prelude::*;
+
+/// The U-Net's eps, used by the forward tests.
+const EPS: f64 = 1e-6;
+/// The derivative tests' eps: groups of two or three nearly equal values make
+/// the U-Net eps so ill-conditioned that central differences lose digits.
+const FD_EPS: f64 = 1e-3;
+
+/// A group-norm problem: sizes and data (x [n, c, h, w] or [n, c] when `flat`).
+#[derive(Clone, Debug)]
+struct Case {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    groups: usize,
+    flat: bool,
+    silu: bool,
+    eps: f64,
+    x: Vec<f64>,
+    gamma: Vec<f64>,
+    beta: Vec<f64>,
+}
+
+impl Case {
+    fn new(n: usize, groups: usize, cpg: usize, h: usize, w: usize, flat: bool, silu: bool, seed: u64) -> Case {
+        let (h, w) = if flat { (1, 1) } else { (h, w) };
+        let c = groups * cpg;
+        let mut rng = TestRng::new(seed);
+        // An offset mean checks that the variance does not cancel away.
+        let x = rng.vec(n * c * h * w).into_iter().map(|v| 2.0 * v + 0.5).collect();
+        let gamma = rng.vec_in(c, -1.5, 1.5);
+        let beta = rng.vec(c);
+        Case { n, c, h, w, groups, flat, silu, eps: EPS, x, gamma, beta }
+    }
+
+    fn hw(&self) -> usize {
+        self.h * self.w
+    }
+
+    fn shape(&self) -> Vec<usize> {
+        if self.flat {
+            vec![self.n, self.c]
+        } else {
+            vec![self.n, self.c, self.h, self.w]
+        }
+    }
+
+    /// The same case with its data rounded to f32, so an f64 oracle sees
+    /// exactly what the f32 op sees.
+    fn rounded(&self) -> Case {
+        let r = |v: &Vec<f64>| v.iter().map(|&x| x as f32 as f64).collect();
+        Case { x: r(&self.x), gamma: r(&self.gamma), beta: r(&self.beta), ..self.clone() }
+    }
+
+    fn run(&self, t: fn(&[f64], &[usize]) -> Tensor) -> GroupNormOutput {
+        self.run_with(t, &self.x, &self.gamma, &self.beta)
+    }
+
+    fn run_with(&self, t: fn(&[f64], &[usize]) -> Tensor, x: &[f64], g: &[f64], b: &[f64]) -> GroupNormOutput {
+        ops::group_norm_forward(&t(x, &self.shape()), &t(g, &[self.c]), &t(b, &[self.c]), self.groups, self.eps, self.silu)
+            .unwrap()
+    }
+}
+
+/// Naive f64 group norm: (y, mean [n*g], rstd [n*g]).
+fn oracle(cs: &Case) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (hw, cpg) = (cs.hw(), cs.c / cs.groups);
+    let idx = |n: usize, c: usize, p: usize| (n * cs.c + c) * hw + p;
+    let mut y = vec![0.0; cs.x.len()];
+    let (mut means, mut rstds) = (vec![], vec![]);
+    for n in 0..cs.n {
+        for g in 0..cs.groups {
+            let chans = g * cpg..(g + 1) * cpg;
+            let count = (cpg * hw) as f64;
+            let mut sum = 0.0;
+            for c in chans.clone() {
+                for p in 0..hw {
+                    sum += cs.x[idx(n, c, p)];
+                }
+            }
+            let mean = sum / count;
+            let mut sq = 0.0;
+            for c in chans.clone() {
+                for p in 0..hw {
+                    sq += (cs.x[idx(n, c, p)] - mean).powi(2);
+                }
+            }
+            let rstd = 1.0 / (sq / count + cs.eps).sqrt();
+            for c in chans {
+                for p in 0..hw {
+                    let z = (cs.x[idx(n, c, p)] - mean) * rstd * cs.gamma[c] + cs.beta[c];
+                    y[idx(n, c, p)] = if cs.silu { z / (1.0 + (-z).exp()) } else { z };
+                }
+            }
+            means.push(mean);
+            rstds.push(rstd);
+        }
+    }
+    (y, means, rstds)
+}
+
+fn case_strategy(max_n: usize, max_hw: usize) -> impl Strategy<Value = Case> {
+    (
+        1..=max_n,
+        prop_oneof![Just(1usize), Just(2), Just(3), Just(7), Just(13)],
+        prop_oneof![Just(1usize), Just(2), Just(3), Just(4)],
+        awkward(max_hw),
+        awkward(max_hw),
+        prop::bool::weighted(0.2),
+        any::<bool>(),
+        any::<u64>(),
+    )
+        .prop_map(|(n, g, cpg, h, w, flat, silu, seed)| Case::new(n, g, cpg, h, w, flat, silu, seed))
+}
+
+/// <y(x, gamma, beta), r> in f64.
+fn loss(cs: &Case, x: &[f64], g: &[f64], b: &[f64], r: &[f64]) -> f64 {
+    dot(&v64(&cs.run_with(t64, x, g, b).y), r)
+}
+
+fn backward64(cs: &Case, dy: &[f64]) -> ops::GroupNormGrads {
+    let fwd = cs.run(t64);
+    ops::group_norm_backward(
+        &t64(dy, &cs.shape()),
+        &t64(&cs.x, &cs.shape()),
+        &t64(&cs.gamma, &[cs.c]),
+        &t64(&cs.beta, &[cs.c]),
+        &fwd.mean,
+        &fwd.rstd,
+        cs.groups,
+        cs.silu,
+    )
+    .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn forward_f32_matches_f64_oracle(cs in case_strategy(3, 9)) {
+        let cs = cs.rounded();
+        let out = cs.run(t32);
+        let (y, mean, rstd) = oracle(&cs);
+        assert_close("group norm y", &v64(&out.y), &y, 1e-5);
+        assert_close("group norm mean", &v64(&out.mean), &mean, 1e-5);
+        assert_close("group norm rstd", &v64(&out.rstd), &rstd, 1e-5);
+        prop_assert_eq!(out.mean.dims(), &[cs.n, cs.groups]);
+    }
+
+    #[test]
+    fn forward_f64_matches_f64_oracle(cs in case_strategy(2, 7)) {
+        let out = cs.run(t64);
+        let (y, mean, rstd) = oracle(&cs);
+        assert_close("group norm y (f64)", &v64(&out.y), &y, 1e-12);
+        assert_close("group norm mean (f64)", &v64(&out.mean), &mean, 1e-12);
+        assert_close("group norm rstd (f64)", &v64(&out.rstd), &rstd, 1e-12);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences(cs in case_strategy(2, 3)) {
+        let cs = Case { eps: FD_EPS, ..cs };
+        let r = TestRng::new(cs.x.len() as u64).vec(cs.x.len());
+        let grads = backward64(&cs, &r);
+        let h = 1e-5;
+        let fx = fd_grad(&cs.x, h, |x| loss(&cs, x, &cs.gamma, &cs.beta, &r));
+        let fg = fd_grad(&cs.gamma, h, |g| loss(&cs, &cs.x, g, &cs.beta, &r));
+        let fb = fd_grad(&cs.beta, h, |b| loss(&cs, &cs.x, &cs.gamma, b, &r));
+        assert_close("group norm dx vs finite differences", &v64(&grads.dx), &fx, 1e-6);
+        assert_close("group norm dgamma vs finite differences", &v64(&grads.dgamma), &fg, 1e-6);
+        assert_close("group norm dbeta vs finite differences", &v64(&grads.dbeta), &fb, 1e-6);
+    }
+
+    /// <J v, r> (by a central-difference JVP) equals <v, J^T r> (the backward)
+    /// for a joint direction v over (x, gamma, beta).
+    #[test]
+    fn backward_is_adjoint_of_forward_linearisation(cs in case_strategy(3, 9)) {
+        let cs = Case { eps: FD_EPS, ..cs };
+        let mut rng = TestRng::new(!(cs.x.len() as u64));
+        let r = rng.vec(cs.x.len());
+        let (vx, vg, vb) = (rng.vec(cs.x.len()), rng.vec(cs.c), rng.vec(cs.c));
+        let h = 1e-5;
+        let step = |a: &[f64], v: &[f64], s: f64| a.iter().zip(v).map(|(a, v)| a + s * v).collect::<Vec<_>>();
+        let at = |s: f64| loss(&cs, &step(&cs.x, &vx, s), &step(&cs.gamma, &vg, s), &step(&cs.beta, &vb, s), &r);
+        let jvp = (at(h) - at(-h)) / (2.0 * h);
+        let g = backward64(&cs, &r);
+        let vjp = dot(&vx, &v64(&g.dx)) + dot(&vg, &v64(&g.dgamma)) + dot(&vb, &v64(&g.dbeta));
+        assert_close("<J v, r> vs <v, J^T r>", &[vjp], &[jvp], 1e-6);
+    }
+
+    /// Without affine or SiLU, every group of the output has mean 0 and
+    /// variance var / (var + eps), i.e. 1 up to the eps effect.
+    #[test]
+    fn output_groups_have_zero_mean_unit_variance(cs in case_strategy(3, 9)) {
+        let cs = Case { silu: false, gamma: vec![1.0; cs.c], beta: vec![0.0; cs.c], ..cs };
+        let slab = cs.c / cs.groups * cs.hw();
+        prop_assume!(slab >= 4);
+        let out = cs.run(t32);
+        let (y, rstd) = (v64(&out.y), v64(&out.rstd));
+        for (s, grp) in y.chunks(slab).enumerate() {
+            let m = grp.iter().sum::<f64>() / slab as f64;
+            let var = grp.iter().map(|v| (v - m).powi(2)).sum::<f64>() / slab as f64;
+            let expected_var = 1.0 - EPS * rstd[s] * rstd[s];
+            prop_assert!(m.abs() < 1e-5, "group {s} mean {m}");
+            prop_assert!((var - expected_var).abs() < 1e-5, "group {s} variance {var}, expected {expected_var}");
+            prop_assert!((var - 1.0).abs() < 1e-3, "group {s} variance {var}");
+        }
+    }
+}
+
+/// The derivative checks at the U-Net's eps, on groups large enough to be
+/// well conditioned.
+#[test]
+fn backward_at_unet_eps_matches_finite_differences() {
+    for &silu in &[false, true] {
+        let cs = Case::new(2, 2, 3, 3, 5, false, silu, 11);
+        let r = TestRng::new(12).vec(cs.x.len());
+        let grads = backward64(&cs, &r);
+        let fx = fd_grad(&cs.x, 1e-5, |x| loss(&cs, x, &cs.gamma, &cs.beta, &r));
+        let fg = fd_grad(&cs.gamma, 1e-5, |g| loss(&cs, &cs.x, g, &cs.beta, &r));
+        assert_close("group norm dx at eps 1e-6", &v64(&grads.dx), &fx, 1e-6);
+        assert_close("group norm dgamma at eps 1e-6", &v64(&grads.dgamma), &fg, 1e-6);
+    }
+}
+
+#[test]
+fn forward_and_backward_are_bit_identical_across_runs() {
+    for &silu in &[false, true] {
+        let cs = Case::new(6, 8, 8, 14, 13, false, silu, 7);
+        let dy = TestRng::new(8).vec(cs.x.len());
+        let run = || {
+            let f = cs.run(t32);
+            let g = ops::group_norm_backward(
+                &t32(&dy, &cs.shape()),
+                &t32(&cs.x, &cs.shape()),
+                &t32(&cs.gamma, &[cs.c]),
+                &t32(&cs.beta, &[cs.c]),
+                &f.mean,
+                &f.rstd,
+                cs.groups,
+                silu,
+            )
+            .unwrap();
+            [f.y, f.mean, f.rstd, g.dx, g.dgamma, g.dbeta]
+                .iter()
+                .map(|t| t.to_vec_f32().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run(), "group norm (silu {silu}) is not deterministic");
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let x = t32(&[0.5; 2 * 6 * 3], &[2, 6, 3, 1]);
+    let (g6, b6) = (t32(&[1.0; 6], &[6]), t32(&[0.0; 6], &[6]));
+    let fwd = |x: &Tensor, g: &Tensor, b: &Tensor, groups: usize, eps: f64| {
+        ops::group_norm_forward(x, g, b, groups, eps, false).map(|_| ()).unwrap_err().to_string()
+    };
+    assert!(fwd(&x, &g6, &b6, 4, EPS).contains("divide"));
+    assert!(fwd(&x, &g6, &b6, 0, EPS).contains("divide"));
+    assert!(fwd(&x, &t32(&[1.0; 5], &[5]), &b6, 3, EPS).contains("gamma"));
+    assert!(fwd(&x, &g6, &t32(&[1.0; 3], &[3]), 3, EPS).contains("beta"));
+    assert!(fwd(&t32(&[0.5; 36], &[2, 6, 3]), &g6, &b6, 3, EPS).contains("shape"));
+    assert!(fwd(&t32(&[], &[2, 6, 0, 1]), &g6, &b6, 3, EPS).contains("empty"));
+    assert!(fwd(&x, &g6, &b6, 3, -1.0).contains("eps"));
+    assert!(fwd(&x, &g6, &b6, 3, f64::NAN).contains("eps"));
+    assert!(fwd(&x, &t64(&[1.0; 6], &[6]), &b6, 3, EPS).contains("dtype"));
+
+    let f = ops::group_norm_forward(&x, &g6, &b6, 3, EPS, true).unwrap();
+    let bwd = |dy: &Tensor, mean: &Tensor, rstd: &Tensor, groups: usize| {
+        ops::group_norm_backward(dy, &x, &g6, &b6, mean, rstd, groups, true).map(|_| ()).unwrap_err().to_string()
+    };
+    assert!(bwd(&t32(&[0.5; 36], &[2, 6, 3]), &f.mean, &f.rstd, 3).contains("dy"));
+    assert!(bwd(&x, &t32(&[0.0; 6], &[6]), &f.rstd, 3).contains("mean"));
+    assert!(bwd(&x, &f.mean, &t32(&[0.0; 6], &[3, 2]), 3).contains("rstd"));
+    assert!(bwd(&x, &f.mean, &f.rstd, 2).contains("mean"));
+    assert!(bwd(&x, &f.mean, &f.rstd, 5).contains("divide"));
+}

@@ -1,0 +1,137 @@
+//! Linear layer: f64 oracle, finite differences, adjoint (bilinearity)
+//! properties, determinism, error cases.
+
+mod common;
+use common::*;
+use diffuse_tensor::ops;
+use diffuse_tensor::Tensor;
+use proptest::prelude::*;
+
+/// A linear problem: x [n, d_in], w [d_out, d_in], b [d_out].
+#[derive(Clone, Debug)]
+struct Case {
+    n: usize,
+    d_in: usize,
+    d_out: usize,
+    x: Vec<f64>,
+    w: Vec<f64>,
+    b: Vec<f64>,
+}
+
+impl Case {
+    fn new(n: usize, d_in: usize, d_out: usize, seed: u64) -> Case {
+        let mut rng = TestRng::new(seed);
+        Case { n, d_in, d_out, x: rng.vec(n * d_in), w: rng.vec(d_out * d_in), b: rng.vec(d_out) }
+    }
+
+    fn rounded(&self) -> Case {
+        let r = |v: &Vec<f64>| v.iter().map(|&x| x as f32 as f64).collect();
+        Case { x: r(&self.x), w: r(&self.w), b: r(&self.b), ..self.clone() }
+    }
+
+    fn forward(&self, t: fn(&[f64], &[usize]) -> Tensor, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
+        let bias = b.map(|b| t(b, &[self.d_out]));
+        let y = ops::linear_forward(&t(x, &[self.n, self.d_in]), &t(w, &[self.d_out, self.d_in]), bias.as_ref());
+        v64(&y.unwrap())
+    }
+
+    fn backward64(&self, dy: &[f64]) -> ops::LinearGrads {
+        let (x, w) = (t64(&self.x, &[self.n, self.d_in]), t64(&self.w, &[self.d_out, self.d_in]));
+        ops::linear_backward(&t64(dy, &[self.n, self.d_out]), &x, &w).unwrap()
+    }
+}
+
+/// Naive f64 `y = x w^T (+ b)`.
+fn oracle(cs: &Case, with_bias: bool) -> Vec<f64> {
+    let mut y = vec![0.0; cs.n * cs.d_out];
+    for i in 0..cs.n {
+        for o in 0..cs.d_out {
+            let mut acc = if with_bias { cs.b[o] } else { 0.0 };
+            for k in 0..cs.d_in {
+                acc += cs.x[i * cs.d_in + k] * cs.w[o * cs.d_in + k];
+            }
+            y[i * cs.d_out + o] = acc;
+        }
+    }
+    y
+}
+
+fn case_strategy(max_n: usize, max_d: usize) -> impl Strategy<Value = Case> {
+    (awkward(max_n), awkward(max_d), awkward(max_d), any::<u64>()).prop_map(|(n, i, o, s)| Case::new(n, i, o, s))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn forward_f32_matches_f64_oracle(cs in case_strategy(17, 70), with_bias in any::<bool>()) {
+        let cs = cs.rounded();
+        let y = cs.forward(t32, &cs.x, &cs.w, with_bias.then_some(&cs.b[..]));
+        assert_close("linear forward", &y, &oracle(&cs, with_bias), 1e-5);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences(cs in case_strategy(5, 13)) {
+        let r = TestRng::new(!cs.x.len() as u64).vec(cs.n * cs.d_out);
+        let g = cs.backward64(&r);
+        let h = 1e-5;
+        let fx = fd_grad(&cs.x, h, |x| dot(&cs.forward(t64, x, &cs.w, Some(&cs.b)), &r));
+        let fw = fd_grad(&cs.w, h, |w| dot(&cs.forward(t64, &cs.x, w, Some(&cs.b)), &r));
+        let fb = fd_grad(&cs.b, h, |b| dot(&cs.forward(t64, &cs.x, &cs.w, Some(b)), &r));
+        assert_close("linear dx vs finite differences", &v64(&g.dx), &fx, 1e-6);
+        assert_close("linear dw vs finite differences", &v64(&g.dw), &fw, 1e-6);
+        assert_close("linear db vs finite differences", &v64(&g.db), &fb, 1e-6);
+    }
+
+    /// y is linear in x (for fixed w) and in w (for fixed x), so
+    /// <y(u), r> = <u, J^T r> exactly for any direction u.
+    #[test]
+    fn backward_is_adjoint_in_x_and_in_w(cs in case_strategy(17, 70)) {
+        let mut rng = TestRng::new(cs.w.len() as u64);
+        let (r, ux, uw) = (rng.vec(cs.n * cs.d_out), rng.vec(cs.x.len()), rng.vec(cs.w.len()));
+        let g = cs.backward64(&r);
+        let jx = dot(&cs.forward(t64, &ux, &cs.w, None), &r);
+        let jw = dot(&cs.forward(t64, &cs.x, &uw, None), &r);
+        assert_close("<W u, r> vs <u, dx>", &[dot(&ux, &v64(&g.dx))], &[jx], 1e-10);
+        assert_close("<U x, r> vs <U, dw>", &[dot(&uw, &v64(&g.dw))], &[jw], 1e-10);
+        // The bias enters as b * ones: <db, u> = <sum over rows of r, u>.
+        let ub = rng.vec(cs.d_out);
+        let jb: f64 = (0..cs.n).map(|i| dot(&r[i * cs.d_out..(i + 1) * cs.d_out], &ub)).sum();
+        assert_close("<1 u, r> vs <u, db>", &[dot(&ub, &v64(&g.db))], &[jb], 1e-10);
+    }
+}
+
+#[test]
+fn forward_and_backward_are_bit_identical_across_runs() {
+    for &(n, i, o) in &[(64, 128, 128), (97, 131, 67)] {
+        let cs = Case::new(n, i, o, 5);
+        let dy = TestRng::new(6).vec(n * o);
+        let run = || {
+            let (x, w) = (t32(&cs.x, &[n, i]), t32(&cs.w, &[o, i]));
+            let y = ops::linear_forward(&x, &w, Some(&t32(&cs.b, &[o]))).unwrap();
+            let g = ops::linear_backward(&t32(&dy, &[n, o]), &x, &w).unwrap();
+            [y, g.dx, g.dw, g.db]
+                .iter()
+                .map(|t| t.to_vec_f32().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run(), "linear {n}x{i}->{o} is not deterministic");
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let x = t32(&[0.5; 6], &[2, 3]);
+    let w = t32(&[0.5; 12], &[4, 3]);
+    let fwd = |x: &Tensor, w: &Tensor, b: Option<&Tensor>| ops::linear_forward(x, w, b).unwrap_err().to_string();
+    assert!(fwd(&x, &t32(&[0.5; 8], &[4, 2]), None).contains("weight"));
+    assert!(fwd(&t32(&[0.5; 6], &[1, 2, 3]), &w, None).contains("rank-2"));
+    assert!(fwd(&x, &t32(&[0.5; 12], &[12]), None).contains("rank-2"));
+    assert!(fwd(&x, &w, Some(&t32(&[0.5; 3], &[3]))).contains("bias"));
+    assert!(fwd(&x, &w, Some(&t64(&[0.5; 4], &[4]))).contains("dtype"));
+    assert!(fwd(&x, &t64(&[0.5; 12], &[4, 3]), None).contains("dtype"));
+    let bwd = |dy: &Tensor| ops::linear_backward(dy, &x, &w).map(|_| ()).unwrap_err().to_string();
+    assert!(bwd(&t32(&[0.5; 6], &[2, 3])).contains("dy"));
+    assert!(bwd(&t32(&[0.5; 8], &[8])).contains("dy"));
+    assert!(bwd(&t64(&[0.5; 8], &[2, 4])).contains("dtype"));
+}

@@ -1,0 +1,138 @@
+//! The U-Net configuration, its validation and the presets.
+
+use crate::{Result, UNetError};
+use serde::{Deserialize, Serialize};
+
+/// The architecture knobs of ../shared/reference/ddpm_unet.py's UNetConfig,
+/// with the same field names so its JSON reads directly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UNetConfig {
+    pub in_ch: usize,
+    pub ch: usize,
+    pub ch_mult: Vec<usize>,
+    pub num_res_blocks: usize,
+    pub attn_resolutions: Vec<usize>,
+    pub dropout: f32,
+    pub groups: usize,
+    pub image_size: usize,
+}
+
+impl UNetConfig {
+    /// The 8x8 test-vector model (176,849 parameters).
+    pub fn tiny() -> Self {
+        UNetConfig {
+            in_ch: 1,
+            ch: 16,
+            ch_mult: vec![1, 2],
+            num_res_blocks: 1,
+            attn_resolutions: vec![4],
+            dropout: 0.0,
+            groups: 4,
+            image_size: 8,
+        }
+    }
+
+    /// The MNIST model: 28 -> 14 -> 7, attention at 7 (1,623,169 parameters).
+    pub fn mnist() -> Self {
+        UNetConfig {
+            in_ch: 1,
+            ch: 32,
+            ch_mult: vec![1, 2, 2],
+            num_res_blocks: 2,
+            attn_resolutions: vec![7],
+            dropout: 0.1,
+            groups: 8,
+            image_size: 28,
+        }
+    }
+
+    /// The CIFAR-10 model of the paper (35,746,307 parameters).
+    pub fn cifar10() -> Self {
+        UNetConfig {
+            in_ch: 3,
+            ch: 128,
+            ch_mult: vec![1, 2, 2, 2],
+            num_res_blocks: 2,
+            attn_resolutions: vec![16],
+            dropout: 0.1,
+            groups: 32,
+            image_size: 32,
+        }
+    }
+
+    pub fn preset(name: &str) -> Option<Self> {
+        match name {
+            "tiny" => Some(Self::tiny()),
+            "mnist" => Some(Self::mnist()),
+            "cifar10" | "cifar" => Some(Self::cifar10()),
+            _ => None,
+        }
+    }
+
+    pub fn from_json(s: &str) -> Result<Self> {
+        let c: UNetConfig = serde_json::from_str(s).map_err(|e| UNetError::Config(format!("cannot parse: {e}")))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The feature-map side at each level: image_size, then halved (rounding
+    /// up, as the stride-2 'SAME' convolution does) once per level but the last.
+    pub fn resolutions(&self) -> Vec<usize> {
+        let mut r = Vec::with_capacity(self.ch_mult.len());
+        let mut s = self.image_size;
+        for _ in &self.ch_mult {
+            r.push(s);
+            s = s.div_ceil(2);
+        }
+        r
+    }
+
+    /// Checks everything the model relies on, with one clear message.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(UNetError::Config(m));
+        if self.in_ch == 0 || self.ch == 0 || self.image_size == 0 || self.groups == 0 {
+            return bad("in_ch, ch, image_size and groups must be positive".into());
+        }
+        if self.ch_mult.is_empty() || self.ch_mult.contains(&0) {
+            return bad("ch_mult must be a non-empty list of positive multipliers".into());
+        }
+        if self.num_res_blocks == 0 {
+            return bad("num_res_blocks must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad(format!("dropout {} is outside [0, 1)", self.dropout));
+        }
+        if self.ch % 2 != 0 {
+            return bad(format!("ch {} must be even (the sinusoidal embedding has ch/2 frequencies)", self.ch));
+        }
+        if self.ch < 4 {
+            return bad(format!("ch {} is below 4 (the embedding needs at least 2 frequencies)", self.ch));
+        }
+        for m in &self.ch_mult {
+            let c = self.ch * m;
+            if c % self.groups != 0 {
+                return bad(format!("groups {} does not divide the channel count {} (ch {} x mult {})", self.groups, c, self.ch, m));
+            }
+        }
+        // Upsampling doubles the side, so each level but the last must have an
+        // even side for the skip connections to line up.
+        let res = self.resolutions();
+        for (i, &r) in res.iter().enumerate().take(res.len() - 1) {
+            if r % 2 != 0 {
+                return bad(format!(
+                    "image size {} cannot be halved {} times: level {} has odd side {}",
+                    self.image_size,
+                    res.len() - 1,
+                    i,
+                    r
+                ));
+            }
+        }
+        for a in &self.attn_resolutions {
+            if !res.contains(a) {
+                return bad(format!("attention resolution {a} is not one of the levels' sides {res:?}"));
+            }
+        }
+        Ok(())
+    }
+}

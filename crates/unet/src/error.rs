@@ -1,0 +1,26 @@
+//! Errors of the U-Net crate.
+
+use diffuse_tensor::TensorError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UNetError {
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+
+    #[error("invalid U-Net config: {0}")]
+    Config(String),
+
+    #[error("parameter {name}: expected shape {expected:?}, file has {got:?}")]
+    ParamShape { name: String, expected: Vec<usize>, got: Vec<usize> },
+
+    #[error("parameter {0} is missing from the file")]
+    MissingParam(String),
+
+    #[error("safetensors: {0}")]
+    Safetensors(String),
+
+    #[error("{path}: {source}")]
+    Io { path: String, source: std::io::Error },
+}
+
+pub type Result<T> = std::result::Result<T, UNetError>;

@@ -1,0 +1,76 @@
+//! AttnBlock: x + proj_out(attention(q(h), k(h), v(h))) with h = norm(x);
+//! single head over the H*W positions, scale C^-0.5.
+
+use super::{Builder, Conv2d, GroupNorm, GroupNormCache};
+use crate::params::ParamStore;
+use crate::Result;
+use diffuse_tensor::ops::{self, Conv2dParams};
+use diffuse_tensor::Tensor;
+
+pub struct AttnBlock {
+    norm: GroupNorm,
+    q: Conv2d,
+    k: Conv2d,
+    v: Conv2d,
+    proj_out: Conv2d,
+}
+
+pub struct AttnCache {
+    x: Tensor,
+    n: GroupNormCache,
+    h: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+}
+
+impl AttnCache {
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut v = vec![&self.x, &self.h, &self.q, &self.k, &self.v, &self.out, &self.lse];
+        v.extend(self.n.tensors());
+        v
+    }
+}
+
+impl AttnBlock {
+    pub fn new(b: &mut Builder, name: &str, c: usize, groups: usize) -> Result<Self> {
+        let p = Conv2dParams::same(1);
+        Ok(AttnBlock {
+            norm: GroupNorm::new(b, &format!("{name}.norm"), c, groups, false)?,
+            q: Conv2d::new(b, &format!("{name}.q"), c, c, 1, p, 1.0)?,
+            k: Conv2d::new(b, &format!("{name}.k"), c, c, 1, p, 1.0)?,
+            v: Conv2d::new(b, &format!("{name}.v"), c, c, 1, p, 1.0)?,
+            proj_out: Conv2d::new(b, &format!("{name}.proj_out"), c, c, 1, p, 0.0)?,
+        })
+    }
+
+    pub fn forward(&self, ps: &ParamStore, x: &Tensor, train: bool) -> Result<(Tensor, Option<AttnCache>)> {
+        let (n, c, hh, ww) = x.shape().nchw("AttnBlock")?;
+        let tokens = [n, c, hh * ww];
+        let (h, nc) = self.norm.forward(ps, x)?;
+        let q = self.q.forward(ps, &h)?.reshape(tokens)?;
+        let k = self.k.forward(ps, &h)?.reshape(tokens)?;
+        let v = self.v.forward(ps, &h)?.reshape(tokens)?;
+        let att = ops::attention_forward(&q, &k, &v)?;
+        let out = att.out.reshape([n, c, hh, ww])?;
+        let y = ops::add(x, &self.proj_out.forward(ps, &out)?)?;
+        let cache = train.then(|| AttnCache { x: x.clone(), n: nc, h, q, k, v, out, lse: att.lse });
+        Ok((y, cache))
+    }
+
+    pub fn backward(&self, ps: &mut ParamStore, c: &AttnCache, dy: &Tensor) -> Result<Tensor> {
+        let img = c.x.dims().to_vec();
+        let tokens = c.q.dims().to_vec();
+        let dout = self.proj_out.backward(ps, &c.out, dy)?.reshape(tokens)?;
+        let out_tokens = c.out.clone().reshape(c.q.dims().to_vec())?;
+        let g = ops::attention_backward(&dout, &c.q, &c.k, &c.v, &out_tokens, &c.lse)?;
+        let mut dh = self.q.backward(ps, &c.h, &g.dq.reshape(img.clone())?)?;
+        ops::add_in_place(&mut dh, &self.k.backward(ps, &c.h, &g.dk.reshape(img.clone())?)?)?;
+        ops::add_in_place(&mut dh, &self.v.backward(ps, &c.h, &g.dv.reshape(img)?)?)?;
+        let mut dx = self.norm.backward(ps, &c.x, &c.n, &dh)?;
+        ops::add_in_place(&mut dx, dy)?;
+        Ok(dx)
+    }
+}

@@ -1,0 +1,118 @@
+//! Conv2d, GroupNorm (optionally fused with SiLU) and Linear: thin layers
+//! over the tensor ops, owning their parameter ids.
+
+use super::Builder;
+use crate::params::{ParamId, ParamStore};
+use crate::Result;
+use diffuse_tensor::ops::{self, Conv2dParams};
+use diffuse_tensor::Tensor;
+
+pub struct Conv2d {
+    pub weight: ParamId,
+    pub bias: ParamId,
+    params: Conv2dParams,
+}
+
+impl Conv2d {
+    pub fn new(b: &mut Builder, name: &str, cin: usize, cout: usize, k: usize, params: Conv2dParams, scale: f64) -> Result<Self> {
+        let weight = b.xavier(format!("{name}.weight"), vec![cout, cin, k, k], cin * k * k, cout * k * k, scale)?;
+        let bias = b.constant(format!("{name}.bias"), vec![cout], 0.0)?;
+        Ok(Conv2d { weight, bias, params })
+    }
+
+    pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::conv2d_forward(x, ps.value(self.weight), Some(ps.value(self.bias)), &self.params)?)
+    }
+
+    /// Accumulates dW and db; returns dx.
+    pub fn backward(&self, ps: &mut ParamStore, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let dx = ops::conv2d_backward_data(dy, ps.value(self.weight), x.shape(), &self.params)?;
+        self.backward_params(ps, x, dy)?;
+        Ok(dx)
+    }
+
+    /// Accumulates dW and db only (for the first layer, whose input needs no gradient).
+    pub fn backward_params(&self, ps: &mut ParamStore, x: &Tensor, dy: &Tensor) -> Result<()> {
+        let dw = ops::conv2d_backward_weight(dy, x, ps.value(self.weight).shape(), &self.params)?;
+        let db = ops::conv2d_backward_bias(dy)?;
+        ps.accumulate_grad(self.weight, dw)?;
+        ps.accumulate_grad(self.bias, db)?;
+        Ok(())
+    }
+}
+
+/// GroupNorm with eps 1e-6, per-channel affine, optionally followed by SiLU
+/// in the same op.
+pub struct GroupNorm {
+    pub weight: ParamId,
+    pub bias: ParamId,
+    groups: usize,
+    silu: bool,
+}
+
+/// What GroupNorm's backward needs besides its input.
+pub struct GroupNormCache {
+    pub mean: Tensor,
+    pub rstd: Tensor,
+}
+
+pub const GROUP_NORM_EPS: f64 = 1e-6;
+
+impl GroupNormCache {
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        vec![&self.mean, &self.rstd]
+    }
+}
+
+impl GroupNorm {
+    pub fn new(b: &mut Builder, name: &str, channels: usize, groups: usize, silu: bool) -> Result<Self> {
+        let weight = b.constant(format!("{name}.weight"), vec![channels], 1.0)?;
+        let bias = b.constant(format!("{name}.bias"), vec![channels], 0.0)?;
+        Ok(GroupNorm { weight, bias, groups, silu })
+    }
+
+    pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<(Tensor, GroupNormCache)> {
+        let o = ops::group_norm_forward(x, ps.value(self.weight), ps.value(self.bias), self.groups, GROUP_NORM_EPS, self.silu)?;
+        Ok((o.y, GroupNormCache { mean: o.mean, rstd: o.rstd }))
+    }
+
+    pub fn backward(&self, ps: &mut ParamStore, x: &Tensor, cache: &GroupNormCache, dy: &Tensor) -> Result<Tensor> {
+        let g = ops::group_norm_backward(
+            dy,
+            x,
+            ps.value(self.weight),
+            ps.value(self.bias),
+            &cache.mean,
+            &cache.rstd,
+            self.groups,
+            self.silu,
+        )?;
+        ps.accumulate_grad(self.weight, g.dgamma)?;
+        ps.accumulate_grad(self.bias, g.dbeta)?;
+        Ok(g.dx)
+    }
+}
+
+pub struct Linear {
+    pub weight: ParamId,
+    pub bias: ParamId,
+}
+
+impl Linear {
+    pub fn new(b: &mut Builder, name: &str, fan_in: usize, fan_out: usize) -> Result<Self> {
+        let weight = b.xavier(format!("{name}.weight"), vec![fan_out, fan_in], fan_in, fan_out, 1.0)?;
+        let bias = b.constant(format!("{name}.bias"), vec![fan_out], 0.0)?;
+        Ok(Linear { weight, bias })
+    }
+
+    pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<Tensor> {
+        Ok(ops::linear_forward(x, ps.value(self.weight), Some(ps.value(self.bias)))?)
+    }
+
+    pub fn backward(&self, ps: &mut ParamStore, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let g = ops::linear_backward(dy, x, ps.value(self.weight))?;
+        ps.accumulate_grad(self.weight, g.dw)?;
+        ps.accumulate_grad(self.bias, g.db)?;
+        Ok(g.dx)
+    }
+}

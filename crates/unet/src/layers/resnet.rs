@@ -1,0 +1,100 @@
+//! ResnetBlock: conv1(silu(norm1(x))) + temb_proj(silu(temb)), then
+//! conv2(dropout(silu(norm2(.)))), plus x (through a 1x1 conv when the
+//! channel count changes).
+
+use super::{Builder, Conv2d, ForwardMode, GroupNorm, GroupNormCache, Linear};
+use crate::params::ParamStore;
+use crate::Result;
+use diffuse_tensor::ops::{self, Conv2dParams};
+use diffuse_tensor::Tensor;
+
+pub struct ResnetBlock {
+    norm1: GroupNorm,
+    conv1: Conv2d,
+    temb_proj: Linear,
+    norm2: GroupNorm,
+    conv2: Conv2d,
+    nin_shortcut: Option<Conv2d>,
+    dropout: f32,
+    dropout_stream: u32,
+}
+
+/// What the block's backward needs. `x` is the block's input.
+pub struct ResCache {
+    x: Tensor,
+    n1: GroupNormCache,
+    a1: Tensor,
+    h2: Tensor,
+    n2: GroupNormCache,
+    a2: Tensor,
+    mode: ForwardMode,
+}
+
+impl ResCache {
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut v = vec![&self.x, &self.a1, &self.h2, &self.a2];
+        v.extend(self.n1.tensors());
+        v.extend(self.n2.tensors());
+        v
+    }
+}
+
+impl ResnetBlock {
+    pub fn new(b: &mut Builder, name: &str, cin: usize, cout: usize, temb_ch: usize, dropout: f32, groups: usize) -> Result<Self> {
+        let norm1 = GroupNorm::new(b, &format!("{name}.norm1"), cin, groups, true)?;
+        let conv1 = Conv2d::new(b, &format!("{name}.conv1"), cin, cout, 3, Conv2dParams::same(3), 1.0)?;
+        let temb_proj = Linear::new(b, &format!("{name}.temb_proj"), temb_ch, cout)?;
+        let norm2 = GroupNorm::new(b, &format!("{name}.norm2"), cout, groups, true)?;
+        let conv2 = Conv2d::new(b, &format!("{name}.conv2"), cout, cout, 3, Conv2dParams::same(3), 0.0)?;
+        let nin_shortcut = if cin != cout {
+            Some(Conv2d::new(b, &format!("{name}.nin_shortcut"), cin, cout, 1, Conv2dParams::same(1), 1.0)?)
+        } else {
+            None
+        };
+        let dropout_stream = b.dropout_stream();
+        Ok(ResnetBlock { norm1, conv1, temb_proj, norm2, conv2, nin_shortcut, dropout, dropout_stream })
+    }
+
+    fn dropout_on(&self, mode: &ForwardMode) -> bool {
+        mode.train && self.dropout > 0.0
+    }
+
+    /// `silu_temb` is silu(temb), computed once for all blocks by the U-Net.
+    pub fn forward(&self, ps: &ParamStore, x: &Tensor, silu_temb: &Tensor, mode: ForwardMode) -> Result<(Tensor, Option<ResCache>)> {
+        let (a1, n1) = self.norm1.forward(ps, x)?;
+        let h1 = self.conv1.forward(ps, &a1)?;
+        let tp = self.temb_proj.forward(ps, silu_temb)?;
+        let h2 = ops::add_channel_bias(&h1, &tp)?;
+        drop(h1);
+        let (mut a2, n2) = self.norm2.forward(ps, &h2)?;
+        if self.dropout_on(&mode) {
+            a2 = ops::dropout_forward(&a2, self.dropout, mode.seed, mode.step, self.dropout_stream)?;
+        }
+        let h3 = self.conv2.forward(ps, &a2)?;
+        let y = match &self.nin_shortcut {
+            Some(nin) => ops::add(&nin.forward(ps, x)?, &h3)?,
+            None => ops::add(x, &h3)?,
+        };
+        let cache = mode.train.then(|| ResCache { x: x.clone(), n1, a1, h2, n2, a2, mode });
+        Ok((y, cache))
+    }
+
+    /// Returns (dx, d silu_temb); accumulates every parameter gradient.
+    pub fn backward(&self, ps: &mut ParamStore, c: &ResCache, silu_temb: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+        let mut da2 = self.conv2.backward(ps, &c.a2, dy)?;
+        if self.dropout_on(&c.mode) {
+            da2 = ops::dropout_backward(&da2, self.dropout, c.mode.seed, c.mode.step, self.dropout_stream)?;
+        }
+        let dh2 = self.norm2.backward(ps, &c.h2, &c.n2, &da2)?;
+        drop(da2);
+        let dtp = ops::channel_bias_backward(&dh2)?;
+        let dsilu_temb = self.temb_proj.backward(ps, silu_temb, &dtp)?;
+        let da1 = self.conv1.backward(ps, &c.a1, &dh2)?;
+        let mut dx = self.norm1.backward(ps, &c.x, &c.n1, &da1)?;
+        match &self.nin_shortcut {
+            Some(nin) => ops::add_in_place(&mut dx, &nin.backward(ps, &c.x, dy)?)?,
+            None => ops::add_in_place(&mut dx, dy)?,
+        }
+        Ok((dx, dsilu_temb))
+    }
+}

@@ -1,0 +1,18 @@
+//! The DDPM U-Net (Ho et al. 2020) with manual autograd: every layer has an
+//! explicit forward that caches what it needs and a hand-written backward.
+//! Parameters carry PyTorch's state_dict names, so weights load from and
+//! save to safetensors files that map one to one onto the reference model.
+
+pub mod config;
+pub mod error;
+pub mod io;
+pub mod layers;
+pub mod params;
+pub mod unet;
+pub mod verify;
+
+pub use config::UNetConfig;
+pub use error::{Result, UNetError};
+pub use layers::ForwardMode;
+pub use params::{ParamId, ParamStore};
+pub use unet::{UNet, UNetCache};

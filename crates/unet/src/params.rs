@@ -1,0 +1,137 @@
+//! The parameter store: every weight of the model under its PyTorch
+//! state_dict name, with an optional accumulated gradient.
+
+use crate::{Result, UNetError};
+use diffuse_tensor::{ops, DType, Device, Tensor};
+use std::collections::HashMap;
+
+/// Index of one parameter in its store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ParamId(usize);
+
+pub struct ParamStore {
+    names: Vec<String>,
+    values: Vec<Tensor>,
+    grads: Vec<Option<Tensor>>,
+    by_name: HashMap<String, usize>,
+}
+
+impl ParamStore {
+    pub(crate) fn new() -> Self {
+        ParamStore { names: Vec::new(), values: Vec::new(), grads: Vec::new(), by_name: HashMap::new() }
+    }
+
+    pub(crate) fn add(&mut self, name: String, value: Tensor) -> ParamId {
+        let id = self.values.len();
+        self.by_name.insert(name.clone(), id);
+        self.names.push(name);
+        self.values.push(value);
+        self.grads.push(None);
+        ParamId(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The number of scalar weights.
+    pub fn num_scalars(&self) -> usize {
+        self.values.iter().map(|t| t.numel()).sum()
+    }
+
+    pub fn value(&self, id: ParamId) -> &Tensor {
+        &self.values[id.0]
+    }
+
+    pub fn grad(&self, id: ParamId) -> Option<&Tensor> {
+        self.grads[id.0].as_ref()
+    }
+
+    pub fn id(&self, name: &str) -> Option<ParamId> {
+        self.by_name.get(name).copied().map(ParamId)
+    }
+
+    pub fn name(&self, id: ParamId) -> &str {
+        &self.names[id.0]
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = ParamId> {
+        (0..self.values.len()).map(ParamId)
+    }
+
+    /// (name, value) in registration order (PyTorch's named_parameters order).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Tensor)> {
+        self.names.iter().map(String::as_str).zip(self.values.iter())
+    }
+
+    /// Adds `g` to the parameter's gradient, so that several backward passes
+    /// accumulate (gradient accumulation).
+    pub fn accumulate_grad(&mut self, id: ParamId, g: Tensor) -> Result<()> {
+        let slot = &mut self.grads[id.0];
+        match slot {
+            Some(acc) => ops::add_in_place(acc, &g)?,
+            None => {
+                let want = self.values[id.0].dims();
+                if g.dims() != want {
+                    return Err(UNetError::ParamShape { name: self.names[id.0].clone(), expected: want.to_vec(), got: g.dims().to_vec() });
+                }
+                *slot = Some(g);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn zero_grads(&mut self) {
+        self.grads.iter_mut().for_each(|g| *g = None);
+    }
+
+    /// Replaces a parameter's value, checking its shape.
+    pub fn set(&mut self, id: ParamId, value: Tensor) -> Result<()> {
+        let want = self.values[id.0].dims();
+        if value.dims() != want {
+            return Err(UNetError::ParamShape { name: self.names[id.0].clone(), expected: want.to_vec(), got: value.dims().to_vec() });
+        }
+        let dev = self.values[id.0].device();
+        let dtype = self.values[id.0].dtype();
+        self.values[id.0] = value.to_dtype_on(dtype, &dev)?;
+        Ok(())
+    }
+
+    pub fn value_mut(&mut self, id: ParamId) -> &mut Tensor {
+        &mut self.values[id.0]
+    }
+
+    /// Mutable value and shared gradient of one parameter (for optimisers).
+    pub fn value_and_grad_mut(&mut self, id: ParamId) -> (&mut Tensor, Option<&Tensor>) {
+        (&mut self.values[id.0], self.grads[id.0].as_ref())
+    }
+
+    /// Moves every value (and gradient) to `device` in `dtype`.
+    pub fn convert(&mut self, dtype: DType, device: &Device) -> Result<()> {
+        for v in self.values.iter_mut() {
+            *v = v.to_dtype_on(dtype, device)?;
+        }
+        for g in self.grads.iter_mut().flatten() {
+            *g = g.to_dtype_on(dtype, device)?;
+        }
+        Ok(())
+    }
+}
+
+/// Conversion helpers the tensor crate leaves to its users.
+pub(crate) trait TensorExt {
+    fn to_dtype_on(&self, dtype: DType, device: &Device) -> diffuse_tensor::Result<Tensor>;
+}
+
+impl TensorExt for Tensor {
+    fn to_dtype_on(&self, dtype: DType, device: &Device) -> diffuse_tensor::Result<Tensor> {
+        if self.dtype() == dtype {
+            return self.to_device(device);
+        }
+        self.to_device(&Device::Cpu)?.to_dtype(dtype)?.to_device(device)
+    }
+}
