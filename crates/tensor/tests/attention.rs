@@ -1,0 +1,202 @@
+//! Single-head attention: f64 oracle (output, lse, weights), finite
+//! differences, softmax and adjoint properties, determinism, error cases.
+
+mod common;
+use common::*;
+use diffuse_tensor::ops;
+use diffuse_tensor::Tensor;
+use proptest::prelude::*;
+
+/// An attention problem: q, k, v [b, c, n].
+#[derive(Clone, Debug)]
+struct Case {
+    b: usize,
+    c: usize,
+    n: usize,
+    q: Vec<f64>,
+    k: Vec<f64>,
+    v: Vec<f64>,
+}
+
+impl Case {
+    fn new(b: usize, c: usize, n: usize, seed: u64) -> Case {
+        let mut rng = TestRng::new(seed);
+        let len = b * c * n;
+        // Scores spread over several units, so softmax is neither flat nor one-hot.
+        Case { b, c, n, q: rng.vec_in(len, -2.0, 2.0), k: rng.vec_in(len, -2.0, 2.0), v: rng.vec(len) }
+    }
+
+    fn shape(&self) -> [usize; 3] {
+        [self.b, self.c, self.n]
+    }
+
+    fn rounded(&self) -> Case {
+        let r = |v: &Vec<f64>| v.iter().map(|&x| x as f32 as f64).collect();
+        Case { q: r(&self.q), k: r(&self.k), v: r(&self.v), ..self.clone() }
+    }
+
+    fn forward(&self, t: fn(&[f64], &[usize]) -> Tensor, q: &[f64], k: &[f64], v: &[f64]) -> ops::AttentionOutput {
+        let s = self.shape();
+        ops::attention_forward(&t(q, &s), &t(k, &s), &t(v, &s)).unwrap()
+    }
+
+    fn backward64(&self, dout: &[f64]) -> ops::AttentionGrads {
+        let s = self.shape();
+        let (q, k, v) = (t64(&self.q, &s), t64(&self.k, &s), t64(&self.v, &s));
+        let f = ops::attention_forward(&q, &k, &v).unwrap();
+        ops::attention_backward(&t64(dout, &s), &q, &k, &v, &f.out, &f.lse).unwrap()
+    }
+
+    /// <out(q, k, v), r> in f64.
+    fn loss(&self, q: &[f64], k: &[f64], v: &[f64], r: &[f64]) -> f64 {
+        dot(&v64(&self.forward(t64, q, k, v).out), r)
+    }
+}
+
+/// Naive f64 attention: (out [b, c, n], lse [b, n], p [b, n, n]).
+fn oracle(cs: &Case) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (b, c, n) = (cs.b, cs.c, cs.n);
+    let at = |t: &Vec<f64>, bi: usize, ci: usize, i: usize| t[(bi * c + ci) * n + i];
+    let scale = 1.0 / (c as f64).sqrt();
+    let mut out = vec![0.0; b * c * n];
+    let mut lse = vec![0.0; b * n];
+    let mut p = vec![0.0; b * n * n];
+    for bi in 0..b {
+        for i in 0..n {
+            let s: Vec<f64> = (0..n).map(|j| (0..c).map(|ci| at(&cs.q, bi, ci, i) * at(&cs.k, bi, ci, j)).sum::<f64>() * scale).collect();
+            let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let z: f64 = s.iter().map(|s| (s - m).exp()).sum();
+            lse[bi * n + i] = m + z.ln();
+            for j in 0..n {
+                p[(bi * n + i) * n + j] = (s[j] - m).exp() / z;
+            }
+            for ci in 0..c {
+                out[(bi * c + ci) * n + i] = (0..n).map(|j| p[(bi * n + i) * n + j] * at(&cs.v, bi, ci, j)).sum();
+            }
+        }
+    }
+    (out, lse, p)
+}
+
+fn tokens() -> impl Strategy<Value = usize> {
+    prop_oneof![Just(1usize), Just(3), Just(7), Just(49), 1..=20usize]
+}
+
+fn case_strategy(max_b: usize, max_c: usize) -> impl Strategy<Value = Case> {
+    (1..=max_b, awkward(max_c), tokens(), any::<u64>()).prop_map(|(b, c, n, s)| Case::new(b, c, n, s))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn forward_f32_matches_f64_oracle(cs in case_strategy(3, 24)) {
+        let cs = cs.rounded();
+        let f = cs.forward(t32, &cs.q, &cs.k, &cs.v);
+        let (out, lse, p) = oracle(&cs);
+        assert_close("attention out", &v64(&f.out), &out, 1e-5);
+        assert_close("attention lse", &v64(&f.lse), &lse, 1e-5);
+        let s = cs.shape();
+        let w = ops::attention_weights(&t32(&cs.q, &s), &t32(&cs.k, &s)).unwrap();
+        prop_assert_eq!(w.dims(), &[cs.b, cs.n, cs.n]);
+        assert_close("attention weights", &v64(&w), &p, 1e-5);
+    }
+
+    #[test]
+    fn backward_matches_finite_differences(cs in case_strategy(2, 7)) {
+        let r = TestRng::new(!cs.q.len() as u64).vec(cs.q.len());
+        let g = cs.backward64(&r);
+        let h = 1e-5;
+        let fq = fd_grad(&cs.q, h, |q| cs.loss(q, &cs.k, &cs.v, &r));
+        let fk = fd_grad(&cs.k, h, |k| cs.loss(&cs.q, k, &cs.v, &r));
+        let fv = fd_grad(&cs.v, h, |v| cs.loss(&cs.q, &cs.k, v, &r));
+        // With one token the softmax is constant, so dq and dk are exactly zero.
+        assert_close("attention dq vs finite differences", &v64(&g.dq), &fq, 1e-6);
+        assert_close("attention dk vs finite differences", &v64(&g.dk), &fk, 1e-6);
+        assert_close("attention dv vs finite differences", &v64(&g.dv), &fv, 1e-6);
+    }
+
+    /// out is linear in v, so <out(u), r> = <u, dv> exactly; in (q, k) the
+    /// JVP by central differences matches <u, (dq, dk)>.
+    #[test]
+    fn backward_is_adjoint_of_forward_linearisation(cs in case_strategy(3, 16)) {
+        let mut rng = TestRng::new(cs.v.len() as u64 + 1);
+        let len = cs.q.len();
+        let (r, uq, uk, uv) = (rng.vec(len), rng.vec(len), rng.vec(len), rng.vec(len));
+        let g = cs.backward64(&r);
+        let jv = cs.loss(&cs.q, &cs.k, &uv, &r);
+        assert_close("<out(u), r> vs <u, dv>", &[dot(&uv, &v64(&g.dv))], &[jv], 1e-10);
+        let h = 1e-5;
+        let step = |a: &[f64], u: &[f64], s: f64| a.iter().zip(u).map(|(a, u)| a + s * u).collect::<Vec<_>>();
+        let at = |s: f64| cs.loss(&step(&cs.q, &uq, s), &step(&cs.k, &uk, s), &cs.v, &r);
+        let jqk = (at(h) - at(-h)) / (2.0 * h);
+        let vjp = dot(&uq, &v64(&g.dq)) + dot(&uk, &v64(&g.dk));
+        prop_assume!(cs.n > 1); // one token: both sides are zero
+        assert_close("<J (uq, uk), r> vs <(uq, uk), (dq, dk)>", &[vjp], &[jqk], 1e-6);
+    }
+
+    #[test]
+    fn weights_are_a_distribution_per_query(cs in case_strategy(3, 24)) {
+        let s = cs.shape();
+        let w = v64(&ops::attention_weights(&t32(&cs.q, &s), &t32(&cs.k, &s)).unwrap());
+        for (i, row) in w.chunks(cs.n).enumerate() {
+            let sum: f64 = row.iter().sum();
+            prop_assert!((sum - 1.0).abs() < 1e-5, "query {i}: weights sum to {sum}");
+            prop_assert!(row.iter().all(|&p| p >= 0.0), "query {i}: negative weight");
+        }
+    }
+}
+
+/// Scores far beyond exp's range must not overflow: the max is subtracted.
+#[test]
+fn large_scores_stay_finite() {
+    let cs = Case::new(1, 4, 7, 3);
+    let q: Vec<f64> = cs.q.iter().map(|v| v * 300.0).collect();
+    let f = cs.forward(t32, &q, &cs.k, &cs.v);
+    assert!(v64(&f.out).iter().chain(&v64(&f.lse)).all(|v| v.is_finite()), "non-finite attention output");
+    let big = Case { q, ..cs.clone() };
+    assert_close("attention out, large scores", &v64(&big.forward(t64, &big.q, &big.k, &big.v).out), &oracle(&big).0, 1e-12);
+}
+
+#[test]
+fn forward_and_backward_are_bit_identical_across_runs() {
+    for &(b, c, n) in &[(8, 64, 49), (5, 13, 37)] {
+        let cs = Case::new(b, c, n, 9);
+        let dout = TestRng::new(10).vec(cs.q.len());
+        let s = cs.shape();
+        let run = || {
+            let (q, k, v) = (t32(&cs.q, &s), t32(&cs.k, &s), t32(&cs.v, &s));
+            let f = ops::attention_forward(&q, &k, &v).unwrap();
+            let g = ops::attention_backward(&t32(&dout, &s), &q, &k, &v, &f.out, &f.lse).unwrap();
+            [f.out, f.lse, g.dq, g.dk, g.dv]
+                .iter()
+                .map(|t| t.to_vec_f32().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(), run(), "attention B{b} C{c} N{n} is not deterministic");
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    let q = t32(&[0.5; 24], &[2, 3, 4]);
+    let fwd = |k: &Tensor, v: &Tensor| ops::attention_forward(&q, k, v).map(|_| ()).unwrap_err().to_string();
+    assert!(fwd(&t32(&[0.5; 24], &[2, 4, 3]), &q).contains("k shaped like q"));
+    assert!(fwd(&q, &t32(&[0.5; 18], &[2, 3, 3])).contains("v shaped like q"));
+    assert!(fwd(&q, &t64(&[0.5; 24], &[2, 3, 4])).contains("dtype"));
+    let flat = t32(&[0.5; 24], &[6, 4]);
+    assert!(ops::attention_forward(&flat, &flat, &flat).unwrap_err().to_string().contains("rank-3"));
+    let empty = t32(&[], &[2, 0, 4]);
+    assert!(ops::attention_forward(&empty, &empty, &empty).unwrap_err().to_string().contains("channel"));
+    assert!(ops::attention_weights(&q, &t32(&[0.5; 12], &[1, 3, 4])).is_err());
+
+    let f = ops::attention_forward(&q, &q, &q).unwrap();
+    let bwd = |dout: &Tensor, out: &Tensor, lse: &Tensor| {
+        ops::attention_backward(dout, &q, &q, &q, out, lse).map(|_| ()).unwrap_err().to_string()
+    };
+    assert!(bwd(&t32(&[0.5; 12], &[1, 3, 4]), &f.out, &f.lse).contains("dout"));
+    assert!(bwd(&q, &t32(&[0.5; 12], &[2, 3, 2]), &f.lse).contains("out"));
+    assert!(bwd(&q, &f.out, &t32(&[0.5; 8], &[8])).contains("lse"));
+    assert!(bwd(&q, &f.out, &t32(&[0.5; 6], &[2, 3])).contains("lse"));
+    assert!(bwd(&q, &f.out, &t64(&[0.5; 8], &[2, 4])).contains("dtype"));
+}
