@@ -110,9 +110,15 @@ proptest! {
         let fq = fd_grad(&cs.q, h, |q| cs.loss(q, &cs.k, &cs.v, &r));
         let fk = fd_grad(&cs.k, h, |k| cs.loss(&cs.q, k, &cs.v, &r));
         let fv = fd_grad(&cs.v, h, |v| cs.loss(&cs.q, &cs.k, v, &r));
-        // With one token the softmax is constant, so dq and dk are exactly zero.
-        assert_close("attention dq vs finite differences", &v64(&g.dq), &fq, 1e-6);
-        assert_close("attention dk vs finite differences", &v64(&g.dk), &fk, 1e-6);
+        if cs.n == 1 {
+            // One token: the softmax is constantly 1, so dq and dk are zero up
+            // to rounding (a relative error against zero means nothing).
+            let max_abs = v64(&g.dq).iter().chain(&v64(&g.dk)).fold(0f64, |m, v| m.max(v.abs()));
+            prop_assert!(max_abs < 1e-12, "one token: |dq|, |dk| up to {max_abs}");
+        } else {
+            assert_close("attention dq vs finite differences", &v64(&g.dq), &fq, 1e-6);
+            assert_close("attention dk vs finite differences", &v64(&g.dk), &fk, 1e-6);
+        }
         assert_close("attention dv vs finite differences", &v64(&g.dv), &fv, 1e-6);
     }
 

@@ -19,6 +19,9 @@ fn oracle_zip(a: &[f64], b: &[f64], f: impl Fn(f64, f64) -> f64) -> Vec<f64> {
     out
 }
 
+/// A binary op under test, as used by the gradient checks.
+type BinOp<'a> = &'a dyn Fn(&Tensor, &Tensor) -> Tensor;
+
 fn nchw() -> impl Strategy<Value = Vec<usize>> {
     (awkward(3), awkward(13), awkward(9), awkward(9)).prop_map(|(n, c, h, w)| vec![n, c, h, w])
 }
@@ -73,14 +76,14 @@ proptest! {
         let mut rng = TestRng::new(seed);
         let (a, b, r) = (rng.vec(n), rng.vec(n), rng.vec(n));
         let sh = [n];
-        let f = |op: &dyn Fn(&Tensor, &Tensor) -> Tensor, a: &[f64], b: &[f64]| dot(&v64(&op(&t64(a, &sh), &t64(b, &sh))), &r);
+        let f = |op: BinOp, a: &[f64], b: &[f64]| dot(&v64(&op(&t64(a, &sh), &t64(b, &sh))), &r);
         let add = |x: &Tensor, y: &Tensor| ops::add(x, y).unwrap();
         let sub = |x: &Tensor, y: &Tensor| ops::sub(x, y).unwrap();
         let mul = |x: &Tensor, y: &Tensor| ops::mul(x, y).unwrap();
         let add_scaled = |x: &Tensor, y: &Tensor| ops::add_scaled(x, y, s).unwrap();
         let scale = |x: &Tensor, _: &Tensor| ops::scale(x, s).unwrap();
         let tr = t64(&r, &sh);
-        let checks: [(&str, &dyn Fn(&Tensor, &Tensor) -> Tensor, bool, Tensor); 8] = [
+        let checks: [(&str, BinOp, bool, Tensor); 8] = [
             ("add da", &add, true, tr.clone()),
             ("add db", &add, false, tr.clone()),
             ("sub da", &sub, true, tr.clone()),

@@ -138,7 +138,8 @@ proptest! {
 fn noise_has_unit_moments_for_large_n() {
     let n = 1 << 18;
     let shape = [4, n / 4];
-    let out = ops::noise_add(&t32(&vec![0.0; n], &shape), &t32(&[0.0; 4], &[4]), &t32(&[1.0; 4], &[4]), 123, 9, 2).unwrap();
+    let out =
+        ops::noise_add(&t32(&vec![0.0; n], &shape), &t32(&[0.0; 4], &[4]), &t32(&[1.0; 4], &[4]), 123, 9, 2).unwrap();
     let eps = v64(&out.eps);
     assert_eq!(v64(&out.x_t), eps, "a = 0, b = 1 gives x_t = eps");
     let mean = eps.iter().sum::<f64>() / n as f64;

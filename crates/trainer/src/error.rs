@@ -82,6 +82,22 @@ pub enum Error {
     /// An argument out of range (batch size 0, nrow 0, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// A tensor op failed (shape, device, kernel launch...).
+    #[error(transparent)]
+    Tensor(#[from] diffuse_tensor::TensorError),
+
+    /// The model could not be built, loaded or saved.
+    #[error(transparent)]
+    Model(#[from] diffuse_unet::UNetError),
+
+    /// A checkpoint that is truncated, foreign or does not fit.
+    #[error("{}: {reason}", path.display())]
+    Checkpoint { path: PathBuf, reason: String },
+
+    /// A training or sampling configuration that cannot work.
+    #[error("invalid configuration: {0}")]
+    Config(String),
 }
 
 impl Error {

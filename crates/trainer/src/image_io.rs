@@ -298,8 +298,7 @@ pub fn npy_bytes(data: &[f32], shape: &[usize]) -> Result<Vec<u8>> {
                 .join(", ")
         ),
     };
-    let mut header =
-        format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
     let unpadded = NPY_MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
@@ -356,7 +355,8 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
             descr.split(',').next().unwrap_or("")
         )));
     }
-    let fortran = field("fortran_order").ok_or_else(|| bad("NPY header has no 'fortran_order'".into()))?;
+    let fortran =
+        field("fortran_order").ok_or_else(|| bad("NPY header has no 'fortran_order'".into()))?;
     if !fortran.starts_with("False") {
         return Err(bad("NPY array in Fortran order".into()));
     }
@@ -419,7 +419,7 @@ pub struct PlotOptions {
     pub height: usize,
     /// Logarithmic y axis (non-positive values are then left out).
     pub log_y: bool,
-    /// Trailing moving-average window in points: 0 picks one (about a
+    /// Centred moving-average window in points: 0 picks one (about a
     /// fiftieth of the points), 1 draws no average.
     pub smoothing: usize,
 }
@@ -453,15 +453,15 @@ fn glyph(ch: char) -> [u8; 5] {
         '+' => [0b000, 0b010, 0b111, 0b010, 0b000],
         '(' => [0b001, 0b010, 0b010, 0b010, 0b001],
         ')' => [0b100, 0b010, 0b010, 0b010, 0b100],
-        'e' => [0b010, 0b101, 0b111, 0b100, 0b011],
-        'g' => [0b011, 0b101, 0b011, 0b001, 0b110],
+        'E' => [0b111, 0b100, 0b110, 0b100, 0b111],
+        'G' => [0b011, 0b100, 0b101, 0b101, 0b011],
         'k' => [0b100, 0b101, 0b110, 0b101, 0b101],
-        'l' => [0b110, 0b010, 0b010, 0b010, 0b111],
+        'L' => [0b100, 0b100, 0b100, 0b100, 0b111],
         'M' => [0b101, 0b111, 0b111, 0b101, 0b101],
-        'o' => [0b000, 0b010, 0b101, 0b101, 0b010],
-        'p' => [0b110, 0b101, 0b110, 0b100, 0b100],
-        's' => [0b011, 0b100, 0b010, 0b001, 0b110],
-        't' => [0b010, 0b111, 0b010, 0b010, 0b011],
+        'O' => [0b010, 0b101, 0b101, 0b101, 0b010],
+        'P' => [0b110, 0b101, 0b110, 0b100, 0b100],
+        'S' => [0b011, 0b100, 0b010, 0b001, 0b110],
+        'T' => [0b111, 0b010, 0b010, 0b010, 0b010],
         _ => [0; 5],
     }
 }
@@ -523,7 +523,13 @@ impl Canvas {
                     if bits >> (2 - col) & 1 == 1 {
                         let px = gx + (col * FONT_SCALE) as i64;
                         let py = y + (r * FONT_SCALE) as i64;
-                        self.rect(px, py, px + FONT_SCALE as i64 - 1, py + FONT_SCALE as i64 - 1, rgb);
+                        self.rect(
+                            px,
+                            py,
+                            px + FONT_SCALE as i64 - 1,
+                            py + FONT_SCALE as i64 - 1,
+                            rgb,
+                        );
                     }
                 }
             }
@@ -559,7 +565,7 @@ fn format_tick(v: f64, step: f64) -> String {
     }
     let a = v.abs();
     if !(1e-3..1e5).contains(&a) {
-        return format!("{v:.0e}");
+        return format!("{v:.0e}").to_uppercase();
     }
     let decimals = (-step.log10().floor()).max(0.0) as usize;
     format!("{v:.decimals$}")
@@ -576,7 +582,7 @@ fn format_step_tick(v: f64) -> String {
     }
 }
 
-/// Draws a loss curve: the raw values (light blue), their trailing moving
+/// Draws a loss curve: the raw values (light blue), their centred moving
 /// average (dark blue, 2 px), axes with round ticks and labels, and grid
 /// lines. `points` are `(step, loss)`; non-finite losses (and, on a log
 /// axis, non-positive ones) are left out. With no point to draw the axes are
@@ -601,20 +607,27 @@ pub fn render_loss_plot(points: &[(u64, f64)], opts: &PlotOptions) -> RasterImag
         0 => (pts.len() / 50).max(1),
         w => w,
     };
-    let mut avg = Vec::with_capacity(pts.len());
-    let mut sum = 0.0;
-    for i in 0..pts.len() {
-        sum += pts[i].1;
-        if i >= window {
-            sum -= pts[i - window].1;
-        }
-        avg.push((pts[i].0, sum / (i + 1).min(window) as f64));
+    // Centred moving average (the window shrinks at the ends), by prefix sums.
+    let mut prefix = Vec::with_capacity(pts.len() + 1);
+    prefix.push(0.0);
+    for p in &pts {
+        prefix.push(prefix.last().copied().unwrap_or(0.0) + p.1);
     }
+    let half = window / 2;
+    let avg: Vec<(f64, f64)> = (0..pts.len())
+        .map(|i| {
+            let lo = i.saturating_sub(half);
+            let hi = (i + half + 1).min(pts.len());
+            (pts[i].0, (prefix[hi] - prefix[lo]) / (hi - lo) as f64)
+        })
+        .collect();
     let ty = |v: f64| if opts.log_y { v.log10() } else { v };
 
     let (mut xmin, mut xmax) = pts
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
+            (a.min(p.0), b.max(p.0))
+        });
     let (mut ymin, mut ymax) = pts
         .iter()
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
@@ -628,7 +641,11 @@ pub fn render_loss_plot(points: &[(u64, f64)], opts: &PlotOptions) -> RasterImag
         xmax = xmin + 1.0;
     }
     if ymax - ymin < 1e-12 {
-        let pad = if ymin.abs() > 1e-12 { ymin.abs() * 0.05 } else { 0.5 };
+        let pad = if ymin.abs() > 1e-12 {
+            ymin.abs() * 0.05
+        } else {
+            0.5
+        };
         ymin -= pad;
         ymax += pad;
     } else {
@@ -710,19 +727,23 @@ pub fn render_loss_plot(points: &[(u64, f64)], opts: &PlotOptions) -> RasterImag
     // Axes on top, then the axis names.
     cv.line((left, top), (left, bottom), black, 1);
     cv.line((left, bottom), (right, bottom), black, 1);
-    let xname = "step";
+    let xname = "STEP";
     cv.text(
         (left + right) / 2 - text_width(xname) as i64 / 2,
         height as i64 - 14,
         xname,
         black,
     );
-    let yname = if opts.log_y { "loss (log)" } else { "loss" };
+    let yname = if opts.log_y { "LOSS (LOG)" } else { "LOSS" };
     cv.text(left + 6, top + 2, yname, black);
     cv.img
 }
 
 /// Renders [`render_loss_plot`] and writes it as a PNG, atomically.
-pub fn save_loss_plot(path: impl AsRef<Path>, points: &[(u64, f64)], opts: &PlotOptions) -> Result<()> {
+pub fn save_loss_plot(
+    path: impl AsRef<Path>,
+    points: &[(u64, f64)],
+    opts: &PlotOptions,
+) -> Result<()> {
     render_loss_plot(points, opts).save_png(path)
 }

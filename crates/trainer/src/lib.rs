@@ -1,10 +1,16 @@
 //! diffuse-trainer: schedules, losses, optimiser, training loop, samplers,
 //! datasets, checkpoints, metrics and image output.
 
+pub mod checkpoint;
+pub mod config;
 pub mod data;
+pub mod diffusion;
 pub mod error;
 pub mod image_io;
 pub mod metrics;
+pub mod optim;
+pub mod sampler;
+pub mod train;
 
 pub use data::{Batch, Dataset, DatasetKind, Loader, LoaderConfig, LoaderState};
 pub use error::{Error, Result};

@@ -85,7 +85,12 @@ pub fn psnr(a: &[f32], b: &[f32], data_range: f64) -> Result<f64> {
 }
 
 /// PSNR of each image of `shape = [n, c, h, w]`.
-pub fn psnr_per_image(a: &[f32], b: &[f32], shape: [usize; 4], data_range: f64) -> Result<Vec<f64>> {
+pub fn psnr_per_image(
+    a: &[f32],
+    b: &[f32],
+    shape: [usize; 4],
+    data_range: f64,
+) -> Result<Vec<f64>> {
     check_shape(a, b, shape)?;
     check_range(data_range)?;
     let per = shape[1] * shape[2] * shape[3];
@@ -194,7 +199,7 @@ pub fn ssim_per_image(
 ) -> Result<Vec<f64>> {
     check_shape(a, b, shape)?;
     check_range(opts.data_range)?;
-    if opts.window == 0 || opts.window % 2 == 0 {
+    if opts.window == 0 || opts.window.is_multiple_of(2) {
         return Err(Error::InvalidArgument(format!(
             "SSIM window {} (must be odd)",
             opts.window

@@ -32,6 +32,21 @@ impl UNetConfig {
         }
     }
 
+    /// A small 28x28 model for fast training tests on the bundled digits:
+    /// 28 -> 14, attention at 14.
+    pub fn tiny_mnist() -> Self {
+        UNetConfig {
+            in_ch: 1,
+            ch: 16,
+            ch_mult: vec![1, 2],
+            num_res_blocks: 1,
+            attn_resolutions: vec![14],
+            dropout: 0.0,
+            groups: 4,
+            image_size: 28,
+        }
+    }
+
     /// The MNIST model: 28 -> 14 -> 7, attention at 7 (1,623,169 parameters).
     pub fn mnist() -> Self {
         UNetConfig {
@@ -63,6 +78,7 @@ impl UNetConfig {
     pub fn preset(name: &str) -> Option<Self> {
         match name {
             "tiny" => Some(Self::tiny()),
+            "tiny-mnist" => Some(Self::tiny_mnist()),
             "mnist" => Some(Self::mnist()),
             "cifar10" | "cifar" => Some(Self::cifar10()),
             _ => None,

@@ -85,6 +85,14 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Multiplies one gradient by `s` in place (gradient clipping).
+    pub fn scale_grad(&mut self, id: ParamId, s: f64) -> Result<()> {
+        if let Some(g) = &mut self.grads[id.0] {
+            ops::scale_in_place(g, s)?;
+        }
+        Ok(())
+    }
+
     pub fn zero_grads(&mut self) {
         self.grads.iter_mut().for_each(|g| *g = None);
     }

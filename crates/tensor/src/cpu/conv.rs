@@ -74,7 +74,8 @@ impl ConvGeom {
     /// Images per gemm: about `TARGET_COLS` columns, with the batch split
     /// into equal groups (depends on the shape only, never on threads).
     fn images_per_group(&self) -> usize {
-        let want = (TARGET_COLS / self.p().max(1)).clamp(1, self.n.max(1));
+        let tc = std::env::var("CONV_TC").ok().and_then(|v| v.parse().ok()).unwrap_or(TARGET_COLS); // TUNING-TMP
+        let want = (tc / self.p().max(1)).clamp(1, self.n.max(1));
         let groups = self.n.div_ceil(want).max(1);
         self.n.div_ceil(groups).max(1)
     }

@@ -16,6 +16,7 @@ pub mod attention;
 pub mod group_norm;
 pub mod linear;
 pub mod gemm;
+pub mod sampling;
 
 /// Fixed work-chunk size for parallel reductions, independent of the thread
 /// count so results are bit-identical on any machine.

@@ -8,12 +8,14 @@ use super::elementwise::PAR_CHUNK;
 use crate::{philox, Element};
 use rayon::prelude::*;
 
-/// out[i] = philox::normal(seed, step, stream, i) as T. Chunks hold whole
-/// Philox blocks (PAR_CHUNK is a multiple of 4) so each block is drawn once.
+/// Chunks of whole Philox blocks (4 elements each), so each block is drawn once.
+const BLOCKS_PER_CHUNK: usize = PAR_CHUNK / 4;
+const CHUNK: usize = 4 * BLOCKS_PER_CHUNK;
+
+/// out[i] = philox::normal(seed, step, stream, i) as T.
 pub fn fill_normal<T: Element>(out: &mut [T], seed: u64, step: u32, stream: u32) {
-    const _: () = assert!(PAR_CHUNK % 4 == 0);
-    out.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(c, dst)| {
-        let first_block = (c * PAR_CHUNK / 4) as u64;
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, dst)| {
+        let first_block = (c * BLOCKS_PER_CHUNK) as u64;
         for (j, quad) in dst.chunks_mut(4).enumerate() {
             let z = philox::normal4(seed, step, stream, first_block + j as u64);
             for (d, &z) in quad.iter_mut().zip(&z) {

@@ -4,6 +4,10 @@
 //! grid sizes, argument packing, workspaces — lives once in `ops`, so the
 //! emulator runs exactly the launch code a real GPU runs.
 
+pub mod cuda;
+pub mod launch;
+pub mod sources;
+
 use crate::{Result, TensorError};
 use std::fmt;
 use std::sync::Arc;

@@ -14,7 +14,10 @@ pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
         return Err(TensorError::shape(OP, "a rank-1 [N] tensor of timesteps", t.shape()));
     }
     if dim < 2 {
-        return Err(TensorError::invalid(OP, format!("embedding dim must be at least 2 (one sine, one cosine), got {dim}")));
+        return Err(TensorError::invalid(
+            OP,
+            format!("embedding dim must be at least 2 (one sine, one cosine), got {dim}"),
+        ));
     }
     let n = t.numel();
     match t.storage() {

@@ -3,6 +3,7 @@
 //! Backward functions are explicit; there is no tape.
 
 pub mod activation;
+pub mod sampling;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
@@ -16,6 +17,7 @@ pub mod group_norm;
 pub mod linear;
 
 pub use activation::*;
+pub use sampling::*;
 pub use conv::*;
 pub use dropout::*;
 pub use elementwise::*;

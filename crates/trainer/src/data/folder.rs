@@ -20,13 +20,11 @@ const MAX_DEPTH: usize = 32;
 
 /// True for a path whose extension is png, jpg or jpeg (any case).
 pub(super) fn is_image_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| {
-            e.eq_ignore_ascii_case("png")
-                || e.eq_ignore_ascii_case("jpg")
-                || e.eq_ignore_ascii_case("jpeg")
-        })
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+        e.eq_ignore_ascii_case("png")
+            || e.eq_ignore_ascii_case("jpg")
+            || e.eq_ignore_ascii_case("jpeg")
+    })
 }
 
 fn collect(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<()> {

@@ -246,8 +246,7 @@ impl Loader {
         let indices: Vec<usize> = self.perm[pos..pos + b].to_vec();
         let flipped: Vec<bool> = (0..b)
             .map(|k| {
-                self.config.hflip
-                    && flip_decision(self.config.seed, start.epoch, (pos + k) as u64)
+                self.config.hflip && flip_decision(self.config.seed, start.epoch, (pos + k) as u64)
             })
             .collect();
         let mut images = Vec::with_capacity(b * per);

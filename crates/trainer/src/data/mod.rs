@@ -30,9 +30,7 @@ use crate::error::{Error, Result};
 
 pub use cifar::load_cifar10;
 pub use folder::load_image_folder;
-pub use loader::{
-    epoch_permutation, flip_decision, Batch, Loader, LoaderConfig, LoaderState,
-};
+pub use loader::{epoch_permutation, flip_decision, Batch, Loader, LoaderConfig, LoaderState};
 pub use mnist::{load_idx_images, load_idx_labels, read_maybe_gzip};
 
 /// Which format a dataset was read from.
@@ -99,7 +97,7 @@ impl Dataset {
                 reason: format!("image dimensions {channels}x{height}x{width} contain a zero"),
             });
         }
-        if images.len() % per != 0 {
+        if !images.len().is_multiple_of(per) {
             return Err(Error::Shape(format!(
                 "{} values is not a whole number of {channels}x{height}x{width} images",
                 images.len()
@@ -195,8 +193,12 @@ impl Dataset {
             format!("{c}x{h}x{w}{colour}")
         };
         let hint = match self.kind {
-            DatasetKind::Mnist => "MNIST is 1x28x28: use the mnist model preset (--channels 1 --image-size 28)",
-            DatasetKind::Cifar10 => "CIFAR-10 is 3x32x32: use the cifar10 model preset (--channels 3 --image-size 32)",
+            DatasetKind::Mnist => {
+                "MNIST is 1x28x28: use the mnist model preset (--channels 1 --image-size 28)"
+            }
+            DatasetKind::Cifar10 => {
+                "CIFAR-10 is 3x32x32: use the cifar10 model preset (--channels 3 --image-size 32)"
+            }
             DatasetKind::Folder => "images are resized to the model's size when loaded",
         };
         Err(Error::ConfigMismatch {

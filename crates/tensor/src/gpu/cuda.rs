@@ -1,0 +1,525 @@
+//! The real-GPU [`GpuDriver`]: CUDA through cudarc 0.19's driver API, with
+//! `kernels/*.cu` compiled by NVRTC at first use for the device's own
+//! architecture and cached for the process.
+//!
+//! libcuda and libnvrtc are loaded at run time (`dynamic-loading`), so the
+//! crate builds and runs everywhere; without them [`cuda_device`] returns a
+//! clear error and [`cuda_probe`] says what is missing. cudarc panics when a
+//! library it needs is absent, so every entry point checks
+//! `is_culib_present()` first.
+//!
+//! Memory is plain `cuMemAlloc`; copies are synchronous; kernels go on the
+//! context's legacy default stream, so a copy after a launch sees its
+//! results and launch errors surface at the next copy or `synchronize`.
+
+use super::sources::{self, KernelFile};
+use super::{GpuDevice, GpuDriver, KernelArg, Launch};
+use crate::{Device, Result, TensorError};
+use cudarc::driver::{result as cu, sys as cusys, CudaContext, DriverError};
+use cudarc::nvrtc::sys as nvsys;
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// What NVRTC should produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NvrtcTarget {
+    /// PTX for a virtual architecture, such as `compute_90`.
+    Ptx(&'static str),
+    /// A CUBIN for a real architecture, such as `sm_90`.
+    Cubin(&'static str),
+}
+
+impl NvrtcTarget {
+    fn arch(&self) -> &'static str {
+        match self {
+            NvrtcTarget::Ptx(a) | NvrtcTarget::Cubin(a) => a,
+        }
+    }
+}
+
+fn nvrtc_err(what: &str, r: nvsys::nvrtcResult) -> TensorError {
+    TensorError::Nvrtc(format!("{what}: {r:?}"))
+}
+
+/// Ok when libnvrtc can be loaded; otherwise why not.
+pub fn nvrtc_available() -> std::result::Result<(), String> {
+    // SAFETY: only tries to dlopen the candidate library names.
+    if unsafe { nvsys::is_culib_present() } {
+        Ok(())
+    } else {
+        Err("libnvrtc not found (libnvrtc.so.13 or .12): install the CUDA toolkit or run \
+             `bash scripts/setup-cuda-wheels.sh` and `source scripts/cuda-env.sh` (sets LD_LIBRARY_PATH)"
+            .into())
+    }
+}
+
+/// NVRTC's (major, minor) version, when libnvrtc loads.
+pub fn nvrtc_version() -> Option<(i32, i32)> {
+    nvrtc_available().ok()?;
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: the library is present; the out-pointers are valid locals.
+    let r = unsafe { nvsys::nvrtcVersion(&mut major, &mut minor) };
+    (r == nvsys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
+}
+
+/// The real architectures (such as 90 for sm_90) this NVRTC can build for.
+pub fn nvrtc_supported_archs() -> Result<Vec<i32>> {
+    nvrtc_available().map_err(TensorError::Nvrtc)?;
+    let mut n = 0;
+    // SAFETY: library present; out-pointers are valid and sized from the count.
+    unsafe {
+        let r = nvsys::nvrtcGetNumSupportedArchs(&mut n);
+        if r != nvsys::nvrtcResult::NVRTC_SUCCESS {
+            return Err(nvrtc_err("nvrtcGetNumSupportedArchs", r));
+        }
+        let mut archs = vec![0i32; n.max(0) as usize];
+        let r = nvsys::nvrtcGetSupportedArchs(archs.as_mut_ptr());
+        if r != nvsys::nvrtcResult::NVRTC_SUCCESS {
+            return Err(nvrtc_err("nvrtcGetSupportedArchs", r));
+        }
+        Ok(archs)
+    }
+}
+
+/// The NVRTC options used for every kernel file (plus the architecture).
+/// No fast math: the kernels call logf/expf/sinf/cosf and expect the
+/// accurate versions (Philox normals must stay within an ulp of the CPU's).
+pub fn nvrtc_options(target: NvrtcTarget) -> Vec<String> {
+    let mut opts = vec![format!("--gpu-architecture={}", target.arch()), "--std=c++17".to_string()];
+    if let Ok(inc) = std::env::var("DIFFUSE_NVRTC_INCLUDE") {
+        if std::path::Path::new(&inc).is_dir() {
+            opts.push(format!("--include-path={inc}"));
+        }
+    }
+    opts
+}
+
+/// Compiles one kernel file with NVRTC, the `kernels/*.cuh` headers provided
+/// as include headers. Returns the PTX text (NUL-terminated, as the driver
+/// loads it) or the CUBIN image. A compile error carries NVRTC's log.
+pub fn nvrtc_compile(file: &KernelFile, target: NvrtcTarget) -> Result<Vec<u8>> {
+    nvrtc_available().map_err(TensorError::Nvrtc)?;
+    let cstr = |s: &str| CString::new(s).map_err(|_| TensorError::Nvrtc(format!("{}: NUL byte in source", file.name)));
+    let src = cstr(file.source)?;
+    let name = cstr(file.name)?;
+    let headers: Vec<CString> = sources::KERNEL_HEADERS.iter().map(|h| cstr(h.source)).collect::<Result<_>>()?;
+    let include_names: Vec<CString> = sources::KERNEL_HEADERS.iter().map(|h| cstr(h.name)).collect::<Result<_>>()?;
+    let header_ptrs: Vec<*const c_char> = headers.iter().map(|h| h.as_ptr()).collect();
+    let name_ptrs: Vec<*const c_char> = include_names.iter().map(|h| h.as_ptr()).collect();
+    let opts: Vec<CString> = nvrtc_options(target).iter().map(|o| cstr(o)).collect::<Result<_>>()?;
+    let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
+
+    // SAFETY: every pointer handed to NVRTC points into a CString above that
+    // outlives the program; output buffers are sized from NVRTC's answers.
+    unsafe {
+        let mut prog: nvsys::nvrtcProgram = std::ptr::null_mut();
+        let r = nvsys::nvrtcCreateProgram(
+            &mut prog,
+            src.as_ptr(),
+            name.as_ptr(),
+            header_ptrs.len() as i32,
+            header_ptrs.as_ptr(),
+            name_ptrs.as_ptr(),
+        );
+        if r != nvsys::nvrtcResult::NVRTC_SUCCESS {
+            return Err(nvrtc_err(&format!("creating the program for {}", file.name), r));
+        }
+        let result = (|| {
+            let r = nvsys::nvrtcCompileProgram(prog, opt_ptrs.len() as i32, opt_ptrs.as_ptr());
+            if r != nvsys::nvrtcResult::NVRTC_SUCCESS {
+                let mut size = 0usize;
+                let mut log = String::new();
+                if nvsys::nvrtcGetProgramLogSize(prog, &mut size) == nvsys::nvrtcResult::NVRTC_SUCCESS && size > 1 {
+                    let mut buf = vec![0 as c_char; size];
+                    if nvsys::nvrtcGetProgramLog(prog, buf.as_mut_ptr()) == nvsys::nvrtcResult::NVRTC_SUCCESS {
+                        log = CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned();
+                    }
+                }
+                return Err(TensorError::Nvrtc(format!(
+                    "compiling {} for {} failed ({r:?}):\n{}",
+                    file.name,
+                    target.arch(),
+                    log.trim_end()
+                )));
+            }
+            let mut size = 0usize;
+            let (r, image) = match target {
+                NvrtcTarget::Ptx(_) => {
+                    let r = nvsys::nvrtcGetPTXSize(prog, &mut size);
+                    if r != nvsys::nvrtcResult::NVRTC_SUCCESS {
+                        return Err(nvrtc_err("nvrtcGetPTXSize", r));
+                    }
+                    let mut buf = vec![0u8; size];
+                    (nvsys::nvrtcGetPTX(prog, buf.as_mut_ptr() as *mut c_char), buf)
+                }
+                NvrtcTarget::Cubin(_) => {
+                    let r = nvsys::nvrtcGetCUBINSize(prog, &mut size);
+                    if r != nvsys::nvrtcResult::NVRTC_SUCCESS {
+                        return Err(nvrtc_err("nvrtcGetCUBINSize", r));
+                    }
+                    let mut buf = vec![0u8; size];
+                    (nvsys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char), buf)
+                }
+            };
+            if r != nvsys::nvrtcResult::NVRTC_SUCCESS {
+                return Err(nvrtc_err("fetching the compiled image", r));
+            }
+            Ok(image)
+        })();
+        nvsys::nvrtcDestroyProgram(&mut prog);
+        result
+    }
+}
+
+/// Compiled images for the process, by (file, target): a second device or
+/// driver of the same architecture compiles nothing.
+fn compiled(file: &'static KernelFile, target: NvrtcTarget) -> Result<Arc<Vec<u8>>> {
+    static CACHE: OnceLock<Mutex<HashMap<(&'static str, NvrtcTarget), Arc<Vec<u8>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(img) = cache.lock().unwrap().get(&(file.name, target)) {
+        return Ok(img.clone());
+    }
+    // compile outside the lock: other files may compile meanwhile
+    let img = Arc::new(nvrtc_compile(file, target)?);
+    cache.lock().unwrap().insert((file.name, target), img.clone());
+    Ok(img)
+}
+
+fn leak_str(s: String) -> &'static str {
+    // a handful of architecture names per process
+    static NAMES: OnceLock<Mutex<Vec<&'static str>>> = OnceLock::new();
+    let names = NAMES.get_or_init(Default::default);
+    let mut names = names.lock().unwrap();
+    if let Some(n) = names.iter().find(|n| **n == s) {
+        return n;
+    }
+    let n: &'static str = Box::leak(s.into_boxed_str());
+    names.push(n);
+    n
+}
+
+/// The NVRTC target for a device of compute capability (major, minor): a
+/// CUBIN for its own sm_XY when NVRTC knows it, else PTX for the newest
+/// architecture NVRTC supports (the driver JIT-compiles it forward).
+pub fn target_for(major: i32, minor: i32) -> Result<NvrtcTarget> {
+    let want = major * 10 + minor;
+    let archs = nvrtc_supported_archs()?;
+    if archs.contains(&want) {
+        return Ok(NvrtcTarget::Cubin(leak_str(format!("sm_{want}"))));
+    }
+    match archs.iter().copied().filter(|&a| a <= want).max() {
+        Some(a) => Ok(NvrtcTarget::Ptx(leak_str(format!("compute_{a}")))),
+        None => Err(TensorError::Nvrtc(format!(
+            "this NVRTC supports {archs:?}, nothing for the device's sm_{want}: install a matching CUDA"
+        ))),
+    }
+}
+
+fn drv(what: &str, e: DriverError) -> TensorError {
+    TensorError::Cuda(format!("{what}: {:?}", e.0))
+}
+
+/// Pointers to CUDA handles, owned by one context and used under its lock.
+struct Raw<T>(T);
+// SAFETY: CUDA driver handles may be used from any thread once the owning
+// context is current; the driver binds it before every use.
+unsafe impl<T> Send for Raw<T> {}
+
+struct Function {
+    f: Raw<cusys::CUfunction>,
+    /// The dynamic shared memory the function was opened up to (48 KiB by default).
+    max_dynamic_smem: u32,
+}
+
+#[derive(Default)]
+struct Loaded {
+    modules: HashMap<&'static str, Raw<cusys::CUmodule>>,
+    functions: HashMap<&'static str, Function>,
+}
+
+/// One CUDA device through the driver API.
+pub struct CudaDriver {
+    ctx: Arc<CudaContext>,
+    label: String,
+    target: NvrtcTarget,
+    max_dynamic_smem: u32,
+    loaded: Mutex<Loaded>,
+}
+
+/// One kernel argument slot: cuLaunchKernel reads each argument through a
+/// pointer to a value of the parameter's type.
+#[repr(C)]
+#[derive(Clone, Copy)]
+union ArgSlot {
+    p: u64,
+    i: i32,
+    u: u32,
+    f: f32,
+}
+
+impl CudaDriver {
+    /// Opens device `ordinal`; errors (never panics) when libcuda, the
+    /// device or libnvrtc is missing.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        // SAFETY: only tries to dlopen the candidate library names.
+        if !unsafe { cusys::is_culib_present() } {
+            return Err(TensorError::Cuda("no CUDA driver: libcuda.so could not be loaded".into()));
+        }
+        cu::init().map_err(|e| drv("cuInit", e))?;
+        let count = cu::device::get_count().map_err(|e| drv("cuDeviceGetCount", e))?;
+        if count <= 0 {
+            return Err(TensorError::Cuda("the CUDA driver found no device".into()));
+        }
+        if ordinal >= count as usize {
+            return Err(TensorError::Cuda(format!("no device cuda:{ordinal}: {count} device(s) found")));
+        }
+        nvrtc_available().map_err(TensorError::Nvrtc)?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| drv("creating the context", e))?;
+        let (major, minor) = ctx.compute_capability().map_err(|e| drv("compute capability", e))?;
+        let target = target_for(major, minor)?;
+        let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        let max_dynamic_smem = ctx
+            .attribute(cusys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
+            .unwrap_or(48 * 1024)
+            .max(0) as u32;
+        Ok(CudaDriver {
+            ctx,
+            label: format!("cuda:{ordinal} ({name}, sm_{major}{minor})"),
+            target,
+            max_dynamic_smem,
+            loaded: Mutex::new(Loaded::default()),
+        })
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.ctx.bind_to_thread().map_err(|e| drv("binding the context", e))
+    }
+
+    /// The function handle of `kernel`, compiling and loading its file at
+    /// first use.
+    fn function(&self, loaded: &mut Loaded, kernel: &'static str) -> Result<cusys::CUfunction> {
+        if let Some(f) = loaded.functions.get(kernel) {
+            return Ok(f.f.0);
+        }
+        let file = sources::file_defining(kernel).ok_or_else(|| TensorError::Launch {
+            kernel: kernel.into(),
+            msg: "no kernels/*.cu file defines this kernel".into(),
+        })?;
+        let module = match loaded.modules.get(file.name) {
+            Some(m) => m.0,
+            None => {
+                let mut image = (*compiled(file, self.target)?).clone();
+                if matches!(self.target, NvrtcTarget::Ptx(_)) && image.last() != Some(&0) {
+                    image.push(0);
+                }
+                // SAFETY: a complete PTX (NUL-terminated) or CUBIN image from NVRTC.
+                let m = unsafe { cu::module::load_data(image.as_ptr() as *const c_void) }
+                    .map_err(|e| drv(&format!("loading {} ({})", file.name, self.target.arch()), e))?;
+                loaded.modules.insert(file.name, Raw(m));
+                m
+            }
+        };
+        let cname = CString::new(kernel).unwrap();
+        // SAFETY: the module was loaded above and is never unloaded while the driver lives.
+        let f = unsafe { cu::module::get_function(module, cname) }
+            .map_err(|e| drv(&format!("finding {kernel} in {}", file.name), e))?;
+        loaded.functions.insert(kernel, Function { f: Raw(f), max_dynamic_smem: 48 * 1024 });
+        Ok(f)
+    }
+}
+
+impl Drop for CudaDriver {
+    fn drop(&mut self) {
+        if self.bind().is_ok() {
+            let loaded = self.loaded.get_mut().unwrap();
+            for (_, m) in loaded.modules.drain() {
+                // SAFETY: each module was loaded once by this driver; nothing uses it any more.
+                let _ = unsafe { cu::module::unload(m.0) };
+            }
+        }
+    }
+}
+
+impl GpuDriver for CudaDriver {
+    fn name(&self) -> String {
+        self.label.clone()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<u64> {
+        self.bind()?;
+        // SAFETY: plain allocation; the contents are unspecified by contract.
+        unsafe { cu::malloc_sync(bytes.max(1)) }.map_err(|e| {
+            if e.0 == cusys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY {
+                let (free, total) = cu::mem_get_info().unwrap_or((0, 0));
+                TensorError::Cuda(format!(
+                    "out of GPU memory allocating {bytes} bytes on {} ({free} of {total} bytes free)",
+                    self.label
+                ))
+            } else {
+                drv(&format!("allocating {bytes} bytes"), e)
+            }
+        })
+    }
+
+    fn free(&self, ptr: u64) {
+        if self.bind().is_ok() {
+            // SAFETY: `ptr` came from `alloc` and is freed once (GpuBuffer's Drop).
+            let _ = unsafe { cu::free_sync(ptr) };
+        }
+    }
+
+    fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: the caller's buffer holds at least src.len() bytes.
+        unsafe { cu::memcpy_htod_sync(dst, src) }.map_err(|e| drv("copy to the device", e))
+    }
+
+    fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: the caller's buffer holds at least dst.len() bytes.
+        unsafe { cu::memcpy_dtoh_sync(dst, src) }.map_err(|e| drv("copy to the host", e))
+    }
+
+    fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: both buffers hold at least `bytes` bytes (caller's contract).
+        unsafe { cu::memcpy_dtod_sync(dst, src, bytes) }.map_err(|e| drv("device-to-device copy", e))
+    }
+
+    fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: the buffer holds at least `bytes` bytes (caller's contract).
+        unsafe { cu::memset_d8_sync(dst, 0, bytes) }.map_err(|e| drv("memset", e))
+    }
+
+    fn launch(&self, l: &Launch<'_>) -> Result<()> {
+        let launch_err = |msg: String| TensorError::Launch { kernel: l.kernel.into(), msg };
+        let (g, b) = (l.grid, l.block);
+        if g.x == 0 || g.y == 0 || g.z == 0 || b.x == 0 || b.y == 0 || b.z == 0 {
+            return Err(launch_err(format!("empty grid {g:?} or block {b:?}")));
+        }
+        if b.x as u64 * b.y as u64 * b.z as u64 > 1024 {
+            return Err(launch_err(format!("block {b:?} has more than 1024 threads")));
+        }
+        if l.shared_bytes > self.max_dynamic_smem {
+            return Err(launch_err(format!(
+                "{} bytes of dynamic shared memory, the device allows {}",
+                l.shared_bytes, self.max_dynamic_smem
+            )));
+        }
+        self.bind()?;
+        let f = {
+            let mut loaded = self.loaded.lock().unwrap();
+            let f = self.function(&mut loaded, l.kernel)?;
+            let entry = loaded.functions.get_mut(l.kernel).unwrap();
+            if l.shared_bytes > entry.max_dynamic_smem {
+                // SAFETY: `f` is a live function of a loaded module.
+                unsafe {
+                    cu::function::set_function_attribute(
+                        f,
+                        cusys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        l.shared_bytes as i32,
+                    )
+                }
+                .map_err(|e| drv(&format!("opening {} to {} bytes of shared memory", l.kernel, l.shared_bytes), e))?;
+                entry.max_dynamic_smem = l.shared_bytes;
+            }
+            f
+        };
+        let mut slots: Vec<ArgSlot> = l
+            .args
+            .iter()
+            .map(|a| match *a {
+                KernelArg::Ptr(p) | KernelArg::U64(p) => ArgSlot { p },
+                KernelArg::I32(i) => ArgSlot { i },
+                KernelArg::U32(u) => ArgSlot { u },
+                KernelArg::F32(f) => ArgSlot { f },
+            })
+            .collect();
+        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut ArgSlot as *mut c_void).collect();
+        // SAFETY: `f` is live; `params` points at `slots`, which outlive the
+        // call (cuLaunchKernel copies the values before returning); the
+        // launch code matches each kernel's parameter list.
+        unsafe {
+            cu::launch_kernel(
+                f,
+                (g.x, g.y, g.z),
+                (b.x, b.y, b.z),
+                l.shared_bytes,
+                std::ptr::null_mut(),
+                &mut params,
+            )
+        }
+        .map_err(|e| launch_err(format!("{:?} (grid {g:?}, block {b:?}, {} shared bytes)", e.0, l.shared_bytes)))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        cu::ctx::synchronize().map_err(|e| drv("synchronize", e))
+    }
+}
+
+/// CUDA device `ordinal` as a tensor [`Device`].
+pub fn cuda_device(ordinal: usize) -> Result<Device> {
+    Ok(Device::Gpu(GpuDevice::new(Arc::new(CudaDriver::new(ordinal)?))))
+}
+
+/// One line for `diffuse info`: the CUDA devices found, or why there are none.
+pub fn cuda_probe() -> String {
+    let nvrtc = match nvrtc_version() {
+        Some((a, b)) => format!("NVRTC {a}.{b}"),
+        None => "NVRTC not found (libnvrtc.so.13/.12; see scripts/setup-cuda-wheels.sh)".into(),
+    };
+    // SAFETY: only tries to dlopen the candidate library names.
+    if !unsafe { cusys::is_culib_present() } {
+        return format!("cuda: no CUDA driver (libcuda.so not found); {nvrtc}");
+    }
+    if let Err(e) = cu::init() {
+        return format!("cuda: the CUDA driver failed to initialise ({:?}); {nvrtc}", e.0);
+    }
+    let mut version = 0;
+    // SAFETY: libcuda is present and initialised; the out-pointer is a local.
+    let driver = if unsafe { cusys::cuDriverGetVersion(&mut version) } == cusys::cudaError_enum::CUDA_SUCCESS {
+        format!("driver {}.{}", version / 1000, (version % 1000) / 10)
+    } else {
+        "driver version unknown".into()
+    };
+    let count = match cu::device::get_count() {
+        Ok(c) => c,
+        Err(e) => return format!("cuda: {driver}, counting devices failed ({:?}); {nvrtc}", e.0),
+    };
+    if count <= 0 {
+        return format!("cuda: {driver}, no device found; {nvrtc}");
+    }
+    let devices: Vec<String> = (0..count)
+        .map(|i| {
+            let Ok(dev) = cu::device::get(i) else { return format!("cuda:{i} (unreadable)") };
+            let name = cu::device::get_name(dev).unwrap_or_else(|_| "unknown".into());
+            // SAFETY: `dev` came from cuDeviceGet.
+            let (major, minor, mem) = unsafe {
+                (
+                    cu::device::get_attribute(dev, cusys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
+                        .unwrap_or(0),
+                    cu::device::get_attribute(dev, cusys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
+                        .unwrap_or(0),
+                    cu::device::total_mem(dev).unwrap_or(0),
+                )
+            };
+            format!("cuda:{i} {name} (sm_{major}{minor}, {:.1} GiB)", mem as f64 / (1u64 << 30) as f64)
+        })
+        .collect();
+    format!("cuda: {}; {driver}; {nvrtc}", devices.join(", "))
+}

@@ -1,0 +1,120 @@
+//! Launch code of kernels/attention.cu: flash-style forward, the three
+//! backward passes, and the explicit weights (for tests).
+//!
+//! Tile sizes follow from C alone (never from the device), so the emulator
+//! and every GPU run the same tiling: the largest of 32, 16, 8 whose shared
+//! memory fits `SMEM_BUDGET` (which every sm_80+ GPU grants on opt-in;
+//! the CUDA driver raises a kernel's limit when a launch asks for more than
+//! the default 48 KiB).
+
+use super::{alloc, grid_dim_yz, int, run, run_shared, BLOCK};
+use crate::cpu::attention::AttentionDims;
+use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
+use crate::{Result, TensorError};
+
+/// Dynamic shared memory a tile choice may use (A100 allows 163 KiB, H100 227 KiB).
+pub const SMEM_BUDGET: usize = 160 * 1024;
+
+/// Key tile of the forward (ATT_BKV in attention.cu: one key per lane).
+const BKV: usize = 32;
+
+fn fwd_smem(c: usize, bq: usize) -> usize {
+    4 * (2 * c * bq + BKV * c + BKV * (bq + 1) + 3 * bq)
+}
+
+fn dkdv_smem(c: usize, t: usize) -> usize {
+    4 * (6 * c * t + 2 * t * (t + 1) + 2 * t)
+}
+
+fn dq_smem(c: usize, t: usize) -> usize {
+    4 * (5 * c * t + t * (t + 1) + 2 * t)
+}
+
+/// The query tile of the forward for `c` channels.
+pub fn forward_tile(c: usize) -> Option<usize> {
+    [32, 16, 8].into_iter().find(|&t| fwd_smem(c, t) <= SMEM_BUDGET)
+}
+
+/// The tile of both backward kernels for `c` channels.
+pub fn backward_tile(c: usize) -> Option<usize> {
+    [32, 16, 8].into_iter().find(|&t| dkdv_smem(c, t) <= SMEM_BUDGET)
+}
+
+fn scale(c: usize) -> KernelArg {
+    // C^-0.5 in f64, rounded to f32 (the CPU's T::from_f64)
+    KernelArg::F32((c as f64).sqrt().recip() as f32)
+}
+
+fn too_wide(op: &'static str, c: usize) -> TensorError {
+    TensorError::invalid(op, format!("{c} channels do not fit the attention kernels' shared memory"))
+}
+
+/// (out [b, c, n], lse [b, n]) of single-head attention over q, k, v [b, c, n].
+pub fn attention_forward(dev: &GpuDevice, q: &GpuStorage, k: &GpuStorage, v: &GpuStorage, d: AttentionDims) -> Result<(GpuStorage, GpuStorage)> {
+    const OP: &str = "attention_forward";
+    let out = alloc(dev, d.b * d.c * d.n)?;
+    let lse = alloc(dev, d.b * d.n)?;
+    if d.b * d.n == 0 {
+        return Ok((out, lse));
+    }
+    if d.c == 0 {
+        // no channels: out is empty and every score is 0, lse = ln(n), as the CPU
+        dev.driver().htod(bytemuck::cast_slice(&vec![(d.n as f32).ln(); d.b * d.n]), lse.ptr())?;
+        return Ok((out, lse));
+    }
+    super::check_i32(OP, "C*N", d.c * d.n)?;
+    let bq = forward_tile(d.c).ok_or_else(|| too_wide(OP, d.c))?;
+    let grid = Dim3::new(d.n.div_ceil(bq) as u32, grid_dim_yz(OP, "batch", d.b)?, 1);
+    let args = [out.arg(), lse.arg(), q.arg(), k.arg(), v.arg(), int(OP, "C", d.c)?, int(OP, "N", d.n)?, scale(d.c), KernelArg::I32(bq as i32)];
+    run_shared(dev, "attention_fwd_f32", grid, Dim3::x(BLOCK), fwd_smem(d.c, bq) as u32, &args)?;
+    Ok((out, lse))
+}
+
+/// (dq, dk, dv), each [b, c, n], from dout and the forward's q, k, v, out,
+/// lse. Workspace: D = rowsum(dout * out) [b, n].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    dev: &GpuDevice,
+    dout: &GpuStorage,
+    q: &GpuStorage,
+    k: &GpuStorage,
+    v: &GpuStorage,
+    out: &GpuStorage,
+    lse: &GpuStorage,
+    d: AttentionDims,
+) -> Result<(GpuStorage, GpuStorage, GpuStorage)> {
+    const OP: &str = "attention_backward";
+    let len = d.b * d.c * d.n;
+    let (dq, dk, dv) = (alloc(dev, len)?, alloc(dev, len)?, alloc(dev, len)?);
+    if len == 0 {
+        return Ok((dq, dk, dv));
+    }
+    super::check_i32(OP, "C*N", d.c * d.n)?;
+    super::check_i32(OP, "B*N", d.b * d.n)?;
+    let t = backward_tile(d.c).ok_or_else(|| too_wide(OP, d.c))?;
+    let (c, n, b) = (int(OP, "C", d.c)?, int(OP, "N", d.n)?, int(OP, "B", d.b)?);
+    let dvec = alloc(dev, d.b * d.n)?;
+    run(dev, "attention_bwd_rowdot_f32", Dim3::x((d.b * d.n).div_ceil(BLOCK as usize) as u32), &[dvec.arg(), dout.arg(), out.arg(), b, c, n])?;
+    let grid = Dim3::new(d.n.div_ceil(t) as u32, grid_dim_yz(OP, "batch", d.b)?, 1);
+    let tile = KernelArg::I32(t as i32);
+    let args = [dk.arg(), dv.arg(), dout.arg(), q.arg(), k.arg(), v.arg(), lse.arg(), dvec.arg(), c, n, scale(d.c), tile];
+    run_shared(dev, "attention_bwd_dkdv_f32", grid, Dim3::x(BLOCK), dkdv_smem(d.c, t) as u32, &args)?;
+    let args = [dq.arg(), dout.arg(), q.arg(), k.arg(), v.arg(), lse.arg(), dvec.arg(), c, n, scale(d.c), tile];
+    run_shared(dev, "attention_bwd_dq_f32", grid, Dim3::x(BLOCK), dq_smem(d.c, t) as u32, &args)?;
+    Ok((dq, dk, dv))
+}
+
+/// The softmax weights p [b, n, n] (runs the forward for the lse first).
+pub fn attention_weights(dev: &GpuDevice, q: &GpuStorage, k: &GpuStorage, d: AttentionDims) -> Result<GpuStorage> {
+    const OP: &str = "attention_weights";
+    let total = d.b * d.n * d.n;
+    let p = alloc(dev, total)?;
+    if total == 0 {
+        return Ok(p);
+    }
+    // the forward's lse; k stands in for v (the output is discarded)
+    let (_, lse) = attention_forward(dev, q, k, k, d)?;
+    let args = [p.arg(), q.arg(), k.arg(), lse.arg(), int(OP, "B", d.b)?, int(OP, "C", d.c)?, int(OP, "N", d.n)?, scale(d.c)];
+    run(dev, "attention_weights_fwd_f32", super::grid_for(total as u64), &args)?;
+    Ok(p)
+}

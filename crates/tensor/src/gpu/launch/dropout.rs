@@ -1,0 +1,37 @@
+//! Launch code of kernels/dropout.cu. The mask is regenerated from
+//! (seed, step, stream) in both passes, never stored.
+
+use super::{alloc, grid_for, run, u64_arg};
+use crate::gpu::{GpuDevice, GpuStorage, KernelArg};
+use crate::{philox, Result};
+
+fn apply(kernel: &'static str, dev: &GpuDevice, x: &GpuStorage, p: f32, seed: u64, step: u32, stream: u32) -> Result<GpuStorage> {
+    let n = x.len();
+    let out = alloc(dev, n)?;
+    if n > 0 {
+        let threshold = philox::dropout_threshold(p);
+        let scale = (1.0 / (1.0 - p as f64)) as f32;
+        let args = [
+            out.arg(),
+            x.arg(),
+            u64_arg(n),
+            KernelArg::U64(seed),
+            KernelArg::U32(step),
+            KernelArg::U32(stream),
+            KernelArg::U32(threshold),
+            KernelArg::F32(scale),
+        ];
+        run(dev, kernel, grid_for(n.div_ceil(4) as u64), &args)?;
+    }
+    Ok(out)
+}
+
+/// y = keep(i) ? x / (1 - p) : 0 with the Philox mask of (seed, step, stream).
+pub fn dropout_forward(dev: &GpuDevice, x: &GpuStorage, p: f32, seed: u64, step: u32, stream: u32) -> Result<GpuStorage> {
+    apply("dropout_fwd_f32", dev, x, p, seed, step, stream)
+}
+
+/// dx = keep(i) ? dy / (1 - p) : 0, the same mask as the forward.
+pub fn dropout_backward(dev: &GpuDevice, dy: &GpuStorage, p: f32, seed: u64, step: u32, stream: u32) -> Result<GpuStorage> {
+    apply("dropout_bwd_f32", dev, dy, p, seed, step, stream)
+}

@@ -1,0 +1,99 @@
+//! Launch code of kernels/group_norm.cu: one block per (image, group) slab.
+
+use super::{alloc, int, run, BLOCK};
+use crate::cpu::group_norm::GroupNormDims;
+use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
+use crate::{Result, TensorError};
+
+const OP_F: &str = "group_norm_forward";
+const OP_B: &str = "group_norm_backward";
+
+fn slabs_grid(op: &'static str, d: &GroupNormDims) -> Result<Dim3> {
+    let slabs = d.slabs();
+    super::check_i32(op, "channels per group * H * W", d.slab())?;
+    u32::try_from(slabs).map(Dim3::x).map_err(|_| TensorError::invalid(op, format!("{slabs} (image, group) slabs")))
+}
+
+/// (y, mean [N*G], rstd [N*G]) of x [N, C, HW] with gamma, beta [C];
+/// `d.groups` divides `d.c` (checked by the caller). eps is rounded to f32.
+pub fn group_norm_forward(
+    dev: &GpuDevice,
+    x: &GpuStorage,
+    gamma: &GpuStorage,
+    beta: &GpuStorage,
+    d: GroupNormDims,
+    eps: f64,
+    fuse_silu: bool,
+) -> Result<(GpuStorage, GpuStorage, GpuStorage)> {
+    let y = alloc(dev, d.n * d.c * d.hw)?;
+    let mean = alloc(dev, d.slabs())?;
+    let rstd = alloc(dev, d.slabs())?;
+    if d.slabs() == 0 {
+        return Ok((y, mean, rstd));
+    }
+    if d.slab() == 0 {
+        // empty groups: nothing to normalise; stats as the CPU leaves them
+        dev.driver().memset_zero(mean.ptr(), d.slabs() * 4)?;
+        dev.driver().memset_zero(rstd.ptr(), d.slabs() * 4)?;
+        return Ok((y, mean, rstd));
+    }
+    let args = [
+        y.arg(),
+        mean.arg(),
+        rstd.arg(),
+        x.arg(),
+        gamma.arg(),
+        beta.arg(),
+        int(OP_F, "C", d.c)?,
+        int(OP_F, "H*W", d.hw)?,
+        int(OP_F, "groups", d.groups)?,
+        KernelArg::F32(eps as f32),
+        KernelArg::I32(fuse_silu as i32),
+    ];
+    run(dev, "group_norm_fwd_f32", slabs_grid(OP_F, &d)?, &args)?;
+    Ok((y, mean, rstd))
+}
+
+/// (dx, dgamma [C], dbeta [C]) from dy, the forward's inputs and its saved
+/// mean and rstd. Workspaces: two [N*C] buffers of per-image partials.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_backward(
+    dev: &GpuDevice,
+    dy: &GpuStorage,
+    x: &GpuStorage,
+    gamma: &GpuStorage,
+    beta: &GpuStorage,
+    mean: &GpuStorage,
+    rstd: &GpuStorage,
+    d: GroupNormDims,
+    fuse_silu: bool,
+) -> Result<(GpuStorage, GpuStorage, GpuStorage)> {
+    let dx = alloc(dev, d.n * d.c * d.hw)?;
+    if d.slabs() == 0 || d.slab() == 0 {
+        return Ok((dx, dev.zeros_f32(d.c)?, dev.zeros_f32(d.c)?));
+    }
+    let pg = alloc(dev, d.n * d.c)?;
+    let pb = alloc(dev, d.n * d.c)?;
+    let (c, hw, g) = (int(OP_B, "C", d.c)?, int(OP_B, "H*W", d.hw)?, int(OP_B, "groups", d.groups)?);
+    let args = [
+        dx.arg(),
+        pg.arg(),
+        pb.arg(),
+        dy.arg(),
+        x.arg(),
+        gamma.arg(),
+        beta.arg(),
+        mean.arg(),
+        rstd.arg(),
+        c,
+        hw,
+        g,
+        KernelArg::I32(fuse_silu as i32),
+    ];
+    run(dev, "group_norm_bwd_f32", slabs_grid(OP_B, &d)?, &args)?;
+    let dgamma = alloc(dev, d.c)?;
+    let dbeta = alloc(dev, d.c)?;
+    let grid = Dim3::x(d.c.div_ceil(BLOCK as usize) as u32);
+    run(dev, "group_norm_bwd_params_f32", grid, &[dgamma.arg(), dbeta.arg(), pg.arg(), pb.arg(), int(OP_B, "N", d.n)?, c])?;
+    Ok((dx, dgamma, dbeta))
+}

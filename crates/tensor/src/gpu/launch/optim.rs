@@ -1,0 +1,78 @@
+//! Launch code of kernels/optim.cu (AdamW, EMA, in place) and
+//! kernels/norm.cu (global L2 norm of many tensors in one launch).
+
+use super::{alloc_f64, download_f64, f64_pair, grid_for, run, u64_arg, upload_u64};
+use crate::cpu::optim::AdamWConsts;
+use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
+use crate::{Result, TensorError};
+
+/// One AdamW step in place over equally long param, grad, m, v (buffers
+/// shared with other tensors are copied first). `c` is
+/// `AdamWConsts::new(lr, beta1, beta2, eps, weight_decay, step)`; the kernel
+/// works in f64 like the CPU.
+pub fn adamw_step(
+    dev: &GpuDevice,
+    param: &mut GpuStorage,
+    grad: &GpuStorage,
+    m: &mut GpuStorage,
+    v: &mut GpuStorage,
+    c: &AdamWConsts,
+) -> Result<()> {
+    let n = param.len();
+    if n == 0 {
+        return Ok(());
+    }
+    param.make_unique()?;
+    m.make_unique()?;
+    v.make_unique()?;
+    let mut args = vec![param.arg(), grad.arg(), m.arg(), v.arg(), u64_arg(n)];
+    for x in [c.decay, c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt, c.eps] {
+        args.extend(f64_pair(x));
+    }
+    run(dev, "adamw_step_f32", grid_for(n as u64), &args)
+}
+
+/// ema = decay * ema + (1 - decay) * param, in place (both factors rounded
+/// to f32, as the CPU).
+pub fn ema_update(dev: &GpuDevice, ema: &mut GpuStorage, param: &GpuStorage, decay: f64) -> Result<()> {
+    let n = ema.len();
+    if n == 0 {
+        return Ok(());
+    }
+    ema.make_unique()?;
+    let args = [ema.arg(), param.arg(), KernelArg::F32(decay as f32), KernelArg::F32((1.0 - decay) as f32), u64_arg(n)];
+    run(dev, "ema_update_f32", grid_for(n as u64), &args)
+}
+
+/// Elements per partial sum of norm.cu (NORM_CHUNK).
+pub const NORM_CHUNK: usize = 4096;
+
+/// The sum of squares of every element of every tensor, in f64, in one
+/// launch (plus one for the final sum); deterministic.
+pub fn sum_squares(dev: &GpuDevice, tensors: &[&GpuStorage]) -> Result<f64> {
+    let mut first_chunk = Vec::with_capacity(tensors.len() + 1);
+    let mut total = 0u64;
+    for t in tensors {
+        first_chunk.push(total);
+        total += t.len().div_ceil(NORM_CHUNK) as u64;
+    }
+    first_chunk.push(total);
+    if total == 0 {
+        return Ok(0.0);
+    }
+    let grid = u32::try_from(total).map_err(|_| TensorError::invalid("global_l2_norm", "too many elements"))?;
+    let ptrs: Vec<u64> = tensors.iter().map(|t| t.ptr()).collect();
+    let lens: Vec<u64> = tensors.iter().map(|t| t.len() as u64).collect();
+    let (ptrs_d, lens_d, first_d) = (upload_u64(dev, &ptrs)?, upload_u64(dev, &lens)?, upload_u64(dev, &first_chunk)?);
+    let partials = alloc_f64(dev, total as usize)?;
+    let out = alloc_f64(dev, 1)?;
+    let args = [partials.arg(), ptrs_d.arg(), lens_d.arg(), first_d.arg(), KernelArg::I32(tensors.len() as i32)];
+    run(dev, "sumsq_partial_f32", Dim3::x(grid), &args)?;
+    run(dev, "sumsq_final_f32", Dim3::x(1), &[out.arg(), partials.arg(), KernelArg::U32(grid)])?;
+    download_f64(&out)
+}
+
+/// sqrt(sum of squares of all elements of all tensors), f64.
+pub fn global_l2_norm(dev: &GpuDevice, tensors: &[&GpuStorage]) -> Result<f64> {
+    Ok(sum_squares(dev, tensors)?.sqrt())
+}

@@ -1,0 +1,40 @@
+//! Per-sample scaling (diffusion targets with one timestep per image) and
+//! clamping (the samplers' x0 clipping).
+
+use super::check_same;
+use crate::gpu::not_built;
+use crate::{cpu, with_element, Element, Result, Storage, Tensor, TensorError};
+
+/// y[n] = x[n] * s[n] for every sample n of x ([N, ...]), s of shape [N].
+pub fn scale_per_sample(x: &Tensor, s: &Tensor) -> Result<Tensor> {
+    check_same("scale_per_sample", &[x, s])?;
+    let n = x.dims().first().copied().unwrap_or(0);
+    if s.dims() != [n] {
+        return Err(TensorError::shape("scale_per_sample", format!("[{n}] (one scale per sample)"), s.shape()));
+    }
+    match x.storage() {
+        Storage::Cpu(st) => with_element!(st.dtype(), T, {
+            let mut y = vec![T::default(); x.numel()];
+            if n > 0 {
+                cpu::sampling::scale_per_sample(x.cpu_slice::<T>()?, s.cpu_slice::<T>()?, &mut y);
+            }
+            Ok(Tensor::from_cpu(x.shape().clone(), y))
+        }),
+        Storage::Gpu(g) => Err(not_built("scale_per_sample", g.device())),
+    }
+}
+
+/// Elementwise clamp to [lo, hi].
+pub fn clamp(x: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
+    if lo > hi || lo.is_nan() || hi.is_nan() {
+        return Err(TensorError::invalid("clamp", format!("empty range [{lo}, {hi}]")));
+    }
+    match x.storage() {
+        Storage::Cpu(st) => with_element!(st.dtype(), T, {
+            let mut y = vec![T::default(); x.numel()];
+            cpu::sampling::clamp(x.cpu_slice::<T>()?, T::from_f64(lo), T::from_f64(hi), &mut y);
+            Ok(Tensor::from_cpu(x.shape().clone(), y))
+        }),
+        Storage::Gpu(g) => Err(not_built("clamp", g.device())),
+    }
+}

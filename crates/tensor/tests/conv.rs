@@ -1,0 +1,372 @@
+//! conv2d (`ops/conv.rs`, `cpu/conv.rs`): naive f64 oracles written here with
+//! plain loops, central finite differences, linearity and adjoint identities,
+//! bit-for-bit determinism across thread counts, and error cases.
+
+mod common;
+use common::*;
+use diffuse_tensor::ops::{self, Conv2dParams};
+use diffuse_tensor::{Shape, Tensor};
+use proptest::prelude::*;
+
+// ------------------------------------------------------------------ cases
+
+/// One convolution problem: sizes, kernel, stride/padding and a data seed.
+#[derive(Clone, Debug)]
+struct Case {
+    n: usize,
+    ci: usize,
+    co: usize,
+    h: usize,
+    w: usize,
+    kh: usize,
+    kw: usize,
+    p: Conv2dParams,
+    seed: u64,
+}
+
+impl Case {
+    /// Output size, computed here from the definition (not by the library).
+    fn out_hw(&self) -> (usize, usize) {
+        let s = self.p.stride;
+        ((self.h + self.p.pad_top + self.p.pad_bottom - self.kh) / s + 1, (self.w + self.p.pad_left + self.p.pad_right - self.kw) / s + 1)
+    }
+    fn fits(&self) -> bool {
+        self.p.stride > 0
+            && self.kh <= self.h + self.p.pad_top + self.p.pad_bottom
+            && self.kw <= self.w + self.p.pad_left + self.p.pad_right
+    }
+    fn x_dims(&self) -> Vec<usize> {
+        vec![self.n, self.ci, self.h, self.w]
+    }
+    fn w_dims(&self) -> Vec<usize> {
+        vec![self.co, self.ci, self.kh, self.kw]
+    }
+    fn y_dims(&self) -> Vec<usize> {
+        let (ho, wo) = self.out_hw();
+        vec![self.n, self.co, ho, wo]
+    }
+    /// Random x, w, b and an output-shaped r (the upstream gradient).
+    fn data(&self) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let mut rng = TestRng::new(self.seed);
+        let x = rng.vec(self.x_dims().iter().product());
+        let w = rng.vec(self.w_dims().iter().product());
+        let b = rng.vec(self.co);
+        let r = rng.vec(self.y_dims().iter().product());
+        (x, w, b, r)
+    }
+}
+
+fn pads(stride: usize, pt: usize, pb: usize, pl: usize, pr: usize) -> Conv2dParams {
+    Conv2dParams { stride, pad_top: pt, pad_bottom: pb, pad_left: pl, pad_right: pr }
+}
+
+/// The U-Net's three convs, and general kernels/strides/asymmetric pads.
+fn kernels() -> impl Strategy<Value = (usize, usize, Conv2dParams)> {
+    prop_oneof![
+        Just((3, 3, Conv2dParams::same(3))),
+        Just((3, 3, Conv2dParams::down2())),
+        Just((1, 1, Conv2dParams::same(1))),
+        (1..=4usize, 1..=4usize, 1..=3usize, 0..=2usize, 0..=2usize, 0..=2usize, 0..=2usize)
+            .prop_map(|(kh, kw, s, pt, pb, pl, pr)| (kh, kw, pads(s, pt, pb, pl, pr))),
+    ]
+}
+
+fn cases(max_n: usize, max_c: usize, max_hw: usize) -> impl Strategy<Value = Case> {
+    (prop_oneof![Just(1usize), 1..=max_n], awkward(max_c), awkward(max_c), awkward(max_hw), awkward(max_hw), kernels(), any::<u64>())
+        .prop_map(|(n, ci, co, h, w, (kh, kw, p), seed)| Case { n, ci, co, h, w, kh, kw, p, seed })
+        .prop_filter("kernel must fit the padded input", Case::fits)
+}
+
+// ---------------------------------------------------------------- oracles
+
+/// The input index `(row, col)` that output `(oy, ox)` reads through tap
+/// `(i, j)`, or None where it falls in the zero padding.
+fn tap(c: &Case, oy: usize, ox: usize, i: usize, j: usize) -> Option<(usize, usize)> {
+    let iy = (oy * c.p.stride + i) as isize - c.p.pad_top as isize;
+    let ix = (ox * c.p.stride + j) as isize - c.p.pad_left as isize;
+    if iy < 0 || ix < 0 || iy >= c.h as isize || ix >= c.w as isize {
+        None
+    } else {
+        Some((iy as usize, ix as usize))
+    }
+}
+
+/// Calls `f(y_index, x_index, w_index)` for every multiply of the conv.
+fn for_each_term(c: &Case, mut f: impl FnMut(usize, usize, usize)) {
+    let (ho, wo) = c.out_hw();
+    for n in 0..c.n {
+        for o in 0..c.co {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let yi = ((n * c.co + o) * ho + oy) * wo + ox;
+                    for ch in 0..c.ci {
+                        for i in 0..c.kh {
+                            for j in 0..c.kw {
+                                if let Some((iy, ix)) = tap(c, oy, ox, i, j) {
+                                    let xi = ((n * c.ci + ch) * c.h + iy) * c.w + ix;
+                                    let wi = ((o * c.ci + ch) * c.kh + i) * c.kw + j;
+                                    f(yi, xi, wi);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn oracle_forward(c: &Case, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
+    let (ho, wo) = c.out_hw();
+    let mut y = vec![0.0; c.n * c.co * ho * wo];
+    if let Some(b) = b {
+        for (idx, v) in y.iter_mut().enumerate() {
+            *v = b[(idx / (ho * wo)) % c.co];
+        }
+    }
+    for_each_term(c, |yi, xi, wi| y[yi] += x[xi] * w[wi]);
+    y
+}
+
+fn oracle_backward_data(c: &Case, dy: &[f64], w: &[f64]) -> Vec<f64> {
+    let mut dx = vec![0.0; x_len(c)];
+    for_each_term(c, |yi, xi, wi| dx[xi] += dy[yi] * w[wi]);
+    dx
+}
+
+fn oracle_backward_weight(c: &Case, dy: &[f64], x: &[f64]) -> Vec<f64> {
+    let mut dw = vec![0.0; c.w_dims().iter().product()];
+    for_each_term(c, |yi, xi, wi| dw[wi] += dy[yi] * x[xi]);
+    dw
+}
+
+fn oracle_backward_bias(c: &Case, dy: &[f64]) -> Vec<f64> {
+    let (ho, wo) = c.out_hw();
+    let mut db = vec![0.0; c.co];
+    for (idx, v) in dy.iter().enumerate() {
+        db[(idx / (ho * wo)) % c.co] += v;
+    }
+    db
+}
+
+fn x_len(c: &Case) -> usize {
+    c.x_dims().iter().product()
+}
+
+// ------------------------------------------------------- op shorthands
+
+type Mk = fn(&[f64], &[usize]) -> Tensor;
+
+fn fwd(mk: Mk, c: &Case, x: &[f64], w: &[f64], b: Option<&[f64]>) -> Vec<f64> {
+    let bt = b.map(|b| mk(b, &[c.co]));
+    v64(&ops::conv2d_forward(&mk(x, &c.x_dims()), &mk(w, &c.w_dims()), bt.as_ref(), &c.p).unwrap())
+}
+
+fn bwd_data(mk: Mk, c: &Case, dy: &[f64], w: &[f64]) -> Vec<f64> {
+    v64(&ops::conv2d_backward_data(&mk(dy, &c.y_dims()), &mk(w, &c.w_dims()), &Shape::new(c.x_dims()), &c.p).unwrap())
+}
+
+fn bwd_weight(mk: Mk, c: &Case, dy: &[f64], x: &[f64]) -> Vec<f64> {
+    v64(&ops::conv2d_backward_weight(&mk(dy, &c.y_dims()), &mk(x, &c.x_dims()), &Shape::new(c.w_dims()), &c.p).unwrap())
+}
+
+fn bwd_bias(mk: Mk, c: &Case, dy: &[f64]) -> Vec<f64> {
+    v64(&ops::conv2d_backward_bias(&mk(dy, &c.y_dims())).unwrap())
+}
+
+fn norm(a: &[f64]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+/// |a - b| relative to the scale of a dot product `<u, v>`: ||u|| ||v||.
+fn dot_err(a: f64, b: f64, u: &[f64], v: &[f64]) -> f64 {
+    (a - b).abs() / (norm(u) * norm(v)).max(1e-30)
+}
+
+fn axpby(a: f64, x: &[f64], b: f64, y: &[f64]) -> Vec<f64> {
+    x.iter().zip(y).map(|(x, y)| a * x + b * y).collect()
+}
+
+// ------------------------------------------------------------- proptests
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn forward_matches_f64_oracle(c in cases(3, 13, 13), with_bias in any::<bool>()) {
+        let (x, w, b, _) = c.data();
+        let b = with_bias.then_some(&b[..]);
+        let want = oracle_forward(&c, &x, &w, b);
+        assert_close("conv2d forward f32", &fwd(t32, &c, &x, &w, b), &want, 1e-5);
+        assert_close("conv2d forward f64", &fwd(t64, &c, &x, &w, b), &want, 1e-12);
+    }
+
+    #[test]
+    fn backward_matches_f64_oracles(c in cases(3, 13, 13)) {
+        let (x, w, _, r) = c.data();
+        assert_close("backward data f32", &bwd_data(t32, &c, &r, &w), &oracle_backward_data(&c, &r, &w), 1e-5);
+        assert_close("backward weight f32", &bwd_weight(t32, &c, &r, &x), &oracle_backward_weight(&c, &r, &x), 1e-5);
+        assert_close("backward bias f32", &bwd_bias(t32, &c, &r), &oracle_backward_bias(&c, &r), 1e-5);
+    }
+
+    #[test]
+    fn conv_is_linear_in_input_and_weight(c in cases(2, 7, 9), a in -2.0..2.0f64, bb in -2.0..2.0f64) {
+        let (x1, w1, _, _) = c.data();
+        let (x2, w2, _, _) = Case { seed: c.seed ^ 1, ..c.clone() }.data();
+        for (mk, tol) in [(t32 as Mk, 1e-5), (t64 as Mk, 1e-12)] {
+            let lhs = fwd(mk, &c, &axpby(a, &x1, bb, &x2), &w1, None);
+            let rhs = axpby(a, &fwd(mk, &c, &x1, &w1, None), bb, &fwd(mk, &c, &x2, &w1, None));
+            assert_close("linear in x", &lhs, &rhs, tol);
+            let lhs = fwd(mk, &c, &x1, &axpby(a, &w1, bb, &w2), None);
+            let rhs = axpby(a, &fwd(mk, &c, &x1, &w1, None), bb, &fwd(mk, &c, &x1, &w2, None));
+            assert_close("linear in w", &lhs, &rhs, tol);
+        }
+    }
+
+    /// <conv(x, w), y> = <x, backward_data(y, w)> = <w, backward_weight(y, x)>.
+    #[test]
+    fn backward_ops_are_adjoints(c in cases(3, 13, 13)) {
+        let (x, w, _, y) = c.data();
+        for (mk, tol) in [(t32 as Mk, 1e-5), (t64 as Mk, 1e-13)] {
+            let fy = fwd(mk, &c, &x, &w, None);
+            let lhs = dot(&fy, &y);
+            let via_x = dot(&x, &bwd_data(mk, &c, &y, &w));
+            let via_w = dot(&w, &bwd_weight(mk, &c, &y, &x));
+            let (ex, ew) = (dot_err(lhs, via_x, &fy, &y), dot_err(lhs, via_w, &fy, &y));
+            prop_assert!(ex < tol && ew < tol, "adjoint errors {ex:.2e} (data), {ew:.2e} (weight) exceed {tol:.0e}");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// L(x, w, b) = <conv(x, w) + b, r>, differentiated numerically in f64.
+    #[test]
+    fn backward_matches_finite_differences(c in cases(2, 7, 7)) {
+        let (x, w, b, r) = c.data();
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| dot(&fwd(t64, &c, x, w, Some(b)), &r);
+        let h = 1e-4;
+        let fd_x = fd_grad(&x, h, |x| loss(x, &w, &b));
+        assert_close("dx vs finite differences", &bwd_data(t64, &c, &r, &w), &fd_x, 1e-6);
+        let fd_w = fd_grad(&w, h, |w| loss(&x, w, &b));
+        assert_close("dw vs finite differences", &bwd_weight(t64, &c, &r, &x), &fd_w, 1e-6);
+        let fd_b = fd_grad(&b, h, |b| loss(&x, &w, b));
+        assert_close("db vs finite differences", &bwd_bias(t64, &c, &r), &fd_b, 1e-6);
+    }
+}
+
+// ------------------------------------------------- batched kernel paths
+
+fn big(n: usize, hw: usize, kh: usize, p: Conv2dParams) -> Case {
+    Case { n, ci: 3, co: 5, h: hw, w: hw, kh, kw: kh, p, seed: (n * 100 + hw) as u64 }
+}
+
+/// Large odd batches: several images per gemm (small planes), one image per
+/// gemm with many weight-gradient slots (large planes), uneven last groups.
+#[test]
+fn large_batches_match_oracles() {
+    let kinds = [(3, Conv2dParams::same(3)), (3, Conv2dParams::down2()), (1, Conv2dParams::same(1))];
+    for hw in [6, 28] {
+        for (k, p) in kinds {
+            let c = big(37, hw, k, p);
+            let (x, w, b, r) = c.data();
+            let what = |op: &str| format!("{op} {c:?}");
+            for (mk, tol) in [(t32 as Mk, 1e-5), (t64 as Mk, 1e-12)] {
+                assert_close(&what("forward"), &fwd(mk, &c, &x, &w, Some(&b)), &oracle_forward(&c, &x, &w, Some(&b)), tol);
+                assert_close(&what("backward data"), &bwd_data(mk, &c, &r, &w), &oracle_backward_data(&c, &r, &w), tol);
+                assert_close(&what("backward weight"), &bwd_weight(mk, &c, &r, &x), &oracle_backward_weight(&c, &r, &x), tol);
+                assert_close(&what("backward bias"), &bwd_bias(mk, &c, &r), &oracle_backward_bias(&c, &r), tol);
+            }
+        }
+    }
+}
+
+#[test]
+fn known_values_3x3_same() {
+    // All-ones 3x3 kernel on a 3x3 input counts each pixel's in-bounds neighbours' sum.
+    let c = Case { n: 1, ci: 1, co: 1, h: 3, w: 3, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 0 };
+    let x: Vec<f64> = (1..=9).map(f64::from).collect();
+    let y = fwd(t64, &c, &x, &[1.0; 9], Some(&[0.5]));
+    assert_eq!(y, vec![12.5, 21.5, 16.5, 27.5, 45.5, 33.5, 24.5, 39.5, 28.5]);
+}
+
+#[test]
+fn params_constructors_and_output_sizes() {
+    assert_eq!(Conv2dParams::same(3), pads(1, 1, 1, 1, 1));
+    assert_eq!(Conv2dParams::same(1), pads(1, 0, 0, 0, 0));
+    assert_eq!(Conv2dParams::down2(), pads(2, 0, 1, 0, 1));
+    assert_eq!(Conv2dParams::same(3).output_hw(14, 9, 3, 3).unwrap(), (14, 9));
+    assert_eq!(Conv2dParams::down2().output_hw(28, 14, 3, 3).unwrap(), (14, 7));
+    assert_eq!(Conv2dParams::same(1).output_hw(1, 5, 1, 1).unwrap(), (1, 5));
+    assert_eq!(pads(3, 2, 0, 1, 0).output_hw(7, 5, 4, 2).unwrap(), (2, 2));
+}
+
+// ------------------------------------------------------------ determinism
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+}
+
+/// Same inputs give the same bits: twice in a row, and on 1, 3 and the
+/// global pool's threads (the weight gradient sums per-slot partials).
+#[test]
+fn outputs_and_gradients_are_bit_identical() {
+    for (hw, k, p) in [(28, 3, Conv2dParams::same(3)), (6, 3, Conv2dParams::down2()), (10, 1, Conv2dParams::same(1))] {
+        let c = Case { n: 41, ci: 7, co: 13, h: hw, w: hw, kh: k, kw: k, p, seed: 9 };
+        let (x, w, b, r) = c.data();
+        let run = || {
+            (fwd(t32, &c, &x, &w, Some(&b)), bwd_data(t32, &c, &r, &w), bwd_weight(t32, &c, &r, &x), bwd_bias(t32, &c, &r))
+        };
+        let bits = |v: &(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)| {
+            [&v.0, &v.1, &v.2, &v.3].map(|t| t.iter().map(|f| f.to_bits()).collect::<Vec<u64>>())
+        };
+        let first = bits(&run());
+        assert!(first == bits(&run()), "second run differs ({c:?})");
+        assert!(first == bits(&in_pool(1, run)), "1-thread pool differs ({c:?})");
+        assert!(first == bits(&in_pool(3, run)), "3-thread pool differs ({c:?})");
+    }
+}
+
+// ------------------------------------------------------------ error cases
+
+#[test]
+fn invalid_shapes_and_params_are_errors() {
+    let x = t32(&[0.0; 2 * 3 * 5 * 5], &[2, 3, 5, 5]);
+    let w = t32(&[0.0; 4 * 3 * 3 * 3], &[4, 3, 3, 3]);
+    let dy = t32(&[0.0; 2 * 4 * 5 * 5], &[2, 4, 5, 5]);
+    let s3 = Conv2dParams::same(3);
+    let err = |r: diffuse_tensor::Result<Tensor>| r.expect_err("expected an error").to_string();
+
+    // Forward: ranks, channels, bias, kernel size, stride, dtype.
+    assert!(err(ops::conv2d_forward(&t32(&[0.0; 75], &[3, 5, 5]), &w, None, &s3)).contains("rank-4"));
+    assert!(err(ops::conv2d_forward(&x, &t32(&[0.0; 36], &[4, 3, 3]), None, &s3)).contains("rank-4"));
+    let w_bad_ci = t32(&[0.0; 4 * 2 * 9], &[4, 2, 3, 3]);
+    assert!(err(ops::conv2d_forward(&x, &w_bad_ci, None, &s3)).contains("input channels"));
+    assert!(err(ops::conv2d_forward(&x, &w, Some(&t32(&[0.0; 3], &[3])), &s3)).contains("bias"));
+    assert!(err(ops::conv2d_forward(&x, &w, Some(&t32(&[0.0; 4], &[1, 4])), &s3)).contains("bias"));
+    let w8 = t32(&[0.0; 4 * 3 * 64], &[4, 3, 8, 8]);
+    assert!(err(ops::conv2d_forward(&x, &w8, None, &s3)).contains("larger than the padded input"));
+    assert!(err(ops::conv2d_forward(&x, &w, None, &pads(0, 1, 1, 1, 1))).contains("stride"));
+    assert!(err(ops::conv2d_forward(&x, &t64(&[0.0; 108], &[4, 3, 3, 3]), None, &s3)).contains("dtype"));
+    assert!(Conv2dParams::same(3).output_hw(4, 4, 0, 3).is_err());
+    assert!(Conv2dParams::down2().output_hw(1, 8, 3, 3).is_err());
+    assert!(pads(1, usize::MAX, 1, 0, 0).output_hw(4, 4, 3, 3).is_err());
+
+    // Backward data: dy shape, x_shape rank and channels.
+    let xs = Shape::new([2, 3, 5, 5]);
+    assert!(ops::conv2d_backward_data(&dy, &w, &xs, &s3).is_ok());
+    assert!(err(ops::conv2d_backward_data(&dy, &w, &xs, &Conv2dParams::down2())).contains("shape mismatch"));
+    assert!(err(ops::conv2d_backward_data(&dy, &w, &Shape::new([2, 3, 5]), &s3)).contains("rank-4"));
+    assert!(err(ops::conv2d_backward_data(&dy, &w, &Shape::new([2, 2, 5, 5]), &s3)).contains("input channels"));
+    assert!(ops::conv2d_backward_data(&dy, &w, &Shape::new([usize::MAX, 3, 5, 5]), &s3).is_err());
+
+    // Backward weight: dy shape, w_shape.
+    assert!(ops::conv2d_backward_weight(&dy, &x, w.shape(), &s3).is_ok());
+    assert!(err(ops::conv2d_backward_weight(&dy, &x, &Shape::new([5, 3, 3, 3]), &s3)).contains("shape mismatch"));
+    assert!(err(ops::conv2d_backward_weight(&dy, &x, &Shape::new([4, 3, 3]), &s3)).contains("rank-4"));
+    assert!(err(ops::conv2d_backward_weight(&dy, &x, &Shape::new([4, 3, 9, 9]), &s3)).contains("larger"));
+
+    // Backward bias: rank.
+    assert!(err(ops::conv2d_backward_bias(&t32(&[0.0; 8], &[2, 4]))).contains("rank-4"));
+}

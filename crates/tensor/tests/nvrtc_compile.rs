@@ -1,0 +1,46 @@
+//! Every `kernels/*.cu` compiles with NVRTC for compute_80 and compute_90,
+//! with no GPU and no CUDA toolkit: NVRTC comes from the PyPI wheels that
+//! `scripts/setup-cuda-wheels.sh` installs (found through LD_LIBRARY_PATH,
+//! see `scripts/cuda-env.sh`). Without libnvrtc the test prints why and
+//! passes, except under CI=true, where it fails.
+
+use diffuse_tensor::gpu::cuda::{nvrtc_available, nvrtc_compile, nvrtc_version, NvrtcTarget};
+use diffuse_tensor::gpu::sources::KERNEL_FILES;
+
+#[test]
+fn every_kernel_file_compiles_with_nvrtc() {
+    if let Err(why) = nvrtc_available() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("CI=true but NVRTC is unavailable: {why}");
+        }
+        println!("skipped: NVRTC compile test: {why}");
+        return;
+    }
+    let (major, minor) = nvrtc_version().expect("nvrtcVersion");
+    assert!(!KERNEL_FILES.is_empty(), "no kernels/*.cu embedded");
+    let mut failures = Vec::new();
+    let mut kernels = 0;
+    for file in KERNEL_FILES {
+        let names = file.kernel_names();
+        assert!(!names.is_empty(), "{} defines no extern \"C\" __global__ kernel", file.name);
+        for arch in ["compute_80", "compute_90"] {
+            match nvrtc_compile(file, NvrtcTarget::Ptx(arch)) {
+                Ok(ptx) => {
+                    let text = String::from_utf8_lossy(&ptx);
+                    for k in &names {
+                        if !text.contains(&format!(".entry {k}(")) {
+                            failures.push(format!("{} ({arch}): kernel {k} missing from the PTX", file.name));
+                        }
+                    }
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        kernels += names.len();
+    }
+    assert!(failures.is_empty(), "NVRTC failures:\n{}", failures.join("\n\n"));
+    println!(
+        "compiled {} kernel files ({kernels} kernels) for compute_80 and compute_90 with NVRTC {major}.{minor}",
+        KERNEL_FILES.len()
+    );
+}

@@ -1,0 +1,45 @@
+//! scale_per_sample and clamp: f64 oracles, finite differences, adjoint.
+
+mod common;
+use common::*;
+use diffuse_tensor::ops;
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn scale_per_sample_matches_oracle(n in awkward(9), per in awkward(50), seed in any::<u64>()) {
+        let mut rng = TestRng::new(seed);
+        let (x, s) = (rng.vec(n * per), rng.vec(n));
+        let y = ops::scale_per_sample(&t32(&x, &[n, per]), &t32(&s, &[n])).unwrap();
+        let want: Vec<f64> = (0..n * per).map(|i| x[i] * s[i / per]).collect();
+        assert_close("scale_per_sample", &v64(&y), &want, 1e-5);
+    }
+
+    #[test]
+    fn scale_per_sample_is_its_own_adjoint_in_x(n in awkward(5), per in awkward(20), seed in any::<u64>()) {
+        let mut rng = TestRng::new(seed);
+        let (x, s, r) = (rng.vec(n * per), rng.vec(n), rng.vec(n * per));
+        let jx = v64(&ops::scale_per_sample(&t64(&x, &[n, per]), &t64(&s, &[n])).unwrap());
+        let jtr = v64(&ops::scale_per_sample(&t64(&r, &[n, per]), &t64(&s, &[n])).unwrap());
+        let (a, b) = (dot(&jx, &r), dot(&x, &jtr));
+        prop_assert!((a - b).abs() <= 1e-12 * (1.0 + a.abs()));
+    }
+
+    #[test]
+    fn clamp_matches_oracle(n in awkward(200), seed in any::<u64>()) {
+        let x = TestRng::new(seed).vec_in(n, -3.0, 3.0);
+        let y = ops::clamp(&t32(&x, &[n]), -1.0, 1.0).unwrap();
+        let want: Vec<f64> = x.iter().map(|v| v.clamp(-1.0, 1.0)).collect();
+        assert_close("clamp", &v64(&y), &want, 1e-5);
+    }
+}
+
+#[test]
+fn bad_arguments_are_errors() {
+    assert!(ops::scale_per_sample(&t32(&[1.0; 6], &[2, 3]), &t32(&[1.0; 3], &[3])).is_err());
+    assert!(ops::clamp(&t32(&[1.0], &[1]), 1.0, -1.0).is_err());
+    let nan = ops::clamp(&t32(&[f64::NAN], &[1]), -1.0, 1.0).unwrap();
+    assert!(v64(&nan)[0].is_nan(), "clamp must not hide a NaN");
+}

@@ -1,0 +1,112 @@
+//! The resolved configuration of a training run: what `diffuse train`
+//! writes to `config.json` in the run directory and into every checkpoint.
+
+use crate::diffusion::{Schedule, Target};
+use crate::{Error, Result};
+use diffuse_unet::UNetConfig;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub model: UNetConfig,
+    /// Dataset path: an MNIST IDX file or folder, CIFAR-10 batches, or images.
+    pub data: PathBuf,
+    pub steps: u64,
+    pub batch_size: usize,
+    /// Micro-batches whose gradients are summed before one optimiser step.
+    pub grad_accum: usize,
+    pub lr: f64,
+    pub warmup_steps: u64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub adam_eps: f64,
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this (0 disables).
+    pub grad_clip: f64,
+    pub ema_decay: f64,
+    pub ema_warmup: bool,
+    pub schedule: Schedule,
+    pub timesteps: usize,
+    pub target: Target,
+    pub seed: u64,
+    pub hflip: bool,
+    pub checkpoint_every: u64,
+    pub keep_checkpoints: usize,
+    pub sample_every: u64,
+    pub sample_count: usize,
+    pub sample_ddim_steps: usize,
+    pub log_every: u64,
+}
+
+impl TrainConfig {
+    /// Defaults for a model config: the paper's optimiser, shorter warmup.
+    pub fn for_model(model: UNetConfig, data: PathBuf) -> Self {
+        TrainConfig {
+            model,
+            data,
+            steps: 2000,
+            batch_size: 64,
+            grad_accum: 1,
+            lr: 5e-4,
+            warmup_steps: 100,
+            beta1: 0.9,
+            beta2: 0.999,
+            adam_eps: 1e-8,
+            weight_decay: 0.0,
+            grad_clip: 1.0,
+            ema_decay: 0.9999,
+            ema_warmup: true,
+            schedule: Schedule::Linear,
+            timesteps: 1000,
+            target: Target::Eps,
+            seed: 0,
+            hflip: false,
+            checkpoint_every: 500,
+            keep_checkpoints: 3,
+            sample_every: 500,
+            sample_count: 64,
+            sample_ddim_steps: 50,
+            log_every: 10,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.model.validate()?;
+        let bad = |m: String| Err(Error::Config(m));
+        if self.batch_size == 0 {
+            return bad("batch size must be at least 1".into());
+        }
+        if self.grad_accum == 0 {
+            return bad("grad_accum must be at least 1".into());
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(format!("learning rate {} must be positive", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return bad("Adam betas must be in [0, 1)".into());
+        }
+        if self.timesteps < 2 {
+            return bad("timesteps must be at least 2".into());
+        }
+        if self.sample_ddim_steps == 0 || self.sample_ddim_steps > self.timesteps {
+            return bad(format!(
+                "sample_ddim_steps must be in 1..={}",
+                self.timesteps
+            ));
+        }
+        if self.keep_checkpoints == 0 {
+            return bad("keep_checkpoints must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    pub fn from_json(s: &str) -> Result<Self> {
+        serde_json::from_str(s)
+            .map_err(|e| Error::Config(format!("cannot parse training config: {e}")))
+    }
+}

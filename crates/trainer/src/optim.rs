@@ -1,0 +1,155 @@
+//! The optimiser side of a training step: global-norm gradient clipping,
+//! AdamW with linear warmup, and an EMA of the weights with warmup.
+
+use crate::{Error, Result};
+use diffuse_tensor::ops::{self, AdamWParams};
+use diffuse_tensor::{DType, Tensor};
+use diffuse_unet::ParamStore;
+
+/// AdamW state: first and second moments per parameter, and the step count.
+pub struct AdamW {
+    pub hyper: AdamWParams,
+    pub m: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+    /// Steps taken so far (the next step is `step + 1`).
+    pub step: u64,
+}
+
+impl AdamW {
+    pub fn new(store: &ParamStore, hyper: AdamWParams) -> Result<Self> {
+        let zeros = |t: &Tensor| Tensor::zeros(t.dims().to_vec(), t.dtype(), &t.device());
+        let m = store
+            .iter()
+            .map(|(_, t)| zeros(t))
+            .collect::<diffuse_tensor::Result<Vec<_>>>()?;
+        let v = store
+            .iter()
+            .map(|(_, t)| zeros(t))
+            .collect::<diffuse_tensor::Result<Vec<_>>>()?;
+        Ok(AdamW {
+            hyper,
+            m,
+            v,
+            step: 0,
+        })
+    }
+
+    /// One update of every parameter that has a gradient, at learning rate `lr`.
+    pub fn step(&mut self, store: &mut ParamStore, lr: f64) -> Result<()> {
+        self.step += 1;
+        let hyper = AdamWParams { lr, ..self.hyper };
+        let ids: Vec<_> = store.ids().collect();
+        for (k, id) in ids.into_iter().enumerate() {
+            let (value, grad) = store.value_and_grad_mut(id);
+            if let Some(grad) = grad {
+                ops::adamw_step(
+                    value,
+                    grad,
+                    &mut self.m[k],
+                    &mut self.v[k],
+                    &hyper,
+                    self.step,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Scales every gradient so their global L2 norm is at most `max_norm`;
+/// returns the norm before clipping. `max_norm <= 0` disables clipping.
+pub fn clip_grad_norm(store: &mut ParamStore, max_norm: f64) -> Result<f64> {
+    let grads: Vec<&Tensor> = store.ids().filter_map(|id| store.grad(id)).collect();
+    let norm = ops::global_l2_norm(&grads)?;
+    if !norm.is_finite() {
+        return Err(Error::Config(format!(
+            "gradient norm is {norm}: the run diverged (try a lower --lr)"
+        )));
+    }
+    if max_norm > 0.0 && norm > max_norm {
+        let s = max_norm / (norm + 1e-6);
+        let ids: Vec<_> = store.ids().collect();
+        for id in ids {
+            store.scale_grad(id, s)?;
+        }
+    }
+    Ok(norm)
+}
+
+/// Linear warmup from 0 to `lr` over `warmup` steps (step is 1-based).
+pub fn warmup_lr(lr: f64, warmup: u64, step: u64) -> f64 {
+    if warmup == 0 {
+        lr
+    } else {
+        lr * (step as f64 / warmup as f64).min(1.0)
+    }
+}
+
+/// Exponential moving average of the weights. With warmup the effective
+/// decay is min(decay, (1 + n) / (10 + n)) after n updates, so early
+/// averages are not dominated by the random initialisation.
+pub struct Ema {
+    pub decay: f64,
+    pub warmup: bool,
+    pub values: Vec<Tensor>,
+    pub updates: u64,
+}
+
+impl Ema {
+    pub fn new(store: &ParamStore, decay: f64, warmup: bool) -> Result<Self> {
+        if !(0.0..=1.0).contains(&decay) {
+            return Err(Error::Config(format!(
+                "EMA decay {decay} is outside [0, 1]"
+            )));
+        }
+        Ok(Ema {
+            decay,
+            warmup,
+            values: store.iter().map(|(_, t)| t.clone()).collect(),
+            updates: 0,
+        })
+    }
+
+    pub fn effective_decay(&self) -> f64 {
+        if self.warmup {
+            let n = self.updates as f64;
+            self.decay.min((1.0 + n) / (10.0 + n))
+        } else {
+            self.decay
+        }
+    }
+
+    pub fn update(&mut self, store: &ParamStore) -> Result<()> {
+        let d = self.effective_decay();
+        for (e, (_, p)) in self.values.iter_mut().zip(store.iter()) {
+            ops::ema_update(e, p, d)?;
+        }
+        self.updates += 1;
+        Ok(())
+    }
+
+    /// Copies the averaged weights into `store` (for sampling or export).
+    pub fn copy_to(&self, store: &mut ParamStore) -> Result<()> {
+        let ids: Vec<_> = store.ids().collect();
+        for (id, e) in ids.into_iter().zip(&self.values) {
+            store.set(id, e.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// Zero tensors like every parameter (used when a checkpoint lacks a state).
+pub fn zeros_like_params(store: &ParamStore) -> Result<Vec<Tensor>> {
+    Ok(store
+        .iter()
+        .map(|(_, t)| Tensor::zeros(t.dims().to_vec(), t.dtype(), &t.device()))
+        .collect::<diffuse_tensor::Result<Vec<_>>>()?)
+}
+
+pub fn dtype_of(store: &ParamStore) -> DType {
+    store
+        .iter()
+        .next()
+        .map(|(_, t)| t.dtype())
+        .unwrap_or(DType::F32)
+}

@@ -1,0 +1,212 @@
+//! Samplers: DDPM ancestral sampling (fixed-large or fixed-small variance)
+//! and DDIM (any number of steps, any eta). Noise comes from Philox through
+//! the fused noise-add op, so a seed gives the same images on every device.
+
+use crate::diffusion::Diffusion;
+use crate::{Error, Result};
+use diffuse_tensor::{ops, DType, Device, Tensor};
+use diffuse_unet::UNet;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Variance {
+    /// sigma_t^2 = beta_t (the paper's choice for CIFAR-10).
+    FixedLarge,
+    /// sigma_t^2 = the posterior variance beta~_t.
+    FixedSmall,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sampler {
+    Ddpm { variance: Variance },
+    Ddim { steps: usize, eta: f64 },
+}
+
+/// What to sample and how.
+#[derive(Clone, Debug)]
+pub struct SampleSpec {
+    pub n: usize,
+    pub sampler: Sampler,
+    pub seed: u64,
+    /// Images per model call.
+    pub batch: usize,
+    /// Record x_t of the first `trajectory` images at about this many points.
+    pub trajectory: usize,
+    pub trajectory_points: usize,
+    /// Clip the x0 estimate to [-1, 1] at every step (as the paper's code).
+    pub clip_x0: bool,
+}
+
+impl SampleSpec {
+    pub fn new(n: usize, sampler: Sampler, seed: u64) -> Self {
+        SampleSpec {
+            n,
+            sampler,
+            seed,
+            batch: 64,
+            trajectory: 0,
+            trajectory_points: 10,
+            clip_x0: true,
+        }
+    }
+}
+
+/// Samples in [-1, 1], shape [N, C, H, W] on the CPU, and the trajectory:
+/// one entry per recorded step, each [k, C, H, W].
+pub struct Samples {
+    pub images: Tensor,
+    pub trajectory: Vec<Tensor>,
+}
+
+/// The timesteps a sampler visits, from noisiest to cleanest.
+pub fn timesteps(d: &Diffusion, sampler: Sampler) -> Result<Vec<usize>> {
+    match sampler {
+        Sampler::Ddpm { .. } => Ok((0..d.timesteps).rev().collect()),
+        Sampler::Ddim { steps, eta } => {
+            if steps == 0 || steps > d.timesteps {
+                return Err(Error::Config(format!(
+                    "DDIM steps must be in 1..={}, got {steps}",
+                    d.timesteps
+                )));
+            }
+            if !(eta >= 0.0 && eta.is_finite()) {
+                return Err(Error::Config(format!("DDIM eta must be >= 0, got {eta}")));
+            }
+            // Evenly spaced, always including t = 0 (the "trailing" spacing
+            // would skip the last, cleanest step).
+            let mut ts: Vec<usize> = (0..steps).map(|i| i * d.timesteps / steps).collect();
+            ts.dedup();
+            ts.reverse();
+            Ok(ts)
+        }
+    }
+}
+
+/// Philox stream of the starting noise; step noise uses stream 1 at step t.
+const INIT_STREAM: u32 = 7;
+const STEP_STREAM: u32 = 8;
+
+pub fn sample(
+    model: &UNet,
+    d: &Diffusion,
+    spec: &SampleSpec,
+    mut on_step: impl FnMut(usize, usize),
+) -> Result<Samples> {
+    if spec.n == 0 || spec.batch == 0 {
+        return Err(Error::Config(
+            "number of samples and batch size must be positive".into(),
+        ));
+    }
+    let cfg = &model.config;
+    let device = model.device();
+    let ts = timesteps(d, spec.sampler)?;
+    let mut images = Vec::with_capacity(spec.n * cfg.in_ch * cfg.image_size * cfg.image_size);
+    let mut trajectory: Vec<Vec<f32>> = Vec::new();
+    let record_every = (ts.len() / spec.trajectory_points.max(1)).max(1);
+    let total_calls = spec.n.div_ceil(spec.batch) * ts.len();
+    let mut calls = 0;
+    for (chunk, start) in (0..spec.n).step_by(spec.batch).enumerate() {
+        let b = spec.batch.min(spec.n - start);
+        let shape = [b, cfg.in_ch, cfg.image_size, cfg.image_size];
+        // Each chunk draws from its own seed so results do not depend on
+        // how many images are sampled at once... within a fixed batch size.
+        let seed = spec.seed.wrapping_add(chunk as u64);
+        let mut x = Tensor::randn(shape, seed, INIT_STREAM, DType::F32, &device)?;
+        let keep = if chunk == 0 {
+            spec.trajectory.min(b)
+        } else {
+            0
+        };
+        for (i, &t) in ts.iter().enumerate() {
+            if keep > 0 && i % record_every == 0 {
+                trajectory.push(first_images(&x, keep)?);
+            }
+            let t_prev = ts.get(i + 1).map(|&p| p as isize).unwrap_or(-1);
+            x = step(model, d, spec, &x, t, t_prev, seed, &device)?;
+            calls += 1;
+            on_step(calls, total_calls);
+        }
+        if keep > 0 {
+            trajectory.push(first_images(&x, keep)?);
+        }
+        images.extend(x.to_vec_f32()?);
+    }
+    let trajectory = trajectory
+        .into_iter()
+        .map(|v| {
+            let k = spec.trajectory.min(spec.n).min(spec.batch);
+            Tensor::from_vec(v, [k, cfg.in_ch, cfg.image_size, cfg.image_size])
+        })
+        .collect::<diffuse_tensor::Result<Vec<_>>>()?;
+    Ok(Samples {
+        images: Tensor::from_vec(images, [spec.n, cfg.in_ch, cfg.image_size, cfg.image_size])?,
+        trajectory,
+    })
+}
+
+fn first_images(x: &Tensor, k: usize) -> Result<Vec<f32>> {
+    let per = x.numel() / x.dims()[0];
+    Ok(x.to_vec_f32()?[..k * per].to_vec())
+}
+
+/// One reverse step from t to t_prev (-1 means to the clean image).
+#[allow(clippy::too_many_arguments)]
+fn step(
+    model: &UNet,
+    d: &Diffusion,
+    spec: &SampleSpec,
+    x: &Tensor,
+    t: usize,
+    t_prev: isize,
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor> {
+    let n = x.dims()[0];
+    let tt = Tensor::full([n], t as f64, DType::F32, device)?;
+    let out = model.forward(x, &tt)?;
+    let (mut eps, mut x0) = d.split_prediction(x, &out, t)?;
+    if spec.clip_x0 {
+        x0 = ops::clamp(&x0, -1.0, 1.0)?;
+        eps = d.eps_from_x0(x, &x0, t)?;
+    }
+    let abar_t = d.abar(t as isize);
+    let abar_prev = d.abar(t_prev);
+    let (mean, sigma) = match spec.sampler {
+        Sampler::Ddpm { variance } => {
+            let beta = d.beta(t);
+            let c_x0 = beta * abar_prev.sqrt() / (1.0 - abar_t);
+            let c_xt = (1.0 - abar_prev) * (1.0 - beta).sqrt() / (1.0 - abar_t);
+            let mean = ops::add_scaled(&ops::scale(&x0, c_x0)?, x, c_xt)?;
+            let posterior =
+                |t: usize| d.beta(t) * (1.0 - d.abar(t as isize - 1)) / (1.0 - d.abar(t as isize));
+            let var = match variance {
+                Variance::FixedSmall => posterior(t),
+                // The paper's code uses beta~_1 in place of beta_0 for t = 0.
+                Variance::FixedLarge => {
+                    if t == 0 {
+                        posterior(1.min(d.timesteps - 1))
+                    } else {
+                        beta
+                    }
+                }
+            };
+            (mean, if t == 0 { 0.0 } else { var.sqrt() })
+        }
+        Sampler::Ddim { eta, .. } => {
+            let sigma = if t_prev < 0 {
+                0.0
+            } else {
+                eta * ((1.0 - abar_prev) / (1.0 - abar_t)).sqrt()
+                    * (1.0 - abar_t / abar_prev).sqrt()
+            };
+            let c_eps = (1.0 - abar_prev - sigma * sigma).max(0.0).sqrt();
+            let mean = ops::add_scaled(&ops::scale(&x0, abar_prev.sqrt())?, &eps, c_eps)?;
+            (mean, sigma)
+        }
+    };
+    if sigma == 0.0 {
+        return Ok(mean);
+    }
+    let ones = Tensor::full([n], 1.0, DType::F32, device)?;
+    let sig = Tensor::full([n], sigma, DType::F32, device)?;
+    Ok(ops::noise_add(&mean, &ones, &sig, seed, t as u32, STEP_STREAM)?.x_t)
+}

@@ -1,0 +1,47 @@
+// optim.cu — optimiser updates, in place, one element per thread:
+//   adamw_step  PyTorch AdamW (decoupled weight decay), per element in f64
+//               and rounded once on store, exactly the CPU's formula:
+//                 p *= decay; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+//                 p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
+//               with decay = 1 - lr*wd, step_size = lr / (1 - b1^t),
+//               bc2_sqrt = sqrt(1 - b2^t) from AdamWConsts. Kernel parameters
+//               are float only, so each f64 constant comes as a (hi, lo) pair
+//               of floats (about 48 bits, see f2_to_f64 in common.cuh).
+//   ema_update  ema = d * ema + k * p, d = (float)decay, k = (float)(1 - decay)
+//               (the CPU rounds both to T first too)
+// Launch: 1-D grid-stride, block 256, grid min(ceil(n / 256), 8192).
+// CPU twin: crates/tensor/src/cpu/optim.rs.
+// Versions: v1 (one tensor per launch; a multi-tensor launch over a pointer
+// table as in norm.cu would save launches for models with many tensors).
+#include "common.cuh"
+
+extern "C" __global__ void adamw_step_f32(float* __restrict__ param, const float* __restrict__ grad,
+                                          float* __restrict__ m, float* __restrict__ v, unsigned long long n,
+                                          float decay_hi, float decay_lo, float beta1_hi, float beta1_lo,
+                                          float beta2_hi, float beta2_lo, float step_size_hi, float step_size_lo,
+                                          float bc2_sqrt_hi, float bc2_sqrt_lo, float eps_hi, float eps_lo) {
+    const double decay = f2_to_f64(decay_hi, decay_lo);
+    const double b1 = f2_to_f64(beta1_hi, beta1_lo);
+    const double b2 = f2_to_f64(beta2_hi, beta2_lo);
+    const double step_size = f2_to_f64(step_size_hi, step_size_lo);
+    const double bc2 = f2_to_f64(bc2_sqrt_hi, bc2_sqrt_lo);
+    const double eps = f2_to_f64(eps_hi, eps_lo);
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)gridDim.x * blockDim.x) {
+        double g = (double)grad[i];
+        double p = (double)param[i] * decay;
+        double mi = b1 * (double)m[i] + (1.0 - b1) * g;
+        double vi = b2 * (double)v[i] + (1.0 - b2) * g * g;
+        double denom = sqrt(vi) / bc2 + eps;
+        param[i] = (float)(p - step_size * mi / denom);
+        m[i] = (float)mi;
+        v[i] = (float)vi;
+    }
+}
+
+extern "C" __global__ void ema_update_f32(float* __restrict__ ema, const float* __restrict__ param, float d, float k,
+                                          unsigned long long n) {
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)gridDim.x * blockDim.x)
+        ema[i] = d * ema[i] + k * param[i];
+}

@@ -1,0 +1,74 @@
+//! `diffuse info`: the devices this machine offers, and model sizes.
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+use diffuse_tensor::{DType, Device};
+use diffuse_unet::{UNet, UNetConfig};
+
+#[derive(Args)]
+pub struct InfoArgs {
+    /// Print the parameter count of a model config (tiny, mnist, cifar10 or a JSON file).
+    #[arg(long)]
+    pub config: Option<String>,
+    /// Also open this device and report on it (cpu, cuda[:N], emu).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+pub fn run(a: InfoArgs) -> Result<()> {
+    if let Some(c) = &a.config {
+        let cfg = load_config(c)?;
+        let model = UNet::new(cfg.clone(), 0, DType::F32, &Device::Cpu)?;
+        println!("config: {}", serde_json::to_string(&cfg)?);
+        println!("parameters: {}", model.num_params());
+        return Ok(());
+    }
+    println!("diffuse {}", env!("CARGO_PKG_VERSION"));
+    println!("cpu: {}", cpu_model());
+    println!("simd: {}", simd_features());
+    println!("threads: {}", rayon::current_num_threads());
+    println!("cuda: {}", super::device::cuda_probe());
+    println!("emu: {}", super::device::emu_probe());
+    if let Some(d) = &a.device {
+        let dev = super::device::parse(d)?;
+        println!("device {d}: {dev} ready");
+    }
+    Ok(())
+}
+
+/// A preset name or a JSON file with the reference's UNetConfig fields.
+pub fn load_config(spec: &str) -> Result<UNetConfig> {
+    if let Some(c) = UNetConfig::preset(spec) {
+        return Ok(c);
+    }
+    let text = std::fs::read_to_string(spec)
+        .map_err(|e| anyhow!("--config {spec:?} is neither a preset (tiny, mnist, cifar10) nor a readable file: {e}"))?;
+    Ok(UNetConfig::from_json(&text)?)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+fn simd_features() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut v = Vec::new();
+        macro_rules! feat {
+            ($($f:tt),*) => { $( if std::arch::is_x86_feature_detected!($f) { v.push($f); } )* };
+        }
+        feat!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512bf16");
+        v.join(" ")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "neon".to_string()
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "none detected".to_string()
+    }
+}

@@ -1,0 +1,8 @@
+//! The `diffuse` command line: one module per subcommand.
+
+pub mod device;
+pub mod info;
+pub mod progress;
+pub mod sample;
+pub mod train;
+pub mod verify;

@@ -1,0 +1,119 @@
+//! `diffuse sample`: images from a trained checkpoint (EMA weights by default).
+
+use super::device;
+use anyhow::{Context, Result};
+use clap::{Args, ValueEnum};
+use diffuse_trainer::checkpoint::Checkpoint;
+use diffuse_trainer::diffusion::Diffusion;
+use diffuse_trainer::image_io::{self, ValueRange};
+use diffuse_trainer::sampler::{sample, SampleSpec, Sampler, Variance};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SamplerKind {
+    Ddpm,
+    Ddim,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum VarianceKind {
+    Large,
+    Small,
+}
+
+#[derive(Args)]
+pub struct SampleArgs {
+    /// A checkpoint file or a run directory (its newest checkpoint).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Number of images.
+    #[arg(long, default_value_t = 64)]
+    pub n: usize,
+    #[arg(long, value_enum, default_value = "ddim")]
+    pub sampler: SamplerKind,
+    /// DDIM steps (DDPM always takes all T steps).
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// DDIM eta: 0 is deterministic, 1 is DDPM-like.
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// DDPM variance: large (beta_t) or small (posterior).
+    #[arg(long, value_enum, default_value = "large")]
+    pub variance: VarianceKind,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Images per model call.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// PNG grid to write.
+    #[arg(long, default_value = "samples.png")]
+    pub out: PathBuf,
+    /// Also write the images as a .npy float32 array (N, C, H, W) in [0, 1].
+    #[arg(long)]
+    pub npy: Option<PathBuf>,
+    /// Also write a PNG of x_T ... x_0 for the first few samples.
+    #[arg(long)]
+    pub trajectory: Option<PathBuf>,
+    /// Use the raw weights instead of the EMA weights.
+    #[arg(long)]
+    pub no_ema: bool,
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+}
+
+pub fn run(a: SampleArgs) -> Result<()> {
+    let device = device::parse(&a.device)?;
+    let ckpt = Checkpoint::open(&a.checkpoint)?;
+    let model = ckpt.load_model(&device, !a.no_ema)?;
+    let tc = &ckpt.train_config;
+    let diffusion = Diffusion::new(tc.schedule, tc.timesteps, tc.target)?;
+    let sampler = match a.sampler {
+        SamplerKind::Ddpm => Sampler::Ddpm {
+            variance: match a.variance {
+                VarianceKind::Large => Variance::FixedLarge,
+                VarianceKind::Small => Variance::FixedSmall,
+            },
+        },
+        SamplerKind::Ddim => Sampler::Ddim { steps: a.steps, eta: a.eta },
+    };
+    let mut spec = SampleSpec::new(a.n, sampler, a.seed);
+    spec.batch = a.batch;
+    if a.trajectory.is_some() {
+        spec.trajectory = a.n.min(8);
+    }
+    println!("sampling {} images from {} (step {}) on {device}", a.n, ckpt.path.display(), ckpt.state.step);
+    let bar = std::io::stdout().is_terminal().then(|| {
+        let b = ProgressBar::new(1);
+        b.set_style(ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} {elapsed_precise}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        b
+    });
+    let s = sample(&model, &diffusion, &spec, |done, total| {
+        if let Some(b) = &bar {
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let shape: [usize; 4] = s.images.dims().try_into().context("samples are not 4-D")?;
+    let data = s.images.to_vec_f32()?;
+    let nrow = (a.n as f64).sqrt().ceil() as usize;
+    image_io::save_grid(&a.out, &data, shape, nrow, ValueRange::Signed)?;
+    println!("wrote {}", a.out.display());
+    if let Some(p) = &a.npy {
+        let unit: Vec<f32> = data.iter().map(|&x| ((x + 1.0) * 0.5).clamp(0.0, 1.0)).collect();
+        image_io::save_npy(p, &unit, &shape)?;
+        println!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.trajectory {
+        let frames: Vec<Vec<f32>> = s.trajectory.iter().map(|t| t.to_vec_f32()).collect::<Result<_, _>>()?;
+        let refs: Vec<&[f32]> = frames.iter().map(Vec::as_slice).collect();
+        let tshape: [usize; 4] = s.trajectory.first().map(|t| t.dims().try_into()).transpose()?.context("empty trajectory")?;
+        image_io::save_trajectory(p, &refs, tshape, ValueRange::Signed)?;
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}

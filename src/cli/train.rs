@@ -1,0 +1,143 @@
+//! `diffuse train`: train a DDPM on a dataset (the bundled MNIST digits by
+//! default) into a run directory.
+
+use super::{device, info::load_config, progress::Progress};
+use anyhow::{bail, Result};
+use clap::Args;
+use diffuse_trainer::config::TrainConfig;
+use diffuse_trainer::train::{Start, Trainer};
+use std::path::PathBuf;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Model: mnist, cifar10, tiny, or a JSON file of UNetConfig fields.
+    #[arg(long, default_value = "mnist")]
+    pub config: String,
+    /// Dataset: MNIST IDX (file or folder, plain or .gz), CIFAR-10 data_batch_*.bin folder, or a folder of PNG/JPEG.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Optimiser steps to train (with --resume: the total to reach).
+    #[arg(long)]
+    pub steps: Option<u64>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Micro-batches accumulated per optimiser step.
+    #[arg(long)]
+    pub grad_accum: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Clip the global gradient norm (0 disables).
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    #[arg(long)]
+    pub ema_decay: Option<f64>,
+    /// Noise schedule: linear or cosine.
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// Diffusion steps T.
+    #[arg(long)]
+    pub timesteps: Option<usize>,
+    /// Regression target: eps, x0 or v.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Dropout probability (overrides the model config).
+    #[arg(long)]
+    pub dropout: Option<f32>,
+    /// Random horizontal flips.
+    #[arg(long)]
+    pub hflip: bool,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Run directory (default runs/<config>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// auto, cpu, cuda[:N] or emu.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Continue a run (its directory or a checkpoint file) exactly where it stopped.
+    #[arg(long, conflicts_with = "init_from")]
+    pub resume: Option<PathBuf>,
+    /// Fine-tune: start from a checkpoint's EMA weights with a fresh optimiser.
+    #[arg(long)]
+    pub init_from: Option<PathBuf>,
+    #[arg(long)]
+    pub checkpoint_every: Option<u64>,
+    /// Keep this many newest checkpoints.
+    #[arg(long)]
+    pub keep: Option<usize>,
+    /// Write a DDIM sample grid every N steps (0: never).
+    #[arg(long)]
+    pub sample_every: Option<u64>,
+    #[arg(long)]
+    pub sample_count: Option<usize>,
+    #[arg(long)]
+    pub log_every: Option<u64>,
+}
+
+/// The bundled digits, found next to the executable's source tree or the
+/// current directory.
+fn default_data() -> PathBuf {
+    let here = PathBuf::from("data/mnist10k");
+    if here.exists() {
+        return here;
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k")
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let mut model = load_config(&a.config)?;
+    if let Some(p) = a.dropout {
+        model.dropout = p;
+    }
+    let mut cfg = TrainConfig::for_model(model, a.data.clone().unwrap_or_else(default_data));
+    macro_rules! set {
+        ($($field:ident <- $arg:expr),* $(,)?) => { $( if let Some(v) = $arg { cfg.$field = v; } )* };
+    }
+    set!(steps <- a.steps, batch_size <- a.batch_size, grad_accum <- a.grad_accum, lr <- a.lr,
+         warmup_steps <- a.warmup, weight_decay <- a.weight_decay, grad_clip <- a.grad_clip,
+         ema_decay <- a.ema_decay, timesteps <- a.timesteps, seed <- a.seed,
+         checkpoint_every <- a.checkpoint_every, keep_checkpoints <- a.keep,
+         sample_every <- a.sample_every, sample_count <- a.sample_count, log_every <- a.log_every);
+    if let Some(s) = &a.schedule {
+        cfg.schedule = s.parse()?;
+    }
+    if let Some(t) = &a.target {
+        cfg.target = t.parse()?;
+    }
+    cfg.hflip |= a.hflip;
+    let device = device::parse(&a.device)?;
+    let (start, out) = match (&a.resume, &a.init_from) {
+        (Some(r), _) => {
+            let file = diffuse_trainer::checkpoint::resolve(r)?;
+            // <run>/checkpoints/ckpt-N.safetensors -> <run>
+            let run_dir = file.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            (Start::Resume { checkpoint: file, data: a.data.clone() }, a.out.clone().unwrap_or(run_dir))
+        }
+        (None, Some(i)) => (Start::FineTune(i.clone()), a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-finetune", a.config)))),
+        (None, None) => (Start::Fresh, a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", sanitize(&a.config))))),
+    };
+    if matches!(start, Start::Fresh) && out.join("checkpoints").is_dir() && !diffuse_trainer::checkpoint::list(&out.join("checkpoints"))?.is_empty() {
+        bail!("{} already holds a run with checkpoints: pass --resume {} to continue it, or --out <new dir>", out.display(), out.display());
+    }
+    println!("device: {device}");
+    let mut trainer = Trainer::new(cfg, start, out, device)?;
+    println!(
+        "model: {} parameters; data: {} ({} images); run directory: {}",
+        trainer.model.num_params(),
+        trainer.cfg.data.display(),
+        trainer.loader.dataset().len(),
+        trainer.out.display()
+    );
+    let summary = trainer.run(&mut Progress::new())?;
+    println!("done: {} steps, last loss {:.5}, run directory {}", summary.steps_done, summary.last_loss, summary.out.display());
+    Ok(())
+}
+
+fn sanitize(s: &str) -> String {
+    let base = std::path::Path::new(s).file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_else(|| s.to_string());
+    base.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}

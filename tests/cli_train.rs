@@ -1,0 +1,248 @@
+//! End-to-end tests of the `diffuse` binary: training on the bundled digits,
+//! exact resume, sampling, and every kind of bad input giving one clear
+//! error line and a non-zero exit without touching earlier checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn diffuse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diffuse"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run diffuse")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = diffuse(args);
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "diffuse {args:?} failed:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
+    out
+}
+
+/// Runs a command that must fail; returns its stderr.
+fn fails(args: &[&str]) -> String {
+    let o = diffuse(args);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "diffuse {args:?} should have failed");
+    assert!(err.starts_with("error: "), "diffuse {args:?}: expected one clear error line, got:\n{err}");
+    assert!(!err.contains("panicked"), "diffuse {args:?} panicked:\n{err}");
+    err
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+const FAST: &[&str] = &["--config", "tiny-mnist", "--device", "cpu", "--batch-size", "8", "--sample-every", "0", "--log-every", "1"];
+
+fn train(out: &Path, steps: u64, extra: &[&str]) -> String {
+    let steps = steps.to_string();
+    let out = s(out);
+    let mut args = vec!["train", "--out", &out, "--steps", &steps];
+    args.extend_from_slice(FAST);
+    args.extend_from_slice(extra);
+    ok(&args)
+}
+
+fn losses(run: &Path) -> Vec<f64> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64().unwrap())
+        .collect()
+}
+
+fn newest_checkpoint(run: &Path) -> PathBuf {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().path()).collect();
+    v.sort();
+    v.pop().expect("a checkpoint")
+}
+
+#[test]
+fn loss_falls_over_200_steps_of_the_tiny_preset_on_the_bundled_digits() {
+    let d = tmp();
+    let run = d.path().join("run");
+    train(&run, 200, &["--checkpoint-every", "200", "--lr", "1e-3"]);
+    let l = losses(&run);
+    assert_eq!(l.len(), 200);
+    let first: f64 = l[..20].iter().sum::<f64>() / 20.0;
+    let last: f64 = l[180..].iter().sum::<f64>() / 20.0;
+    println!("tiny-mnist: mean loss of steps 1-20 {first:.4}, of steps 181-200 {last:.4}");
+    assert!(last < 0.6 * first, "loss did not fall: {first} -> {last}");
+    assert!(run.join("loss.png").is_file() && run.join("config.json").is_file());
+}
+
+#[test]
+fn resume_is_bit_identical_to_an_uninterrupted_run() {
+    let d = tmp();
+    let straight = d.path().join("straight");
+    let split = d.path().join("split");
+    let extra = ["--checkpoint-every", "6", "--keep", "5", "--grad-accum", "2"];
+    train(&straight, 12, &extra);
+    train(&split, 6, &extra);
+    let split_s = s(&split);
+    let mut args = vec!["train", "--resume", &split_s, "--steps", "12"];
+    args.extend_from_slice(FAST);
+    ok(&args);
+    let a = std::fs::read(newest_checkpoint(&straight)).unwrap();
+    let b = std::fs::read(newest_checkpoint(&split)).unwrap();
+    let (ta, tb) = (safetensors::SafeTensors::deserialize(&a).unwrap(), safetensors::SafeTensors::deserialize(&b).unwrap());
+    let mut names = ta.names();
+    names.sort();
+    assert!(names.len() > 100);
+    for n in names {
+        assert_eq!(ta.tensor(n).unwrap().data(), tb.tensor(n).unwrap().data(), "tensor {n} differs after resume");
+    }
+    assert_eq!(losses(&straight), losses(&split), "the logged losses differ");
+}
+
+#[test]
+fn short_training_then_sampling_writes_finite_images_in_unit_range() {
+    let d = tmp();
+    let run = d.path().join("run");
+    train(&run, 4, &["--checkpoint-every", "4"]);
+    let (png, npy, traj) = (d.path().join("s.png"), d.path().join("s.npy"), d.path().join("t.png"));
+    for sampler in [["--sampler", "ddim", "--eta", "0"], ["--sampler", "ddim", "--eta", "1"]] {
+        let mut args = vec!["sample", "--device", "cpu", "--n", "6"];
+        let (run_s, png_s, npy_s, traj_s) = (s(&run), s(&png), s(&npy), s(&traj));
+        args.extend_from_slice(&["--checkpoint", &run_s, "--out", &png_s, "--npy", &npy_s, "--trajectory", &traj_s]);
+        args.extend_from_slice(&sampler);
+        args.extend_from_slice(&["--steps", "5"]);
+        ok(&args);
+        let bytes = std::fs::read(&npy).unwrap();
+        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+        let header = String::from_utf8_lossy(&bytes[10..10 + header_len]);
+        assert!(header.contains("'shape': (6, 1, 28, 28)"), "{header}");
+        let vals: Vec<f32> = bytes[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        assert_eq!(vals.len(), 6 * 28 * 28);
+        assert!(vals.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
+        assert!(png.is_file() && traj.is_file());
+    }
+}
+
+#[test]
+fn ddpm_sampling_runs_on_a_short_schedule() {
+    let d = tmp();
+    let run = d.path().join("run");
+    train(&run, 2, &["--checkpoint-every", "2", "--timesteps", "20"]);
+    let npy = d.path().join("d.npy");
+    for v in ["large", "small"] {
+        ok(&["sample", "--device", "cpu", "--checkpoint", &s(&run), "--n", "3", "--sampler", "ddpm", "--variance", v, "--out", &s(&d.path().join("d.png")), "--npy", &s(&npy)]);
+    }
+}
+
+#[test]
+fn ddim_with_eta_zero_and_the_same_seed_is_deterministic() {
+    let d = tmp();
+    let run = d.path().join("run");
+    train(&run, 2, &["--checkpoint-every", "2"]);
+    let read = |name: &str, seed: &str| {
+        let npy = d.path().join(name);
+        ok(&["sample", "--device", "cpu", "--checkpoint", &s(&run), "--n", "4", "--steps", "4", "--seed", seed, "--out", &s(&d.path().join("x.png")), "--npy", &s(&npy)]);
+        std::fs::read(npy).unwrap()
+    };
+    assert_eq!(read("a.npy", "5"), read("b.npy", "5"));
+    assert_ne!(read("a.npy", "5"), read("c.npy", "6"));
+}
+
+fn mnist_dir_with(d: &Path, images: &[u8]) -> PathBuf {
+    let dir = d.join("mnist");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("train-images-idx3-ubyte"), images).unwrap();
+    dir
+}
+
+fn idx_images(n: u32, h: u32, w: u32, magic: u32, body: usize) -> Vec<u8> {
+    let mut v = Vec::new();
+    for x in [magic, n, h, w] {
+        v.extend_from_slice(&x.to_be_bytes());
+    }
+    v.extend((0..body).map(|i| (i * 7 % 256) as u8));
+    v
+}
+
+#[test]
+fn bad_data_gives_one_clear_error_and_leaves_checkpoints_alone() {
+    let d = tmp();
+    let run = d.path().join("run");
+    train(&run, 2, &["--checkpoint-every", "2"]);
+    let ckpt = newest_checkpoint(&run);
+    let before = std::fs::read(&ckpt).unwrap();
+    let run_s = s(&run);
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (d.path().join("nowhere"), "no such file"),
+        (mnist_dir_with(&d.path().join("a"), &idx_images(10, 28, 28, 0x803, 28 * 28 * 5)), "truncated"),
+        (mnist_dir_with(&d.path().join("b"), &idx_images(10, 28, 28, 0x801, 28 * 28 * 10)), "magic"),
+        (mnist_dir_with(&d.path().join("c"), &idx_images(10, 32, 32, 0x803, 32 * 32 * 10)), "expects"),
+        (mnist_dir_with(&d.path().join("e"), b"\x1f\x8b\x08\x00garbage"), "gzip"),
+    ];
+    for (data, want) in cases {
+        let data_s = s(&data);
+        // Resuming the run on bad data must fail without touching its checkpoint.
+        let err = fails(&["train", "--resume", &run_s, "--data", &data_s, "--device", "cpu", "--steps", "4"]);
+        assert!(err.to_lowercase().contains(want), "data {data_s}: expected {want:?} in {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
+    }
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before, "an earlier checkpoint changed");
+}
+
+#[test]
+fn bad_checkpoints_give_clear_errors() {
+    let d = tmp();
+    let run = d.path().join("run");
+    train(&run, 2, &["--checkpoint-every", "2"]);
+    let ckpt = newest_checkpoint(&run);
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let truncated = d.path().join("trunc.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let out = s(&d.path().join("x.png"));
+    let err = fails(&["sample", "--device", "cpu", "--checkpoint", &s(&truncated), "--out", &out]);
+    assert!(err.contains("truncated") || err.contains("corrupt"), "{err}");
+    let foreign = s(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/testvectors/unet_tiny_step.safetensors"));
+    let err = fails(&["sample", "--device", "cpu", "--checkpoint", &foreign, "--out", &out]);
+    assert!(err.contains("not a diffuse checkpoint"), "{err}");
+    let err = fails(&["train", "--resume", &s(&truncated), "--device", "cpu"]);
+    assert!(err.contains("truncated") || err.contains("corrupt"), "{err}");
+    let err = fails(&["sample", "--device", "cpu", "--checkpoint", &s(&d.path().join("missing")), "--out", &out]);
+    assert!(err.contains("no such file"), "{err}");
+    assert_eq!(std::fs::read(&ckpt).unwrap(), bytes);
+}
+
+#[test]
+fn a_config_that_does_not_fit_the_data_is_refused() {
+    let d = tmp();
+    let run = d.path().join("run");
+    train(&run, 1, &["--checkpoint-every", "1"]);
+    let err = fails(&["train", "--config", "tiny-mnist", "--device", "cpu", "--steps", "1", "--out", &s(&run)]);
+    assert!(err.contains("already holds a run"), "{err}");
+    let err = fails(&["train", "--config", "cifar10", "--device", "cpu", "--steps", "1", "--out", &s(&d.path().join("r"))]);
+    assert!(err.contains("expects"), "{err}");
+    let err = fails(&["train", "--config", "tiny-mnist", "--device", "cpu", "--steps", "1", "--batch-size", "0", "--out", &s(&d.path().join("r"))]);
+    assert!(err.contains("batch size"), "{err}");
+    let err = fails(&["train", "--config", "nosuch", "--device", "cpu"]);
+    assert!(err.contains("neither a preset"), "{err}");
+}
+
+#[test]
+fn info_prints_parameter_counts() {
+    assert!(ok(&["info", "--config", "cifar10"]).contains("parameters: 35746307"));
+    assert!(ok(&["info", "--config", "mnist"]).contains("parameters: 1623169"));
+    let out = ok(&["info"]);
+    assert!(out.contains("cuda:") && out.contains("threads:"), "{out}");
+}
+
+#[test]
+fn verify_step_passes_on_both_test_vector_files() {
+    for f in ["unet_tiny_step.safetensors", "unet_mnist_step.safetensors"] {
+        let path = format!("tests/data/testvectors/{f}");
+        let out = ok(&["verify-step", &path, "--device", "cpu"]);
+        println!("{}", out.trim());
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["pass"], true);
+    }
+}
