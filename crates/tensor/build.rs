@@ -24,7 +24,10 @@ fn main() {
             let name = f.file_name().unwrap().to_str().expect("kernel file names are UTF-8");
             let abs = fs::canonicalize(f).unwrap_or_else(|_| f.clone());
             println!("cargo:rerun-if-changed={}", abs.display());
-            s.push_str(&format!("    KernelFile {{ name: {name:?}, source: include_str!({:?}) }},\n", abs.display().to_string()));
+            s.push_str(&format!(
+                "    KernelFile {{ name: {name:?}, source: include_str!({:?}) }},\n",
+                abs.display().to_string()
+            ));
         }
         s
     };

@@ -438,16 +438,18 @@ static __forceinline__ unsigned long long ullmax(unsigned long long a, unsigned 
 static __forceinline__ float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 static __forceinline__ double rsqrt(double x) { return 1.0 / sqrt(x); }
 static __forceinline__ float rcbrtf(float x) { return 1.0f / cbrtf(x); }
-static __forceinline__ float __expf(float x) { return expf(x); }
-static __forceinline__ float __exp10f(float x) { return exp10f(x); }
-static __forceinline__ float __logf(float x) { return logf(x); }
-static __forceinline__ float __log2f(float x) { return log2f(x); }
-static __forceinline__ float __log10f(float x) { return log10f(x); }
-static __forceinline__ float __sinf(float x) { return sinf(x); }
-static __forceinline__ float __cosf(float x) { return cosf(x); }
-static __forceinline__ float __tanf(float x) { return tanf(x); }
-static __forceinline__ void __sincosf(float x, float* s, float* c) { sincosf(x, s, c); }
-static __forceinline__ float __powf(float x, float y) { return powf(x, y); }
+// glibc declares __expf, __logf, ... itself (its internal names for the same
+// functions), so these are macros rather than overloads.
+#define __expf(x) expf(x)
+#define __exp10f(x) exp10f(x)
+#define __logf(x) logf(x)
+#define __log2f(x) log2f(x)
+#define __log10f(x) log10f(x)
+#define __sinf(x) sinf(x)
+#define __cosf(x) cosf(x)
+#define __tanf(x) tanf(x)
+#define __sincosf(x, s, c) sincosf((x), (s), (c))
+#define __powf(x, y) powf((x), (y))
 static __forceinline__ float __fdividef(float a, float b) { return a / b; }
 static __forceinline__ float fdividef(float a, float b) { return a / b; }
 static __forceinline__ double fdivide(double a, double b) { return a / b; }

@@ -178,9 +178,13 @@ fn large_results_are_bit_identical_across_runs_and_thread_counts() {
     };
     assert_eq!(run(), run());
     assert_eq!(run(), one_thread(run));
-    // and the big dropout still matches its per-element oracle
+    // and the big tensors (many Philox chunks) still match the per-element oracles
     let want = oracle_dropout(&v64(&p), 0.3, 1, 2, 3);
     assert_close("large dropout", &v64(&ops::dropout_forward(&p, 0.3, 1, 2, 3).unwrap()), &want, 1e-6);
+    let (xt_want, eps_want) = oracle_noise(&v64(&p), &v64(&a), &v64(&b), 1, 2, 3);
+    let out = ops::noise_add(&p, &a, &b, 1, 2, 3).unwrap();
+    assert_eq!(v64(&out.eps), eps_want, "large eps");
+    assert_close("large x_t", &v64(&out.x_t), &xt_want, 1e-6);
 }
 
 #[test]

@@ -44,3 +44,16 @@ fn every_kernel_file_compiles_with_nvrtc() {
         KERNEL_FILES.len()
     );
 }
+
+/// Without libcuda (CI, most laptops) the probe says so and opening a device
+/// is an error, never a panic; with a GPU, device 0 opens.
+#[test]
+fn cuda_probe_and_device_never_panic() {
+    let line = diffuse_tensor::gpu::cuda::cuda_probe();
+    println!("{line}");
+    assert!(line.starts_with("cuda: "));
+    match diffuse_tensor::gpu::cuda::cuda_device(0) {
+        Ok(dev) => println!("opened {dev}"),
+        Err(e) => println!("no CUDA device: {e}"),
+    }
+}

@@ -87,7 +87,28 @@ pub fn chunked_sum_f64(n: usize, partial: impl Fn(Range<usize>) -> f64 + Sync) -
     partials.iter().sum()
 }
 
+/// The sum over i of f(a[i], b[i]) in f64 (`a` and `b` equally long), in
+/// eight interleaved accumulators combined in a fixed order: the same bits
+/// every run, and the adds do not all wait on one running sum.
+pub fn lane_sum_f64<T: Element>(a: &[T], b: &[T], f: impl Fn(T, T) -> f64) -> f64 {
+    let mut acc = [0f64; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (a8, b8) in ac.zip(bc) {
+        for k in 0..8 {
+            acc[k] += f(a8[k], b8[k]);
+        }
+    }
+    for (k, (&a, &b)) in ar.iter().zip(br).enumerate() {
+        acc[k] += f(a, b);
+    }
+    ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
+}
+
 /// Sum of squares of `x` in f64 (deterministic, see `chunked_sum_f64`).
 pub fn sum_squares_f64<T: Element>(x: &[T]) -> f64 {
-    chunked_sum_f64(x.len(), |r| x[r].iter().map(|&v| v.to_f64() * v.to_f64()).sum())
+    chunked_sum_f64(x.len(), |r| {
+        let x = &x[r];
+        lane_sum_f64(x, x, |v, _| v.to_f64() * v.to_f64())
+    })
 }

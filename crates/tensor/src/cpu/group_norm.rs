@@ -8,7 +8,7 @@
 //! results are bit-identical for any thread count. dgamma/dbeta are reduced
 //! over images from per-image partials, again in a fixed order.
 
-use super::activation::{silu_grad_scalar, silu_scalar};
+use super::attention::exp_f64;
 use crate::Element;
 use rayon::prelude::*;
 
@@ -36,6 +36,19 @@ impl GroupNormDims {
     pub fn slabs(&self) -> usize {
         self.n * self.groups
     }
+}
+
+/// SiLU with the branch-free exp, so the fused loops vectorise.
+#[inline(always)]
+fn silu(z: f64) -> f64 {
+    z / (1.0 + exp_f64(-z))
+}
+
+/// d silu / dz = s (1 + z (1 - s)) with s = sigmoid(z).
+#[inline(always)]
+fn silu_grad(z: f64) -> f64 {
+    let s = 1.0 / (1.0 + exp_f64(-z));
+    s * (1.0 + z * (1.0 - s))
 }
 
 /// Independent accumulators per sum: lets the loop vectorise while keeping a
@@ -87,7 +100,7 @@ fn forward_slab<T: Element>(
         // (x - mean) in f64 keeps f32 inputs with a large mean accurate.
         for (y, &x) in yc.iter_mut().zip(xc) {
             let z = (x.to_f64() - mean) * a + b;
-            *y = T::from_f64(if fuse_silu { silu_scalar(z) } else { z });
+            *y = T::from_f64(if fuse_silu { silu(z) } else { z });
         }
     }
     (mean, rstd)
@@ -146,22 +159,38 @@ fn slab_dz<T: Element>(
     pb: &mut [f64],
 ) {
     let channels = dy.chunks_exact(hw).zip(x.chunks_exact(hw)).zip(dx.chunks_exact_mut(hw));
-    for (j, ((dyc, xc), dxc)) in channels.enumerate() {
-        let (g, b) = (gamma[j].to_f64(), beta[j].to_f64());
-        let (mut sg, mut sb) = ([0f64; LANES], [0f64; LANES]);
-        for (i, ((dz_out, &dy), &x)) in dxc.iter_mut().zip(dyc).zip(xc).enumerate() {
-            let xhat = (x.to_f64() - st.mean) * st.rstd;
-            let mut dz = dy.to_f64();
-            if fuse_silu {
-                dz *= silu_grad_scalar(xhat * g + b);
+    for (j, ((dyc, xc), dzc)) in channels.enumerate() {
+        if fuse_silu {
+            let (g, b) = (gamma[j].to_f64(), beta[j].to_f64());
+            for ((dz, &dy), &x) in dzc.iter_mut().zip(dyc).zip(xc) {
+                let z = (x.to_f64() - st.mean) * st.rstd * g + b;
+                *dz = T::from_f64(dy.to_f64() * silu_grad(z));
             }
-            *dz_out = T::from_f64(dz);
-            sg[i % LANES] += dz * xhat;
-            sb[i % LANES] += dz;
+        } else {
+            dzc.copy_from_slice(dyc);
         }
-        pg[j] = combine(&sg);
-        pb[j] = combine(&sb);
+        (pg[j], pb[j]) = dz_sums(dzc, xc, st);
     }
+}
+
+/// (sum dz * xhat, sum dz) over one channel. Kept apart from the loop that
+/// writes dz so both loops stay simple enough to vectorise.
+fn dz_sums<T: Element>(dz: &[T], x: &[T], st: &SlabStats) -> (f64, f64) {
+    let (mut sg, mut sb) = ([0f64; LANES], [0f64; LANES]);
+    for (dzs, xs) in dz.chunks_exact(LANES).zip(x.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            let (dz, xhat) = (dzs[l].to_f64(), (xs[l].to_f64() - st.mean) * st.rstd);
+            sg[l] += dz * xhat;
+            sb[l] += dz;
+        }
+    }
+    let tail = dz.len() - dz.len() % LANES;
+    let (mut tg, mut tb) = (0.0, 0.0);
+    for (&dz, &x) in dz[tail..].iter().zip(&x[tail..]) {
+        tg += dz.to_f64() * (x.to_f64() - st.mean) * st.rstd;
+        tb += dz.to_f64();
+    }
+    (combine(&sg) + tg, combine(&sb) + tb)
 }
 
 /// Backward pass 2 on one slab: turns dz (in `dx`) into dx,

@@ -4,8 +4,9 @@
 //!
 //! All work is parallel over whole planes or samples, so every output element
 //! is written by exactly one task and reductions (the bias gradient) sum one
-//! plane sequentially in f64: deterministic for any thread count.
+//! plane in f64 in a fixed order: deterministic for any thread count.
 
+use super::elementwise::lane_sum_f64;
 use crate::Element;
 use rayon::prelude::*;
 
@@ -85,13 +86,13 @@ pub fn add_channel_bias<T: Element>(x: &[T], bias: &[T], hw: usize, y: &mut [T])
     });
 }
 
-/// dbias[plane] = sum of dy over the plane, accumulated in f64 in index order.
+/// dbias[plane] = sum of dy over the plane, accumulated in f64 in a fixed order.
 pub fn channel_bias_backward<T: Element>(dy: &[T], hw: usize, dbias: &mut [T]) {
     if hw == 0 {
         dbias.iter_mut().for_each(|d| *d = T::zero());
         return;
     }
     dbias.par_iter_mut().zip(dy.par_chunks(hw)).for_each(|(d, plane)| {
-        *d = T::from_f64(plane.iter().map(|&v| v.to_f64()).sum());
+        *d = T::from_f64(lane_sum_f64(plane, plane, |v, _| v.to_f64()));
     });
 }

@@ -2,21 +2,17 @@
 //! over every element. The sum is accumulated in f64 over fixed chunks added
 //! in order, so the loss has the same bits on any thread count.
 
-use super::elementwise::{chunked_sum_f64, PAR_CHUNK};
+use super::elementwise::{chunked_sum_f64, lane_sum_f64, PAR_CHUNK};
 use crate::Element;
 use rayon::prelude::*;
 
 /// mean((pred - target)^2) in f64; `pred` is not empty (checked by the caller).
 pub fn mse_loss_forward<T: Element>(pred: &[T], target: &[T]) -> f64 {
     let sum = chunked_sum_f64(pred.len(), |r| {
-        pred[r.clone()]
-            .iter()
-            .zip(&target[r])
-            .map(|(&p, &t)| {
-                let d = p.to_f64() - t.to_f64();
-                d * d
-            })
-            .sum()
+        lane_sum_f64(&pred[r.clone()], &target[r], |p, t| {
+            let d = p.to_f64() - t.to_f64();
+            d * d
+        })
     });
     sum / pred.len() as f64
 }

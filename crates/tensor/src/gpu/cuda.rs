@@ -174,8 +174,10 @@ pub fn nvrtc_compile(file: &KernelFile, target: NvrtcTarget) -> Result<Vec<u8>> 
 
 /// Compiled images for the process, by (file, target): a second device or
 /// driver of the same architecture compiles nothing.
+type ImageCache = Mutex<HashMap<(&'static str, NvrtcTarget), Arc<Vec<u8>>>>;
+
 fn compiled(file: &'static KernelFile, target: NvrtcTarget) -> Result<Arc<Vec<u8>>> {
-    static CACHE: OnceLock<Mutex<HashMap<(&'static str, NvrtcTarget), Arc<Vec<u8>>>>> = OnceLock::new();
+    static CACHE: OnceLock<ImageCache> = OnceLock::new();
     let cache = CACHE.get_or_init(Default::default);
     if let Some(img) = cache.lock().unwrap().get(&(file.name, target)) {
         return Ok(img.clone());
@@ -264,7 +266,7 @@ impl CudaDriver {
     pub fn new(ordinal: usize) -> Result<Self> {
         // SAFETY: only tries to dlopen the candidate library names.
         if !unsafe { cusys::is_culib_present() } {
-            return Err(TensorError::Cuda("no CUDA driver: libcuda.so could not be loaded".into()));
+            return Err(TensorError::Cuda("libcuda.so could not be loaded (no NVIDIA driver on this machine)".into()));
         }
         cu::init().map_err(|e| drv("cuInit", e))?;
         let count = cu::device::get_count().map_err(|e| drv("cuDeviceGetCount", e))?;
@@ -454,14 +456,7 @@ impl GpuDriver for CudaDriver {
         // call (cuLaunchKernel copies the values before returning); the
         // launch code matches each kernel's parameter list.
         unsafe {
-            cu::launch_kernel(
-                f,
-                (g.x, g.y, g.z),
-                (b.x, b.y, b.z),
-                l.shared_bytes,
-                std::ptr::null_mut(),
-                &mut params,
-            )
+            cu::launch_kernel(f, (g.x, g.y, g.z), (b.x, b.y, b.z), l.shared_bytes, std::ptr::null_mut(), &mut params)
         }
         .map_err(|e| launch_err(format!("{:?} (grid {g:?}, block {b:?}, {} shared bytes)", e.0, l.shared_bytes)))
     }
@@ -511,10 +506,16 @@ pub fn cuda_probe() -> String {
             // SAFETY: `dev` came from cuDeviceGet.
             let (major, minor, mem) = unsafe {
                 (
-                    cu::device::get_attribute(dev, cusys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)
-                        .unwrap_or(0),
-                    cu::device::get_attribute(dev, cusys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)
-                        .unwrap_or(0),
+                    cu::device::get_attribute(
+                        dev,
+                        cusys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                    )
+                    .unwrap_or(0),
+                    cu::device::get_attribute(
+                        dev,
+                        cusys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                    )
+                    .unwrap_or(0),
                     cu::device::total_mem(dev).unwrap_or(0),
                 )
             };

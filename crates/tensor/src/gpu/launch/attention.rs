@@ -50,7 +50,13 @@ fn too_wide(op: &'static str, c: usize) -> TensorError {
 }
 
 /// (out [b, c, n], lse [b, n]) of single-head attention over q, k, v [b, c, n].
-pub fn attention_forward(dev: &GpuDevice, q: &GpuStorage, k: &GpuStorage, v: &GpuStorage, d: AttentionDims) -> Result<(GpuStorage, GpuStorage)> {
+pub fn attention_forward(
+    dev: &GpuDevice,
+    q: &GpuStorage,
+    k: &GpuStorage,
+    v: &GpuStorage,
+    d: AttentionDims,
+) -> Result<(GpuStorage, GpuStorage)> {
     const OP: &str = "attention_forward";
     let out = alloc(dev, d.b * d.c * d.n)?;
     let lse = alloc(dev, d.b * d.n)?;
@@ -65,7 +71,17 @@ pub fn attention_forward(dev: &GpuDevice, q: &GpuStorage, k: &GpuStorage, v: &Gp
     super::check_i32(OP, "C*N", d.c * d.n)?;
     let bq = forward_tile(d.c).ok_or_else(|| too_wide(OP, d.c))?;
     let grid = Dim3::new(d.n.div_ceil(bq) as u32, grid_dim_yz(OP, "batch", d.b)?, 1);
-    let args = [out.arg(), lse.arg(), q.arg(), k.arg(), v.arg(), int(OP, "C", d.c)?, int(OP, "N", d.n)?, scale(d.c), KernelArg::I32(bq as i32)];
+    let args = [
+        out.arg(),
+        lse.arg(),
+        q.arg(),
+        k.arg(),
+        v.arg(),
+        int(OP, "C", d.c)?,
+        int(OP, "N", d.n)?,
+        scale(d.c),
+        KernelArg::I32(bq as i32),
+    ];
     run_shared(dev, "attention_fwd_f32", grid, Dim3::x(BLOCK), fwd_smem(d.c, bq) as u32, &args)?;
     Ok((out, lse))
 }
@@ -94,10 +110,16 @@ pub fn attention_backward(
     let t = backward_tile(d.c).ok_or_else(|| too_wide(OP, d.c))?;
     let (c, n, b) = (int(OP, "C", d.c)?, int(OP, "N", d.n)?, int(OP, "B", d.b)?);
     let dvec = alloc(dev, d.b * d.n)?;
-    run(dev, "attention_bwd_rowdot_f32", Dim3::x((d.b * d.n).div_ceil(BLOCK as usize) as u32), &[dvec.arg(), dout.arg(), out.arg(), b, c, n])?;
+    run(
+        dev,
+        "attention_bwd_rowdot_f32",
+        Dim3::x((d.b * d.n).div_ceil(BLOCK as usize) as u32),
+        &[dvec.arg(), dout.arg(), out.arg(), b, c, n],
+    )?;
     let grid = Dim3::new(d.n.div_ceil(t) as u32, grid_dim_yz(OP, "batch", d.b)?, 1);
     let tile = KernelArg::I32(t as i32);
-    let args = [dk.arg(), dv.arg(), dout.arg(), q.arg(), k.arg(), v.arg(), lse.arg(), dvec.arg(), c, n, scale(d.c), tile];
+    let args =
+        [dk.arg(), dv.arg(), dout.arg(), q.arg(), k.arg(), v.arg(), lse.arg(), dvec.arg(), c, n, scale(d.c), tile];
     run_shared(dev, "attention_bwd_dkdv_f32", grid, Dim3::x(BLOCK), dkdv_smem(d.c, t) as u32, &args)?;
     let args = [dq.arg(), dout.arg(), q.arg(), k.arg(), v.arg(), lse.arg(), dvec.arg(), c, n, scale(d.c), tile];
     run_shared(dev, "attention_bwd_dq_f32", grid, Dim3::x(BLOCK), dq_smem(d.c, t) as u32, &args)?;
@@ -114,7 +136,8 @@ pub fn attention_weights(dev: &GpuDevice, q: &GpuStorage, k: &GpuStorage, d: Att
     }
     // the forward's lse; k stands in for v (the output is discarded)
     let (_, lse) = attention_forward(dev, q, k, k, d)?;
-    let args = [p.arg(), q.arg(), k.arg(), lse.arg(), int(OP, "B", d.b)?, int(OP, "C", d.c)?, int(OP, "N", d.n)?, scale(d.c)];
+    let args =
+        [p.arg(), q.arg(), k.arg(), lse.arg(), int(OP, "B", d.b)?, int(OP, "C", d.c)?, int(OP, "N", d.n)?, scale(d.c)];
     run(dev, "attention_weights_fwd_f32", super::grid_for(total as u64), &args)?;
     Ok(p)
 }

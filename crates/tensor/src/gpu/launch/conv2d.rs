@@ -56,7 +56,13 @@ fn tiles(op: &'static str, cols: usize, rows: usize) -> Result<Dim3> {
 }
 
 /// y [n, co, ho, wo] = conv(x, w) + b.
-pub fn conv2d_forward(dev: &GpuDevice, x: &GpuStorage, w: &GpuStorage, b: Option<&GpuStorage>, g: &ConvGeom) -> Result<GpuStorage> {
+pub fn conv2d_forward(
+    dev: &GpuDevice,
+    x: &GpuStorage,
+    w: &GpuStorage,
+    b: Option<&GpuStorage>,
+    g: &ConvGeom,
+) -> Result<GpuStorage> {
     const OP: &str = "conv2d_forward";
     let geo = geometry_args(OP, g)?;
     let y = alloc(dev, g.n * g.co * g.ho * g.wo)?;
@@ -137,6 +143,11 @@ pub fn conv2d_backward_bias(dev: &GpuDevice, dy: &GpuStorage, n: usize, co: usiz
     }
     let db = alloc(dev, co)?;
     let grid = Dim3::x(u32::try_from(co).map_err(|_| TensorError::invalid(OP, "too many channels"))?);
-    run(dev, "conv2d_bwd_bias_f32", grid, &[db.arg(), dy.arg(), int(OP, "N", n)?, int(OP, "Co", co)?, int(OP, "Ho*Wo", howo)?])?;
+    run(
+        dev,
+        "conv2d_bwd_bias_f32",
+        grid,
+        &[db.arg(), dy.arg(), int(OP, "N", n)?, int(OP, "Co", co)?, int(OP, "Ho*Wo", howo)?],
+    )?;
     Ok(db)
 }

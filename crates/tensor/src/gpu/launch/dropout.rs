@@ -5,7 +5,15 @@ use super::{alloc, grid_for, run, u64_arg};
 use crate::gpu::{GpuDevice, GpuStorage, KernelArg};
 use crate::{philox, Result};
 
-fn apply(kernel: &'static str, dev: &GpuDevice, x: &GpuStorage, p: f32, seed: u64, step: u32, stream: u32) -> Result<GpuStorage> {
+fn apply(
+    kernel: &'static str,
+    dev: &GpuDevice,
+    x: &GpuStorage,
+    p: f32,
+    seed: u64,
+    step: u32,
+    stream: u32,
+) -> Result<GpuStorage> {
     let n = x.len();
     let out = alloc(dev, n)?;
     if n > 0 {
@@ -27,11 +35,25 @@ fn apply(kernel: &'static str, dev: &GpuDevice, x: &GpuStorage, p: f32, seed: u6
 }
 
 /// y = keep(i) ? x / (1 - p) : 0 with the Philox mask of (seed, step, stream).
-pub fn dropout_forward(dev: &GpuDevice, x: &GpuStorage, p: f32, seed: u64, step: u32, stream: u32) -> Result<GpuStorage> {
+pub fn dropout_forward(
+    dev: &GpuDevice,
+    x: &GpuStorage,
+    p: f32,
+    seed: u64,
+    step: u32,
+    stream: u32,
+) -> Result<GpuStorage> {
     apply("dropout_fwd_f32", dev, x, p, seed, step, stream)
 }
 
 /// dx = keep(i) ? dy / (1 - p) : 0, the same mask as the forward.
-pub fn dropout_backward(dev: &GpuDevice, dy: &GpuStorage, p: f32, seed: u64, step: u32, stream: u32) -> Result<GpuStorage> {
+pub fn dropout_backward(
+    dev: &GpuDevice,
+    dy: &GpuStorage,
+    p: f32,
+    seed: u64,
+    step: u32,
+    stream: u32,
+) -> Result<GpuStorage> {
     apply("dropout_bwd_f32", dev, dy, p, seed, step, stream)
 }

@@ -94,6 +94,11 @@ pub fn group_norm_backward(
     let dgamma = alloc(dev, d.c)?;
     let dbeta = alloc(dev, d.c)?;
     let grid = Dim3::x(d.c.div_ceil(BLOCK as usize) as u32);
-    run(dev, "group_norm_bwd_params_f32", grid, &[dgamma.arg(), dbeta.arg(), pg.arg(), pb.arg(), int(OP_B, "N", d.n)?, c])?;
+    run(
+        dev,
+        "group_norm_bwd_params_f32",
+        grid,
+        &[dgamma.arg(), dbeta.arg(), pg.arg(), pb.arg(), int(OP_B, "N", d.n)?, c],
+    )?;
     Ok((dx, dgamma, dbeta))
 }

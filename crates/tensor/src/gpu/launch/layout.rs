@@ -6,7 +6,13 @@ use crate::gpu::{Dim3, GpuDevice, GpuStorage};
 use crate::Result;
 
 /// y [planes, 2h, 2w] from x [planes, h, w] (planes = N * C).
-pub fn upsample_nearest2x_forward(dev: &GpuDevice, x: &GpuStorage, planes: usize, h: usize, w: usize) -> Result<GpuStorage> {
+pub fn upsample_nearest2x_forward(
+    dev: &GpuDevice,
+    x: &GpuStorage,
+    planes: usize,
+    h: usize,
+    w: usize,
+) -> Result<GpuStorage> {
     const OP: &str = "upsample_nearest2x_forward";
     check_i32(OP, "2 * width", 2 * w)?;
     check_i32(OP, "height", h)?;
@@ -20,7 +26,13 @@ pub fn upsample_nearest2x_forward(dev: &GpuDevice, x: &GpuStorage, planes: usize
 }
 
 /// dx [planes, h, w] = sum of each 2x2 block of dy [planes, 2h, 2w].
-pub fn upsample_nearest2x_backward(dev: &GpuDevice, dy: &GpuStorage, planes: usize, h: usize, w: usize) -> Result<GpuStorage> {
+pub fn upsample_nearest2x_backward(
+    dev: &GpuDevice,
+    dy: &GpuStorage,
+    planes: usize,
+    h: usize,
+    w: usize,
+) -> Result<GpuStorage> {
     const OP: &str = "upsample_nearest2x_backward";
     check_i32(OP, "2 * width", 2 * w)?;
     let total = planes * h * w;
@@ -34,7 +46,14 @@ pub fn upsample_nearest2x_backward(dev: &GpuDevice, dy: &GpuStorage, planes: usi
 
 /// out [n, a_len + b_len] from a [n, a_len], b [n, b_len] (a_len = Ca*H*W,
 /// b_len = Cb*H*W: NCHW channel concatenation).
-pub fn concat_channels(dev: &GpuDevice, a: &GpuStorage, b: &GpuStorage, n: usize, a_len: usize, b_len: usize) -> Result<GpuStorage> {
+pub fn concat_channels(
+    dev: &GpuDevice,
+    a: &GpuStorage,
+    b: &GpuStorage,
+    n: usize,
+    a_len: usize,
+    b_len: usize,
+) -> Result<GpuStorage> {
     let total = n * (a_len + b_len);
     let out = alloc(dev, total)?;
     if total > 0 {
@@ -45,7 +64,13 @@ pub fn concat_channels(dev: &GpuDevice, a: &GpuStorage, b: &GpuStorage, n: usize
 }
 
 /// (a [n, a_len], b [n, b_len]) from d [n, a_len + b_len].
-pub fn split_channels(dev: &GpuDevice, d: &GpuStorage, n: usize, a_len: usize, b_len: usize) -> Result<(GpuStorage, GpuStorage)> {
+pub fn split_channels(
+    dev: &GpuDevice,
+    d: &GpuStorage,
+    n: usize,
+    a_len: usize,
+    b_len: usize,
+) -> Result<(GpuStorage, GpuStorage)> {
     let a = alloc(dev, n * a_len)?;
     let b = alloc(dev, n * b_len)?;
     let total = n * (a_len + b_len);
@@ -57,11 +82,22 @@ pub fn split_channels(dev: &GpuDevice, d: &GpuStorage, n: usize, a_len: usize, b
 }
 
 /// y [planes, hw] = x + bias[plane]; bias has `planes` = N * C values.
-pub fn add_channel_bias(dev: &GpuDevice, x: &GpuStorage, bias: &GpuStorage, planes: usize, hw: usize) -> Result<GpuStorage> {
+pub fn add_channel_bias(
+    dev: &GpuDevice,
+    x: &GpuStorage,
+    bias: &GpuStorage,
+    planes: usize,
+    hw: usize,
+) -> Result<GpuStorage> {
     let total = planes * hw;
     let y = alloc(dev, total)?;
     if total > 0 {
-        run(dev, "add_channel_bias_fwd_f32", grid_for(total as u64), &[y.arg(), x.arg(), bias.arg(), u64_arg(planes), u64_arg(hw)])?;
+        run(
+            dev,
+            "add_channel_bias_fwd_f32",
+            grid_for(total as u64),
+            &[y.arg(), x.arg(), bias.arg(), u64_arg(planes), u64_arg(hw)],
+        )?;
     }
     Ok(y)
 }

@@ -13,7 +13,13 @@ fn gemm_grid(op: &'static str, m: usize, n: usize) -> Result<Dim3> {
 }
 
 /// y [n, d_out] = x [n, d_in] w^T + b, w [d_out, d_in], b [d_out].
-pub fn linear_forward(dev: &GpuDevice, x: &GpuStorage, w: &GpuStorage, b: Option<&GpuStorage>, d: LinearDims) -> Result<GpuStorage> {
+pub fn linear_forward(
+    dev: &GpuDevice,
+    x: &GpuStorage,
+    w: &GpuStorage,
+    b: Option<&GpuStorage>,
+    d: LinearDims,
+) -> Result<GpuStorage> {
     const OP: &str = "linear_forward";
     let y = alloc(dev, d.n * d.d_out)?;
     if d.n == 0 || d.d_out == 0 {
@@ -23,13 +29,28 @@ pub fn linear_forward(dev: &GpuDevice, x: &GpuStorage, w: &GpuStorage, b: Option
         Some(b) => (b.arg(), 1),
         None => (KernelArg::Ptr(0), 0),
     };
-    let args = [y.arg(), x.arg(), w.arg(), bias, KernelArg::I32(has), int(OP, "N", d.n)?, int(OP, "In", d.d_in)?, int(OP, "Out", d.d_out)?];
+    let args = [
+        y.arg(),
+        x.arg(),
+        w.arg(),
+        bias,
+        KernelArg::I32(has),
+        int(OP, "N", d.n)?,
+        int(OP, "In", d.d_in)?,
+        int(OP, "Out", d.d_out)?,
+    ];
     run(dev, "linear_fwd_f32", gemm_grid(OP, d.n, d.d_out)?, &args)?;
     Ok(y)
 }
 
 /// (dx [n, d_in] = dy w, dw [d_out, d_in] = dy^T x, db [d_out] = column sums of dy).
-pub fn linear_backward(dev: &GpuDevice, dy: &GpuStorage, x: &GpuStorage, w: &GpuStorage, d: LinearDims) -> Result<(GpuStorage, GpuStorage, GpuStorage)> {
+pub fn linear_backward(
+    dev: &GpuDevice,
+    dy: &GpuStorage,
+    x: &GpuStorage,
+    w: &GpuStorage,
+    d: LinearDims,
+) -> Result<(GpuStorage, GpuStorage, GpuStorage)> {
     const OP: &str = "linear_backward";
     let dx = alloc(dev, d.n * d.d_in)?;
     let dw = alloc(dev, d.d_out * d.d_in)?;
@@ -39,7 +60,12 @@ pub fn linear_backward(dev: &GpuDevice, dy: &GpuStorage, x: &GpuStorage, w: &Gpu
         run(dev, "linear_bwd_data_f32", gemm_grid(OP, d.n, d.d_in)?, &[dx.arg(), dy.arg(), w.arg(), n, di, dout])?;
     }
     if d.d_out > 0 && d.d_in > 0 {
-        run(dev, "linear_bwd_weight_f32", gemm_grid(OP, d.d_out, d.d_in)?, &[dw.arg(), dy.arg(), x.arg(), n, di, dout])?;
+        run(
+            dev,
+            "linear_bwd_weight_f32",
+            gemm_grid(OP, d.d_out, d.d_in)?,
+            &[dw.arg(), dy.arg(), x.arg(), n, di, dout],
+        )?;
     }
     if d.d_out > 0 {
         let grid = Dim3::x(d.d_out.div_ceil(BLOCK as usize) as u32);

@@ -19,9 +19,16 @@ pub fn mse_loss_forward(dev: &GpuDevice, pred: &GpuStorage, target: &GpuStorage)
         return Ok(loss);
     }
     let partials = alloc_f64(dev, chunks)?;
-    let grid = Dim3::x(u32::try_from(chunks).map_err(|_| crate::TensorError::invalid("mse_loss_forward", "tensor too large"))?);
+    let grid = Dim3::x(
+        u32::try_from(chunks).map_err(|_| crate::TensorError::invalid("mse_loss_forward", "tensor too large"))?,
+    );
     run(dev, "mse_loss_partial_f32", grid, &[partials.arg(), pred.arg(), target.arg(), u64_arg(n)])?;
-    run(dev, "mse_loss_final_f32", Dim3::x(1), &[loss.arg(), partials.arg(), KernelArg::U32(chunks as u32), u64_arg(n)])?;
+    run(
+        dev,
+        "mse_loss_final_f32",
+        Dim3::x(1),
+        &[loss.arg(), partials.arg(), KernelArg::U32(chunks as u32), u64_arg(n)],
+    )?;
     Ok(loss)
 }
 
@@ -32,7 +39,12 @@ pub fn mse_loss_backward(dev: &GpuDevice, pred: &GpuStorage, target: &GpuStorage
     let dpred = alloc(dev, n)?;
     if n > 0 {
         let c = (2.0 * dloss / n as f64) as f32;
-        run(dev, "mse_loss_bwd_f32", grid_for(n as u64), &[dpred.arg(), pred.arg(), target.arg(), KernelArg::F32(c), u64_arg(n)])?;
+        run(
+            dev,
+            "mse_loss_bwd_f32",
+            grid_for(n as u64),
+            &[dpred.arg(), pred.arg(), target.arg(), KernelArg::F32(c), u64_arg(n)],
+        )?;
     }
     Ok(dpred)
 }

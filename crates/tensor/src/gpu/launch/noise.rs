@@ -41,11 +41,21 @@ pub fn noise_add(
 }
 
 /// dx0 = sqrt_abar[s] * dx_t (eps does not depend on x0).
-pub fn noise_add_backward(dev: &GpuDevice, dx_t: &GpuStorage, sqrt_abar: &GpuStorage, per_sample: usize) -> Result<GpuStorage> {
+pub fn noise_add_backward(
+    dev: &GpuDevice,
+    dx_t: &GpuStorage,
+    sqrt_abar: &GpuStorage,
+    per_sample: usize,
+) -> Result<GpuStorage> {
     let total = dx_t.len();
     let dx0 = alloc(dev, total)?;
     if total > 0 && per_sample > 0 {
-        run(dev, "noise_add_bwd_f32", grid_for(total as u64), &[dx0.arg(), dx_t.arg(), sqrt_abar.arg(), u64_arg(per_sample), u64_arg(total)])?;
+        run(
+            dev,
+            "noise_add_bwd_f32",
+            grid_for(total as u64),
+            &[dx0.arg(), dx_t.arg(), sqrt_abar.arg(), u64_arg(per_sample), u64_arg(total)],
+        )?;
     }
     Ok(dx0)
 }

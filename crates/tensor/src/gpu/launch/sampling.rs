@@ -10,7 +10,12 @@ pub fn scale_per_sample(dev: &GpuDevice, x: &GpuStorage, s: &GpuStorage, per_sam
     let n = x.len();
     let y = alloc(dev, n)?;
     if n > 0 && per_sample > 0 {
-        run(dev, "scale_per_sample_fwd_f32", grid_for(n as u64), &[y.arg(), x.arg(), s.arg(), u64_arg(per_sample), u64_arg(n)])?;
+        run(
+            dev,
+            "scale_per_sample_fwd_f32",
+            grid_for(n as u64),
+            &[y.arg(), x.arg(), s.arg(), u64_arg(per_sample), u64_arg(n)],
+        )?;
     }
     Ok(y)
 }

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The project's test command (README, .ci/run):
+#  1. installs the pinned NVRTC/ptxas wheels from PyPI into .cuda-wheels/;
+#  2. runs every test of the workspace (CPU reference vs float64 oracles and
+#     finite differences, U-Net vs the PyTorch vectors, trainer end to end,
+#     every kernel compiled by NVRTC for compute_80 and compute_90, every
+#     GPU-vs-CPU test on the CUDA emulator in forward thread order);
+#  3. reruns the GPU-vs-CPU tests with the emulator's threads in reverse and
+#     in a seeded shuffled order (a missing barrier shows up in one of them);
+#  4. prints the per-kernel register / shared memory / spill table (fails on
+#     any spill).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup-cuda-wheels.sh > /dev/null
+source scripts/cuda-env.sh
+
+echo "== cargo test --workspace (emulator thread order: forward)"
+DIFFUSE_EMU_ORDER=forward cargo test --workspace --no-fail-fast 2>&1
+
+for order in reverse shuffle:20261122; do
+    echo "== GPU-vs-CPU tests on the emulator, thread order $order"
+    DIFFUSE_EMU_ORDER=$order cargo test --test 'gpu_vs_cpu*' 2>&1
+done
+
+echo "== kernel resources (ptxas -arch=sm_90)"
+bash scripts/check-kernels.sh
