@@ -37,6 +37,7 @@ struct KernelFile {
     path: PathBuf,
     display: String,
     kernels: Vec<Kernel>,
+    static_shared: bool,
 }
 
 fn main() {
@@ -51,7 +52,13 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CXX");
     println!("cargo:rerun-if-env-changed=DIFFUSE_EMU_CXXFLAGS");
-    for d in [&kernels_dir, &test_kernels_dir, &shim_dir, &shim_dir.join("include"), &src_dir] {
+    for d in [
+        &kernels_dir,
+        &test_kernels_dir,
+        &shim_dir,
+        &shim_dir.join("include"),
+        &src_dir,
+    ] {
         println!("cargo:rerun-if-changed={}", d.display());
         for f in list(d, &["cu", "cuh", "h", "cc"]) {
             println!("cargo:rerun-if-changed={}", f.display());
@@ -61,22 +68,43 @@ fn main() {
     // ---- scan
     let mut files = Vec::new();
     let mut shared_names = BTreeSet::new();
-    for (dir, prefix) in [(&kernels_dir, "kernels"), (&test_kernels_dir, "crates/emu/tests/kernels")] {
+    for (dir, prefix) in [
+        (&kernels_dir, "kernels"),
+        (&test_kernels_dir, "crates/emu/tests/kernels"),
+    ] {
+        let first = files.len();
+        let mut header_static_shared = false;
         for f in list(dir, &["cu", "cuh"]) {
-            let text = fs::read_to_string(&f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display()));
+            let text =
+                fs::read_to_string(&f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display()));
             let toks = tokenize(&strip_comments(&text));
             shared_names.extend(scan_extern_shared(&toks));
+            let static_shared = has_static_shared(&toks);
             if f.extension().is_some_and(|e| e == "cu") {
                 let name = f.file_name().unwrap().to_string_lossy().into_owned();
-                files.push(KernelFile { kernels: scan_kernels(&toks, &f), display: format!("{prefix}/{name}"), path: f });
+                files.push(KernelFile {
+                    kernels: scan_kernels(&toks, &f),
+                    display: format!("{prefix}/{name}"),
+                    path: f,
+                    static_shared,
+                });
+            } else {
+                header_static_shared |= static_shared;
             }
+        }
+        // A header with static shared memory may be included by any file.
+        for f in &mut files[first..] {
+            f.static_shared |= header_static_shared;
         }
     }
     let mut seen: HashMap<String, String> = HashMap::new();
     for f in &files {
         for k in &f.kernels {
             if let Some(other) = seen.insert(k.name.clone(), f.display.clone()) {
-                panic!("CUDA emulator: kernel `{}` is defined in both {} and {}", k.name, other, f.display);
+                panic!(
+                    "CUDA emulator: kernel `{}` is defined in both {} and {}",
+                    k.name, other, f.display
+                );
             }
         }
     }
@@ -122,6 +150,7 @@ fn main() {
     let inc = |p: &Path| format!("-I{}", p.display());
     let kernel_tool = base(&[
         "-fvisibility=hidden",
+        "-fstack-clash-protection",
         "-include",
         &shim_h.display().to_string(),
         &inc(&shim_dir),
@@ -133,7 +162,13 @@ fn main() {
 
     // Objects are cached by a hash of everything that goes into them.
     let mut common_hash = std::collections::hash_map::DefaultHasher::new();
-    for d in [&kernels_dir, &test_kernels_dir, &shim_dir, &shim_dir.join("include"), &src_dir] {
+    for d in [
+        &kernels_dir,
+        &test_kernels_dir,
+        &shim_dir,
+        &shim_dir.join("include"),
+        &src_dir,
+    ] {
         for f in list(d, &["cuh", "h"]) {
             f.hash(&mut common_hash);
             fs::read(&f).unwrap_or_default().hash(&mut common_hash);
@@ -157,7 +192,12 @@ fn main() {
         add_job(&kernel_tool, w, display.clone(), &[&f.path]);
     }
     add_job(&runtime_tool, &registry, "generated registry".into(), &[]);
-    add_job(&runtime_tool, &src_dir.join("runtime.cc"), "crates/emu/src/runtime.cc".into(), &[]);
+    add_job(
+        &runtime_tool,
+        &src_dir.join("runtime.cc"),
+        "crates/emu/src/runtime.cc".into(),
+        &[],
+    );
     let objs: Vec<PathBuf> = jobs.iter().map(|j| j.2.clone()).collect();
     compile_all(jobs);
 
@@ -172,7 +212,9 @@ fn main() {
         "-lpthread",
         "-ldl",
     ]);
-    let o = cmd.output().expect("running the C++ compiler to link the emulator");
+    let o = cmd
+        .output()
+        .expect("running the C++ compiler to link the emulator");
     if !o.status.success() {
         panic!(
             "CUDA emulator: linking {} failed:\n{}{}",
@@ -183,7 +225,10 @@ fn main() {
     }
     println!("cargo:rustc-env=DIFFUSE_EMU_SO={}", so.display());
     let names: Vec<&str> = files.iter().map(|f| f.display.as_str()).collect();
-    println!("cargo:rustc-env=DIFFUSE_EMU_KERNEL_FILES={}", names.join(","));
+    println!(
+        "cargo:rustc-env=DIFFUSE_EMU_KERNEL_FILES={}",
+        names.join(",")
+    );
 }
 
 fn list(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
@@ -205,7 +250,11 @@ fn write_if_changed(path: &Path, text: &str) {
 }
 
 fn compile_all(jobs: Vec<(cc::Tool, PathBuf, PathBuf, String)>) {
-    let n = env::var("NUM_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(2usize).max(1);
+    let n = env::var("NUM_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2usize)
+        .max(1);
     let queue = Arc::new(Mutex::new(jobs));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let threads: Vec<_> = (0..n)
@@ -214,7 +263,9 @@ fn compile_all(jobs: Vec<(cc::Tool, PathBuf, PathBuf, String)>) {
             let failures = failures.clone();
             std::thread::spawn(move || loop {
                 let job = queue.lock().unwrap().pop();
-                let Some((tool, src, obj, what)) = job else { break };
+                let Some((tool, src, obj, what)) = job else {
+                    break;
+                };
                 if obj.exists() {
                     continue;
                 }
@@ -231,7 +282,10 @@ fn compile_all(jobs: Vec<(cc::Tool, PathBuf, PathBuf, String)>) {
                         String::from_utf8_lossy(&o.stdout),
                         String::from_utf8_lossy(&o.stderr)
                     )),
-                    Err(e) => failures.lock().unwrap().push(format!("{what}: cannot run {:?}: {e}", tool.path())),
+                    Err(e) => failures
+                        .lock()
+                        .unwrap()
+                        .push(format!("{what}: cannot run {:?}: {e}", tool.path())),
                 }
             })
         })
@@ -246,7 +300,11 @@ fn compile_all(jobs: Vec<(cc::Tool, PathBuf, PathBuf, String)>) {
                 println!("cargo:warning={line}");
             }
         }
-        panic!("CUDA emulator: {} file(s) failed to compile:\n\n{}", f.len(), f.join("\n\n"));
+        panic!(
+            "CUDA emulator: {} file(s) failed to compile:\n\n{}",
+            f.len(),
+            f.join("\n\n")
+        );
     }
 }
 
@@ -282,7 +340,8 @@ fn strip_comments(s: &str) -> String {
             out.push_str(&s[start..i.min(b.len())]);
         } else if b[i] == b'#' {
             // preprocessor line (with continuations): not declarations
-            let at_line_start = out.trim_end_matches([' ', '\t']).ends_with('\n') || out.trim().is_empty();
+            let at_line_start =
+                out.trim_end_matches([' ', '\t']).ends_with('\n') || out.trim().is_empty();
             if at_line_start {
                 while i < b.len() && b[i] != b'\n' {
                     if b[i] == b'\\' && i + 1 < b.len() && b[i + 1] == b'\n' {
@@ -379,7 +438,9 @@ fn scan_kernels(toks: &[Tok], file: &Path) -> Vec<Kernel> {
     while i < toks.len() {
         match &toks[i] {
             Tok::Punct('{') => {
-                let ext_c = i >= 2 && is_ident(&toks[i - 2], "extern") && toks[i - 1] == Tok::Str("C".into());
+                let ext_c = i >= 2
+                    && is_ident(&toks[i - 2], "extern")
+                    && toks[i - 1] == Tok::Str("C".into());
                 braces.push(ext_c);
                 decl_start = i + 1;
             }
@@ -392,7 +453,9 @@ fn scan_kernels(toks: &[Tok], file: &Path) -> Vec<Kernel> {
                 let decl = &toks[decl_start..i];
                 let in_c_block = braces.iter().any(|b| *b);
                 let extern_c = in_c_block
-                    || decl.windows(2).any(|w| is_ident(&w[0], "extern") && w[1] == Tok::Str("C".into()));
+                    || decl
+                        .windows(2)
+                        .any(|w| is_ident(&w[0], "extern") && w[1] == Tok::Str("C".into()));
                 let templated = decl.iter().any(|t| is_ident(t, "template"));
                 // find `NAME (` after the return type, skipping attributes
                 let mut j = i + 1;
@@ -400,7 +463,11 @@ fn scan_kernels(toks: &[Tok], file: &Path) -> Vec<Kernel> {
                 let mut ret_void = false;
                 while j < toks.len() {
                     match &toks[j] {
-                        Tok::Ident(x) if x == "__launch_bounds__" || x == "__attribute__" || x == "__maxnreg__" => {
+                        Tok::Ident(x)
+                            if x == "__launch_bounds__"
+                                || x == "__attribute__"
+                                || x == "__maxnreg__" =>
+                        {
                             j = skip_parens(toks, j + 1);
                             continue;
                         }
@@ -427,7 +494,11 @@ fn scan_kernels(toks: &[Tok], file: &Path) -> Vec<Kernel> {
                     );
                 } else if !out.iter().any(|k| k.name == name) {
                     let inner = &toks[open + 1..close - 1];
-                    out.push(Kernel { params: render(inner), param_names: param_names(inner), name });
+                    out.push(Kernel {
+                        params: render(inner),
+                        param_names: param_names(inner),
+                        name,
+                    });
                 }
                 i = close;
                 continue;
@@ -467,7 +538,9 @@ fn param_names(toks: &[Tok]) -> Vec<String> {
         let is_void = cur.len() == 1 && is_ident(cur[0], "void");
         if !cur.is_empty() && !is_void {
             let name = cur.iter().rev().find_map(|t| match t {
-                Tok::Ident(x) if !matches!(x.as_str(), "__restrict__" | "const" | "volatile") => Some(x.clone()),
+                Tok::Ident(x) if !matches!(x.as_str(), "__restrict__" | "const" | "volatile") => {
+                    Some(x.clone())
+                }
                 _ => None,
             });
             names.push(name.unwrap_or_else(|| format!("arg{}", names.len())));
@@ -490,6 +563,13 @@ fn param_names(toks: &[Tok]) -> Vec<String> {
     }
     flush(&mut cur);
     names
+}
+
+/// Any `__shared__` not right after `extern`.
+fn has_static_shared(toks: &[Tok]) -> bool {
+    toks.iter()
+        .enumerate()
+        .any(|(i, t)| is_ident(t, "__shared__") && !(i > 0 && is_ident(&toks[i - 1], "extern")))
 }
 
 fn scan_extern_shared(toks: &[Tok]) -> Vec<String> {
@@ -536,7 +616,11 @@ fn c_str(s: &str) -> String {
 
 fn wrapper_source(i: usize, f: &KernelFile) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "// Generated by crates/emu/build.rs from {} -- do not edit.", f.display);
+    let _ = writeln!(
+        s,
+        "// Generated by crates/emu/build.rs from {} -- do not edit.",
+        f.display
+    );
     s.push_str("#include \"emu_registry_support.h\"\n");
     let _ = writeln!(s, "namespace emu_file_{i} {{");
     let _ = writeln!(s, "#include {}", c_str(&f.path.display().to_string()));
@@ -546,7 +630,11 @@ fn wrapper_source(i: usize, f: &KernelFile) -> String {
         let _ = writeln!(
             s,
             "static const char* const emu_names_{k_i}[] = {{{}}};",
-            if names.is_empty() { "nullptr".to_string() } else { names.join(", ") }
+            if names.is_empty() {
+                "nullptr".to_string()
+            } else {
+                names.join(", ")
+            }
         );
         let _ = writeln!(
             s,
@@ -560,15 +648,18 @@ fn wrapper_source(i: usize, f: &KernelFile) -> String {
         let sig = format!("EmuSig<decltype(emu_file_{i}::{})>", k.name);
         let _ = writeln!(
             s,
-            "    {{{}, {}, {}, {sig}::n, {sig}::sizes + 1, {sig}::kinds + 1, emu_names_{k_i}, &emu_entry<&emu_file_{i}::{}>}},",
+            "    {{{}, {}, {}, {sig}::n, {sig}::sizes + 1, {sig}::kinds + 1, emu_names_{k_i}, &emu_entry<&emu_file_{i}::{}>, {}u, 0u}},",
             c_str(&k.name),
             c_str(&f.display),
             c_str(&k.params),
-            k.name
+            k.name,
+            f.static_shared as u32
         );
     }
     if f.kernels.is_empty() {
-        s.push_str("    {nullptr, nullptr, nullptr, 0, nullptr, nullptr, nullptr, nullptr},\n");
+        s.push_str(
+            "    {nullptr, nullptr, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0u, 0u},\n",
+        );
     }
     s.push_str("};\n");
     s
@@ -619,7 +710,9 @@ fn registry_source(files: &[KernelFile], shared: &BTreeSet<String>) -> String {
         }
     }
     if total == 0 {
-        s.push_str("    {nullptr, nullptr, nullptr, 0, nullptr, nullptr, nullptr, nullptr},\n");
+        s.push_str(
+            "    {nullptr, nullptr, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0u, 0u},\n",
+        );
     }
     s.push_str("};\n");
     let _ = writeln!(

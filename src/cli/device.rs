@@ -19,19 +19,18 @@ pub fn parse(spec: &str) -> Result<Device> {
     }
 }
 
-// TEMP until the CUDA and emulator drivers land.
-fn cuda(_ordinal: usize) -> Result<Device> {
-    bail!("CUDA support is not built yet")
+fn cuda(ordinal: usize) -> Result<Device> {
+    Ok(diffuse_tensor::gpu::cuda::cuda_device(ordinal)?)
 }
 
 fn emu() -> Result<Device> {
-    bail!("the CUDA emulator is not built yet")
+    Ok(diffuse_tensor::gpu::emu::emu_device()?)
 }
 
 pub fn cuda_probe() -> String {
-    "not built yet".into()
+    diffuse_tensor::gpu::cuda::cuda_probe()
 }
 
 pub fn emu_probe() -> String {
-    "not built yet".into()
+    diffuse_tensor::gpu::emu::emu_probe()
 }

@@ -27,7 +27,7 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("cpu: {}", cpu_model());
     println!("simd: {}", simd_features());
     println!("threads: {}", rayon::current_num_threads());
-    println!("cuda: {}", super::device::cuda_probe());
+    println!("{}", super::device::cuda_probe());
     println!("emu: {}", super::device::emu_probe());
     if let Some(d) = &a.device {
         let dev = super::device::parse(d)?;

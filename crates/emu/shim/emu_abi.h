@@ -4,12 +4,18 @@
 #include <stdint.h>
 
 // Every CUDA thread runs on its own fiber stack: a region of EMU_STACK_SIZE
-// bytes aligned to EMU_STACK_SIZE. The lowest page is a PROT_NONE guard; the
-// top EMU_CB_RESERVE bytes hold the fiber's control block, so kernel code
+// bytes aligned to EMU_STACK_SIZE. The lowest EMU_STACK_GUARD bytes are
+// PROT_NONE; the fiber's control block sits near the top, so kernel code
 // finds "itself" (threadIdx, blockIdx, ...) by masking its stack pointer:
-// no thread-local lookups, no globals.
-#define EMU_STACK_SIZE (256u * 1024u)
+// no thread-local lookups, no globals. The control block (and the stack
+// below it) is shifted by a per-region "colour" of up to 64 KiB, so that the
+// hot top of every fiber's stack does not fall into the same cache set.
+#define EMU_STACK_SIZE (512u * 1024u)
+#define EMU_STACK_SHIFT 19
+#define EMU_STACK_GUARD (64u * 1024u)
 #define EMU_CB_RESERVE 256u
+#define EMU_CB_OFFSET(base) \
+    (EMU_STACK_SIZE - EMU_CB_RESERVE - ((((uintptr_t)(base) >> EMU_STACK_SHIFT) * 1088u) & 0xffc0u))
 
 // The largest dynamic shared memory a block may have: sm_90's 227 KiB.
 #define EMU_MAX_SHARED_BYTES (227u * 1024u)
@@ -86,6 +92,6 @@ static inline const struct EmuFiberPublic* emu_self(void) {
 #else
     sp = (uintptr_t)__builtin_frame_address(0);
 #endif
-    return (const struct EmuFiberPublic*)((sp & ~(uintptr_t)(EMU_STACK_SIZE - 1)) + EMU_STACK_SIZE -
-                                          EMU_CB_RESERVE);
+    const uintptr_t base = sp & ~(uintptr_t)(EMU_STACK_SIZE - 1);
+    return (const struct EmuFiberPublic*)(base + EMU_CB_OFFSET(base));
 }

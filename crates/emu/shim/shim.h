@@ -29,6 +29,7 @@
 #include <limits.h>
 #include <float.h>
 #include <math.h>
+#include <time.h>
 #include <assert.h>
 #include <cstddef>
 #include <cstdint>
@@ -38,6 +39,7 @@
 #include <climits>
 #include <cfloat>
 #include <cmath>
+#include <ctime>
 #include <cassert>
 #include <limits>
 #include <type_traits>
@@ -142,7 +144,9 @@ static __forceinline__ void __nanosleep(unsigned ns) { emu_nanosleep(ns); }
 #undef assert
 #define assert(e) ((e) ? (void)0 : emu_trap("assertion failed: " #e, __FILE__, __LINE__))
 // clock()/clock64() are not provided: a kernel that times itself has no
-// meaning on the emulator (and `clock` would silently be libc's).
+// meaning on the emulator, and `clock` must not silently be libc's.
+long emu_clock_is_not_supported_by_the_cuda_emulator() = delete;
+#define clock() emu_clock_is_not_supported_by_the_cuda_emulator()
 // __activemask() has no meaning without lockstep warps: deliberately absent.
 
 // ---------------------------------------------------------------- warp collectives

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define EMU_API_VERSION 3u
+#define EMU_API_VERSION 4u
 
 // Kernel parameter kinds, deduced from the C++ parameter types.
 enum {
@@ -45,7 +45,13 @@ typedef struct EmuKernelDesc {
     const uint32_t* arg_kinds;
     const char* const* arg_names;
     emu_entry_fn entry;
+    uint32_t flags;  // EMU_FLAG_*
+    uint32_t _pad;
 } EmuKernelDesc;
+
+// The kernel's file (or a header in its directory) declares a static
+// __shared__ variable: static shared memory is re-poisoned before each block.
+#define EMU_FLAG_STATIC_SHARED 1u
 
 typedef struct EmuLaunch {
     uint32_t kernel;  // index into the kernel table

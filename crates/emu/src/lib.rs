@@ -242,7 +242,7 @@ fn as_bytes_mut<T: Plain>(v: &mut [T]) -> &mut [u8] {
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
 
-    pub const API_VERSION: u32 = 3;
+    pub const API_VERSION: u32 = 4;
 
     #[repr(C)]
     pub struct KernelDesc {
@@ -254,6 +254,8 @@ mod ffi {
         pub arg_kinds: *const u32,
         pub arg_names: *const *const c_char,
         pub entry: *const c_void,
+        pub flags: u32,
+        pub _pad: u32,
     }
 
     #[repr(C)]
@@ -327,33 +329,50 @@ fn dl_error() -> String {
 }
 
 fn open_shared_object() -> std::result::Result<*mut c_void, String> {
-    let flags = libc::RTLD_NOW | libc::RTLD_LOCAL;
     if std::path::Path::new(SO_PATH).exists() {
         let p = std::ffi::CString::new(SO_PATH).unwrap();
         // SAFETY: a valid C string; the library's constructors only fill tables.
-        let h = unsafe { libc::dlopen(p.as_ptr(), flags) };
+        let h = unsafe { libc::dlopen(p.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
         if !h.is_null() {
             return Ok(h);
         }
     }
     // The build directory is gone (an installed binary): load the embedded copy.
-    let path = std::env::temp_dir().join(format!("diffuse-emu-{}-{}.so", std::process::id(), SO_BYTES.len()));
+    open_embedded()
+}
+
+fn open_embedded() -> std::result::Result<*mut c_void, String> {
+    let path = std::env::temp_dir().join(format!(
+        "diffuse-emu-{}-{}-{:x}.so",
+        std::process::id(),
+        SO_BYTES.len(),
+        SO_BYTES.as_ptr() as usize
+    ));
     std::fs::write(&path, SO_BYTES).map_err(|e| format!("writing {}: {e}", path.display()))?;
     let p = std::ffi::CString::new(path.to_string_lossy().as_bytes()).unwrap();
     // SAFETY: as above.
-    let h = unsafe { libc::dlopen(p.as_ptr(), flags) };
+    let h = unsafe { libc::dlopen(p.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
     let _ = std::fs::remove_file(&path);
     if h.is_null() {
-        return Err(format!("dlopen of the emulator runtime failed: {}", dl_error()));
+        return Err(format!(
+            "dlopen of the emulator runtime failed: {}",
+            dl_error()
+        ));
     }
     Ok(h)
 }
 
 fn default_workers() -> usize {
-    if let Some(n) = std::env::var("DIFFUSE_EMU_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+    if let Some(n) = std::env::var("DIFFUSE_EMU_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
         return n.clamp(1, 64);
     }
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(1, 8)
 }
 
 fn load_runtime() -> std::result::Result<Runtime, String> {
@@ -362,7 +381,10 @@ fn load_runtime() -> std::result::Result<Runtime, String> {
     // SAFETY: h is a live handle; the symbol has the declared signature.
     let f = unsafe { libc::dlsym(h, sym.as_ptr()) };
     if f.is_null() {
-        return Err(format!("the emulator runtime has no diffuse_emu_api: {}", dl_error()));
+        return Err(format!(
+            "the emulator runtime has no diffuse_emu_api: {}",
+            dl_error()
+        ));
     }
     // SAFETY: diffuse_emu_api: extern "C" fn() -> *const Api, a static table.
     let api: &'static ffi::Api = unsafe {
@@ -370,7 +392,11 @@ fn load_runtime() -> std::result::Result<Runtime, String> {
         &*get()
     };
     if api.version != ffi::API_VERSION {
-        return Err(format!("emulator runtime API version {} (expected {})", api.version, ffi::API_VERSION));
+        return Err(format!(
+            "emulator runtime API version {} (expected {})",
+            api.version,
+            ffi::API_VERSION
+        ));
     }
     let mut err = [0 as c_char; 1024];
     // SAFETY: err is a writable buffer of the given length.
@@ -406,7 +432,13 @@ fn load_runtime() -> std::result::Result<Runtime, String> {
     }
     // SAFETY: a plain query.
     let workers = unsafe { (api.n_workers)() } as usize;
-    Ok(Runtime { api, kernels, by_name, workers, switch_kind: cstr(api.switch_kind) })
+    Ok(Runtime {
+        api,
+        kernels,
+        by_name,
+        workers,
+        switch_kind: cstr(api.switch_kind),
+    })
 }
 
 fn runtime() -> Result<&'static Runtime> {
@@ -456,7 +488,12 @@ pub struct Emulator {
 
 impl fmt::Debug for Emulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Emulator({} kernels, order {})", self.rt.kernels.len(), self.thread_order())
+        write!(
+            f,
+            "Emulator({} kernels, order {})",
+            self.rt.kernels.len(),
+            self.thread_order()
+        )
     }
 }
 
@@ -467,7 +504,12 @@ impl Emulator {
         let rt = runtime()?;
         let order = ThreadOrder::from_env()?.unwrap_or_default();
         let uc = std::env::var("DIFFUSE_EMU_UCONTEXT").is_ok_and(|v| v == "1");
-        Ok(Emulator { rt, order: Mutex::new(order), ucontext: AtomicBool::new(uc), owned: Mutex::new(HashSet::new()) })
+        Ok(Emulator {
+            rt,
+            order: Mutex::new(order),
+            ucontext: AtomicBool::new(uc),
+            owned: Mutex::new(HashSet::new()),
+        })
     }
 
     /// Whether the emulator runtime loads on this machine (and why not).
@@ -506,7 +548,10 @@ impl Emulator {
         &self.rt.kernels
     }
     pub fn kernel(&self, name: &str) -> Option<&'static KernelInfo> {
-        self.rt.by_name.get(name).map(|&i| &self.rt.kernels[i as usize])
+        self.rt
+            .by_name
+            .get(name)
+            .map(|&i| &self.rt.kernels[i as usize])
     }
 
     /// A device allocation of `bytes` bytes, 16-byte aligned, filled with
@@ -523,10 +568,20 @@ impl Emulator {
         call!(self.rt.api.free, ptr)
     }
     pub fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
-        call!(self.rt.api.htod, dst, src.as_ptr() as *const c_void, src.len())
+        call!(
+            self.rt.api.htod,
+            dst,
+            src.as_ptr() as *const c_void,
+            src.len()
+        )
     }
     pub fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
-        call!(self.rt.api.dtoh, dst.as_mut_ptr() as *mut c_void, src, dst.len())
+        call!(
+            self.rt.api.dtoh,
+            dst.as_mut_ptr() as *mut c_void,
+            src,
+            dst.len()
+        )
     }
     pub fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
         call!(self.rt.api.dtod, dst, src, bytes)
@@ -577,7 +632,11 @@ impl Emulator {
         shared_bytes: u32,
         args: &[(*const c_void, usize)],
     ) -> Result<()> {
-        let &idx = self.rt.by_name.get(name).ok_or_else(|| EmuError::UnknownKernel(name.to_string()))?;
+        let &idx = self
+            .rt
+            .by_name
+            .get(name)
+            .ok_or_else(|| EmuError::UnknownKernel(name.to_string()))?;
         let (grid, block) = (grid.into(), block.into());
         let ptrs: Vec<*const c_void> = args.iter().map(|a| a.0).collect();
         let sizes: Vec<u32> = args.iter().map(|a| a.1 as u32).collect();
@@ -617,7 +676,9 @@ impl Emulator {
         shared_bytes: u32,
         args: &[Arg],
     ) -> Result<()> {
-        let k = self.kernel(name).ok_or_else(|| EmuError::UnknownKernel(name.to_string()))?;
+        let k = self
+            .kernel(name)
+            .ok_or_else(|| EmuError::UnknownKernel(name.to_string()))?;
         if args.len() != k.arg_kinds.len() {
             return Err(EmuError::Arguments(format!(
                 "{name}: {} arguments given, the kernel takes {} ({})",
@@ -640,7 +701,8 @@ impl Emulator {
                 )));
             }
         }
-        let raw: Vec<(*const c_void, usize)> = args.iter().map(|a| (a.as_ptr(), a.size())).collect();
+        let raw: Vec<(*const c_void, usize)> =
+            args.iter().map(|a| (a.as_ptr(), a.size())).collect();
         self.launch(name, grid, block, shared_bytes, &raw)
     }
 }
@@ -654,7 +716,7 @@ impl Drop for Emulator {
     }
 }
 
-/// One line for `diffuse info`.
+/// One line for `diffuse info` ("CUDA emulator, 83 kernels, ..." or "unavailable (why)").
 pub fn probe() -> String {
     match runtime() {
         Ok(rt) => {
@@ -663,13 +725,36 @@ pub fn probe() -> String {
                 Err(e) => e.to_string(),
             };
             format!(
-                "emu: CUDA emulator, {} kernels, {} worker threads, {}, thread order {}",
+                "CUDA emulator, {} kernels, {} worker threads, {}, thread order {}",
                 rt.kernels.len(),
                 rt.workers,
                 rt.switch_kind,
                 order
             )
         }
-        Err(e) => format!("emu: unavailable ({e})"),
+        Err(e) => format!("unavailable ({e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The copy embedded in the binary loads too (what an installed binary,
+    /// whose build directory is gone, falls back to). Only its tables are
+    /// read: its runtime is never started.
+    #[test]
+    fn embedded_copy_loads() {
+        let h = open_embedded().unwrap();
+        let sym = std::ffi::CString::new("diffuse_emu_api").unwrap();
+        // SAFETY: as in load_runtime.
+        let api: &ffi::Api = unsafe {
+            let f = libc::dlsym(h, sym.as_ptr());
+            assert!(!f.is_null());
+            let get: unsafe extern "C" fn() -> *const ffi::Api = std::mem::transmute(f);
+            &*get()
+        };
+        assert_eq!(api.version, ffi::API_VERSION);
+        assert!(api.kernel_count > 0);
     }
 }

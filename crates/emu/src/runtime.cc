@@ -55,6 +55,7 @@ extern const uint32_t emu_dynamic_smem_bytes;  // usable size, page-rounded; one
 namespace {
 
 constexpr size_t kPage = 4096;
+constexpr size_t kGuard = 64 * 1024;  // PROT_NONE on both sides of every device allocation
 constexpr uint32_t kMaxThreads = 1024;
 constexpr uint32_t kCanary = 0xFFC0DEADu;  // a NaN as f32; its high half a NaN as f16/bf16
 constexpr unsigned char kPoison = 0xff;
@@ -171,9 +172,11 @@ int check_range(uintptr_t addr, size_t n, const char* what, char* err, size_t er
 // ------------------------------------------------------------------ context switch
 #if defined(__x86_64__)
 #define EMU_HAVE_ASM_SWITCH 1
-// emu_ctx_switch(save, to): saves the callee-saved registers, MXCSR and the
-// x87 control word on the current stack, stores the stack pointer in *save
-// and resumes the context whose stack pointer is `to`.
+// emu_ctx_switch(save, to): saves the callee-saved registers on the current
+// stack, stores the stack pointer in *save and resumes the context whose
+// stack pointer is `to`. MXCSR and the x87 control word are not switched:
+// kernels cannot change rounding modes (ldmxcsr alone cost a third of the
+// switch time).
 __asm__(R"(
     .text
     .globl emu_ctx_switch
@@ -187,21 +190,16 @@ emu_ctx_switch:
     pushq %r13
     pushq %r14
     pushq %r15
-    subq $8, %rsp
-    stmxcsr (%rsp)
-    fnstcw 4(%rsp)
     movq %rsp, (%rdi)
     movq %rsi, %rsp
-    ldmxcsr (%rsp)
-    fldcw 4(%rsp)
-    addq $8, %rsp
     popq %r15
     popq %r14
     popq %r13
     popq %r12
     popq %rbx
     popq %rbp
-    ret
+    popq %rcx
+    jmpq *%rcx
     .size emu_ctx_switch,.-emu_ctx_switch
 
     .globl emu_fiber_trampoline
@@ -311,7 +309,8 @@ struct sigaction g_old_actions[65];
 Worker* worker_of(const EmuFiberPublic* self) { return (Worker*)self->worker; }
 
 EmuFiberPublic* fiber_cb(Worker* w, uint32_t i) {
-    return (EmuFiberPublic*)(w->stacks + (uintptr_t)i * EMU_STACK_SIZE + EMU_STACK_SIZE - EMU_CB_RESERVE);
+    uintptr_t base = w->stacks + (uintptr_t)i * EMU_STACK_SIZE;
+    return (EmuFiberPublic*)(base + EMU_CB_OFFSET(base));
 }
 
 const char* op_name(int op) {
@@ -418,18 +417,19 @@ void init_fiber(Worker* w, uint32_t i) {
     uintptr_t top = ((uintptr_t)fiber_cb(w, i) - 64) & ~(uintptr_t)15;
 #if EMU_HAVE_ASM_SWITCH
     if (!w->use_uc) {
-        uint64_t* sp = (uint64_t*)(top - 64);
-        sp[0] = 0x1F80u | ((uint64_t)0x037Fu << 32);  // MXCSR, x87 control word
-        for (int r = 1; r <= 6; ++r) sp[r] = 0;       // r15 r14 r13 r12 rbx rbp
-        sp[7] = (uint64_t)(uintptr_t)&emu_fiber_trampoline;
+        // r15 r14 r13 r12 rbx rbp, then the "return address"; after the
+        // `ret` the stack pointer is 16-byte aligned, as before a call.
+        uint64_t* sp = (uint64_t*)(top - 56);
+        for (int r = 0; r < 6; ++r) sp[r] = 0;
+        sp[6] = (uint64_t)(uintptr_t)&emu_fiber_trampoline;
         f.sp = sp;
         return;
     }
 #endif
     if (!f.uc) f.uc = new ucontext_t;
     getcontext(f.uc);
-    f.uc->uc_stack.ss_sp = (void*)(region + kPage);
-    f.uc->uc_stack.ss_size = top - (region + kPage);
+    f.uc->uc_stack.ss_sp = (void*)(region + EMU_STACK_GUARD);
+    f.uc->uc_stack.ss_size = top - (region + EMU_STACK_GUARD);
     f.uc->uc_link = nullptr;
     makecontext(f.uc, fiber_main_uc, 0);
 }
@@ -673,9 +673,12 @@ std::string describe_fault(Worker* w) {
                     w->fault_code == FPE_INTDIV ? "integer division by zero" : w->fault_code == FPE_INTOVF ? "integer overflow" : "SIGFPE");
     if (sig == SIGILL) return strf("%s: illegal instruction at pc 0x%lx", who.c_str(), (unsigned long)w->fault_pc);
     // stack guard of one of this worker's fibers?
+    if (addr < w->stacks && addr + EMU_STACK_SIZE >= w->stacks)
+        return strf("%s: stack overflow (fiber stacks hold %u KiB)", who.c_str(), (EMU_STACK_SIZE - EMU_STACK_GUARD) / 1024 - 64);
     if (addr >= w->stacks && addr < w->stacks + (uintptr_t)kMaxThreads * EMU_STACK_SIZE) {
         uintptr_t off = (addr - w->stacks) % EMU_STACK_SIZE;
-        if (off < kPage) return strf("%s: stack overflow (fiber stacks hold %u KiB)", who.c_str(), EMU_STACK_SIZE / 1024);
+        if (off < EMU_STACK_GUARD)
+            return strf("%s: stack overflow (fiber stacks hold %u KiB)", who.c_str(), (EMU_STACK_SIZE - EMU_STACK_GUARD) / 1024 - 64);
     }
     if (w->dyn && addr >= (uintptr_t)w->dyn && addr < (uintptr_t)w->dyn + emu_dynamic_smem_bytes + kPage)
         return strf("%s: out-of-bounds dynamic shared memory access at byte offset %zu (the launch has %u bytes of "
@@ -740,8 +743,9 @@ void run_block(Worker* w, uint64_t b) {
     w->builtins.block_idx = {(uint32_t)(b % gx), (uint32_t)((b / gx) % gy), (uint32_t)(b / ((uint64_t)gx * gy))};
     const uint32_t bx = j->block[0], by = j->block[1];
     const uint32_t n = w->n;
-    // poison shared memory
-    if (w->tls_block && w->tls_memsz > w->tls_filesz)
+    // poison shared memory (static: only for kernels whose file declares some;
+    // it is every kernel's static shared memory at once)
+    if (w->tls_block && w->tls_memsz > w->tls_filesz && (j->k->flags & EMU_FLAG_STATIC_SHARED))
         memset(w->tls_block + w->tls_filesz, kPoison, w->tls_memsz - w->tls_filesz);
     if (w->dyn && j->shared) memset(w->dyn, kPoison, w->dyn_guard ? round_up(j->shared, kPage) : j->shared);
     for (uint32_t i = 0; i < n; ++i) {
@@ -790,7 +794,7 @@ void run_block(Worker* w, uint64_t b) {
 bool ensure_stacks(Worker* w, uint32_t n, std::string& err) {
     while (w->stacks_ready < n) {
         uintptr_t r = w->stacks + (uintptr_t)w->stacks_ready * EMU_STACK_SIZE;
-        if (mprotect((void*)(r + kPage), EMU_STACK_SIZE - kPage, PROT_READ | PROT_WRITE) != 0) {
+        if (mprotect((void*)(r + EMU_STACK_GUARD), EMU_STACK_SIZE - EMU_STACK_GUARD, PROT_READ | PROT_WRITE) != 0) {
             err = strf("mprotect of a fiber stack failed: %s", strerror(errno));
             return false;
         }
@@ -957,7 +961,7 @@ uint32_t api_n_workers() { return (uint32_t)g_pool->workers.size(); }
 int api_alloc(size_t bytes, uint64_t* out, char* err, size_t errlen) {
     const size_t rounded = round_up(bytes, 16);
     const size_t data_len = round_up(rounded, kPage);
-    const size_t region_len = data_len + 2 * kPage;
+    const size_t region_len = data_len + 2 * kGuard;
     void* m = mmap(nullptr, region_len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) {
         set_err(err, errlen, "out of memory: mmap of %zu bytes failed: %s", region_len, strerror(errno));
@@ -966,7 +970,7 @@ int api_alloc(size_t bytes, uint64_t* out, char* err, size_t errlen) {
     Alloc a;
     a.region = (uintptr_t)m;
     a.region_len = region_len;
-    a.data = a.region + kPage;
+    a.data = a.region + kGuard;
     a.data_len = data_len;
     a.ptr = a.data + data_len - rounded;
     a.bytes = bytes;

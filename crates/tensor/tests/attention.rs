@@ -63,7 +63,9 @@ fn oracle(cs: &Case) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let mut p = vec![0.0; b * n * n];
     for bi in 0..b {
         for i in 0..n {
-            let s: Vec<f64> = (0..n).map(|j| (0..c).map(|ci| at(&cs.q, bi, ci, i) * at(&cs.k, bi, ci, j)).sum::<f64>() * scale).collect();
+            let s: Vec<f64> = (0..n)
+                .map(|j| (0..c).map(|ci| at(&cs.q, bi, ci, i) * at(&cs.k, bi, ci, j)).sum::<f64>() * scale)
+                .collect();
             let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let z: f64 = s.iter().map(|s| (s - m).exp()).sum();
             lse[bi * n + i] = m + z.ln();
@@ -87,7 +89,7 @@ fn case_strategy(max_b: usize, max_c: usize) -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn forward_f32_matches_f64_oracle(cs in case_strategy(3, 24)) {
@@ -161,7 +163,12 @@ fn large_scores_stay_finite() {
     let f = cs.forward(t32, &q, &cs.k, &cs.v);
     assert!(v64(&f.out).iter().chain(&v64(&f.lse)).all(|v| v.is_finite()), "non-finite attention output");
     let big = Case { q, ..cs.clone() };
-    assert_close("attention out, large scores", &v64(&big.forward(t64, &big.q, &big.k, &big.v).out), &oracle(&big).0, 1e-12);
+    assert_close(
+        "attention out, large scores",
+        &v64(&big.forward(t64, &big.q, &big.k, &big.v).out),
+        &oracle(&big).0,
+        1e-12,
+    );
 }
 
 #[test]
@@ -181,6 +188,54 @@ fn forward_and_backward_are_bit_identical_across_runs() {
         };
         assert_eq!(run(), run(), "attention B{b} C{c} N{n} is not deterministic");
     }
+}
+
+/// Every output of a forward and backward big enough to split across threads.
+fn thread_check_outputs() -> Vec<Tensor> {
+    let cs = Case::new(6, 16, 49, 25);
+    let dout = TestRng::new(26).vec(cs.q.len());
+    let s = cs.shape();
+    let (q, k, v) = (t32(&cs.q, &s), t32(&cs.k, &s), t32(&cs.v, &s));
+    let f = ops::attention_forward(&q, &k, &v).unwrap();
+    let g = ops::attention_backward(&t32(&dout, &s), &q, &k, &v, &f.out, &f.lse).unwrap();
+    vec![f.out, f.lse, g.dq, g.dk, g.dv]
+}
+
+/// Runs this binary's test `name` again in a child process with `threads`
+/// rayon threads and returns the hash it printed on its "bits: " line.
+fn bits_in_child(name: &str, threads: usize) -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .env("DIFFUSE_BITS_CHILD", "1")
+        .output()
+        .expect("child test run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // libtest prints the hash on the same line as the test's name.
+    let hash = stdout.lines().find_map(|l| l.split_once("bits: ").map(|(_, h)| h.trim().to_string()));
+    hash.unwrap_or_else(|| panic!("child printed no hash: {stdout}"))
+}
+
+/// FNV-1a over the f32 bits of some tensors.
+fn bits_hash(ts: &[&Tensor]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for v in ts.iter().flat_map(|t| t.to_vec_f32().unwrap()) {
+        h = (h ^ u64::from(v.to_bits())).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// Same bits with 1 and with 3 rayon threads (each run in its own process,
+/// since a process's rayon pool is fixed once started).
+#[test]
+fn bits_do_not_depend_on_thread_count() {
+    if std::env::var_os("DIFFUSE_BITS_CHILD").is_some() {
+        println!("bits: {:016x}", bits_hash(&thread_check_outputs().iter().collect::<Vec<_>>()));
+        return;
+    }
+    let name = "bits_do_not_depend_on_thread_count";
+    assert_eq!(bits_in_child(name, 1), bits_in_child(name, 3));
 }
 
 #[test]

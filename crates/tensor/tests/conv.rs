@@ -28,7 +28,10 @@ impl Case {
     /// Output size, computed here from the definition (not by the library).
     fn out_hw(&self) -> (usize, usize) {
         let s = self.p.stride;
-        ((self.h + self.p.pad_top + self.p.pad_bottom - self.kh) / s + 1, (self.w + self.p.pad_left + self.p.pad_right - self.kw) / s + 1)
+        (
+            (self.h + self.p.pad_top + self.p.pad_bottom - self.kh) / s + 1,
+            (self.w + self.p.pad_left + self.p.pad_right - self.kw) / s + 1,
+        )
     }
     fn fits(&self) -> bool {
         self.p.stride > 0
@@ -72,7 +75,15 @@ fn kernels() -> impl Strategy<Value = (usize, usize, Conv2dParams)> {
 }
 
 fn cases(max_n: usize, max_c: usize, max_hw: usize) -> impl Strategy<Value = Case> {
-    (prop_oneof![Just(1usize), 1..=max_n], awkward(max_c), awkward(max_c), awkward(max_hw), awkward(max_hw), kernels(), any::<u64>())
+    (
+        prop_oneof![Just(1usize), 1..=max_n],
+        awkward(max_c),
+        awkward(max_c),
+        awkward(max_hw),
+        awkward(max_hw),
+        kernels(),
+        any::<u64>(),
+    )
         .prop_map(|(n, ci, co, h, w, (kh, kw, p), seed)| Case { n, ci, co, h, w, kh, kw, p, seed })
         .prop_filter("kernel must fit the padded input", Case::fits)
 }
@@ -174,13 +185,22 @@ fn bwd_bias(mk: Mk, c: &Case, dy: &[f64]) -> Vec<f64> {
     v64(&ops::conv2d_backward_bias(&mk(dy, &c.y_dims())).unwrap())
 }
 
-fn norm(a: &[f64]) -> f64 {
-    dot(a, a).sqrt()
+/// Like `assert_close`, but relative to `scale`: the oracle run on absolute
+/// values. Sums of many signed terms may cancel to almost nothing, and then
+/// a plain relative error measures the cancellation, not the op.
+#[track_caller]
+fn assert_close_scaled(what: &str, got: &[f64], want: &[f64], scale: &[f64], tol: f64) {
+    let diff: Vec<f64> = got.iter().zip(want).map(|(g, w)| g - w).collect();
+    let e = norm(&diff) / norm(scale).max(1e-30);
+    assert!(e < tol, "{what}: error {e:.3e} relative to the magnitudes exceeds {tol:.0e}");
 }
 
-/// |a - b| relative to the scale of a dot product `<u, v>`: ||u|| ||v||.
-fn dot_err(a: f64, b: f64, u: &[f64], v: &[f64]) -> f64 {
-    (a - b).abs() / (norm(u) * norm(v)).max(1e-30)
+fn abs(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+fn norm(a: &[f64]) -> f64 {
+    dot(a, a).sqrt()
 }
 
 fn axpby(a: f64, x: &[f64], b: f64, y: &[f64]) -> Vec<f64> {
@@ -190,36 +210,42 @@ fn axpby(a: f64, x: &[f64], b: f64, y: &[f64]) -> Vec<f64> {
 // ------------------------------------------------------------- proptests
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
     fn forward_matches_f64_oracle(c in cases(3, 13, 13), with_bias in any::<bool>()) {
         let (x, w, b, _) = c.data();
         let b = with_bias.then_some(&b[..]);
         let want = oracle_forward(&c, &x, &w, b);
-        assert_close("conv2d forward f32", &fwd(t32, &c, &x, &w, b), &want, 1e-5);
-        assert_close("conv2d forward f64", &fwd(t64, &c, &x, &w, b), &want, 1e-12);
+        let scale = oracle_forward(&c, &abs(&x), &abs(&w), b.map(abs).as_deref());
+        assert_close_scaled("conv2d forward f32", &fwd(t32, &c, &x, &w, b), &want, &scale, 1e-5);
+        assert_close_scaled("conv2d forward f64", &fwd(t64, &c, &x, &w, b), &want, &scale, 1e-12);
     }
 
     #[test]
     fn backward_matches_f64_oracles(c in cases(3, 13, 13)) {
         let (x, w, _, r) = c.data();
-        assert_close("backward data f32", &bwd_data(t32, &c, &r, &w), &oracle_backward_data(&c, &r, &w), 1e-5);
-        assert_close("backward weight f32", &bwd_weight(t32, &c, &r, &x), &oracle_backward_weight(&c, &r, &x), 1e-5);
-        assert_close("backward bias f32", &bwd_bias(t32, &c, &r), &oracle_backward_bias(&c, &r), 1e-5);
+        let (ax, aw, ar) = (abs(&x), abs(&w), abs(&r));
+        let (dx, dw, db) = (bwd_data(t32, &c, &r, &w), bwd_weight(t32, &c, &r, &x), bwd_bias(t32, &c, &r));
+        assert_close_scaled("backward data f32", &dx, &oracle_backward_data(&c, &r, &w), &oracle_backward_data(&c, &ar, &aw), 1e-5);
+        assert_close_scaled("backward weight f32", &dw, &oracle_backward_weight(&c, &r, &x), &oracle_backward_weight(&c, &ar, &ax), 1e-5);
+        assert_close_scaled("backward bias f32", &db, &oracle_backward_bias(&c, &r), &oracle_backward_bias(&c, &ar), 1e-5);
     }
 
     #[test]
     fn conv_is_linear_in_input_and_weight(c in cases(2, 7, 9), a in -2.0..2.0f64, bb in -2.0..2.0f64) {
         let (x1, w1, _, _) = c.data();
         let (x2, w2, _, _) = Case { seed: c.seed ^ 1, ..c.clone() }.data();
+        let mag = |x: &[f64], w: &[f64]| oracle_forward(&c, &abs(x), &abs(w), None);
+        let scale_x = axpby(a.abs(), &mag(&x1, &w1), bb.abs(), &mag(&x2, &w1));
+        let scale_w = axpby(a.abs(), &mag(&x1, &w1), bb.abs(), &mag(&x1, &w2));
         for (mk, tol) in [(t32 as Mk, 1e-5), (t64 as Mk, 1e-12)] {
             let lhs = fwd(mk, &c, &axpby(a, &x1, bb, &x2), &w1, None);
             let rhs = axpby(a, &fwd(mk, &c, &x1, &w1, None), bb, &fwd(mk, &c, &x2, &w1, None));
-            assert_close("linear in x", &lhs, &rhs, tol);
+            assert_close_scaled("linear in x", &lhs, &rhs, &scale_x, tol);
             let lhs = fwd(mk, &c, &x1, &axpby(a, &w1, bb, &w2), None);
             let rhs = axpby(a, &fwd(mk, &c, &x1, &w1, None), bb, &fwd(mk, &c, &x1, &w2, None));
-            assert_close("linear in w", &lhs, &rhs, tol);
+            assert_close_scaled("linear in w", &lhs, &rhs, &scale_w, tol);
         }
     }
 
@@ -227,19 +253,20 @@ proptest! {
     #[test]
     fn backward_ops_are_adjoints(c in cases(3, 13, 13)) {
         let (x, w, _, y) = c.data();
+        // Every identity sums the same products x*w*y: their absolute sum is the scale.
+        let scale = dot(&oracle_forward(&c, &abs(&x), &abs(&w), None), &abs(&y));
         for (mk, tol) in [(t32 as Mk, 1e-5), (t64 as Mk, 1e-13)] {
-            let fy = fwd(mk, &c, &x, &w, None);
-            let lhs = dot(&fy, &y);
+            let lhs = dot(&fwd(mk, &c, &x, &w, None), &y);
             let via_x = dot(&x, &bwd_data(mk, &c, &y, &w));
             let via_w = dot(&w, &bwd_weight(mk, &c, &y, &x));
-            let (ex, ew) = (dot_err(lhs, via_x, &fy, &y), dot_err(lhs, via_w, &fy, &y));
+            let (ex, ew) = ((lhs - via_x).abs() / scale.max(1e-30), (lhs - via_w).abs() / scale.max(1e-30));
             prop_assert!(ex < tol && ew < tol, "adjoint errors {ex:.2e} (data), {ew:.2e} (weight) exceed {tol:.0e}");
         }
     }
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// L(x, w, b) = <conv(x, w) + b, r>, differentiated numerically in f64.
     #[test]
@@ -272,11 +299,18 @@ fn large_batches_match_oracles() {
             let c = big(37, hw, k, p);
             let (x, w, b, r) = c.data();
             let what = |op: &str| format!("{op} {c:?}");
+            let (ax, aw, ab, ar) = (abs(&x), abs(&w), abs(&b), abs(&r));
             for (mk, tol) in [(t32 as Mk, 1e-5), (t64 as Mk, 1e-12)] {
-                assert_close(&what("forward"), &fwd(mk, &c, &x, &w, Some(&b)), &oracle_forward(&c, &x, &w, Some(&b)), tol);
-                assert_close(&what("backward data"), &bwd_data(mk, &c, &r, &w), &oracle_backward_data(&c, &r, &w), tol);
-                assert_close(&what("backward weight"), &bwd_weight(mk, &c, &r, &x), &oracle_backward_weight(&c, &r, &x), tol);
-                assert_close(&what("backward bias"), &bwd_bias(mk, &c, &r), &oracle_backward_bias(&c, &r), tol);
+                let (y, dx) = (fwd(mk, &c, &x, &w, Some(&b)), bwd_data(mk, &c, &r, &w));
+                let (dw, db) = (bwd_weight(mk, &c, &r, &x), bwd_bias(mk, &c, &r));
+                let scale = oracle_forward(&c, &ax, &aw, Some(&ab));
+                assert_close_scaled(&what("forward"), &y, &oracle_forward(&c, &x, &w, Some(&b)), &scale, tol);
+                let scale = oracle_backward_data(&c, &ar, &aw);
+                assert_close_scaled(&what("backward data"), &dx, &oracle_backward_data(&c, &r, &w), &scale, tol);
+                let scale = oracle_backward_weight(&c, &ar, &ax);
+                assert_close_scaled(&what("backward weight"), &dw, &oracle_backward_weight(&c, &r, &x), &scale, tol);
+                let scale = oracle_backward_bias(&c, &ar);
+                assert_close_scaled(&what("backward bias"), &db, &oracle_backward_bias(&c, &r), &scale, tol);
             }
         }
     }
@@ -316,7 +350,12 @@ fn outputs_and_gradients_are_bit_identical() {
         let c = Case { n: 41, ci: 7, co: 13, h: hw, w: hw, kh: k, kw: k, p, seed: 9 };
         let (x, w, b, r) = c.data();
         let run = || {
-            (fwd(t32, &c, &x, &w, Some(&b)), bwd_data(t32, &c, &r, &w), bwd_weight(t32, &c, &r, &x), bwd_bias(t32, &c, &r))
+            (
+                fwd(t32, &c, &x, &w, Some(&b)),
+                bwd_data(t32, &c, &r, &w),
+                bwd_weight(t32, &c, &r, &x),
+                bwd_bias(t32, &c, &r),
+            )
         };
         let bits = |v: &(Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>)| {
             [&v.0, &v.1, &v.2, &v.3].map(|t| t.iter().map(|f| f.to_bits()).collect::<Vec<u64>>())

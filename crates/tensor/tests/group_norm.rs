@@ -30,6 +30,7 @@ struct Case {
 }
 
 impl Case {
+    #[allow(clippy::too_many_arguments)]
     fn new(n: usize, groups: usize, cpg: usize, h: usize, w: usize, flat: bool, silu: bool, seed: u64) -> Case {
         let (h, w) = if flat { (1, 1) } else { (h, w) };
         let c = groups * cpg;
@@ -65,8 +66,15 @@ impl Case {
     }
 
     fn run_with(&self, t: fn(&[f64], &[usize]) -> Tensor, x: &[f64], g: &[f64], b: &[f64]) -> GroupNormOutput {
-        ops::group_norm_forward(&t(x, &self.shape()), &t(g, &[self.c]), &t(b, &[self.c]), self.groups, self.eps, self.silu)
-            .unwrap()
+        ops::group_norm_forward(
+            &t(x, &self.shape()),
+            &t(g, &[self.c]),
+            &t(b, &[self.c]),
+            self.groups,
+            self.eps,
+            self.silu,
+        )
+        .unwrap()
     }
 }
 
@@ -142,7 +150,7 @@ fn backward64(cs: &Case, dy: &[f64]) -> ops::GroupNormGrads {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn forward_f32_matches_f64_oracle(cs in case_strategy(3, 9)) {
@@ -255,6 +263,53 @@ fn forward_and_backward_are_bit_identical_across_runs() {
         };
         assert_eq!(run(), run(), "group norm (silu {silu}) is not deterministic");
     }
+}
+
+/// Every output of a forward and backward big enough to split across threads.
+fn thread_check_outputs() -> Vec<Tensor> {
+    let cs = Case::new(6, 8, 8, 14, 13, false, true, 21);
+    let dy = TestRng::new(22).vec(cs.x.len());
+    let (x, g, b) = (t32(&cs.x, &cs.shape()), t32(&cs.gamma, &[cs.c]), t32(&cs.beta, &[cs.c]));
+    let f = ops::group_norm_forward(&x, &g, &b, cs.groups, EPS, true).unwrap();
+    let d = ops::group_norm_backward(&t32(&dy, &cs.shape()), &x, &g, &b, &f.mean, &f.rstd, cs.groups, true).unwrap();
+    vec![f.y, f.mean, f.rstd, d.dx, d.dgamma, d.dbeta]
+}
+
+/// Runs this binary's test `name` again in a child process with `threads`
+/// rayon threads and returns the hash it printed on its "bits: " line.
+fn bits_in_child(name: &str, threads: usize) -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .env("DIFFUSE_BITS_CHILD", "1")
+        .output()
+        .expect("child test run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // libtest prints the hash on the same line as the test's name.
+    let hash = stdout.lines().find_map(|l| l.split_once("bits: ").map(|(_, h)| h.trim().to_string()));
+    hash.unwrap_or_else(|| panic!("child printed no hash: {stdout}"))
+}
+
+/// FNV-1a over the f32 bits of some tensors.
+fn bits_hash(ts: &[&Tensor]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for v in ts.iter().flat_map(|t| t.to_vec_f32().unwrap()) {
+        h = (h ^ u64::from(v.to_bits())).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// Same bits with 1 and with 3 rayon threads (each run in its own process,
+/// since a process's rayon pool is fixed once started).
+#[test]
+fn bits_do_not_depend_on_thread_count() {
+    if std::env::var_os("DIFFUSE_BITS_CHILD").is_some() {
+        println!("bits: {:016x}", bits_hash(&thread_check_outputs().iter().collect::<Vec<_>>()));
+        return;
+    }
+    let name = "bits_do_not_depend_on_thread_count";
+    assert_eq!(bits_in_child(name, 1), bits_in_child(name, 3));
 }
 
 #[test]

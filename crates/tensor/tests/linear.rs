@@ -61,7 +61,7 @@ fn case_strategy(max_n: usize, max_d: usize) -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig::with_cases(64))]
 
     #[test]
     fn forward_f32_matches_f64_oracle(cs in case_strategy(17, 70), with_bias in any::<bool>()) {
@@ -117,6 +117,54 @@ fn forward_and_backward_are_bit_identical_across_runs() {
         };
         assert_eq!(run(), run(), "linear {n}x{i}->{o} is not deterministic");
     }
+}
+
+/// Every output of a forward and backward big enough to split across threads.
+fn thread_check_outputs() -> Vec<Tensor> {
+    let (n, i, o) = (512, 384, 640);
+    let cs = Case::new(n, i, o, 23);
+    let dy = TestRng::new(24).vec(n * o);
+    let (x, w) = (t32(&cs.x, &[n, i]), t32(&cs.w, &[o, i]));
+    let y = ops::linear_forward(&x, &w, Some(&t32(&cs.b, &[o]))).unwrap();
+    let g = ops::linear_backward(&t32(&dy, &[n, o]), &x, &w).unwrap();
+    vec![y, g.dx, g.dw, g.db]
+}
+
+/// Runs this binary's test `name` again in a child process with `threads`
+/// rayon threads and returns the hash it printed on its "bits: " line.
+fn bits_in_child(name: &str, threads: usize) -> String {
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = std::process::Command::new(exe)
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .env("DIFFUSE_BITS_CHILD", "1")
+        .output()
+        .expect("child test run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // libtest prints the hash on the same line as the test's name.
+    let hash = stdout.lines().find_map(|l| l.split_once("bits: ").map(|(_, h)| h.trim().to_string()));
+    hash.unwrap_or_else(|| panic!("child printed no hash: {stdout}"))
+}
+
+/// FNV-1a over the f32 bits of some tensors.
+fn bits_hash(ts: &[&Tensor]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for v in ts.iter().flat_map(|t| t.to_vec_f32().unwrap()) {
+        h = (h ^ u64::from(v.to_bits())).wrapping_mul(0x100_0000_01b3);
+    }
+    h
+}
+
+/// Same bits with 1 and with 3 rayon threads (each run in its own process,
+/// since a process's rayon pool is fixed once started).
+#[test]
+fn bits_do_not_depend_on_thread_count() {
+    if std::env::var_os("DIFFUSE_BITS_CHILD").is_some() {
+        println!("bits: {:016x}", bits_hash(&thread_check_outputs().iter().collect::<Vec<_>>()));
+        return;
+    }
+    let name = "bits_do_not_depend_on_thread_count";
+    assert_eq!(bits_in_child(name, 1), bits_in_child(name, 3));
 }
 
 #[test]

@@ -6,10 +6,11 @@
 //! Batch items run in parallel; inside one, the products are serial `gemm`
 //! calls and softmax rows are summed serially, so results do not depend on
 //! the thread count. The backward recomputes `p` from q, k and the saved lse
-//! instead of storing the N x N weights.
+//! instead of storing the N x N weights. This file also holds the
+//! branch-free `exp` that softmax and group norm's fused SiLU share.
 
 use super::gemm::{matmul, MatRef, Threads};
-use crate::Element;
+use crate::{DType, Element};
 use rayon::prelude::*;
 
 /// Sizes of an attention problem: `b` items of `c` channels and `n` tokens.
@@ -37,40 +38,71 @@ fn raw_scores<T: Element>(q: &[T], k: &[T], c: usize, n: usize, s: &mut [T]) {
     matmul(MatRef::row_major_t(q, c, n), MatRef::row_major(k, c, n), s, false, Threads::Serial);
 }
 
-/// `e^x` in f64, branch-free so loops over slices vectorise (libm's `exp` is
-/// a call per element and dominates softmax and SiLU otherwise). Accurate to
-/// a few ulp; inputs are clamped to [-708, 709], so the result never
-/// overflows or goes subnormal (`e^-708` ~ 3e-308 stands in for 0); NaN
-/// propagates.
+/// `e^x` for either element type, through a branch-free kernel per type so
+/// that loops over slices vectorise (libm's `exp` is one call per element and
+/// dominated softmax and SiLU). Inputs are clamped to the range where the
+/// result is a normal float, so tiny results stand in for 0 and the largest
+/// for overflow; NaN propagates.
+#[inline(always)]
+pub(crate) fn exp<T: Element>(x: T) -> T {
+    if matches!(T::DTYPE, DType::F32) {
+        T::from_f32(exp_f32(x.to_f32()))
+    } else {
+        T::from_f64(exp_f64(x.to_f64()))
+    }
+}
+
+/// `e^x` in f64, within a few ulp.
 #[inline(always)]
 pub(crate) fn exp_f64(x: f64) -> f64 {
     // 1.5 * 2^52: adding it rounds to an integer held in the low mantissa bits
-    // (works without a rounding instruction on baseline x86-64).
+    // (no rounding instruction needed on baseline x86-64).
     const ROUND: f64 = 6_755_399_441_055_744.0;
-    const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
+    // ln 2 split so that n * LN2_HI is exact (fdlibm's constants).
+    const LN2_HI: f64 = 0.693_147_180_369_123_8;
     const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     let x = if x > 709.0 { 709.0 } else { x };
     let x = if x < -708.0 { -708.0 } else { x };
-    // x = n ln2 + r with |r| <= ln2 / 2.
+    // x = n ln2 + r with |r| <= ln2 / 2, so e^x = 2^n e^r.
     let t = x * std::f64::consts::LOG2_E + ROUND;
     let n = t - ROUND;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    // Taylor series to r^13: truncation error below 1e-17 on |r| <= ln2 / 2.
-    let mut p = 1.0 / 6_227_020_800.0;
-    for k in (1..13).rev() {
+    // Taylor series to r^13: truncation error below 1e-17 for |r| <= ln2 / 2.
+    let mut p = INV_FACTORIAL[13];
+    for k in (0..13).rev() {
         p = p * r + INV_FACTORIAL[k];
     }
-    let p = p * r + 1.0;
     // 2^n, built from n's bits in t's mantissa.
     let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
     p * f64::from_bits(n_bits.wrapping_add(1023) << 52)
 }
 
-/// 1/k! for k = 0..12.
-const INV_FACTORIAL: [f64; 13] = {
-    let mut f = [1.0; 13];
+/// `e^x` in f32, within a few ulp; the same scheme as [`exp_f64`] in f32
+/// arithmetic, which vectorises twice as wide.
+#[inline(always)]
+pub(crate) fn exp_f32(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
+    const LN2_HI: f32 = 0.693_359_4; // = 355/512 exactly, so n * LN2_HI is exact
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let x = if x > 88.0 { 88.0 } else { x };
+    let x = if x < -87.0 { -87.0 } else { x };
+    let t = x * std::f32::consts::LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // Taylor series to r^7: truncation error below 6e-9 for |r| <= ln2 / 2.
+    let mut p = INV_FACTORIAL[7] as f32;
+    for k in (0..7).rev() {
+        p = p * r + INV_FACTORIAL[k] as f32;
+    }
+    let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits());
+    p * f32::from_bits(n_bits.wrapping_add(127) << 23)
+}
+
+/// 1/k! for k = 0..=13.
+const INV_FACTORIAL: [f64; 14] = {
+    let mut f = [1.0; 14];
     let mut k = 1;
-    while k < 13 {
+    while k < 14 {
         f[k] = f[k - 1] / k as f64;
         k += 1;
     }
@@ -93,7 +125,7 @@ fn sum_f64<T: Element>(xs: &[T]) -> f64 {
 /// `row[j] = exp(row[j] * scale - shift)`.
 fn exp_shifted<T: Element>(row: &mut [T], scale: T, shift: T) {
     for s in row.iter_mut() {
-        *s = T::from_f64(exp_f64((*s * scale - shift).to_f64()));
+        *s = exp(*s * scale - shift);
     }
 }
 
@@ -104,7 +136,7 @@ fn softmax_row<T: Element>(row: &mut [T], scale: T) -> T {
     exp_shifted(row, scale, max);
     let sum = sum_f64(row);
     let inv = T::from_f64(sum.recip());
-    row.iter_mut().for_each(|p| *p = *p * inv);
+    row.iter_mut().for_each(|p| *p *= inv);
     max + T::from_f64(sum.ln())
 }
 
@@ -187,7 +219,14 @@ fn row_dots<T: Element>(dout: &[T], out: &[T], n: usize, rowdot: &mut [f64]) {
 }
 
 /// Backward of one item into `dq`, `dk`, `dv` (each [c, n]).
-fn backward_one<T: Element>(it: &Item<'_, T>, d: AttentionDims, sc: &mut Scratch<T>, dq: &mut [T], dk: &mut [T], dv: &mut [T]) {
+fn backward_one<T: Element>(
+    it: &Item<'_, T>,
+    d: AttentionDims,
+    sc: &mut Scratch<T>,
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+) {
     let (c, n) = (d.c, d.n);
     recompute_weights(it, d, &mut sc.p);
     // out = v p^T  =>  dv = dout p,  dp = dout^T v.
@@ -242,4 +281,27 @@ pub fn attention_backward<T: Element>(
             backward_one(&it, d, sc, dq, dk, dv);
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{exp_f32, exp_f64};
+
+    /// Largest relative error of `f` against std's exp over [lo, hi].
+    fn max_rel_err(lo: f64, hi: f64, f: impl Fn(f64) -> f64) -> f64 {
+        (0..=200_000)
+            .map(|i| lo + (hi - lo) * i as f64 / 200_000.0)
+            .map(|x| ((f(x) - x.exp()) / x.exp()).abs())
+            .fold(0.0, f64::max)
+    }
+
+    #[test]
+    fn exp_kernels_match_std() {
+        assert!(max_rel_err(-708.0, 709.0, exp_f64) < 1e-15);
+        // f32 inputs are rounded first: compare at the rounded point.
+        assert!(max_rel_err(-87.0, 88.0, |x| exp_f32(x as f32) as f64 * (x - x as f32 as f64).exp()) < 5e-7);
+        assert_eq!(exp_f64(-1e4), exp_f64(-708.0));
+        assert!(exp_f64(f64::NAN).is_nan() && exp_f32(f32::NAN).is_nan());
+        assert_eq!((exp_f64(0.0), exp_f32(0.0)), (1.0, 1.0));
+    }
 }

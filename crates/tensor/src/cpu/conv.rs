@@ -1,18 +1,22 @@
 //! 2-D convolution on the CPU (NCHW, cross-correlation, zero padding): the
-//! reference twin of `ops/conv.rs`, tested by `crates/tensor/tests/conv.rs`.
+//! reference twin of `ops/conv.rs`, tested by `crates/tensor/tests/conv.rs`
+//! and benchmarked by `benches/conv.rs`.
 //!
-//! Every product is a gemm on an im2col matrix. For a group of `nb` images,
-//! `col[(c, i, j), (img, oy, ox)] = x[img, c, oy*s + i - pad_top, ox*s + j - pad_left]`
-//! (zero outside the input), a `K x nb*P` matrix with `K = Ci*KH*KW` and
-//! `P = Ho*Wo`. Then
-//! - forward:         `y = W [Co x K] * col` (+ bias),
-//! - backward data:   `dcol = W^T * dY`, scattered back by col2im,
-//! - backward weight: `dW = dY * col^T`, summed over images.
+//! Every product is a gemm (`cpu::gemm`) on an im2col matrix. For a group of
+//! `nb` images, `col[(c, i, j), (img, oy, ox)] = x[img, c, oy*s + i - pad_top,
+//! ox*s + j - pad_left]` (zero outside the input) is `K x nb*P`, with
+//! `K = Ci*KH*KW` and `P = Ho*Wo`. Then
+//! - forward:         `y = W [Co x K] * col` (+ bias);
+//! - backward data:   stride 1: the forward conv of dy with the flipped,
+//!   transposed kernel; otherwise `dcol = W^T * dY`, scattered back by col2im;
+//! - backward weight: `dW = dY * col^T` (computed as `dW^T` when `K >= Co`),
+//!   summed over images.
 //!
-//! Several images share one gemm so its N dimension is large enough to keep
-//! the kernels busy. Work is parallel over image groups (each gemm runs
-//! serially inside); the weight gradient sums per-slot partials in a fixed
-//! order, so every result is bit-identical for any rayon thread count.
+//! Small planes share one gemm so its N dimension stays large. Work is
+//! parallel over image groups, each gemm serial inside; the weight gradient
+//! sums per-slot partials (a fixed slot count) in slot order, and the bias
+//! gradient sums per channel, so every result is bit-identical for any rayon
+//! thread count.
 
 use super::gemm::{matmul, MatRef, Threads};
 use crate::Element;
@@ -21,7 +25,9 @@ use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::ops::Range;
 
-/// The sizes of one convolution, checked by `ops::conv`.
+/// The sizes of one convolution, checked by `ops::conv`: input
+/// `[n, ci, h, w]`, kernel `[co, ci, kh, kw]`, output `[n, co, ho, wo]`
+/// (bottom/right padding is implied by `ho`, `wo`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {
     pub n: usize,
@@ -38,9 +44,10 @@ pub struct ConvGeom {
     pub wo: usize,
 }
 
-/// Columns one gemm should see: enough for the gemm kernels to reach full
-/// speed, small enough that a group's im2col stays in L2/L3.
-const TARGET_COLS: usize = 768;
+/// Columns one gemm should see. Small planes (the 7x7 of a downsampling
+/// conv) are batched up to this; larger ones go one image per gemm, which
+/// keeps the im2col in L2 (measured on Zen 4: wider gemms gain nothing).
+const TARGET_COLS: usize = 256;
 
 /// Most partial weight gradients alive at once (a fixed number, never the
 /// thread count, so the summation order is the same on every machine).
@@ -67,26 +74,44 @@ impl ConvGeom {
 
     /// A 1x1, stride-1, unpadded conv: the input itself is the im2col matrix.
     fn is_pointwise(&self) -> bool {
-        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad_top == 0 && self.pad_left == 0
-            && self.ho == self.h && self.wo == self.w
+        self.kh == 1
+            && self.kw == 1
+            && self.stride == 1
+            && self.pad_top == 0
+            && self.pad_left == 0
+            && self.ho == self.h
+            && self.wo == self.w
     }
 
     /// Images per gemm: about `TARGET_COLS` columns, with the batch split
     /// into equal groups (depends on the shape only, never on threads).
     fn images_per_group(&self) -> usize {
-        let tc = std::env::var("CONV_TC").ok().and_then(|v| v.parse().ok()).unwrap_or(TARGET_COLS); // TUNING-TMP
-        let want = (tc / self.p().max(1)).clamp(1, self.n.max(1));
+        let want = (TARGET_COLS / self.p().max(1)).clamp(1, self.n.max(1));
         let groups = self.n.div_ceil(want).max(1);
         self.n.div_ceil(groups).max(1)
     }
 
-    /// The output positions `o` (along one axis) whose input index
-    /// `o*stride + tap - pad` lies in `0..len`.
-    fn valid(&self, tap: usize, pad: usize, len: usize, out_len: usize) -> Range<usize> {
-        let s = self.stride;
-        let lo = pad.saturating_sub(tap).div_ceil(s);
-        let hi = (len + pad).saturating_sub(tap).div_ceil(s);
-        lo.min(out_len)..hi.min(out_len).max(lo.min(out_len))
+    /// For stride 1 with padding inside the kernel: the conv whose forward is
+    /// this conv's data gradient (dy in, dx out, padding `k - 1 - pad`).
+    fn transposed(&self) -> Option<ConvGeom> {
+        if self.stride != 1 {
+            return None;
+        }
+        // Stride 1 gives ho = h + pad_top + pad_bottom - kh + 1 exactly.
+        let pad_bottom = (self.ho + self.kh - 1).checked_sub(self.h + self.pad_top)?;
+        let pad_right = (self.wo + self.kw - 1).checked_sub(self.w + self.pad_left)?;
+        let inside = self.pad_top.max(pad_bottom) < self.kh && self.pad_left.max(pad_right) < self.kw;
+        inside.then(|| ConvGeom {
+            ci: self.co,
+            h: self.ho,
+            w: self.wo,
+            co: self.ci,
+            pad_top: self.kh - 1 - self.pad_top,
+            pad_left: self.kw - 1 - self.pad_left,
+            ho: self.h,
+            wo: self.w,
+            ..*self
+        })
     }
 }
 
@@ -98,12 +123,15 @@ thread_local! {
 }
 
 /// Runs `f` on a per-thread buffer of `len` elements that is kept between
-/// calls, so the hot loops neither allocate nor fault in fresh pages. The
-/// contents are garbage: callers overwrite what they read.
+/// calls (it only grows: each thread holds the largest im2col it has seen),
+/// so the hot loops neither allocate nor fault in fresh pages. The contents
+/// are garbage: callers overwrite what they read.
 fn with_scratch<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     fn run<U: Element, T: Element, R>(cell: &RefCell<Vec<U>>, len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
         // Busy only if a nested rayon job re-entered this thread: fall back.
-        let Ok(mut guard) = cell.try_borrow_mut() else { return f(&mut vec![T::zero(); len]) };
+        let Ok(mut guard) = cell.try_borrow_mut() else {
+            return f(&mut vec![T::zero(); len]);
+        };
         match (&mut *guard as &mut dyn Any).downcast_mut::<Vec<T>>() {
             Some(v) => {
                 if v.len() < len {
@@ -123,40 +151,145 @@ fn with_scratch<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
 
 // ---------------------------------------------------------- im2col / col2im
 
+/// Where each kernel tap reads. A stride-`s` conv reads, through kernel row
+/// `i`, input rows `oy*s + i - pad_top`: all in one phase `(i - pad_top) mod s`
+/// of the rows, shifted by `floor((i - pad_top) / s)`. So every tap is a
+/// shifted copy of one phase plane (the plane itself when `s = 1`), and
+/// shifted copies are plain memcpys.
+struct TapMap {
+    s: usize,
+    /// Per kernel row: (phase row, shift); per kernel column likewise.
+    rows: Vec<(usize, isize)>,
+    cols: Vec<(usize, isize)>,
+    /// Per phase `r * s + t`: (offset in the phase buffer, height, width).
+    phases: Vec<(usize, usize, usize)>,
+}
+
+impl TapMap {
+    fn new(g: &ConvGeom) -> Self {
+        let s = g.stride;
+        let split = |k: usize, pad: usize| {
+            let d = k as isize - pad as isize;
+            (d.rem_euclid(s as isize) as usize, d.div_euclid(s as isize))
+        };
+        let mut phases = Vec::with_capacity(s * s);
+        let mut off = 0;
+        for r in 0..s {
+            for t in 0..s {
+                let (ph, pw) = (g.h.saturating_sub(r).div_ceil(s), g.w.saturating_sub(t).div_ceil(s));
+                phases.push((off, ph, pw));
+                off += ph * pw;
+            }
+        }
+        TapMap {
+            s,
+            rows: (0..g.kh).map(|i| split(i, g.pad_top)).collect(),
+            cols: (0..g.kw).map(|j| split(j, g.pad_left)).collect(),
+            phases,
+        }
+    }
+
+    /// The phase plane tap `(i, j)` reads, as (offset, height, width), and its shift.
+    fn tap(&self, i: usize, j: usize) -> ((usize, usize, usize), isize, isize) {
+        let ((r, qi), (t, qj)) = (self.rows[i], self.cols[j]);
+        (self.phases[r * self.s + t], qi, qj)
+    }
+
+    /// `phases[(r, t)][a, b] = plane[a*s + r, b*s + t]` (stride > 1 only).
+    fn split<T: Element>(&self, plane: &[T], w: usize, phases: &mut [T]) {
+        for (idx, &(off, ph, pw)) in self.phases.iter().enumerate() {
+            let (r, t) = (idx / self.s, idx % self.s);
+            if pw == 0 {
+                continue;
+            }
+            for a in 0..ph {
+                let src = plane[(a * self.s + r) * w + t..].iter().step_by(self.s);
+                phases[off + a * pw..][..pw].iter_mut().zip(src).for_each(|(d, &v)| *d = v);
+            }
+        }
+    }
+
+    /// The inverse of `split`: `plane[a*s + r, b*s + t] = phases[(r, t)][a, b]`.
+    fn merge<T: Element>(&self, phases: &[T], w: usize, plane: &mut [T]) {
+        for (idx, &(off, ph, pw)) in self.phases.iter().enumerate() {
+            let (r, t) = (idx / self.s, idx % self.s);
+            if pw == 0 {
+                continue;
+            }
+            for a in 0..ph {
+                let dst = plane[(a * self.s + r) * w + t..].iter_mut().step_by(self.s);
+                dst.zip(&phases[off + a * pw..][..pw]).for_each(|(d, &v)| *d = v);
+            }
+        }
+    }
+}
+
+/// The output positions `o < out_len` with `0 <= o + shift < len`.
+fn shifted_range(shift: isize, len: usize, out_len: usize) -> Range<usize> {
+    let lo = (-shift).clamp(0, out_len as isize) as usize;
+    let hi = (len as isize - shift).clamp(lo as isize, out_len as isize) as usize;
+    lo..hi
+}
+
 /// Fills `col` (`K x nb*P`, row-major) from the `nb` images in `x`.
 fn im2col<T: Element>(g: &ConvGeom, x: &[T], nb: usize, col: &mut [T]) {
     let (p, cols, plane) = (g.p(), nb * g.p(), g.h * g.w);
+    let map = TapMap::new(g);
+    let mut phases = vec![T::zero(); if g.stride > 1 { plane } else { 0 }];
     for img in 0..nb {
         for c in 0..g.ci {
-            let src = &x[(img * g.ci + c) * plane..][..plane];
+            let mut src = &x[(img * g.ci + c) * plane..][..plane];
+            if g.stride > 1 {
+                map.split(src, g.w, &mut phases);
+                src = &phases;
+            }
             for i in 0..g.kh {
                 for j in 0..g.kw {
                     let row = (c * g.kh + i) * g.kw + j;
-                    gather_tap(g, src, i, j, &mut col[row * cols + img * p..][..p]);
+                    let ((off, ph, pw), qi, qj) = map.tap(i, j);
+                    let dst = &mut col[row * cols + img * p..][..p];
+                    gather_shifted(&src[off..off + ph * pw], (ph, pw), qi, qj, (g.ho, g.wo), dst);
                 }
             }
         }
     }
 }
 
-/// `dst[oy, ox] = plane[oy*s + i - pad_top, ox*s + j - pad_left]`, 0 outside.
-fn gather_tap<T: Element>(g: &ConvGeom, plane: &[T], i: usize, j: usize, dst: &mut [T]) {
-    let (rows, xs) = (g.valid(i, g.pad_top, g.h, g.ho), g.valid(j, g.pad_left, g.w, g.wo));
-    dst[..rows.start * g.wo].fill(T::zero());
-    dst[rows.end * g.wo..].fill(T::zero());
-    for oy in rows {
-        let out = &mut dst[oy * g.wo..][..g.wo];
-        let src = &plane[(oy * g.stride + i - g.pad_top) * g.w..][..g.w];
-        out[..xs.start].fill(T::zero());
-        out[xs.end..].fill(T::zero());
-        if g.stride == 1 {
-            let first = xs.start + j - g.pad_left;
-            out[xs.clone()].copy_from_slice(&src[first..first + xs.len()]);
-        } else {
-            for ox in xs.clone() {
-                out[ox] = src[ox * g.stride + j - g.pad_left];
-            }
+/// `dst[oy, ox] = src[oy + qi, ox + qj]` for `dst` of size `ho x wo` and
+/// `src` of size `sh x sw`, 0 where that falls outside `src`.
+fn gather_shifted<T: Element>(
+    src: &[T],
+    (sh, sw): (usize, usize),
+    qi: isize,
+    qj: isize,
+    (ho, wo): (usize, usize),
+    dst: &mut [T],
+) {
+    let (rows, xs) = (shifted_range(qi, sh, ho), shifted_range(qj, sw, wo));
+    if rows.is_empty() || xs.is_empty() {
+        // This tap only ever sees padding.
+        dst.fill(T::zero());
+        return;
+    }
+    dst[..rows.start * wo].fill(T::zero());
+    dst[rows.end * wo..].fill(T::zero());
+    let at = |oy: usize, ox: usize| ((oy as isize + qi) as usize) * sw + (ox as isize + qj) as usize;
+    if sw == wo {
+        // Rows are equally long, so output q reads input q + const: one copy
+        // over all valid rows, then zero the columns that wrapped a row edge.
+        let (q0, q1) = (rows.start * wo + xs.start, (rows.end - 1) * wo + xs.end);
+        let s0 = at(rows.start, xs.start);
+        dst[q0..q1].copy_from_slice(&src[s0..s0 + (q1 - q0)]);
+    } else {
+        for oy in rows.clone() {
+            let s0 = at(oy, xs.start);
+            dst[oy * wo + xs.start..][..xs.len()].copy_from_slice(&src[s0..s0 + xs.len()]);
         }
+    }
+    for oy in rows {
+        let row = &mut dst[oy * wo..][..wo];
+        row[..xs.start].fill(T::zero());
+        row[xs.end..].fill(T::zero());
     }
 }
 
@@ -164,29 +297,42 @@ fn gather_tap<T: Element>(g: &ConvGeom, plane: &[T], i: usize, j: usize, dst: &m
 /// sums of their entries of `dcol`.
 fn col2im<T: Element>(g: &ConvGeom, dcol: &[T], nb: usize, dx: &mut [T]) {
     let (p, cols, plane) = (g.p(), nb * g.p(), g.h * g.w);
-    dx[..nb * g.in_image()].fill(T::zero());
+    let map = TapMap::new(g);
+    let mut phases = vec![T::zero(); if g.stride > 1 { plane } else { 0 }];
     for img in 0..nb {
         for c in 0..g.ci {
-            let dst = &mut dx[(img * g.ci + c) * plane..][..plane];
+            let out = &mut dx[(img * g.ci + c) * plane..][..plane];
+            let acc: &mut [T] = if g.stride > 1 { &mut phases } else { out };
+            acc.fill(T::zero());
             for i in 0..g.kh {
                 for j in 0..g.kw {
                     let row = (c * g.kh + i) * g.kw + j;
-                    scatter_tap(g, &dcol[row * cols + img * p..][..p], i, j, dst);
+                    let ((off, ph, pw), qi, qj) = map.tap(i, j);
+                    let src = &dcol[row * cols + img * p..][..p];
+                    scatter_shifted(src, (g.ho, g.wo), qi, qj, (ph, pw), &mut acc[off..off + ph * pw]);
                 }
+            }
+            if g.stride > 1 {
+                map.merge(&phases, g.w, &mut dx[(img * g.ci + c) * plane..][..plane]);
             }
         }
     }
 }
 
-/// `plane[oy*s + i - pad_top, ox*s + j - pad_left] += src[oy, ox]` inside the input.
-fn scatter_tap<T: Element>(g: &ConvGeom, src: &[T], i: usize, j: usize, plane: &mut [T]) {
-    let (rows, xs) = (g.valid(i, g.pad_top, g.h, g.ho), g.valid(j, g.pad_left, g.w, g.wo));
+/// The adjoint of `gather_shifted`: `dst[oy + qi, ox + qj] += src[oy, ox]` inside `dst`.
+fn scatter_shifted<T: Element>(
+    src: &[T],
+    (ho, wo): (usize, usize),
+    qi: isize,
+    qj: isize,
+    (sh, sw): (usize, usize),
+    dst: &mut [T],
+) {
+    let (rows, xs) = (shifted_range(qi, sh, ho), shifted_range(qj, sw, wo));
     for oy in rows {
-        let s = &src[oy * g.wo..][..g.wo];
-        let d = &mut plane[(oy * g.stride + i - g.pad_top) * g.w..][..g.w];
-        for ox in xs.clone() {
-            d[ox * g.stride + j - g.pad_left] += s[ox];
-        }
+        let d0 = ((oy as isize + qi) as usize) * sw + (xs.start as isize + qj) as usize;
+        let d = &mut dst[d0..d0 + xs.len()];
+        d.iter_mut().zip(&src[oy * wo + xs.start..][..xs.len()]).for_each(|(d, &v)| *d += v);
     }
 }
 
@@ -232,6 +378,7 @@ pub fn conv2d_forward<T: Element>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&
     });
 }
 
+/// `y = W [Co x K] * col [K x nb*P] + bias` for one group of images.
 fn forward_group<T: Element>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T], nb: usize) {
     let (k, p, cols) = (g.k(), g.p(), nb * g.p());
     let wm = MatRef::row_major(w, g.co, k);
@@ -262,8 +409,14 @@ fn forward_group<T: Element>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>,
 
 // ------------------------------------------------------------ backward data
 
-/// `dx [N, Ci, H, W]` from `dy [N, Co, Ho, Wo]` and `w`: `W^T dY`, then col2im.
+/// `dx [N, Ci, H, W]` from `dy [N, Co, Ho, Wo]` and `w`. Stride 1: a forward
+/// conv of dy with the flipped, transposed kernel (the fastest path); else
+/// `W^T dY` then col2im.
 pub fn conv2d_backward_data<T: Element>(g: &ConvGeom, dy: &[T], w: &[T], dx: &mut [T]) {
+    if let Some(gt) = g.transposed() {
+        let wt = flip_transpose(g, w);
+        return conv2d_forward(&gt, dy, &wt, None, dx);
+    }
     let (nb, xi, yi) = (g.images_per_group(), g.in_image(), g.out_image());
     if xi == 0 || g.n == 0 {
         return;
@@ -274,13 +427,24 @@ pub fn conv2d_backward_data<T: Element>(g: &ConvGeom, dy: &[T], w: &[T], dx: &mu
     });
 }
 
+/// `w'[c, o, i, j] = w[o, c, KH-1-i, KW-1-j]`: the kernel of the transposed conv.
+fn flip_transpose<T: Element>(g: &ConvGeom, w: &[T]) -> Vec<T> {
+    let taps = g.kh * g.kw;
+    let mut wt = vec![T::zero(); g.co * g.k()];
+    for o in 0..g.co {
+        for c in 0..g.ci {
+            let src = &w[(o * g.ci + c) * taps..][..taps];
+            let dst = &mut wt[(c * g.co + o) * taps..][..taps];
+            dst.iter_mut().zip(src.iter().rev()).for_each(|(d, &v)| *d = v);
+        }
+    }
+    wt
+}
+
+/// `dx = col2im(W^T [K x Co] * dY [Co x nb*P])` for one group of images.
 fn backward_data_group<T: Element>(g: &ConvGeom, dy: &[T], w: &[T], dx: &mut [T], nb: usize) {
     let (k, p, cols) = (g.k(), g.p(), nb * g.p());
     let wt = MatRef::row_major_t(w, g.co, k);
-    if nb == 1 && g.is_pointwise() {
-        matmul(wt, MatRef::row_major(dy, g.co, p), dx, false, Threads::Serial);
-        return;
-    }
     let dyb_len = if nb == 1 { 0 } else { g.co * cols };
     with_scratch::<T, _>(k * cols + dyb_len, |buf| {
         let (dcol, dyb) = buf.split_at_mut(k * cols);
@@ -307,51 +471,76 @@ pub fn conv2d_backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &
         return;
     }
     let nb = g.images_per_group();
-    let groups = g.n.div_ceil(nb);
-    let per_slot = groups.div_ceil(MAX_WEIGHT_SLOTS) * nb;
+    let per_slot = g.n.div_ceil(nb).div_ceil(MAX_WEIGHT_SLOTS) * nb;
     let slots = g.n.div_ceil(per_slot);
     let mut partials = vec![T::zero(); slots * wlen];
     partials.par_chunks_mut(wlen).enumerate().for_each(|(s, part)| {
         let imgs = s * per_slot..((s + 1) * per_slot).min(g.n);
         weight_slot(g, dy, x, imgs, nb, part);
     });
-    sum_partials(&partials, wlen, dw);
+    if g.weight_transposed() {
+        let mut sum = vec![T::zero(); wlen];
+        sum_partials(&partials, wlen, &mut sum);
+        transpose(&sum, g.k(), g.co, dw);
+    } else {
+        sum_partials(&partials, wlen, dw);
+    }
+}
+
+impl ConvGeom {
+    /// Whether partial weight gradients are kept as `dW^T [K, Co]`: the gemm
+    /// is fastest with the longer side as its M (measured on AVX2/AVX-512).
+    fn weight_transposed(&self) -> bool {
+        self.k() >= self.co
+    }
+}
+
+/// `dst [cols x rows] = src [rows x cols]^T`.
+fn transpose<T: Element>(src: &[T], rows: usize, cols: usize, dst: &mut [T]) {
+    for (r, row) in src.chunks_exact(cols).enumerate().take(rows) {
+        for (c, &v) in row.iter().enumerate() {
+            dst[c * rows + r] = v;
+        }
+    }
 }
 
 /// Accumulates the weight gradient of the images `imgs` into `part`, `nb`
 /// images per gemm.
 fn weight_slot<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], imgs: Range<usize>, nb: usize, part: &mut [T]) {
-    let mut first = true;
     let mut start = imgs.start;
     while start < imgs.end {
         let cnt = nb.min(imgs.end - start);
         let dy = &dy[start * g.out_image()..][..cnt * g.out_image()];
         let x = &x[start * g.in_image()..][..cnt * g.in_image()];
-        weight_group(g, dy, x, cnt, part, !first);
-        first = false;
+        weight_group(g, dy, x, cnt, part, start > imgs.start);
         start += cnt;
     }
 }
 
-/// `part (+)= dY [Co, nb*P] * col^T [nb*P, K]` for one group of images.
+/// `part (+)= dY [Co, nb*P] * col^T [nb*P, K]` (or its transpose) for one
+/// group of images.
 fn weight_group<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], nb: usize, part: &mut [T], acc: bool) {
     let (k, p, cols) = (g.k(), g.p(), nb * g.p());
+    let product = |col: &[T], dy: &[T], part: &mut [T]| {
+        if g.weight_transposed() {
+            matmul(MatRef::row_major(col, k, cols), MatRef::row_major_t(dy, g.co, cols), part, acc, Threads::Serial);
+        } else {
+            matmul(MatRef::row_major(dy, g.co, cols), MatRef::row_major_t(col, k, cols), part, acc, Threads::Serial);
+        }
+    };
     if nb == 1 && g.is_pointwise() {
-        let (dym, xt) = (MatRef::row_major(dy, g.co, p), MatRef::row_major_t(x, k, p));
-        matmul(dym, xt, part, acc, Threads::Serial);
-        return;
+        return product(x, dy, part);
     }
     let dyb_len = if nb == 1 { 0 } else { g.co * cols };
     with_scratch::<T, _>(k * cols + dyb_len, |buf| {
         let (col, dyb) = buf.split_at_mut(k * cols);
         im2col(g, x, nb, col);
-        let dym = if nb == 1 {
-            MatRef::row_major(dy, g.co, cols)
+        if nb == 1 {
+            product(col, dy, part);
         } else {
             images_to_matrix(dy, g.co, p, nb, dyb);
-            MatRef::row_major(&*dyb, g.co, cols)
-        };
-        matmul(dym, MatRef::row_major_t(col, k, cols), part, acc, Threads::Serial);
+            product(col, dyb, part);
+        }
     });
 }
 
@@ -371,10 +560,19 @@ fn sum_partials<T: Element>(partials: &[T], len: usize, out: &mut [T]) {
 /// per channel in image order (parallel over channels only).
 pub fn conv2d_backward_bias<T: Element>(n: usize, co: usize, p: usize, dy: &[T], db: &mut [T]) {
     db[..co].par_iter_mut().enumerate().for_each(|(o, db)| {
-        let mut acc = 0f64;
-        for img in 0..n {
-            acc += dy[(img * co + o) * p..][..p].iter().map(|&v| Element::to_f64(v)).sum::<f64>();
-        }
+        let acc: f64 = (0..n).map(|img| sum_f64(&dy[(img * co + o) * p..][..p])).sum();
         *db = <T as Element>::from_f64(acc);
     });
+}
+
+/// The sum of `v` in f64, over 8 interleaved lanes added in a fixed order
+/// (one running sum would wait on every add's latency).
+fn sum_f64<T: Element>(v: &[T]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let chunks = v.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&x| Element::to_f64(x)).sum();
+    for c in chunks {
+        lanes.iter_mut().zip(c).for_each(|(l, &x)| *l += Element::to_f64(x));
+    }
+    lanes.iter().sum::<f64>() + tail
 }

@@ -1,6 +1,6 @@
 //! Elementwise arithmetic on slices (add, sub, mul, scale, a + s*b and their
-//! in-place forms) and the chunked f64 sum every CPU reduction of this crate
-//! family uses.
+//! in-place forms), and the deterministic f64 sums behind the MSE loss, the
+//! channel-bias gradient and the global gradient norm.
 //!
 //! Elementwise work is split into fixed chunks of `PAR_CHUNK` elements: big
 //! enough that rayon's per-task cost is negligible, small enough that the

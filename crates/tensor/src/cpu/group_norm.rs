@@ -8,7 +8,8 @@
 //! results are bit-identical for any thread count. dgamma/dbeta are reduced
 //! over images from per-image partials, again in a fixed order.
 
-use super::attention::exp_f64;
+// The branch-free exp of softmax, which lets the fused SiLU loops vectorise.
+use super::attention::exp;
 use crate::Element;
 use rayon::prelude::*;
 
@@ -38,17 +39,17 @@ impl GroupNormDims {
     }
 }
 
-/// SiLU with the branch-free exp, so the fused loops vectorise.
+/// SiLU, z * sigmoid(z).
 #[inline(always)]
-fn silu(z: f64) -> f64 {
-    z / (1.0 + exp_f64(-z))
+fn silu<T: Element>(z: T) -> T {
+    z / (T::one() + exp(-z))
 }
 
 /// d silu / dz = s (1 + z (1 - s)) with s = sigmoid(z).
 #[inline(always)]
-fn silu_grad(z: f64) -> f64 {
-    let s = 1.0 / (1.0 + exp_f64(-z));
-    s * (1.0 + z * (1.0 - s))
+fn silu_grad<T: Element>(z: T) -> T {
+    let s = T::one() / (T::one() + exp(-z));
+    s * (T::one() + z * (T::one() - s))
 }
 
 /// Independent accumulators per sum: lets the loop vectorise while keeping a
@@ -99,8 +100,8 @@ fn forward_slab<T: Element>(
         let (a, b) = (rstd * g.to_f64(), b.to_f64());
         // (x - mean) in f64 keeps f32 inputs with a large mean accurate.
         for (y, &x) in yc.iter_mut().zip(xc) {
-            let z = (x.to_f64() - mean) * a + b;
-            *y = T::from_f64(if fuse_silu { silu(z) } else { z });
+            let z = T::from_f64((x.to_f64() - mean) * a + b);
+            *y = if fuse_silu { silu(z) } else { z };
         }
     }
     (mean, rstd)
@@ -163,8 +164,8 @@ fn slab_dz<T: Element>(
         if fuse_silu {
             let (g, b) = (gamma[j].to_f64(), beta[j].to_f64());
             for ((dz, &dy), &x) in dzc.iter_mut().zip(dyc).zip(xc) {
-                let z = (x.to_f64() - st.mean) * st.rstd * g + b;
-                *dz = T::from_f64(dy.to_f64() * silu_grad(z));
+                let z = T::from_f64((x.to_f64() - st.mean) * st.rstd * g + b);
+                *dz = dy * silu_grad(z);
             }
         } else {
             dzc.copy_from_slice(dyc);
@@ -187,7 +188,7 @@ fn dz_sums<T: Element>(dz: &[T], x: &[T], st: &SlabStats) -> (f64, f64) {
     let tail = dz.len() - dz.len() % LANES;
     let (mut tg, mut tb) = (0.0, 0.0);
     for (&dz, &x) in dz[tail..].iter().zip(&x[tail..]) {
-        tg += dz.to_f64() * (x.to_f64() - st.mean) * st.rstd;
+        tg += dz.to_f64() * ((x.to_f64() - st.mean) * st.rstd);
         tb += dz.to_f64();
     }
     (combine(&sg) + tg, combine(&sb) + tb)

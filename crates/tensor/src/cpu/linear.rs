@@ -21,13 +21,7 @@ pub fn linear_forward<T: Element>(x: &[T], w: &[T], b: Option<&[T]>, d: LinearDi
     if let Some(b) = b {
         y.par_chunks_mut(d.d_out.max(1)).for_each(|row| row.copy_from_slice(b));
     }
-    matmul(
-        MatRef::row_major(x, d.n, d.d_in),
-        MatRef::row_major_t(w, d.d_out, d.d_in),
-        y,
-        b.is_some(),
-        Threads::Rayon,
-    );
+    matmul(MatRef::row_major(x, d.n, d.d_in), MatRef::row_major_t(w, d.d_out, d.d_in), y, b.is_some(), Threads::Rayon);
 }
 
 /// `dx = dy w` [n, d_in], `dw = dy^T x` [d_out, d_in], `db = sum_rows dy` [d_out].

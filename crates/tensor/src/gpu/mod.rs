@@ -5,6 +5,7 @@
 //! emulator runs exactly the launch code a real GPU runs.
 
 pub mod cuda;
+pub mod emu;
 pub mod launch;
 pub mod sources;
 

@@ -77,7 +77,11 @@ fn geometry(op: &'static str, x: &Shape, w: &Shape, p: &Conv2dParams) -> Result<
         _ => return Err(TensorError::shape(op, "a rank-4 weight (Co, Ci, KH, KW)", w)),
     };
     if wci != ci {
-        return Err(TensorError::shape(op, format!("a weight with {ci} input channels (the input's), [{co}, {ci}, {kh}, {kw}]"), w));
+        return Err(TensorError::shape(
+            op,
+            format!("a weight with {ci} input channels (the input's), [{co}, {ci}, {kh}, {kw}]"),
+            w,
+        ));
     }
     let (ho, wo) = p.output_hw(h, wd, kh, kw).map_err(|e| TensorError::invalid(op, e.to_string()))?;
     // User-given shapes (backward) may be absurd: sizes must not overflow.

@@ -26,9 +26,9 @@ pub struct GroupNormGrads {
 
 /// Reads (N, C, H*W) from a [N, C, H, W] or [N, C] shape.
 fn nc_hw(op: &'static str, s: &Shape) -> Result<(usize, usize, usize)> {
-    match s.dims() {
-        &[n, c, h, w] => Ok((n, c, h * w)),
-        &[n, c] => Ok((n, c, 1)),
+    match *s.dims() {
+        [n, c, h, w] => Ok((n, c, h * w)),
+        [n, c] => Ok((n, c, 1)),
         _ => Err(TensorError::shape(op, "a [N, C, H, W] or [N, C] tensor", s)),
     }
 }
@@ -38,7 +38,10 @@ fn check_input(op: &'static str, x: &Tensor, gamma: &Tensor, beta: &Tensor, grou
     check_same(op, &[x, gamma, beta])?;
     let (n, c, hw) = nc_hw(op, x.shape())?;
     if groups == 0 || c % groups != 0 {
-        return Err(TensorError::invalid(op, format!("groups ({groups}) must be positive and divide the channels ({c})")));
+        return Err(TensorError::invalid(
+            op,
+            format!("groups ({groups}) must be positive and divide the channels ({c})"),
+        ));
     }
     if c == 0 || hw == 0 {
         return Err(TensorError::invalid(op, format!("empty groups: input shape {}", x.shape())));

@@ -1,0 +1,138 @@
+//! The emulated [`GpuDriver`]: `kernels/*.cu` compiled as host C++ and run
+//! on the CPU by `diffuse-emu` (fibers for CUDA threads, blocks over a pool
+//! of worker threads). The launch code in `gpu::launch` is the same as for a
+//! real GPU, so the emulator tests it.
+//!
+//! What it adds for finding bugs (see crates/emu/README.md): fresh device
+//! memory is NaN, overruns of a buffer are launch errors naming the kernel,
+//! block and thread, barrier and warp-collective misuse is a launch error
+//! naming the lanes, arguments are checked against the kernel's C++
+//! signature (count, size and kind), and the order of a block's threads can
+//! be forwards, backwards or shuffled (`DIFFUSE_EMU_ORDER`, or
+//! [`emu_device_with_order`]).
+//!
+//! Launches are synchronous: a launch returns when the grid has finished,
+//! with its error if it had one.
+
+use super::{GpuDevice, GpuDriver, KernelArg, Launch};
+use crate::{Device, Result, TensorError};
+use std::sync::Arc;
+
+pub use diffuse_emu::{EmuError, Emulator, ThreadOrder};
+
+/// The CUDA emulator behind the [`GpuDriver`] interface.
+pub struct EmuDriver {
+    emu: Emulator,
+}
+
+fn mem_err(e: EmuError) -> TensorError {
+    TensorError::Cuda(format!("emulator: {e}"))
+}
+
+impl EmuDriver {
+    /// A driver with the thread order from `DIFFUSE_EMU_ORDER` (default
+    /// forward).
+    pub fn new() -> Result<EmuDriver> {
+        let emu = Emulator::new().map_err(|e| TensorError::Cuda(e.to_string()))?;
+        Ok(EmuDriver { emu })
+    }
+
+    /// A driver that runs every block's threads in `order`.
+    pub fn with_order(order: ThreadOrder) -> Result<EmuDriver> {
+        let d = EmuDriver::new()?;
+        d.emu.set_thread_order(order);
+        Ok(d)
+    }
+
+    /// The emulator itself (thread order, kernel registry, allocations).
+    pub fn emulator(&self) -> &Emulator {
+        &self.emu
+    }
+}
+
+impl GpuDriver for EmuDriver {
+    fn name(&self) -> String {
+        "emu".into()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<u64> {
+        self.emu.alloc(bytes).map_err(mem_err)
+    }
+
+    fn free(&self, ptr: u64) {
+        if let Err(e) = self.emu.free(ptr) {
+            // Free runs from Drop and cannot fail, but an overrun its canary
+            // check found must not go unnoticed.
+            eprintln!("diffuse emulator: {e}");
+        }
+    }
+
+    fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
+        self.emu.htod(src, dst).map_err(mem_err)
+    }
+
+    fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        self.emu.dtoh(src, dst).map_err(mem_err)
+    }
+
+    fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        self.emu.dtod(src, dst, bytes).map_err(mem_err)
+    }
+
+    fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        self.emu.memset(dst, 0, bytes).map_err(mem_err)
+    }
+
+    fn launch(&self, l: &Launch<'_>) -> Result<()> {
+        let args: Vec<diffuse_emu::Arg> = l
+            .args
+            .iter()
+            .map(|a| match *a {
+                KernelArg::Ptr(p) => diffuse_emu::Arg::Ptr(p),
+                KernelArg::I32(v) => diffuse_emu::Arg::I32(v),
+                KernelArg::U32(v) => diffuse_emu::Arg::U32(v),
+                KernelArg::U64(v) => diffuse_emu::Arg::U64(v),
+                KernelArg::F32(v) => diffuse_emu::Arg::F32(v),
+            })
+            .collect();
+        let (g, b) = (l.grid, l.block);
+        // SAFETY: pointer arguments are checked to point into live emulator
+        // allocations, whose overruns fault into guard pages and are
+        // reported; the kernels index memory only through their arguments.
+        let r = unsafe {
+            self.emu.launch_args(
+                l.kernel,
+                (g.x, g.y, g.z),
+                (b.x, b.y, b.z),
+                l.shared_bytes,
+                &args,
+            )
+        };
+        r.map_err(|e| TensorError::Launch {
+            kernel: l.kernel.to_string(),
+            msg: e.to_string(),
+        })
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        Ok(()) // launches and copies are synchronous
+    }
+}
+
+/// The emulated GPU as a [`Device`].
+pub fn emu_device() -> Result<Device> {
+    Ok(Device::Gpu(GpuDevice::new(Arc::new(EmuDriver::new()?))))
+}
+
+/// The emulated GPU running every block's threads in `order` (tests run the
+/// same op in several orders to catch missing barriers).
+pub fn emu_device_with_order(order: ThreadOrder) -> Result<Device> {
+    Ok(Device::Gpu(GpuDevice::new(Arc::new(
+        EmuDriver::with_order(order)?,
+    ))))
+}
+
+/// One line for `diffuse info`: kernels, workers, context switch, order.
+pub fn emu_probe() -> String {
+    diffuse_emu::probe()
+}
