@@ -74,6 +74,9 @@ pub struct TrainArgs {
     pub sample_every: Option<u64>,
     #[arg(long)]
     pub sample_count: Option<usize>,
+    /// DDIM steps of the sample grids written during training.
+    #[arg(long)]
+    pub sample_steps: Option<usize>,
     #[arg(long)]
     pub log_every: Option<u64>,
 }
@@ -102,6 +105,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
          ema_decay <- a.ema_decay, timesteps <- a.timesteps, seed <- a.seed,
          checkpoint_every <- a.checkpoint_every, keep_checkpoints <- a.keep,
          sample_every <- a.sample_every, sample_count <- a.sample_count, log_every <- a.log_every);
+    // The grids' DDIM cannot take more steps than the diffusion has.
+    cfg.sample_ddim_steps = a.sample_steps.unwrap_or(cfg.sample_ddim_steps.min(cfg.timesteps));
     if let Some(s) = &a.schedule {
         cfg.schedule = s.parse()?;
     }

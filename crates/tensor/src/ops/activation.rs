@@ -1,7 +1,7 @@
 //! SiLU forward and backward.
 
-use super::{check_same, check_same_shape};
-use crate::gpu::not_built;
+use super::{check_same, check_same_shape, gpu_of};
+use crate::gpu::launch;
 use crate::{cpu, with_element, Result, Storage, Tensor};
 
 /// y = x * sigmoid(x), elementwise.
@@ -13,7 +13,7 @@ pub fn silu_forward(x: &Tensor) -> Result<Tensor> {
             cpu::activation::silu_forward(xs, &mut y);
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),
-        Storage::Gpu(g) => Err(not_built("silu_forward", g.device())),
+        Storage::Gpu(g) => Ok(Tensor::from_gpu(x.shape().clone(), launch::silu::silu_forward(g.device(), g)?)),
     }
 }
 
@@ -27,6 +27,9 @@ pub fn silu_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
             cpu::activation::silu_backward(dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dx);
             Ok(Tensor::from_cpu(x.shape().clone(), dx))
         }),
-        Storage::Gpu(g) => Err(not_built("silu_backward", g.device())),
+        Storage::Gpu(g) => {
+            let dx = launch::silu::silu_backward(g.device(), gpu_of("silu_backward", dy)?, g)?;
+            Ok(Tensor::from_gpu(x.shape().clone(), dx))
+        }
     }
 }

@@ -3,9 +3,9 @@
 //! in NCHW produces them): `s_ij = C^-0.5 sum_c q[c,i] k[c,j]`,
 //! `p_ij = softmax_j(s_ij)`, `out[c,i] = sum_j p_ij v[c,j]`.
 
-use super::check_same;
+use super::{check_same, gpu_of};
 use crate::cpu::attention::AttentionDims;
-use crate::gpu::not_built;
+use crate::gpu::launch;
 use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
 
 #[derive(Clone, Debug)]
@@ -54,7 +54,14 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Attention
                 lse: Tensor::from_cpu(Shape::new([d.b, d.n]), lse),
             })
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(qs) => {
+            let (ks, vs) = (gpu_of(OP, k)?, gpu_of(OP, v)?);
+            let (out, lse) = launch::attention::attention_forward(qs.device(), qs, ks, vs, d)?;
+            Ok(AttentionOutput {
+                out: Tensor::from_gpu(q.shape().clone(), out),
+                lse: Tensor::from_gpu(Shape::new([d.b, d.n]), lse),
+            })
+        }
     }
 }
 
@@ -96,7 +103,24 @@ pub fn attention_backward(
                 dv: Tensor::from_cpu(shape, dv),
             })
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(qs) => {
+            let (dq, dk, dv) = launch::attention::attention_backward(
+                qs.device(),
+                gpu_of(OP, dout)?,
+                qs,
+                gpu_of(OP, k)?,
+                gpu_of(OP, v)?,
+                gpu_of(OP, out)?,
+                gpu_of(OP, lse)?,
+                d,
+            )?;
+            let shape = q.shape().clone();
+            Ok(AttentionGrads {
+                dq: Tensor::from_gpu(shape.clone(), dq),
+                dk: Tensor::from_gpu(shape.clone(), dk),
+                dv: Tensor::from_gpu(shape, dv),
+            })
+        }
     }
 }
 
@@ -110,6 +134,9 @@ pub fn attention_weights(q: &Tensor, k: &Tensor) -> Result<Tensor> {
             cpu::attention::attention_weights(q.cpu_slice::<T>()?, k.cpu_slice::<T>()?, d, &mut p);
             Ok(Tensor::from_cpu(Shape::new([d.b, d.n, d.n]), p))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(qs) => {
+            let p = launch::attention::attention_weights(qs.device(), qs, gpu_of(OP, k)?, d)?;
+            Ok(Tensor::from_gpu(Shape::new([d.b, d.n, d.n]), p))
+        }
     }
 }

@@ -6,9 +6,9 @@
 //! tests are `crates/tensor/tests/conv.rs` (f64 oracle, finite differences,
 //! adjoint and determinism properties).
 
-use super::check_same;
+use super::{check_same, gpu_of};
 use crate::cpu::conv::ConvGeom;
-use crate::gpu::not_built;
+use crate::gpu::launch;
 use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
 
 /// Stride and per-side zero padding of a 2-D convolution.
@@ -126,7 +126,14 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dPara
             cpu::conv::conv2d_forward(&g, x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, bias, &mut y);
             Ok(Tensor::from_cpu(Shape::new([g.n, g.co, g.ho, g.wo]), y))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(xs) => {
+            let bias = match b {
+                Some(b) => Some(gpu_of(OP, b)?),
+                None => None,
+            };
+            let y = launch::conv2d::conv2d_forward(xs.device(), xs, gpu_of(OP, w)?, bias, &g)?;
+            Ok(Tensor::from_gpu(Shape::new([g.n, g.co, g.ho, g.wo]), y))
+        }
     }
 }
 
@@ -143,7 +150,10 @@ pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: &Conv2d
             cpu::conv::conv2d_backward_data(&g, dy.cpu_slice::<T>()?, w.cpu_slice::<T>()?, &mut dx);
             Ok(Tensor::from_cpu(x_shape.clone(), dx))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(dys) => {
+            let dx = launch::conv2d::conv2d_backward_data(dys.device(), dys, gpu_of(OP, w)?, &g)?;
+            Ok(Tensor::from_gpu(x_shape.clone(), dx))
+        }
     }
 }
 
@@ -160,7 +170,10 @@ pub fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, w_shape: &Shape, p: &Conv
             cpu::conv::conv2d_backward_weight(&g, dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dw);
             Ok(Tensor::from_cpu(w_shape.clone(), dw))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(dys) => {
+            let dw = launch::conv2d::conv2d_backward_weight(dys.device(), dys, gpu_of(OP, x)?, &g)?;
+            Ok(Tensor::from_gpu(w_shape.clone(), dw))
+        }
     }
 }
 
@@ -174,6 +187,9 @@ pub fn conv2d_backward_bias(dy: &Tensor) -> Result<Tensor> {
             cpu::conv::conv2d_backward_bias(n, co, ho * wo, dy.cpu_slice::<T>()?, &mut db);
             Ok(Tensor::from_cpu(Shape::new([co]), db))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(dys) => {
+            let db = launch::conv2d::conv2d_backward_bias(dys.device(), dys, n, co, ho * wo)?;
+            Ok(Tensor::from_gpu(Shape::new([co]), db))
+        }
     }
 }

@@ -2,22 +2,22 @@
 //! (seed, step, stream) instead of storing it.
 
 use crate::cpu::dropout as kernels;
-use crate::gpu::not_built;
+use crate::gpu::launch;
 use crate::{with_element, Result, Storage, Tensor, TensorError};
 
 /// y[i] = x[i] / (1 - p) where element i is kept, else 0; element i is kept
 /// iff `philox::keep(philox::bits(seed, step, stream, i), philox::dropout_threshold(p))`.
 pub fn dropout_forward(x: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
-    masked("dropout_forward", x, p, seed, step, stream)
+    masked("dropout_forward", false, x, p, seed, step, stream)
 }
 
 /// dx = dy masked and scaled exactly as the forward with the same arguments.
 pub fn dropout_backward(dy: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
-    masked("dropout_backward", dy, p, seed, step, stream)
+    masked("dropout_backward", true, dy, p, seed, step, stream)
 }
 
 /// Forward and backward are the same diagonal map (its own adjoint).
-fn masked(op: &'static str, x: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
+fn masked(op: &'static str, backward: bool, x: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
     // `contains` is false for NaN too
     if !(0.0..1.0).contains(&p) {
         return Err(TensorError::invalid(op, format!("dropout probability must be in [0, 1), got {p}")));
@@ -28,6 +28,13 @@ fn masked(op: &'static str, x: &Tensor, p: f32, seed: u64, step: u32, stream: u3
             kernels::apply_mask(x.cpu_slice::<T>()?, p, seed, step, stream, &mut y);
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),
-        Storage::Gpu(g) => Err(not_built(op, g.device())),
+        Storage::Gpu(g) => {
+            let y = if backward {
+                launch::dropout::dropout_backward(g.device(), g, p, seed, step, stream)?
+            } else {
+                launch::dropout::dropout_forward(g.device(), g, p, seed, step, stream)?
+            };
+            Ok(Tensor::from_gpu(x.shape().clone(), y))
+        }
     }
 }

@@ -4,9 +4,9 @@
 //! Operands must share shape, dtype and device exactly (no broadcasting:
 //! every broadcast the U-Net needs has its own op, e.g. `add_channel_bias`).
 
-use super::{check_same, check_same_shape};
+use super::{check_same, check_same_shape, gpu_of, gpu_of_mut};
 use crate::cpu::elementwise::{self as kernels, Binary};
-use crate::gpu::not_built;
+use crate::gpu::launch;
 use crate::{with_element, Result, Storage, Tensor};
 
 /// a + b.
@@ -37,7 +37,7 @@ pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
             kernels::scale(x.cpu_slice::<T>()?, s, &mut out);
             Ok(Tensor::from_cpu(x.shape().clone(), out))
         }),
-        Storage::Gpu(g) => Err(not_built("scale", g.device())),
+        Storage::Gpu(g) => Ok(Tensor::from_gpu(x.shape().clone(), launch::elementwise::scale(g.device(), g, s)?)),
     }
 }
 
@@ -50,7 +50,11 @@ pub fn add_in_place(acc: &mut Tensor, x: &Tensor) -> Result<()> {
             kernels::add_assign(acc.cpu_slice_mut::<T>()?, x.cpu_slice::<T>()?);
             Ok(())
         }),
-        Storage::Gpu(g) => Err(not_built("add_in_place", g.device())),
+        Storage::Gpu(g) => {
+            let dev = g.device().clone();
+            let xs = gpu_of("add_in_place", x)?;
+            launch::elementwise::add_in_place(&dev, gpu_of_mut("add_in_place", acc)?, xs)
+        }
     }
 }
 
@@ -61,7 +65,10 @@ pub fn scale_in_place(t: &mut Tensor, s: f64) -> Result<()> {
             kernels::scale_assign(t.cpu_slice_mut::<T>()?, s);
             Ok(())
         }),
-        Storage::Gpu(g) => Err(not_built("scale_in_place", g.device())),
+        Storage::Gpu(g) => {
+            let dev = g.device().clone();
+            launch::elementwise::scale_in_place(&dev, gpu_of_mut("scale_in_place", t)?, s)
+        }
     }
 }
 
@@ -75,6 +82,9 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, kind: Binary) -> Result<Tens
             kernels::binary(kind, a.cpu_slice::<T>()?, b.cpu_slice::<T>()?, &mut out);
             Ok(Tensor::from_cpu(a.shape().clone(), out))
         }),
-        Storage::Gpu(g) => Err(not_built(op, g.device())),
+        Storage::Gpu(g) => {
+            let out = launch::elementwise::binary(g.device(), kind, g, gpu_of(op, b)?)?;
+            Ok(Tensor::from_gpu(a.shape().clone(), out))
+        }
     }
 }

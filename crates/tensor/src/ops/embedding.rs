@@ -2,7 +2,7 @@
 //! No backward: timesteps are data, not parameters.
 
 use crate::cpu::embedding as kernels;
-use crate::gpu::not_built;
+use crate::gpu::launch;
 use crate::{with_element, Result, Storage, Tensor, TensorError};
 
 /// t [N] (timesteps as floats) -> [N, dim]: row n is
@@ -26,6 +26,8 @@ pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
             kernels::timestep_embedding(t.cpu_slice::<T>()?, dim, &mut emb);
             Ok(Tensor::from_cpu([n, dim].into(), emb))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(g) => {
+            Ok(Tensor::from_gpu([n, dim].into(), launch::embedding::timestep_embedding(g.device(), g, n, dim)?))
+        }
     }
 }

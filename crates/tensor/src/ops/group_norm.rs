@@ -2,9 +2,9 @@
 //! `y = silu?((x - mean_g) * rstd_g * gamma_c + beta_c)`, `rstd = 1/sqrt(var + eps)`
 //! with the biased variance of each (image, group).
 
-use super::check_same;
+use super::{check_same, gpu_of};
 use crate::cpu::group_norm::GroupNormDims;
-use crate::gpu::not_built;
+use crate::gpu::launch;
 use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
 
 /// The forward's output and the statistics its backward needs.
@@ -92,7 +92,16 @@ pub fn group_norm_forward(
                 rstd: Tensor::from_cpu(stats, rstd),
             })
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(xs) => {
+            let (gs, bs) = (gpu_of(OP, gamma)?, gpu_of(OP, beta)?);
+            let (y, mean, rstd) = launch::group_norm::group_norm_forward(xs.device(), xs, gs, bs, d, eps, fuse_silu)?;
+            let stats = Shape::new([d.n, d.groups]);
+            Ok(GroupNormOutput {
+                y: Tensor::from_gpu(x.shape().clone(), y),
+                mean: Tensor::from_gpu(stats.clone(), mean),
+                rstd: Tensor::from_gpu(stats, rstd),
+            })
+        }
     }
 }
 
@@ -145,6 +154,23 @@ pub fn group_norm_backward(
                 dbeta: Tensor::from_cpu(Shape::new([d.c]), dbeta),
             })
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(xs) => {
+            let (dx, dgamma, dbeta) = launch::group_norm::group_norm_backward(
+                xs.device(),
+                gpu_of(OP, dy)?,
+                xs,
+                gpu_of(OP, gamma)?,
+                gpu_of(OP, beta)?,
+                gpu_of(OP, mean)?,
+                gpu_of(OP, rstd)?,
+                d,
+                fuse_silu,
+            )?;
+            Ok(GroupNormGrads {
+                dx: Tensor::from_gpu(x.shape().clone(), dx),
+                dgamma: Tensor::from_gpu(Shape::new([d.c]), dgamma),
+                dbeta: Tensor::from_gpu(Shape::new([d.c]), dbeta),
+            })
+        }
     }
 }

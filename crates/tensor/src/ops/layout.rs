@@ -2,9 +2,9 @@
 //! skip connections (and its split for backward), and the per-(sample,
 //! channel) bias that injects the timestep embedding into a feature map.
 
-use super::check_same;
+use super::{check_same, gpu_of};
 use crate::cpu::layout as kernels;
-use crate::gpu::not_built;
+use crate::gpu::launch;
 use crate::{with_element, Result, Storage, Tensor, TensorError};
 
 /// x [N,C,H,W] -> [N,C,2H,2W], each pixel repeated into a 2x2 block.
@@ -16,7 +16,10 @@ pub fn upsample_nearest2x_forward(x: &Tensor) -> Result<Tensor> {
             kernels::upsample_nearest2x_forward(x.cpu_slice::<T>()?, h, w, &mut y);
             Ok(Tensor::from_cpu([n, c, 2 * h, 2 * w].into(), y))
         }),
-        Storage::Gpu(g) => Err(not_built("upsample_nearest2x_forward", g.device())),
+        Storage::Gpu(g) => {
+            let y = launch::layout::upsample_nearest2x_forward(g.device(), g, n * c, h, w)?;
+            Ok(Tensor::from_gpu([n, c, 2 * h, 2 * w].into(), y))
+        }
     }
 }
 
@@ -34,7 +37,10 @@ pub fn upsample_nearest2x_backward(dy: &Tensor) -> Result<Tensor> {
             kernels::upsample_nearest2x_backward(dy.cpu_slice::<T>()?, h, w, &mut dx);
             Ok(Tensor::from_cpu([n, c, h, w].into(), dx))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(g) => {
+            let dx = launch::layout::upsample_nearest2x_backward(g.device(), g, n * c, h, w)?;
+            Ok(Tensor::from_gpu([n, c, h, w].into(), dx))
+        }
     }
 }
 
@@ -53,7 +59,10 @@ pub fn concat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
             kernels::concat_channels(a.cpu_slice::<T>()?, ca * h * w, b.cpu_slice::<T>()?, cb * h * w, &mut out);
             Ok(Tensor::from_cpu([n, ca + cb, h, w].into(), out))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(g) => {
+            let out = launch::layout::concat_channels(g.device(), g, gpu_of(OP, b)?, n, ca * h * w, cb * h * w)?;
+            Ok(Tensor::from_gpu([n, ca + cb, h, w].into(), out))
+        }
     }
 }
 
@@ -72,7 +81,10 @@ pub fn split_channels(d: &Tensor, ca: usize) -> Result<(Tensor, Tensor)> {
             kernels::split_channels(d.cpu_slice::<T>()?, ca * h * w, cb * h * w, &mut a, &mut b);
             Ok((Tensor::from_cpu([n, ca, h, w].into(), a), Tensor::from_cpu([n, cb, h, w].into(), b)))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(g) => {
+            let (a, b) = launch::layout::split_channels(g.device(), g, n, ca * h * w, cb * h * w)?;
+            Ok((Tensor::from_gpu([n, ca, h, w].into(), a), Tensor::from_gpu([n, cb, h, w].into(), b)))
+        }
     }
 }
 
@@ -88,7 +100,10 @@ pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
             kernels::add_channel_bias(x.cpu_slice::<T>()?, bias.cpu_slice::<T>()?, h * w, &mut y);
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(g) => {
+            let y = launch::layout::add_channel_bias(g.device(), g, gpu_of(OP, bias)?, n * c, h * w)?;
+            Ok(Tensor::from_gpu(x.shape().clone(), y))
+        }
     }
 }
 
@@ -102,6 +117,8 @@ pub fn channel_bias_backward(dy: &Tensor) -> Result<Tensor> {
             kernels::channel_bias_backward(dy.cpu_slice::<T>()?, h * w, &mut db);
             Ok(Tensor::from_cpu([n, c].into(), db))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(g) => {
+            Ok(Tensor::from_gpu([n, c].into(), launch::layout::channel_bias_backward(g.device(), g, n * c, h * w)?))
+        }
     }
 }

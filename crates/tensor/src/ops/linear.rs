@@ -1,9 +1,9 @@
 //! Fully connected layer, forward and backward: `y = x w^T + b` with
 //! `x` [N, In], `w` [Out, In] (PyTorch's layout), `b` [Out].
 
-use super::check_same;
+use super::{check_same, gpu_of};
 use crate::cpu::linear::LinearDims;
-use crate::gpu::not_built;
+use crate::gpu::launch;
 use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
 
 #[derive(Clone, Debug)]
@@ -44,7 +44,14 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tens
             cpu::linear::linear_forward(x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, bias, d, &mut y);
             Ok(Tensor::from_cpu(Shape::new([d.n, d.d_out]), y))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(xs) => {
+            let bias = match b {
+                Some(b) => Some(gpu_of(OP, b)?),
+                None => None,
+            };
+            let y = launch::linear::linear_forward(xs.device(), xs, gpu_of(OP, w)?, bias, d)?;
+            Ok(Tensor::from_gpu(Shape::new([d.n, d.d_out]), y))
+        }
     }
 }
 
@@ -76,6 +83,13 @@ pub fn linear_backward(dy: &Tensor, x: &Tensor, w: &Tensor) -> Result<LinearGrad
                 db: Tensor::from_cpu(Shape::new([d.d_out]), db),
             })
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(xs) => {
+            let (dx, dw, db) = launch::linear::linear_backward(xs.device(), gpu_of(OP, dy)?, xs, gpu_of(OP, w)?, d)?;
+            Ok(LinearGrads {
+                dx: Tensor::from_gpu(x.shape().clone(), dx),
+                dw: Tensor::from_gpu(w.shape().clone(), dw),
+                db: Tensor::from_gpu(Shape::new([d.d_out]), db),
+            })
+        }
     }
 }

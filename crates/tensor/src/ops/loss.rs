@@ -1,8 +1,8 @@
 //! The DDPM loss: mean squared error between predicted and true noise.
 
-use super::{check_same, check_same_shape};
+use super::{check_same, check_same_shape, gpu_of};
 use crate::cpu::loss as kernels;
-use crate::gpu::not_built;
+use crate::gpu::launch;
 use crate::{with_element, Element, Result, Storage, Tensor, TensorError};
 
 /// [1] = mean((pred - target)^2), accumulated in f64 in a fixed order.
@@ -14,7 +14,10 @@ pub fn mse_loss_forward(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
             let loss = kernels::mse_loss_forward(pred.cpu_slice::<T>()?, target.cpu_slice::<T>()?);
             Ok(Tensor::from_cpu([1].into(), vec![T::from_f64(loss)]))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(g) => {
+            let loss = launch::loss::mse_loss_forward(g.device(), g, gpu_of(OP, target)?)?;
+            Ok(Tensor::from_gpu([1].into(), loss))
+        }
     }
 }
 
@@ -28,7 +31,10 @@ pub fn mse_loss_backward(pred: &Tensor, target: &Tensor, dloss: f64) -> Result<T
             kernels::mse_loss_backward(pred.cpu_slice::<T>()?, target.cpu_slice::<T>()?, dloss, &mut dpred);
             Ok(Tensor::from_cpu(pred.shape().clone(), dpred))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(g) => {
+            let dpred = launch::loss::mse_loss_backward(g.device(), g, gpu_of(OP, target)?, dloss)?;
+            Ok(Tensor::from_gpu(pred.shape().clone(), dpred))
+        }
     }
 }
 

@@ -30,7 +30,8 @@ pub use attention::*;
 pub use group_norm::*;
 pub use linear::*;
 
-use crate::{Result, Tensor, TensorError};
+use crate::gpu::GpuStorage;
+use crate::{Result, Storage, Tensor, TensorError};
 
 /// Error unless every tensor shares the first one's device and dtype.
 pub(crate) fn check_same(op: &'static str, ts: &[&Tensor]) -> Result<()> {
@@ -54,4 +55,30 @@ pub(crate) fn check_same_shape(op: &'static str, a: &Tensor, b: &Tensor) -> Resu
         return Err(TensorError::shape(op, format!("{} (the first operand's shape)", a.shape()), b.shape()));
     }
     Ok(())
+}
+
+/// The GPU buffer of an operand of a GPU op. Callers have checked (with
+/// `check_same`) that it shares the first operand's device, so this fails
+/// only for a host tensor passed where that check does not apply.
+pub(crate) fn gpu_of<'a>(op: &'static str, t: &'a Tensor) -> Result<&'a GpuStorage> {
+    match t.storage() {
+        Storage::Gpu(g) => Ok(g),
+        Storage::Cpu(_) => Err(TensorError::Unsupported {
+            op,
+            device: "cpu".into(),
+            why: "every operand of a GPU op must live on that GPU".into(),
+        }),
+    }
+}
+
+/// The GPU buffer of the output operand of an in-place GPU op.
+pub(crate) fn gpu_of_mut<'a>(op: &'static str, t: &'a mut Tensor) -> Result<&'a mut GpuStorage> {
+    match t.storage_mut() {
+        Storage::Gpu(g) => Ok(g),
+        Storage::Cpu(_) => Err(TensorError::Unsupported {
+            op,
+            device: "cpu".into(),
+            why: "every operand of a GPU op must live on that GPU".into(),
+        }),
+    }
 }

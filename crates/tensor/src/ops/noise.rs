@@ -1,9 +1,9 @@
 //! The forward diffusion (noising) step of DDPM training:
 //! x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps with eps drawn from Philox.
 
-use super::check_same;
+use super::{check_same, gpu_of};
 use crate::cpu::noise as kernels;
-use crate::gpu::not_built;
+use crate::gpu::launch;
 use crate::{with_element, Result, Storage, Tensor, TensorError};
 
 /// The noised batch and the noise it was made with (the training target).
@@ -42,7 +42,14 @@ pub fn noise_add(
                 eps: Tensor::from_cpu(x0.shape().clone(), eps),
             })
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(g) => {
+            let (a, b) = (gpu_of(OP, sqrt_abar)?, gpu_of(OP, sqrt_one_minus_abar)?);
+            let (x_t, eps) = launch::noise::noise_add(g.device(), g, a, b, per_sample, seed, step, stream)?;
+            Ok(NoiseAddOutput {
+                x_t: Tensor::from_gpu(x0.shape().clone(), x_t),
+                eps: Tensor::from_gpu(x0.shape().clone(), eps),
+            })
+        }
     }
 }
 
@@ -59,7 +66,10 @@ pub fn noise_add_backward(dx_t: &Tensor, sqrt_abar: &Tensor) -> Result<Tensor> {
             kernels::noise_add_backward(dx_t.cpu_slice::<T>()?, sqrt_abar.cpu_slice::<T>()?, per_sample, &mut dx0);
             Ok(Tensor::from_cpu(dx_t.shape().clone(), dx0))
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(g) => {
+            let dx0 = launch::noise::noise_add_backward(g.device(), g, gpu_of(OP, sqrt_abar)?, per_sample)?;
+            Ok(Tensor::from_gpu(dx_t.shape().clone(), dx0))
+        }
     }
 }
 

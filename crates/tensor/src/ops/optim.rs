@@ -1,9 +1,9 @@
 //! Optimiser ops, all in place: AdamW (PyTorch semantics), the EMA of the
 //! weights, and the global gradient norm.
 
-use super::{check_same, check_same_shape};
+use super::{check_same, check_same_shape, gpu_of, gpu_of_mut};
 use crate::cpu::optim as kernels;
-use crate::gpu::not_built;
+use crate::gpu::{launch, GpuDevice, GpuStorage};
 use crate::{with_element, Result, Storage, Tensor, TensorError};
 
 /// AdamW hyper-parameters (PyTorch names and meaning).
@@ -65,7 +65,12 @@ pub fn adamw_step(
             kernels::adamw_step(param.cpu_slice_mut::<T>()?, g, m, v, &c);
             Ok(())
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(g) => {
+            let dev = g.device().clone();
+            let gs = gpu_of(OP, grad)?;
+            let (ms, vs) = (gpu_of_mut(OP, m)?, gpu_of_mut(OP, v)?);
+            launch::optim::adamw_step(&dev, gpu_of_mut(OP, param)?, gs, ms, vs, &c)
+        }
     }
 }
 
@@ -82,19 +87,45 @@ pub fn ema_update(ema: &mut Tensor, param: &Tensor, decay: f64) -> Result<()> {
             kernels::ema_update(ema.cpu_slice_mut::<T>()?, param.cpu_slice::<T>()?, decay);
             Ok(())
         }),
-        Storage::Gpu(g) => Err(not_built(OP, g.device())),
+        Storage::Gpu(g) => {
+            let dev = g.device().clone();
+            let ps = gpu_of(OP, param)?;
+            launch::optim::ema_update(&dev, gpu_of_mut(OP, ema)?, ps, decay)
+        }
     }
 }
 
 /// sqrt of the sum of squares of every element of every tensor, in f64,
 /// tensors summed in the order given (0 for no tensors). Dtypes may differ.
+/// Consecutive GPU tensors on one device are summed in one launch
+/// (`launch::optim::sum_squares`); runs are added in the order given.
 pub fn global_l2_norm(grads: &[&Tensor]) -> Result<f64> {
     let mut sum = 0.0f64;
+    // the current run of GPU tensors on one device, not yet summed
+    let mut run: Vec<&GpuStorage> = Vec::new();
+    let mut run_dev: Option<GpuDevice> = None;
     for t in grads {
-        sum += match t.storage() {
-            Storage::Cpu(s) => with_element!(s.dtype(), T, { kernels::sum_squares(t.cpu_slice::<T>()?) }),
-            Storage::Gpu(g) => return Err(not_built("global_l2_norm", g.device())),
-        };
+        match t.storage() {
+            Storage::Cpu(s) => {
+                if let Some(dev) = run_dev.take() {
+                    sum += launch::optim::sum_squares(&dev, &run)?;
+                    run.clear();
+                }
+                sum += with_element!(s.dtype(), T, { kernels::sum_squares(t.cpu_slice::<T>()?) });
+            }
+            Storage::Gpu(g) => {
+                if run_dev.as_ref().is_some_and(|d| !d.same(g.device())) {
+                    let dev = run_dev.take().expect("checked above");
+                    sum += launch::optim::sum_squares(&dev, &run)?;
+                    run.clear();
+                }
+                run_dev.get_or_insert_with(|| g.device().clone());
+                run.push(g);
+            }
+        }
+    }
+    if let Some(dev) = run_dev {
+        sum += launch::optim::sum_squares(&dev, &run)?;
     }
     Ok(sum.sqrt())
 }

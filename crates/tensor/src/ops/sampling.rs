@@ -1,8 +1,8 @@
 //! Per-sample scaling (diffusion targets with one timestep per image) and
 //! clamping (the samplers' x0 clipping).
 
-use super::check_same;
-use crate::gpu::not_built;
+use super::{check_same, gpu_of};
+use crate::gpu::launch;
 use crate::{cpu, with_element, Element, Result, Storage, Tensor, TensorError};
 
 /// y[n] = x[n] * s[n] for every sample n of x ([N, ...]), s of shape [N].
@@ -20,7 +20,16 @@ pub fn scale_per_sample(x: &Tensor, s: &Tensor) -> Result<Tensor> {
             }
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),
-        Storage::Gpu(g) => Err(not_built("scale_per_sample", g.device())),
+        Storage::Gpu(g) => {
+            // no samples (a rank-0 x with an empty s): zeros, as the CPU leaves them
+            let y = if n == 0 {
+                g.device().zeros_f32(x.numel())?
+            } else {
+                let per_sample = x.numel() / n;
+                launch::sampling::scale_per_sample(g.device(), g, gpu_of("scale_per_sample", s)?, per_sample)?
+            };
+            Ok(Tensor::from_gpu(x.shape().clone(), y))
+        }
     }
 }
 
@@ -35,6 +44,6 @@ pub fn clamp(x: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
             cpu::sampling::clamp(x.cpu_slice::<T>()?, T::from_f64(lo), T::from_f64(hi), &mut y);
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),
-        Storage::Gpu(g) => Err(not_built("clamp", g.device())),
+        Storage::Gpu(g) => Ok(Tensor::from_gpu(x.shape().clone(), launch::sampling::clamp(g.device(), g, lo, hi)?)),
     }
 }
