@@ -19,6 +19,8 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Generate images from a checkpoint with DDPM or DDIM.
     Sample(cli::sample::SampleArgs),
+    /// Denoising quality of a checkpoint on held-out images (MSE, PSNR, SSIM).
+    Eval(cli::eval::EvalArgs),
     /// Show devices (CPU, CUDA, emulator) or a model config's parameter count.
     Info(cli::info::InfoArgs),
     /// Check one training step against a PyTorch test-vector file.
@@ -30,6 +32,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(a) => cli::train::run(a),
         Command::Sample(a) => cli::sample::run(a),
+        Command::Eval(a) => cli::eval::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::VerifyStep(a) => cli::verify::run(a),
     };

@@ -246,3 +246,22 @@ fn verify_step_passes_on_both_test_vector_files() {
         assert_eq!(v["pass"], true);
     }
 }
+
+#[test]
+fn eval_reports_denoising_metrics_per_timestep() {
+    let d = tmp();
+    let run = d.path().join("run");
+    train(&run, 2, &["--checkpoint-every", "2"]);
+    let out = ok(&["eval", "--device", "cpu", "--checkpoint", &s(&run), "--n", "10", "--t", "10,900"]);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    for l in &lines {
+        for k in ["loss", "x0_mse", "x0_psnr_db", "x0_ssim"] {
+            assert!(l[k].as_f64().unwrap().is_finite(), "{k} in {l}");
+        }
+    }
+    // Less noise must leave an easier reconstruction.
+    assert!(lines[0]["x0_mse"].as_f64() < lines[1]["x0_mse"].as_f64());
+    let err = fails(&["eval", "--device", "cpu", "--checkpoint", &s(&run), "--t", "1000"]);
+    assert!(err.contains("outside"), "{err}");
+}

@@ -1,6 +1,7 @@
 //! The `diffuse` command line: one module per subcommand.
 
 pub mod device;
+pub mod eval;
 pub mod info;
 pub mod progress;
 pub mod sample;
