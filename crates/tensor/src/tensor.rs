@@ -13,10 +13,6 @@ pub struct Tensor {
 }
 
 impl Tensor {
-    pub(crate) fn from_storage(shape: Shape, storage: Storage) -> Self {
-        Tensor { shape, storage }
-    }
-
     pub(crate) fn from_cpu<T: Element>(shape: Shape, data: Vec<T>) -> Self {
         debug_assert_eq!(shape.numel(), data.len());
         Tensor { shape, storage: Storage::Cpu(T::wrap(data)) }

@@ -9,7 +9,7 @@ pub mod emu;
 pub mod launch;
 pub mod sources;
 
-use crate::{Result, TensorError};
+use crate::Result;
 use std::fmt;
 use std::sync::Arc;
 
@@ -177,10 +177,6 @@ impl fmt::Debug for GpuStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "GpuStorage({} f32 on {}, {} bytes)", self.len, self.buf.device.name(), self.buf.bytes)
     }
-}
-
-pub(crate) fn not_built(op: &'static str, dev: &GpuDevice) -> TensorError {
-    TensorError::Unsupported { op, device: dev.name(), why: "no GPU kernel is wired for this op yet".into() }
 }
 
 impl GpuStorage {

@@ -22,11 +22,11 @@ pub fn scale_per_sample(x: &Tensor, s: &Tensor) -> Result<Tensor> {
         }),
         Storage::Gpu(g) => {
             // no samples (a rank-0 x with an empty s): zeros, as the CPU leaves them
-            let y = if n == 0 {
-                g.device().zeros_f32(x.numel())?
-            } else {
-                let per_sample = x.numel() / n;
-                launch::sampling::scale_per_sample(g.device(), g, gpu_of("scale_per_sample", s)?, per_sample)?
+            let y = match x.numel().checked_div(n) {
+                None => g.device().zeros_f32(x.numel())?,
+                Some(per_sample) => {
+                    launch::sampling::scale_per_sample(g.device(), g, gpu_of("scale_per_sample", s)?, per_sample)?
+                }
             };
             Ok(Tensor::from_gpu(x.shape().clone(), y))
         }
