@@ -237,13 +237,15 @@ fn info_prints_parameter_counts() {
 }
 
 #[test]
-fn verify_step_passes_on_both_test_vector_files() {
-    for f in ["unet_tiny_step.safetensors", "unet_mnist_step.safetensors"] {
-        let path = format!("tests/data/testvectors/{f}");
-        let out = ok(&["verify-step", &path, "--device", "cpu"]);
-        println!("{}", out.trim());
-        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-        assert_eq!(v["pass"], true);
+fn verify_step_passes_on_both_test_vector_files_on_cpu_and_emulator() {
+    for device in ["cpu", "emu"] {
+        for f in ["unet_tiny_step.safetensors", "unet_mnist_step.safetensors"] {
+            let path = format!("tests/data/testvectors/{f}");
+            let out = ok(&["verify-step", &path, "--device", device]);
+            eprintln!("{}", out.trim());
+            let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+            assert_eq!(v["pass"], true);
+        }
     }
 }
 

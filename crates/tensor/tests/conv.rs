@@ -409,3 +409,23 @@ fn invalid_shapes_and_params_are_errors() {
     // Backward bias: rank.
     assert!(err(ops::conv2d_backward_bias(&t32(&[0.0; 8], &[2, 4]))).contains("rank-4"));
 }
+
+/// Found by CI's proptest run: a kernel tap that only ever sees the right
+/// padding (kw 4 over a 2-wide input padded by 2) made col2im slice past the
+/// row. Backward data must return the adjoint, not panic.
+#[test]
+fn taps_that_only_see_padding_are_handled() {
+    let p = ops::Conv2dParams { stride: 1, pad_top: 0, pad_bottom: 1, pad_left: 0, pad_right: 2 };
+    let mut rng = TestRng::new(9);
+    let (x, w) = (rng.vec(2), rng.vec(4));
+    let xt = t64(&x, &[1, 1, 1, 2]);
+    let wt = t64(&w, &[1, 1, 1, 4]);
+    let y = ops::conv2d_forward(&xt, &wt, None, &p).unwrap();
+    let r = rng.vec(y.numel());
+    let rt = t64(&r, y.dims());
+    let dx = ops::conv2d_backward_data(&rt, &wt, xt.shape(), &p).unwrap();
+    let dw = ops::conv2d_backward_weight(&rt, &xt, wt.shape(), &p).unwrap();
+    let lhs = dot(&v64(&y), &r);
+    assert!((lhs - dot(&x, &v64(&dx))).abs() < 1e-12);
+    assert!((lhs - dot(&w, &v64(&dw))).abs() < 1e-12);
+}

@@ -329,6 +329,10 @@ fn scatter_shifted<T: Element>(
     dst: &mut [T],
 ) {
     let (rows, xs) = (shifted_range(qi, sh, ho), shifted_range(qj, sw, wo));
+    if rows.is_empty() || xs.is_empty() {
+        // This tap only ever saw padding: nothing flows back.
+        return;
+    }
     for oy in rows {
         let d0 = ((oy as isize + qi) as usize) * sw + (xs.start as isize + qj) as usize;
         let d = &mut dst[d0..d0 + xs.len()];
