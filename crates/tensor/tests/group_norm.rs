@@ -275,31 +275,6 @@ fn thread_check_outputs() -> Vec<Tensor> {
     vec![f.y, f.mean, f.rstd, d.dx, d.dgamma, d.dbeta]
 }
 
-/// Runs this binary's test `name` again in a child process with `threads`
-/// rayon threads and returns the hash it printed on its "bits: " line.
-fn bits_in_child(name: &str, threads: usize) -> String {
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = std::process::Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env("RAYON_NUM_THREADS", threads.to_string())
-        .env("DIFFUSE_BITS_CHILD", "1")
-        .output()
-        .expect("child test run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    // libtest prints the hash on the same line as the test's name.
-    let hash = stdout.lines().find_map(|l| l.split_once("bits: ").map(|(_, h)| h.trim().to_string()));
-    hash.unwrap_or_else(|| panic!("child printed no hash: {stdout}"))
-}
-
-/// FNV-1a over the f32 bits of some tensors.
-fn bits_hash(ts: &[&Tensor]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    for v in ts.iter().flat_map(|t| t.to_vec_f32().unwrap()) {
-        h = (h ^ u64::from(v.to_bits())).wrapping_mul(0x100_0000_01b3);
-    }
-    h
-}
-
 /// Same bits with 1 and with 3 rayon threads (each run in its own process,
 /// since a process's rayon pool is fixed once started).
 #[test]

@@ -71,15 +71,11 @@ impl Diffusion {
         let t = timesteps as f64;
         let betas: Vec<f64> = match schedule {
             Schedule::Linear => {
-                let (b0, b1) = (1e-4 * 1000.0 / t, 0.02 * 1000.0 / t);
-                let (b0, b1) = if timesteps == 1000 {
-                    (1e-4, 0.02)
-                } else {
-                    (b0, b1.min(0.999))
-                };
-                (0..timesteps)
-                    .map(|i| b0 + (b1 - b0) * i as f64 / (t - 1.0))
-                    .collect()
+                // 1e-4..0.02 at T = 1000, scaled by 1000/T for other T so
+                // the total noise stays comparable (Nichol & Dhariwal).
+                let scale = 1000.0 / t;
+                let (b0, b1) = (1e-4 * scale, (0.02 * scale).min(0.999));
+                (0..timesteps).map(|i| b0 + (b1 - b0) * i as f64 / (t - 1.0)).collect()
             }
             Schedule::Cosine => {
                 let f = |i: f64| {

@@ -107,8 +107,8 @@ pub fn sample(
     for (chunk, start) in (0..spec.n).step_by(spec.batch).enumerate() {
         let b = spec.batch.min(spec.n - start);
         let shape = [b, cfg.in_ch, cfg.image_size, cfg.image_size];
-        // Each chunk draws from its own seed so results do not depend on
-        // how many images are sampled at once... within a fixed batch size.
+        // Each chunk of `batch` images draws from its own seed, so the first
+        // images are the same whatever --n is (for a fixed --batch).
         let seed = spec.seed.wrapping_add(chunk as u64);
         let mut x = Tensor::randn(shape, seed, INIT_STREAM, DType::F32, &device)?;
         let keep = if chunk == 0 {

@@ -99,9 +99,8 @@ impl Trainer {
             cfg = TrainConfig { steps: steps.max(c.state.step), data, ..c.train_config.clone() };
         }
         if let (Start::FineTune(_), Some(c)) = (&start, &ckpt) {
-            if c.model_config() != &cfg.model {
-                cfg.model = c.model_config().clone();
-            }
+            // Fine-tuning keeps the checkpoint's architecture.
+            cfg.model = c.model_config().clone();
         }
         cfg.validate()?;
         let dataset = Dataset::open(&cfg.data, cfg.model.in_ch, cfg.model.image_size)?;
