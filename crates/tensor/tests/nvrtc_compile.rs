@@ -4,6 +4,15 @@
 //! see `scripts/cuda-env.sh`). Without libnvrtc the test prints why and
 //! passes, except under CI=true, where it fails.
 
+/// Writes to the real stderr, past libtest's capture, so the CI log shows
+/// the count and any skip reason.
+macro_rules! log {
+    ($($t:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr().lock(), $($t)*);
+    }};
+}
+
 use diffuse_tensor::gpu::cuda::{nvrtc_available, nvrtc_compile, nvrtc_version, NvrtcTarget};
 use diffuse_tensor::gpu::sources::KERNEL_FILES;
 
@@ -13,7 +22,7 @@ fn every_kernel_file_compiles_with_nvrtc() {
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("CI=true but NVRTC is unavailable: {why}");
         }
-        println!("skipped: NVRTC compile test: {why}");
+        log!("skipped: NVRTC compile test: {why}");
         return;
     }
     let (major, minor) = nvrtc_version().expect("nvrtcVersion");
@@ -39,7 +48,7 @@ fn every_kernel_file_compiles_with_nvrtc() {
         kernels += names.len();
     }
     assert!(failures.is_empty(), "NVRTC failures:\n{}", failures.join("\n\n"));
-    println!(
+    log!(
         "compiled {} kernel files ({kernels} kernels) for compute_80 and compute_90 with NVRTC {major}.{minor}",
         KERNEL_FILES.len()
     );
@@ -50,10 +59,10 @@ fn every_kernel_file_compiles_with_nvrtc() {
 #[test]
 fn cuda_probe_and_device_never_panic() {
     let line = diffuse_tensor::gpu::cuda::cuda_probe();
-    println!("{line}");
+    log!("{line}");
     assert!(line.starts_with("cuda: "));
     match diffuse_tensor::gpu::cuda::cuda_device(0) {
-        Ok(dev) => println!("opened {dev}"),
-        Err(e) => println!("no CUDA device: {e}"),
+        Ok(dev) => log!("opened {dev}"),
+        Err(e) => log!("no CUDA device: {e}"),
     }
 }
