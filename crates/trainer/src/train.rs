@@ -283,7 +283,7 @@ impl Trainer {
             last_loss = loss;
             images_since += self.cfg.batch_size * self.cfg.grad_accum;
             let done = self.step == self.cfg.steps;
-            if self.step % self.cfg.log_every.max(1) == 0 || done || self.step == 1 {
+            if self.step.is_multiple_of(self.cfg.log_every.max(1)) || done || self.step == 1 {
                 let secs = timer.elapsed().as_secs_f64();
                 let m = StepMetrics {
                     step: self.step,
@@ -301,13 +301,13 @@ impl Trainer {
                 image_io::save_loss_plot(&plot, &self.history, &PlotOptions::default())?;
                 obs.step(&m);
             }
-            if self.cfg.checkpoint_every > 0 && (self.step % self.cfg.checkpoint_every == 0 || done)
+            if self.cfg.checkpoint_every > 0 && (self.step.is_multiple_of(self.cfg.checkpoint_every) || done)
             {
                 let p = self.save_checkpoint()?;
                 obs.message(&format!("checkpoint {}", p.display()));
                 last_ckpt = Some(p);
             }
-            if self.cfg.sample_every > 0 && (self.step % self.cfg.sample_every == 0 || done) {
+            if self.cfg.sample_every > 0 && (self.step.is_multiple_of(self.cfg.sample_every) || done) {
                 let p = self.save_samples()?;
                 obs.message(&format!("samples {}", p.display()));
             }

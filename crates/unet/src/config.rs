@@ -118,7 +118,7 @@ impl UNetConfig {
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} is outside [0, 1)", self.dropout));
         }
-        if self.ch % 2 != 0 {
+        if !self.ch.is_multiple_of(2) {
             return bad(format!("ch {} must be even (the sinusoidal embedding has ch/2 frequencies)", self.ch));
         }
         if self.ch < 4 {
@@ -126,7 +126,7 @@ impl UNetConfig {
         }
         for m in &self.ch_mult {
             let c = self.ch * m;
-            if c % self.groups != 0 {
+            if !c.is_multiple_of(self.groups) {
                 return bad(format!("groups {} does not divide the channel count {} (ch {} x mult {})", self.groups, c, self.ch, m));
             }
         }

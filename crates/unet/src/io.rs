@@ -66,8 +66,11 @@ pub fn tensor_bytes(t: &Tensor) -> Result<Vec<u8>> {
     Ok(t.to_vec_f32()?.iter().flat_map(|x| x.to_le_bytes()).collect())
 }
 
-/// Serialises named tensors (each `(name, shape, le f32 bytes)`) with metadata.
-pub fn serialize(tensors: &[(String, Vec<usize>, Vec<u8>)], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+/// One tensor to serialise: name, shape, little-endian f32 bytes.
+pub type Entry = (String, Vec<usize>, Vec<u8>);
+
+/// Serialises named tensors with metadata.
+pub fn serialize(tensors: &[Entry], metadata: HashMap<String, String>) -> Result<Vec<u8>> {
     let views = tensors
         .iter()
         .map(|(n, s, b)| {
@@ -78,7 +81,7 @@ pub fn serialize(tensors: &[(String, Vec<usize>, Vec<u8>)], metadata: HashMap<St
 }
 
 /// The parameters of `store` as `(prefix + name, shape, bytes)` entries.
-pub fn param_entries(store: &ParamStore, prefix: &str) -> Result<Vec<(String, Vec<usize>, Vec<u8>)>> {
+pub fn param_entries(store: &ParamStore, prefix: &str) -> Result<Vec<Entry>> {
     store.iter().map(|(n, t)| Ok((format!("{prefix}{n}"), t.dims().to_vec(), tensor_bytes(t)?))).collect()
 }
 
