@@ -48,6 +48,20 @@ fn bench_elementwise(c: &mut Criterion) {
     g.finish();
 }
 
+/// What the diffusion targets and the samplers add: per-image scaling and
+/// the x0 clamp, at an MNIST batch.
+fn bench_sampling(c: &mut Criterion) {
+    let x = randn(&[64, 1, 28, 28], 3);
+    let s = randn(&[64], 4);
+    let n = x.numel() as u64;
+    let mut g = group(c, "sampling B64x1x28x28", 2 * n * F32);
+    g.bench_function("scale_per_sample", |bch| {
+        bch.iter(|| ops::scale_per_sample(black_box(&x), black_box(&s)).expect("scale_per_sample"))
+    });
+    g.bench_function("clamp", |bch| bch.iter(|| ops::clamp(black_box(&x), -1.0, 1.0).expect("clamp")));
+    g.finish();
+}
+
 fn bench_layout(c: &mut Criterion) {
     let x = randn(&[64, 64, 7, 7], 1);
     let dy = randn(&[64, 64, 14, 14], 2);
@@ -127,5 +141,5 @@ fn bench_optim(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_elementwise, bench_layout, bench_noise_loss_dropout, bench_optim);
+criterion_group!(benches, bench_elementwise, bench_sampling, bench_layout, bench_noise_loss_dropout, bench_optim);
 criterion_main!(benches);

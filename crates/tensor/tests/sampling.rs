@@ -28,6 +28,16 @@ proptest! {
     }
 
     #[test]
+    fn scale_per_sample_gradients_match_finite_differences(n in awkward(4), per in awkward(6), seed in any::<u64>()) {
+        let mut rng = TestRng::new(seed);
+        let (x, s, r) = (rng.vec(n * per), rng.vec(n), rng.vec(n * per));
+        // L = <scale_per_sample(x, s), r>; dL/dx = scale_per_sample(r, s).
+        let dx = v64(&ops::scale_per_sample(&t64(&r, &[n, per]), &t64(&s, &[n])).unwrap());
+        let fd = fd_grad(&x, 1e-5, |x| dot(&v64(&ops::scale_per_sample(&t64(x, &[n, per]), &t64(&s, &[n])).unwrap()), &r));
+        assert_close("scale_per_sample d/dx vs finite differences", &dx, &fd, 1e-6);
+    }
+
+    #[test]
     fn clamp_matches_oracle(n in awkward(200), seed in any::<u64>()) {
         let x = TestRng::new(seed).vec_in(n, -3.0, 3.0);
         let y = ops::clamp(&t32(&x, &[n]), -1.0, 1.0).unwrap();
