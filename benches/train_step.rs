@@ -20,7 +20,8 @@ fn bench_config(c: &mut Criterion, name: &str, cfg: UNetConfig, batch: usize) {
     let mut model = UNet::new(cfg.clone(), 0, DType::F32, &Device::Cpu).unwrap();
     let (x, t, noise) = inputs(&cfg, batch);
     let hyper = AdamWParams { lr: 2e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 };
-    let mut m: Vec<Tensor> = model.params.iter().map(|(_, p)| Tensor::zeros(p.dims().to_vec(), DType::F32, &Device::Cpu).unwrap()).collect();
+    let mut m: Vec<Tensor> =
+        model.params.iter().map(|(_, p)| Tensor::zeros(p.dims().to_vec(), DType::F32, &Device::Cpu).unwrap()).collect();
     let mut v = m.clone();
     let mut step = 0u64;
     let mut g = c.benchmark_group(name);

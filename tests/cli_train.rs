@@ -38,7 +38,8 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
-const FAST: &[&str] = &["--config", "tiny-mnist", "--device", "cpu", "--batch-size", "8", "--sample-every", "0", "--log-every", "1"];
+const FAST: &[&str] =
+    &["--config", "tiny-mnist", "--device", "cpu", "--batch-size", "8", "--sample-every", "0", "--log-every", "1"];
 
 fn train(out: &Path, steps: u64, extra: &[&str]) -> String {
     let steps = steps.to_string();
@@ -91,7 +92,8 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     ok(&args);
     let a = std::fs::read(newest_checkpoint(&straight)).unwrap();
     let b = std::fs::read(newest_checkpoint(&split)).unwrap();
-    let (ta, tb) = (safetensors::SafeTensors::deserialize(&a).unwrap(), safetensors::SafeTensors::deserialize(&b).unwrap());
+    let (ta, tb) =
+        (safetensors::SafeTensors::deserialize(&a).unwrap(), safetensors::SafeTensors::deserialize(&b).unwrap());
     let mut names = ta.names();
     names.sort();
     assert!(names.len() > 100);
@@ -118,7 +120,8 @@ fn short_training_then_sampling_writes_finite_images_in_unit_range() {
         let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
         let header = String::from_utf8_lossy(&bytes[10..10 + header_len]);
         assert!(header.contains("'shape': (6, 1, 28, 28)"), "{header}");
-        let vals: Vec<f32> = bytes[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let vals: Vec<f32> =
+            bytes[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         assert_eq!(vals.len(), 6 * 28 * 28);
         assert!(vals.iter().all(|v| v.is_finite() && (0.0..=1.0).contains(v)));
         assert!(png.is_file() && traj.is_file());
@@ -132,7 +135,23 @@ fn ddpm_sampling_runs_on_a_short_schedule() {
     train(&run, 2, &["--checkpoint-every", "2", "--timesteps", "20"]);
     let npy = d.path().join("d.npy");
     for v in ["large", "small"] {
-        ok(&["sample", "--device", "cpu", "--checkpoint", &s(&run), "--n", "3", "--sampler", "ddpm", "--variance", v, "--out", &s(&d.path().join("d.png")), "--npy", &s(&npy)]);
+        ok(&[
+            "sample",
+            "--device",
+            "cpu",
+            "--checkpoint",
+            &s(&run),
+            "--n",
+            "3",
+            "--sampler",
+            "ddpm",
+            "--variance",
+            v,
+            "--out",
+            &s(&d.path().join("d.png")),
+            "--npy",
+            &s(&npy),
+        ]);
     }
 }
 
@@ -143,7 +162,23 @@ fn ddim_with_eta_zero_and_the_same_seed_is_deterministic() {
     train(&run, 2, &["--checkpoint-every", "2"]);
     let read = |name: &str, seed: &str| {
         let npy = d.path().join(name);
-        ok(&["sample", "--device", "cpu", "--checkpoint", &s(&run), "--n", "4", "--steps", "4", "--seed", seed, "--out", &s(&d.path().join("x.png")), "--npy", &s(&npy)]);
+        ok(&[
+            "sample",
+            "--device",
+            "cpu",
+            "--checkpoint",
+            &s(&run),
+            "--n",
+            "4",
+            "--steps",
+            "4",
+            "--seed",
+            seed,
+            "--out",
+            &s(&d.path().join("x.png")),
+            "--npy",
+            &s(&npy),
+        ]);
         std::fs::read(npy).unwrap()
     };
     assert_eq!(read("a.npy", "5"), read("b.npy", "5"));
@@ -203,7 +238,8 @@ fn bad_checkpoints_give_clear_errors() {
     let out = s(&d.path().join("x.png"));
     let err = fails(&["sample", "--device", "cpu", "--checkpoint", &s(&truncated), "--out", &out]);
     assert!(err.contains("truncated") || err.contains("corrupt"), "{err}");
-    let foreign = s(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/testvectors/unet_tiny_step.safetensors"));
+    let foreign =
+        s(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/testvectors/unet_tiny_step.safetensors"));
     let err = fails(&["sample", "--device", "cpu", "--checkpoint", &foreign, "--out", &out]);
     assert!(err.contains("not a diffuse checkpoint"), "{err}");
     let err = fails(&["train", "--resume", &s(&truncated), "--device", "cpu"]);
@@ -220,9 +256,22 @@ fn a_config_that_does_not_fit_the_data_is_refused() {
     train(&run, 1, &["--checkpoint-every", "1"]);
     let err = fails(&["train", "--config", "tiny-mnist", "--device", "cpu", "--steps", "1", "--out", &s(&run)]);
     assert!(err.contains("already holds a run"), "{err}");
-    let err = fails(&["train", "--config", "cifar10", "--device", "cpu", "--steps", "1", "--out", &s(&d.path().join("r"))]);
+    let err =
+        fails(&["train", "--config", "cifar10", "--device", "cpu", "--steps", "1", "--out", &s(&d.path().join("r"))]);
     assert!(err.contains("expects"), "{err}");
-    let err = fails(&["train", "--config", "tiny-mnist", "--device", "cpu", "--steps", "1", "--batch-size", "0", "--out", &s(&d.path().join("r"))]);
+    let err = fails(&[
+        "train",
+        "--config",
+        "tiny-mnist",
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--batch-size",
+        "0",
+        "--out",
+        &s(&d.path().join("r")),
+    ]);
     assert!(err.contains("batch size"), "{err}");
     let err = fails(&["train", "--config", "nosuch", "--device", "cpu"]);
     assert!(err.contains("neither a preset"), "{err}");

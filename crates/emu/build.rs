@@ -52,13 +52,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CXX");
     println!("cargo:rerun-if-env-changed=DIFFUSE_EMU_CXXFLAGS");
-    for d in [
-        &kernels_dir,
-        &test_kernels_dir,
-        &shim_dir,
-        &shim_dir.join("include"),
-        &src_dir,
-    ] {
+    for d in [&kernels_dir, &test_kernels_dir, &shim_dir, &shim_dir.join("include"), &src_dir] {
         println!("cargo:rerun-if-changed={}", d.display());
         for f in list(d, &["cu", "cuh", "h", "cc"]) {
             println!("cargo:rerun-if-changed={}", f.display());
@@ -68,15 +62,11 @@ fn main() {
     // ---- scan
     let mut files = Vec::new();
     let mut shared_names = BTreeSet::new();
-    for (dir, prefix) in [
-        (&kernels_dir, "kernels"),
-        (&test_kernels_dir, "crates/emu/tests/kernels"),
-    ] {
+    for (dir, prefix) in [(&kernels_dir, "kernels"), (&test_kernels_dir, "crates/emu/tests/kernels")] {
         let first = files.len();
         let mut header_static_shared = false;
         for f in list(dir, &["cu", "cuh"]) {
-            let text =
-                fs::read_to_string(&f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display()));
+            let text = fs::read_to_string(&f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display()));
             let toks = tokenize(&strip_comments(&text));
             shared_names.extend(scan_extern_shared(&toks));
             let static_shared = has_static_shared(&toks);
@@ -101,10 +91,7 @@ fn main() {
     for f in &files {
         for k in &f.kernels {
             if let Some(other) = seen.insert(k.name.clone(), f.display.clone()) {
-                panic!(
-                    "CUDA emulator: kernel `{}` is defined in both {} and {}",
-                    k.name, other, f.display
-                );
+                panic!("CUDA emulator: kernel `{}` is defined in both {} and {}", k.name, other, f.display);
             }
         }
     }
@@ -162,13 +149,7 @@ fn main() {
 
     // Objects are cached by a hash of everything that goes into them.
     let mut common_hash = std::collections::hash_map::DefaultHasher::new();
-    for d in [
-        &kernels_dir,
-        &test_kernels_dir,
-        &shim_dir,
-        &shim_dir.join("include"),
-        &src_dir,
-    ] {
+    for d in [&kernels_dir, &test_kernels_dir, &shim_dir, &shim_dir.join("include"), &src_dir] {
         for f in list(d, &["cuh", "h"]) {
             f.hash(&mut common_hash);
             fs::read(&f).unwrap_or_default().hash(&mut common_hash);
@@ -192,12 +173,7 @@ fn main() {
         add_job(&kernel_tool, w, display.clone(), &[&f.path]);
     }
     add_job(&runtime_tool, &registry, "generated registry".into(), &[]);
-    add_job(
-        &runtime_tool,
-        &src_dir.join("runtime.cc"),
-        "crates/emu/src/runtime.cc".into(),
-        &[],
-    );
+    add_job(&runtime_tool, &src_dir.join("runtime.cc"), "crates/emu/src/runtime.cc".into(), &[]);
     let objs: Vec<PathBuf> = jobs.iter().map(|j| j.2.clone()).collect();
     compile_all(jobs);
 
@@ -212,9 +188,7 @@ fn main() {
         "-lpthread",
         "-ldl",
     ]);
-    let o = cmd
-        .output()
-        .expect("running the C++ compiler to link the emulator");
+    let o = cmd.output().expect("running the C++ compiler to link the emulator");
     if !o.status.success() {
         panic!(
             "CUDA emulator: linking {} failed:\n{}{}",
@@ -225,10 +199,7 @@ fn main() {
     }
     println!("cargo:rustc-env=DIFFUSE_EMU_SO={}", so.display());
     let names: Vec<&str> = files.iter().map(|f| f.display.as_str()).collect();
-    println!(
-        "cargo:rustc-env=DIFFUSE_EMU_KERNEL_FILES={}",
-        names.join(",")
-    );
+    println!("cargo:rustc-env=DIFFUSE_EMU_KERNEL_FILES={}", names.join(","));
 }
 
 fn list(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {
@@ -250,11 +221,7 @@ fn write_if_changed(path: &Path, text: &str) {
 }
 
 fn compile_all(jobs: Vec<(cc::Tool, PathBuf, PathBuf, String)>) {
-    let n = env::var("NUM_JOBS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(2usize)
-        .max(1);
+    let n = env::var("NUM_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(2usize).max(1);
     let queue = Arc::new(Mutex::new(jobs));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let threads: Vec<_> = (0..n)
@@ -282,10 +249,7 @@ fn compile_all(jobs: Vec<(cc::Tool, PathBuf, PathBuf, String)>) {
                         String::from_utf8_lossy(&o.stdout),
                         String::from_utf8_lossy(&o.stderr)
                     )),
-                    Err(e) => failures
-                        .lock()
-                        .unwrap()
-                        .push(format!("{what}: cannot run {:?}: {e}", tool.path())),
+                    Err(e) => failures.lock().unwrap().push(format!("{what}: cannot run {:?}: {e}", tool.path())),
                 }
             })
         })
@@ -300,11 +264,7 @@ fn compile_all(jobs: Vec<(cc::Tool, PathBuf, PathBuf, String)>) {
                 println!("cargo:warning={line}");
             }
         }
-        panic!(
-            "CUDA emulator: {} file(s) failed to compile:\n\n{}",
-            f.len(),
-            f.join("\n\n")
-        );
+        panic!("CUDA emulator: {} file(s) failed to compile:\n\n{}", f.len(), f.join("\n\n"));
     }
 }
 
@@ -340,8 +300,7 @@ fn strip_comments(s: &str) -> String {
             out.push_str(&s[start..i.min(b.len())]);
         } else if b[i] == b'#' {
             // preprocessor line (with continuations): not declarations
-            let at_line_start =
-                out.trim_end_matches([' ', '\t']).ends_with('\n') || out.trim().is_empty();
+            let at_line_start = out.trim_end_matches([' ', '\t']).ends_with('\n') || out.trim().is_empty();
             if at_line_start {
                 while i < b.len() && b[i] != b'\n' {
                     if b[i] == b'\\' && i + 1 < b.len() && b[i + 1] == b'\n' {
@@ -438,9 +397,7 @@ fn scan_kernels(toks: &[Tok], file: &Path) -> Vec<Kernel> {
     while i < toks.len() {
         match &toks[i] {
             Tok::Punct('{') => {
-                let ext_c = i >= 2
-                    && is_ident(&toks[i - 2], "extern")
-                    && toks[i - 1] == Tok::Str("C".into());
+                let ext_c = i >= 2 && is_ident(&toks[i - 2], "extern") && toks[i - 1] == Tok::Str("C".into());
                 braces.push(ext_c);
                 decl_start = i + 1;
             }
@@ -452,10 +409,8 @@ fn scan_kernels(toks: &[Tok], file: &Path) -> Vec<Kernel> {
             Tok::Ident(x) if x == "__global__" => {
                 let decl = &toks[decl_start..i];
                 let in_c_block = braces.iter().any(|b| *b);
-                let extern_c = in_c_block
-                    || decl
-                        .windows(2)
-                        .any(|w| is_ident(&w[0], "extern") && w[1] == Tok::Str("C".into()));
+                let extern_c =
+                    in_c_block || decl.windows(2).any(|w| is_ident(&w[0], "extern") && w[1] == Tok::Str("C".into()));
                 let templated = decl.iter().any(|t| is_ident(t, "template"));
                 // find `NAME (` after the return type, skipping attributes
                 let mut j = i + 1;
@@ -463,11 +418,7 @@ fn scan_kernels(toks: &[Tok], file: &Path) -> Vec<Kernel> {
                 let mut ret_void = false;
                 while j < toks.len() {
                     match &toks[j] {
-                        Tok::Ident(x)
-                            if x == "__launch_bounds__"
-                                || x == "__attribute__"
-                                || x == "__maxnreg__" =>
-                        {
+                        Tok::Ident(x) if x == "__launch_bounds__" || x == "__attribute__" || x == "__maxnreg__" => {
                             j = skip_parens(toks, j + 1);
                             continue;
                         }
@@ -494,11 +445,7 @@ fn scan_kernels(toks: &[Tok], file: &Path) -> Vec<Kernel> {
                     );
                 } else if !out.iter().any(|k| k.name == name) {
                     let inner = &toks[open + 1..close - 1];
-                    out.push(Kernel {
-                        params: render(inner),
-                        param_names: param_names(inner),
-                        name,
-                    });
+                    out.push(Kernel { params: render(inner), param_names: param_names(inner), name });
                 }
                 i = close;
                 continue;
@@ -538,9 +485,7 @@ fn param_names(toks: &[Tok]) -> Vec<String> {
         let is_void = cur.len() == 1 && is_ident(cur[0], "void");
         if !cur.is_empty() && !is_void {
             let name = cur.iter().rev().find_map(|t| match t {
-                Tok::Ident(x) if !matches!(x.as_str(), "__restrict__" | "const" | "volatile") => {
-                    Some(x.clone())
-                }
+                Tok::Ident(x) if !matches!(x.as_str(), "__restrict__" | "const" | "volatile") => Some(x.clone()),
                 _ => None,
             });
             names.push(name.unwrap_or_else(|| format!("arg{}", names.len())));
@@ -567,9 +512,7 @@ fn param_names(toks: &[Tok]) -> Vec<String> {
 
 /// Any `__shared__` not right after `extern`.
 fn has_static_shared(toks: &[Tok]) -> bool {
-    toks.iter()
-        .enumerate()
-        .any(|(i, t)| is_ident(t, "__shared__") && !(i > 0 && is_ident(&toks[i - 1], "extern")))
+    toks.iter().enumerate().any(|(i, t)| is_ident(t, "__shared__") && !(i > 0 && is_ident(&toks[i - 1], "extern")))
 }
 
 fn scan_extern_shared(toks: &[Tok]) -> Vec<String> {
@@ -616,11 +559,7 @@ fn c_str(s: &str) -> String {
 
 fn wrapper_source(i: usize, f: &KernelFile) -> String {
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "// Generated by crates/emu/build.rs from {} -- do not edit.",
-        f.display
-    );
+    let _ = writeln!(s, "// Generated by crates/emu/build.rs from {} -- do not edit.", f.display);
     s.push_str("#include \"emu_registry_support.h\"\n");
     let _ = writeln!(s, "namespace emu_file_{i} {{");
     let _ = writeln!(s, "#include {}", c_str(&f.path.display().to_string()));
@@ -630,11 +569,7 @@ fn wrapper_source(i: usize, f: &KernelFile) -> String {
         let _ = writeln!(
             s,
             "static const char* const emu_names_{k_i}[] = {{{}}};",
-            if names.is_empty() {
-                "nullptr".to_string()
-            } else {
-                names.join(", ")
-            }
+            if names.is_empty() { "nullptr".to_string() } else { names.join(", ") }
         );
         let _ = writeln!(
             s,
@@ -643,7 +578,10 @@ fn wrapper_source(i: usize, f: &KernelFile) -> String {
             c = k.param_names.len()
         );
     }
-    let _ = writeln!(s, "extern \"C\" __attribute__((visibility(\"hidden\"))) const EmuKernelDesc emu_kernels_file_{i}[] = {{");
+    let _ = writeln!(
+        s,
+        "extern \"C\" __attribute__((visibility(\"hidden\"))) const EmuKernelDesc emu_kernels_file_{i}[] = {{"
+    );
     for (k_i, k) in f.kernels.iter().enumerate() {
         let sig = format!("EmuSig<decltype(emu_file_{i}::{})>", k.name);
         let _ = writeln!(
@@ -657,9 +595,7 @@ fn wrapper_source(i: usize, f: &KernelFile) -> String {
         );
     }
     if f.kernels.is_empty() {
-        s.push_str(
-            "    {nullptr, nullptr, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0u, 0u},\n",
-        );
+        s.push_str("    {nullptr, nullptr, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0u, 0u},\n");
     }
     s.push_str("};\n");
     s
@@ -696,11 +632,7 @@ fn registry_source(files: &[KernelFile], shared: &BTreeSet<String>) -> String {
         s.push_str(" }\n");
     }
     for (i, f) in files.iter().enumerate() {
-        let _ = writeln!(
-            s,
-            "extern \"C\" const EmuKernelDesc emu_kernels_file_{i}[{}];",
-            f.kernels.len().max(1)
-        );
+        let _ = writeln!(s, "extern \"C\" const EmuKernelDesc emu_kernels_file_{i}[{}];", f.kernels.len().max(1));
     }
     let total: usize = files.iter().map(|f| f.kernels.len()).sum();
     s.push_str("extern \"C\" __attribute__((visibility(\"hidden\"))) const EmuKernelDesc emu_kernel_table[] = {\n");
@@ -710,9 +642,7 @@ fn registry_source(files: &[KernelFile], shared: &BTreeSet<String>) -> String {
         }
     }
     if total == 0 {
-        s.push_str(
-            "    {nullptr, nullptr, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0u, 0u},\n",
-        );
+        s.push_str("    {nullptr, nullptr, nullptr, 0, nullptr, nullptr, nullptr, nullptr, 0u, 0u},\n");
     }
     s.push_str("};\n");
     let _ = writeln!(

@@ -59,11 +59,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if n == 0 || a.batch == 0 {
         bail!("nothing to evaluate: --n and --batch must be positive");
     }
-    let ts: Vec<usize> = a
-        .t
-        .split(',')
-        .map(|s| s.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("bad timestep {s:?} in --t")))
-        .collect::<Result<_>>()?;
+    let ts: Vec<usize> =
+        a.t.split(',')
+            .map(|s| s.trim().parse::<usize>().map_err(|_| anyhow::anyhow!("bad timestep {s:?} in --t")))
+            .collect::<Result<_>>()?;
     if let Some(&bad) = ts.iter().find(|&&t| t >= d.timesteps) {
         bail!("timestep {bad} is outside 0..{}", d.timesteps);
     }

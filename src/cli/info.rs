@@ -41,15 +41,21 @@ pub fn load_config(spec: &str) -> Result<UNetConfig> {
     if let Some(c) = UNetConfig::preset(spec) {
         return Ok(c);
     }
-    let text = std::fs::read_to_string(spec)
-        .map_err(|e| anyhow!("--config {spec:?} is neither a preset (tiny, mnist, cifar10) nor a readable file: {e}"))?;
+    let text = std::fs::read_to_string(spec).map_err(|e| {
+        anyhow!("--config {spec:?} is neither a preset (tiny, mnist, cifar10) nor a readable file: {e}")
+    })?;
     Ok(UNetConfig::from_json(&text)?)
 }
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 

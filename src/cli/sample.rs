@@ -86,7 +86,10 @@ pub fn run(a: SampleArgs) -> Result<()> {
     println!("sampling {} images from {} (step {}) on {device}", a.n, ckpt.path.display(), ckpt.state.step);
     let bar = std::io::stdout().is_terminal().then(|| {
         let b = ProgressBar::new(1);
-        b.set_style(ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} {elapsed_precise}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+        b.set_style(
+            ProgressStyle::with_template("{bar:40.cyan/blue} {pos}/{len} {elapsed_precise}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         b
     });
     let s = sample(&model, &diffusion, &spec, |done, total| {
@@ -111,7 +114,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if let Some(p) = &a.trajectory {
         let frames: Vec<Vec<f32>> = s.trajectory.iter().map(|t| t.to_vec_f32()).collect::<Result<_, _>>()?;
         let refs: Vec<&[f32]> = frames.iter().map(Vec::as_slice).collect();
-        let tshape: [usize; 4] = s.trajectory.first().map(|t| t.dims().try_into()).transpose()?.context("empty trajectory")?;
+        let tshape: [usize; 4] =
+            s.trajectory.first().map(|t| t.dims().try_into()).transpose()?.context("empty trajectory")?;
         image_io::save_trajectory(p, &refs, tshape, ValueRange::Signed)?;
         println!("wrote {}", p.display());
     }

@@ -119,14 +119,27 @@ pub fn run(a: TrainArgs) -> Result<()> {
         (Some(r), _) => {
             let file = diffuse_trainer::checkpoint::resolve(r)?;
             // <run>/checkpoints/ckpt-N.safetensors -> <run>
-            let run_dir = file.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+            let run_dir =
+                file.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
             (Start::Resume { checkpoint: file, data: a.data.clone() }, a.out.clone().unwrap_or(run_dir))
         }
-        (None, Some(i)) => (Start::FineTune(i.clone()), a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-finetune", a.config)))),
-        (None, None) => (Start::Fresh, a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", sanitize(&a.config))))),
+        (None, Some(i)) => (
+            Start::FineTune(i.clone()),
+            a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-finetune", a.config))),
+        ),
+        (None, None) => {
+            (Start::Fresh, a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", sanitize(&a.config)))))
+        }
     };
-    if matches!(start, Start::Fresh) && out.join("checkpoints").is_dir() && !diffuse_trainer::checkpoint::list(&out.join("checkpoints"))?.is_empty() {
-        bail!("{} already holds a run with checkpoints: pass --resume {} to continue it, or --out <new dir>", out.display(), out.display());
+    if matches!(start, Start::Fresh)
+        && out.join("checkpoints").is_dir()
+        && !diffuse_trainer::checkpoint::list(&out.join("checkpoints"))?.is_empty()
+    {
+        bail!(
+            "{} already holds a run with checkpoints: pass --resume {} to continue it, or --out <new dir>",
+            out.display(),
+            out.display()
+        );
     }
     println!("device: {device}");
     let mut trainer = Trainer::new(cfg, start, out, device)?;
@@ -138,11 +151,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
         trainer.out.display()
     );
     let summary = trainer.run(&mut Progress::new())?;
-    println!("done: {} steps, last loss {:.5}, run directory {}", summary.steps_done, summary.last_loss, summary.out.display());
+    println!(
+        "done: {} steps, last loss {:.5}, run directory {}",
+        summary.steps_done,
+        summary.last_loss,
+        summary.out.display()
+    );
     Ok(())
 }
 
 fn sanitize(s: &str) -> String {
-    let base = std::path::Path::new(s).file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_else(|| s.to_string());
+    let base =
+        std::path::Path::new(s).file_stem().map(|x| x.to_string_lossy().into_owned()).unwrap_or_else(|| s.to_string());
     base.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
 }

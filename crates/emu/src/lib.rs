@@ -354,25 +354,16 @@ fn open_embedded() -> std::result::Result<*mut c_void, String> {
     let h = unsafe { libc::dlopen(p.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
     let _ = std::fs::remove_file(&path);
     if h.is_null() {
-        return Err(format!(
-            "dlopen of the emulator runtime failed: {}",
-            dl_error()
-        ));
+        return Err(format!("dlopen of the emulator runtime failed: {}", dl_error()));
     }
     Ok(h)
 }
 
 fn default_workers() -> usize {
-    if let Some(n) = std::env::var("DIFFUSE_EMU_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-    {
+    if let Some(n) = std::env::var("DIFFUSE_EMU_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
         return n.clamp(1, 64);
     }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .clamp(1, 8)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8)
 }
 
 fn load_runtime() -> std::result::Result<Runtime, String> {
@@ -381,10 +372,7 @@ fn load_runtime() -> std::result::Result<Runtime, String> {
     // SAFETY: h is a live handle; the symbol has the declared signature.
     let f = unsafe { libc::dlsym(h, sym.as_ptr()) };
     if f.is_null() {
-        return Err(format!(
-            "the emulator runtime has no diffuse_emu_api: {}",
-            dl_error()
-        ));
+        return Err(format!("the emulator runtime has no diffuse_emu_api: {}", dl_error()));
     }
     // SAFETY: diffuse_emu_api: extern "C" fn() -> *const Api, a static table.
     let api: &'static ffi::Api = unsafe {
@@ -392,11 +380,7 @@ fn load_runtime() -> std::result::Result<Runtime, String> {
         &*get()
     };
     if api.version != ffi::API_VERSION {
-        return Err(format!(
-            "emulator runtime API version {} (expected {})",
-            api.version,
-            ffi::API_VERSION
-        ));
+        return Err(format!("emulator runtime API version {} (expected {})", api.version, ffi::API_VERSION));
     }
     let mut err = [0 as c_char; 1024];
     // SAFETY: err is a writable buffer of the given length.
@@ -432,13 +416,7 @@ fn load_runtime() -> std::result::Result<Runtime, String> {
     }
     // SAFETY: a plain query.
     let workers = unsafe { (api.n_workers)() } as usize;
-    Ok(Runtime {
-        api,
-        kernels,
-        by_name,
-        workers,
-        switch_kind: cstr(api.switch_kind),
-    })
+    Ok(Runtime { api, kernels, by_name, workers, switch_kind: cstr(api.switch_kind) })
 }
 
 fn runtime() -> Result<&'static Runtime> {
@@ -488,12 +466,7 @@ pub struct Emulator {
 
 impl fmt::Debug for Emulator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Emulator({} kernels, order {})",
-            self.rt.kernels.len(),
-            self.thread_order()
-        )
+        write!(f, "Emulator({} kernels, order {})", self.rt.kernels.len(), self.thread_order())
     }
 }
 
@@ -504,12 +477,7 @@ impl Emulator {
         let rt = runtime()?;
         let order = ThreadOrder::from_env()?.unwrap_or_default();
         let uc = std::env::var("DIFFUSE_EMU_UCONTEXT").is_ok_and(|v| v == "1");
-        Ok(Emulator {
-            rt,
-            order: Mutex::new(order),
-            ucontext: AtomicBool::new(uc),
-            owned: Mutex::new(HashSet::new()),
-        })
+        Ok(Emulator { rt, order: Mutex::new(order), ucontext: AtomicBool::new(uc), owned: Mutex::new(HashSet::new()) })
     }
 
     /// Whether the emulator runtime loads on this machine (and why not).
@@ -548,10 +516,7 @@ impl Emulator {
         &self.rt.kernels
     }
     pub fn kernel(&self, name: &str) -> Option<&'static KernelInfo> {
-        self.rt
-            .by_name
-            .get(name)
-            .map(|&i| &self.rt.kernels[i as usize])
+        self.rt.by_name.get(name).map(|&i| &self.rt.kernels[i as usize])
     }
 
     /// A device allocation of `bytes` bytes, 16-byte aligned, filled with
@@ -568,20 +533,10 @@ impl Emulator {
         call!(self.rt.api.free, ptr)
     }
     pub fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
-        call!(
-            self.rt.api.htod,
-            dst,
-            src.as_ptr() as *const c_void,
-            src.len()
-        )
+        call!(self.rt.api.htod, dst, src.as_ptr() as *const c_void, src.len())
     }
     pub fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
-        call!(
-            self.rt.api.dtoh,
-            dst.as_mut_ptr() as *mut c_void,
-            src,
-            dst.len()
-        )
+        call!(self.rt.api.dtoh, dst.as_mut_ptr() as *mut c_void, src, dst.len())
     }
     pub fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
         call!(self.rt.api.dtod, dst, src, bytes)
@@ -632,11 +587,7 @@ impl Emulator {
         shared_bytes: u32,
         args: &[(*const c_void, usize)],
     ) -> Result<()> {
-        let &idx = self
-            .rt
-            .by_name
-            .get(name)
-            .ok_or_else(|| EmuError::UnknownKernel(name.to_string()))?;
+        let &idx = self.rt.by_name.get(name).ok_or_else(|| EmuError::UnknownKernel(name.to_string()))?;
         let (grid, block) = (grid.into(), block.into());
         let ptrs: Vec<*const c_void> = args.iter().map(|a| a.0).collect();
         let sizes: Vec<u32> = args.iter().map(|a| a.1 as u32).collect();
@@ -676,9 +627,7 @@ impl Emulator {
         shared_bytes: u32,
         args: &[Arg],
     ) -> Result<()> {
-        let k = self
-            .kernel(name)
-            .ok_or_else(|| EmuError::UnknownKernel(name.to_string()))?;
+        let k = self.kernel(name).ok_or_else(|| EmuError::UnknownKernel(name.to_string()))?;
         if args.len() != k.arg_kinds.len() {
             return Err(EmuError::Arguments(format!(
                 "{name}: {} arguments given, the kernel takes {} ({})",
@@ -701,8 +650,7 @@ impl Emulator {
                 )));
             }
         }
-        let raw: Vec<(*const c_void, usize)> =
-            args.iter().map(|a| (a.as_ptr(), a.size())).collect();
+        let raw: Vec<(*const c_void, usize)> = args.iter().map(|a| (a.as_ptr(), a.size())).collect();
         self.launch(name, grid, block, shared_bytes, &raw)
     }
 }

@@ -13,10 +13,9 @@ use half::{bf16, f16};
 fn test_floats() -> Vec<f32> {
     let mut v = Vec::new();
     for e in 0..256u32 {
-        for m in [
-            0u32, 1, 2, 0x1000, 0x0fff, 0x1001, 0x2000, 0x3000, 0x8000, 0x7fff, 0x8001, 0x18000,
-            0x7f_ffff, 0x40_0000,
-        ] {
+        for m in
+            [0u32, 1, 2, 0x1000, 0x0fff, 0x1001, 0x2000, 0x3000, 0x8000, 0x7fff, 0x8001, 0x18000, 0x7f_ffff, 0x40_0000]
+        {
             for s in [0u32, 1] {
                 v.push(f32::from_bits(s << 31 | e << 23 | m));
             }
@@ -36,18 +35,7 @@ fn test_floats() -> Vec<f32> {
     for _ in 0..200_000 {
         v.push(f32::from_bits(rng.next_u32()));
     }
-    v.extend([
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::NAN,
-        65504.0,
-        65519.99,
-        65520.0,
-        65536.0,
-        1e-8,
-        5.96e-8,
-        2.98e-8,
-    ]);
+    v.extend([f32::INFINITY, f32::NEG_INFINITY, f32::NAN, 65504.0, 65519.99, 65520.0, 65536.0, 1e-8, 5.96e-8, 2.98e-8]);
     v
 }
 
@@ -56,15 +44,7 @@ fn to16(emu: &Emulator, input: &[f32], mode: i32) -> Vec<u16> {
     let x = emu.upload(input).unwrap();
     let y = emu.alloc(n * 2).unwrap();
     let args = [Arg::Ptr(y), Arg::Ptr(x), Arg::U64(n as u64), Arg::I32(mode)];
-    launch(
-        emu,
-        "emu_test_to16",
-        n.div_ceil(256) as u32,
-        256u32,
-        0,
-        &args,
-    )
-    .unwrap();
+    launch(emu, "emu_test_to16", n.div_ceil(256) as u32, 256u32, 0, &args).unwrap();
     let out = emu.download(y, n).unwrap();
     emu.free(x).unwrap();
     emu.free(y).unwrap();
@@ -76,15 +56,7 @@ fn from16(emu: &Emulator, input: &[u16], mode: i32) -> Vec<f32> {
     let x = emu.upload(input).unwrap();
     let y = emu.alloc(n * 4).unwrap();
     let args = [Arg::Ptr(y), Arg::Ptr(x), Arg::U64(n as u64), Arg::I32(mode)];
-    launch(
-        emu,
-        "emu_test_from16",
-        n.div_ceil(256) as u32,
-        256u32,
-        0,
-        &args,
-    )
-    .unwrap();
+    launch(emu, "emu_test_from16", n.div_ceil(256) as u32, 256u32, 0, &args).unwrap();
     let out = emu.download(y, n).unwrap();
     emu.free(x).unwrap();
     emu.free(y).unwrap();
@@ -104,18 +76,8 @@ fn float_to_half_and_bf16_round_to_nearest_even_bit_exactly() {
             assert_eq!(b[i], 0x7fff, "bf16 of NaN {:#x}", f.to_bits());
             continue;
         }
-        assert_eq!(
-            h[i],
-            f16::from_f32(f).to_bits(),
-            "half of {f:e} ({:#x})",
-            f.to_bits()
-        );
-        assert_eq!(
-            b[i],
-            bf16::from_f32(f).to_bits(),
-            "bf16 of {f:e} ({:#x})",
-            f.to_bits()
-        );
+        assert_eq!(h[i], f16::from_f32(f).to_bits(), "half of {f:e} ({:#x})", f.to_bits());
+        assert_eq!(b[i], bf16::from_f32(f).to_bits(), "bf16 of {f:e} ({:#x})", f.to_bits());
     }
 }
 
@@ -126,10 +88,7 @@ fn every_half_and_bf16_converts_to_float_exactly() {
     let h = from16(&emu, &all, 0);
     let b = from16(&emu, &all, 1);
     for &bits in &all {
-        let (wh, wb) = (
-            f16::from_bits(bits).to_f32(),
-            bf16::from_bits(bits).to_f32(),
-        );
+        let (wh, wb) = (f16::from_bits(bits).to_f32(), bf16::from_bits(bits).to_f32());
         let (gh, gb) = (h[bits as usize], b[bits as usize]);
         if wh.is_nan() {
             assert!(gh.is_nan());
@@ -143,11 +102,7 @@ fn every_half_and_bf16_converts_to_float_exactly() {
         }
     }
     // and back: every non-NaN 16-bit value survives the round trip
-    let finite_h: Vec<f32> = all
-        .iter()
-        .map(|&b| f16::from_bits(b).to_f32())
-        .filter(|f| !f.is_nan())
-        .collect();
+    let finite_h: Vec<f32> = all.iter().map(|&b| f16::from_bits(b).to_f32()).filter(|f| !f.is_nan()).collect();
     let back = to16(&emu, &finite_h, 0);
     for (f, b) in finite_h.iter().zip(back) {
         assert_eq!(b, f16::from_f32(*f).to_bits());
@@ -203,12 +158,7 @@ fn directed_roundings_to_half() {
     for mode in 1..=3 {
         let got = to16(&emu, &input, mode);
         for (i, &f) in input.iter().enumerate() {
-            assert_eq!(
-                got[i],
-                directed(f, mode),
-                "mode {mode}, {f:e} ({:#x})",
-                f.to_bits()
-            );
+            assert_eq!(got[i], directed(f, mode), "mode {mode}, {f:e} ({:#x})", f.to_bits());
         }
     }
 }
@@ -242,21 +192,8 @@ fn half_arithmetic_is_correctly_rounded() {
     let b: Vec<u16> = (0..n).map(|_| gen(&mut rng)).collect();
     let (da, db) = (emu.upload(&a).unwrap(), emu.upload(&b).unwrap());
     let out = emu.alloc(n * 8).unwrap();
-    let args = [
-        Arg::Ptr(out),
-        Arg::Ptr(da),
-        Arg::Ptr(db),
-        Arg::I32(n as i32),
-    ];
-    launch(
-        &emu,
-        "emu_test_half_ops",
-        n.div_ceil(128) as u32,
-        128u32,
-        0,
-        &args,
-    )
-    .unwrap();
+    let args = [Arg::Ptr(out), Arg::Ptr(da), Arg::Ptr(db), Arg::I32(n as i32)];
+    launch(&emu, "emu_test_half_ops", n.div_ceil(128) as u32, 128u32, 0, &args).unwrap();
     let v: Vec<u16> = emu.download(out, 4 * n).unwrap();
     for i in 0..n {
         let (x, y) = (f16::from_bits(a[i]).to_f64(), f16::from_bits(b[i]).to_f64());
@@ -275,10 +212,7 @@ fn half_arithmetic_is_correctly_rounded() {
         // the exponents of two halves are close enough).
         let fma = f16_of_f64(x.mul_add(y, x));
         check(v[4 * i + 2], fma, "fma");
-        let (bx, by) = (
-            bf16::from_bits(a[i]).to_f64(),
-            bf16::from_bits(b[i]).to_f64(),
-        );
+        let (bx, by) = (bf16::from_bits(a[i]).to_f64(), bf16::from_bits(b[i]).to_f64());
         let bsum = bf16::from_f64(bx + by);
         if bsum.is_nan() {
             assert!(bf16::from_bits(v[4 * i + 3]).is_nan());

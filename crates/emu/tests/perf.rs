@@ -18,14 +18,7 @@ fn sgemm_256_cubed_runs_in_well_under_a_second() {
     let b: Vec<f32> = (0..n * n).map(|_| rng.uniform(-1.0, 1.0)).collect();
     let (da, db) = (emu.upload(&a).unwrap(), emu.upload(&b).unwrap());
     let dc = emu.alloc(n * n * 4).unwrap();
-    let args = [
-        Arg::Ptr(dc),
-        Arg::Ptr(da),
-        Arg::Ptr(db),
-        Arg::I32(n as i32),
-        Arg::I32(n as i32),
-        Arg::I32(n as i32),
-    ];
+    let args = [Arg::Ptr(dc), Arg::Ptr(da), Arg::Ptr(db), Arg::I32(n as i32), Arg::I32(n as i32), Arg::I32(n as i32)];
     let grid = ((n / 16) as u32, (n / 16) as u32);
     let mut report = Vec::new();
     for kernel in ["emu_test_sgemm_naive", "emu_test_sgemm_tiled"] {
@@ -51,13 +44,6 @@ fn sgemm_256_cubed_runs_in_well_under_a_second() {
     emu.set_ucontext(true);
     let t = Instant::now();
     launch(&emu, "emu_test_sgemm_tiled", grid, (16u32, 16u32), 0, &args).unwrap();
-    report.push(format!(
-        "emu_test_sgemm_tiled with ucontext: {:.1} ms",
-        t.elapsed().as_secs_f64() * 1e3
-    ));
-    eprintln!(
-        "256^3 SGEMM, {} workers, {kind}: {}",
-        emu.workers(),
-        report.join(", ")
-    );
+    report.push(format!("emu_test_sgemm_tiled with ucontext: {:.1} ms", t.elapsed().as_secs_f64() * 1e3));
+    eprintln!("256^3 SGEMM, {} workers, {kind}: {}", emu.workers(), report.join(", "));
 }

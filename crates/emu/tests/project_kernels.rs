@@ -10,33 +10,18 @@ use diffuse_emu::{Arg, ArgKind};
 #[test]
 fn every_kernel_file_is_compiled_and_registered() {
     let emu = emu();
-    let files: Vec<&str> = env!("DIFFUSE_EMU_KERNEL_FILES")
-        .split(',')
-        .filter(|f| f.starts_with("kernels/"))
-        .collect();
+    let files: Vec<&str> = env!("DIFFUSE_EMU_KERNEL_FILES").split(',').filter(|f| f.starts_with("kernels/")).collect();
     assert!(!files.is_empty(), "kernels/*.cu found");
     for f in &files {
         let n = emu.kernels().iter().filter(|k| k.file == *f).count();
         assert!(n > 0, "{f}: no extern \"C\" __global__ kernel registered");
     }
-    for k in emu
-        .kernels()
-        .iter()
-        .filter(|k| k.file.starts_with("kernels/"))
-    {
+    for k in emu.kernels().iter().filter(|k| k.file.starts_with("kernels/")) {
         assert_eq!(k.arg_names.len(), k.arg_sizes.len(), "{}", k.name);
         for (i, kind) in k.arg_kinds.iter().enumerate() {
             // the tensor crate passes pointers, i32, u32, u64 and f32 only
             assert!(
-                matches!(
-                    kind,
-                    ArgKind::Ptr
-                        | ArgKind::I32
-                        | ArgKind::U32
-                        | ArgKind::U64
-                        | ArgKind::I64
-                        | ArgKind::F32
-                ),
+                matches!(kind, ArgKind::Ptr | ArgKind::I32 | ArgKind::U32 | ArgKind::U64 | ArgKind::I64 | ArgKind::F32),
                 "{}: parameter {} (`{}`) has kind {kind:?}, which KernelArg cannot pass",
                 k.name,
                 i,
@@ -74,11 +59,7 @@ fn silu_runs_and_matches_the_formula_in_every_order() {
         let y: Vec<f32> = emu.download(dy, n).unwrap();
         for i in 0..n {
             let want = x[i] as f64 / (1.0 + (-x[i] as f64).exp());
-            assert!(
-                (y[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0),
-                "order {o}: {} vs {want}",
-                y[i]
-            );
+            assert!((y[i] as f64 - want).abs() <= 1e-6 * want.abs().max(1.0), "order {o}: {} vs {want}", y[i]);
         }
     }
 }

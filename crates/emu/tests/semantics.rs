@@ -31,11 +31,7 @@ fn builtins_in_3d_grids_and_blocks() {
                         for ty in 0..3 {
                             for tx in 0..4 {
                                 let want = [tx, ty, tz, bx, by, bz, 4, 3, 2, 3, 2, 2];
-                                assert_eq!(
-                                    &v[12 * i..12 * i + 12],
-                                    &want,
-                                    "order {o}, element {i}"
-                                );
+                                assert_eq!(&v[12 * i..12 * i + 12], &want, "order {o}, element {i}");
                                 i += 1;
                             }
                         }
@@ -54,15 +50,7 @@ fn static_shared_memory_reverse() {
     let x = emu.upload(&input).unwrap();
     let y = emu.alloc(n * 4).unwrap();
     for_each_order(&emu, |o| {
-        launch(
-            &emu,
-            "emu_test_reverse_static",
-            5u32,
-            256u32,
-            0,
-            &[Arg::Ptr(y), Arg::Ptr(x)],
-        )
-        .unwrap();
+        launch(&emu, "emu_test_reverse_static", 5u32, 256u32, 0, &[Arg::Ptr(y), Arg::Ptr(x)]).unwrap();
         let v: Vec<f32> = emu.download(y, n).unwrap();
         for b in 0..5 {
             for t in 0..256 {
@@ -82,15 +70,7 @@ fn dynamic_shared_memory_names_alias_one_buffer() {
     let bits = emu.alloc(nb * nt * 4).unwrap();
     for_each_order(&emu, |o| {
         let args = [Arg::Ptr(y), Arg::Ptr(bits), Arg::Ptr(x)];
-        launch(
-            &emu,
-            "emu_test_dynamic_shared",
-            nb as u32,
-            nt as u32,
-            (nt * 4) as u32,
-            &args,
-        )
-        .unwrap();
+        launch(&emu, "emu_test_dynamic_shared", nb as u32, nt as u32, (nt * 4) as u32, &args).unwrap();
         let v: Vec<f32> = emu.download(y, nb * nt).unwrap();
         let u: Vec<u32> = emu.download(bits, nb * nt).unwrap();
         for b in 0..nb {
@@ -107,36 +87,14 @@ fn dynamic_shared_memory_names_alias_one_buffer() {
 fn shared_memory_starts_as_nan_poison_in_every_block() {
     let emu = emu();
     let out = emu.alloc(8 * 256 * 4).unwrap();
-    launch(
-        &emu,
-        "emu_test_dynamic_poison",
-        8u32,
-        256u32,
-        1024,
-        &[Arg::Ptr(out)],
-    )
-    .unwrap();
+    launch(&emu, "emu_test_dynamic_poison", 8u32, 256u32, 1024, &[Arg::Ptr(out)]).unwrap();
     let v: Vec<u32> = emu.download(out, 8 * 256).unwrap();
-    assert!(
-        v.iter().all(|&b| b == 0xffff_ffff),
-        "dynamic shared memory is poisoned"
-    );
+    assert!(v.iter().all(|&b| b == 0xffff_ffff), "dynamic shared memory is poisoned");
     // Blocks run one after another on each worker and leave 7s behind:
     // the next block must still see poison, not the previous block's data.
-    launch(
-        &emu,
-        "emu_test_static_poison",
-        8u32,
-        256u32,
-        0,
-        &[Arg::Ptr(out), Arg::I32(1)],
-    )
-    .unwrap();
+    launch(&emu, "emu_test_static_poison", 8u32, 256u32, 0, &[Arg::Ptr(out), Arg::I32(1)]).unwrap();
     let v: Vec<u32> = emu.download(out, 8 * 256).unwrap();
-    assert!(
-        v.iter().all(|&b| b == 0xffff_ffff),
-        "static shared memory is poisoned per block"
-    );
+    assert!(v.iter().all(|&b| b == 0xffff_ffff), "static shared memory is poisoned per block");
     assert!(f32::from_bits(v[0]).is_nan());
 }
 
@@ -154,15 +112,7 @@ fn syncthreads_count_and_or() {
     let p = emu.upload(&preds).unwrap();
     let out = emu.alloc(nb * 3 * 4).unwrap();
     for_each_order(&emu, |o| {
-        launch(
-            &emu,
-            "emu_test_sync_preds",
-            nb as u32,
-            nt as u32,
-            0,
-            &[Arg::Ptr(out), Arg::Ptr(p)],
-        )
-        .unwrap();
+        launch(&emu, "emu_test_sync_preds", nb as u32, nt as u32, 0, &[Arg::Ptr(out), Arg::Ptr(p)]).unwrap();
         let v: Vec<i32> = emu.download(out, nb * 3).unwrap();
         assert_eq!(v, vec![0, 0, 0, 96, 1, 1, 1, 0, 1, 32, 0, 1], "order {o}");
     });
@@ -212,22 +162,11 @@ fn shuffles_follow_ptx_semantics_for_every_width() {
                 (0..32).map(|_| (rng.next_u32() % 40) as i32).collect(),
             ];
             for bs in patterns {
-                emu.htod(
-                    &bs.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
-                    bl,
-                )
-                .unwrap();
+                emu.htod(&bs.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(), bl).unwrap();
                 let o = ORDERS[cases % ORDERS.len()];
                 emu.set_thread_order(o);
                 cases += 1;
-                let args = [
-                    Arg::Ptr(oi),
-                    Arg::Ptr(of),
-                    Arg::Ptr(ol),
-                    Arg::Ptr(bl),
-                    Arg::I32(mode),
-                    Arg::I32(width),
-                ];
+                let args = [Arg::Ptr(oi), Arg::Ptr(of), Arg::Ptr(ol), Arg::Ptr(bl), Arg::I32(mode), Arg::I32(width)];
                 launch(&emu, "emu_test_shfl", nb as u32, nt as u32, 0, &args).unwrap();
                 let vi: Vec<i32> = emu.download(oi, n).unwrap();
                 let vf: Vec<f32> = emu.download(of, n).unwrap();
@@ -235,10 +174,7 @@ fn shuffles_follow_ptx_semantics_for_every_width() {
                 for g in 0..n as i32 {
                     let lane = g & 31;
                     let src = g - lane + shfl_src(mode, lane, bs[lane as usize], width);
-                    let ctx = format!(
-                        "mode {mode} width {width} b {:?} lane {lane} order {o}",
-                        bs[lane as usize]
-                    );
+                    let ctx = format!("mode {mode} width {width} b {:?} lane {lane} order {o}", bs[lane as usize]);
                     assert_eq!(vi[g as usize], src * 10 + 3, "{ctx}");
                     assert_eq!(vf[g as usize], 0.5 + src as f32, "{ctx}");
                     assert_eq!(vl[g as usize], 0x1_0000_0000 * src as u64 + 0xabcd, "{ctx}");
@@ -255,10 +191,7 @@ fn ballot_all_any_match_with_partial_masks() {
     let n = nb * nt;
     let mut rng = Rng(99);
     let out = emu.alloc(n * 16).unwrap();
-    for (mi, mask) in [0xffff_ffffu32, 0x0000_ffff, 0xaaaa_aaaa, 0x8000_0001]
-        .into_iter()
-        .enumerate()
-    {
+    for (mi, mask) in [0xffff_ffffu32, 0x0000_ffff, 0xaaaa_aaaa, 0x8000_0001].into_iter().enumerate() {
         for pattern in 0..3 {
             let preds: Vec<i32> = (0..n)
                 .map(|g| match pattern {
@@ -270,15 +203,8 @@ fn ballot_all_any_match_with_partial_masks() {
             let p = emu.upload(&preds).unwrap();
             emu.memset(out, 0, n * 16).unwrap();
             emu.set_thread_order(ORDERS[(mi + pattern) % ORDERS.len()]);
-            launch(
-                &emu,
-                "emu_test_vote",
-                nb as u32,
-                nt as u32,
-                0,
-                &[Arg::Ptr(out), Arg::Ptr(p), Arg::U32(mask)],
-            )
-            .unwrap();
+            launch(&emu, "emu_test_vote", nb as u32, nt as u32, 0, &[Arg::Ptr(out), Arg::Ptr(p), Arg::U32(mask)])
+                .unwrap();
             let v: Vec<u32> = emu.download(out, n * 4).unwrap();
             for w in 0..n / 32 {
                 let mut ballot = 0u32;
@@ -312,21 +238,11 @@ fn warp_and_block_reductions() {
     let emu = emu();
     let (nb, nt) = (7usize, 256usize);
     let mut rng = Rng(3);
-    let input: Vec<f32> = (0..nb * nt)
-        .map(|_| (rng.next_u32() % 1000) as f32)
-        .collect();
+    let input: Vec<f32> = (0..nb * nt).map(|_| (rng.next_u32() % 1000) as f32).collect();
     let x = emu.upload(&input).unwrap();
     let y = emu.alloc(nb * 4).unwrap();
     for_each_order(&emu, |o| {
-        launch(
-            &emu,
-            "emu_test_block_sum",
-            nb as u32,
-            nt as u32,
-            0,
-            &[Arg::Ptr(y), Arg::Ptr(x)],
-        )
-        .unwrap();
+        launch(&emu, "emu_test_block_sum", nb as u32, nt as u32, 0, &[Arg::Ptr(y), Arg::Ptr(x)]).unwrap();
         let v: Vec<f32> = emu.download(y, nb).unwrap();
         for b in 0..nb {
             let want: f32 = input[b * nt..(b + 1) * nt].iter().sum();
@@ -340,22 +256,10 @@ fn half_warps_with_their_own_masks() {
     let emu = emu();
     let out = emu.alloc(64 * 4).unwrap();
     for_each_order(&emu, |o| {
-        launch(
-            &emu,
-            "emu_test_half_warps",
-            1u32,
-            64u32,
-            0,
-            &[Arg::Ptr(out)],
-        )
-        .unwrap();
+        launch(&emu, "emu_test_half_warps", 1u32, 64u32, 0, &[Arg::Ptr(out)]).unwrap();
         let v: Vec<i32> = emu.download(out, 64).unwrap();
         for (t, &got) in v.iter().enumerate() {
-            let want = if t % 32 < 16 {
-                (0..16).sum::<i32>()
-            } else {
-                (16..32).sum::<i32>()
-            };
+            let want = if t % 32 < 16 { (0..16).sum::<i32>() } else { (16..32).sum::<i32>() };
             assert_eq!(got, want, "order {o} thread {t}");
         }
     });
@@ -376,21 +280,8 @@ fn histogram_with_atomics_across_blocks() {
     let h = emu.alloc(nbins * 4).unwrap();
     for_each_order(&emu, |o| {
         emu.memset(h, 0, nbins * 4).unwrap();
-        let args = [
-            Arg::Ptr(h),
-            Arg::Ptr(d),
-            Arg::I32(n as i32),
-            Arg::I32(nbins as i32),
-        ];
-        launch(
-            &emu,
-            "emu_test_histogram",
-            64u32,
-            128u32,
-            (nbins * 4) as u32,
-            &args,
-        )
-        .unwrap();
+        let args = [Arg::Ptr(h), Arg::Ptr(d), Arg::I32(n as i32), Arg::I32(nbins as i32)];
+        launch(&emu, "emu_test_histogram", 64u32, 128u32, (nbins * 4) as u32, &args).unwrap();
         assert_eq!(emu.download::<u32>(h, nbins).unwrap(), want, "order {o}");
     });
 }
@@ -407,33 +298,12 @@ fn atomics_of_every_type() {
     let dacc = emu.alloc(8).unwrap();
     let tickets = emu.alloc(n * 4).unwrap();
     for_each_order(&emu, |o| {
-        emu.htod(
-            &[0i32, -1, 0, 0, 0, -7, 0, 0]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<_>>(),
-            acc,
-        )
-        .unwrap();
-        emu.htod(
-            &[0u32, 1_000_000, 0, 0]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<_>>(),
-            uacc,
-        )
-        .unwrap();
+        emu.htod(&[0i32, -1, 0, 0, 0, -7, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>(), acc).unwrap();
+        emu.htod(&[0u32, 1_000_000, 0, 0].iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>(), uacc).unwrap();
         emu.memset(lacc, 0, 8).unwrap();
         emu.memset(facc, 0, 4).unwrap();
         emu.memset(dacc, 0, 8).unwrap();
-        let args = [
-            Arg::Ptr(acc),
-            Arg::Ptr(uacc),
-            Arg::Ptr(lacc),
-            Arg::Ptr(facc),
-            Arg::Ptr(dacc),
-            Arg::Ptr(tickets),
-        ];
+        let args = [Arg::Ptr(acc), Arg::Ptr(uacc), Arg::Ptr(lacc), Arg::Ptr(facc), Arg::Ptr(dacc), Arg::Ptr(tickets)];
         launch(&emu, "emu_test_atomics", nb as u32, nt as u32, 0, &args).unwrap();
         let a: Vec<i32> = emu.download(acc, 8).unwrap();
         assert_eq!(a[0], n as i32, "order {o}");
@@ -450,11 +320,7 @@ fn atomics_of_every_type() {
         assert_eq!(emu.download::<f64>(dacc, 1).unwrap()[0], n as f64 * 0.25);
         let mut t: Vec<i32> = emu.download(tickets, n).unwrap();
         t.sort_unstable();
-        assert_eq!(
-            t,
-            (0..n as i32).collect::<Vec<_>>(),
-            "every CAS ticket is distinct"
-        );
+        assert_eq!(t, (0..n as i32).collect::<Vec<_>>(), "every CAS ticket is distinct");
     });
 }
 
@@ -467,15 +333,8 @@ fn math_functions_match_rust() {
     let n = input.len();
     let x = emu.upload(&input).unwrap();
     let y = emu.alloc(n * 20 * 4).unwrap();
-    launch(
-        &emu,
-        "emu_test_math",
-        n.div_ceil(128) as u32,
-        128u32,
-        0,
-        &[Arg::Ptr(y), Arg::Ptr(x), Arg::I32(n as i32)],
-    )
-    .unwrap();
+    launch(&emu, "emu_test_math", n.div_ceil(128) as u32, 128u32, 0, &[Arg::Ptr(y), Arg::Ptr(x), Arg::I32(n as i32)])
+        .unwrap();
     let v: Vec<f32> = emu.download(y, n * 20).unwrap();
     let erf = |x: f64| {
         // Abramowitz-Stegun 7.1.26 is too coarse; integrate instead.
@@ -516,10 +375,7 @@ fn math_functions_match_rust() {
         for (j, w) in want.iter().enumerate() {
             let got = v[20 * i + j] as f64;
             let tol = 2e-6 * w.abs().max(1e-3);
-            assert!(
-                (got - w).abs() <= tol,
-                "function {j} of {x}: got {got}, want {w}"
-            );
+            assert!((got - w).abs() <= tol, "function {j} of {x}: got {got}, want {w}");
         }
     }
 }
@@ -535,34 +391,18 @@ fn integer_intrinsics_match_rust() {
     let n = a.len();
     let (da, db) = (emu.upload(&a).unwrap(), emu.upload(&b).unwrap());
     let out = emu.alloc(n * 12 * 4).unwrap();
-    let args = [
-        Arg::Ptr(out),
-        Arg::Ptr(da),
-        Arg::Ptr(db),
-        Arg::I32(n as i32),
-    ];
-    launch(
-        &emu,
-        "emu_test_int_ops",
-        n.div_ceil(64) as u32,
-        64u32,
-        0,
-        &args,
-    )
-    .unwrap();
+    let args = [Arg::Ptr(out), Arg::Ptr(da), Arg::Ptr(db), Arg::I32(n as i32)];
+    launch(&emu, "emu_test_int_ops", n.div_ceil(64) as u32, 64u32, 0, &args).unwrap();
     let v: Vec<u32> = emu.download(out, n * 12).unwrap();
     for i in 0..n {
         let (x, y) = (a[i], b[i]);
         let byte_perm = {
             let s = 0x5140u32;
             let bytes = ((y as u64) << 32 | x as u64).to_le_bytes();
-            (0..4).fold(0u32, |r, k| {
-                r | (bytes[((s >> (4 * k)) & 7) as usize] as u32) << (8 * k)
-            })
+            (0..4).fold(0u32, |r, k| r | (bytes[((s >> (4 * k)) & 7) as usize] as u32) << (8 * k))
         };
         let funnel = (((y as u64) << 32 | x as u64) << (y & 31) >> 32) as u32;
-        let f2i =
-            (f32::from_bits(0x3f80_0000 + (x & 0xffff)) * 1000.5).round_ties_even() as i32 as u32;
+        let f2i = (f32::from_bits(0x3f80_0000 + (x & 0xffff)) * 1000.5).round_ties_even() as i32 as u32;
         let want = [
             ((x as u64 * y as u64) >> 32) as u32,
             x.count_ones(),
@@ -577,11 +417,7 @@ fn integer_intrinsics_match_rust() {
             f2i,
             funnel,
         ];
-        assert_eq!(
-            &v[12 * i..12 * i + 12],
-            &want,
-            "element {i}: a={x:#x} b={y:#x}"
-        );
+        assert_eq!(&v[12 * i..12 * i + 12], &want, "element {i}: a={x:#x} b={y:#x}");
     }
 }
 
@@ -613,23 +449,12 @@ fn sgemm_naive_and_tiled_match_the_reference() {
     for_each_order(&emu, |o| {
         for kernel in ["emu_test_sgemm_naive", "emu_test_sgemm_tiled"] {
             emu.memset(dc, 0xff, m * n * 4).unwrap();
-            let args = [
-                Arg::Ptr(dc),
-                Arg::Ptr(da),
-                Arg::Ptr(db),
-                Arg::I32(m as i32),
-                Arg::I32(n as i32),
-                Arg::I32(k as i32),
-            ];
+            let args =
+                [Arg::Ptr(dc), Arg::Ptr(da), Arg::Ptr(db), Arg::I32(m as i32), Arg::I32(n as i32), Arg::I32(k as i32)];
             launch(&emu, kernel, grid, (16u32, 16u32), 0, &args).unwrap();
             let c: Vec<f32> = emu.download(dc, m * n).unwrap();
             for i in 0..m * n {
-                assert!(
-                    (c[i] - want[i]).abs() <= 1e-5,
-                    "{kernel} order {o} element {i}: {} vs {}",
-                    c[i],
-                    want[i]
-                );
+                assert!((c[i] - want[i]).abs() <= 1e-5, "{kernel} order {o} element {i}: {} vs {}", c[i], want[i]);
             }
         }
     });
@@ -642,11 +467,7 @@ fn nanosleep_lets_a_spinning_thread_wait_for_another() {
     for_each_order(&emu, |o| {
         emu.memset(out, 0, 12).unwrap();
         launch(&emu, "emu_test_spin", 3u32, 96u32, 0, &[Arg::Ptr(out)]).unwrap();
-        assert_eq!(
-            emu.download::<i32>(out, 3).unwrap(),
-            vec![42; 3],
-            "order {o}"
-        );
+        assert_eq!(emu.download::<i32>(out, 3).unwrap(), vec![42; 3], "order {o}");
     });
 }
 
@@ -660,22 +481,10 @@ fn ucontext_fallback_gives_the_same_results() {
     let x = emu.upload(&input).unwrap();
     let y = emu.alloc(nb * 4).unwrap();
     for_each_order(&emu, |o| {
-        launch(
-            &emu,
-            "emu_test_block_sum",
-            nb as u32,
-            nt as u32,
-            0,
-            &[Arg::Ptr(y), Arg::Ptr(x)],
-        )
-        .unwrap();
+        launch(&emu, "emu_test_block_sum", nb as u32, nt as u32, 0, &[Arg::Ptr(y), Arg::Ptr(x)]).unwrap();
         let v: Vec<f32> = emu.download(y, nb).unwrap();
         for b in 0..nb {
-            assert_eq!(
-                v[b],
-                input[b * nt..(b + 1) * nt].iter().sum::<f32>(),
-                "order {o}"
-            );
+            assert_eq!(v[b], input[b * nt..(b + 1) * nt].iter().sum::<f32>(), "order {o}");
         }
     });
 }
@@ -685,29 +494,12 @@ fn registry_describes_kernel_signatures() {
     let emu = emu();
     let k = emu.kernel("emu_test_shfl").expect("registered");
     assert_eq!(k.file, "crates/emu/tests/kernels/emu_semantics.cu");
-    assert_eq!(
-        k.arg_names,
-        ["out_i", "out_f", "out_l", "b_per_lane", "mode", "width"]
-    );
+    assert_eq!(k.arg_names, ["out_i", "out_f", "out_l", "b_per_lane", "mode", "width"]);
     assert_eq!(k.arg_sizes, [8, 8, 8, 8, 4, 4]);
-    assert_eq!(
-        k.arg_kinds,
-        [
-            ArgKind::Ptr,
-            ArgKind::Ptr,
-            ArgKind::Ptr,
-            ArgKind::Ptr,
-            ArgKind::I32,
-            ArgKind::I32
-        ]
-    );
+    assert_eq!(k.arg_kinds, [ArgKind::Ptr, ArgKind::Ptr, ArgKind::Ptr, ArgKind::Ptr, ArgKind::I32, ArgKind::I32]);
     let k = emu.kernel("emu_test_to16").unwrap();
     assert_eq!(k.arg_kinds[2], ArgKind::U64);
     assert!(emu.kernel_names().contains(&"emu_bug_oob_write"));
     assert!(emu.workers() >= 1);
-    assert!(
-        diffuse_emu::probe().starts_with("CUDA emulator"),
-        "{}",
-        diffuse_emu::probe()
-    );
+    assert!(diffuse_emu::probe().starts_with("CUDA emulator"), "{}", diffuse_emu::probe());
 }

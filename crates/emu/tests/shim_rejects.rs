@@ -18,15 +18,7 @@ fn compile(body: &str) -> (bool, String) {
     std::fs::write(&src, body).unwrap();
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let out = Command::new(cxx)
-        .args([
-            "-x",
-            "c++",
-            "-std=c++17",
-            "-O1",
-            "-fPIC",
-            "-Wno-unknown-pragmas",
-            "-include",
-        ])
+        .args(["-x", "c++", "-std=c++17", "-O1", "-fPIC", "-Wno-unknown-pragmas", "-include"])
         .arg(shim.join("shim.h"))
         .arg(format!("-I{}", shim.display()))
         .arg(format!("-I{}", shim.join("include").display()))
@@ -37,10 +29,7 @@ fn compile(body: &str) -> (bool, String) {
         .output()
         .expect("a C++ compiler (the one build.rs used)");
     let _ = std::fs::remove_dir_all(&tmp);
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 #[test]
@@ -72,26 +61,17 @@ fn unsupported_constructs_fail_to_compile() {
         ("clock64", "y[0] = (float)clock64();"),
         ("clock", "y[0] = (float)clock();"),
         ("pre-Volta __shfl", "y[0] = __shfl(y[0], 0);"),
-        (
-            "round-toward-zero arithmetic",
-            "y[0] = __fmul_rz(y[0], 2.0f);",
-        ),
-        (
-            "inline PTX",
-            r#"unsigned l; asm volatile("mov.u32 %0, %%laneid;" : "=r"(l)); y[0] = l;"#,
-        ),
+        ("round-toward-zero arithmetic", "y[0] = __fmul_rz(y[0], 2.0f);"),
+        ("inline PTX", r#"unsigned l; asm volatile("mov.u32 %0, %%laneid;" : "=r"(l)); y[0] = l;"#),
         (
             "shuffle of a 16-byte type",
             "float4 v = make_float4(1, 2, 3, 4); v = __shfl_sync(0xffffffffu, v, 0); y[0] = v.x;",
         ),
     ];
     for (what, body) in cases {
-        let (ok, _) = compile(&format!(
-            "extern \"C\" __global__ void k(float* y) {{ {body} }}"
-        ));
+        let (ok, _) = compile(&format!("extern \"C\" __global__ void k(float* y) {{ {body} }}"));
         assert!(!ok, "{what} must not compile under the shim");
     }
-    let (ok, _) =
-        compile("#include <cooperative_groups.h>\nextern \"C\" __global__ void k(float* y) {}");
+    let (ok, _) = compile("#include <cooperative_groups.h>\nextern \"C\" __global__ void k(float* y) {}");
     assert!(!ok, "cooperative groups are not provided");
 }

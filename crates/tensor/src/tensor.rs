@@ -119,7 +119,9 @@ impl Tensor {
     /// The host slice of a CPU tensor of element type `T`.
     pub fn cpu_slice<T: Element>(&self) -> Result<&[T]> {
         match &self.storage {
-            Storage::Cpu(s) => T::slice(s).ok_or(TensorError::DTypeMismatch { op: "cpu_slice", a: s.dtype(), b: T::DTYPE }),
+            Storage::Cpu(s) => {
+                T::slice(s).ok_or(TensorError::DTypeMismatch { op: "cpu_slice", a: s.dtype(), b: T::DTYPE })
+            }
             Storage::Gpu(g) => Err(TensorError::Unsupported {
                 op: "cpu_slice",
                 device: g.device().name(),

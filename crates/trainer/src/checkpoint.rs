@@ -26,14 +26,7 @@ pub struct TrainState {
     pub ema_updates: u64,
 }
 
-pub fn save(
-    path: &Path,
-    cfg: &TrainConfig,
-    model: &UNet,
-    ema: &Ema,
-    opt: &AdamW,
-    state: TrainState,
-) -> Result<()> {
+pub fn save(path: &Path, cfg: &TrainConfig, model: &UNet, ema: &Ema, opt: &AdamW, state: TrainState) -> Result<()> {
     let mut entries = Vec::new();
     let names: Vec<String> = model.params.iter().map(|(n, _)| n.to_string()).collect();
     let mut push = |prefix: &str, tensors: Vec<&Tensor>| -> Result<()> {
@@ -53,14 +46,8 @@ pub fn save(
         ("adam_step".to_string(), opt.step.to_string()),
         ("ema_updates".to_string(), state.ema_updates.to_string()),
         ("loader_epoch".to_string(), state.loader.epoch.to_string()),
-        (
-            "loader_position".to_string(),
-            state.loader.position.to_string(),
-        ),
-        (
-            "config".to_string(),
-            serde_json::to_string(&cfg.model).unwrap_or_default(),
-        ),
+        ("loader_position".to_string(), state.loader.position.to_string()),
+        ("config".to_string(), serde_json::to_string(&cfg.model).unwrap_or_default()),
         ("train_config".to_string(), cfg.to_json()),
     ]);
     let bytes = serialize(&entries, meta)?;
@@ -78,10 +65,7 @@ pub struct Checkpoint {
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
-    Error::Checkpoint {
-        path: path.to_path_buf(),
-        reason: reason.into(),
-    }
+    Error::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
 }
 
 impl Checkpoint {
@@ -90,25 +74,15 @@ impl Checkpoint {
     pub fn open(path: &Path) -> Result<Checkpoint> {
         let file = resolve(path)?;
         let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
-        let meta = diffuse_unet::io::metadata(&bytes).map_err(|e| {
-            bad(
-                &file,
-                format!("not a readable checkpoint (truncated or corrupt?): {e}"),
-            )
-        })?;
+        let meta = diffuse_unet::io::metadata(&bytes)
+            .map_err(|e| bad(&file, format!("not a readable checkpoint (truncated or corrupt?): {e}")))?;
         if meta.get("format").map(String::as_str) != Some(FORMAT) {
-            return Err(bad(
-                &file,
-                "not a diffuse checkpoint (no \"format\": \"diffuse-checkpoint\" in its metadata)",
-            ));
+            return Err(bad(&file, "not a diffuse checkpoint (no \"format\": \"diffuse-checkpoint\" in its metadata)"));
         }
         if meta.get("version").map(String::as_str) != Some(VERSION) {
             return Err(bad(
                 &file,
-                format!(
-                    "checkpoint version {:?} is not supported (expected {VERSION})",
-                    meta.get("version")
-                ),
+                format!("checkpoint version {:?} is not supported (expected {VERSION})", meta.get("version")),
             ));
         }
         // Parse the whole file now, so a truncated body fails here and not midway.
@@ -118,25 +92,15 @@ impl Checkpoint {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| bad(&file, format!("metadata {k:?} is missing or not a number")))
         };
-        let train_config =
-            TrainConfig::from_json(meta.get("train_config").map(String::as_str).unwrap_or(""))
-                .map_err(|e| bad(&file, e.to_string()))?;
+        let train_config = TrainConfig::from_json(meta.get("train_config").map(String::as_str).unwrap_or(""))
+            .map_err(|e| bad(&file, e.to_string()))?;
         let state = TrainState {
             step: num("step")?,
-            loader: LoaderState {
-                epoch: num("loader_epoch")?,
-                position: num("loader_position")?,
-            },
+            loader: LoaderState { epoch: num("loader_epoch")?, position: num("loader_position")? },
             ema_updates: num("ema_updates")?,
         };
         let adam_step = num("adam_step")?;
-        Ok(Checkpoint {
-            path: file,
-            train_config,
-            state,
-            adam_step,
-            bytes,
-        })
+        Ok(Checkpoint { path: file, train_config, state, adam_step, bytes })
     }
 
     pub fn model_config(&self) -> &UNetConfig {
@@ -150,18 +114,12 @@ impl Checkpoint {
             .iter()
             .map(|(n, like)| {
                 let name = format!("{prefix}.{n}");
-                let view = st
-                    .tensor(&name)
-                    .map_err(|_| bad(&self.path, format!("tensor {name} is missing")))?;
+                let view = st.tensor(&name).map_err(|_| bad(&self.path, format!("tensor {name} is missing")))?;
                 let t = view_to_tensor(&name, &view)?;
                 if t.dims() != like.dims() {
                     return Err(bad(
                         &self.path,
-                        format!(
-                            "tensor {name} has shape {:?}, the model needs {:?}",
-                            t.dims(),
-                            like.dims()
-                        ),
+                        format!("tensor {name} has shape {:?}, the model needs {:?}", t.dims(), like.dims()),
                     ));
                 }
                 Ok(t.to_dtype(like.dtype())?.to_device(&like.device())?)
@@ -171,12 +129,7 @@ impl Checkpoint {
 
     /// A model with the checkpoint's weights (`ema` picks the EMA weights).
     pub fn load_model(&self, device: &Device, ema: bool) -> Result<UNet> {
-        let mut model = UNet::new(
-            self.train_config.model.clone(),
-            0,
-            diffuse_tensor::DType::F32,
-            device,
-        )?;
+        let mut model = UNet::new(self.train_config.model.clone(), 0, diffuse_tensor::DType::F32, device)?;
         let values = self.load_group(if ema { "ema" } else { "model" }, &model)?;
         let ids: Vec<_> = model.params.ids().collect();
         for (id, v) in ids.into_iter().zip(values) {
@@ -207,11 +160,7 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let step = name
-                    .strip_prefix("ckpt-")?
-                    .strip_suffix(".safetensors")?
-                    .parse()
-                    .ok()?;
+                let step = name.strip_prefix("ckpt-")?.strip_suffix(".safetensors")?.parse().ok()?;
                 Some((step, e.path()))
             })
             .collect(),
@@ -228,21 +177,10 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
         return Ok(path.to_path_buf());
     }
     if !path.exists() {
-        return Err(Error::NotFound {
-            path: path.to_path_buf(),
-        });
+        return Err(Error::NotFound { path: path.to_path_buf() });
     }
-    let dir = if path.join("checkpoints").is_dir() {
-        path.join("checkpoints")
-    } else {
-        path.to_path_buf()
-    };
-    list(&dir)?.pop().ok_or_else(|| {
-        bad(
-            path,
-            "no checkpoint (ckpt-*.safetensors) found in this directory",
-        )
-    })
+    let dir = if path.join("checkpoints").is_dir() { path.join("checkpoints") } else { path.to_path_buf() };
+    list(&dir)?.pop().ok_or_else(|| bad(path, "no checkpoint (ckpt-*.safetensors) found in this directory"))
 }
 
 /// Deletes all but the newest `keep` checkpoints of a folder.

@@ -90,10 +90,7 @@ impl TrainConfig {
             return bad("timesteps must be at least 2".into());
         }
         if self.sample_ddim_steps == 0 || self.sample_ddim_steps > self.timesteps {
-            return bad(format!(
-                "sample_ddim_steps must be in 1..={}",
-                self.timesteps
-            ));
+            return bad(format!("sample_ddim_steps must be in 1..={}", self.timesteps));
         }
         if self.keep_checkpoints == 0 {
             return bad("keep_checkpoints must be at least 1".into());
@@ -106,7 +103,6 @@ impl TrainConfig {
     }
 
     pub fn from_json(s: &str) -> Result<Self> {
-        serde_json::from_str(s)
-            .map_err(|e| Error::Config(format!("cannot parse training config: {e}")))
+        serde_json::from_str(s).map_err(|e| Error::Config(format!("cannot parse training config: {e}")))
     }
 }

@@ -28,9 +28,7 @@ impl std::str::FromStr for Schedule {
         match s {
             "linear" => Ok(Schedule::Linear),
             "cosine" => Ok(Schedule::Cosine),
-            _ => Err(Error::Config(format!(
-                "unknown schedule {s:?} (linear or cosine)"
-            ))),
+            _ => Err(Error::Config(format!("unknown schedule {s:?} (linear or cosine)"))),
         }
     }
 }
@@ -42,9 +40,7 @@ impl std::str::FromStr for Target {
             "eps" => Ok(Target::Eps),
             "x0" => Ok(Target::X0),
             "v" => Ok(Target::V),
-            _ => Err(Error::Config(format!(
-                "unknown target {s:?} (eps, x0 or v)"
-            ))),
+            _ => Err(Error::Config(format!("unknown target {s:?} (eps, x0 or v)"))),
         }
     }
 }
@@ -64,9 +60,7 @@ pub struct Diffusion {
 impl Diffusion {
     pub fn new(schedule: Schedule, timesteps: usize, target: Target) -> Result<Self> {
         if timesteps < 2 {
-            return Err(Error::Config(format!(
-                "need at least 2 diffusion timesteps, got {timesteps}"
-            )));
+            return Err(Error::Config(format!("need at least 2 diffusion timesteps, got {timesteps}")));
         }
         let t = timesteps as f64;
         let betas: Vec<f64> = match schedule {
@@ -78,14 +72,8 @@ impl Diffusion {
                 (0..timesteps).map(|i| b0 + (b1 - b0) * i as f64 / (t - 1.0)).collect()
             }
             Schedule::Cosine => {
-                let f = |i: f64| {
-                    ((i / t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
-                        .cos()
-                        .powi(2)
-                };
-                (0..timesteps)
-                    .map(|i| (1.0 - f(i as f64 + 1.0) / f(i as f64)).min(0.999))
-                    .collect()
+                let f = |i: f64| ((i / t + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2).cos().powi(2);
+                (0..timesteps).map(|i| (1.0 - f(i as f64 + 1.0) / f(i as f64)).min(0.999)).collect()
             }
         };
         let mut alphas_cumprod = Vec::with_capacity(timesteps);
@@ -94,12 +82,7 @@ impl Diffusion {
             acc *= 1.0 - b;
             alphas_cumprod.push(acc);
         }
-        Ok(Diffusion {
-            timesteps,
-            target,
-            betas,
-            alphas_cumprod,
-        })
+        Ok(Diffusion { timesteps, target, betas, alphas_cumprod })
     }
 
     pub fn beta(&self, t: usize) -> f64 {
@@ -118,35 +101,18 @@ impl Diffusion {
     /// Uniform timesteps for a batch: a pure function of (seed, step, i).
     pub fn draw_timesteps(&self, n: usize, seed: u64, step: u32) -> Vec<usize> {
         (0..n as u64)
-            .map(|i| {
-                (philox::bits(seed, step, TIMESTEP_STREAM, i) as u64 % self.timesteps as u64)
-                    as usize
-            })
+            .map(|i| (philox::bits(seed, step, TIMESTEP_STREAM, i) as u64 % self.timesteps as u64) as usize)
             .collect()
     }
 
-    fn per_sample(
-        &self,
-        ts: &[usize],
-        f: impl Fn(f64) -> f64,
-        device: &Device,
-        dtype: DType,
-    ) -> Result<Tensor> {
+    fn per_sample(&self, ts: &[usize], f: impl Fn(f64) -> f64, device: &Device, dtype: DType) -> Result<Tensor> {
         let v: Vec<f64> = ts.iter().map(|&t| f(self.alphas_cumprod[t])).collect();
-        Ok(Tensor::from_vec(v, [ts.len()])?
-            .to_dtype(dtype)?
-            .to_device(device)?)
+        Ok(Tensor::from_vec(v, [ts.len()])?.to_dtype(dtype)?.to_device(device)?)
     }
 
     /// x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, eps drawn inside the
     /// fused op from Philox (seed, step): the same noise on every device.
-    pub fn q_sample(
-        &self,
-        x0: &Tensor,
-        ts: &[usize],
-        seed: u64,
-        step: u32,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn q_sample(&self, x0: &Tensor, ts: &[usize], seed: u64, step: u32) -> Result<(Tensor, Tensor)> {
         let (dev, dt) = (x0.device(), x0.dtype());
         let a = self.per_sample(ts, f64::sqrt, &dev, dt)?;
         let b = self.per_sample(ts, |ab| (1.0 - ab).sqrt(), &dev, dt)?;
@@ -163,37 +129,22 @@ impl Diffusion {
                 let (dev, dt) = (x0.device(), x0.dtype());
                 let a = self.per_sample(ts, f64::sqrt, &dev, dt)?;
                 let b = self.per_sample(ts, |ab| (1.0 - ab).sqrt(), &dev, dt)?;
-                Ok(ops::sub(
-                    &ops::scale_per_sample(eps, &a)?,
-                    &ops::scale_per_sample(x0, &b)?,
-                )?)
+                Ok(ops::sub(&ops::scale_per_sample(eps, &a)?, &ops::scale_per_sample(x0, &b)?)?)
             }
         }
     }
 
     /// The network's output at x_t (one shared t) as (eps, x0) predictions.
-    pub fn split_prediction(
-        &self,
-        x_t: &Tensor,
-        out: &Tensor,
-        t: usize,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn split_prediction(&self, x_t: &Tensor, out: &Tensor, t: usize) -> Result<(Tensor, Tensor)> {
         let a = self.alphas_cumprod[t].sqrt();
         let b = (1.0 - self.alphas_cumprod[t]).sqrt();
         Ok(match self.target {
-            Target::Eps => (
-                out.clone(),
-                ops::scale(&ops::add_scaled(x_t, out, -b)?, 1.0 / a)?,
-            ),
-            Target::X0 => (
-                ops::scale(&ops::add_scaled(x_t, out, -a)?, 1.0 / b)?,
-                out.clone(),
-            ),
+            Target::Eps => (out.clone(), ops::scale(&ops::add_scaled(x_t, out, -b)?, 1.0 / a)?),
+            Target::X0 => (ops::scale(&ops::add_scaled(x_t, out, -a)?, 1.0 / b)?, out.clone()),
             // x0 = a x_t - b v ; eps = b x_t + a v
-            Target::V => (
-                ops::add_scaled(&ops::scale(x_t, b)?, out, a)?,
-                ops::add_scaled(&ops::scale(x_t, a)?, out, -b)?,
-            ),
+            Target::V => {
+                (ops::add_scaled(&ops::scale(x_t, b)?, out, a)?, ops::add_scaled(&ops::scale(x_t, a)?, out, -b)?)
+            }
         })
     }
 
@@ -213,9 +164,7 @@ mod tests {
     fn linear_schedule_matches_the_paper() {
         let d = Diffusion::new(Schedule::Linear, 1000, Target::Eps).unwrap();
         assert!((d.beta(0) - 1e-4).abs() < 1e-15 && (d.beta(999) - 0.02).abs() < 1e-15);
-        let want: f64 = (0..1000)
-            .map(|i| 1.0 - (1e-4 + (0.02 - 1e-4) * i as f64 / 999.0))
-            .product();
+        let want: f64 = (0..1000).map(|i| 1.0 - (1e-4 + (0.02 - 1e-4) * i as f64 / 999.0)).product();
         assert!((d.abar(999) - want).abs() < 1e-15);
         assert_eq!(d.abar(-1), 1.0);
     }
@@ -239,12 +188,7 @@ mod tests {
             let (x_t, eps) = d.q_sample(&x0, &ts, 3, 0).unwrap();
             let tgt = d.target_of(&x0, &eps, &ts).unwrap();
             let (e, x) = d.split_prediction(&x_t, &tgt, 417).unwrap();
-            for (a, b) in e
-                .to_vec_f64()
-                .unwrap()
-                .iter()
-                .zip(eps.to_vec_f64().unwrap())
-            {
+            for (a, b) in e.to_vec_f64().unwrap().iter().zip(eps.to_vec_f64().unwrap()) {
                 assert!((a - b).abs() < 1e-9, "{target:?} eps");
             }
             for (a, b) in x.to_vec_f64().unwrap().iter().zip(x0.to_vec_f64().unwrap()) {

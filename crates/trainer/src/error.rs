@@ -28,21 +28,11 @@ pub enum Error {
 
     /// An IDX file whose magic number is not the expected one.
     #[error("{}: not an IDX {what} file: magic number 0x{found:08x}, expected 0x{expected:08x}", path.display())]
-    BadMagic {
-        path: PathBuf,
-        what: &'static str,
-        found: u32,
-        expected: u32,
-    },
+    BadMagic { path: PathBuf, what: &'static str, found: u32, expected: u32 },
 
     /// A file shorter than its header says (or than one whole header).
     #[error("{}: truncated: {what} needs {expected} bytes but the file has {found}", path.display())]
-    Truncated {
-        path: PathBuf,
-        what: String,
-        expected: u64,
-        found: u64,
-    },
+    Truncated { path: PathBuf, what: String, expected: u64, found: u64 },
 
     /// Dimensions in a header that make no sense (zero, overflow, extra bytes,
     /// a record that is not whole).
@@ -51,12 +41,7 @@ pub enum Error {
 
     /// The data does not fit the model configuration (channels or size).
     #[error("{}: the data is {has} but the model expects {expected} ({hint})", path.display())]
-    ConfigMismatch {
-        path: PathBuf,
-        has: String,
-        expected: String,
-        hint: String,
-    },
+    ConfigMismatch { path: PathBuf, has: String, expected: String, hint: String },
 
     /// A dataset with no images in it.
     #[error("{}: dataset is empty: {reason}", path.display())]
@@ -102,9 +87,6 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 }

@@ -80,12 +80,7 @@ pub struct RasterImage {
 impl RasterImage {
     /// A `width x height` image of `channels` filled with `value`.
     pub fn filled(width: usize, height: usize, channels: usize, value: u8) -> Self {
-        RasterImage {
-            width,
-            height,
-            channels,
-            pixels: vec![value; width * height * channels],
-        }
+        RasterImage { width, height, channels, pixels: vec![value; width * height * channels] }
     }
 
     /// Encodes as PNG.
@@ -94,19 +89,12 @@ impl RasterImage {
             1 => ExtendedColorType::L8,
             3 => ExtendedColorType::Rgb8,
             4 => ExtendedColorType::Rgba8,
-            c => {
-                return Err(Error::InvalidArgument(format!(
-                    "cannot write a PNG of {c} channels"
-                )))
-            }
+            c => return Err(Error::InvalidArgument(format!("cannot write a PNG of {c} channels"))),
         };
         let mut out = Vec::new();
         PngEncoder::new(&mut out)
             .write_image(&self.pixels, self.width as u32, self.height as u32, color)
-            .map_err(|e| Error::Image {
-                path: PathBuf::from("<png encoder>"),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| Error::Image { path: PathBuf::from("<png encoder>"), reason: e.to_string() })?;
         Ok(out)
     }
 
@@ -127,9 +115,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::InvalidArgument(format!("{}: not a file name", path.display())))?;
+    let name =
+        path.file_name().ok_or_else(|| Error::InvalidArgument(format!("{}: not a file name", path.display())))?;
     let tmp = dir.join(format!(
         ".{}.tmp-{}-{}",
         name.to_string_lossy(),
@@ -137,10 +124,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
     ));
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         drop(f);
@@ -158,15 +142,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn check_shape(data: &[f32], shape: [usize; 4]) -> Result<()> {
     let [n, c, h, w] = shape;
-    let want = n
-        .checked_mul(c)
-        .and_then(|v| v.checked_mul(h))
-        .and_then(|v| v.checked_mul(w));
+    let want = n.checked_mul(c).and_then(|v| v.checked_mul(h)).and_then(|v| v.checked_mul(w));
     if want != Some(data.len()) {
-        return Err(Error::Shape(format!(
-            "{} values given for images of shape [{n}, {c}, {h}, {w}]",
-            data.len()
-        )));
+        return Err(Error::Shape(format!("{} values given for images of shape [{n}, {c}, {h}, {w}]", data.len())));
     }
     Ok(())
 }
@@ -176,23 +154,14 @@ fn check_shape(data: &[f32], shape: [usize; 4]) -> Result<()> {
 /// [`GRID_PADDING`] pixels of black between and around them. The result is
 /// `nrow' * (w + 2) + 2` wide and `rows * (h + 2) + 2` high, where
 /// `nrow' = min(nrow, n)`.
-pub fn make_grid(
-    data: &[f32],
-    shape: [usize; 4],
-    nrow: usize,
-    range: ValueRange,
-) -> Result<RasterImage> {
+pub fn make_grid(data: &[f32], shape: [usize; 4], nrow: usize, range: ValueRange) -> Result<RasterImage> {
     check_shape(data, shape)?;
     let [n, c, h, w] = shape;
     if n == 0 || h == 0 || w == 0 {
-        return Err(Error::InvalidArgument(format!(
-            "no image to draw in shape [{n}, {c}, {h}, {w}]"
-        )));
+        return Err(Error::InvalidArgument(format!("no image to draw in shape [{n}, {c}, {h}, {w}]")));
     }
     if c != 1 && c != 3 {
-        return Err(Error::InvalidArgument(format!(
-            "images of {c} channels: a grid takes 1 (grey) or 3 (RGB)"
-        )));
+        return Err(Error::InvalidArgument(format!("images of {c} channels: a grid takes 1 (grey) or 3 (RGB)")));
     }
     if nrow == 0 {
         return Err(Error::InvalidArgument("nrow 0".into()));
@@ -237,11 +206,7 @@ pub fn save_grid(
 /// `shape = [n, c, h, w]` at the t-th recorded timestep; the grid has one
 /// row per sample and one column per frame (left to right in the order
 /// given).
-pub fn make_trajectory(
-    frames: &[&[f32]],
-    shape: [usize; 4],
-    range: ValueRange,
-) -> Result<RasterImage> {
+pub fn make_trajectory(frames: &[&[f32]], shape: [usize; 4], range: ValueRange) -> Result<RasterImage> {
     if frames.is_empty() {
         return Err(Error::InvalidArgument("trajectory with no frames".into()));
     }
@@ -261,12 +226,7 @@ pub fn make_trajectory(
 }
 
 /// Saves a trajectory PNG (see [`make_trajectory`]).
-pub fn save_trajectory(
-    path: impl AsRef<Path>,
-    frames: &[&[f32]],
-    shape: [usize; 4],
-    range: ValueRange,
-) -> Result<()> {
+pub fn save_trajectory(path: impl AsRef<Path>, frames: &[&[f32]], shape: [usize; 4], range: ValueRange) -> Result<()> {
     make_trajectory(frames, shape, range)?.save_png(path)
 }
 
@@ -281,22 +241,12 @@ const NPY_MAGIC: &[u8; 6] = b"\x93NUMPY";
 pub fn npy_bytes(data: &[f32], shape: &[usize]) -> Result<Vec<u8>> {
     let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if count != Some(data.len()) {
-        return Err(Error::Shape(format!(
-            "{} values given for an array of shape {shape:?}",
-            data.len()
-        )));
+        return Err(Error::Shape(format!("{} values given for an array of shape {shape:?}", data.len())));
     }
     let shape_text = match shape {
         [] => "()".to_string(),
         [d] => format!("({d},)"),
-        _ => format!(
-            "({})",
-            shape
-                .iter()
-                .map(|d| d.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
     };
     let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
     let unpadded = NPY_MAGIC.len() + 2 + 2 + header.len() + 1;
@@ -324,19 +274,13 @@ pub fn save_npy(path: impl AsRef<Path>, data: &[f32], shape: &[usize]) -> Result
 /// Parses an NPY file (v1, v2 or v3) of little-endian float32 in C order:
 /// returns the values and the shape.
 pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
-    let bad = |reason: String| Error::BadDims {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let bad = |reason: String| Error::BadDims { path: path.to_path_buf(), reason };
     if bytes.len() < 10 || &bytes[..6] != NPY_MAGIC {
         return Err(bad("not an NPY file (no \\x93NUMPY magic)".into()));
     }
     let (hlen, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
+        2 | 3 if bytes.len() >= 12 => (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12),
         v => return Err(bad(format!("unsupported NPY version {v}"))),
     };
     let header = bytes
@@ -355,8 +299,7 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
             descr.split(',').next().unwrap_or("")
         )));
     }
-    let fortran =
-        field("fortran_order").ok_or_else(|| bad("NPY header has no 'fortran_order'".into()))?;
+    let fortran = field("fortran_order").ok_or_else(|| bad("NPY header has no 'fortran_order'".into()))?;
     if !fortran.starts_with("False") {
         return Err(bad("NPY array in Fortran order".into()));
     }
@@ -385,10 +328,7 @@ pub fn parse_npy(bytes: &[u8], path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
             found: bytes.len() as u64,
         });
     }
-    let data = payload
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let data = payload.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     Ok((data, shape))
 }
 
@@ -397,9 +337,7 @@ pub fn load_npy(path: impl AsRef<Path>) -> Result<(Vec<f32>, Vec<usize>)> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound {
-                path: path.to_path_buf(),
-            }
+            Error::NotFound { path: path.to_path_buf() }
         } else {
             Error::io(path, e)
         }
@@ -426,12 +364,7 @@ pub struct PlotOptions {
 
 impl Default for PlotOptions {
     fn default() -> Self {
-        PlotOptions {
-            width: 800,
-            height: 480,
-            log_y: true,
-            smoothing: 0,
-        }
+        PlotOptions { width: 800, height: 480, log_y: true, smoothing: 0 }
     }
 }
 
@@ -523,13 +456,7 @@ impl Canvas {
                     if bits >> (2 - col) & 1 == 1 {
                         let px = gx + (col * FONT_SCALE) as i64;
                         let py = y + (r * FONT_SCALE) as i64;
-                        self.rect(
-                            px,
-                            py,
-                            px + FONT_SCALE as i64 - 1,
-                            py + FONT_SCALE as i64 - 1,
-                            rgb,
-                        );
+                        self.rect(px, py, px + FONT_SCALE as i64 - 1, py + FONT_SCALE as i64 - 1, rgb);
                     }
                 }
             }
@@ -590,9 +517,7 @@ fn format_step_tick(v: f64) -> String {
 pub fn render_loss_plot(points: &[(u64, f64)], opts: &PlotOptions) -> RasterImage {
     let width = opts.width.max(200);
     let height = opts.height.max(120);
-    let mut cv = Canvas {
-        img: RasterImage::filled(width, height, 3, 255),
-    };
+    let mut cv = Canvas { img: RasterImage::filled(width, height, 3, 255) };
     let black = [0, 0, 0];
     let grid = [225, 225, 225];
     let raw_col = [160, 190, 235];
@@ -623,16 +548,10 @@ pub fn render_loss_plot(points: &[(u64, f64)], opts: &PlotOptions) -> RasterImag
         .collect();
     let ty = |v: f64| if opts.log_y { v.log10() } else { v };
 
-    let (mut xmin, mut xmax) = pts
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-            (a.min(p.0), b.max(p.0))
-        });
-    let (mut ymin, mut ymax) = pts
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| {
-            (a.min(ty(p.1)), b.max(ty(p.1)))
-        });
+    let (mut xmin, mut xmax) =
+        pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (mut ymin, mut ymax) =
+        pts.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(ty(p.1)), b.max(ty(p.1))));
     if pts.is_empty() {
         (xmin, xmax) = (0.0, 1.0);
         (ymin, ymax) = if opts.log_y { (-1.0, 0.0) } else { (0.0, 1.0) };
@@ -641,11 +560,7 @@ pub fn render_loss_plot(points: &[(u64, f64)], opts: &PlotOptions) -> RasterImag
         xmax = xmin + 1.0;
     }
     if ymax - ymin < 1e-12 {
-        let pad = if ymin.abs() > 1e-12 {
-            ymin.abs() * 0.05
-        } else {
-            0.5
-        };
+        let pad = if ymin.abs() > 1e-12 { ymin.abs() * 0.05 } else { 0.5 };
         ymin -= pad;
         ymax += pad;
     } else {
@@ -728,22 +643,13 @@ pub fn render_loss_plot(points: &[(u64, f64)], opts: &PlotOptions) -> RasterImag
     cv.line((left, top), (left, bottom), black, 1);
     cv.line((left, bottom), (right, bottom), black, 1);
     let xname = "STEP";
-    cv.text(
-        (left + right) / 2 - text_width(xname) as i64 / 2,
-        height as i64 - 14,
-        xname,
-        black,
-    );
+    cv.text((left + right) / 2 - text_width(xname) as i64 / 2, height as i64 - 14, xname, black);
     let yname = if opts.log_y { "LOSS (LOG)" } else { "LOSS" };
     cv.text(left + 6, top + 2, yname, black);
     cv.img
 }
 
 /// Renders [`render_loss_plot`] and writes it as a PNG, atomically.
-pub fn save_loss_plot(
-    path: impl AsRef<Path>,
-    points: &[(u64, f64)],
-    opts: &PlotOptions,
-) -> Result<()> {
+pub fn save_loss_plot(path: impl AsRef<Path>, points: &[(u64, f64)], opts: &PlotOptions) -> Result<()> {
     render_loss_plot(points, opts).save_png(path)
 }

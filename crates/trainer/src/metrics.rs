@@ -22,11 +22,7 @@ pub const DEFAULT_DATA_RANGE: f64 = 1.0;
 
 fn check_same(a: &[f32], b: &[f32]) -> Result<()> {
     if a.len() != b.len() {
-        return Err(Error::Shape(format!(
-            "comparing {} values with {} values",
-            a.len(),
-            b.len()
-        )));
+        return Err(Error::Shape(format!("comparing {} values with {} values", a.len(), b.len())));
     }
     if a.is_empty() {
         return Err(Error::Shape("comparing empty arrays".into()));
@@ -38,10 +34,7 @@ fn check_shape(a: &[f32], b: &[f32], shape: [usize; 4]) -> Result<()> {
     check_same(a, b)?;
     let [n, c, h, w] = shape;
     if n * c * h * w != a.len() {
-        return Err(Error::Shape(format!(
-            "{} values given for images of shape [{n}, {c}, {h}, {w}]",
-            a.len()
-        )));
+        return Err(Error::Shape(format!("{} values given for images of shape [{n}, {c}, {h}, {w}]", a.len())));
     }
     Ok(())
 }
@@ -70,9 +63,7 @@ fn psnr_from_mse(mse: f64, data_range: f64) -> f64 {
 
 fn check_range(data_range: f64) -> Result<()> {
     if !(data_range.is_finite() && data_range > 0.0) {
-        return Err(Error::InvalidArgument(format!(
-            "data range {data_range} (must be positive)"
-        )));
+        return Err(Error::InvalidArgument(format!("data range {data_range} (must be positive)")));
     }
     Ok(())
 }
@@ -85,19 +76,11 @@ pub fn psnr(a: &[f32], b: &[f32], data_range: f64) -> Result<f64> {
 }
 
 /// PSNR of each image of `shape = [n, c, h, w]`.
-pub fn psnr_per_image(
-    a: &[f32],
-    b: &[f32],
-    shape: [usize; 4],
-    data_range: f64,
-) -> Result<Vec<f64>> {
+pub fn psnr_per_image(a: &[f32], b: &[f32], shape: [usize; 4], data_range: f64) -> Result<Vec<f64>> {
     check_shape(a, b, shape)?;
     check_range(data_range)?;
     let per = shape[1] * shape[2] * shape[3];
-    a.chunks_exact(per)
-        .zip(b.chunks_exact(per))
-        .map(|(x, y)| Ok(psnr_from_mse(mse(x, y)?, data_range)))
-        .collect()
+    a.chunks_exact(per).zip(b.chunks_exact(per)).map(|(x, y)| Ok(psnr_from_mse(mse(x, y)?, data_range))).collect()
 }
 
 /// Parameters of [`ssim_with`].
@@ -115,23 +98,14 @@ pub struct SsimOptions {
 
 impl Default for SsimOptions {
     fn default() -> Self {
-        SsimOptions {
-            window: 11,
-            sigma: 1.5,
-            k1: 0.01,
-            k2: 0.03,
-            data_range: DEFAULT_DATA_RANGE,
-        }
+        SsimOptions { window: 11, sigma: 1.5, k1: 0.01, k2: 0.03, data_range: DEFAULT_DATA_RANGE }
     }
 }
 
 impl SsimOptions {
     /// The defaults with another data range.
     pub fn with_data_range(data_range: f64) -> Self {
-        SsimOptions {
-            data_range,
-            ..Default::default()
-        }
+        SsimOptions { data_range, ..Default::default() }
     }
 }
 
@@ -183,27 +157,18 @@ fn ssim_plane(x: &[f32], y: &[f32], h: usize, w: usize, g: &[f64], c1: f64, c2: 
             let vx = m[2] - mx * mx;
             let vy = m[3] - my * my;
             let cxy = m[4] - mx * my;
-            total += ((2.0 * mx * my + c1) * (2.0 * cxy + c2))
-                / ((mx * mx + my * my + c1) * (vx + vy + c2));
+            total += ((2.0 * mx * my + c1) * (2.0 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2));
         }
     }
     total / (oh * ow) as f64
 }
 
 /// SSIM of each image of `shape = [n, c, h, w]` (mean over its channels).
-pub fn ssim_per_image(
-    a: &[f32],
-    b: &[f32],
-    shape: [usize; 4],
-    opts: &SsimOptions,
-) -> Result<Vec<f64>> {
+pub fn ssim_per_image(a: &[f32], b: &[f32], shape: [usize; 4], opts: &SsimOptions) -> Result<Vec<f64>> {
     check_shape(a, b, shape)?;
     check_range(opts.data_range)?;
     if opts.window == 0 || opts.window.is_multiple_of(2) {
-        return Err(Error::InvalidArgument(format!(
-            "SSIM window {} (must be odd)",
-            opts.window
-        )));
+        return Err(Error::InvalidArgument(format!("SSIM window {} (must be odd)", opts.window)));
     }
     if !(opts.sigma.is_finite() && opts.sigma > 0.0) {
         return Err(Error::InvalidArgument(format!("SSIM sigma {}", opts.sigma)));
@@ -215,15 +180,9 @@ pub fn ssim_per_image(
     let c1 = (opts.k1 * opts.data_range).powi(2);
     let c2 = (opts.k2 * opts.data_range).powi(2);
     let plane = h * w;
-    let per_plane: Vec<f64> = a
-        .par_chunks(plane)
-        .zip(b.par_chunks(plane))
-        .map(|(x, y)| ssim_plane(x, y, h, w, &g, c1, c2))
-        .collect();
-    Ok(per_plane
-        .chunks_exact(c)
-        .map(|p| p.iter().sum::<f64>() / c as f64)
-        .collect())
+    let per_plane: Vec<f64> =
+        a.par_chunks(plane).zip(b.par_chunks(plane)).map(|(x, y)| ssim_plane(x, y, h, w, &g, c1, c2)).collect();
+    Ok(per_plane.chunks_exact(c).map(|p| p.iter().sum::<f64>() / c as f64).collect())
 }
 
 /// Mean SSIM over the images and channels of `shape = [n, c, h, w]`.

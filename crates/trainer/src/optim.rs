@@ -18,20 +18,9 @@ pub struct AdamW {
 impl AdamW {
     pub fn new(store: &ParamStore, hyper: AdamWParams) -> Result<Self> {
         let zeros = |t: &Tensor| Tensor::zeros(t.dims().to_vec(), t.dtype(), &t.device());
-        let m = store
-            .iter()
-            .map(|(_, t)| zeros(t))
-            .collect::<diffuse_tensor::Result<Vec<_>>>()?;
-        let v = store
-            .iter()
-            .map(|(_, t)| zeros(t))
-            .collect::<diffuse_tensor::Result<Vec<_>>>()?;
-        Ok(AdamW {
-            hyper,
-            m,
-            v,
-            step: 0,
-        })
+        let m = store.iter().map(|(_, t)| zeros(t)).collect::<diffuse_tensor::Result<Vec<_>>>()?;
+        let v = store.iter().map(|(_, t)| zeros(t)).collect::<diffuse_tensor::Result<Vec<_>>>()?;
+        Ok(AdamW { hyper, m, v, step: 0 })
     }
 
     /// One update of every parameter that has a gradient, at learning rate `lr`.
@@ -42,14 +31,7 @@ impl AdamW {
         for (k, id) in ids.into_iter().enumerate() {
             let (value, grad) = store.value_and_grad_mut(id);
             if let Some(grad) = grad {
-                ops::adamw_step(
-                    value,
-                    grad,
-                    &mut self.m[k],
-                    &mut self.v[k],
-                    &hyper,
-                    self.step,
-                )?;
+                ops::adamw_step(value, grad, &mut self.m[k], &mut self.v[k], &hyper, self.step)?;
             }
         }
         Ok(())
@@ -62,9 +44,7 @@ pub fn clip_grad_norm(store: &mut ParamStore, max_norm: f64) -> Result<f64> {
     let grads: Vec<&Tensor> = store.ids().filter_map(|id| store.grad(id)).collect();
     let norm = ops::global_l2_norm(&grads)?;
     if !norm.is_finite() {
-        return Err(Error::Config(format!(
-            "gradient norm is {norm}: the run diverged (try a lower --lr)"
-        )));
+        return Err(Error::Config(format!("gradient norm is {norm}: the run diverged (try a lower --lr)")));
     }
     if max_norm > 0.0 && norm > max_norm {
         let s = max_norm / (norm + 1e-6);
@@ -98,16 +78,9 @@ pub struct Ema {
 impl Ema {
     pub fn new(store: &ParamStore, decay: f64, warmup: bool) -> Result<Self> {
         if !(0.0..=1.0).contains(&decay) {
-            return Err(Error::Config(format!(
-                "EMA decay {decay} is outside [0, 1]"
-            )));
+            return Err(Error::Config(format!("EMA decay {decay} is outside [0, 1]")));
         }
-        Ok(Ema {
-            decay,
-            warmup,
-            values: store.iter().map(|(_, t)| t.clone()).collect(),
-            updates: 0,
-        })
+        Ok(Ema { decay, warmup, values: store.iter().map(|(_, t)| t.clone()).collect(), updates: 0 })
     }
 
     pub fn effective_decay(&self) -> f64 {
@@ -147,9 +120,5 @@ pub fn zeros_like_params(store: &ParamStore) -> Result<Vec<Tensor>> {
 }
 
 pub fn dtype_of(store: &ParamStore) -> DType {
-    store
-        .iter()
-        .next()
-        .map(|(_, t)| t.dtype())
-        .unwrap_or(DType::F32)
+    store.iter().next().map(|(_, t)| t.dtype()).unwrap_or(DType::F32)
 }

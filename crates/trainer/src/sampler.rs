@@ -38,15 +38,7 @@ pub struct SampleSpec {
 
 impl SampleSpec {
     pub fn new(n: usize, sampler: Sampler, seed: u64) -> Self {
-        SampleSpec {
-            n,
-            sampler,
-            seed,
-            batch: 64,
-            trajectory: 0,
-            trajectory_points: 10,
-            clip_x0: true,
-        }
+        SampleSpec { n, sampler, seed, batch: 64, trajectory: 0, trajectory_points: 10, clip_x0: true }
     }
 }
 
@@ -63,10 +55,7 @@ pub fn timesteps(d: &Diffusion, sampler: Sampler) -> Result<Vec<usize>> {
         Sampler::Ddpm { .. } => Ok((0..d.timesteps).rev().collect()),
         Sampler::Ddim { steps, eta } => {
             if steps == 0 || steps > d.timesteps {
-                return Err(Error::Config(format!(
-                    "DDIM steps must be in 1..={}, got {steps}",
-                    d.timesteps
-                )));
+                return Err(Error::Config(format!("DDIM steps must be in 1..={}, got {steps}", d.timesteps)));
             }
             if !(eta >= 0.0 && eta.is_finite()) {
                 return Err(Error::Config(format!("DDIM eta must be >= 0, got {eta}")));
@@ -92,9 +81,7 @@ pub fn sample(
     mut on_step: impl FnMut(usize, usize),
 ) -> Result<Samples> {
     if spec.n == 0 || spec.batch == 0 {
-        return Err(Error::Config(
-            "number of samples and batch size must be positive".into(),
-        ));
+        return Err(Error::Config("number of samples and batch size must be positive".into()));
     }
     let cfg = &model.config;
     let device = model.device();
@@ -111,11 +98,7 @@ pub fn sample(
         // images are the same whatever --n is (for a fixed --batch).
         let seed = spec.seed.wrapping_add(chunk as u64);
         let mut x = Tensor::randn(shape, seed, INIT_STREAM, DType::F32, &device)?;
-        let keep = if chunk == 0 {
-            spec.trajectory.min(b)
-        } else {
-            0
-        };
+        let keep = if chunk == 0 { spec.trajectory.min(b) } else { 0 };
         for (i, &t) in ts.iter().enumerate() {
             if keep > 0 && i % record_every == 0 {
                 trajectory.push(first_images(&x, keep)?);
@@ -137,10 +120,7 @@ pub fn sample(
             Tensor::from_vec(v, [k, cfg.in_ch, cfg.image_size, cfg.image_size])
         })
         .collect::<diffuse_tensor::Result<Vec<_>>>()?;
-    Ok(Samples {
-        images: Tensor::from_vec(images, [spec.n, cfg.in_ch, cfg.image_size, cfg.image_size])?,
-        trajectory,
-    })
+    Ok(Samples { images: Tensor::from_vec(images, [spec.n, cfg.in_ch, cfg.image_size, cfg.image_size])?, trajectory })
 }
 
 fn first_images(x: &Tensor, k: usize) -> Result<Vec<f32>> {
@@ -176,8 +156,7 @@ fn step(
             let c_x0 = beta * abar_prev.sqrt() / (1.0 - abar_t);
             let c_xt = (1.0 - abar_prev) * (1.0 - beta).sqrt() / (1.0 - abar_t);
             let mean = ops::add_scaled(&ops::scale(&x0, c_x0)?, x, c_xt)?;
-            let posterior =
-                |t: usize| d.beta(t) * (1.0 - d.abar(t as isize - 1)) / (1.0 - d.abar(t as isize));
+            let posterior = |t: usize| d.beta(t) * (1.0 - d.abar(t as isize - 1)) / (1.0 - d.abar(t as isize));
             let var = match variance {
                 Variance::FixedSmall => posterior(t),
                 // The paper's code uses beta~_1 in place of beta_0 for t = 0.
@@ -195,8 +174,7 @@ fn step(
             let sigma = if t_prev < 0 {
                 0.0
             } else {
-                eta * ((1.0 - abar_prev) / (1.0 - abar_t)).sqrt()
-                    * (1.0 - abar_t / abar_prev).sqrt()
+                eta * ((1.0 - abar_prev) / (1.0 - abar_t)).sqrt() * (1.0 - abar_t / abar_prev).sqrt()
             };
             let c_eps = (1.0 - abar_prev - sigma * sigma).max(0.0).sqrt();
             let mean = ops::add_scaled(&ops::scale(&x0, abar_prev.sqrt())?, &eps, c_eps)?;

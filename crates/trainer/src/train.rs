@@ -49,7 +49,10 @@ pub enum Start {
     Fresh,
     /// Continue a run exactly where its checkpoint stopped (optionally
     /// reading its data from a new path).
-    Resume { checkpoint: PathBuf, data: Option<PathBuf> },
+    Resume {
+        checkpoint: PathBuf,
+        data: Option<PathBuf>,
+    },
     /// Start a new run from a checkpoint's weights (fresh optimiser).
     FineTune(PathBuf),
 }
@@ -81,12 +84,7 @@ impl Trainer {
     /// Builds a run: loads the data, builds or restores the model, and
     /// prepares the run directory (nothing in it is overwritten but the
     /// config, metrics and plot).
-    pub fn new(
-        mut cfg: TrainConfig,
-        start: Start,
-        out: PathBuf,
-        device: Device,
-    ) -> Result<Trainer> {
+    pub fn new(mut cfg: TrainConfig, start: Start, out: PathBuf, device: Device) -> Result<Trainer> {
         let ckpt = match &start {
             Start::Fresh => None,
             Start::Resume { checkpoint: p, .. } | Start::FineTune(p) => Some(Checkpoint::open(p)?),
@@ -151,18 +149,7 @@ impl Trainer {
         }
         image_io::write_atomic(&out.join("config.json"), cfg.to_json().as_bytes())?;
         let history = restore_metrics(&out.join("metrics.jsonl"), step)?;
-        Ok(Trainer {
-            cfg,
-            model,
-            ema,
-            opt,
-            loader,
-            diffusion,
-            step,
-            out,
-            device,
-            history,
-        })
+        Ok(Trainer { cfg, model, ema, opt, loader, diffusion, step, out, device, history })
     }
 
     /// One optimiser step (with `grad_accum` micro-batches); returns (loss, grad norm, lr).
@@ -174,9 +161,7 @@ impl Trainer {
             let batch = self.loader.next_batch();
             let idx = (self.step * accum as u64 + micro as u64) as u32;
             let x0 = Tensor::from_vec(batch.images, batch.shape)?.to_device(&self.device)?;
-            let ts = self
-                .diffusion
-                .draw_timesteps(batch.shape[0], self.cfg.seed, idx);
+            let ts = self.diffusion.draw_timesteps(batch.shape[0], self.cfg.seed, idx);
             let (x_t, eps) = self.diffusion.q_sample(&x0, &ts, self.cfg.seed, idx)?;
             let target = self.diffusion.target_of(&x0, &eps, &ts)?;
             let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), [ts.len()])?
@@ -205,24 +190,13 @@ impl Trainer {
     }
 
     fn state(&self) -> TrainState {
-        TrainState {
-            step: self.step,
-            loader: self.loader.state(),
-            ema_updates: self.ema.updates,
-        }
+        TrainState { step: self.step, loader: self.loader.state(), ema_updates: self.ema.updates }
     }
 
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let dir = self.out.join("checkpoints");
         let path = dir.join(checkpoint::checkpoint_name(self.step));
-        checkpoint::save(
-            &path,
-            &self.cfg,
-            &self.model,
-            &self.ema,
-            &self.opt,
-            self.state(),
-        )?;
+        checkpoint::save(&path, &self.cfg, &self.model, &self.ema, &self.opt, self.state())?;
         checkpoint::prune(&dir, self.cfg.keep_checkpoints)?;
         Ok(path)
     }
@@ -238,30 +212,14 @@ impl Trainer {
         let model = self.ema_model()?;
         let spec = SampleSpec::new(
             self.cfg.sample_count,
-            Sampler::Ddim {
-                steps: self.cfg.sample_ddim_steps,
-                eta: 0.0,
-            },
+            Sampler::Ddim { steps: self.cfg.sample_ddim_steps, eta: 0.0 },
             self.cfg.seed,
         );
         let s = sample(&model, &self.diffusion, &spec, |_, _| {})?;
-        let path = self
-            .out
-            .join("samples")
-            .join(format!("step-{:08}.png", self.step));
-        let shape = s
-            .images
-            .dims()
-            .try_into()
-            .map_err(|_| Error::Shape("samples are not 4-D".into()))?;
+        let path = self.out.join("samples").join(format!("step-{:08}.png", self.step));
+        let shape = s.images.dims().try_into().map_err(|_| Error::Shape("samples are not 4-D".into()))?;
         let nrow = (self.cfg.sample_count as f64).sqrt().ceil() as usize;
-        image_io::save_grid(
-            &path,
-            &s.images.to_vec_f32()?,
-            shape,
-            nrow,
-            ValueRange::Signed,
-        )?;
+        image_io::save_grid(&path, &s.images.to_vec_f32()?, shape, nrow, ValueRange::Signed)?;
         Ok(path)
     }
 
@@ -301,8 +259,7 @@ impl Trainer {
                 image_io::save_loss_plot(&plot, &self.history, &PlotOptions::default())?;
                 obs.step(&m);
             }
-            if self.cfg.checkpoint_every > 0 && (self.step.is_multiple_of(self.cfg.checkpoint_every) || done)
-            {
+            if self.cfg.checkpoint_every > 0 && (self.step.is_multiple_of(self.cfg.checkpoint_every) || done) {
                 let p = self.save_checkpoint()?;
                 obs.message(&format!("checkpoint {}", p.display()));
                 last_ckpt = Some(p);
@@ -312,12 +269,7 @@ impl Trainer {
                 obs.message(&format!("samples {}", p.display()));
             }
         }
-        Ok(RunSummary {
-            out: self.out.clone(),
-            steps_done: self.step,
-            last_loss,
-            last_checkpoint: last_ckpt,
-        })
+        Ok(RunSummary { out: self.out.clone(), steps_done: self.step, last_loss, last_checkpoint: last_ckpt })
     }
 }
 
@@ -329,11 +281,8 @@ fn restore_metrics(path: &Path, step: u64) -> Result<Vec<(u64, f64)>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let kept: Vec<StepMetrics> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<StepMetrics>(l).ok())
-        .filter(|m| m.step <= step)
-        .collect();
+    let kept: Vec<StepMetrics> =
+        text.lines().filter_map(|l| serde_json::from_str::<StepMetrics>(l).ok()).filter(|m| m.step <= step).collect();
     let mut out = String::new();
     for m in &kept {
         out.push_str(&serde_json::to_string(m).unwrap_or_default());

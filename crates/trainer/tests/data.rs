@@ -13,9 +13,7 @@ fn mnist_dir() -> PathBuf {
 fn gunzip(path: &Path) -> Vec<u8> {
     let raw = std::fs::read(path).unwrap();
     let mut out = Vec::new();
-    flate2::read::GzDecoder::new(&raw[..])
-        .read_to_end(&mut out)
-        .unwrap();
+    flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
     out
 }
 
@@ -45,10 +43,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 fn assert_one_line(e: &Error, needle: &str) {
     let s = e.to_string();
     assert!(!s.contains('\n'), "multi-line error: {s}");
-    assert!(
-        s.contains(needle),
-        "error {s:?} does not mention {needle:?}"
-    );
+    assert!(s.contains(needle), "error {s:?} does not mention {needle:?}");
 }
 
 // ---------------------------------------------------------------- MNIST
@@ -100,11 +95,7 @@ fn mnist_gzip_and_plain_are_the_same_and_detected_by_content() {
     let dir = tmp.path().join("plain_dir");
     std::fs::create_dir(&dir).unwrap();
     write(&dir, "train-images-idx3-ubyte", &plain);
-    write(
-        &dir,
-        "train-labels-idx1-ubyte",
-        &gunzip(&mnist_dir().join("t10k-labels-idx1-ubyte.gz")),
-    );
+    write(&dir, "train-labels-idx1-ubyte", &gunzip(&mnist_dir().join("t10k-labels-idx1-ubyte.gz")));
     let dd = Dataset::open(&dir, 1, 28).unwrap();
     assert_eq!(dd.images(), dc.images());
     assert_eq!(dd.labels(), dc.labels());
@@ -144,34 +135,16 @@ fn missing_path_is_not_found() {
 fn truncated_idx_is_an_error() {
     let tmp = tempfile::tempdir().unwrap();
     // Header says 10 images of 4x4 but only 3 follow.
-    let p = write(
-        tmp.path(),
-        "trunc",
-        &idx_images(0x803, 10, 4, 4, &[7u8; 48]),
-    );
+    let p = write(tmp.path(), "trunc", &idx_images(0x803, 10, 4, 4, &[7u8; 48]));
     let e = Dataset::open(&p, 1, 4).unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::Truncated {
-                expected: 176,
-                found: 64,
-                ..
-            }
-        ),
-        "{e}"
-    );
+    assert!(matches!(e, Error::Truncated { expected: 176, found: 64, .. }), "{e}");
     assert_one_line(&e, "trunc");
     // Truncated inside the header.
     let p = write(tmp.path(), "short", &[0, 0, 8, 3, 0, 0]);
     let e = Dataset::open(&p, 1, 4).unwrap_err();
     assert!(matches!(e, Error::Truncated { .. }), "{e}");
     // The same, gzip-compressed: the decompressed size is what counts.
-    let p = write(
-        tmp.path(),
-        "trunc.gz",
-        &gzip(&idx_images(0x803, 10, 4, 4, &[7u8; 48])),
-    );
+    let p = write(tmp.path(), "trunc.gz", &gzip(&idx_images(0x803, 10, 4, 4, &[7u8; 48])));
     let e = Dataset::open(&p, 1, 4).unwrap_err();
     assert!(matches!(e, Error::Truncated { .. }), "{e}");
 }
@@ -182,9 +155,7 @@ fn wrong_magic_is_an_error() {
     // A labels file given as images.
     let e = Dataset::open(mnist_dir().join("train-labels-idx1-ubyte.gz"), 1, 28).unwrap_err();
     match &e {
-        Error::BadMagic {
-            found, expected, ..
-        } => {
+        Error::BadMagic { found, expected, .. } => {
             assert_eq!((*found, *expected), (0x801, 0x803));
         }
         other => panic!("expected BadMagic, got {other}"),
@@ -237,22 +208,14 @@ fn bad_dims_and_empty_idx_are_errors() {
     let e = Dataset::open(&p, 1, 28).unwrap_err();
     assert!(matches!(e, Error::Empty { .. }), "{e}");
     // Absurd dimensions do not allocate or overflow.
-    let p = write(
-        tmp.path(),
-        "huge",
-        &idx_images(0x803, u32::MAX, u32::MAX, u32::MAX, &[]),
-    );
+    let p = write(tmp.path(), "huge", &idx_images(0x803, u32::MAX, u32::MAX, u32::MAX, &[]));
     assert!(Dataset::open(&p, 1, 28).is_err());
 }
 
 #[test]
 fn labels_that_do_not_match_are_an_error() {
     let tmp = tempfile::tempdir().unwrap();
-    write(
-        tmp.path(),
-        "train-images-idx3-ubyte",
-        &idx_images(0x803, 3, 2, 2, &[0u8; 12]),
-    );
+    write(tmp.path(), "train-images-idx3-ubyte", &idx_images(0x803, 3, 2, 2, &[0u8; 12]));
     let mut labels = Vec::new();
     labels.extend_from_slice(&0x801u32.to_be_bytes());
     labels.extend_from_slice(&2u32.to_be_bytes());
@@ -367,9 +330,7 @@ fn folder_of_images_of_different_sizes() {
     });
     // Grey 16-bit-free luma image, 7x23, in a subdirectory.
     std::fs::create_dir(d.join("sub")).unwrap();
-    image::GrayImage::from_fn(7, 23, |_, _| image::Luma([128u8]))
-        .save(d.join("sub/c.PNG"))
-        .unwrap();
+    image::GrayImage::from_fn(7, 23, |_, _| image::Luma([128u8])).save(d.join("sub/c.PNG")).unwrap();
     // RGBA, 64x64.
     image::RgbaImage::from_fn(64, 64, |x, _| image::Rgba([0, 0, (x * 4) as u8, 255]))
         .save(d.join("sub/d.png"))
@@ -391,10 +352,7 @@ fn folder_of_images_of_different_sizes() {
     let near = |xs: &[f32], v: f32| xs.iter().all(|&x| (x - v).abs() <= 2.0 / 127.5);
     assert!(near(plane(0, 0), 1.0) && near(plane(0, 1), -1.0) && near(plane(0, 2), -1.0));
     assert!(near(plane(1, 0), -1.0) && near(plane(1, 1), 1.0) && near(plane(1, 2), -1.0));
-    assert!(
-        near(plane(2, 2), 1.0) && near(plane(2, 0), -1.0),
-        "JPEG blue"
-    );
+    assert!(near(plane(2, 2), 1.0) && near(plane(2, 0), -1.0), "JPEG blue");
     let g = 128.0 / 127.5 - 1.0;
     assert!(near(plane(3, 0), g) && near(plane(3, 1), g) && near(plane(3, 2), g));
     // The horizontal ramp survives the resize: increasing left to right.
@@ -426,9 +384,7 @@ fn folder_errors() {
 
 fn toy(n: usize) -> Dataset {
     // Image i is 1x2x3 with values i*10 + k, labels i % 256.
-    let images: Vec<f32> = (0..n)
-        .flat_map(|i| (0..6).map(move |k| (i * 10 + k) as f32))
-        .collect();
+    let images: Vec<f32> = (0..n).flat_map(|i| (0..6).map(move |k| (i * 10 + k) as f32)).collect();
     let labels = (0..n).map(|i| i as u8).collect();
     Dataset::from_vec(images, Some(labels), 1, 2, 3, DatasetKind::Folder, "toy").unwrap()
 }
@@ -456,13 +412,7 @@ fn loader_epochs_drop_the_partial_batch() {
     let mut seen = Vec::new();
     for k in 0..3 {
         let b = l.next_batch();
-        assert_eq!(
-            b.state,
-            LoaderState {
-                epoch: 0,
-                position: 3 * k
-            }
-        );
+        assert_eq!(b.state, LoaderState { epoch: 0, position: 3 * k });
         assert_eq!(b.images.len(), 18);
         assert_eq!(b.shape, [3, 1, 2, 3]);
         for (j, &i) in b.indices.iter().enumerate() {
@@ -477,13 +427,7 @@ fn loader_epochs_drop_the_partial_batch() {
     s.dedup();
     assert_eq!(s.len(), 9);
     assert_eq!(seen, epoch_permutation(10, 1, 0)[..9].to_vec());
-    assert_eq!(
-        l.state(),
-        LoaderState {
-            epoch: 1,
-            position: 0
-        }
-    );
+    assert_eq!(l.state(), LoaderState { epoch: 1, position: 0 });
     let b = l.next_batch();
     assert_eq!(b.state.epoch, 1);
     assert_eq!(b.indices, epoch_permutation(10, 1, 1)[..3].to_vec());
@@ -492,19 +436,10 @@ fn loader_epochs_drop_the_partial_batch() {
 #[test]
 fn loader_is_deterministic_and_seed_dependent() {
     let cfg = LoaderConfig::new(4, 99).with_hflip(true);
-    let a: Vec<_> = Loader::new(toy(23), cfg.clone())
-        .unwrap()
-        .take(20)
-        .collect();
-    let b: Vec<_> = Loader::new(toy(23), cfg.clone())
-        .unwrap()
-        .take(20)
-        .collect();
+    let a: Vec<_> = Loader::new(toy(23), cfg.clone()).unwrap().take(20).collect();
+    let b: Vec<_> = Loader::new(toy(23), cfg.clone()).unwrap().take(20).collect();
     assert_eq!(a, b);
-    let c: Vec<_> = Loader::new(toy(23), LoaderConfig::new(4, 100).with_hflip(true))
-        .unwrap()
-        .take(20)
-        .collect();
+    let c: Vec<_> = Loader::new(toy(23), LoaderConfig::new(4, 100).with_hflip(true)).unwrap().take(20).collect();
     assert_ne!(a, c);
     // Without shuffling: dataset order.
     let mut l = Loader::new(toy(23), LoaderConfig::new(4, 99).with_shuffle(false)).unwrap();
@@ -521,11 +456,7 @@ fn loader_flips_rows() {
     for (j, &i) in b.indices.iter().enumerate() {
         let src: Vec<f32> = toy(50).image(i).to_vec();
         let got = &b.images[j * 6..(j + 1) * 6];
-        let want: Vec<f32> = if b.flipped[j] {
-            vec![src[2], src[1], src[0], src[5], src[4], src[3]]
-        } else {
-            src
-        };
+        let want: Vec<f32> = if b.flipped[j] { vec![src[2], src[1], src[0], src[5], src[4], src[3]] } else { src };
         assert_eq!(got, &want[..]);
         assert_eq!(b.flipped[j], flip_decision(5, 0, j as u64));
     }
@@ -561,23 +492,8 @@ fn loader_argument_errors() {
     let e = Loader::new(toy(4), LoaderConfig::new(5, 1)).unwrap_err();
     assert!(e.to_string().contains("larger than the dataset"), "{e}");
     let mut l = Loader::new(toy(10), LoaderConfig::new(4, 1)).unwrap();
-    assert!(l
-        .set_state(LoaderState {
-            epoch: 3,
-            position: 11
-        })
-        .is_err());
+    assert!(l.set_state(LoaderState { epoch: 3, position: 11 }).is_err());
     // A position that leaves less than a batch moves to the next epoch.
-    l.set_state(LoaderState {
-        epoch: 3,
-        position: 8,
-    })
-    .unwrap();
-    assert_eq!(
-        l.state(),
-        LoaderState {
-            epoch: 4,
-            position: 0
-        }
-    );
+    l.set_state(LoaderState { epoch: 3, position: 8 }).unwrap();
+    assert_eq!(l.state(), LoaderState { epoch: 4, position: 0 });
 }

@@ -1,8 +1,8 @@
 //! PNG grids, trajectories, NPY arrays, the loss plot and atomic writes.
 
 use diffuse_trainer::image_io::{
-    load_npy, make_grid, npy_bytes, render_loss_plot, save_grid, save_loss_plot, save_npy,
-    save_trajectory, signed_to_unit, unit_to_u8, PlotOptions, ValueRange, GRID_PADDING,
+    load_npy, make_grid, npy_bytes, render_loss_plot, save_grid, save_loss_plot, save_npy, save_trajectory,
+    signed_to_unit, unit_to_u8, PlotOptions, ValueRange, GRID_PADDING,
 };
 use diffuse_trainer::Error;
 
@@ -51,10 +51,7 @@ fn npy_header_bytes_are_exact() {
     let h = std::str::from_utf8(&b[10..]).unwrap();
     assert!(h.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (5,), }"));
     // Shape mismatch.
-    assert!(matches!(
-        npy_bytes(&[0.0; 5], &[2, 3]),
-        Err(Error::Shape(_))
-    ));
+    assert!(matches!(npy_bytes(&[0.0; 5], &[2, 3]), Err(Error::Shape(_))));
 }
 
 #[test]
@@ -81,9 +78,7 @@ fn png_grid_has_the_right_size_and_pixels() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("grid.png");
     let (n, c, h, w) = (10, 1, 28, 28);
-    let data: Vec<f32> = (0..n * c * h * w)
-        .map(|i| ((i / (h * w)) as f32 / 9.0) * 2.0 - 1.0)
-        .collect();
+    let data: Vec<f32> = (0..n * c * h * w).map(|i| ((i / (h * w)) as f32 / 9.0) * 2.0 - 1.0).collect();
     save_grid(&p, &data, [n, c, h, w], 4, ValueRange::Signed).unwrap();
     let img = image::open(&p).unwrap();
     assert_eq!(img.color(), image::ColorType::L8);
@@ -97,15 +92,8 @@ fn png_grid_has_the_right_size_and_pixels() {
     assert_eq!(g.get_pixel(2, 2).0[0], 0); // image 0 = -1
     let k = 6; // row 1, col 2
     let (x, y) = (2 + 2 * 30 + 5, 2 + 30 + 5);
-    assert_eq!(
-        g.get_pixel(x, y).0[0],
-        ValueRange::Signed.to_u8(k as f32 / 9.0 * 2.0 - 1.0)
-    );
-    assert_eq!(
-        g.get_pixel(2 + 3 * 30 + 27, 2 + 2 * 30 + 27).0[0],
-        0,
-        "empty cell"
-    );
+    assert_eq!(g.get_pixel(x, y).0[0], ValueRange::Signed.to_u8(k as f32 / 9.0 * 2.0 - 1.0));
+    assert_eq!(g.get_pixel(2 + 3 * 30 + 27, 2 + 2 * 30 + 27).0[0], 0, "empty cell");
     no_temp_files(tmp.path());
 }
 
@@ -127,10 +115,7 @@ fn rgb_grid_keeps_channels_apart() {
     assert_eq!(back.color(), image::ColorType::Rgb8);
     assert_eq!(back.to_rgb8().as_raw(), &g.pixels);
     // Errors.
-    assert!(matches!(
-        make_grid(&data[1..], [n, c, h, w], 8, ValueRange::Unit),
-        Err(Error::Shape(_))
-    ));
+    assert!(matches!(make_grid(&data[1..], [n, c, h, w], 8, ValueRange::Unit), Err(Error::Shape(_))));
     assert!(make_grid(&data, [n, c, h, w], 0, ValueRange::Unit).is_err());
     assert!(make_grid(&data[..40], [2, 2, 2, 5], 1, ValueRange::Unit).is_err());
 }
@@ -140,13 +125,8 @@ fn trajectory_rows_are_samples_and_columns_timesteps() {
     let tmp = tempfile::tempdir().unwrap();
     let p = tmp.path().join("traj.png");
     let (n, h, w, t) = (3, 6, 5, 4);
-    let frames: Vec<Vec<f32>> = (0..t)
-        .map(|ti| {
-            (0..n * h * w)
-                .map(|i| ((i / (h * w)) * 10 + ti) as f32 / 40.0)
-                .collect()
-        })
-        .collect();
+    let frames: Vec<Vec<f32>> =
+        (0..t).map(|ti| (0..n * h * w).map(|i| ((i / (h * w)) * 10 + ti) as f32 / 40.0).collect()).collect();
     let refs: Vec<&[f32]> = frames.iter().map(|f| f.as_slice()).collect();
     save_trajectory(&p, &refs, [n, 1, h, w], ValueRange::Unit).unwrap();
     let g = image::open(&p).unwrap().to_luma8();
@@ -157,11 +137,7 @@ fn trajectory_rows_are_samples_and_columns_timesteps() {
             let x = 2 + ti * (w + 2) + 1;
             let y = 2 + s * (h + 2) + 1;
             let want = unit_to_u8((s * 10 + ti) as f32 / 40.0);
-            assert_eq!(
-                g.get_pixel(x as u32, y as u32).0[0],
-                want,
-                "sample {s} frame {ti}"
-            );
+            assert_eq!(g.get_pixel(x as u32, y as u32).0[0], want, "sample {s} frame {ti}");
         }
     }
 }
@@ -176,23 +152,12 @@ fn loss_plot_draws_something() {
         })
         .collect();
     for log_y in [true, false] {
-        let opts = PlotOptions {
-            log_y,
-            ..Default::default()
-        };
+        let opts = PlotOptions { log_y, ..Default::default() };
         let img = render_loss_plot(&pts, &opts);
         assert_eq!((img.width, img.height, img.channels), (800, 480, 3));
-        let dark_blue = img
-            .pixels
-            .chunks_exact(3)
-            .filter(|p| p == &[20, 60, 170])
-            .count();
+        let dark_blue = img.pixels.chunks_exact(3).filter(|p| p == &[20, 60, 170]).count();
         assert!(dark_blue > 500, "moving average drawn ({dark_blue} px)");
-        let black = img
-            .pixels
-            .chunks_exact(3)
-            .filter(|p| p == &[0, 0, 0])
-            .count();
+        let black = img.pixels.chunks_exact(3).filter(|p| p == &[0, 0, 0]).count();
         assert!(black > 500, "axes and labels drawn ({black} px)");
     }
     let p = tmp.path().join("loss.png");
@@ -202,10 +167,7 @@ fn loss_plot_draws_something() {
     // Degenerate inputs still give a picture.
     render_loss_plot(&[], &PlotOptions::default());
     render_loss_plot(&[(5, 0.1)], &PlotOptions::default());
-    render_loss_plot(
-        &[(0, f64::NAN), (1, -1.0), (2, 0.0)],
-        &PlotOptions::default(),
-    );
+    render_loss_plot(&[(0, f64::NAN), (1, -1.0), (2, 0.0)], &PlotOptions::default());
     no_temp_files(tmp.path());
 }
 

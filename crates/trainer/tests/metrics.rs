@@ -16,20 +16,15 @@ fn image(h: usize, w: usize, f: impl Fn(usize, usize) -> f64) -> Vec<f32> {
 /// The two 16x16 test images (exact in f32 and f64 alike).
 fn pair16() -> (Vec<f32>, Vec<f32>) {
     let x = image(16, 16, |r, c| ((r * 7 + c * 13) % 17) as f64 / 16.0);
-    let y = image(16, 16, |r, c| {
-        ((r * 5 + c * 3 + (r * c) % 7) % 19) as f64 / 18.0
-    });
+    let y = image(16, 16, |r, c| ((r * 5 + c * 3 + (r * c) % 7) % 19) as f64 / 18.0);
     (x, y)
 }
 
 /// Two smooth 20x24 images.
 fn pair_smooth() -> (Vec<f32>, Vec<f32>) {
-    let a = image(20, 24, |r, c| {
-        0.5 + 0.4 * (r as f64 * 0.3).sin() * (c as f64 * 0.2).cos()
-    });
+    let a = image(20, 24, |r, c| 0.5 + 0.4 * (r as f64 * 0.3).sin() * (c as f64 * 0.2).cos());
     let b = image(20, 24, |r, c| {
-        0.5 + 0.4 * (r as f64 * 0.3 + 0.2).sin() * (c as f64 * 0.2).cos()
-            + 0.05 * (((r * c) % 3) as f64 - 1.0)
+        0.5 + 0.4 * (r as f64 * 0.3 + 0.2).sin() * (c as f64 * 0.2).cos() + 0.05 * (((r * c) % 3) as f64 - 1.0)
     });
     (a, b)
 }
@@ -39,9 +34,7 @@ fn noise(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed;
     (0..n)
         .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             ((s >> 40) as f64 / (1u64 << 24) as f64 - 0.5) as f32
         })
         .collect()
@@ -100,24 +93,12 @@ fn ssim_matches_scikit_image() {
     // sigma=1.5, use_sample_covariance=False, data_range=...) on the same
     // images (float32 values taken to float64).
     let (x, y) = pair16();
-    close(
-        ssim(&x, &y, [1, 1, 16, 16]).unwrap(),
-        0.1349850191334378,
-        1e-7,
-    );
+    close(ssim(&x, &y, [1, 1, 16, 16]).unwrap(), 0.1349850191334378, 1e-7);
     let (a, b) = pair_smooth();
-    close(
-        ssim(&a, &b, [1, 1, 20, 24]).unwrap(),
-        0.8868625512883355,
-        1e-6,
-    );
+    close(ssim(&a, &b, [1, 1, 20, 24]).unwrap(), 0.8868625512883355, 1e-6);
     let a2: Vec<f32> = a.iter().map(|v| v * 2.0 - 1.0).collect();
     let b2: Vec<f32> = b.iter().map(|v| v * 2.0 - 1.0).collect();
-    close(
-        ssim_with(&a2, &b2, [1, 1, 20, 24], &SsimOptions::with_data_range(2.0)).unwrap(),
-        0.7205829162558656,
-        1e-6,
-    );
+    close(ssim_with(&a2, &b2, [1, 1, 20, 24], &SsimOptions::with_data_range(2.0)).unwrap(), 0.7205829162558656, 1e-6);
 }
 
 #[test]
@@ -137,11 +118,7 @@ fn ssim_averages_channels_and_images() {
     let per = ssim_per_image(&a, &b, [2, 2, 16, 16], &SsimOptions::default()).unwrap();
     close(per[0], (1.0 + v) / 2.0, 1e-7);
     close(per[1], v, 1e-7);
-    close(
-        ssim(&a, &b, [2, 2, 16, 16]).unwrap(),
-        (per[0] + per[1]) / 2.0,
-        1e-12,
-    );
+    close(ssim(&a, &b, [2, 2, 16, 16]).unwrap(), (per[0] + per[1]) / 2.0, 1e-12);
 }
 
 #[test]
@@ -162,10 +139,7 @@ fn more_noise_lowers_ssim_and_psnr() {
         let b: Vec<f32> = a.iter().zip(&n).map(|(v, e)| v + level * e).collect();
         let s = ssim(&a, &b, [1, 1, 20, 24]).unwrap();
         let p = psnr(&a, &b, 1.0).unwrap();
-        assert!(
-            s < last_ssim,
-            "ssim {s} at noise {level} not below {last_ssim}"
-        );
+        assert!(s < last_ssim, "ssim {s} at noise {level} not below {last_ssim}");
         assert!(p < last_psnr);
         last_ssim = s;
         last_psnr = p;
@@ -195,8 +169,7 @@ fn small_images_use_a_smaller_window() {
     }
     let (c1, c2) = (1e-4, 9e-4);
     let (vx, vy, cxy) = (xx - mx * mx, yy - my * my, xy - mx * my);
-    let want =
-        (2.0 * mx * my + c1) * (2.0 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2));
+    let want = (2.0 * mx * my + c1) * (2.0 * cxy + c2) / ((mx * mx + my * my + c1) * (vx + vy + c2));
     close(s, want, 1e-12);
     close(gaussian_window(11, 1.5).iter().sum::<f64>(), 1.0, 1e-15);
 }
@@ -208,9 +181,6 @@ fn metric_shape_errors() {
     assert!(psnr(&[1.0], &[0.0], 0.0).is_err());
     let x = vec![0.0f32; 64];
     assert!(matches!(ssim(&x, &x, [1, 1, 8, 9]), Err(Error::Shape(_))));
-    let even = SsimOptions {
-        window: 10,
-        ..Default::default()
-    };
+    let even = SsimOptions { window: 10, ..Default::default() };
     assert!(ssim_with(&x, &x, [1, 1, 8, 8], &even).is_err());
 }

@@ -127,7 +127,10 @@ impl UNetConfig {
         for m in &self.ch_mult {
             let c = self.ch * m;
             if !c.is_multiple_of(self.groups) {
-                return bad(format!("groups {} does not divide the channel count {} (ch {} x mult {})", self.groups, c, self.ch, m));
+                return bad(format!(
+                    "groups {} does not divide the channel count {} (ch {} x mult {})",
+                    self.groups, c, self.ch, m
+                ));
             }
         }
         // Upsampling doubles the side, so each level but the last must have an

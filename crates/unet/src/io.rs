@@ -36,7 +36,8 @@ pub fn parse(bytes: &[u8]) -> Result<SafeTensors<'_>> {
 
 /// The metadata map of a safetensors file (empty if it has none).
 pub fn metadata(bytes: &[u8]) -> Result<HashMap<String, String>> {
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| UNetError::Safetensors(format!("not a valid safetensors file: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| UNetError::Safetensors(format!("not a valid safetensors file: {e}")))?;
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
@@ -74,7 +75,9 @@ pub fn serialize(tensors: &[Entry], metadata: HashMap<String, String>) -> Result
     let views = tensors
         .iter()
         .map(|(n, s, b)| {
-            TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)).map_err(|e| UNetError::Safetensors(e.to_string()))
+            TensorView::new(Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| UNetError::Safetensors(e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
     safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| UNetError::Safetensors(e.to_string()))

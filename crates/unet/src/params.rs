@@ -77,7 +77,11 @@ impl ParamStore {
             None => {
                 let want = self.values[id.0].dims();
                 if g.dims() != want {
-                    return Err(UNetError::ParamShape { name: self.names[id.0].clone(), expected: want.to_vec(), got: g.dims().to_vec() });
+                    return Err(UNetError::ParamShape {
+                        name: self.names[id.0].clone(),
+                        expected: want.to_vec(),
+                        got: g.dims().to_vec(),
+                    });
                 }
                 *slot = Some(g);
             }
@@ -101,7 +105,11 @@ impl ParamStore {
     pub fn set(&mut self, id: ParamId, value: Tensor) -> Result<()> {
         let want = self.values[id.0].dims();
         if value.dims() != want {
-            return Err(UNetError::ParamShape { name: self.names[id.0].clone(), expected: want.to_vec(), got: value.dims().to_vec() });
+            return Err(UNetError::ParamShape {
+                name: self.names[id.0].clone(),
+                expected: want.to_vec(),
+                got: value.dims().to_vec(),
+            });
         }
         let dev = self.values[id.0].device();
         let dtype = self.values[id.0].dtype();

@@ -49,7 +49,12 @@ enum DownStep {
 enum UpStep {
     /// `h_channels`: how many channels of the concatenated input came from h
     /// (the rest is the skip `skip_index`).
-    Block { res: ResCache, attn: Option<AttnCache>, h_channels: usize, skip_index: usize },
+    Block {
+        res: ResCache,
+        attn: Option<AttnCache>,
+        h_channels: usize,
+        skip_index: usize,
+    },
     Up(Tensor),
 }
 
@@ -211,7 +216,8 @@ impl Arch {
             for j in 0..=c.num_res_blocks {
                 let skip = skip_ch.pop().ok_or_else(|| UNetError::Config("skip channels ran out".into()))?;
                 let cout = ch * c.ch_mult[i];
-                let block = ResnetBlock::new(b, &format!("up.{i}.blocks.{j}"), cin + skip, cout, temb_ch, c.dropout, g)?;
+                let block =
+                    ResnetBlock::new(b, &format!("up.{i}.blocks.{j}"), cin + skip, cout, temb_ch, c.dropout, g)?;
                 cin = cout;
                 let attn = if c.attn_resolutions.contains(&res) {
                     Some(AttnBlock::new(b, &format!("up.{i}.attns.{j}"), cin, g)?)
@@ -233,7 +239,13 @@ impl Arch {
         Ok(Arch { temb, conv_in, down, mid_block1, mid_attn, mid_block2, up, norm_out, conv_out })
     }
 
-    fn forward(&self, ps: &ParamStore, x: &Tensor, t: &Tensor, mode: ForwardMode) -> Result<(Tensor, Option<UNetCache>)> {
+    fn forward(
+        &self,
+        ps: &ParamStore,
+        x: &Tensor,
+        t: &Tensor,
+        mode: ForwardMode,
+    ) -> Result<(Tensor, Option<UNetCache>)> {
         let train = mode.train;
         let (temb_out, temb_cache) = self.temb.forward(ps, t, train)?;
         let silu_temb = ops::silu_forward(&temb_out)?;

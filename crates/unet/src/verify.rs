@@ -52,7 +52,8 @@ fn get(st: &SafeTensors<'_>, name: &str) -> Result<Tensor> {
 /// Runs the file's training step on `device` in `dtype` and compares.
 pub fn verify_step(bytes: &[u8], device: &Device, dtype: DType) -> Result<StepErrors> {
     let meta = metadata(bytes)?;
-    let cfg_json = meta.get("config").ok_or_else(|| UNetError::Safetensors("the file's metadata has no \"config\"".into()))?;
+    let cfg_json =
+        meta.get("config").ok_or_else(|| UNetError::Safetensors("the file's metadata has no \"config\"".into()))?;
     let config = UNetConfig::from_json(cfg_json)?;
     let st = parse(bytes)?;
     let mut model = UNet::new(config, 0, dtype, device)?;
@@ -99,6 +100,9 @@ pub fn verify_step(bytes: &[u8], device: &Device, dtype: DType) -> Result<StepEr
         })
         .collect();
     let (worst_grad_name, worst_grad) =
-        grads.iter().cloned().fold((String::new(), 0.0), |acc, (n, e)| if e > acc.1 || acc.0.is_empty() { (n, e) } else { acc });
+        grads
+            .iter()
+            .cloned()
+            .fold((String::new(), 0.0), |acc, (n, e)| if e > acc.1 || acc.0.is_empty() { (n, e) } else { acc });
     Ok(StepErrors { output, loss: loss_err, worst_grad, worst_grad_name, grads, params: model.num_params() })
 }

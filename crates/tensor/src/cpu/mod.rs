@@ -4,18 +4,18 @@
 //! an order that depends on how rayon schedules work.
 
 pub mod activation;
+pub mod attention;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod gemm;
+pub mod group_norm;
 pub mod layout;
+pub mod linear;
 pub mod loss;
 pub mod noise;
 pub mod optim;
-pub mod attention;
-pub mod group_norm;
-pub mod linear;
-pub mod gemm;
 pub mod sampling;
 
 /// Fixed work-chunk size for parallel reductions, independent of the thread

@@ -99,19 +99,8 @@ impl GpuDriver for EmuDriver {
         // SAFETY: pointer arguments are checked to point into live emulator
         // allocations, whose overruns fault into guard pages and are
         // reported; the kernels index memory only through their arguments.
-        let r = unsafe {
-            self.emu.launch_args(
-                l.kernel,
-                (g.x, g.y, g.z),
-                (b.x, b.y, b.z),
-                l.shared_bytes,
-                &args,
-            )
-        };
-        r.map_err(|e| TensorError::Launch {
-            kernel: l.kernel.to_string(),
-            msg: e.to_string(),
-        })
+        let r = unsafe { self.emu.launch_args(l.kernel, (g.x, g.y, g.z), (b.x, b.y, b.z), l.shared_bytes, &args) };
+        r.map_err(|e| TensorError::Launch { kernel: l.kernel.to_string(), msg: e.to_string() })
     }
 
     fn synchronize(&self) -> Result<()> {
@@ -127,9 +116,7 @@ pub fn emu_device() -> Result<Device> {
 /// The emulated GPU running every block's threads in `order` (tests run the
 /// same op in several orders to catch missing barriers).
 pub fn emu_device_with_order(order: ThreadOrder) -> Result<Device> {
-    Ok(Device::Gpu(GpuDevice::new(Arc::new(
-        EmuDriver::with_order(order)?,
-    ))))
+    Ok(Device::Gpu(GpuDevice::new(Arc::new(EmuDriver::with_order(order)?))))
 }
 
 /// One line for `diffuse info`: kernels, workers, context switch, order.

@@ -3,32 +3,32 @@
 //! Backward functions are explicit; there is no tape.
 
 pub mod activation;
-pub mod sampling;
+pub mod attention;
 pub mod conv;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
+pub mod group_norm;
 pub mod layout;
+pub mod linear;
 pub mod loss;
 pub mod noise;
 pub mod optim;
-pub mod attention;
-pub mod group_norm;
-pub mod linear;
+pub mod sampling;
 
 pub use activation::*;
-pub use sampling::*;
+pub use attention::*;
 pub use conv::*;
 pub use dropout::*;
 pub use elementwise::*;
 pub use embedding::*;
+pub use group_norm::*;
 pub use layout::*;
+pub use linear::*;
 pub use loss::*;
 pub use noise::*;
 pub use optim::*;
-pub use attention::*;
-pub use group_norm::*;
-pub use linear::*;
+pub use sampling::*;
 
 use crate::gpu::GpuStorage;
 use crate::{Result, Storage, Tensor, TensorError};

@@ -114,4 +114,3 @@ pub fn bits_hash(ts: &[&Tensor]) -> u64 {
     }
     h
 }
-

@@ -17,25 +17,18 @@ pub fn load_cifar10(path: &Path) -> Result<Dataset> {
     if path.is_dir() {
         match find_batches_in_dir(path)? {
             Some(files) => load_cifar_files(path, &files),
-            None => Err(Error::Empty {
-                path: path.to_path_buf(),
-                reason: "no data_batch_*.bin files".into(),
-            }),
+            None => Err(Error::Empty { path: path.to_path_buf(), reason: "no data_batch_*.bin files".into() }),
         }
     } else if path.exists() {
         load_cifar_files(path, &[path.to_path_buf()])
     } else {
-        Err(Error::NotFound {
-            path: path.to_path_buf(),
-        })
+        Err(Error::NotFound { path: path.to_path_buf() })
     }
 }
 
 /// True for a file whose extension is `.bin`.
 pub(super) fn looks_like_cifar_file(path: &Path) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("bin"))
+    path.extension().and_then(|e| e.to_str()).is_some_and(|e| e.eq_ignore_ascii_case("bin"))
 }
 
 /// The `data_batch_*.bin` files of `dir` (or of `dir/cifar-10-batches-bin`),
@@ -49,10 +42,7 @@ pub(super) fn find_batches_in_dir(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
         for entry in std::fs::read_dir(&d).map_err(|e| Error::io(&d, e))? {
             let entry = entry.map_err(|e| Error::io(&d, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(mid) = name
-                .strip_prefix("data_batch_")
-                .and_then(|r| r.strip_suffix(".bin"))
-            {
+            if let Some(mid) = name.strip_prefix("data_batch_").and_then(|r| r.strip_suffix(".bin")) {
                 let p = entry.path();
                 if p.is_file() {
                     found.push((mid.parse().unwrap_or(u64::MAX), name, p));
@@ -96,10 +86,7 @@ pub(super) fn load_cifar_files(source: &Path, files: &[PathBuf]) -> Result<Datas
             if rec[0] > 9 {
                 return Err(Error::Labels {
                     path: f.clone(),
-                    reason: format!(
-                        "record {i} has label {}, CIFAR-10 labels are 0..=9 (is this CIFAR-100?)",
-                        rec[0]
-                    ),
+                    reason: format!("record {i} has label {}, CIFAR-10 labels are 0..=9 (is this CIFAR-100?)", rec[0]),
                 });
             }
             labels.push(rec[0]);
@@ -112,13 +99,5 @@ pub(super) fn load_cifar_files(source: &Path, files: &[PathBuf]) -> Result<Datas
             reason: "the CIFAR-10 batch files hold no records".into(),
         });
     }
-    Dataset::from_vec(
-        images,
-        Some(labels),
-        3,
-        CIFAR_SIZE,
-        CIFAR_SIZE,
-        DatasetKind::Cifar10,
-        source,
-    )
+    Dataset::from_vec(images, Some(labels), 3, CIFAR_SIZE, CIFAR_SIZE, DatasetKind::Cifar10, source)
 }

@@ -21,9 +21,7 @@ const MAX_DEPTH: usize = 32;
 /// True for a path whose extension is png, jpg or jpeg (any case).
 pub(super) fn is_image_file(path: &Path) -> bool {
     path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-        e.eq_ignore_ascii_case("png")
-            || e.eq_ignore_ascii_case("jpg")
-            || e.eq_ignore_ascii_case("jpeg")
+        e.eq_ignore_ascii_case("png") || e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("jpeg")
     })
 }
 
@@ -58,10 +56,7 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Decodes one image and writes it, resized, cropped and converted, into
 /// `out` (`channels * size * size` values in `[-1, 1]`).
 fn load_one(path: &Path, channels: usize, size: usize, out: &mut [f32]) -> Result<()> {
-    let img_err = |reason: String| Error::Image {
-        path: path.to_path_buf(),
-        reason,
-    };
+    let img_err = |reason: String| Error::Image { path: path.to_path_buf(), reason };
     let img = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
@@ -72,11 +67,7 @@ fn load_one(path: &Path, channels: usize, size: usize, out: &mut [f32]) -> Resul
         return Err(img_err("image has no pixels".into()));
     }
     let s = size as u32;
-    let img = if img.width() == s && img.height() == s {
-        img
-    } else {
-        img.resize_to_fill(s, s, FilterType::Triangle)
-    };
+    let img = if img.width() == s && img.height() == s { img } else { img.resize_to_fill(s, s, FilterType::Triangle) };
     let plane = size * size;
     if channels == 1 {
         let g = img.to_luma8();
@@ -97,32 +88,27 @@ fn load_one(path: &Path, channels: usize, size: usize, out: &mut [f32]) -> Resul
 /// Loads every PNG/JPEG under `dir` as `channels x size x size` images.
 pub fn load_image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dataset> {
     if channels != 1 && channels != 3 {
-        return Err(Error::InvalidArgument(format!(
-            "{channels} channels: image folders load as 1 (grey) or 3 (RGB)"
-        )));
+        return Err(Error::InvalidArgument(format!("{channels} channels: image folders load as 1 (grey) or 3 (RGB)")));
     }
     if size == 0 {
         return Err(Error::InvalidArgument("image size 0".into()));
     }
     if !dir.exists() {
-        return Err(Error::NotFound {
-            path: dir.to_path_buf(),
-        });
+        return Err(Error::NotFound { path: dir.to_path_buf() });
     }
     let files = list_images(dir)?;
     if files.is_empty() {
         return Err(Error::Empty {
             path: dir.to_path_buf(),
-            reason: "no MNIST IDX file, no CIFAR-10 data_batch_*.bin and no PNG/JPEG images found (searched recursively)".into(),
+            reason:
+                "no MNIST IDX file, no CIFAR-10 data_batch_*.bin and no PNG/JPEG images found (searched recursively)"
+                    .into(),
         });
     }
     let per = channels * size * size;
     let mut images = vec![0f32; files.len() * per];
-    let results: Vec<Result<()>> = images
-        .par_chunks_mut(per)
-        .zip(files.par_iter())
-        .map(|(out, f)| load_one(f, channels, size, out))
-        .collect();
+    let results: Vec<Result<()>> =
+        images.par_chunks_mut(per).zip(files.par_iter()).map(|(out, f)| load_one(f, channels, size, out)).collect();
     if let Some(e) = results.into_iter().find_map(|r| r.err()) {
         return Err(e);
     }

@@ -43,12 +43,7 @@ pub struct LoaderConfig {
 impl LoaderConfig {
     /// Shuffled, not flipped.
     pub fn new(batch_size: usize, seed: u64) -> Self {
-        LoaderConfig {
-            batch_size,
-            seed,
-            shuffle: true,
-            hflip: false,
-        }
+        LoaderConfig { batch_size, seed, shuffle: true, hflip: false }
     }
 
     /// The same with random horizontal flips on or off.
@@ -156,13 +151,7 @@ impl Loader {
                 dataset.source().display()
             )));
         }
-        Ok(Loader {
-            dataset,
-            config,
-            state: LoaderState::default(),
-            perm: Vec::new(),
-            perm_epoch: None,
-        })
+        Ok(Loader { dataset, config, state: LoaderState::default(), perm: Vec::new(), perm_epoch: None })
     }
 
     /// The dataset.
@@ -245,9 +234,7 @@ impl Loader {
         let pos = start.position as usize;
         let indices: Vec<usize> = self.perm[pos..pos + b].to_vec();
         let flipped: Vec<bool> = (0..b)
-            .map(|k| {
-                self.config.hflip && flip_decision(self.config.seed, start.epoch, (pos + k) as u64)
-            })
+            .map(|k| self.config.hflip && flip_decision(self.config.seed, start.epoch, (pos + k) as u64))
             .collect();
         let mut images = Vec::with_capacity(b * per);
         for (&i, &flip) in indices.iter().zip(&flipped) {
@@ -260,20 +247,10 @@ impl Loader {
                 images.extend_from_slice(img);
             }
         }
-        let labels = self
-            .dataset
-            .labels()
-            .map(|l| indices.iter().map(|&i| l[i]).collect());
+        let labels = self.dataset.labels().map(|l| indices.iter().map(|&i| l[i]).collect());
         self.state.position += b as u64;
         self.normalise();
-        Batch {
-            images,
-            labels,
-            indices,
-            flipped,
-            state: start,
-            shape: [b, c, h, w],
-        }
+        Batch { images, labels, indices, flipped, state: start, shape: [b, c, h, w] }
     }
 }
 

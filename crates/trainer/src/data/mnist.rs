@@ -18,9 +18,7 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::NotFound {
-                path: path.to_path_buf(),
-            }
+            Error::NotFound { path: path.to_path_buf() }
         } else {
             Error::io(path, e)
         }
@@ -29,27 +27,20 @@ pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>> {
         return Ok(raw);
     }
     let mut out = Vec::with_capacity(raw.len() * 4);
-    flate2::read::MultiGzDecoder::new(&raw[..])
-        .read_to_end(&mut out)
-        .map_err(|e| Error::CorruptGzip {
-            path: path.to_path_buf(),
-            reason: if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                "unexpected end of the compressed stream (the file is truncated)".into()
-            } else {
-                e.to_string()
-            },
-        })?;
+    flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).map_err(|e| Error::CorruptGzip {
+        path: path.to_path_buf(),
+        reason: if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            "unexpected end of the compressed stream (the file is truncated)".into()
+        } else {
+            e.to_string()
+        },
+    })?;
     Ok(out)
 }
 
 /// Parses an IDX header: checks the magic and returns the dimensions and the
 /// payload that follows the header (checked to be exactly the right size).
-fn parse_idx<'a>(
-    bytes: &'a [u8],
-    path: &Path,
-    magic: u32,
-    what: &'static str,
-) -> Result<(Vec<usize>, &'a [u8])> {
+fn parse_idx<'a>(bytes: &'a [u8], path: &Path, magic: u32, what: &'static str) -> Result<(Vec<usize>, &'a [u8])> {
     let ndim = (magic & 0xff) as usize;
     if bytes.len() < 4 {
         return Err(Error::Truncated {
@@ -61,12 +52,7 @@ fn parse_idx<'a>(
     }
     let found = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
     if found != magic {
-        return Err(Error::BadMagic {
-            path: path.to_path_buf(),
-            what,
-            found,
-            expected: magic,
-        });
+        return Err(Error::BadMagic { path: path.to_path_buf(), what, found, expected: magic });
     }
     let header = 4 + 4 * ndim;
     if bytes.len() < header {
@@ -92,11 +78,7 @@ fn parse_idx<'a>(
             reason: format!("dimensions {dims:?} are too large"),
         })?;
     let payload = &bytes[header..];
-    let dims_text = dims
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join("x");
+    let dims_text = dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x");
     if (payload.len() as u64) < count {
         return Err(Error::Truncated {
             path: path.to_path_buf(),
@@ -125,16 +107,10 @@ pub fn load_idx_images(path: &Path) -> Result<(Vec<u8>, usize, usize, usize)> {
     let (dims, payload) = parse_idx(&bytes, path, IDX_IMAGES_MAGIC, "images")?;
     let (n, rows, cols) = (dims[0], dims[1], dims[2]);
     if n == 0 {
-        return Err(Error::Empty {
-            path: path.to_path_buf(),
-            reason: "the IDX header says 0 images".into(),
-        });
+        return Err(Error::Empty { path: path.to_path_buf(), reason: "the IDX header says 0 images".into() });
     }
     if rows == 0 || cols == 0 {
-        return Err(Error::BadDims {
-            path: path.to_path_buf(),
-            reason: format!("images of {rows}x{cols} pixels"),
-        });
+        return Err(Error::BadDims { path: path.to_path_buf(), reason: format!("images of {rows}x{cols} pixels") });
     }
     Ok((payload.to_vec(), n, rows, cols))
 }
@@ -148,15 +124,10 @@ pub fn load_idx_labels(path: &Path) -> Result<Vec<u8>> {
 
 /// The image file of an MNIST directory, if it has one.
 pub(super) fn find_idx_in_dir(dir: &Path) -> Option<PathBuf> {
-    [
-        "train-images-idx3-ubyte",
-        "train-images-idx3-ubyte.gz",
-        "train-images.idx3-ubyte",
-        "train-images.idx3-ubyte.gz",
-    ]
-    .iter()
-    .map(|n| dir.join(n))
-    .find(|p| p.is_file())
+    ["train-images-idx3-ubyte", "train-images-idx3-ubyte.gz", "train-images.idx3-ubyte", "train-images.idx3-ubyte.gz"]
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
 }
 
 /// The labels file that goes with an images file, if there is one: the same
@@ -173,10 +144,7 @@ fn labels_for(images: &Path) -> Option<PathBuf> {
     };
     let base = swapped.strip_suffix(".gz").unwrap_or(&swapped).to_string();
     let dir = images.parent().unwrap_or(Path::new("."));
-    [base.clone(), format!("{base}.gz")]
-        .into_iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
+    [base.clone(), format!("{base}.gz")].into_iter().map(|n| dir.join(n)).find(|p| p.is_file())
 }
 
 /// Loads an MNIST images file and, when present beside it, its labels.

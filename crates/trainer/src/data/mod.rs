@@ -105,29 +105,14 @@ impl Dataset {
         }
         let len = images.len() / per;
         if len == 0 {
-            return Err(Error::Empty {
-                path: source,
-                reason: "no images".into(),
-            });
+            return Err(Error::Empty { path: source, reason: "no images".into() });
         }
         if let Some(l) = &labels {
             if l.len() != len {
-                return Err(Error::Labels {
-                    path: source,
-                    reason: format!("{} labels for {len} images", l.len()),
-                });
+                return Err(Error::Labels { path: source, reason: format!("{} labels for {len} images", l.len()) });
             }
         }
-        Ok(Dataset {
-            images,
-            labels,
-            len,
-            channels,
-            height,
-            width,
-            kind,
-            source,
-        })
+        Ok(Dataset { images, labels, len, channels, height, width, kind, source })
     }
 
     /// Opens the dataset at `path` (file or directory), detecting its kind,
@@ -150,9 +135,7 @@ impl Dataset {
         let meta = match std::fs::metadata(path) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::NotFound {
-                    path: path.to_path_buf(),
-                })
+                return Err(Error::NotFound { path: path.to_path_buf() })
             }
             Err(e) => return Err(Error::io(path, e)),
         };
@@ -169,8 +152,7 @@ impl Dataset {
         } else if folder::is_image_file(path) {
             return Err(Error::UnknownFormat {
                 path: path.to_path_buf(),
-                reason: "a single image is not a dataset; pass the folder that holds the images"
-                    .into(),
+                reason: "a single image is not a dataset; pass the folder that holds the images".into(),
             });
         } else {
             mnist::load_mnist(path)?
@@ -193,12 +175,8 @@ impl Dataset {
             format!("{c}x{h}x{w}{colour}")
         };
         let hint = match self.kind {
-            DatasetKind::Mnist => {
-                "MNIST is 1x28x28: use the mnist model preset (--channels 1 --image-size 28)"
-            }
-            DatasetKind::Cifar10 => {
-                "CIFAR-10 is 3x32x32: use the cifar10 model preset (--channels 3 --image-size 32)"
-            }
+            DatasetKind::Mnist => "MNIST is 1x28x28: use the mnist model preset (--channels 1 --image-size 28)",
+            DatasetKind::Cifar10 => "CIFAR-10 is 3x32x32: use the cifar10 model preset (--channels 3 --image-size 32)",
             DatasetKind::Folder => "images are resized to the model's size when loaded",
         };
         Err(Error::ConfigMismatch {

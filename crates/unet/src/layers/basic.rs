@@ -14,7 +14,15 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    pub fn new(b: &mut Builder, name: &str, cin: usize, cout: usize, k: usize, params: Conv2dParams, scale: f64) -> Result<Self> {
+    pub fn new(
+        b: &mut Builder,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        params: Conv2dParams,
+        scale: f64,
+    ) -> Result<Self> {
         let weight = b.xavier(format!("{name}.weight"), vec![cout, cin, k, k], cin * k * k, cout * k * k, scale)?;
         let bias = b.constant(format!("{name}.bias"), vec![cout], 0.0)?;
         Ok(Conv2d { weight, bias, params })
@@ -72,7 +80,14 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<(Tensor, GroupNormCache)> {
-        let o = ops::group_norm_forward(x, ps.value(self.weight), ps.value(self.bias), self.groups, GROUP_NORM_EPS, self.silu)?;
+        let o = ops::group_norm_forward(
+            x,
+            ps.value(self.weight),
+            ps.value(self.bias),
+            self.groups,
+            GROUP_NORM_EPS,
+            self.silu,
+        )?;
         Ok((o.y, GroupNormCache { mean: o.mean, rstd: o.rstd }))
     }
 

@@ -62,7 +62,14 @@ impl<'a> Builder<'a> {
 
     /// Xavier-uniform with gain sqrt(scale) (TF's variance_scaling fan_avg
     /// uniform); scale 0 means "near zero" as the reference does (1e-10).
-    pub fn xavier(&mut self, name: String, shape: Vec<usize>, fan_in: usize, fan_out: usize, scale: f64) -> Result<ParamId> {
+    pub fn xavier(
+        &mut self,
+        name: String,
+        shape: Vec<usize>,
+        fan_in: usize,
+        fan_out: usize,
+        scale: f64,
+    ) -> Result<ParamId> {
         let gain = if scale > 0.0 { scale } else { 1e-10 }.sqrt();
         let bound = gain * (6.0 / (fan_in + fan_out) as f64).sqrt();
         let stream = self.store.len() as u32;

@@ -40,7 +40,15 @@ impl ResCache {
 }
 
 impl ResnetBlock {
-    pub fn new(b: &mut Builder, name: &str, cin: usize, cout: usize, temb_ch: usize, dropout: f32, groups: usize) -> Result<Self> {
+    pub fn new(
+        b: &mut Builder,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        temb_ch: usize,
+        dropout: f32,
+        groups: usize,
+    ) -> Result<Self> {
         let norm1 = GroupNorm::new(b, &format!("{name}.norm1"), cin, groups, true)?;
         let conv1 = Conv2d::new(b, &format!("{name}.conv1"), cin, cout, 3, Conv2dParams::same(3), 1.0)?;
         let temb_proj = Linear::new(b, &format!("{name}.temb_proj"), temb_ch, cout)?;
@@ -60,7 +68,13 @@ impl ResnetBlock {
     }
 
     /// `silu_temb` is silu(temb), computed once for all blocks by the U-Net.
-    pub fn forward(&self, ps: &ParamStore, x: &Tensor, silu_temb: &Tensor, mode: ForwardMode) -> Result<(Tensor, Option<ResCache>)> {
+    pub fn forward(
+        &self,
+        ps: &ParamStore,
+        x: &Tensor,
+        silu_temb: &Tensor,
+        mode: ForwardMode,
+    ) -> Result<(Tensor, Option<ResCache>)> {
         let (a1, n1) = self.norm1.forward(ps, x)?;
         let h1 = self.conv1.forward(ps, &a1)?;
         let tp = self.temb_proj.forward(ps, silu_temb)?;
@@ -80,7 +94,13 @@ impl ResnetBlock {
     }
 
     /// Returns (dx, d silu_temb); accumulates every parameter gradient.
-    pub fn backward(&self, ps: &mut ParamStore, c: &ResCache, silu_temb: &Tensor, dy: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn backward(
+        &self,
+        ps: &mut ParamStore,
+        c: &ResCache,
+        silu_temb: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let mut da2 = self.conv2.backward(ps, &c.a2, dy)?;
         if self.dropout_on(&c.mode) {
             da2 = ops::dropout_backward(&da2, self.dropout, c.mode.seed, c.mode.step, self.dropout_stream)?;
