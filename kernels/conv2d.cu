@@ -31,7 +31,7 @@
 // ceil(Co / 64), splits) with k_per_split a multiple of 16; all block 256,
 // static shared memory 8.3 KiB. reduce: grid-stride, block 256.
 // bias: grid Co, block 256.
-// CPU twin: crates/tensor/src/cpu/conv.rs (im2col + gemm).
+// CPU twin: crates/tensor/src/cpu/conv2d.rs (im2col + gemm).
 // Versions: v1 (this file): plain FP32 FMA tiles, no double buffering; the
 // stride-2 backward-data GEMM multiplies the 3/4 zero taps too. A v2 with
 // register double buffering or TF32 mma would need an emulator-friendly

@@ -9,10 +9,26 @@
 //               of floats (about 48 bits, see f2_to_f64 in common.cuh).
 //   ema_update  ema = d * ema + k * p, d = (float)decay, k = (float)(1 - decay)
 //               (the CPU rounds both to T first too)
-// Launch: 1-D grid-stride, block 256, grid min(ceil(n / 256), 8192).
-// CPU twin: crates/tensor/src/cpu/optim.rs.
-// Versions: v1 (one tensor per launch; a multi-tensor launch over a pointer
-// table as in norm.cu would save launches for models with many tensors).
+//   global_norm_partial / global_norm_final
+//               the global L2 norm of many tensors (gradient clipping and
+//               logging): partial: one block per fixed chunk of 4096 elements
+//               of one tensor, partials[c] = sum of x^2 over the chunk in
+//               f64; the tensors come as a table: ptrs[t] (device pointers),
+//               lens[t] (elements) and first_chunk[t] (prefix sums of
+//               ceil(len / 4096), first_chunk[count] = total chunks); block c
+//               finds its tensor by binary search. final: out[0] = sum of all
+//               partials (fixed tree), f64; the host takes sqrt in f64.
+//               Deterministic: chunking depends on the lengths only, partials
+//               are combined in a fixed order, no atomics.
+// Launch: adamw/ema 1-D grid-stride, block 256, grid min(ceil(n / 256), 8192);
+// global_norm_partial grid = total chunks, block 256; final grid 1, block 256.
+// Workspaces (global norm): partials (total chunks doubles), the table (3 u64
+// arrays).
+// CPU twin: crates/tensor/src/cpu/optim.rs (adamw_step, ema_update,
+// sum_squares) and cpu/elementwise.rs (chunked_sum_f64).
+// Versions: adamw/ema v1, one tensor per launch (a multi-tensor launch over a
+// pointer table as the global norm does would save launches for models with
+// many tensors); global norm v1, all tensors in one launch.
 #include "common.cuh"
 
 extern "C" __global__ void adamw_step_f32(float* __restrict__ param, const float* __restrict__ grad,
@@ -44,4 +60,45 @@ extern "C" __global__ void ema_update_f32(float* __restrict__ ema, const float* 
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (unsigned long long)gridDim.x * blockDim.x)
         ema[i] = d * ema[i] + k * param[i];
+}
+
+// ---- global L2 norm
+
+#define NORM_CHUNK 4096
+
+extern "C" __global__ void global_norm_partial_f32(double* __restrict__ partials,
+                                             const unsigned long long* __restrict__ ptrs,
+                                             const unsigned long long* __restrict__ lens,
+                                             const unsigned long long* __restrict__ first_chunk, int count) {
+    __shared__ double scratch[256];
+    const unsigned long long c = blockIdx.x;
+    // the last t with first_chunk[t] <= c (tensors of length 0 own no chunk)
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (first_chunk[mid] <= c)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    const float* x = (const float*)ptrs[lo];
+    const unsigned long long start = (c - first_chunk[lo]) * NORM_CHUNK;
+    unsigned long long end = start + NORM_CHUNK;
+    if (end > lens[lo]) end = lens[lo];
+    double acc = 0.0;
+    for (unsigned long long i = start + threadIdx.x; i < end; i += blockDim.x) {
+        double v = (double)x[i];
+        acc += v * v;
+    }
+    double s = block_sum_f64(acc, scratch);
+    if (threadIdx.x == 0) partials[c] = s;
+}
+
+extern "C" __global__ void global_norm_final_f32(double* __restrict__ out, const double* __restrict__ partials,
+                                           unsigned int count) {
+    __shared__ double scratch[256];
+    double acc = 0.0;
+    for (unsigned int i = threadIdx.x; i < count; i += blockDim.x) acc += partials[i];
+    double s = block_sum_f64(acc, scratch);
+    if (threadIdx.x == 0) out[0] = s;
 }

@@ -1,7 +1,7 @@
 // silu.cu — SiLU y = x * sigmoid(x) and its backward
 // dx = dy * s * (1 + x * (1 - s)), s = sigmoid(x), on flat buffers.
 // Launch: 1-D grid-stride, block 256, grid min(ceil(n / 256), 8192).
-// CPU twin: crates/tensor/src/cpu/activation.rs.
+// CPU twin: crates/tensor/src/cpu/silu.rs.
 // Versions: v1 only (memory bound; expf is the only real work).
 #include "common.cuh"
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command (README, .ci/run):
+#  0. checks formatting (rustfmt.toml) and clippy with warnings as errors;
 #  1. installs the pinned NVRTC/ptxas wheels from PyPI into .cuda-wheels/;
 #  2. runs every test of the workspace (CPU reference vs float64 oracles and
 #     finite differences, U-Net vs the PyTorch vectors, trainer end to end,
@@ -11,6 +12,11 @@
 #     any spill).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+echo "== cargo fmt --check"
+cargo fmt --all --check
+echo "== cargo clippy --workspace --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings 2>&1
 
 bash scripts/setup-cuda-wheels.sh > /dev/null
 source scripts/cuda-env.sh

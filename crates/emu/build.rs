@@ -3,8 +3,10 @@
 //! the emulator's own test kernels (tests/kernels/*.cu), each compiled as
 //! host C++ with the shim header force-included.
 //!
-//! For each kernel file it scans the `extern "C" __global__ void NAME(...)`
-//! signatures and the `extern __shared__` names, and generates
+//! For each kernel file it scans (with `diffuse-kernel-scan`, the scanner
+//! the tensor crate's typed kernel handles come from too) the
+//! `extern "C" __global__ void NAME(...)` signatures and the
+//! `extern __shared__` names, and generates
 //! - a wrapper that includes the file inside its own namespace (files are
 //!   separate modules on a GPU: same-named helpers must not collide) and a
 //!   table {name, file, params, n_args, arg sizes, arg kinds, arg names,
@@ -16,6 +18,7 @@
 //! A kernel file that does not compile under the shim fails the build with
 //! the compiler's errors and the file's name.
 
+use diffuse_kernel_scan::{scan_source, Kernel};
 use std::collections::{BTreeSet, HashMap};
 use std::env;
 use std::fmt::Write as _;
@@ -26,12 +29,6 @@ use std::sync::{Arc, Mutex};
 
 const DYN_SMEM_BYTES: usize = 227 * 1024;
 const PAGE: usize = 4096;
-
-struct Kernel {
-    name: String,
-    params: String,
-    param_names: Vec<String>,
-}
 
 struct KernelFile {
     path: PathBuf,
@@ -67,13 +64,16 @@ fn main() {
         let mut header_static_shared = false;
         for f in list(dir, &["cu", "cuh"]) {
             let text = fs::read_to_string(&f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display()));
-            let toks = tokenize(&strip_comments(&text));
-            shared_names.extend(scan_extern_shared(&toks));
-            let static_shared = has_static_shared(&toks);
+            let scanned = scan_source(&text);
+            for w in &scanned.warnings {
+                println!("cargo:warning=CUDA emulator: {}: {w}", f.display());
+            }
+            shared_names.extend(scanned.extern_shared);
+            let static_shared = scanned.static_shared;
             if f.extension().is_some_and(|e| e == "cu") {
                 let name = f.file_name().unwrap().to_string_lossy().into_owned();
                 files.push(KernelFile {
-                    kernels: scan_kernels(&toks, &f),
+                    kernels: scanned.kernels,
                     display: format!("{prefix}/{name}"),
                     path: f,
                     static_shared,
@@ -266,279 +266,6 @@ fn compile_all(jobs: Vec<(cc::Tool, PathBuf, PathBuf, String)>) {
         }
         panic!("CUDA emulator: {} file(s) failed to compile:\n\n{}", f.len(), f.join("\n\n"));
     }
-}
-
-// ------------------------------------------------------------------ scanning
-
-fn strip_comments(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'/' && i + 1 < b.len() && b[i + 1] == b'/' {
-            while i < b.len() && b[i] != b'\n' {
-                i += 1;
-            }
-        } else if b[i] == b'/' && i + 1 < b.len() && b[i + 1] == b'*' {
-            i += 2;
-            while i + 1 < b.len() && !(b[i] == b'*' && b[i + 1] == b'/') {
-                i += 1;
-            }
-            i += 2;
-            out.push(' ');
-        } else if b[i] == b'"' || b[i] == b'\'' {
-            let q = b[i];
-            let start = i;
-            i += 1;
-            while i < b.len() && b[i] != q {
-                if b[i] == b'\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i += 1;
-            out.push_str(&s[start..i.min(b.len())]);
-        } else if b[i] == b'#' {
-            // preprocessor line (with continuations): not declarations
-            let at_line_start = out.trim_end_matches([' ', '\t']).ends_with('\n') || out.trim().is_empty();
-            if at_line_start {
-                while i < b.len() && b[i] != b'\n' {
-                    if b[i] == b'\\' && i + 1 < b.len() && b[i + 1] == b'\n' {
-                        i += 1;
-                    }
-                    i += 1;
-                }
-            } else {
-                out.push('#');
-                i += 1;
-            }
-        } else {
-            let ch = s[i..].chars().next().unwrap();
-            out.push(ch);
-            i += ch.len_utf8();
-        }
-    }
-    out
-}
-
-#[derive(Debug, Clone, PartialEq)]
-enum Tok {
-    Ident(String),
-    Str(String),
-    Punct(char),
-}
-
-fn tokenize(s: &str) -> Vec<Tok> {
-    let c: Vec<char> = s.chars().collect();
-    let mut v = Vec::new();
-    let mut i = 0;
-    while i < c.len() {
-        let ch = c[i];
-        if ch.is_whitespace() {
-            i += 1;
-        } else if ch.is_alphabetic() || ch == '_' {
-            let st = i;
-            while i < c.len() && (c[i].is_alphanumeric() || c[i] == '_') {
-                i += 1;
-            }
-            v.push(Tok::Ident(c[st..i].iter().collect()));
-        } else if ch.is_ascii_digit() {
-            while i < c.len() && (c[i].is_alphanumeric() || c[i] == '.' || c[i] == '_') {
-                i += 1;
-            }
-            v.push(Tok::Punct('0'));
-        } else if ch == '"' || ch == '\'' {
-            let st = i;
-            i += 1;
-            while i < c.len() && c[i] != ch {
-                if c[i] == '\\' {
-                    i += 1;
-                }
-                i += 1;
-            }
-            i += 1;
-            v.push(Tok::Str(c[st + 1..(i - 1).min(c.len())].iter().collect()));
-        } else {
-            v.push(Tok::Punct(ch));
-            i += 1;
-        }
-    }
-    v
-}
-
-fn is_ident(t: &Tok, s: &str) -> bool {
-    matches!(t, Tok::Ident(x) if x == s)
-}
-
-/// Index just past the parenthesised group starting at toks[i] == '('.
-fn skip_parens(toks: &[Tok], mut i: usize) -> usize {
-    let mut depth = 0;
-    while i < toks.len() {
-        match toks[i] {
-            Tok::Punct('(') => depth += 1,
-            Tok::Punct(')') => {
-                depth -= 1;
-                if depth == 0 {
-                    return i + 1;
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    i
-}
-
-fn scan_kernels(toks: &[Tok], file: &Path) -> Vec<Kernel> {
-    let mut out: Vec<Kernel> = Vec::new();
-    let mut braces: Vec<bool> = Vec::new(); // true: an extern "C" { block
-    let mut decl_start = 0;
-    let mut i = 0;
-    while i < toks.len() {
-        match &toks[i] {
-            Tok::Punct('{') => {
-                let ext_c = i >= 2 && is_ident(&toks[i - 2], "extern") && toks[i - 1] == Tok::Str("C".into());
-                braces.push(ext_c);
-                decl_start = i + 1;
-            }
-            Tok::Punct('}') => {
-                braces.pop();
-                decl_start = i + 1;
-            }
-            Tok::Punct(';') => decl_start = i + 1,
-            Tok::Ident(x) if x == "__global__" => {
-                let decl = &toks[decl_start..i];
-                let in_c_block = braces.iter().any(|b| *b);
-                let extern_c =
-                    in_c_block || decl.windows(2).any(|w| is_ident(&w[0], "extern") && w[1] == Tok::Str("C".into()));
-                let templated = decl.iter().any(|t| is_ident(t, "template"));
-                // find `NAME (` after the return type, skipping attributes
-                let mut j = i + 1;
-                let mut name = None;
-                let mut ret_void = false;
-                while j < toks.len() {
-                    match &toks[j] {
-                        Tok::Ident(x) if x == "__launch_bounds__" || x == "__attribute__" || x == "__maxnreg__" => {
-                            j = skip_parens(toks, j + 1);
-                            continue;
-                        }
-                        Tok::Ident(x) if x == "void" => ret_void = true,
-                        Tok::Ident(x) if j + 1 < toks.len() && toks[j + 1] == Tok::Punct('(') => {
-                            name = Some((x.clone(), j + 1));
-                            break;
-                        }
-                        Tok::Punct(';') | Tok::Punct('{') => break,
-                        _ => {}
-                    }
-                    j += 1;
-                }
-                let Some((name, open)) = name else {
-                    i += 1;
-                    continue;
-                };
-                let close = skip_parens(toks, open);
-                if templated || !extern_c || !ret_void {
-                    println!(
-                        "cargo:warning=CUDA emulator: {}: kernel `{}` is not `extern \"C\" __global__ void`: not registered (it cannot be launched by name)",
-                        file.display(),
-                        name
-                    );
-                } else if !out.iter().any(|k| k.name == name) {
-                    let inner = &toks[open + 1..close - 1];
-                    out.push(Kernel { params: render(inner), param_names: param_names(inner), name });
-                }
-                i = close;
-                continue;
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    out
-}
-
-fn render(toks: &[Tok]) -> String {
-    let mut s = String::new();
-    for t in toks {
-        match t {
-            Tok::Ident(x) => {
-                if s.ends_with(|c: char| c.is_alphanumeric() || c == '_' || c == '*' || c == '&') {
-                    s.push(' ');
-                }
-                s.push_str(x);
-            }
-            Tok::Str(x) => {
-                let _ = write!(s, "\"{x}\"");
-            }
-            Tok::Punct(',') => s.push_str(", "),
-            Tok::Punct(c) => s.push(*c),
-        }
-    }
-    s
-}
-
-fn param_names(toks: &[Tok]) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut depth = 0;
-    let mut cur: Vec<&Tok> = Vec::new();
-    let mut flush = |cur: &mut Vec<&Tok>| {
-        let is_void = cur.len() == 1 && is_ident(cur[0], "void");
-        if !cur.is_empty() && !is_void {
-            let name = cur.iter().rev().find_map(|t| match t {
-                Tok::Ident(x) if !matches!(x.as_str(), "__restrict__" | "const" | "volatile") => Some(x.clone()),
-                _ => None,
-            });
-            names.push(name.unwrap_or_else(|| format!("arg{}", names.len())));
-        }
-        cur.clear();
-    };
-    for t in toks {
-        match t {
-            Tok::Punct('(') | Tok::Punct('<') | Tok::Punct('[') => depth += 1,
-            Tok::Punct(')') | Tok::Punct('>') | Tok::Punct(']') => depth -= 1,
-            Tok::Punct(',') if depth == 0 => {
-                flush(&mut cur);
-                continue;
-            }
-            _ => {}
-        }
-        if depth == 0 {
-            cur.push(t);
-        }
-    }
-    flush(&mut cur);
-    names
-}
-
-/// Any `__shared__` not right after `extern`.
-fn has_static_shared(toks: &[Tok]) -> bool {
-    toks.iter().enumerate().any(|(i, t)| is_ident(t, "__shared__") && !(i > 0 && is_ident(&toks[i - 1], "extern")))
-}
-
-fn scan_extern_shared(toks: &[Tok]) -> Vec<String> {
-    let mut v = Vec::new();
-    for i in 0..toks.len().saturating_sub(1) {
-        if is_ident(&toks[i], "extern") && is_ident(&toks[i + 1], "__shared__") {
-            let mut last = None;
-            let mut j = i + 2;
-            while j < toks.len() {
-                match &toks[j] {
-                    Tok::Punct('[') | Tok::Punct(';') => break,
-                    Tok::Punct('(') => {
-                        j = skip_parens(toks, j);
-                        continue;
-                    }
-                    Tok::Ident(x) => last = Some(x.clone()),
-                    _ => {}
-                }
-                j += 1;
-            }
-            if let Some(n) = last {
-                v.push(n);
-            }
-        }
-    }
-    v
 }
 
 // ------------------------------------------------------------------ generation

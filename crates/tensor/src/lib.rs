@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod geom;
 pub mod gpu;
 pub mod ops;
 pub mod philox;

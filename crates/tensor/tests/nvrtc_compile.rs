@@ -30,7 +30,7 @@ fn every_kernel_file_compiles_with_nvrtc() {
     let mut failures = Vec::new();
     let mut kernels = 0;
     for file in KERNEL_FILES {
-        let names = file.kernel_names();
+        let names: Vec<&str> = file.kernels().map(|k| k.name).collect();
         assert!(!names.is_empty(), "{} defines no extern \"C\" __global__ kernel", file.name);
         for arch in ["compute_80", "compute_90"] {
             match nvrtc_compile(file, NvrtcTarget::Ptx(arch)) {

@@ -10,16 +10,9 @@
 //! branch-free `exp` that softmax and group norm's fused SiLU share.
 
 use super::gemm::{matmul, MatRef, Threads};
+use crate::geom::AttentionDims;
 use crate::{DType, Element};
 use rayon::prelude::*;
-
-/// Sizes of an attention problem: `b` items of `c` channels and `n` tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AttentionDims {
-    pub b: usize,
-    pub c: usize,
-    pub n: usize,
-}
 
 impl AttentionDims {
     /// Elements of one item's q, k, v or out.

@@ -7,22 +7,13 @@
 //! inner loops stay in cache and vectorise.
 
 use super::REDUCE_CHUNK;
+use crate::geom::Binary;
 use crate::Element;
 use rayon::prelude::*;
 use std::ops::Range;
 
 /// Elements per rayon task in elementwise loops.
 pub const PAR_CHUNK: usize = 1 << 14;
-
-/// The binary elementwise ops with one output.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Binary {
-    Add,
-    Sub,
-    Mul,
-    /// a + s * b
-    AddScaled(f64),
-}
 
 /// out[i] = f(a[i], b[i]) in parallel chunks.
 fn zip_map<T: Element>(a: &[T], b: &[T], out: &mut [T], f: impl Fn(T, T) -> T + Sync) {

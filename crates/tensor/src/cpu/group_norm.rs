@@ -10,34 +10,9 @@
 
 // The branch-free exp of softmax, which lets the fused SiLU loops vectorise.
 use super::attention::exp;
+use crate::geom::GroupNormDims;
 use crate::Element;
 use rayon::prelude::*;
-
-/// Sizes of a group-norm problem: `n` images of `c` channels of `hw`
-/// positions, in `groups` groups of consecutive channels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GroupNormDims {
-    pub n: usize,
-    pub c: usize,
-    pub hw: usize,
-    pub groups: usize,
-}
-
-impl GroupNormDims {
-    pub fn channels_per_group(&self) -> usize {
-        self.c / self.groups.max(1)
-    }
-
-    /// Elements of one (image, group) slab.
-    pub fn slab(&self) -> usize {
-        self.channels_per_group() * self.hw
-    }
-
-    /// Number of (image, group) slabs.
-    pub fn slabs(&self) -> usize {
-        self.n * self.groups
-    }
-}
 
 /// SiLU, z * sigmoid(z).
 #[inline(always)]

@@ -4,16 +4,9 @@
 //! any thread count); the bias gradient sums rows in row order.
 
 use super::gemm::{matmul, MatRef, Threads};
+use crate::geom::LinearDims;
 use crate::Element;
 use rayon::prelude::*;
-
-/// Sizes of a linear layer applied to `n` rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct LinearDims {
-    pub n: usize,
-    pub d_in: usize,
-    pub d_out: usize,
-}
 
 /// `y = x w^T (+ b)`, `y` row-major [n, d_out].
 pub fn linear_forward<T: Element>(x: &[T], w: &[T], b: Option<&[T]>, d: LinearDims, y: &mut [T]) {

@@ -3,9 +3,8 @@
 //! deterministic: reductions use fixed chunks summed in a fixed order, never
 //! an order that depends on how rayon schedules work.
 
-pub mod activation;
 pub mod attention;
-pub mod conv;
+pub mod conv2d;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
@@ -17,6 +16,7 @@ pub mod loss;
 pub mod noise;
 pub mod optim;
 pub mod sampling;
+pub mod silu;
 
 /// Fixed work-chunk size for parallel reductions, independent of the thread
 /// count so results are bit-identical on any machine.

@@ -6,37 +6,11 @@
 //! of f32 parameters then lose nothing to the update arithmetic itself.
 
 use super::elementwise::{sum_squares_f64, PAR_CHUNK};
+use crate::geom::AdamWConsts;
 use crate::Element;
 use rayon::prelude::*;
 
-/// The scalars of one AdamW step, derived once from the hyper-parameters.
-#[derive(Clone, Copy, Debug)]
-pub struct AdamWConsts {
-    /// 1 - lr * weight_decay: decoupled decay multiplies the parameter.
-    pub decay: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    /// lr / (1 - beta1^t)
-    pub step_size: f64,
-    /// sqrt(1 - beta2^t)
-    pub bias_correction2_sqrt: f64,
-    pub eps: f64,
-}
-
 impl AdamWConsts {
-    pub fn new(lr: f64, beta1: f64, beta2: f64, eps: f64, weight_decay: f64, step: u64) -> Self {
-        // powi takes i32; past 2^31 steps beta^t is 0 for any beta < 1 anyway
-        let t = step.min(i32::MAX as u64) as i32;
-        AdamWConsts {
-            decay: 1.0 - lr * weight_decay,
-            beta1,
-            beta2,
-            step_size: lr / (1.0 - beta1.powi(t)),
-            bias_correction2_sqrt: (1.0 - beta2.powi(t)).sqrt(),
-            eps,
-        }
-    }
-
     /// One element: returns the new (param, m, v).
     #[inline]
     pub fn update(&self, p: f64, g: f64, m: f64, v: f64) -> (f64, f64, f64) {

@@ -8,17 +8,23 @@
 //! library it needs is absent, so every entry point checks
 //! `is_culib_present()` first.
 //!
-//! Memory is plain `cuMemAlloc`; copies are synchronous; kernels go on the
-//! context's legacy default stream, so a copy after a launch sees its
+//! Memory is plain `cuMemAlloc`; copies are synchronous; kernels are loaded
+//! as cudarc `CudaModule`/`CudaFunction`s and launched on the context's
+//! default stream through cudarc's launch builder, so a copy after a launch sees its
 //! results and launch errors surface at the next copy or `synchronize`.
 
+use super::kernels::Kernel;
 use super::sources::{self, KernelFile};
 use super::{GpuDevice, GpuDriver, KernelArg, Launch};
 use crate::{Device, Result, TensorError};
-use cudarc::driver::{result as cu, sys as cusys, CudaContext, DriverError};
+use cudarc::driver::{
+    result as cu, sys as cusys, CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchConfig,
+    PushKernelArg,
+};
 use cudarc::nvrtc::sys as nvsys;
+use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
-use std::ffi::{c_char, c_void, CStr, CString};
+use std::ffi::{c_char, CStr, CString};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// What NVRTC should produce.
@@ -222,42 +228,29 @@ fn drv(what: &str, e: DriverError) -> TensorError {
     TensorError::Cuda(format!("{what}: {:?}", e.0))
 }
 
-/// Pointers to CUDA handles, owned by one context and used under its lock.
-struct Raw<T>(T);
-// SAFETY: CUDA driver handles may be used from any thread once the owning
-// context is current; the driver binds it before every use.
-unsafe impl<T> Send for Raw<T> {}
-
+/// A loaded kernel and the dynamic shared memory it has been opened up to
+/// (48 KiB until a launch asks for more).
 struct Function {
-    f: Raw<cusys::CUfunction>,
-    /// The dynamic shared memory the function was opened up to (48 KiB by default).
+    f: CudaFunction,
     max_dynamic_smem: u32,
 }
 
+/// Modules by file and functions by kernel name, loaded at first use.
 #[derive(Default)]
 struct Loaded {
-    modules: HashMap<&'static str, Raw<cusys::CUmodule>>,
+    modules: HashMap<&'static str, Arc<CudaModule>>,
     functions: HashMap<&'static str, Function>,
 }
 
 /// One CUDA device through the driver API.
 pub struct CudaDriver {
     ctx: Arc<CudaContext>,
+    /// The context's default stream: every launch and copy is ordered on it.
+    stream: Arc<CudaStream>,
     label: String,
     target: NvrtcTarget,
     max_dynamic_smem: u32,
     loaded: Mutex<Loaded>,
-}
-
-/// One kernel argument slot: cuLaunchKernel reads each argument through a
-/// pointer to a value of the parameter's type.
-#[repr(C)]
-#[derive(Clone, Copy)]
-union ArgSlot {
-    p: u64,
-    i: i32,
-    u: u32,
-    f: f32,
 }
 
 impl CudaDriver {
@@ -285,8 +278,10 @@ impl CudaDriver {
             .attribute(cusys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .unwrap_or(48 * 1024)
             .max(0) as u32;
+        let stream = ctx.default_stream();
         Ok(CudaDriver {
             ctx,
+            stream,
             label: format!("cuda:{ordinal} ({name}, sm_{major}{minor})"),
             target,
             max_dynamic_smem,
@@ -298,48 +293,33 @@ impl CudaDriver {
         self.ctx.bind_to_thread().map_err(|e| drv("binding the context", e))
     }
 
-    /// The function handle of `kernel`, compiling and loading its file at
+    /// The loaded function of `kernel`, compiling and loading its file at
     /// first use.
-    fn function(&self, loaded: &mut Loaded, kernel: &'static str) -> Result<cusys::CUfunction> {
-        if let Some(f) = loaded.functions.get(kernel) {
-            return Ok(f.f.0);
-        }
-        let file = sources::file_defining(kernel).ok_or_else(|| TensorError::Launch {
-            kernel: kernel.into(),
-            msg: "no kernels/*.cu file defines this kernel".into(),
-        })?;
-        let module = match loaded.modules.get(file.name) {
-            Some(m) => m.0,
-            None => {
-                let mut image = (*compiled(file, self.target)?).clone();
-                if matches!(self.target, NvrtcTarget::Ptx(_)) && image.last() != Some(&0) {
-                    image.push(0);
+    fn function<'l>(&self, loaded: &'l mut Loaded, kernel: &'static Kernel) -> Result<&'l mut Function> {
+        if !loaded.functions.contains_key(kernel.name) {
+            let file = sources::file_of(kernel).ok_or_else(|| TensorError::Launch {
+                kernel: kernel.name.into(),
+                msg: format!("kernels/{} is not embedded in this build", kernel.file),
+            })?;
+            let module = match loaded.modules.get(file.name) {
+                Some(m) => m.clone(),
+                None => {
+                    let mut image = (*compiled(file, self.target)?).clone();
+                    if matches!(self.target, NvrtcTarget::Ptx(_)) && image.last() != Some(&0) {
+                        image.push(0); // cuModuleLoadData reads PTX as a C string
+                    }
+                    let m = self
+                        .ctx
+                        .load_module(Ptx::from_binary(image))
+                        .map_err(|e| drv(&format!("loading {} ({})", file.name, self.target.arch()), e))?;
+                    loaded.modules.insert(file.name, m.clone());
+                    m
                 }
-                // SAFETY: a complete PTX (NUL-terminated) or CUBIN image from NVRTC.
-                let m = unsafe { cu::module::load_data(image.as_ptr() as *const c_void) }
-                    .map_err(|e| drv(&format!("loading {} ({})", file.name, self.target.arch()), e))?;
-                loaded.modules.insert(file.name, Raw(m));
-                m
-            }
-        };
-        let cname = CString::new(kernel).unwrap();
-        // SAFETY: the module was loaded above and is never unloaded while the driver lives.
-        let f = unsafe { cu::module::get_function(module, cname) }
-            .map_err(|e| drv(&format!("finding {kernel} in {}", file.name), e))?;
-        loaded.functions.insert(kernel, Function { f: Raw(f), max_dynamic_smem: 48 * 1024 });
-        Ok(f)
-    }
-}
-
-impl Drop for CudaDriver {
-    fn drop(&mut self) {
-        if self.bind().is_ok() {
-            let loaded = self.loaded.get_mut().unwrap();
-            for (_, m) in loaded.modules.drain() {
-                // SAFETY: each module was loaded once by this driver; nothing uses it any more.
-                let _ = unsafe { cu::module::unload(m.0) };
-            }
+            };
+            let f = module.load_function(kernel.name).map_err(|e| drv(&format!("finding {kernel}"), e))?;
+            loaded.functions.insert(kernel.name, Function { f, max_dynamic_smem: 48 * 1024 });
         }
+        Ok(loaded.functions.get_mut(kernel.name).expect("inserted above"))
     }
 }
 
@@ -408,7 +388,7 @@ impl GpuDriver for CudaDriver {
     }
 
     fn launch(&self, l: &Launch<'_>) -> Result<()> {
-        let launch_err = |msg: String| TensorError::Launch { kernel: l.kernel.into(), msg };
+        let launch_err = |msg: String| TensorError::Launch { kernel: l.kernel.name.into(), msg };
         let (g, b) = (l.grid, l.block);
         if g.x == 0 || g.y == 0 || g.z == 0 || b.x == 0 || b.y == 0 || b.z == 0 {
             return Err(launch_err(format!("empty grid {g:?} or block {b:?}")));
@@ -423,42 +403,35 @@ impl GpuDriver for CudaDriver {
             )));
         }
         self.bind()?;
-        let f = {
-            let mut loaded = self.loaded.lock().unwrap();
-            let f = self.function(&mut loaded, l.kernel)?;
-            let entry = loaded.functions.get_mut(l.kernel).unwrap();
-            if l.shared_bytes > entry.max_dynamic_smem {
-                // SAFETY: `f` is a live function of a loaded module.
-                unsafe {
-                    cu::function::set_function_attribute(
-                        f,
-                        cusys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        l.shared_bytes as i32,
-                    )
-                }
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let func = self.function(&mut loaded, l.kernel)?;
+        if l.shared_bytes > func.max_dynamic_smem {
+            func.f
+                .set_attribute(
+                    cusys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    l.shared_bytes as i32,
+                )
                 .map_err(|e| drv(&format!("opening {} to {} bytes of shared memory", l.kernel, l.shared_bytes), e))?;
-                entry.max_dynamic_smem = l.shared_bytes;
-            }
-            f
-        };
-        let mut slots: Vec<ArgSlot> = l
-            .args
-            .iter()
-            .map(|a| match *a {
-                KernelArg::Ptr(p) | KernelArg::U64(p) => ArgSlot { p },
-                KernelArg::I32(i) => ArgSlot { i },
-                KernelArg::U32(u) => ArgSlot { u },
-                KernelArg::F32(f) => ArgSlot { f },
-            })
-            .collect();
-        let mut params: Vec<*mut c_void> = slots.iter_mut().map(|s| s as *mut ArgSlot as *mut c_void).collect();
-        // SAFETY: `f` is live; `params` points at `slots`, which outlive the
-        // call (cuLaunchKernel copies the values before returning); the
-        // launch code matches each kernel's parameter list.
-        unsafe {
-            cu::launch_kernel(f, (g.x, g.y, g.z), (b.x, b.y, b.z), l.shared_bytes, std::ptr::null_mut(), &mut params)
+            func.max_dynamic_smem = l.shared_bytes;
         }
-        .map_err(|e| launch_err(format!("{:?} (grid {g:?}, block {b:?}, {} shared bytes)", e.0, l.shared_bytes)))
+        // Arguments were checked against the kernel's parameters by
+        // `GpuDevice::launch`; each is pushed by reference with its own type.
+        let mut builder = self.stream.launch_builder(&func.f);
+        for a in l.args {
+            match a {
+                KernelArg::Ptr(p) | KernelArg::U64(p) => builder.arg(p),
+                KernelArg::I32(i) => builder.arg(i),
+                KernelArg::U32(u) => builder.arg(u),
+                KernelArg::F32(f) => builder.arg(f),
+            };
+        }
+        let cfg =
+            LaunchConfig { grid_dim: (g.x, g.y, g.z), block_dim: (b.x, b.y, b.z), shared_mem_bytes: l.shared_bytes };
+        // SAFETY: the arguments match the kernel's parameter kinds (checked)
+        // and every pointer is a live device allocation of the caller's.
+        unsafe { builder.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| launch_err(format!("{:?} (grid {g:?}, block {b:?}, {} shared bytes)", e.0, l.shared_bytes)))
     }
 
     fn synchronize(&self) -> Result<()> {

@@ -99,8 +99,8 @@ impl GpuDriver for EmuDriver {
         // SAFETY: pointer arguments are checked to point into live emulator
         // allocations, whose overruns fault into guard pages and are
         // reported; the kernels index memory only through their arguments.
-        let r = unsafe { self.emu.launch_args(l.kernel, (g.x, g.y, g.z), (b.x, b.y, b.z), l.shared_bytes, &args) };
-        r.map_err(|e| TensorError::Launch { kernel: l.kernel.to_string(), msg: e.to_string() })
+        let r = unsafe { self.emu.launch_args(l.kernel.name, (g.x, g.y, g.z), (b.x, b.y, b.z), l.shared_bytes, &args) };
+        r.map_err(|e| TensorError::Launch { kernel: l.kernel.name.to_string(), msg: e.to_string() })
     }
 
     fn synchronize(&self) -> Result<()> {

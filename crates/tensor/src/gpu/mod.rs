@@ -1,11 +1,13 @@
 //! The GPU half of the tensor crate. One interface, [`GpuDriver`], holds the
 //! few things that differ between a real CUDA device (cudarc) and the CUDA
-//! emulator: buffers, copies and kernel launches by name. Everything else —
+//! emulator: buffers, copies and kernel launches through typed handles
+//! (`kernels`). Everything else —
 //! grid sizes, argument packing, workspaces — lives once in `ops`, so the
 //! emulator runs exactly the launch code a real GPU runs.
 
 pub mod cuda;
 pub mod emu;
+pub mod kernels;
 pub mod launch;
 pub mod sources;
 
@@ -53,7 +55,7 @@ impl KernelArg {
 /// A kernel launch: which kernel, its shape and its arguments.
 #[derive(Clone, Debug)]
 pub struct Launch<'a> {
-    pub kernel: &'static str,
+    pub kernel: &'static kernels::Kernel,
     pub grid: Dim3,
     pub block: Dim3,
     pub shared_bytes: u32,
@@ -117,7 +119,9 @@ impl GpuDevice {
         Ok(s)
     }
 
+    /// Checks the arguments against the kernel's parameters, then launches.
     pub fn launch(&self, launch: &Launch<'_>) -> Result<()> {
+        launch.kernel.check_args(launch.args)?;
         self.driver.launch(launch)
     }
 }

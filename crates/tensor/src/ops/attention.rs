@@ -4,7 +4,7 @@
 //! `p_ij = softmax_j(s_ij)`, `out[c,i] = sum_j p_ij v[c,j]`.
 
 use super::{check_same, gpu_of};
-use crate::cpu::attention::AttentionDims;
+use crate::geom::AttentionDims;
 use crate::gpu::launch;
 use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
 

@@ -5,7 +5,8 @@
 //! every broadcast the U-Net needs has its own op, e.g. `add_channel_bias`).
 
 use super::{check_same, check_same_shape, gpu_of, gpu_of_mut};
-use crate::cpu::elementwise::{self as kernels, Binary};
+use crate::cpu::elementwise as kernels;
+use crate::geom::Binary;
 use crate::gpu::launch;
 use crate::{with_element, Result, Storage, Tensor};
 

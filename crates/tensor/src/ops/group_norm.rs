@@ -3,7 +3,7 @@
 //! with the biased variance of each (image, group).
 
 use super::{check_same, gpu_of};
-use crate::cpu::group_norm::GroupNormDims;
+use crate::geom::GroupNormDims;
 use crate::gpu::launch;
 use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
 

@@ -2,7 +2,7 @@
 //! `x` [N, In], `w` [Out, In] (PyTorch's layout), `b` [Out].
 
 use super::{check_same, gpu_of};
-use crate::cpu::linear::LinearDims;
+use crate::geom::LinearDims;
 use crate::gpu::launch;
 use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
 

@@ -2,9 +2,8 @@
 //! errors, no panics), then dispatches to `cpu::*` or the GPU launch code.
 //! Backward functions are explicit; there is no tape.
 
-pub mod activation;
 pub mod attention;
-pub mod conv;
+pub mod conv2d;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
@@ -15,10 +14,10 @@ pub mod loss;
 pub mod noise;
 pub mod optim;
 pub mod sampling;
+pub mod silu;
 
-pub use activation::*;
 pub use attention::*;
-pub use conv::*;
+pub use conv2d::*;
 pub use dropout::*;
 pub use elementwise::*;
 pub use embedding::*;
@@ -29,6 +28,7 @@ pub use loss::*;
 pub use noise::*;
 pub use optim::*;
 pub use sampling::*;
+pub use silu::*;
 
 use crate::gpu::GpuStorage;
 use crate::{Result, Storage, Tensor, TensorError};

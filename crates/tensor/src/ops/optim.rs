@@ -3,6 +3,7 @@
 
 use super::{check_same, check_same_shape, gpu_of, gpu_of_mut};
 use crate::cpu::optim as kernels;
+use crate::geom::AdamWConsts;
 use crate::gpu::{launch, GpuDevice, GpuStorage};
 use crate::{with_element, Result, Storage, Tensor, TensorError};
 
@@ -58,7 +59,7 @@ pub fn adamw_step(
     check_same_shape(OP, param, grad)?;
     check_same_shape(OP, param, m)?;
     check_same_shape(OP, param, v)?;
-    let c = kernels::AdamWConsts::new(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, step);
+    let c = AdamWConsts::new(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, step);
     match param.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let (g, m, v) = (grad.cpu_slice::<T>()?, m.cpu_slice_mut::<T>()?, v.cpu_slice_mut::<T>()?);

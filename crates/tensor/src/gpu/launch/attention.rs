@@ -8,7 +8,8 @@
 //! the default 48 KiB).
 
 use super::{alloc, grid_dim_yz, int, run, run_shared, BLOCK};
-use crate::cpu::attention::AttentionDims;
+use crate::geom::AttentionDims;
+use crate::gpu::kernels;
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
 use crate::{Result, TensorError};
 
@@ -82,7 +83,7 @@ pub fn attention_forward(
         scale(d.c),
         KernelArg::I32(bq as i32),
     ];
-    run_shared(dev, "attention_fwd_f32", grid, Dim3::x(BLOCK), fwd_smem(d.c, bq) as u32, &args)?;
+    run_shared(dev, &kernels::attention::ATTENTION_FWD_F32, grid, Dim3::x(BLOCK), fwd_smem(d.c, bq) as u32, &args)?;
     Ok((out, lse))
 }
 
@@ -112,7 +113,7 @@ pub fn attention_backward(
     let dvec = alloc(dev, d.b * d.n)?;
     run(
         dev,
-        "attention_bwd_rowdot_f32",
+        &kernels::attention::ATTENTION_BWD_ROWDOT_F32,
         Dim3::x((d.b * d.n).div_ceil(BLOCK as usize) as u32),
         &[dvec.arg(), dout.arg(), out.arg(), b, c, n],
     )?;
@@ -120,9 +121,16 @@ pub fn attention_backward(
     let tile = KernelArg::I32(t as i32);
     let args =
         [dk.arg(), dv.arg(), dout.arg(), q.arg(), k.arg(), v.arg(), lse.arg(), dvec.arg(), c, n, scale(d.c), tile];
-    run_shared(dev, "attention_bwd_dkdv_f32", grid, Dim3::x(BLOCK), dkdv_smem(d.c, t) as u32, &args)?;
+    run_shared(
+        dev,
+        &kernels::attention::ATTENTION_BWD_DKDV_F32,
+        grid,
+        Dim3::x(BLOCK),
+        dkdv_smem(d.c, t) as u32,
+        &args,
+    )?;
     let args = [dq.arg(), dout.arg(), q.arg(), k.arg(), v.arg(), lse.arg(), dvec.arg(), c, n, scale(d.c), tile];
-    run_shared(dev, "attention_bwd_dq_f32", grid, Dim3::x(BLOCK), dq_smem(d.c, t) as u32, &args)?;
+    run_shared(dev, &kernels::attention::ATTENTION_BWD_DQ_F32, grid, Dim3::x(BLOCK), dq_smem(d.c, t) as u32, &args)?;
     Ok((dq, dk, dv))
 }
 
@@ -138,6 +146,6 @@ pub fn attention_weights(dev: &GpuDevice, q: &GpuStorage, k: &GpuStorage, d: Att
     let (_, lse) = attention_forward(dev, q, k, k, d)?;
     let args =
         [p.arg(), q.arg(), k.arg(), lse.arg(), int(OP, "B", d.b)?, int(OP, "C", d.c)?, int(OP, "N", d.n)?, scale(d.c)];
-    run(dev, "attention_weights_fwd_f32", super::grid_for(total as u64), &args)?;
+    run(dev, &kernels::attention::ATTENTION_WEIGHTS_FWD_F32, super::grid_for(total as u64), &args)?;
     Ok(p)
 }

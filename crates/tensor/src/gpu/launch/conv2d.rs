@@ -1,12 +1,13 @@
 //! Launch code of kernels/conv2d.cu: implicit-GEMM convolution passes with
 //! 64x64 output tiles and 256 threads, split-K for the weight gradient.
 //!
-//! The geometry is `cpu::conv::ConvGeom`, built and checked by `ops::conv`
+//! The geometry is `geom::ConvGeom`, built and checked by `ops::conv2d`
 //! (input [n, ci, h, w], weight [co, ci, kh, kw], output [n, co, ho, wo],
 //! stride, pad_top, pad_left).
 
 use super::{alloc, grid_dim_yz, int, run, BLOCK, MAX_GRID};
-use crate::cpu::conv::ConvGeom;
+use crate::geom::ConvGeom;
+use crate::gpu::kernels;
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
 use crate::{Result, TensorError};
 
@@ -75,7 +76,7 @@ pub fn conv2d_forward(
     };
     let mut args = vec![y.arg(), x.arg(), w.arg(), bias, KernelArg::I32(has)];
     args.extend_from_slice(&geo);
-    run(dev, "conv2d_fwd_f32", tiles(OP, g.n * g.ho * g.wo, g.co)?, &args)?;
+    run(dev, &kernels::conv2d::CONV2D_FWD_F32, tiles(OP, g.n * g.ho * g.wo, g.co)?, &args)?;
     Ok(y)
 }
 
@@ -89,7 +90,7 @@ pub fn conv2d_backward_data(dev: &GpuDevice, dy: &GpuStorage, w: &GpuStorage, g:
     }
     let mut args = vec![dx.arg(), dy.arg(), w.arg()];
     args.extend_from_slice(&geo);
-    run(dev, "conv2d_bwd_data_f32", tiles(OP, g.n * g.h * g.w, g.ci)?, &args)?;
+    run(dev, &kernels::conv2d::CONV2D_BWD_DATA_F32, tiles(OP, g.n * g.h * g.w, g.ci)?, &args)?;
     Ok(dx)
 }
 
@@ -123,11 +124,11 @@ pub fn conv2d_backward_weight(dev: &GpuDevice, dy: &GpuStorage, x: &GpuStorage, 
     args.push(KernelArg::I32(per_split as i32));
     let mut grid = tiles(OP, g.ci * g.kh * g.kw, g.co)?;
     grid.z = grid_dim_yz(OP, "splits", splits)?;
-    run(dev, "conv2d_bwd_weight_f32", grid, &args)?;
+    run(dev, &kernels::conv2d::CONV2D_BWD_WEIGHT_F32, grid, &args)?;
     if splits > 1 {
         let blocks = (count as u64).div_ceil(BLOCK as u64).clamp(1, MAX_GRID) as u32;
         let args = [dw.arg(), ws.arg(), KernelArg::I32(splits as i32), KernelArg::U64(count as u64)];
-        run(dev, "conv2d_bwd_weight_reduce_f32", Dim3::x(blocks), &args)?;
+        run(dev, &kernels::conv2d::CONV2D_BWD_WEIGHT_REDUCE_F32, Dim3::x(blocks), &args)?;
     }
     Ok(dw)
 }
@@ -145,7 +146,7 @@ pub fn conv2d_backward_bias(dev: &GpuDevice, dy: &GpuStorage, n: usize, co: usiz
     let grid = Dim3::x(u32::try_from(co).map_err(|_| TensorError::invalid(OP, "too many channels"))?);
     run(
         dev,
-        "conv2d_bwd_bias_f32",
+        &kernels::conv2d::CONV2D_BWD_BIAS_F32,
         grid,
         &[db.arg(), dy.arg(), int(OP, "N", n)?, int(OP, "Co", co)?, int(OP, "Ho*Wo", howo)?],
     )?;

@@ -2,11 +2,12 @@
 //! (seed, step, stream) in both passes, never stored.
 
 use super::{alloc, grid_for, run, u64_arg};
+use crate::gpu::kernels;
 use crate::gpu::{GpuDevice, GpuStorage, KernelArg};
 use crate::{philox, Result};
 
 fn apply(
-    kernel: &'static str,
+    kernel: &'static kernels::Kernel,
     dev: &GpuDevice,
     x: &GpuStorage,
     p: f32,
@@ -43,7 +44,7 @@ pub fn dropout_forward(
     step: u32,
     stream: u32,
 ) -> Result<GpuStorage> {
-    apply("dropout_fwd_f32", dev, x, p, seed, step, stream)
+    apply(&kernels::dropout::DROPOUT_FWD_F32, dev, x, p, seed, step, stream)
 }
 
 /// dx = keep(i) ? dy / (1 - p) : 0, the same mask as the forward.
@@ -55,5 +56,5 @@ pub fn dropout_backward(
     step: u32,
     stream: u32,
 ) -> Result<GpuStorage> {
-    apply("dropout_bwd_f32", dev, dy, p, seed, step, stream)
+    apply(&kernels::dropout::DROPOUT_BWD_F32, dev, dy, p, seed, step, stream)
 }

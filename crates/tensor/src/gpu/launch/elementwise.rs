@@ -2,7 +2,8 @@
 //! the in-place add and scale, on flat buffers of equal length.
 
 use super::{alloc, grid_for, run, u64_arg};
-use crate::cpu::elementwise::Binary;
+use crate::geom::Binary;
+use crate::gpu::kernels;
 use crate::gpu::{GpuDevice, GpuStorage, KernelArg};
 use crate::Result;
 
@@ -15,10 +16,10 @@ pub fn binary(dev: &GpuDevice, op: Binary, a: &GpuStorage, b: &GpuStorage) -> Re
         return Ok(out);
     }
     let (kernel, s) = match op {
-        Binary::Add => ("add_fwd_f32", None),
-        Binary::Sub => ("sub_fwd_f32", None),
-        Binary::Mul => ("mul_fwd_f32", None),
-        Binary::AddScaled(s) => ("add_scaled_fwd_f32", Some(s as f32)),
+        Binary::Add => (&kernels::elementwise::ADD_FWD_F32, None),
+        Binary::Sub => (&kernels::elementwise::SUB_FWD_F32, None),
+        Binary::Mul => (&kernels::elementwise::MUL_FWD_F32, None),
+        Binary::AddScaled(s) => (&kernels::elementwise::ADD_SCALED_FWD_F32, Some(s as f32)),
     };
     let mut args = vec![out.arg(), a.arg(), b.arg()];
     if let Some(s) = s {
@@ -34,7 +35,12 @@ pub fn scale(dev: &GpuDevice, x: &GpuStorage, s: f64) -> Result<GpuStorage> {
     let n = x.len();
     let out = alloc(dev, n)?;
     if n > 0 {
-        run(dev, "scale_fwd_f32", grid_for(n as u64), &[out.arg(), x.arg(), KernelArg::F32(s as f32), u64_arg(n)])?;
+        run(
+            dev,
+            &kernels::elementwise::SCALE_FWD_F32,
+            grid_for(n as u64),
+            &[out.arg(), x.arg(), KernelArg::F32(s as f32), u64_arg(n)],
+        )?;
     }
     Ok(out)
 }
@@ -46,7 +52,7 @@ pub fn add_in_place(dev: &GpuDevice, acc: &mut GpuStorage, x: &GpuStorage) -> Re
         return Ok(());
     }
     acc.make_unique()?;
-    run(dev, "add_inplace_f32", grid_for(n as u64), &[acc.arg(), x.arg(), u64_arg(n)])
+    run(dev, &kernels::elementwise::ADD_INPLACE_F32, grid_for(n as u64), &[acc.arg(), x.arg(), u64_arg(n)])
 }
 
 /// t *= s, in place (s rounded to f32).
@@ -56,5 +62,10 @@ pub fn scale_in_place(dev: &GpuDevice, t: &mut GpuStorage, s: f64) -> Result<()>
         return Ok(());
     }
     t.make_unique()?;
-    run(dev, "scale_inplace_f32", grid_for(n as u64), &[t.arg(), KernelArg::F32(s as f32), u64_arg(n)])
+    run(
+        dev,
+        &kernels::elementwise::SCALE_INPLACE_F32,
+        grid_for(n as u64),
+        &[t.arg(), KernelArg::F32(s as f32), u64_arg(n)],
+    )
 }

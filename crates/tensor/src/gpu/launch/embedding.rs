@@ -1,6 +1,7 @@
 //! Launch code of kernels/embedding.cu.
 
 use super::{alloc, int, run, BLOCK};
+use crate::gpu::kernels;
 use crate::gpu::{Dim3, GpuDevice, GpuStorage};
 use crate::Result;
 
@@ -13,7 +14,12 @@ pub fn timestep_embedding(dev: &GpuDevice, t: &GpuStorage, n: usize, dim: usize)
     if total > 0 {
         super::check_i32(OP, "n * dim", total)?;
         let grid = Dim3::x(total.div_ceil(BLOCK as usize) as u32);
-        run(dev, "timestep_embedding_fwd_f32", grid, &[emb.arg(), t.arg(), int(OP, "n", n)?, int(OP, "dim", dim)?])?;
+        run(
+            dev,
+            &kernels::embedding::TIMESTEP_EMBEDDING_FWD_F32,
+            grid,
+            &[emb.arg(), t.arg(), int(OP, "n", n)?, int(OP, "dim", dim)?],
+        )?;
     }
     Ok(emb)
 }

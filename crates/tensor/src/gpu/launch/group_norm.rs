@@ -1,7 +1,8 @@
 //! Launch code of kernels/group_norm.cu: one block per (image, group) slab.
 
 use super::{alloc, int, run, BLOCK};
-use crate::cpu::group_norm::GroupNormDims;
+use crate::geom::GroupNormDims;
+use crate::gpu::kernels;
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
 use crate::{Result, TensorError};
 
@@ -50,7 +51,7 @@ pub fn group_norm_forward(
         KernelArg::F32(eps as f32),
         KernelArg::I32(fuse_silu as i32),
     ];
-    run(dev, "group_norm_fwd_f32", slabs_grid(OP_F, &d)?, &args)?;
+    run(dev, &kernels::group_norm::GROUP_NORM_FWD_F32, slabs_grid(OP_F, &d)?, &args)?;
     Ok((y, mean, rstd))
 }
 
@@ -90,13 +91,13 @@ pub fn group_norm_backward(
         g,
         KernelArg::I32(fuse_silu as i32),
     ];
-    run(dev, "group_norm_bwd_f32", slabs_grid(OP_B, &d)?, &args)?;
+    run(dev, &kernels::group_norm::GROUP_NORM_BWD_F32, slabs_grid(OP_B, &d)?, &args)?;
     let dgamma = alloc(dev, d.c)?;
     let dbeta = alloc(dev, d.c)?;
     let grid = Dim3::x(d.c.div_ceil(BLOCK as usize) as u32);
     run(
         dev,
-        "group_norm_bwd_params_f32",
+        &kernels::group_norm::GROUP_NORM_BWD_PARAMS_F32,
         grid,
         &[dgamma.arg(), dbeta.arg(), pg.arg(), pb.arg(), int(OP_B, "N", d.n)?, c],
     )?;

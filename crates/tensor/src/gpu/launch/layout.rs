@@ -2,6 +2,7 @@
 //! and split, and the per-(sample, channel) bias add and its gradient.
 
 use super::{alloc, check_i32, grid_for, run, u64_arg, BLOCK};
+use crate::gpu::kernels;
 use crate::gpu::{Dim3, GpuDevice, GpuStorage};
 use crate::Result;
 
@@ -20,7 +21,7 @@ pub fn upsample_nearest2x_forward(
     let y = alloc(dev, total)?;
     if total > 0 {
         let args = [y.arg(), x.arg(), u64_arg(planes), super::int(OP, "h", h)?, super::int(OP, "w", w)?];
-        run(dev, "upsample_nearest2x_fwd_f32", grid_for(total as u64), &args)?;
+        run(dev, &kernels::layout::UPSAMPLE_NEAREST2X_FWD_F32, grid_for(total as u64), &args)?;
     }
     Ok(y)
 }
@@ -39,7 +40,7 @@ pub fn upsample_nearest2x_backward(
     let dx = alloc(dev, total)?;
     if total > 0 {
         let args = [dx.arg(), dy.arg(), u64_arg(planes), super::int(OP, "h", h)?, super::int(OP, "w", w)?];
-        run(dev, "upsample_nearest2x_bwd_f32", grid_for(total as u64), &args)?;
+        run(dev, &kernels::layout::UPSAMPLE_NEAREST2X_BWD_F32, grid_for(total as u64), &args)?;
     }
     Ok(dx)
 }
@@ -58,7 +59,7 @@ pub fn concat_channels(
     let out = alloc(dev, total)?;
     if total > 0 {
         let args = [out.arg(), a.arg(), b.arg(), u64_arg(n), u64_arg(a_len), u64_arg(b_len)];
-        run(dev, "concat_channels_fwd_f32", grid_for(total as u64), &args)?;
+        run(dev, &kernels::layout::CONCAT_CHANNELS_FWD_F32, grid_for(total as u64), &args)?;
     }
     Ok(out)
 }
@@ -76,7 +77,7 @@ pub fn split_channels(
     let total = n * (a_len + b_len);
     if total > 0 {
         let args = [a.arg(), b.arg(), d.arg(), u64_arg(n), u64_arg(a_len), u64_arg(b_len)];
-        run(dev, "split_channels_fwd_f32", grid_for(total as u64), &args)?;
+        run(dev, &kernels::layout::SPLIT_CHANNELS_FWD_F32, grid_for(total as u64), &args)?;
     }
     Ok((a, b))
 }
@@ -94,7 +95,7 @@ pub fn add_channel_bias(
     if total > 0 {
         run(
             dev,
-            "add_channel_bias_fwd_f32",
+            &kernels::layout::ADD_CHANNEL_BIAS_FWD_F32,
             grid_for(total as u64),
             &[y.arg(), x.arg(), bias.arg(), u64_arg(planes), u64_arg(hw)],
         )?;
@@ -113,7 +114,12 @@ pub fn channel_bias_backward(dev: &GpuDevice, dy: &GpuStorage, planes: usize, hw
         let per_block = (BLOCK / 32) as usize; // one warp per plane
         let grid = Dim3::x(planes.div_ceil(per_block).min(u32::MAX as usize) as u32);
         super::check_i32("channel_bias_backward", "planes / 8", planes.div_ceil(per_block))?;
-        run(dev, "add_channel_bias_bwd_f32", grid, &[db.arg(), dy.arg(), u64_arg(planes), u64_arg(hw)])?;
+        run(
+            dev,
+            &kernels::layout::ADD_CHANNEL_BIAS_BWD_F32,
+            grid,
+            &[db.arg(), dy.arg(), u64_arg(planes), u64_arg(hw)],
+        )?;
     }
     Ok(db)
 }

@@ -1,7 +1,8 @@
 //! Launch code of kernels/linear.cu: 64x64-tiled SGEMMs, 256 threads.
 
 use super::{alloc, grid_dim_yz, int, run, BLOCK};
-use crate::cpu::linear::LinearDims;
+use crate::geom::LinearDims;
+use crate::gpu::kernels;
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
 use crate::Result;
 
@@ -39,7 +40,7 @@ pub fn linear_forward(
         int(OP, "In", d.d_in)?,
         int(OP, "Out", d.d_out)?,
     ];
-    run(dev, "linear_fwd_f32", gemm_grid(OP, d.n, d.d_out)?, &args)?;
+    run(dev, &kernels::linear::LINEAR_FWD_F32, gemm_grid(OP, d.n, d.d_out)?, &args)?;
     Ok(y)
 }
 
@@ -57,19 +58,24 @@ pub fn linear_backward(
     let db = alloc(dev, d.d_out)?;
     let (n, di, dout) = (int(OP, "N", d.n)?, int(OP, "In", d.d_in)?, int(OP, "Out", d.d_out)?);
     if d.n > 0 && d.d_in > 0 {
-        run(dev, "linear_bwd_data_f32", gemm_grid(OP, d.n, d.d_in)?, &[dx.arg(), dy.arg(), w.arg(), n, di, dout])?;
+        run(
+            dev,
+            &kernels::linear::LINEAR_BWD_DATA_F32,
+            gemm_grid(OP, d.n, d.d_in)?,
+            &[dx.arg(), dy.arg(), w.arg(), n, di, dout],
+        )?;
     }
     if d.d_out > 0 && d.d_in > 0 {
         run(
             dev,
-            "linear_bwd_weight_f32",
+            &kernels::linear::LINEAR_BWD_WEIGHT_F32,
             gemm_grid(OP, d.d_out, d.d_in)?,
             &[dw.arg(), dy.arg(), x.arg(), n, di, dout],
         )?;
     }
     if d.d_out > 0 {
         let grid = Dim3::x(d.d_out.div_ceil(BLOCK as usize) as u32);
-        run(dev, "linear_bwd_bias_f32", grid, &[db.arg(), dy.arg(), n, dout])?;
+        run(dev, &kernels::linear::LINEAR_BWD_BIAS_F32, grid, &[db.arg(), dy.arg(), n, dout])?;
     }
     Ok((dx, dw, db))
 }

@@ -2,6 +2,7 @@
 //! block combining them in a fixed order) and backward.
 
 use super::{alloc, alloc_f64, grid_for, run, u64_arg};
+use crate::gpu::kernels;
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
 use crate::Result;
 
@@ -22,10 +23,10 @@ pub fn mse_loss_forward(dev: &GpuDevice, pred: &GpuStorage, target: &GpuStorage)
     let grid = Dim3::x(
         u32::try_from(chunks).map_err(|_| crate::TensorError::invalid("mse_loss_forward", "tensor too large"))?,
     );
-    run(dev, "mse_loss_partial_f32", grid, &[partials.arg(), pred.arg(), target.arg(), u64_arg(n)])?;
+    run(dev, &kernels::loss::MSE_LOSS_PARTIAL_F32, grid, &[partials.arg(), pred.arg(), target.arg(), u64_arg(n)])?;
     run(
         dev,
-        "mse_loss_final_f32",
+        &kernels::loss::MSE_LOSS_FINAL_F32,
         Dim3::x(1),
         &[loss.arg(), partials.arg(), KernelArg::U32(chunks as u32), u64_arg(n)],
     )?;
@@ -41,7 +42,7 @@ pub fn mse_loss_backward(dev: &GpuDevice, pred: &GpuStorage, target: &GpuStorage
         let c = (2.0 * dloss / n as f64) as f32;
         run(
             dev,
-            "mse_loss_bwd_f32",
+            &kernels::loss::MSE_LOSS_BWD_F32,
             grid_for(n as u64),
             &[dpred.arg(), pred.arg(), target.arg(), KernelArg::F32(c), u64_arg(n)],
         )?;

@@ -21,7 +21,7 @@
 //! | `noise.rs` | noise.cu |
 //! | `loss.rs` | loss.cu |
 //! | `dropout.rs` | dropout.cu |
-//! | `optim.rs` | optim.cu, norm.cu |
+//! | `optim.rs` | optim.cu |
 //! | `sampling.rs` | sampling.cu |
 
 pub mod attention;
@@ -38,6 +38,7 @@ pub mod optim;
 pub mod sampling;
 pub mod silu;
 
+use super::kernels::Kernel;
 use super::{Dim3, GpuDevice, GpuStorage, KernelArg, Launch};
 use crate::{Result, TensorError};
 
@@ -54,13 +55,13 @@ pub(crate) fn grid_for(items: u64) -> Dim3 {
 }
 
 /// Launches `kernel` with block 256 and no dynamic shared memory.
-pub(crate) fn run(dev: &GpuDevice, kernel: &'static str, grid: Dim3, args: &[KernelArg]) -> Result<()> {
+pub(crate) fn run(dev: &GpuDevice, kernel: &'static Kernel, grid: Dim3, args: &[KernelArg]) -> Result<()> {
     run_shared(dev, kernel, grid, Dim3::x(BLOCK), 0, args)
 }
 
 pub(crate) fn run_shared(
     dev: &GpuDevice,
-    kernel: &'static str,
+    kernel: &'static Kernel,
     grid: Dim3,
     block: Dim3,
     shared_bytes: u32,

@@ -2,6 +2,7 @@
 //! kernel from Philox, its backward, and a plain normal fill.
 
 use super::{alloc, grid_for, run, u64_arg};
+use crate::gpu::kernels;
 use crate::gpu::{GpuDevice, GpuStorage, KernelArg};
 use crate::Result;
 
@@ -35,7 +36,7 @@ pub fn noise_add(
             KernelArg::U32(step),
             KernelArg::U32(stream),
         ];
-        run(dev, "noise_add_fwd_f32", grid_for(total.div_ceil(4) as u64), &args)?;
+        run(dev, &kernels::noise::NOISE_ADD_FWD_F32, grid_for(total.div_ceil(4) as u64), &args)?;
     }
     Ok((x_t, eps))
 }
@@ -52,7 +53,7 @@ pub fn noise_add_backward(
     if total > 0 && per_sample > 0 {
         run(
             dev,
-            "noise_add_bwd_f32",
+            &kernels::noise::NOISE_ADD_BWD_F32,
             grid_for(total as u64),
             &[dx0.arg(), dx_t.arg(), sqrt_abar.arg(), u64_arg(per_sample), u64_arg(total)],
         )?;
@@ -65,7 +66,7 @@ pub fn fill_normal(dev: &GpuDevice, len: usize, seed: u64, step: u32, stream: u3
     let out = alloc(dev, len)?;
     if len > 0 {
         let args = [out.arg(), u64_arg(len), KernelArg::U64(seed), KernelArg::U32(step), KernelArg::U32(stream)];
-        run(dev, "normal_fill_fwd_f32", grid_for(len.div_ceil(4) as u64), &args)?;
+        run(dev, &kernels::noise::NORMAL_FILL_FWD_F32, grid_for(len.div_ceil(4) as u64), &args)?;
     }
     Ok(out)
 }

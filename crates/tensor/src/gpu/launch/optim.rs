@@ -1,8 +1,9 @@
 //! Launch code of kernels/optim.cu (AdamW, EMA, in place) and
-//! kernels/norm.cu (global L2 norm of many tensors in one launch).
+//! kernels/optim.cu's global_norm_* (global L2 norm of many tensors in one launch).
 
 use super::{alloc_f64, download_f64, f64_pair, grid_for, run, u64_arg, upload_u64};
-use crate::cpu::optim::AdamWConsts;
+use crate::geom::AdamWConsts;
+use crate::gpu::kernels;
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
 use crate::{Result, TensorError};
 
@@ -29,7 +30,7 @@ pub fn adamw_step(
     for x in [c.decay, c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt, c.eps] {
         args.extend(f64_pair(x));
     }
-    run(dev, "adamw_step_f32", grid_for(n as u64), &args)
+    run(dev, &kernels::optim::ADAMW_STEP_F32, grid_for(n as u64), &args)
 }
 
 /// ema = decay * ema + (1 - decay) * param, in place (both factors rounded
@@ -41,10 +42,10 @@ pub fn ema_update(dev: &GpuDevice, ema: &mut GpuStorage, param: &GpuStorage, dec
     }
     ema.make_unique()?;
     let args = [ema.arg(), param.arg(), KernelArg::F32(decay as f32), KernelArg::F32((1.0 - decay) as f32), u64_arg(n)];
-    run(dev, "ema_update_f32", grid_for(n as u64), &args)
+    run(dev, &kernels::optim::EMA_UPDATE_F32, grid_for(n as u64), &args)
 }
 
-/// Elements per partial sum of norm.cu (NORM_CHUNK).
+/// Elements per partial sum of optim.cu's global norm (NORM_CHUNK).
 pub const NORM_CHUNK: usize = 4096;
 
 /// The sum of squares of every element of every tensor, in f64, in one
@@ -67,8 +68,8 @@ pub fn sum_squares(dev: &GpuDevice, tensors: &[&GpuStorage]) -> Result<f64> {
     let partials = alloc_f64(dev, total as usize)?;
     let out = alloc_f64(dev, 1)?;
     let args = [partials.arg(), ptrs_d.arg(), lens_d.arg(), first_d.arg(), KernelArg::I32(tensors.len() as i32)];
-    run(dev, "sumsq_partial_f32", Dim3::x(grid), &args)?;
-    run(dev, "sumsq_final_f32", Dim3::x(1), &[out.arg(), partials.arg(), KernelArg::U32(grid)])?;
+    run(dev, &kernels::optim::GLOBAL_NORM_PARTIAL_F32, Dim3::x(grid), &args)?;
+    run(dev, &kernels::optim::GLOBAL_NORM_FINAL_F32, Dim3::x(1), &[out.arg(), partials.arg(), KernelArg::U32(grid)])?;
     download_f64(&out)
 }
 

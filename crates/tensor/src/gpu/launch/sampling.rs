@@ -1,6 +1,7 @@
 //! Launch code of kernels/sampling.cu: per-sample scaling and clamping.
 
 use super::{alloc, grid_for, run, u64_arg};
+use crate::gpu::kernels;
 use crate::gpu::{GpuDevice, GpuStorage, KernelArg};
 use crate::Result;
 
@@ -12,7 +13,7 @@ pub fn scale_per_sample(dev: &GpuDevice, x: &GpuStorage, s: &GpuStorage, per_sam
     if n > 0 && per_sample > 0 {
         run(
             dev,
-            "scale_per_sample_fwd_f32",
+            &kernels::sampling::SCALE_PER_SAMPLE_FWD_F32,
             grid_for(n as u64),
             &[y.arg(), x.arg(), s.arg(), u64_arg(per_sample), u64_arg(n)],
         )?;
@@ -26,7 +27,7 @@ pub fn clamp(dev: &GpuDevice, x: &GpuStorage, lo: f64, hi: f64) -> Result<GpuSto
     let y = alloc(dev, n)?;
     if n > 0 {
         let args = [y.arg(), x.arg(), KernelArg::F32(lo as f32), KernelArg::F32(hi as f32), u64_arg(n)];
-        run(dev, "clamp_fwd_f32", grid_for(n as u64), &args)?;
+        run(dev, &kernels::sampling::CLAMP_FWD_F32, grid_for(n as u64), &args)?;
     }
     Ok(y)
 }

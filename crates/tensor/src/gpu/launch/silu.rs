@@ -1,6 +1,7 @@
 //! Launch code of kernels/silu.cu.
 
 use super::{alloc, grid_for, run, u64_arg};
+use crate::gpu::kernels;
 use crate::gpu::{GpuDevice, GpuStorage};
 use crate::Result;
 
@@ -9,7 +10,7 @@ pub fn silu_forward(dev: &GpuDevice, x: &GpuStorage) -> Result<GpuStorage> {
     let n = x.len();
     let y = alloc(dev, n)?;
     if n > 0 {
-        run(dev, "silu_fwd_f32", grid_for(n as u64), &[y.arg(), x.arg(), u64_arg(n)])?;
+        run(dev, &kernels::silu::SILU_FWD_F32, grid_for(n as u64), &[y.arg(), x.arg(), u64_arg(n)])?;
     }
     Ok(y)
 }
@@ -19,7 +20,7 @@ pub fn silu_backward(dev: &GpuDevice, dy: &GpuStorage, x: &GpuStorage) -> Result
     let n = x.len();
     let dx = alloc(dev, n)?;
     if n > 0 {
-        run(dev, "silu_bwd_f32", grid_for(n as u64), &[dx.arg(), dy.arg(), x.arg(), u64_arg(n)])?;
+        run(dev, &kernels::silu::SILU_BWD_F32, grid_for(n as u64), &[dx.arg(), dy.arg(), x.arg(), u64_arg(n)])?;
     }
     Ok(dx)
 }

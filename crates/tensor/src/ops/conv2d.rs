@@ -2,12 +2,12 @@
 //! optional bias, and the three backward products (data, weight, bias).
 //!
 //! These functions check shapes, dtypes and devices and build a
-//! [`cpu::conv::ConvGeom`]; the CPU twin is `cpu/conv.rs` (im2col + gemm);
-//! tests are `crates/tensor/tests/conv.rs` (f64 oracle, finite differences,
+//! [`geom::ConvGeom`]; the CPU twin is `cpu/conv2d.rs` (im2col + gemm);
+//! tests are `crates/tensor/tests/conv2d.rs` (f64 oracle, finite differences,
 //! adjoint and determinism properties).
 
 use super::{check_same, gpu_of};
-use crate::cpu::conv::ConvGeom;
+use crate::geom::ConvGeom;
 use crate::gpu::launch;
 use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
 
@@ -123,7 +123,7 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dPara
                 None => None,
             };
             let mut y = vec![T::default(); g.n * g.co * g.p()];
-            cpu::conv::conv2d_forward(&g, x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, bias, &mut y);
+            cpu::conv2d::conv2d_forward(&g, x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, bias, &mut y);
             Ok(Tensor::from_cpu(Shape::new([g.n, g.co, g.ho, g.wo]), y))
         }),
         Storage::Gpu(xs) => {
@@ -147,7 +147,7 @@ pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: &Conv2d
     match dy.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut dx = vec![T::default(); x_shape.numel()];
-            cpu::conv::conv2d_backward_data(&g, dy.cpu_slice::<T>()?, w.cpu_slice::<T>()?, &mut dx);
+            cpu::conv2d::conv2d_backward_data(&g, dy.cpu_slice::<T>()?, w.cpu_slice::<T>()?, &mut dx);
             Ok(Tensor::from_cpu(x_shape.clone(), dx))
         }),
         Storage::Gpu(dys) => {
@@ -167,7 +167,7 @@ pub fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, w_shape: &Shape, p: &Conv
     match dy.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut dw = vec![T::default(); w_shape.numel()];
-            cpu::conv::conv2d_backward_weight(&g, dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dw);
+            cpu::conv2d::conv2d_backward_weight(&g, dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dw);
             Ok(Tensor::from_cpu(w_shape.clone(), dw))
         }),
         Storage::Gpu(dys) => {
@@ -184,7 +184,7 @@ pub fn conv2d_backward_bias(dy: &Tensor) -> Result<Tensor> {
     match dy.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut db = vec![T::default(); co];
-            cpu::conv::conv2d_backward_bias(n, co, ho * wo, dy.cpu_slice::<T>()?, &mut db);
+            cpu::conv2d::conv2d_backward_bias(n, co, ho * wo, dy.cpu_slice::<T>()?, &mut db);
             Ok(Tensor::from_cpu(Shape::new([co]), db))
         }),
         Storage::Gpu(dys) => {

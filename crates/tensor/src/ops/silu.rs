@@ -10,7 +10,7 @@ pub fn silu_forward(x: &Tensor) -> Result<Tensor> {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let xs = x.cpu_slice::<T>()?;
             let mut y = vec![T::default(); xs.len()];
-            cpu::activation::silu_forward(xs, &mut y);
+            cpu::silu::silu_forward(xs, &mut y);
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),
         Storage::Gpu(g) => Ok(Tensor::from_gpu(x.shape().clone(), launch::silu::silu_forward(g.device(), g)?)),
@@ -24,7 +24,7 @@ pub fn silu_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut dx = vec![T::default(); x.numel()];
-            cpu::activation::silu_backward(dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dx);
+            cpu::silu::silu_backward(dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dx);
             Ok(Tensor::from_cpu(x.shape().clone(), dx))
         }),
         Storage::Gpu(g) => {

@@ -1,16 +1,12 @@
-//! Criterion benchmarks of the CPU conv2d ops (`crates/tensor/src/cpu/conv.rs`)
-//! at the U-Net's shapes. Throughput is in FLOPs (2 * B * Co * Ci * KH * KW *
-//! Ho * Wo per product), so criterion's "Gelem/s" reads as GFLOP/s; the bias
-//! gradient counts one element of dy per "FLOP".
-//!
-//! Run: `cargo bench --bench conv` (about a minute), or filter, e.g.
-//! `cargo bench --bench conv -- "64->64 14x14/forward"`.
+//! conv2d (`crates/tensor/src/cpu/conv2d.rs`) at the U-Net's shapes.
+//! Throughput is in FLOPs (2 * B * Co * Ci * KH * KW * Ho * Wo per product),
+//! so criterion's "Gelem/s" reads as GFLOP/s; the bias gradient counts one
+//! element of dy per "FLOP".
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use super::common::{group, randn};
+use criterion::{Criterion, Throughput};
 use diffuse_tensor::ops::{self, Conv2dParams};
-use diffuse_tensor::{DType, Device, Tensor};
 use std::hint::black_box;
-use std::time::Duration;
 
 struct Case {
     name: &'static str,
@@ -39,7 +35,7 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn bench_conv(c: &mut Criterion) {
+pub fn bench(c: &mut Criterion) {
     let cpu = Device::Cpu;
     for case in cases() {
         let (ho, wo) = case.p.output_hw(case.hw, case.hw, case.k, case.k).expect("bench shapes are valid");
@@ -49,7 +45,7 @@ fn bench_conv(c: &mut Criterion) {
         let dy = Tensor::randn([case.b, case.co, ho, wo], 4, 0, DType::F32, &cpu).expect("dy");
         let flops = (2 * case.b * case.co * case.ci * case.k * case.k * ho * wo) as u64;
 
-        let mut g = c.benchmark_group(case.name);
+        let mut g = group(c, case.name);
         g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
         g.throughput(Throughput::Elements(flops));
         g.bench_function("forward", |bch| {
@@ -66,6 +62,3 @@ fn bench_conv(c: &mut Criterion) {
         g.finish();
     }
 }
-
-criterion_group!(benches, bench_conv);
-criterion_main!(benches);

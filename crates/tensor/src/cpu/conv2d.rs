@@ -1,6 +1,6 @@
 //! 2-D convolution on the CPU (NCHW, cross-correlation, zero padding): the
-//! reference twin of `ops/conv.rs`, tested by `crates/tensor/tests/conv.rs`
-//! and benchmarked by `benches/conv.rs`.
+//! reference twin of `ops/conv2d.rs`, tested by `crates/tensor/tests/conv2d.rs`
+//! and benchmarked by `benches/ops/conv2d.rs`.
 //!
 //! Every product is a gemm (`cpu::gemm`) on an im2col matrix. For a group of
 //! `nb` images, `col[(c, i, j), (img, oy, ox)] = x[img, c, oy*s + i - pad_top,
@@ -19,30 +19,12 @@
 //! thread count.
 
 use super::gemm::{matmul, MatRef, Threads};
+use crate::geom::ConvGeom;
 use crate::Element;
 use rayon::prelude::*;
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::ops::Range;
-
-/// The sizes of one convolution, checked by `ops::conv`: input
-/// `[n, ci, h, w]`, kernel `[co, ci, kh, kw]`, output `[n, co, ho, wo]`
-/// (bottom/right padding is implied by `ho`, `wo`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ConvGeom {
-    pub n: usize,
-    pub ci: usize,
-    pub h: usize,
-    pub w: usize,
-    pub co: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub stride: usize,
-    pub pad_top: usize,
-    pub pad_left: usize,
-    pub ho: usize,
-    pub wo: usize,
-}
 
 /// Columns one gemm should see. Small planes (the 7x7 of a downsampling
 /// conv) are batched up to this; larger ones go one image per gemm, which
@@ -54,16 +36,6 @@ const TARGET_COLS: usize = 256;
 const MAX_WEIGHT_SLOTS: usize = 16;
 
 impl ConvGeom {
-    /// Rows of the im2col matrix: one per (input channel, kernel tap).
-    pub fn k(&self) -> usize {
-        self.ci * self.kh * self.kw
-    }
-
-    /// Output pixels per image (columns of the im2col matrix per image).
-    pub fn p(&self) -> usize {
-        self.ho * self.wo
-    }
-
     fn in_image(&self) -> usize {
         self.ci * self.h * self.w
     }
