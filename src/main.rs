@@ -14,6 +14,8 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+// Parsed once per process: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Train a U-Net DDPM (default: the mnist preset on the bundled digits).
     Train(cli::train::TrainArgs),

@@ -36,17 +36,15 @@ fn cases() -> Vec<Case> {
 }
 
 pub fn bench(c: &mut Criterion) {
-    let cpu = Device::Cpu;
     for case in cases() {
         let (ho, wo) = case.p.output_hw(case.hw, case.hw, case.k, case.k).expect("bench shapes are valid");
-        let x = Tensor::randn([case.b, case.ci, case.hw, case.hw], 1, 0, DType::F32, &cpu).expect("x");
-        let w = Tensor::randn([case.co, case.ci, case.k, case.k], 2, 0, DType::F32, &cpu).expect("w");
-        let bias = Tensor::randn([case.co], 3, 0, DType::F32, &cpu).expect("b");
-        let dy = Tensor::randn([case.b, case.co, ho, wo], 4, 0, DType::F32, &cpu).expect("dy");
+        let x = randn(&[case.b, case.ci, case.hw, case.hw], 1);
+        let w = randn(&[case.co, case.ci, case.k, case.k], 2);
+        let bias = randn(&[case.co], 3);
+        let dy = randn(&[case.b, case.co, ho, wo], 4);
         let flops = (2 * case.b * case.co * case.ci * case.k * case.k * ho * wo) as u64;
 
         let mut g = group(c, case.name);
-        g.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(1));
         g.throughput(Throughput::Elements(flops));
         g.bench_function("forward", |bch| {
             bch.iter(|| ops::conv2d_forward(black_box(&x), black_box(&w), Some(&bias), &case.p).expect("forward"))

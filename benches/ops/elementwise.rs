@@ -2,7 +2,7 @@
 //! MNIST U-Net activation size, in bytes moved.
 
 use super::common::{group_bytes, randn, F32};
-use criterion::Criterion;
+use criterion::{Criterion, Throughput};
 use diffuse_tensor::ops;
 use std::hint::black_box;
 

@@ -7,8 +7,8 @@
 //! "64->64 14x14/forward"`. The whole training and sampling step is
 //! `benches/train_step.rs`.
 
-mod common;
 mod attention;
+mod common;
 mod conv2d;
 mod dropout;
 mod elementwise;

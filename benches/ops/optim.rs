@@ -2,7 +2,7 @@
 //! over the MNIST preset's parameter count, in bytes moved.
 
 use super::common::{group_bytes, randn, F32, MNIST_PARAMS};
-use criterion::Criterion;
+use criterion::{Criterion, Throughput};
 use diffuse_tensor::ops::{self, AdamWParams};
 use std::hint::black_box;
 

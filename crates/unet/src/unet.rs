@@ -39,13 +39,16 @@ struct Arch {
     conv_out: Conv2d,
 }
 
-/// One step of the down path: it maps skip i-1 to skip i.
+/// One step of the down path: it maps skip i-1 to skip i. (A cache holds a
+/// few of these per forward, so boxing the large variant would buy nothing.)
+#[allow(clippy::large_enum_variant)]
 enum DownStep {
     Block(ResCache, Option<AttnCache>),
     Down(Tensor),
 }
 
 /// One step of the up path, in forward order.
+#[allow(clippy::large_enum_variant)]
 enum UpStep {
     /// `h_channels`: how many channels of the concatenated input came from h
     /// (the rest is the skip `skip_index`).

@@ -58,15 +58,15 @@ impl Kernel {
             return bad(format!("{} arguments passed, the kernel takes {}", args.len(), self.params.len()));
         }
         for (i, (arg, p)) in args.iter().zip(self.params).enumerate() {
-            let ok = match (arg, p.kind) {
-                (_, ArgKind::Other) => true,
-                (KernelArg::Ptr(_), ArgKind::Ptr)
-                | (KernelArg::I32(_), ArgKind::I32)
-                | (KernelArg::U32(_), ArgKind::U32)
-                | (KernelArg::U64(_), ArgKind::U64 | ArgKind::I64)
-                | (KernelArg::F32(_), ArgKind::F32) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (arg, p.kind),
+                (_, ArgKind::Other)
+                    | (KernelArg::Ptr(_), ArgKind::Ptr)
+                    | (KernelArg::I32(_), ArgKind::I32)
+                    | (KernelArg::U32(_), ArgKind::U32)
+                    | (KernelArg::U64(_), ArgKind::U64 | ArgKind::I64)
+                    | (KernelArg::F32(_), ArgKind::F32)
+            );
             if !ok {
                 return bad(format!("argument {i} (`{}`) is {:?}, the parameter is {:?}", p.name, arg, p.kind));
             }
