@@ -18,7 +18,7 @@ source scripts/cuda-env.sh
 echo "== cargo test --workspace (emulator thread order: forward)"
 DIFFUSE_EMU_ORDER=forward cargo test --workspace --no-fail-fast 2>&1
 
-for order in reverse shuffle:20261122; do
+for order in reverse shuffle:20261122 warp-ahead warp-ahead-reverse; do
     echo "== GPU-vs-CPU tests on the emulator, thread order $order"
     DIFFUSE_EMU_ORDER=$order cargo test --test 'gpu_vs_cpu*' 2>&1
 done

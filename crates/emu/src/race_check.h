@@ -292,7 +292,10 @@ std::string race_symbolize(const std::string& msg) {
                     if (paren != std::string::npos) f2 = f2.substr(0, paren);
                     size_t disc = file.find(" (discriminator");
                     if (disc != std::string::npos) file = file.substr(0, disc);
-                    frames.push_back(file + " (" + f2 + ")");
+                    std::string frame = file + " (" + f2 + ")";
+                    // line tables alone can repeat a function as its own caller
+                    if (frames.empty() || frames.back().substr(frames.back().rfind(" (")) != frame.substr(frame.rfind(" (")))
+                        frames.push_back(frame);
                 }
                 pclose(f);
                 for (size_t k = 0; k < frames.size(); ++k) loc += (k ? ", inlined into " : "") + frames[k];
