@@ -13,8 +13,11 @@
 //! launch error naming the kernel, block and thread), barrier and
 //! warp-collective misuse is a launch error naming the lanes, and the order
 //! in which a block's threads run can be forwards, backwards or shuffled
-//! (`DIFFUSE_EMU_ORDER=forward|reverse|shuffle:<seed>`, or
-//! [`Emulator::set_thread_order`]).
+//! (`DIFFUSE_EMU_ORDER=forward|reverse|shuffle:<seed>|warp-ahead|warp-ahead-reverse`,
+//! or [`Emulator::set_thread_order`]). A hazard detector (kernels compiled
+//! with `-fsanitize=thread`, hooks implemented by the runtime) makes
+//! shared-memory races within a block and global-memory conflicts between
+//! blocks launch errors ([`EmuError::Race`], [`Emulator::set_race_check`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, c_int, c_void, CStr};

@@ -91,9 +91,8 @@ fn tiled_gemm_without_the_barrier_after_the_tile_load() {
     let emu = emu();
     let n = 40usize; // not a multiple of the tile: partial tiles too
     let (a, b) = (random(n * n, 21), random(n * n, 22));
-    let want: Vec<f64> = (0..n * n)
-        .map(|e| (0..n).map(|k| a[e / n * n + k] as f64 * b[k * n + e % n] as f64).sum())
-        .collect();
+    let want: Vec<f64> =
+        (0..n * n).map(|e| (0..n).map(|k| a[e / n * n + k] as f64 * b[k * n + e % n] as f64).sum()).collect();
     let (da, db, dc) = (emu.upload(&a).unwrap(), emu.upload(&b).unwrap(), emu.alloc(n * n * 4).unwrap());
     let args = [Arg::Ptr(dc), Arg::Ptr(da), Arg::Ptr(db), Arg::I32(n as i32)];
     let grid = (n.div_ceil(16) as u32, n.div_ceil(16) as u32);
@@ -136,7 +135,9 @@ fn two_blocks_writing_one_output() {
             ],
         );
         // the two blocks of one output are 2k and 2k+1
-        assert!(msg.contains("at byte offset 0") || msg.contains("at byte offset 4") || msg.contains("at byte offset 8"));
+        assert!(
+            msg.contains("at byte offset 0") || msg.contains("at byte offset 4") || msg.contains("at byte offset 8")
+        );
     }
 }
 
@@ -199,11 +200,14 @@ fn atomics_are_not_races() {
     for o in ORDERS {
         emu.set_thread_order(o);
         emu.memset(bins, 0, 32).unwrap();
-        launch(&emu, "emu_fixed_atomic_histogram", n.div_ceil(128) as u32, 128u32, 0, &[
-            Arg::Ptr(bins),
-            Arg::Ptr(dk),
-            Arg::I32(n as i32),
-        ])
+        launch(
+            &emu,
+            "emu_fixed_atomic_histogram",
+            n.div_ceil(128) as u32,
+            128u32,
+            0,
+            &[Arg::Ptr(bins), Arg::Ptr(dk), Arg::I32(n as i32)],
+        )
         .unwrap();
         assert_eq!(emu.download::<u32>(bins, 8).unwrap(), want, "order {o}");
     }
