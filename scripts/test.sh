@@ -5,8 +5,10 @@
 #     finite differences, U-Net vs the PyTorch vectors, trainer end to end,
 #     every kernel compiled by NVRTC for compute_80 and compute_90, every
 #     GPU-vs-CPU test on the CUDA emulator in forward thread order);
-#  3. reruns the GPU-vs-CPU tests with the emulator's threads in reverse and
-#     in a seeded shuffled order (a missing barrier shows up in one of them);
+#  3. reruns the GPU-vs-CPU tests with the emulator's threads in reverse, in
+#     a seeded shuffled order and in the two warp-ahead orders (the
+#     emulator's hazard detector, on by default, reports races in any order;
+#     with it off, a missing barrier shows up as wrong values in some order);
 #  4. prints the per-kernel register / shared memory / spill table (fails on
 #     any spill).
 set -euo pipefail

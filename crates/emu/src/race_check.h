@@ -205,7 +205,7 @@ std::string block_of_tag(Worker* w, uint32_t tag) {
                     "block, or use atomics)",
                     thread_desc(w, me).c_str(), write ? "writes" : "reads", (unsigned long)g.ptr, g.bytes,
                     (size_t)(addr - g.ptr), pc_marker(w, pc).c_str(), block_of_tag(w, other).c_str(),
-                    other_wrote ? (other == kManyBlocks ? "wrote" : "wrote") : "read"));
+                    other_wrote ? "wrote" : "read"));
 }
 
 void global_word(Worker* w, const GlobalRange& g, uint64_t* e, uintptr_t addr, bool write, const void* pc) {
