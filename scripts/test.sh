@@ -6,8 +6,10 @@
 #     finite differences, U-Net vs the PyTorch vectors, trainer end to end,
 #     every kernel compiled by NVRTC for compute_80 and compute_90, every
 #     GPU-vs-CPU test on the CUDA emulator in forward thread order);
-#  3. reruns the GPU-vs-CPU tests with the emulator's threads in reverse and
-#     in a seeded shuffled order (a missing barrier shows up in one of them);
+#  3. reruns the GPU-vs-CPU tests with the emulator's threads in reverse, in
+#     a seeded shuffled order and in the two warp-ahead orders (the
+#     emulator's hazard detector, on by default, reports races in any order;
+#     with it off, a missing barrier shows up as wrong values in some order);
 #  4. prints the per-kernel register / shared memory / spill table (fails on
 #     any spill).
 set -euo pipefail
@@ -24,7 +26,7 @@ source scripts/cuda-env.sh
 echo "== cargo test --workspace (emulator thread order: forward)"
 DIFFUSE_EMU_ORDER=forward cargo test --workspace --no-fail-fast 2>&1
 
-for order in reverse shuffle:20261122; do
+for order in reverse shuffle:20261122 warp-ahead warp-ahead-reverse; do
     echo "== GPU-vs-CPU tests on the emulator, thread order $order"
     DIFFUSE_EMU_ORDER=$order cargo test --test 'gpu_vs_cpu*' 2>&1
 done

@@ -49,6 +49,7 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-env-changed=CXX");
     println!("cargo:rerun-if-env-changed=DIFFUSE_EMU_CXXFLAGS");
+    println!("cargo:rerun-if-env-changed=DIFFUSE_EMU_INSTRUMENT");
     for d in [&kernels_dir, &test_kernels_dir, &shim_dir, &shim_dir.join("include"), &src_dir] {
         println!("cargo:rerun-if-changed={}", d.display());
         for f in list(d, &["cu", "cuh", "h", "cc"]) {
@@ -135,17 +136,21 @@ fn main() {
     };
     let shim_h = shim_dir.join("shim.h");
     let inc = |p: &Path| format!("-I{}", p.display());
-    let kernel_tool = base(&[
-        "-fvisibility=hidden",
-        "-fstack-clash-protection",
-        "-include",
-        &shim_h.display().to_string(),
-        &inc(&shim_dir),
-        &inc(&shim_dir.join("include")),
-        &inc(&kernels_dir),
-        &inc(&src_dir),
-    ]);
-    let runtime_tool = base(&["-fvisibility=hidden", &inc(&shim_dir), &inc(&src_dir)]);
+    let mut kernel_flags: Vec<String> = vec![
+        "-fvisibility=hidden".into(),
+        "-fstack-clash-protection".into(),
+        "-include".into(),
+        shim_h.display().to_string(),
+        inc(&shim_dir),
+        inc(&shim_dir.join("include")),
+        inc(&kernels_dir),
+        inc(&src_dir),
+    ];
+    kernel_flags.extend(hazard_instrumentation_flags().iter().map(|f| f.to_string()));
+    let kernel_flags: Vec<&str> = kernel_flags.iter().map(String::as_str).collect();
+    let kernel_tool = base(&kernel_flags);
+    let source_root = format!("-DEMU_SOURCE_ROOT={}", c_str(&workspace.canonicalize().unwrap().display().to_string()));
+    let runtime_tool = base(&["-fvisibility=hidden", &inc(&shim_dir), &inc(&src_dir), &source_root]);
 
     // Objects are cached by a hash of everything that goes into them.
     let mut common_hash = std::collections::hash_map::DefaultHasher::new();
@@ -200,6 +205,24 @@ fn main() {
     println!("cargo:rustc-env=DIFFUSE_EMU_SO={}", so.display());
     let names: Vec<&str> = files.iter().map(|f| f.display.as_str()).collect();
     println!("cargo:rustc-env=DIFFUSE_EMU_KERNEL_FILES={}", names.join(","));
+}
+
+/// Flags that make every memory access of kernel code call the hazard
+/// detector's hooks (`__tsan_read4`, ...; defined in src/race_check.h, no TSan
+/// runtime is linked) and keep line tables for its reports.
+/// `DIFFUSE_EMU_INSTRUMENT=0` at build time leaves them out (to measure the
+/// detector's cost; its checks then see nothing).
+fn hazard_instrumentation_flags() -> Vec<&'static str> {
+    if env::var("DIFFUSE_EMU_INSTRUMENT").is_ok_and(|v| v.trim() == "0") {
+        return Vec::new();
+    }
+    vec![
+        "-fsanitize=thread",
+        "--param=tsan-instrument-func-entry-exit=0",
+        "--param=tsan-distinguish-volatile=1",
+        "-g1",
+        "-Wno-tsan",
+    ]
 }
 
 fn list(dir: &Path, exts: &[&str]) -> Vec<PathBuf> {

@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define EMU_API_VERSION 4u
+#define EMU_API_VERSION 5u
 
 // Kernel parameter kinds, deduced from the C++ parameter types.
 enum {
@@ -32,6 +32,7 @@ enum {
     EMU_ERR_OOM = 7,             // mmap failed
     EMU_ERR_UNKNOWN_KERNEL = 8,
     EMU_ERR_INIT = 9,
+    EMU_ERR_RACE = 10,           // a shared-memory hazard or a global-memory conflict between blocks
 };
 
 typedef void (*emu_entry_fn)(void** args);
@@ -58,11 +59,11 @@ typedef struct EmuLaunch {
     uint32_t grid[3];
     uint32_t block[3];
     uint32_t shared_bytes;
-    uint32_t order;  // 0 forward, 1 reverse, 2 shuffle(seed)
+    uint32_t order;  // 0 forward, 1 reverse, 2 shuffle(seed), 3 warp-ahead, 4 warp-ahead-reverse
     uint32_t use_ucontext;
     uint64_t seed;
     uint32_t n_args;
-    uint32_t _pad;
+    uint32_t checks;  // 1: shared-memory hazards, 2: global-memory conflicts between blocks
     void* const* args;          // pointers to each argument's value
     const uint32_t* arg_sizes;  // the size of each argument as the caller packed it
 } EmuLaunch;

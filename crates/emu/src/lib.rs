@@ -13,8 +13,11 @@
 //! launch error naming the kernel, block and thread), barrier and
 //! warp-collective misuse is a launch error naming the lanes, and the order
 //! in which a block's threads run can be forwards, backwards or shuffled
-//! (`DIFFUSE_EMU_ORDER=forward|reverse|shuffle:<seed>`, or
-//! [`Emulator::set_thread_order`]).
+//! (`DIFFUSE_EMU_ORDER=forward|reverse|shuffle:<seed>|warp-ahead|warp-ahead-reverse`,
+//! or [`Emulator::set_thread_order`]). A hazard detector (kernels compiled
+//! with `-fsanitize=thread`, hooks implemented by the runtime) makes
+//! shared-memory races within a block and global-memory conflicts between
+//! blocks launch errors ([`EmuError::Race`], [`Emulator::set_race_check`]).
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -45,6 +48,10 @@ pub enum EmuError {
     Memory(String),
     #[error("out of device memory: {0}")]
     OutOfMemory(String),
+    /// A shared-memory hazard between threads of a block, or a global-memory
+    /// conflict between blocks of a grid (see [`Emulator::set_race_check`]).
+    #[error("data race: {0}")]
+    Race(String),
 }
 
 pub type Result<T> = std::result::Result<T, EmuError>;
@@ -59,6 +66,12 @@ pub enum ThreadOrder {
     Reverse,
     /// A permutation per block drawn from this seed (and the block index).
     Shuffle(u64),
+    /// Each warp runs as far as it can on its own (through its warp
+    /// collectives, up to a `__syncthreads` or its end) before the next warp
+    /// starts: warp 0 first.
+    WarpAhead,
+    /// [`WarpAhead`](Self::WarpAhead) from the last warp (and last lane) to the first.
+    WarpAheadReverse,
 }
 
 impl ThreadOrder {
@@ -79,10 +92,12 @@ impl FromStr for ThreadOrder {
             "forward" => Ok(ThreadOrder::Forward),
             "reverse" => Ok(ThreadOrder::Reverse),
             "shuffle" => Ok(ThreadOrder::Shuffle(0)),
+            "warp-ahead" => Ok(ThreadOrder::WarpAhead),
+            "warp-ahead-reverse" => Ok(ThreadOrder::WarpAheadReverse),
             _ => match s.strip_prefix("shuffle:").map(|n| n.trim().parse::<u64>()) {
                 Some(Ok(seed)) => Ok(ThreadOrder::Shuffle(seed)),
                 _ => Err(EmuError::Config(format!(
-                    "thread order `{s}`: expected forward, reverse or shuffle:<seed> (DIFFUSE_EMU_ORDER)"
+                    "thread order `{s}`: expected forward, reverse, shuffle:<seed>, warp-ahead or warp-ahead-reverse (DIFFUSE_EMU_ORDER)"
                 ))),
             },
         }
@@ -95,6 +110,8 @@ impl fmt::Display for ThreadOrder {
             ThreadOrder::Forward => write!(f, "forward"),
             ThreadOrder::Reverse => write!(f, "reverse"),
             ThreadOrder::Shuffle(s) => write!(f, "shuffle:{s}"),
+            ThreadOrder::WarpAhead => write!(f, "warp-ahead"),
+            ThreadOrder::WarpAheadReverse => write!(f, "warp-ahead-reverse"),
         }
     }
 }
@@ -242,7 +259,7 @@ fn as_bytes_mut<T: Plain>(v: &mut [T]) -> &mut [u8] {
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
 
-    pub const API_VERSION: u32 = 4;
+    pub const API_VERSION: u32 = 5;
 
     #[repr(C)]
     pub struct KernelDesc {
@@ -268,7 +285,7 @@ mod ffi {
         pub use_ucontext: u32,
         pub seed: u64,
         pub n_args: u32,
-        pub _pad: u32,
+        pub checks: u32,
         pub args: *const *const c_void,
         pub arg_sizes: *const u32,
     }
@@ -359,6 +376,18 @@ fn open_embedded() -> std::result::Result<*mut c_void, String> {
     Ok(h)
 }
 
+/// `DIFFUSE_EMU_RACECHECK`: on unless `0` or `off`.
+fn race_check_from_env() -> Result<bool> {
+    match std::env::var("DIFFUSE_EMU_RACECHECK") {
+        Err(_) => Ok(true),
+        Ok(v) => match v.trim() {
+            "" | "1" | "on" => Ok(true),
+            "0" | "off" => Ok(false),
+            other => Err(EmuError::Config(format!("DIFFUSE_EMU_RACECHECK=`{other}`: expected on, off, 1 or 0"))),
+        },
+    }
+}
+
 fn default_workers() -> usize {
     if let Some(n) = std::env::var("DIFFUSE_EMU_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
         return n.clamp(1, 64);
@@ -437,6 +466,7 @@ fn error(code: c_int, err: &[c_char]) -> EmuError {
         6 => EmuError::Memory(msg),
         7 => EmuError::OutOfMemory(msg),
         8 => EmuError::UnknownKernel(msg),
+        10 => EmuError::Race(msg),
         _ => EmuError::Load(msg),
     }
 }
@@ -461,6 +491,7 @@ pub struct Emulator {
     rt: &'static Runtime,
     order: Mutex<ThreadOrder>,
     ucontext: AtomicBool,
+    race_check: AtomicBool,
     owned: Mutex<HashSet<u64>>,
 }
 
@@ -471,13 +502,21 @@ impl fmt::Debug for Emulator {
 }
 
 impl Emulator {
-    /// Loads the runtime (once per process) and reads `DIFFUSE_EMU_ORDER`
-    /// and `DIFFUSE_EMU_UCONTEXT=1`.
+    /// Loads the runtime (once per process) and reads `DIFFUSE_EMU_ORDER`,
+    /// `DIFFUSE_EMU_UCONTEXT=1` and `DIFFUSE_EMU_RACECHECK` (`0` or `off`
+    /// turns the hazard detector off; it is on by default).
     pub fn new() -> Result<Emulator> {
         let rt = runtime()?;
         let order = ThreadOrder::from_env()?.unwrap_or_default();
         let uc = std::env::var("DIFFUSE_EMU_UCONTEXT").is_ok_and(|v| v == "1");
-        Ok(Emulator { rt, order: Mutex::new(order), ucontext: AtomicBool::new(uc), owned: Mutex::new(HashSet::new()) })
+        let race = race_check_from_env()?;
+        Ok(Emulator {
+            rt,
+            order: Mutex::new(order),
+            ucontext: AtomicBool::new(uc),
+            race_check: AtomicBool::new(race),
+            owned: Mutex::new(HashSet::new()),
+        })
     }
 
     /// Whether the emulator runtime loads on this machine (and why not).
@@ -490,6 +529,18 @@ impl Emulator {
     }
     pub fn thread_order(&self) -> ThreadOrder {
         *self.order.lock().unwrap()
+    }
+    /// The hazard detector: shared-memory races between the threads of a
+    /// block (in the same barrier interval, from different warps or from one
+    /// warp without a `__syncwarp`) and global-memory conflicts between the
+    /// blocks of a grid become launch errors ([`EmuError::Race`]). On by
+    /// default; it needs the kernels built with instrumentation (the default;
+    /// `DIFFUSE_EMU_INSTRUMENT=0` at build time leaves it out).
+    pub fn set_race_check(&self, on: bool) {
+        self.race_check.store(on, Ordering::Relaxed);
+    }
+    pub fn race_check(&self) -> bool {
+        self.race_check.load(Ordering::Relaxed)
     }
     /// Switch fibers with ucontext instead of the hand-written x86-64 switch
     /// (the portable fallback; about 30x slower per switch).
@@ -595,6 +646,8 @@ impl Emulator {
             ThreadOrder::Forward => (0, 0),
             ThreadOrder::Reverse => (1, 0),
             ThreadOrder::Shuffle(s) => (2, s),
+            ThreadOrder::WarpAhead => (3, 0),
+            ThreadOrder::WarpAheadReverse => (4, 0),
         };
         let l = ffi::Launch {
             kernel: idx,
@@ -605,7 +658,7 @@ impl Emulator {
             use_ucontext: self.ucontext.load(Ordering::Relaxed) as u32,
             seed,
             n_args: args.len() as u32,
-            _pad: 0,
+            checks: if self.race_check() { 3 } else { 0 },
             args: ptrs.as_ptr(),
             arg_sizes: sizes.as_ptr(),
         };

@@ -18,6 +18,7 @@
 #include "emu_abi.h"
 #include "emu_api.h"
 
+#include <cxxabi.h>
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
@@ -42,6 +43,9 @@
 #include <vector>
 
 #define EMU_HIDDEN __attribute__((visibility("hidden")))
+#ifndef EMU_SOURCE_ROOT
+#define EMU_SOURCE_ROOT ""
+#endif
 
 // ------------------------------------------------------------------ generated
 extern "C" {
@@ -53,6 +57,8 @@ extern const uint32_t emu_dynamic_smem_bytes;  // usable size, page-rounded; one
 }
 
 namespace {
+
+#include "race_state.h"
 
 constexpr size_t kPage = 4096;
 constexpr size_t kGuard = 64 * 1024;  // PROT_NONE on both sides of every device allocation
@@ -110,6 +116,7 @@ struct Alloc {
     uintptr_t data;  // first data page
     size_t data_len;
     bool freed;
+    uint64_t* shadow = nullptr;  // the hazard detector's, one word per 4 data bytes (made on first use)
 };
 
 struct Memory {
@@ -271,6 +278,7 @@ struct Worker {
     void* altstack = nullptr;
     uint64_t seen_generation = 0;
     uintptr_t module_base = 0;
+    RaceWorker race;
 };
 
 struct Job {
@@ -286,6 +294,12 @@ struct Job {
     std::mutex err_mu;
     int err_code = 0;
     std::string err;
+    // hazard detection
+    uint32_t checks = 0;
+    uint64_t launch_tag = 0;
+    std::vector<GlobalRange> ranges;
+    uintptr_t g_lo = 0;
+    size_t g_span = 0;
 };
 
 struct Pool {
@@ -409,6 +423,8 @@ namespace {
 
 void fiber_main_uc() { emu_fiber_main(); }
 
+#include "race_check.h"
+
 // Prepares fiber i (stack region i) to start the kernel at its next resume.
 void init_fiber(Worker* w, uint32_t i) {
     Fiber& f = w->fibers[i];
@@ -447,10 +463,10 @@ bool is_shfl(int op) { return op >= EMU_OP_SHFL_IDX && op <= EMU_OP_SHFL_XOR; }
 // Completes every warp collective whose named (existing, not exited) lanes
 // have all arrived with the same operation and mask. Returns true on
 // progress; records an error (w->aborted) on a semantic violation.
-bool resolve_warps(Worker* w) {
+bool resolve_warps(Worker* w, uint32_t first_warp = 0, uint32_t end_warp = UINT32_MAX) {
     bool progress = false;
-    const uint32_t nwarps = (w->n + 31) / 32;
-    for (uint32_t wi = 0; wi < nwarps && !w->aborted; ++wi) {
+    const uint32_t nwarps = std::min((w->n + 31) / 32, end_warp);
+    for (uint32_t wi = first_warp; wi < nwarps && !w->aborted; ++wi) {
         const uint32_t base = wi * 32, nl = std::min<uint32_t>(32, w->n - base);
         uint32_t exists = nl == 32 ? 0xffffffffu : ((1u << nl) - 1u);
         uint32_t exited = 0, waiting = 0;
@@ -557,6 +573,7 @@ bool resolve_warps(Worker* w) {
             }
             for (uint32_t g = 0; g < 32; ++g)
                 if (group >> g & 1) w->fibers[base + g].state = F_READY;
+            race_warp_sync(w, wi);
             done |= group;
             progress = true;
         }
@@ -660,6 +677,7 @@ bool resolve_barrier(Worker* w) {
         w->fibers[i].result = r;
         w->fibers[i].state = F_READY;
     }
+    race_barrier(w);
     return false;
 }
 
@@ -737,6 +755,28 @@ void on_signal(int sig, siginfo_t* si, void* ctx) {
 }
 
 // ------------------------------------------------------------------ running blocks
+// Warp-ahead orders: runs warp wi as far as it can go on its own -- its
+// lanes until they block, then its completed collectives, again and again --
+// before the scheduler moves to the next warp. Returns true if the block
+// aborted; sets any_ready if a lane yielded in __nanosleep.
+bool run_warp_ahead(Worker* w, uint32_t wi, bool reverse, bool& any_ready) {
+    const uint32_t base = wi * 32, nl = std::min<uint32_t>(32, w->n - base);
+    for (;;) {
+        bool slept = false;
+        for (uint32_t k = 0; k < nl; ++k) {
+            const uint32_t i = base + (reverse ? nl - 1 - k : k);
+            if (w->fibers[i].state != F_READY) continue;
+            resume(w, i);
+            if (w->aborted) return true;
+            slept |= w->fibers[i].state == F_READY;
+        }
+        if (resolve_warps(w, wi, wi + 1)) continue;
+        if (w->aborted) return true;
+        any_ready |= slept;
+        return false;
+    }
+}
+
 void run_block(Worker* w, uint64_t b) {
     Job* j = w->job;
     const uint32_t gx = j->grid[0], gy = j->grid[1];
@@ -758,7 +798,7 @@ void run_block(Worker* w, uint64_t b) {
     }
     // thread order
     w->order.resize(n);
-    for (uint32_t i = 0; i < n; ++i) w->order[i] = j->order == 1 ? n - 1 - i : i;
+    for (uint32_t i = 0; i < n; ++i) w->order[i] = j->order == 1 || j->order == 4 ? n - 1 - i : i;
     if (j->order == 2) {
         uint64_t s = j->seed ^ (b * 0xD1B54A32D192ED03ull);
         for (uint32_t i = n - 1; i > 0; --i) {
@@ -767,6 +807,9 @@ void run_block(Worker* w, uint64_t b) {
         }
     }
     w->aborted = false;
+    race_block_start(w, b);
+    const bool warp_ahead = j->order == 3 || j->order == 4;
+    const uint32_t nwarps = (n + 31) / 32;
     if (sigsetjmp(w->jb, 1)) {
         // a fault inside kernel code
         w->aborted = true;
@@ -776,12 +819,17 @@ void run_block(Worker* w, uint64_t b) {
     }
     for (;;) {
         bool any_ready = false;
-        for (uint32_t idx = 0; idx < n; ++idx) {
-            const uint32_t i = w->order[idx];
-            if (w->fibers[i].state != F_READY) continue;
-            resume(w, i);
-            if (w->aborted) return;
-            any_ready |= w->fibers[i].state == F_READY;  // __nanosleep
+        if (warp_ahead) {
+            for (uint32_t k = 0; k < nwarps; ++k)
+                if (run_warp_ahead(w, j->order == 4 ? nwarps - 1 - k : k, j->order == 4, any_ready)) return;
+        } else {
+            for (uint32_t idx = 0; idx < n; ++idx) {
+                const uint32_t i = w->order[idx];
+                if (w->fibers[i].state != F_READY) continue;
+                resume(w, i);
+                if (w->aborted) return;
+                any_ready |= w->fibers[i].state == F_READY;  // __nanosleep
+            }
         }
         if (resolve_warps(w)) continue;
         if (w->aborted) return;
@@ -831,6 +879,13 @@ void run_job(Worker* w, Job* j) {
             w->dyn_open = open;
         }
     }
+    RaceWorker& r = w->race;
+    r.checks = j->checks;
+    r.launch_tag = j->launch_tag << 48;
+    r.ranges = j->ranges.data();
+    r.n_ranges = j->ranges.size();
+    r.g_lo = j->g_lo;
+    r.g_span = j->g_span;
     while (!j->abort.load(std::memory_order_relaxed)) {
         uint64_t b = j->next.fetch_add(1);
         if (b >= j->total) break;
@@ -881,6 +936,16 @@ void worker_main(Worker* w) {
         w->tls_block = nullptr;
     }
     w->dyn_guard = ((uintptr_t)w->dyn & (kPage - 1)) == 0;
+    if (w->tls_block) {
+        // Shadow of all shared memory (one SmemShadow per 4 bytes), backed lazily.
+        const size_t len = w->tls_memsz / 4 * sizeof(SmemShadow);
+        void* m = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m != MAP_FAILED) {
+            w->race.shadow = (SmemShadow*)m;
+            w->race.smem_lo = (uintptr_t)w->tls_block;
+            w->race.smem_len = w->tls_memsz / 4 * 4;
+        }
+    }
     for (;;) {
         Job* j;
         {
@@ -1006,6 +1071,8 @@ int api_free(uint64_t ptr, char* err, size_t errlen) {
     }
     std::string c = check_canary(a);
     mprotect((void*)a.region, a.region_len, PROT_NONE);
+    if (a.shadow) munmap(a.shadow, a.data_len / 4 * sizeof(uint64_t));
+    a.shadow = nullptr;
     std::lock_guard<std::mutex> g(g_mem->mu);
     a.freed = true;
     g_mem->quarantine.push_back(a);
@@ -1132,7 +1199,14 @@ int api_launch(const EmuLaunch* l, char* err, size_t errlen) {
             }
             bool seen = false;
             for (const Alloc& t : touched) seen |= t.region == a->region;
-            if (!seen) touched.push_back(*a);
+            if (seen) continue;
+            if ((l->checks & kCheckGlobal) && !a->shadow && a->data_len) {
+                // Global-memory shadow, made on first use; untouched pages stay unbacked.
+                void* m = mmap(nullptr, a->data_len / 4 * sizeof(uint64_t), PROT_READ | PROT_WRITE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+                if (m != MAP_FAILED) g_mem->live[a->region].shadow = (uint64_t*)m;
+            }
+            touched.push_back(*a);
         }
     }
     Job j;
@@ -1145,6 +1219,30 @@ int api_launch(const EmuLaunch* l, char* err, size_t errlen) {
     j.seed = l->seed;
     j.ucontext = l->use_ucontext != 0;
     j.total = (uint64_t)g[0] * g[1] * g[2];
+    j.checks = l->checks & (kCheckShared | kCheckGlobal);
+    if (j.checks & kCheckGlobal) {
+        static uint64_t launch_tag = 0;  // under launch_mu
+        if (++launch_tag > 0xffff) {
+            // The tag wrapped: old shadow entries could look current.
+            launch_tag = 1;
+            std::lock_guard<std::mutex> mg(g_mem->mu);
+            for (auto& [base, a] : g_mem->live)
+                if (a.shadow) madvise(a.shadow, a.data_len / 4 * sizeof(uint64_t), MADV_DONTNEED);
+        }
+        j.launch_tag = launch_tag;
+        uintptr_t lo = UINTPTR_MAX, hi = 0;
+        for (const Alloc& a : touched) {
+            if (!a.shadow) continue;
+            j.ranges.push_back({a.data, a.data_len, a.shadow, a.ptr, a.bytes});
+            lo = std::min(lo, a.data);
+            hi = std::max(hi, a.data + a.data_len);
+        }
+        if (hi > lo) {
+            j.g_lo = lo;
+            j.g_span = hi - lo;
+        }
+    }
+    if (j.checks) g_race_live.fetch_add(1);
     {
         std::unique_lock<std::mutex> lk(g_pool->mu);
         g_pool->job = &j;
@@ -1154,8 +1252,9 @@ int api_launch(const EmuLaunch* l, char* err, size_t errlen) {
         g_pool->done_cv.wait(lk, [] { return g_pool->running == 0; });
         g_pool->job = nullptr;
     }
+    if (j.checks) g_race_live.fetch_sub(1);
     if (j.err_code) {
-        set_err(err, errlen, "%s: %s", k->name, j.err.c_str());
+        set_err(err, errlen, "%s: %s", k->name, race_symbolize(j.err).c_str());
         return j.err_code;
     }
     for (const Alloc& a : touched) {
@@ -1268,3 +1367,81 @@ extern "C" __attribute__((visibility("default"))) const EmuApi* diffuse_emu_api(
     g_api.kernels = emu_kernel_table;
     return &g_api;
 }
+
+// ------------------------------------------------------------------ instrumentation hooks
+// Kernels are compiled with -fsanitize=thread: these are the calls the
+// compiler inserts around their memory accesses (no TSan runtime is linked;
+// see race_check.h). Atomics are performed here, sequentially consistent,
+// and not checked; nor are volatile accesses, which PTX's memory model
+// treats as relaxed system-scope operations (a volatile flag is no race).
+#define EMU_TSAN_RW(n)                                                                                  \
+    extern "C" EMU_HIDDEN void __tsan_read##n(void* p) { race_access(p, n, false, __builtin_return_address(0)); } \
+    extern "C" EMU_HIDDEN void __tsan_write##n(void* p) { race_access(p, n, true, __builtin_return_address(0)); } \
+    extern "C" EMU_HIDDEN void __tsan_unaligned_read##n(void* p) {                                      \
+        race_access(p, n, false, __builtin_return_address(0));                                          \
+    }                                                                                                   \
+    extern "C" EMU_HIDDEN void __tsan_unaligned_write##n(void* p) {                                     \
+        race_access(p, n, true, __builtin_return_address(0));                                           \
+    }                                                                                                   \
+    extern "C" EMU_HIDDEN void __tsan_volatile_read##n(void*) {}                                        \
+    extern "C" EMU_HIDDEN void __tsan_volatile_write##n(void*) {}
+EMU_TSAN_RW(1)
+EMU_TSAN_RW(2)
+EMU_TSAN_RW(4)
+EMU_TSAN_RW(8)
+EMU_TSAN_RW(16)
+#undef EMU_TSAN_RW
+extern "C" EMU_HIDDEN void __tsan_read_range(void* p, unsigned long n) {
+    race_access(p, n, false, __builtin_return_address(0));
+}
+extern "C" EMU_HIDDEN void __tsan_write_range(void* p, unsigned long n) {
+    race_access(p, n, true, __builtin_return_address(0));
+}
+extern "C" EMU_HIDDEN void __tsan_init() {}
+extern "C" EMU_HIDDEN void __tsan_func_entry(void*) {}
+extern "C" EMU_HIDDEN void __tsan_func_exit() {}
+extern "C" EMU_HIDDEN void __tsan_vptr_update(void**, void*) {}
+extern "C" EMU_HIDDEN void __tsan_vptr_read(void**) {}
+extern "C" EMU_HIDDEN void __tsan_atomic_thread_fence(int) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+extern "C" EMU_HIDDEN void __tsan_atomic_signal_fence(int) { __atomic_signal_fence(__ATOMIC_SEQ_CST); }
+#define EMU_SC __ATOMIC_SEQ_CST
+#define EMU_TSAN_ATOMIC(bits, T)                                                                        \
+    extern "C" EMU_HIDDEN T __tsan_atomic##bits##_load(const volatile T* a, int) { return __atomic_load_n(a, EMU_SC); } \
+    extern "C" EMU_HIDDEN void __tsan_atomic##bits##_store(volatile T* a, T v, int) { __atomic_store_n(a, v, EMU_SC); } \
+    extern "C" EMU_HIDDEN T __tsan_atomic##bits##_exchange(volatile T* a, T v, int) {                  \
+        return __atomic_exchange_n(a, v, EMU_SC);                                                       \
+    }                                                                                                   \
+    extern "C" EMU_HIDDEN T __tsan_atomic##bits##_fetch_add(volatile T* a, T v, int) {                 \
+        return __atomic_fetch_add(a, v, EMU_SC);                                                        \
+    }                                                                                                   \
+    extern "C" EMU_HIDDEN T __tsan_atomic##bits##_fetch_sub(volatile T* a, T v, int) {                 \
+        return __atomic_fetch_sub(a, v, EMU_SC);                                                        \
+    }                                                                                                   \
+    extern "C" EMU_HIDDEN T __tsan_atomic##bits##_fetch_and(volatile T* a, T v, int) {                 \
+        return __atomic_fetch_and(a, v, EMU_SC);                                                        \
+    }                                                                                                   \
+    extern "C" EMU_HIDDEN T __tsan_atomic##bits##_fetch_or(volatile T* a, T v, int) {                  \
+        return __atomic_fetch_or(a, v, EMU_SC);                                                         \
+    }                                                                                                   \
+    extern "C" EMU_HIDDEN T __tsan_atomic##bits##_fetch_xor(volatile T* a, T v, int) {                 \
+        return __atomic_fetch_xor(a, v, EMU_SC);                                                        \
+    }                                                                                                   \
+    extern "C" EMU_HIDDEN T __tsan_atomic##bits##_fetch_nand(volatile T* a, T v, int) {                \
+        return __atomic_fetch_nand(a, v, EMU_SC);                                                       \
+    }                                                                                                   \
+    extern "C" EMU_HIDDEN int __tsan_atomic##bits##_compare_exchange_strong(volatile T* a, T* c, T v, int, int) { \
+        return __atomic_compare_exchange_n(a, c, v, false, EMU_SC, EMU_SC);                             \
+    }                                                                                                   \
+    extern "C" EMU_HIDDEN int __tsan_atomic##bits##_compare_exchange_weak(volatile T* a, T* c, T v, int, int) { \
+        return __atomic_compare_exchange_n(a, c, v, true, EMU_SC, EMU_SC);                              \
+    }                                                                                                   \
+    extern "C" EMU_HIDDEN T __tsan_atomic##bits##_compare_exchange_val(volatile T* a, T c, T v, int, int) { \
+        __atomic_compare_exchange_n(a, &c, v, false, EMU_SC, EMU_SC);                                   \
+        return c;                                                                                       \
+    }
+EMU_TSAN_ATOMIC(8, uint8_t)
+EMU_TSAN_ATOMIC(16, uint16_t)
+EMU_TSAN_ATOMIC(32, uint32_t)
+EMU_TSAN_ATOMIC(64, uint64_t)
+#undef EMU_TSAN_ATOMIC
+#undef EMU_SC

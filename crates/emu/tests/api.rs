@@ -96,6 +96,10 @@ fn thread_orders_parse() {
     assert_eq!("reverse".parse::<ThreadOrder>().unwrap(), ThreadOrder::Reverse);
     assert_eq!("shuffle:42".parse::<ThreadOrder>().unwrap(), ThreadOrder::Shuffle(42));
     assert_eq!(ThreadOrder::Shuffle(9).to_string(), "shuffle:9");
+    for o in [ThreadOrder::WarpAhead, ThreadOrder::WarpAheadReverse] {
+        assert_eq!(o.to_string().parse::<ThreadOrder>().unwrap(), o);
+    }
+    assert_eq!("warp-ahead-reverse".parse::<ThreadOrder>().unwrap(), ThreadOrder::WarpAheadReverse);
     assert!("sideways".parse::<ThreadOrder>().is_err());
     assert!("shuffle:x".parse::<ThreadOrder>().is_err());
     let emu = emu();

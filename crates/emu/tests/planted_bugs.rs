@@ -8,8 +8,31 @@ use common::{emu, launch, ORDERS};
 use diffuse_emu::{Arg, EmuError, ThreadOrder};
 
 #[test]
-fn missing_syncthreads_is_caught_by_reverse_and_shuffled_orders() {
+fn missing_syncthreads_is_a_race_in_every_order() {
     let emu = emu();
+    let (nb, nt) = (4usize, 256usize);
+    let input: Vec<f32> = (0..nb * nt).map(|i| i as f32).collect();
+    let x = emu.upload(&input).unwrap();
+    let y = emu.alloc(nb * nt * 4).unwrap();
+    let expected: Vec<f32> = (0..nb * nt).map(|g| if g % nt == 0 { 0.0 } else { input[g - 1] }).collect();
+    let args = [Arg::Ptr(y), Arg::Ptr(x)];
+    for o in ORDERS {
+        emu.set_thread_order(o);
+        launch(&emu, "emu_fixed_missing_sync", nb as u32, nt as u32, 0, &args).unwrap();
+        assert_eq!(emu.download::<f32>(y, nb * nt).unwrap(), expected, "order {o}");
+        let r = launch(&emu, "emu_bug_missing_sync", nb as u32, nt as u32, 0, &args);
+        let msg = expect_fault(
+            r,
+            &["emu_bug_missing_sync", "shared memory race", "`s`", "byte offset", "emu_planted_bugs.cu:", "threadIdx"],
+        );
+        assert!(msg.contains("read-after-write") || msg.contains("write-after-read"), "{msg}");
+    }
+}
+
+#[test]
+fn missing_syncthreads_without_the_detector_is_caught_by_reverse_and_shuffled_orders() {
+    let emu = emu();
+    emu.set_race_check(false);
     let (nb, nt) = (4usize, 256usize);
     let input: Vec<f32> = (0..nb * nt).map(|i| i as f32).collect();
     let x = emu.upload(&input).unwrap();
@@ -28,7 +51,7 @@ fn missing_syncthreads_is_caught_by_reverse_and_shuffled_orders() {
     // already ran) -- the order a careless test would use...
     assert_eq!(run("emu_bug_missing_sync", ThreadOrder::Forward), expected);
     // ...and fails in the others: it reads shared memory no thread wrote yet.
-    for o in [ThreadOrder::Reverse, ThreadOrder::Shuffle(1), ThreadOrder::Shuffle(2)] {
+    for o in [ThreadOrder::Reverse, ThreadOrder::Shuffle(1), ThreadOrder::Shuffle(2), ThreadOrder::WarpAheadReverse] {
         let got = run("emu_bug_missing_sync", o);
         let nans = got.iter().filter(|v| v.is_nan()).count();
         assert!(nans > 0, "order {o}: the missing barrier went unnoticed");

@@ -4,8 +4,14 @@
 use diffuse_emu::{Arg, Dim3, EmuError, Emulator, ThreadOrder};
 
 /// The thread orders every semantics test runs under.
-pub const ORDERS: [ThreadOrder; 4] =
-    [ThreadOrder::Forward, ThreadOrder::Reverse, ThreadOrder::Shuffle(1), ThreadOrder::Shuffle(0xdead_beef)];
+pub const ORDERS: [ThreadOrder; 6] = [
+    ThreadOrder::Forward,
+    ThreadOrder::Reverse,
+    ThreadOrder::Shuffle(1),
+    ThreadOrder::Shuffle(0xdead_beef),
+    ThreadOrder::WarpAhead,
+    ThreadOrder::WarpAheadReverse,
+];
 
 pub fn emu() -> Emulator {
     Emulator::new().expect("the CUDA emulator runtime loads")
