@@ -3,7 +3,7 @@
 //! estimate of x0 is compared with the clean image (MSE, PSNR, SSIM in
 //! [0, 1] pixel units), plus the training loss at that t.
 
-use super::device;
+use super::device::DeviceSpec;
 use anyhow::{bail, Result};
 use clap::Args;
 use diffuse_tensor::{ops, Tensor};
@@ -34,8 +34,9 @@ pub struct EvalArgs {
     /// Use the raw weights instead of the EMA weights.
     #[arg(long)]
     pub no_ema: bool,
+    /// Device to run on.
     #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub device: DeviceSpec,
 }
 
 fn default_test_data() -> PathBuf {
@@ -48,7 +49,7 @@ fn default_test_data() -> PathBuf {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    let device = device::parse(&a.device)?;
+    let device = a.device.open()?;
     let ckpt = Checkpoint::open(&a.checkpoint)?;
     let model = ckpt.load_model(&device, !a.no_ema)?;
     let tc = &ckpt.train_config;

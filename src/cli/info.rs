@@ -1,18 +1,20 @@
 //! `diffuse info`: the devices this machine offers, and model sizes.
 
-use anyhow::{anyhow, Result};
+use super::device::DeviceSpec;
+use super::model_config::load_config;
+use anyhow::Result;
 use clap::Args;
 use diffuse_tensor::{DType, Device};
-use diffuse_unet::{UNet, UNetConfig};
+use diffuse_unet::UNet;
 
 #[derive(Args)]
 pub struct InfoArgs {
     /// Print the parameter count of a model config (tiny, mnist, cifar10 or a JSON file).
     #[arg(long)]
     pub config: Option<String>,
-    /// Also open this device and report on it (cpu, cuda[:N], emu).
+    /// Also open this device and report on it.
     #[arg(long)]
-    pub device: Option<String>,
+    pub device: Option<DeviceSpec>,
 }
 
 pub fn run(a: InfoArgs) -> Result<()> {
@@ -30,21 +32,10 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("{}", super::device::cuda_probe());
     println!("emu: {}", super::device::emu_probe());
     if let Some(d) = &a.device {
-        let dev = super::device::parse(d)?;
+        let dev = d.open()?;
         println!("device {d}: {dev} ready");
     }
     Ok(())
-}
-
-/// A preset name or a JSON file with the reference's UNetConfig fields.
-pub fn load_config(spec: &str) -> Result<UNetConfig> {
-    if let Some(c) = UNetConfig::preset(spec) {
-        return Ok(c);
-    }
-    let text = std::fs::read_to_string(spec).map_err(|e| {
-        anyhow!("--config {spec:?} is neither a preset (tiny, mnist, cifar10) nor a readable file: {e}")
-    })?;
-    Ok(UNetConfig::from_json(&text)?)
 }
 
 fn cpu_model() -> String {

@@ -1,11 +1,13 @@
 //! `diffuse sample`: images from a trained checkpoint (EMA weights by default).
 
-use super::device;
+use super::device::DeviceSpec;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use diffuse_trainer::checkpoint::Checkpoint;
 use diffuse_trainer::diffusion::Diffusion;
-use diffuse_trainer::image_io::{self, ValueRange};
+use diffuse_trainer::image_grid::{save_grid, save_trajectory};
+use diffuse_trainer::npy::save_npy;
+use diffuse_trainer::raster::ValueRange;
 use diffuse_trainer::sampler::{sample, SampleSpec, Sampler, Variance};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -59,12 +61,13 @@ pub struct SampleArgs {
     /// Use the raw weights instead of the EMA weights.
     #[arg(long)]
     pub no_ema: bool,
+    /// Device to run on.
     #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub device: DeviceSpec,
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
-    let device = device::parse(&a.device)?;
+    let device = a.device.open()?;
     let ckpt = Checkpoint::open(&a.checkpoint)?;
     let model = ckpt.load_model(&device, !a.no_ema)?;
     let tc = &ckpt.train_config;
@@ -104,11 +107,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let shape: [usize; 4] = s.images.dims().try_into().context("samples are not 4-D")?;
     let data = s.images.to_vec_f32()?;
     let nrow = (a.n as f64).sqrt().ceil() as usize;
-    image_io::save_grid(&a.out, &data, shape, nrow, ValueRange::Signed)?;
+    save_grid(&a.out, &data, shape, nrow, ValueRange::Signed)?;
     println!("wrote {}", a.out.display());
     if let Some(p) = &a.npy {
         let unit: Vec<f32> = data.iter().map(|&x| ((x + 1.0) * 0.5).clamp(0.0, 1.0)).collect();
-        image_io::save_npy(p, &unit, &shape)?;
+        save_npy(p, &unit, &shape)?;
         println!("wrote {}", p.display());
     }
     if let Some(p) = &a.trajectory {
@@ -116,7 +119,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
         let refs: Vec<&[f32]> = frames.iter().map(Vec::as_slice).collect();
         let tshape: [usize; 4] =
             s.trajectory.first().map(|t| t.dims().try_into()).transpose()?.context("empty trajectory")?;
-        image_io::save_trajectory(p, &refs, tshape, ValueRange::Signed)?;
+        save_trajectory(p, &refs, tshape, ValueRange::Signed)?;
         println!("wrote {}", p.display());
     }
     Ok(())

@@ -1,12 +1,53 @@
 //! `diffuse train`: train a DDPM on a dataset (the bundled MNIST digits by
 //! default) into a run directory.
 
-use super::{device, info::load_config, progress::Progress};
+use super::{device::DeviceSpec, model_config::load_config, progress::Progress};
 use anyhow::{bail, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use diffuse_trainer::config::TrainConfig;
+use diffuse_trainer::diffusion::{Schedule, Target};
 use diffuse_trainer::train::{Start, Trainer};
 use std::path::PathBuf;
+
+/// `--schedule`: the trainer's [`Schedule`] as a clap value.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ScheduleArg {
+    /// Betas linear from 1e-4 to 0.02 (Ho et al. 2020).
+    Linear,
+    /// Alpha-bar = cos^2 with offset 0.008 (Nichol & Dhariwal 2021).
+    Cosine,
+}
+
+impl From<ScheduleArg> for Schedule {
+    fn from(s: ScheduleArg) -> Self {
+        match s {
+            ScheduleArg::Linear => Schedule::Linear,
+            ScheduleArg::Cosine => Schedule::Cosine,
+        }
+    }
+}
+
+/// `--target`: the trainer's [`Target`] as a clap value.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TargetArg {
+    /// The noise (Ho et al. 2020).
+    Eps,
+    /// The clean image.
+    #[value(name = "x0")]
+    X0,
+    /// The velocity sqrt(alpha-bar) eps - sqrt(1 - alpha-bar) x0 (Salimans & Ho 2022).
+    V,
+}
+
+impl From<TargetArg> for Target {
+    fn from(t: TargetArg) -> Self {
+        match t {
+            TargetArg::Eps => Target::Eps,
+            TargetArg::X0 => Target::X0,
+            TargetArg::V => Target::V,
+        }
+    }
+}
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -35,15 +76,15 @@ pub struct TrainArgs {
     pub grad_clip: Option<f64>,
     #[arg(long)]
     pub ema_decay: Option<f64>,
-    /// Noise schedule: linear or cosine.
-    #[arg(long)]
-    pub schedule: Option<String>,
+    /// Noise schedule.
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
     /// Diffusion steps T.
     #[arg(long)]
     pub timesteps: Option<usize>,
-    /// Regression target: eps, x0 or v.
-    #[arg(long)]
-    pub target: Option<String>,
+    /// Regression target.
+    #[arg(long, value_enum)]
+    pub target: Option<TargetArg>,
     /// Dropout probability (overrides the model config).
     #[arg(long)]
     pub dropout: Option<f32>,
@@ -55,9 +96,9 @@ pub struct TrainArgs {
     /// Run directory (default runs/<config>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// auto, cpu, cuda[:N] or emu.
+    /// Device to run on.
     #[arg(long, default_value = "auto")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// Continue a run (its directory or a checkpoint file) exactly where it stopped.
     #[arg(long, conflicts_with = "init_from")]
     pub resume: Option<PathBuf>,
@@ -107,14 +148,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
          sample_every <- a.sample_every, sample_count <- a.sample_count, log_every <- a.log_every);
     // The grids' DDIM cannot take more steps than the diffusion has.
     cfg.sample_ddim_steps = a.sample_steps.unwrap_or(cfg.sample_ddim_steps.min(cfg.timesteps));
-    if let Some(s) = &a.schedule {
-        cfg.schedule = s.parse()?;
+    if let Some(s) = a.schedule {
+        cfg.schedule = s.into();
     }
-    if let Some(t) = &a.target {
-        cfg.target = t.parse()?;
+    if let Some(t) = a.target {
+        cfg.target = t.into();
     }
     cfg.hflip |= a.hflip;
-    let device = device::parse(&a.device)?;
+    let device = a.device.open()?;
     let (start, out) = match (&a.resume, &a.init_from) {
         (Some(r), _) => {
             let file = diffuse_trainer::checkpoint::resolve(r)?;

@@ -1,6 +1,6 @@
 //! `diffuse verify-step FILE`: one training step against a PyTorch test-vector file.
 
-use super::device;
+use super::device::DeviceSpec;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use diffuse_tensor::DType;
@@ -11,15 +11,16 @@ use std::path::PathBuf;
 pub struct VerifyArgs {
     /// A safetensors file as written by ../shared/reference/make_vectors.py.
     pub file: PathBuf,
+    /// Device to run on.
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceSpec,
     /// Largest relative error accepted.
     #[arg(long, default_value_t = 1e-4)]
     pub tolerance: f64,
 }
 
 pub fn run(a: VerifyArgs) -> Result<()> {
-    let device = device::parse(&a.device)?;
+    let device = a.device.open()?;
     let bytes = std::fs::read(&a.file).with_context(|| format!("{}", a.file.display()))?;
     let e = verify_step(&bytes, &device, DType::F32).with_context(|| format!("{}", a.file.display()))?;
     let line = serde_json::json!({

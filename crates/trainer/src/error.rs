@@ -85,6 +85,13 @@ pub enum Error {
     Config(String),
 }
 
+/// A failed atomic write is an I/O error on its destination.
+impl From<diffuse_unet::atomic_file::WriteError> for Error {
+    fn from(e: diffuse_unet::atomic_file::WriteError) -> Self {
+        Error::Io { path: e.path, source: e.source }
+    }
+}
+
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io { path: path.into(), source }

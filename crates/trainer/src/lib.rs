@@ -6,9 +6,12 @@ pub mod config;
 pub mod data;
 pub mod diffusion;
 pub mod error;
-pub mod image_io;
+pub mod image_grid;
 pub mod metrics;
+pub mod npy;
 pub mod optim;
+pub mod plot;
+pub mod raster;
 pub mod sampler;
 pub mod train;
 

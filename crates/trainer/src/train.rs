@@ -12,12 +12,15 @@ use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, Loader, LoaderConfig};
 use crate::diffusion::Diffusion;
-use crate::image_io::{self, PlotOptions, ValueRange};
+use crate::image_grid::save_grid;
 use crate::optim::{clip_grad_norm, warmup_lr, AdamW, Ema};
+use crate::plot::{save_loss_plot, PlotOptions};
+use crate::raster::ValueRange;
 use crate::sampler::{sample, SampleSpec, Sampler};
 use crate::{Error, Result};
 use diffuse_tensor::ops::{self, AdamWParams};
 use diffuse_tensor::{DType, Device, Tensor};
+use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::{ForwardMode, UNet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -147,7 +150,7 @@ impl Trainer {
             let d = out.join(sub);
             std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         }
-        image_io::write_atomic(&out.join("config.json"), cfg.to_json().as_bytes())?;
+        write_atomic(&out.join("config.json"), cfg.to_json().as_bytes())?;
         let history = restore_metrics(&out.join("metrics.jsonl"), step)?;
         Ok(Trainer { cfg, model, ema, opt, loader, diffusion, step, out, device, history })
     }
@@ -219,7 +222,7 @@ impl Trainer {
         let path = self.out.join("samples").join(format!("step-{:08}.png", self.step));
         let shape = s.images.dims().try_into().map_err(|_| Error::Shape("samples are not 4-D".into()))?;
         let nrow = (self.cfg.sample_count as f64).sqrt().ceil() as usize;
-        image_io::save_grid(&path, &s.images.to_vec_f32()?, shape, nrow, ValueRange::Signed)?;
+        save_grid(&path, &s.images.to_vec_f32()?, shape, nrow, ValueRange::Signed)?;
         Ok(path)
     }
 
@@ -256,7 +259,7 @@ impl Trainer {
                 writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
                 self.history.push((m.step, m.loss));
                 let plot = self.out.join("loss.png");
-                image_io::save_loss_plot(&plot, &self.history, &PlotOptions::default())?;
+                save_loss_plot(&plot, &self.history, &PlotOptions::default())?;
                 obs.step(&m);
             }
             if self.cfg.checkpoint_every > 0 && (self.step.is_multiple_of(self.cfg.checkpoint_every) || done) {
@@ -288,6 +291,6 @@ fn restore_metrics(path: &Path, step: u64) -> Result<Vec<(u64, f64)>> {
         out.push_str(&serde_json::to_string(m).unwrap_or_default());
         out.push('\n');
     }
-    image_io::write_atomic(path, out.as_bytes())?;
+    write_atomic(path, out.as_bytes())?;
     Ok(kept.iter().map(|m| (m.step, m.loss)).collect())
 }

@@ -24,3 +24,9 @@ pub enum UNetError {
 }
 
 pub type Result<T> = std::result::Result<T, UNetError>;
+
+impl From<crate::atomic_file::WriteError> for UNetError {
+    fn from(e: crate::atomic_file::WriteError) -> Self {
+        UNetError::Io { path: e.path.display().to_string(), source: e.source }
+    }
+}

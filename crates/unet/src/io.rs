@@ -1,5 +1,6 @@
 //! Reading and writing parameters as safetensors (f32, PyTorch names).
 
+use crate::atomic_file::write_atomic;
 use crate::params::ParamStore;
 use crate::{Result, UNetError};
 use diffuse_tensor::Tensor;
@@ -88,32 +89,8 @@ pub fn param_entries(store: &ParamStore, prefix: &str) -> Result<Vec<Entry>> {
     store.iter().map(|(n, t)| Ok((format!("{prefix}{n}"), t.dims().to_vec(), tensor_bytes(t)?))).collect()
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder,
-/// synced and renamed, so a crash never leaves a half-written file.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let io_err = |source| UNetError::Io { path: path.display().to_string(), source };
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
-    let tmp = dir.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(io_err)
-}
-
 /// Saves a model's parameters (PyTorch names) to a safetensors file.
 pub fn save_params(store: &ParamStore, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
     let bytes = serialize(&param_entries(store, "")?, metadata)?;
-    write_atomic(path, &bytes)
+    Ok(write_atomic(path, &bytes)?)
 }

@@ -3,6 +3,7 @@
 //! Parameters carry PyTorch's state_dict names, so weights load from and
 //! save to safetensors files that map one to one onto the reference model.
 
+pub mod atomic_file;
 pub mod config;
 pub mod error;
 pub mod io;
