@@ -150,7 +150,7 @@ fn backward64(cs: &Case, dy: &[f64]) -> ops::GroupNormGrads {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(proptest_config(64))]
 
     #[test]
     fn forward_f32_matches_f64_oracle(cs in case_strategy(3, 9)) {
@@ -314,3 +314,58 @@ fn bad_arguments_are_errors() {
     assert!(bwd(&x, &f.mean, &f.rstd, 2).contains("mean"));
     assert!(bwd(&x, &f.mean, &f.rstd, 5).contains("divide"));
 }
+
+// ------------------------------------- every device against the CPU reference
+
+/// Tolerance of a device's result against the CPU reference (relative, whole tensor).
+const DEVICE_TOL: f64 = 1e-5;
+
+fn group_norm_forward_and_backward(dut: &DeviceUnderTest) {
+    // (shape, groups): channels 3/7/13/12/32, odd H*W, an [N, C] input, and
+    // slabs longer than a 256-thread block
+    let cases: &[(&[usize], usize)] = &[
+        (&[1, 3, 5, 3], 1),
+        (&[3, 7, 3, 5], 7),
+        (&[3, 13, 3, 3], 1),
+        (&[1, 12, 7, 5], 4),
+        (&[3, 32, 7, 7], 8),
+        (&[2, 8, 17, 19], 2),
+        (&[2, 32, 28, 28], 8),
+        (&[3, 12], 4),
+        (&[1, 7], 1),
+    ];
+    let dev = &dut.device;
+    let mut r = Report::new("group_norm", dut);
+    let mut rng = TensorRng::new(21);
+    for &(shape, groups) in cases {
+        for fuse in [false, true] {
+            let case = format!("{shape:?} G{groups} silu={fuse}");
+            let c = shape[1];
+            // a non-zero mean and scale, as activations have
+            let x = rng.tensor_in(shape, -1.5, 2.5);
+            let gamma = rng.tensor_in(&[c], 0.5, 1.5);
+            let beta = rng.tensor_in(&[c], -0.5, 0.5);
+            let (xg, gg, bg) = (on(&x, dev), on(&gamma, dev), on(&beta, dev));
+            let f = ops::group_norm_forward(&x, &gamma, &beta, groups, 1e-6, fuse).unwrap();
+            let fg = ops::group_norm_forward(&xg, &gg, &bg, groups, 1e-6, fuse).unwrap();
+            r.check("group_norm_forward y", &case, &fg.y, &f.y, DEVICE_TOL);
+            r.check("group_norm_forward mean", &case, &fg.mean, &f.mean, DEVICE_TOL);
+            r.check("group_norm_forward rstd", &case, &fg.rstd, &f.rstd, DEVICE_TOL);
+
+            let dy = rng.tensor(shape);
+            let dyg = on(&dy, dev);
+            let b = ops::group_norm_backward(&dy, &x, &gamma, &beta, &f.mean, &f.rstd, groups, fuse).unwrap();
+            let bg2 = ops::group_norm_backward(&dyg, &xg, &gg, &bg, &fg.mean, &fg.rstd, groups, fuse).unwrap();
+            r.check("group_norm_backward dx", &case, &bg2.dx, &b.dx, DEVICE_TOL);
+            r.check("group_norm_backward dgamma", &case, &bg2.dgamma, &b.dgamma, DEVICE_TOL);
+            r.check("group_norm_backward dbeta", &case, &bg2.dbeta, &b.dbeta, DEVICE_TOL);
+        }
+    }
+}
+
+per_device!(
+    group_norm_forward_and_backward,
+    group_norm_forward_and_backward_cpu,
+    group_norm_forward_and_backward_emu,
+    group_norm_forward_and_backward_cuda
+);
