@@ -3,13 +3,16 @@
 #  0. checks formatting (rustfmt.toml) and clippy with warnings as errors;
 #  1. installs the pinned NVRTC/ptxas wheels from PyPI into .cuda-wheels/;
 #  2. runs every test of the workspace (CPU reference vs float64 oracles and
-#     finite differences, U-Net vs the PyTorch vectors, trainer end to end,
-#     every kernel compiled by NVRTC for compute_80 and compute_90, every
-#     GPU-vs-CPU test on the CUDA emulator in forward thread order);
-#  3. reruns the GPU-vs-CPU tests with the emulator's threads in reverse, in
-#     a seeded shuffled order and in the two warp-ahead orders (the
-#     emulator's hazard detector, on by default, reports races in any order;
-#     with it off, a missing barrier shows up as wrong values in some order);
+#     finite differences, property tests with a fixed seed, U-Net vs the
+#     PyTorch vectors, trainer end to end, every kernel compiled by NVRTC for
+#     compute_80 and compute_90, every per-device test on the CPU and on the
+#     CUDA emulator in forward thread order; the _cuda ones show as ignored
+#     without a GPU);
+#  3. reruns the emulator's per-device tests (names ending in _emu) with its
+#     threads in reverse, in a seeded shuffled order and in the two
+#     warp-ahead orders (the emulator's hazard detector, on by default,
+#     reports races in any order; with it off, a missing barrier shows up as
+#     wrong values in some order);
 #  4. prints the per-kernel register / shared memory / spill table (fails on
 #     any spill).
 set -euo pipefail
@@ -27,8 +30,9 @@ echo "== cargo test --workspace (emulator thread order: forward)"
 DIFFUSE_EMU_ORDER=forward cargo test --workspace --no-fail-fast 2>&1
 
 for order in reverse shuffle:20261122 warp-ahead warp-ahead-reverse; do
-    echo "== GPU-vs-CPU tests on the emulator, thread order $order"
-    DIFFUSE_EMU_ORDER=$order cargo test --test 'gpu_vs_cpu*' 2>&1
+    echo "== per-device tests on the emulator, thread order $order"
+    DIFFUSE_EMU_ORDER=$order cargo test -p diffuse-tensor 2>&1 -- _emu
+    DIFFUSE_EMU_ORDER=$order cargo test -p diffuse --test '*_per_device' 2>&1 -- _emu
 done
 
 echo "== kernel resources (ptxas -arch=sm_90)"

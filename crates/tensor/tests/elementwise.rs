@@ -31,7 +31,7 @@ fn numel(shape: &[usize]) -> usize {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(proptest_config(24))]
 
     #[test]
     fn binary_ops_match_f64_oracle(shape in nchw(), seed in any::<u64>(), s in -3.0f64..3.0) {
@@ -43,10 +43,13 @@ proptest! {
         assert_close("add", &v64(&ops::add(&ta, &tb).unwrap()), &oracle_zip(&a, &b, |x, y| x + y), 1e-5);
         assert_close("sub", &v64(&ops::sub(&ta, &tb).unwrap()), &oracle_zip(&a, &b, |x, y| x - y), 1e-5);
         assert_close("mul", &v64(&ops::mul(&ta, &tb).unwrap()), &oracle_zip(&a, &b, |x, y| x * y), 1e-5);
-        assert_close(
+        // a + s b rounds s b first: measured against |a| + |s b|, since the
+        // sum may cancel (add, sub and mul round once, so their own size is fine).
+        assert_close_scaled(
             "add_scaled",
             &v64(&ops::add_scaled(&ta, &tb, s).unwrap()),
             &oracle_zip(&a, &b, |x, y| x + s * y),
+            &oracle_zip(&a, &b, |x, y| x.abs() + (s * y).abs()),
             1e-5,
         );
         assert_close("scale", &v64(&ops::scale(&ta, s).unwrap()), &oracle_zip(&a, &a, |x, _| s * x), 1e-5);
@@ -148,3 +151,91 @@ fn mismatches_are_errors() {
     assert!(ops::add_in_place(&mut acc, &a64).is_err());
     assert_eq!(v64(&acc), vec![1.0, 2.0, 3.0], "a failed in-place op must not write");
 }
+
+// ------------------------------------- every device against the CPU reference
+
+/// Tolerance of a device's result against the CPU reference (relative, whole tensor).
+const DEVICE_TOL: f64 = 1e-5;
+
+/// Lengths: tiny, odd, and one past the 8192-block grid cap (2,097,152
+/// threads), so the grid-stride loops wrap.
+const DEVICE_LENGTHS: [usize; 4] = [1, 7, 1003, 8192 * 256 + 13];
+
+fn elementwise_ops(dut: &DeviceUnderTest) {
+    let dev = &dut.device;
+    let mut r = Report::new("elementwise", dut);
+    let mut rng = TensorRng::new(51);
+    for len in DEVICE_LENGTHS {
+        let case = format!("len {len}");
+        // a rank-3 shape for the small ones, flat for the long one
+        let shape: Vec<usize> = if len == 1003 { vec![17, 59] } else { vec![len] };
+        let (a, b) = (rng.tensor(&shape), rng.tensor(&shape));
+        let (ag, bg) = (on(&a, dev), on(&b, dev));
+        r.check("add", &case, &ops::add(&ag, &bg).unwrap(), &ops::add(&a, &b).unwrap(), DEVICE_TOL);
+        r.check("sub", &case, &ops::sub(&ag, &bg).unwrap(), &ops::sub(&a, &b).unwrap(), DEVICE_TOL);
+        r.check("mul", &case, &ops::mul(&ag, &bg).unwrap(), &ops::mul(&a, &b).unwrap(), DEVICE_TOL);
+        let s = -0.3712345678901;
+        r.check(
+            "add_scaled",
+            &case,
+            &ops::add_scaled(&ag, &bg, s).unwrap(),
+            &ops::add_scaled(&a, &b, s).unwrap(),
+            DEVICE_TOL,
+        );
+        r.check("scale", &case, &ops::scale(&ag, s).unwrap(), &ops::scale(&a, s).unwrap(), DEVICE_TOL);
+
+        let (mut acc, mut accg) = (a.clone(), ag.clone());
+        ops::add_in_place(&mut acc, &b).unwrap();
+        ops::add_in_place(&mut accg, &bg).unwrap();
+        r.check("add_in_place", &case, &accg, &acc, DEVICE_TOL);
+        ops::scale_in_place(&mut acc, 1.7).unwrap();
+        ops::scale_in_place(&mut accg, 1.7).unwrap();
+        r.check("scale_in_place", &case, &accg, &acc, DEVICE_TOL);
+        // the clone `ag` shares its buffer with `accg` before the writes:
+        // in-place ops must not show through it
+        r.check("in-place leaves clones alone", &case, &ag, &a, 1e-30);
+    }
+}
+
+per_device!(elementwise_ops, elementwise_ops_cpu, elementwise_ops_emu, elementwise_ops_cuda);
+
+fn in_place_ops_with_aliased_operands(dut: &DeviceUnderTest) {
+    let dev = &dut.device;
+    let mut r = Report::new("elementwise", dut);
+    let a = TensorRng::new(52).tensor(&[3, 5]);
+    let (mut acc, mut accg) = (a.clone(), on(&a, dev));
+    // acc += (a clone sharing acc's buffer on the GPU)
+    let alias = accg.clone();
+    ops::add_in_place(&mut accg, &alias).unwrap();
+    ops::add_in_place(&mut acc, &a).unwrap();
+    r.check("add_in_place (aliased)", "x += x", &accg, &acc, DEVICE_TOL);
+    r.check("add_in_place (aliased)", "the alias is unchanged", &alias, &a, 1e-30);
+}
+
+per_device!(
+    in_place_ops_with_aliased_operands,
+    in_place_ops_with_aliased_operands_cpu,
+    in_place_ops_with_aliased_operands_emu,
+    in_place_ops_with_aliased_operands_cuda
+);
+
+fn elementwise_rejects_mismatches_before_dispatch(dut: &DeviceUnderTest) {
+    let mut rng = TensorRng::new(53);
+    let dev = &dut.device;
+    let a = on(&rng.tensor(&[3, 4]), dev);
+    assert!(ops::add(&a, &on(&rng.tensor(&[4, 3]), dev)).is_err(), "shape mismatch on {}", dut.label);
+    let elsewhere = on(&rng.tensor(&[3, 4]), &dut.other());
+    let e = ops::add(&a, &elsewhere).unwrap_err().to_string();
+    assert!(e.contains("different devices"), "{e}");
+    let mut acc = a.clone();
+    assert!(ops::add_in_place(&mut acc, &elsewhere).is_err());
+    let f64_t = Tensor::from_vec(vec![0f64; 12], [3, 4]).unwrap();
+    assert!(ops::mul(&a, &f64_t).is_err(), "dtype/device mismatch on {}", dut.label);
+}
+
+per_device!(
+    elementwise_rejects_mismatches_before_dispatch,
+    elementwise_rejects_mismatches_before_dispatch_cpu,
+    elementwise_rejects_mismatches_before_dispatch_emu,
+    elementwise_rejects_mismatches_before_dispatch_cuda
+);

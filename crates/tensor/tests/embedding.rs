@@ -2,7 +2,7 @@
 
 mod common;
 use common::*;
-use diffuse_tensor::ops;
+use diffuse_tensor::{ops, Tensor};
 use proptest::prelude::*;
 
 /// The DDPM reference formula, written out in f64.
@@ -21,7 +21,7 @@ fn oracle_embedding(t: &[f64], dim: usize) -> Vec<f64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(proptest_config(32))]
 
     #[test]
     fn embedding_matches_formula(n in awkward(13), dim in 2usize..=130, seed in any::<u64>(), fractional in any::<bool>()) {
@@ -79,3 +79,37 @@ fn bad_arguments_are_errors() {
     assert!(ops::timestep_embedding(&t, 1).unwrap_err().to_string().contains("at least 2"));
     assert!(ops::timestep_embedding(&t32(&[1.0, 2.0], &[2, 1]), 8).is_err());
 }
+
+// ------------------------------------- every device against the CPU reference
+
+/// Tolerance of a device's result against the CPU reference (relative, whole tensor).
+const DEVICE_TOL: f64 = 1e-5;
+
+fn timestep_embedding_on_device(dut: &DeviceUnderTest) {
+    let dev = &dut.device;
+    let mut r = Report::new("embedding", dut);
+    let mut rng = TensorRng::new(81);
+    for n in [1, 3, 64] {
+        // integer timesteps as the trainer draws them, up to T = 1000
+        let t: Vec<f32> = (0..n).map(|_| (rng.next_u64() % 1000) as f32).collect();
+        let t = Tensor::from_vec(t, [n]).unwrap();
+        let tg = on(&t, dev);
+        for dim in [2, 3, 7, 16, 33, 128] {
+            let case = format!("N{n} dim {dim}");
+            r.check(
+                "timestep_embedding",
+                &case,
+                &ops::timestep_embedding(&tg, dim).unwrap(),
+                &ops::timestep_embedding(&t, dim).unwrap(),
+                DEVICE_TOL,
+            );
+        }
+    }
+}
+
+per_device!(
+    timestep_embedding_on_device,
+    timestep_embedding_on_device_cpu,
+    timestep_embedding_on_device_emu,
+    timestep_embedding_on_device_cuda
+);

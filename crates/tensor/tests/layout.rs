@@ -54,7 +54,7 @@ fn oracle_channel_bias(x: &[f64], bias: &[f64], n: usize, c: usize, hw: usize) -
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(proptest_config(24))]
 
     #[test]
     fn upsample_matches_oracle_fd_and_adjoint(
@@ -193,3 +193,69 @@ fn f64_layout_ops_are_exact() {
     let t = Tensor::from_vec(x.clone(), [1, 3, 5, 7]).unwrap();
     assert_eq!(v64(&ops::upsample_nearest2x_forward(&t).unwrap()), oracle_upsample(&x, 1, 3, 5, 7));
 }
+
+// ------------------------------------- every device against the CPU reference
+
+/// Tolerance of a device's result against the CPU reference (relative, whole tensor).
+const DEVICE_TOL: f64 = 1e-5;
+
+fn layout_ops(dut: &DeviceUnderTest) {
+    // (N, C, H, W): odd sizes, planes fewer and more than the 8 planes of a
+    // bias-gradient block, planes longer than a warp
+    let shapes = [[1, 3, 1, 1], [3, 7, 5, 3], [1, 13, 7, 9], [3, 3, 9, 11], [2, 9, 1, 40]];
+    let dev = &dut.device;
+    let mut r = Report::new("layout", dut);
+    let mut rng = TensorRng::new(71);
+    for [n, c, h, w] in shapes {
+        let case = format!("[{n}, {c}, {h}, {w}]");
+        let x = rng.tensor(&[n, c, h, w]);
+        let xg = on(&x, dev);
+        r.check(
+            "upsample_nearest2x_forward",
+            &case,
+            &ops::upsample_nearest2x_forward(&xg).unwrap(),
+            &ops::upsample_nearest2x_forward(&x).unwrap(),
+            DEVICE_TOL,
+        );
+        let dy = rng.tensor(&[n, c, 2 * h, 2 * w]);
+        r.check(
+            "upsample_nearest2x_backward",
+            &case,
+            &ops::upsample_nearest2x_backward(&on(&dy, dev)).unwrap(),
+            &ops::upsample_nearest2x_backward(&dy).unwrap(),
+            DEVICE_TOL,
+        );
+
+        let cb = 7;
+        let b = rng.tensor(&[n, cb, h, w]);
+        let bg = on(&b, dev);
+        let cat = ops::concat_channels(&x, &b).unwrap();
+        let catg = ops::concat_channels(&xg, &bg).unwrap();
+        r.check("concat_channels", &case, &catg, &cat, DEVICE_TOL);
+        for ca in [0, c, c + 3] {
+            let (s1, s2) = ops::split_channels(&cat, ca).unwrap();
+            let (g1, g2) = ops::split_channels(&catg, ca).unwrap();
+            let sc = format!("{case} + {cb} split at {ca}");
+            r.check("split_channels", &sc, &g1, &s1, DEVICE_TOL);
+            r.check("split_channels", &sc, &g2, &s2, DEVICE_TOL);
+        }
+
+        let bias = rng.tensor(&[n, c]);
+        r.check(
+            "add_channel_bias",
+            &case,
+            &ops::add_channel_bias(&xg, &on(&bias, dev)).unwrap(),
+            &ops::add_channel_bias(&x, &bias).unwrap(),
+            DEVICE_TOL,
+        );
+        r.check(
+            "channel_bias_backward",
+            &case,
+            &ops::channel_bias_backward(&xg).unwrap(),
+            &ops::channel_bias_backward(&x).unwrap(),
+            DEVICE_TOL,
+        );
+    }
+}
+
+per_device!(layout_ops, layout_ops_cpu, layout_ops_emu, layout_ops_cuda);

@@ -2,11 +2,11 @@
 
 mod common;
 use common::*;
-use diffuse_tensor::ops;
+use diffuse_tensor::{ops, Tensor};
 use proptest::prelude::*;
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(proptest_config(24))]
 
     #[test]
     fn scale_per_sample_matches_oracle(n in awkward(9), per in awkward(50), seed in any::<u64>()) {
@@ -53,3 +53,49 @@ fn bad_arguments_are_errors() {
     let nan = ops::clamp(&t32(&[f64::NAN], &[1]), -1.0, 1.0).unwrap();
     assert!(v64(&nan)[0].is_nan(), "clamp must not hide a NaN");
 }
+
+// ------------------------------------- every device against the CPU reference
+
+/// Tolerance of a device's result against the CPU reference (relative, whole tensor).
+const DEVICE_TOL: f64 = 1e-5;
+
+fn sampling_ops(dut: &DeviceUnderTest) {
+    let dev = &dut.device;
+    let mut r = Report::new("sampling", dut);
+    let mut rng = TensorRng::new(91);
+    for shape in [vec![1, 1, 3, 3], vec![3, 7, 5, 3], vec![3], vec![2, 4099]] {
+        let case = format!("{shape:?}");
+        let x = rng.tensor_in(&shape, -3.0, 3.0);
+        let s = rng.tensor(&[shape[0]]);
+        let xg = on(&x, dev);
+        r.check(
+            "scale_per_sample",
+            &case,
+            &ops::scale_per_sample(&xg, &on(&s, dev)).unwrap(),
+            &ops::scale_per_sample(&x, &s).unwrap(),
+            DEVICE_TOL,
+        );
+        r.check("clamp", &case, &ops::clamp(&xg, -1.0, 1.0).unwrap(), &ops::clamp(&x, -1.0, 1.0).unwrap(), DEVICE_TOL);
+    }
+    // NaN passes through clamp on both (check compares NaN positions)
+    let x = Tensor::from_vec(vec![f32::NAN, -5.0, 0.25, 5.0, f32::NAN], [5]).unwrap();
+    r.check(
+        "clamp",
+        "NaN",
+        &ops::clamp(&on(&x, dev), -1.0, 1.0).unwrap(),
+        &ops::clamp(&x, -1.0, 1.0).unwrap(),
+        DEVICE_TOL,
+    );
+    // a rank-0 x has no samples: zeros on both
+    let x0 = Tensor::from_vec(vec![2.5f32], Vec::<usize>::new()).unwrap();
+    let s0 = Tensor::from_vec(Vec::<f32>::new(), [0]).unwrap();
+    r.check(
+        "scale_per_sample",
+        "rank 0",
+        &ops::scale_per_sample(&on(&x0, dev), &on(&s0, dev)).unwrap(),
+        &ops::scale_per_sample(&x0, &s0).unwrap(),
+        DEVICE_TOL,
+    );
+}
+
+per_device!(sampling_ops, sampling_ops_cpu, sampling_ops_emu, sampling_ops_cuda);

@@ -1,36 +1,41 @@
-//! Shared test support: seeded random data, relative error, and central
-//! finite differences in f64. Oracles are NOT here: each test file writes its
-//! own naive float64 loops, sharing no code with the fast path.
+//! Shared test support: property-test settings, seeded random data,
+//! relative error, and central finite differences in f64. Oracles are NOT
+//! here: each test file writes its own naive float64 loops, sharing no code
+//! with the fast path.
 #![allow(dead_code)]
 
 use diffuse_tensor::{DType, Tensor};
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 
-/// SplitMix64: a tiny independent generator for test data (not Philox, so
-/// tests do not depend on the code under test).
-pub struct TestRng(u64);
+pub mod device;
+pub mod rng;
+pub use device::*;
+pub use rng::*;
 
-impl TestRng {
-    pub fn new(seed: u64) -> Self {
-        TestRng(seed ^ 0x9E37_79B9_7F4A_7C15)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-1, 1).
-    pub fn uniform(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-    }
-    pub fn vec(&mut self, n: usize) -> Vec<f64> {
-        (0..n).map(|_| self.uniform()).collect()
-    }
-    /// Values in [lo, hi).
-    pub fn vec_in(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n).map(|_| lo + (self.uniform() + 1.0) * 0.5 * (hi - lo)).collect()
+/// The seed of every property test outside explore mode.
+const CI_SEED: u64 = 0x00D1_FF05_E5EE_D5EE;
+/// Explore mode's default number of cases, as a multiple of the CI count.
+const EXPLORE_FACTOR: u32 = 10;
+
+/// Whether `DIFFUSE_EXPLORE` asks for fresh seeds (`scripts/explore.sh`).
+pub fn explore_mode() -> bool {
+    std::env::var("DIFFUSE_EXPLORE").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Settings of every property test. By default a fixed seed and `cases`
+/// cases, so a commit always gets the same verdict (PROPTEST_CASES and
+/// PROPTEST_RNG_SEED are ignored). With `DIFFUSE_EXPLORE=1`: the seed of
+/// PROPTEST_RNG_SEED (a fresh random one if unset) and PROPTEST_CASES cases
+/// (default 10x `cases`). Either way, entries of a committed
+/// `<file>.proptest-regressions` run first.
+pub fn proptest_config(cases: u32) -> ProptestConfig {
+    let from_env = ProptestConfig::default(); // reads the PROPTEST_* variables
+    if explore_mode() {
+        let explore_cases = std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok());
+        ProptestConfig { cases: explore_cases.unwrap_or(cases * EXPLORE_FACTOR), ..from_env }
+    } else {
+        ProptestConfig { cases, rng_seed: RngSeed::Fixed(CI_SEED), ..from_env }
     }
 }
 
@@ -83,11 +88,55 @@ pub fn fd_grad(x: &[f64], h: f64, mut f: impl FnMut(&[f64]) -> f64) -> Vec<f64> 
         .collect()
 }
 
+/// Gradient of the scalar `f` at `x` by five-point central differences:
+/// error O(h^4) instead of O(h^2), for functions whose third derivative is
+/// large (group norm over groups of two values).
+pub fn fd_grad5(x: &[f64], h: f64, mut f: impl FnMut(&[f64]) -> f64) -> Vec<f64> {
+    let mut x = x.to_vec();
+    (0..x.len())
+        .map(|i| {
+            let orig = x[i];
+            let mut at = |d: f64| {
+                x[i] = orig + d;
+                f(&x)
+            };
+            let g = (8.0 * (at(h) - at(-h)) - (at(2.0 * h) - at(-2.0 * h))) / (12.0 * h);
+            x[i] = orig;
+            g
+        })
+        .collect()
+}
+
 /// Asserts `rel_err(got, want) < tol` with a message that names the check.
+/// Only for outputs computed with one rounding from exact inputs (or in f64):
+/// where an f32 result sums signed terms, use `assert_close_scaled`.
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     let e = rel_err(got, want);
     assert!(e < tol, "{what}: relative error {e:.3e} exceeds {tol:.0e}");
+}
+
+/// Like `assert_close`, but relative to `scale`: the oracle run on absolute
+/// values (e.g. sum over k of |x_k| |w_k| + |b| for a dot product). Sums of
+/// signed terms may cancel to almost nothing, and then a plain relative
+/// error measures the cancellation, not the op: f32 rounding is
+/// proportional to the magnitudes of the terms, not to their sum.
+#[track_caller]
+pub fn assert_close_scaled(what: &str, got: &[f64], want: &[f64], scale: &[f64], tol: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let diff: Vec<f64> = got.iter().zip(want).map(|(g, w)| g - w).collect();
+    let e = norm(&diff) / norm(scale).max(1e-30);
+    assert!(e < tol, "{what}: error {e:.3e} relative to the magnitudes exceeds {tol:.0e}");
+}
+
+/// Element-wise absolute values.
+pub fn abs(v: &[f64]) -> Vec<f64> {
+    v.iter().map(|x| x.abs()).collect()
+}
+
+/// Euclidean norm.
+pub fn norm(a: &[f64]) -> f64 {
+    dot(a, a).sqrt()
 }
 
 /// Runs this binary's test `name` again in a child process with `threads`

@@ -185,24 +185,6 @@ fn bwd_bias(mk: Mk, c: &Case, dy: &[f64]) -> Vec<f64> {
     v64(&ops::conv2d_backward_bias(&mk(dy, &c.y_dims())).unwrap())
 }
 
-/// Like `assert_close`, but relative to `scale`: the oracle run on absolute
-/// values. Sums of many signed terms may cancel to almost nothing, and then
-/// a plain relative error measures the cancellation, not the op.
-#[track_caller]
-fn assert_close_scaled(what: &str, got: &[f64], want: &[f64], scale: &[f64], tol: f64) {
-    let diff: Vec<f64> = got.iter().zip(want).map(|(g, w)| g - w).collect();
-    let e = norm(&diff) / norm(scale).max(1e-30);
-    assert!(e < tol, "{what}: error {e:.3e} relative to the magnitudes exceeds {tol:.0e}");
-}
-
-fn abs(v: &[f64]) -> Vec<f64> {
-    v.iter().map(|x| x.abs()).collect()
-}
-
-fn norm(a: &[f64]) -> f64 {
-    dot(a, a).sqrt()
-}
-
 fn axpby(a: f64, x: &[f64], b: f64, y: &[f64]) -> Vec<f64> {
     x.iter().zip(y).map(|(x, y)| a * x + b * y).collect()
 }
@@ -210,7 +192,7 @@ fn axpby(a: f64, x: &[f64], b: f64, y: &[f64]) -> Vec<f64> {
 // ------------------------------------------------------------- proptests
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(96))]
+    #![proptest_config(proptest_config(96))]
 
     #[test]
     fn forward_matches_f64_oracle(c in cases(3, 13, 13), with_bias in any::<bool>()) {
@@ -266,7 +248,7 @@ proptest! {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(proptest_config(48))]
 
     /// L(x, w, b) = <conv(x, w) + b, r>, differentiated numerically in f64.
     #[test]
@@ -429,3 +411,104 @@ fn taps_that_only_see_padding_are_handled() {
     assert!((lhs - dot(&x, &v64(&dx))).abs() < 1e-12);
     assert!((lhs - dot(&w, &v64(&dw))).abs() < 1e-12);
 }
+
+// ------------------------------------- every device against the CPU reference
+
+/// Tolerance of a device's result against the CPU reference (relative, whole tensor).
+const DEVICE_TOL: f64 = 1e-5;
+
+/// One per-device case: the U-Net's three kinds at awkward sizes (batch 1
+/// and 3, channels 3/7/13 and one past a 64-channel tile, odd and even H, W;
+/// the weight gradient with one split and many).
+struct DeviceCase {
+    n: usize,
+    ci: usize,
+    co: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    p: Conv2dParams,
+    kind: &'static str,
+}
+
+fn device_cases() -> Vec<DeviceCase> {
+    let s3 = Conv2dParams::same(3);
+    let s1 = Conv2dParams::same(1);
+    let d2 = Conv2dParams::down2();
+    let c = |n, ci, co, h, w, k, p, kind| DeviceCase { n, ci, co, h, w, k, p, kind };
+    vec![
+        c(1, 3, 7, 9, 7, 3, s3, "3x3 s1"),
+        c(3, 7, 13, 5, 9, 3, s3, "3x3 s1"),
+        c(3, 13, 3, 7, 7, 3, s3, "3x3 s1"),
+        c(1, 3, 67, 5, 3, 3, s3, "3x3 s1, two channel tiles"),
+        c(1, 7, 13, 8, 10, 3, d2, "3x3 s2 down2"),
+        c(3, 13, 7, 9, 7, 3, d2, "3x3 s2 down2, odd"),
+        c(1, 3, 3, 7, 7, 3, d2, "3x3 s2 down2, single split"),
+        c(3, 7, 13, 9, 7, 1, s1, "1x1"),
+        c(1, 13, 3, 5, 5, 1, s1, "1x1"),
+        c(3, 70, 7, 3, 5, 1, s1, "1x1, 70 input channels"),
+        // the MNIST model's sizes (weight gradient in 49 to 196 splits)
+        c(2, 32, 32, 28, 28, 3, s3, "3x3 s1, MNIST level 0"),
+        c(2, 32, 32, 28, 28, 3, d2, "3x3 s2 down2, MNIST"),
+        c(2, 32, 64, 14, 14, 1, s1, "1x1, MNIST skip projection"),
+    ]
+}
+
+fn conv2d_forward_and_backward(dut: &DeviceUnderTest) {
+    let dev = &dut.device;
+    let mut r = Report::new("conv", dut);
+    let mut rng = TensorRng::new(11);
+    for c in device_cases() {
+        let name = format!("{} N{} Ci{} Co{} {}x{}", c.kind, c.n, c.ci, c.co, c.h, c.w);
+        let x = rng.tensor(&[c.n, c.ci, c.h, c.w]);
+        let w = rng.tensor(&[c.co, c.ci, c.k, c.k]);
+        let b = rng.tensor(&[c.co]);
+        let (xg, wg, bg) = (on(&x, dev), on(&w, dev), on(&b, dev));
+
+        let y = ops::conv2d_forward(&x, &w, Some(&b), &c.p).unwrap();
+        let yg = ops::conv2d_forward(&xg, &wg, Some(&bg), &c.p).unwrap();
+        r.check("conv2d_forward (bias)", &name, &yg, &y, DEVICE_TOL);
+        let y0 = ops::conv2d_forward(&x, &w, None, &c.p).unwrap();
+        let y0g = ops::conv2d_forward(&xg, &wg, None, &c.p).unwrap();
+        r.check("conv2d_forward (no bias)", &name, &y0g, &y0, DEVICE_TOL);
+
+        let dy = rng.tensor(y.dims());
+        let dyg = on(&dy, dev);
+        let xs: Shape = x.shape().clone();
+        let dx = ops::conv2d_backward_data(&dy, &w, &xs, &c.p).unwrap();
+        let dxg = ops::conv2d_backward_data(&dyg, &wg, &xs, &c.p).unwrap();
+        r.check("conv2d_backward_data", &name, &dxg, &dx, DEVICE_TOL);
+        let dw = ops::conv2d_backward_weight(&dy, &x, w.shape(), &c.p).unwrap();
+        let dwg = ops::conv2d_backward_weight(&dyg, &xg, w.shape(), &c.p).unwrap();
+        r.check("conv2d_backward_weight", &name, &dwg, &dw, DEVICE_TOL);
+        let db = ops::conv2d_backward_bias(&dy).unwrap();
+        let dbg = ops::conv2d_backward_bias(&dyg).unwrap();
+        r.check("conv2d_backward_bias", &name, &dbg, &db, DEVICE_TOL);
+    }
+}
+
+per_device!(
+    conv2d_forward_and_backward,
+    conv2d_forward_and_backward_cpu,
+    conv2d_forward_and_backward_emu,
+    conv2d_forward_and_backward_cuda
+);
+
+fn conv2d_checks_shapes_and_devices_before_dispatch(dut: &DeviceUnderTest) {
+    let mut rng = TensorRng::new(12);
+    let dev = &dut.device;
+    let x = on(&rng.tensor(&[1, 3, 5, 5]), dev);
+    let w_bad = on(&rng.tensor(&[4, 2, 3, 3]), dev);
+    let p = Conv2dParams::same(3);
+    assert!(ops::conv2d_forward(&x, &w_bad, None, &p).is_err(), "channel mismatch on {}", dut.label);
+    let w_elsewhere = on(&rng.tensor(&[4, 3, 3, 3]), &dut.other());
+    let e = ops::conv2d_forward(&x, &w_elsewhere, None, &p).unwrap_err().to_string();
+    assert!(e.contains("different devices"), "mixed devices on {}: {e}", dut.label);
+}
+
+per_device!(
+    conv2d_checks_shapes_and_devices_before_dispatch,
+    conv2d_checks_shapes_and_devices_before_dispatch_cpu,
+    conv2d_checks_shapes_and_devices_before_dispatch_emu,
+    conv2d_checks_shapes_and_devices_before_dispatch_cuda
+);

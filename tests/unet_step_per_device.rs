@@ -1,0 +1,103 @@
+//! A whole U-Net training step on every device: the PyTorch test vector of
+//! the tiny model (forward output, loss and every parameter gradient to
+//! 1e-4), and a forward + backward of the tiny model with dropout 0.1
+//! against the same step on the CPU (Philox masks are the same on every
+//! device), every gradient to 1e-4 relative.
+//!
+//! The mnist test vector is left out here: on the emulator it is too slow
+//! for this suite (the CPU suite checks it).
+
+mod common;
+
+use common::*;
+use diffuse_tensor::{ops, DType, Device, Tensor};
+use diffuse_unet::verify::verify_step;
+use diffuse_unet::{ForwardMode, UNet, UNetConfig};
+
+const TOL: f64 = 1e-4;
+
+fn tiny_test_vector_step(dut: &DeviceUnderTest) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/testvectors/unet_tiny_step.safetensors");
+    let bytes = std::fs::read(path).unwrap();
+    let mut r = Report::new("training", dut);
+    let e = verify_step(&bytes, &dut.device, DType::F32).unwrap();
+    log(&format!(
+        "per-device training on {}: tiny test vector: output {:.2e}, loss {:.2e}, worst grad {:.2e} ({}), {} params",
+        dut.label, e.output, e.loss, e.worst_grad, e.worst_grad_name, e.params
+    ));
+    r.check_scalar("verify_step (tiny) max error", "unet_tiny_step", e.max(), 0.0, TOL);
+    assert!(e.max() < TOL, "tiny test vector on {}: {e:?}", dut.label);
+}
+
+per_device!(tiny_test_vector_step, tiny_test_vector_step_cpu, tiny_test_vector_step_emu, tiny_test_vector_step_cuda);
+
+/// One training forward + backward: (eps prediction, loss, grads by name).
+fn train_step(device: &Device, x: &Tensor, t: &Tensor, noise: &Tensor) -> (Tensor, Tensor, Vec<(String, Tensor)>) {
+    let config = UNetConfig { dropout: 0.1, ..UNetConfig::tiny() };
+    let mut model = UNet::new(config, 5, DType::F32, device).unwrap();
+    let (x, t, noise) = (on(x, device), on(t, device), on(noise, device));
+    let (eps, cache) = model.forward_train(&x, &t, ForwardMode::train(1234, 17)).unwrap();
+    let loss = ops::mse_loss_forward(&eps, &noise).unwrap();
+    let deps = ops::mse_loss_backward(&eps, &noise, 1.0).unwrap();
+    model.params.zero_grads();
+    model.backward(&cache, &deps).unwrap();
+    let grads = model
+        .params
+        .ids()
+        .map(|id| {
+            let name = model.params.name(id).to_string();
+            let g = model.params.grad(id).unwrap_or_else(|| panic!("{name}: no gradient")).clone();
+            (name, g)
+        })
+        .collect();
+    (eps, loss, grads)
+}
+fn tiny_unet_step_with_dropout(dut: &DeviceUnderTest) {
+    let mut rng = TensorRng::new(151);
+    let x = rng.tensor(&[3, 1, 8, 8]);
+    let t = Tensor::from_vec(vec![0f32, 517.0, 999.0], [3]).unwrap();
+    let noise = rng.tensor_in(&[3, 1, 8, 8], -2.0, 2.0);
+    let (eps, loss, grads) = train_step(&Device::Cpu, &x, &t, &noise);
+    // (dropout_changes_the_tiny_unet_step checks that the masks are applied)
+    let mut r = Report::new("training", dut);
+    let (eps_g, loss_g, grads_g) = train_step(&dut.device, &x, &t, &noise);
+    r.check("unet forward (dropout 0.1) eps", "tiny, batch 3", &eps_g, &eps, TOL);
+    r.check("unet loss", "tiny, batch 3", &loss_g, &loss, TOL);
+    assert_eq!(grads.len(), grads_g.len());
+    // analytically zero gradients (attention's key bias) are measured
+    // against the whole model's gradient norm, as verify_step does
+    let total = grads.iter().map(|(_, g)| norm_f32(&g.to_vec_f32().unwrap()).powi(2)).sum::<f64>().sqrt();
+    for ((name, g), (name_g, gg)) in grads.iter().zip(&grads_g) {
+        assert_eq!(name, name_g);
+        r.check_floor("unet backward (every param grad)", name, gg, g, TOL, 1e-4 * total);
+    }
+}
+
+per_device!(
+    tiny_unet_step_with_dropout,
+    tiny_unet_step_with_dropout_cpu,
+    tiny_unet_step_with_dropout_emu,
+    tiny_unet_step_with_dropout_cuda
+);
+
+fn dropout_changes_the_tiny_unet_step(dut: &DeviceUnderTest) {
+    // guards the test above: with dropout 0.1 the training output differs
+    // from inference (masks are really applied)
+    let mut rng = TensorRng::new(152);
+    let x = rng.tensor(&[1, 1, 8, 8]);
+    let t = Tensor::from_vec(vec![250f32], [1]).unwrap();
+    let config = UNetConfig { dropout: 0.1, ..UNetConfig::tiny() };
+    let device = &dut.device;
+    let model = UNet::new(config, 5, DType::F32, device).unwrap();
+    let (xd, td) = (on(&x, device), on(&t, device));
+    let train = model.forward_train(&xd, &td, ForwardMode::train(1234, 17)).unwrap().0;
+    let infer = model.forward(&xd, &td).unwrap();
+    assert_ne!(train.to_vec_f32().unwrap(), infer.to_vec_f32().unwrap(), "dropout had no effect on {}", dut.label);
+}
+
+per_device!(
+    dropout_changes_the_tiny_unet_step,
+    dropout_changes_the_tiny_unet_step_cpu,
+    dropout_changes_the_tiny_unet_step_emu,
+    dropout_changes_the_tiny_unet_step_cuda
+);
