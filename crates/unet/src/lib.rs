@@ -4,6 +4,7 @@
 //! save to safetensors files that map one to one onto the reference model.
 
 pub mod config;
+pub mod diffusers;
 pub mod error;
 pub mod io;
 pub mod layers;
