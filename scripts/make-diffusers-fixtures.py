@@ -5,7 +5,10 @@ the files are committed and CI needs no Python).
 Each fixture is a folder as diffusers' save_pretrained writes it:
   config.json, diffusion_pytorch_model.safetensors, scheduler_config.json
 plus io.safetensors: the model's input (x, t) and its output, computed by
-diffusers in float32 (`out`) and in float64 (`out_f64`).
+diffusers in float32 (`out`) and in float64 (`out_f64`). diffusers computes
+the sinusoidal time embedding in float32 whatever the model's dtype, so for
+`out_f64` the same formula (sin first, 10000^(-i/(half-1))) is computed in
+float64: the f64 output then checks the mapping to f64 rounding.
 
 Every parameter is random (norm weights and biases too), so a name or a
 reshape mixed up in the mapping changes the output.
@@ -13,6 +16,7 @@ reshape mixed up in the mapping changes the output.
 Versions used (tests/data/diffusers/requirements.txt): see that file.
 Run: python3 scripts/make-diffusers-fixtures.py [OUT_DIR]
 """
+import math
 import sys
 from pathlib import Path
 
@@ -66,6 +70,20 @@ def randomise(model, gen):
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
 
 
+class SinusoidF64(torch.nn.Module):
+    """diffusers' Timesteps(ch, flip_sin_to_cos=False, downscale_freq_shift=1), in float64."""
+
+    def __init__(self, ch):
+        super().__init__()
+        self.half = ch // 2
+
+    def forward(self, t):
+        i = torch.arange(self.half, dtype=torch.float64)
+        freqs = torch.exp(-math.log(10000.0) * i / (self.half - 1))
+        arg = t.double()[:, None] * freqs[None, :]
+        return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
+
+
 def main():
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent.parent / "tests/data/diffusers"
     for i, (name, spec) in enumerate(FIXTURES.items()):
@@ -80,7 +98,8 @@ def main():
         t = torch.tensor(spec["t"], dtype=torch.int64)
         with torch.no_grad():
             y = model(x, t).sample
-            y64 = model.double()(x.double(), t).sample
+            model.double().time_proj = SinusoidF64(spec["unet"]["block_out_channels"][0])
+            y64 = model(x.double(), t).sample
         save_file({"x": x.contiguous(), "t": t, "out": y.contiguous(), "out_f64": y64.contiguous()},
                   out / "io.safetensors")
         n = sum(p.numel() for p in model.parameters())

@@ -2,6 +2,9 @@
 
 pub mod device;
 pub mod eval;
+pub mod export;
+pub mod forward;
+pub mod import;
 pub mod info;
 pub mod progress;
 pub mod sample;

@@ -309,7 +309,8 @@ pub fn config_to_diffusers(c: &UNetConfig) -> Result<Value> {
         "down_block_types": down,
         "downsample_padding": 0,
         "downsample_type": "conv",
-        "dropout": c.dropout as f64,
+        // The shortest decimal of the f32 (0.1, not 0.10000000149011612).
+        "dropout": c.dropout.to_string().parse::<f64>().unwrap_or(0.0),
         "flip_sin_to_cos": false,
         "freq_shift": 1,
         "in_channels": c.in_ch,
