@@ -27,6 +27,13 @@ enum Command {
     Info(cli::info::InfoArgs),
     /// Check one training step against a PyTorch test-vector file.
     VerifyStep(cli::verify::VerifyArgs),
+    /// Import a model from another framework (diffusers UNet2DModel) as a checkpoint.
+    Import(cli::import::ImportArgs),
+    /// Export a checkpoint for another framework (a diffusers UNet2DModel folder).
+    Export(cli::export::ExportArgs),
+    /// One model call on inputs from a safetensors file (for interop checks).
+    #[command(hide = true)]
+    Forward(cli::forward::ForwardArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +44,9 @@ fn main() -> ExitCode {
         Command::Eval(a) => cli::eval::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::VerifyStep(a) => cli::verify::run(a),
+        Command::Import(a) => cli::import::run(a),
+        Command::Export(a) => cli::export::run(a),
+        Command::Forward(a) => cli::forward::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

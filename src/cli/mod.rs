@@ -3,6 +3,9 @@
 
 pub mod device;
 pub mod eval;
+pub mod export;
+pub mod forward;
+pub mod import;
 pub mod info;
 pub mod model_config;
 pub mod progress;

@@ -41,9 +41,10 @@ pub struct SampleArgs {
     /// DDIM eta: 0 is deterministic, 1 is DDPM-like.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// DDPM variance: large (beta_t) or small (posterior).
-    #[arg(long, value_enum, default_value = "large")]
-    pub variance: VarianceKind,
+    /// DDPM variance: large (beta_t) or small (posterior); default: the one
+    /// recorded with the model (imported models), else large.
+    #[arg(long, value_enum)]
+    pub variance: Option<VarianceKind>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Images per model call.
@@ -75,8 +76,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let sampler = match a.sampler {
         SamplerKind::Ddpm => Sampler::Ddpm {
             variance: match a.variance {
-                VarianceKind::Large => Variance::FixedLarge,
-                VarianceKind::Small => Variance::FixedSmall,
+                Some(VarianceKind::Large) => Variance::FixedLarge,
+                Some(VarianceKind::Small) => Variance::FixedSmall,
+                None => ckpt.sample_variance.unwrap_or(Variance::FixedLarge),
             },
         },
         SamplerKind::Ddim => Sampler::Ddim { steps: a.steps, eta: a.eta },

@@ -7,6 +7,7 @@
 use crate::config::TrainConfig;
 use crate::data::LoaderState;
 use crate::optim::{AdamW, Ema};
+use crate::sampler::Variance;
 use crate::{Error, Result};
 use diffuse_tensor::{Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
@@ -27,7 +28,25 @@ pub struct TrainState {
     pub ema_updates: u64,
 }
 
+/// Metadata key of the DDPM sampling variance a model was trained for
+/// ("large" or "small"), when known (imported models); `diffuse sample`
+/// uses it unless told otherwise.
+pub const SAMPLE_VARIANCE_KEY: &str = "sample_variance";
+
 pub fn save(path: &Path, cfg: &TrainConfig, model: &UNet, ema: &Ema, opt: &AdamW, state: TrainState) -> Result<()> {
+    save_with_variance(path, cfg, model, ema, opt, state, None)
+}
+
+/// [`save`], recording the model's preferred DDPM sampling variance.
+pub fn save_with_variance(
+    path: &Path,
+    cfg: &TrainConfig,
+    model: &UNet,
+    ema: &Ema,
+    opt: &AdamW,
+    state: TrainState,
+    variance: Option<Variance>,
+) -> Result<()> {
     let mut entries = Vec::new();
     let names: Vec<String> = model.params.iter().map(|(n, _)| n.to_string()).collect();
     let mut push = |prefix: &str, tensors: Vec<&Tensor>| -> Result<()> {
@@ -40,7 +59,7 @@ pub fn save(path: &Path, cfg: &TrainConfig, model: &UNet, ema: &Ema, opt: &AdamW
     push("ema", ema.values.iter().collect())?;
     push("adam_m", opt.m.iter().collect())?;
     push("adam_v", opt.v.iter().collect())?;
-    let meta = HashMap::from([
+    let mut meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("version".to_string(), VERSION.to_string()),
         ("step".to_string(), state.step.to_string()),
@@ -51,6 +70,9 @@ pub fn save(path: &Path, cfg: &TrainConfig, model: &UNet, ema: &Ema, opt: &AdamW
         ("config".to_string(), serde_json::to_string(&cfg.model).unwrap_or_default()),
         ("train_config".to_string(), cfg.to_json()),
     ]);
+    if let Some(v) = variance {
+        meta.insert(SAMPLE_VARIANCE_KEY.to_string(), variance_name(v).to_string());
+    }
     let bytes = serialize(&entries, meta)?;
     write_atomic(path, &bytes)?;
     Ok(())
@@ -62,7 +84,16 @@ pub struct Checkpoint {
     pub train_config: TrainConfig,
     pub state: TrainState,
     pub adam_step: u64,
+    /// The DDPM sampling variance recorded with the model, if any.
+    pub sample_variance: Option<Variance>,
     bytes: Vec<u8>,
+}
+
+fn variance_name(v: Variance) -> &'static str {
+    match v {
+        Variance::FixedLarge => "large",
+        Variance::FixedSmall => "small",
+    }
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
@@ -101,7 +132,13 @@ impl Checkpoint {
             ema_updates: num("ema_updates")?,
         };
         let adam_step = num("adam_step")?;
-        Ok(Checkpoint { path: file, train_config, state, adam_step, bytes })
+        let sample_variance = match meta.get(SAMPLE_VARIANCE_KEY).map(String::as_str) {
+            None => None,
+            Some("large") => Some(Variance::FixedLarge),
+            Some("small") => Some(Variance::FixedSmall),
+            Some(other) => return Err(bad(&file, format!("metadata {SAMPLE_VARIANCE_KEY:?} is {other:?}"))),
+        };
+        Ok(Checkpoint { path: file, train_config, state, adam_step, sample_variance, bytes })
     }
 
     pub fn model_config(&self) -> &UNetConfig {

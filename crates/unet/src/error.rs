@@ -16,6 +16,10 @@ pub enum UNetError {
     #[error("parameter {0} is missing from the file")]
     MissingParam(String),
 
+    /// A diffusers model outside the layout we speak, or a mismatch in its weights.
+    #[error("{0}")]
+    Diffusers(String),
+
     #[error("safetensors: {0}")]
     Safetensors(String),
 

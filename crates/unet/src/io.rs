@@ -81,7 +81,32 @@ pub fn serialize(tensors: &[Entry], metadata: HashMap<String, String>) -> Result
                 .map_err(|e| UNetError::Safetensors(e.to_string()))
         })
         .collect::<Result<Vec<_>>>()?;
-    safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| UNetError::Safetensors(e.to_string()))
+    let bytes =
+        safetensors::tensor::serialize(views, Some(metadata)).map_err(|e| UNetError::Safetensors(e.to_string()))?;
+    sort_header(bytes)
+}
+
+/// safetensors writes the metadata map in hash order, which changes from
+/// run to run; rewriting it with its keys sorted makes the same tensors and
+/// metadata always give the same bytes. The map comes first in the header
+/// and keeps its length, so nothing else moves.
+fn sort_header(mut bytes: Vec<u8>) -> Result<Vec<u8>> {
+    const PREFIX: &[u8] = b"{\"__metadata__\":";
+    let start = 8 + PREFIX.len();
+    if bytes.get(8..start) != Some(PREFIX) {
+        return Ok(bytes);
+    }
+    let mut stream =
+        serde_json::Deserializer::from_slice(&bytes[start..]).into_iter::<std::collections::BTreeMap<String, String>>();
+    let sorted = match stream.next() {
+        Some(Ok(map)) => serde_json::to_vec(&map).map_err(|e| UNetError::Safetensors(e.to_string()))?,
+        _ => return Ok(bytes),
+    };
+    let end = start + stream.byte_offset();
+    if end - start == sorted.len() {
+        bytes[start..end].copy_from_slice(&sorted);
+    }
+    Ok(bytes)
 }
 
 /// The parameters of `store` as `(prefix + name, shape, bytes)` entries.
@@ -93,4 +118,22 @@ pub fn param_entries(store: &ParamStore, prefix: &str) -> Result<Vec<Entry>> {
 pub fn save_params(store: &ParamStore, path: &Path, metadata: HashMap<String, String>) -> Result<()> {
     let bytes = serialize(&param_entries(store, "")?, metadata)?;
     Ok(write_atomic(path, &bytes)?)
+}
+
+#[cfg(test)]
+mod header_tests {
+    use super::*;
+
+    #[test]
+    fn same_tensors_and_metadata_give_the_same_bytes() {
+        let entries = vec![("w".to_string(), vec![2], vec![0u8; 8]), ("b".to_string(), vec![1], vec![1u8; 4])];
+        let meta = || (0..12).map(|i| (format!("key{i}"), format!("value \"{i}\""))).collect::<HashMap<_, _>>();
+        let first = serialize(&entries, meta()).unwrap();
+        for _ in 0..8 {
+            // Each map has its own hash seed, so its own iteration order.
+            assert_eq!(serialize(&entries, meta()).unwrap(), first);
+        }
+        assert_eq!(metadata(&first).unwrap(), meta());
+        assert_eq!(parse(&first).unwrap().tensor("b").unwrap().data(), &[1u8; 4]);
+    }
 }

@@ -5,6 +5,7 @@
 
 pub mod atomic_file;
 pub mod config;
+pub mod diffusers;
 pub mod error;
 pub mod io;
 pub mod layers;
