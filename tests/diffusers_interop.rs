@@ -299,12 +299,12 @@ fn image_folder(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(&imgs).unwrap();
     for i in 0..8 {
         let data: Vec<f32> = (0..64).map(|k| ((k * (i + 3)) % 17) as f32 / 8.0 - 1.0).collect();
-        diffuse_trainer::image_io::save_grid(
+        diffuse_trainer::image_grid::save_grid(
             imgs.join(format!("{i}.png")),
             &data,
             [1, 1, 8, 8],
             1,
-            diffuse_trainer::image_io::ValueRange::Signed,
+            diffuse_trainer::raster::ValueRange::Signed,
         )
         .unwrap();
     }

@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use diffuse_tensor::{DType, Device};
 use diffuse_trainer::checkpoint::Checkpoint;
-use diffuse_unet::io::{parse, read_file, serialize, tensor_bytes, view_to_tensor, write_atomic};
+use diffuse_unet::atomic_file::write_atomic;
+use diffuse_unet::io::{parse, read_file, serialize, tensor_bytes, view_to_tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
