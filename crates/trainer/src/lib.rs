@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod diffusion;
+pub mod divergence;
 pub mod error;
 pub mod image_grid;
 pub mod metrics;
@@ -12,6 +13,7 @@ pub mod npy;
 pub mod optim;
 pub mod plot;
 pub mod raster;
+pub mod run_lock;
 pub mod sampler;
 pub mod train;
 
