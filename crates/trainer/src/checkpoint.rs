@@ -63,6 +63,7 @@ pub fn save(path: &Path, cfg: &TrainConfig, model: &UNet, ema: &Ema, opt: &AdamW
         // Bits, so that a resumed run's watch is exactly the one saved.
         ("loss_mean_bits".to_string(), state.loss_watch.average.to_bits().to_string()),
         ("loss_count".to_string(), state.loss_watch.count.to_string()),
+        ("loss_lowest_mean_bits".to_string(), state.loss_watch.lowest_mean.to_bits().to_string()),
         ("format".to_string(), FORMAT.to_string()),
         ("version".to_string(), VERSION.to_string()),
         ("step".to_string(), state.step.to_string()),
@@ -124,11 +125,13 @@ impl Checkpoint {
             step: num("step")?,
             loader: LoaderState { epoch: num("loader_epoch")?, position: num("loader_position")? },
             ema_updates: num("ema_updates")?,
-            loss_watch: match (meta.get("loss_mean_bits"), meta.get("loss_count")) {
-                (Some(_), Some(_)) => {
-                    LossWatch { average: f64::from_bits(num("loss_mean_bits")?), count: num("loss_count")? }
-                }
-                _ => LossWatch::default(),
+            loss_watch: match meta.get("loss_count") {
+                Some(_) => LossWatch {
+                    average: f64::from_bits(num("loss_mean_bits")?),
+                    count: num("loss_count")?,
+                    lowest_mean: f64::from_bits(num("loss_lowest_mean_bits")?),
+                },
+                None => LossWatch::default(),
             },
         };
         let adam_step = num("adam_step")?;

@@ -3,29 +3,37 @@
 //! before its optimiser step (so the weights on disk stay those of the last
 //! checkpoint from before it).
 //!
-//! The running mean is an exponential moving average with bias correction;
-//! it is saved in every checkpoint so that a resumed run watches exactly as
-//! an uninterrupted one would.
+//! The running mean is an exponential moving average with bias correction,
+//! and the reference is its lowest value so far: a run that blows up does
+//! so over a few steps (`--lr 100` grows the loss 47x, then 125x, then 14x
+//! per step), and a mean that followed it would never be passed. Both are
+//! saved in every checkpoint, so a resumed run watches exactly as an
+//! uninterrupted one would.
 
 /// The default `--divergence-factor`. Per-batch diffusion losses are noisy
-/// (a batch of small timesteps can cost 10-50 times the mean late in
-/// training), so the factor is far above that noise; a run that blows up
-/// passes it within a few steps.
-pub const DEFAULT_FACTOR: f64 = 1000.0;
+/// (a small batch of small timesteps can cost 10-30 times the mean late in
+/// training) and an untrained model's loss is about 1, so 100 times the
+/// lowest mean is past both; a run that blows up passes it within steps.
+pub const DEFAULT_FACTOR: f64 = 100.0;
 
 /// Weight of the newest loss in the running mean (about a 50-step memory).
 const NEW_WEIGHT: f64 = 0.02;
 
-/// Losses seen before the factor test starts (the first steps' mean is noisy).
-const MIN_COUNT: u64 = 10;
-
 /// The running mean of the losses of a run.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LossWatch {
     /// The moving average before bias correction.
     pub average: f64,
     /// Losses folded in so far.
     pub count: u64,
+    /// The lowest bias-corrected mean so far (infinite before the first loss).
+    pub lowest_mean: f64,
+}
+
+impl Default for LossWatch {
+    fn default() -> Self {
+        LossWatch { average: 0.0, count: 0, lowest_mean: f64::INFINITY }
+    }
 }
 
 impl LossWatch {
@@ -46,9 +54,11 @@ impl LossWatch {
             return Some(format!("the loss is {loss}"));
         }
         let mean = self.mean()?;
-        if factor > 0.0 && self.count >= MIN_COUNT && loss > factor * mean {
+        if factor > 0.0 && loss > factor * self.lowest_mean {
             return Some(format!(
-                "the loss {loss:.4e} is more than {factor} times its running mean {mean:.4e} (--divergence-factor)"
+                "the loss {loss:.4e} is more than {factor} times its running mean ({mean:.4e} now, {:.4e} at its \
+                 lowest; --divergence-factor)",
+                self.lowest_mean
             ));
         }
         None
@@ -58,6 +68,7 @@ impl LossWatch {
     pub fn update(&mut self, loss: f64) {
         self.average = (1.0 - NEW_WEIGHT) * self.average + NEW_WEIGHT * loss;
         self.count += 1;
+        self.lowest_mean = self.lowest_mean.min(self.mean().unwrap_or(f64::INFINITY));
     }
 }
 
@@ -90,14 +101,28 @@ mod tests {
         let mut w = LossWatch::default();
         assert!(w.check(f64::NAN, 0.0).unwrap().contains("NaN"));
         assert!(w.check(f64::INFINITY, 10.0).unwrap().contains("inf"));
-        // The factor test waits for MIN_COUNT losses.
-        for i in 0..MIN_COUNT {
-            assert_eq!(w.check(1000.0, 10.0), None, "loss {i}");
+        // Nothing to compare the first loss with.
+        assert_eq!(w.check(1000.0, 10.0), None);
+        for _ in 0..30 {
             w.update(0.1);
         }
         assert_eq!(w.check(0.99, 10.0), None);
         assert!(w.check(1.01, 10.0).unwrap().contains("running mean"));
         assert_eq!(w.check(1e9, 0.0), None, "factor 0 disables the test");
         assert!(w.check(f64::NAN, 0.0).is_some(), "but never for a NaN");
+        // A loss that creeps up by less than the factor per step is still
+        // caught against the lowest mean, not the one that followed it.
+        let mut loss = 0.1;
+        let mut stopped = None;
+        for step in 0..100 {
+            if w.check(loss, 10.0).is_some() {
+                stopped = Some(step);
+                break;
+            }
+            w.update(loss);
+            loss *= 1.5;
+        }
+        // 0.1 * 1.5^k > 10 * 0.1 first at k = 6.
+        assert_eq!(stopped, Some(6));
     }
 }
