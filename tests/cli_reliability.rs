@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The binary under test; `DIFFUSE_TEST_BIN` points these tests at another
+/// build (an older one, to see them fail there).
 fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_diffuse"));
+    let bin = std::env::var_os("DIFFUSE_TEST_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_diffuse").into());
+    let mut c = Command::new(bin);
     c.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
     for (k, v) in env {
         c.env(k, v);

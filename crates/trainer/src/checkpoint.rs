@@ -268,15 +268,19 @@ pub fn checkpoint_name(step: u64) -> String {
     format!("ckpt-{step:08}.safetensors")
 }
 
+/// The step of a checkpoint file named by [`checkpoint_name`].
+pub fn step_of(path: &Path) -> Option<u64> {
+    path.file_name()?.to_str()?.strip_prefix("ckpt-")?.strip_suffix(".safetensors")?.parse().ok()
+}
+
 /// The checkpoints in a folder, oldest first.
 pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<(u64, PathBuf)> = match std::fs::read_dir(dir) {
         Ok(rd) => rd
             .filter_map(|e| e.ok())
             .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let step = name.strip_prefix("ckpt-")?.strip_suffix(".safetensors")?.parse().ok()?;
-                Some((step, e.path()))
+                let path = e.path();
+                Some((step_of(&path)?, path))
             })
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),

@@ -340,7 +340,10 @@ impl Trainer {
     /// The divergence error with the newest checkpoint on disk named (the
     /// run never writes one after it diverged).
     fn diverged(&self, step: u64, reason: String) -> Error {
-        let newest = checkpoint::list(&self.out.join("checkpoints")).ok().and_then(|mut v| v.pop());
+        // Not one a longer earlier run left beyond this step (a resume from an older checkpoint).
+        let newest = checkpoint::list(&self.out.join("checkpoints"))
+            .ok()
+            .and_then(|v| v.into_iter().rfind(|p| checkpoint::step_of(p).is_some_and(|s| s < step)));
         let kept = match newest {
             Some(p) => format!("the last checkpoint from before it is kept: {}", p.display()),
             None => "no checkpoint was written before it".to_string(),
