@@ -52,7 +52,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A signal's stop exits with 128 + the signal, as the shell expects.
+            e.downcast_ref::<cli::signals::Interrupted>().map_or(ExitCode::FAILURE, |i| ExitCode::from(i.exit_code()))
         }
     }
 }

@@ -10,5 +10,7 @@ pub mod info;
 pub mod model_config;
 pub mod progress;
 pub mod sample;
+pub mod signals;
 pub mod train;
 pub mod verify;
+pub mod writable;

@@ -1,6 +1,7 @@
 //! `diffuse sample`: images from a trained checkpoint (EMA weights by default).
 
 use super::device::DeviceSpec;
+use super::writable::check_writable;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use diffuse_trainer::checkpoint::Checkpoint;
@@ -68,8 +69,19 @@ pub struct SampleArgs {
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
+    // Before minutes of sampling, not after.
+    check_writable(&a.out, "--out")?;
+    if let Some(p) = &a.npy {
+        check_writable(p, "--npy")?;
+    }
+    if let Some(p) = &a.trajectory {
+        check_writable(p, "--trajectory")?;
+    }
     let device = a.device.open()?;
     let ckpt = Checkpoint::open(&a.checkpoint)?;
+    if !ckpt.verified {
+        println!("note: {} has no checksums (written by an older diffuse): not verified", ckpt.path.display());
+    }
     let model = ckpt.load_model(&device, !a.no_ema)?;
     let tc = &ckpt.train_config;
     let diffusion = Diffusion::new(tc.schedule, tc.timesteps, tc.target)?;

@@ -1,13 +1,17 @@
 //! `diffuse train`: train a DDPM on a dataset (the bundled MNIST digits by
 //! default) into a run directory.
 
+use super::signals::{signal_name, Interrupted, Interruptible, StopSignals};
 use super::{device::DeviceSpec, model_config::load_config, progress::Progress};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use diffuse_trainer::config::TrainConfig;
 use diffuse_trainer::diffusion::{Schedule, Target};
-use diffuse_trainer::train::{Start, Trainer};
+use diffuse_trainer::train::{Resume, Start, Trainer};
 use std::path::PathBuf;
+
+/// The model preset when `--config` is not given.
+const DEFAULT_CONFIG: &str = "mnist";
 
 /// `--schedule`: the trainer's [`Schedule`] as a clap value.
 #[derive(Clone, Copy, ValueEnum)]
@@ -51,13 +55,13 @@ impl From<TargetArg> for Target {
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Model: mnist, cifar10, tiny, or a JSON file of UNetConfig fields.
-    #[arg(long, default_value = "mnist")]
-    pub config: String,
+    /// Model: mnist (default), cifar10, tiny, tiny-mnist, or a JSON file of UNetConfig fields.
+    #[arg(long)]
+    pub config: Option<String>,
     /// Dataset: MNIST IDX (file or folder, plain or .gz), CIFAR-10 data_batch_*.bin folder, or a folder of PNG/JPEG.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Optimiser steps to train (with --resume: the total to reach).
+    /// Optimiser steps to train (with --resume: the total to reach; default the run's own).
     #[arg(long)]
     pub steps: Option<u64>,
     #[arg(long)]
@@ -102,9 +106,15 @@ pub struct TrainArgs {
     /// Continue a run (its directory or a checkpoint file) exactly where it stopped.
     #[arg(long, conflicts_with = "init_from")]
     pub resume: Option<PathBuf>,
+    /// With --resume: when the newest checkpoint is damaged, resume from the newest good one.
+    #[arg(long, requires = "resume")]
+    pub resume_from_last_good: bool,
     /// Fine-tune: start from a checkpoint's EMA weights with a fresh optimiser.
     #[arg(long)]
     pub init_from: Option<PathBuf>,
+    /// Stop as diverged when the loss exceeds this factor times its running mean (0: only a non-finite loss stops).
+    #[arg(long)]
+    pub divergence_factor: Option<f64>,
     #[arg(long)]
     pub checkpoint_every: Option<u64>,
     /// Keep this many newest checkpoints.
@@ -133,7 +143,8 @@ fn default_data() -> PathBuf {
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
-    let mut model = load_config(&a.config)?;
+    let config_name = a.config.as_deref().unwrap_or(DEFAULT_CONFIG);
+    let mut model = load_config(config_name)?;
     if let Some(p) = a.dropout {
         model.dropout = p;
     }
@@ -145,7 +156,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
          warmup_steps <- a.warmup, weight_decay <- a.weight_decay, grad_clip <- a.grad_clip,
          ema_decay <- a.ema_decay, timesteps <- a.timesteps, seed <- a.seed,
          checkpoint_every <- a.checkpoint_every, keep_checkpoints <- a.keep,
-         sample_every <- a.sample_every, sample_count <- a.sample_count, log_every <- a.log_every);
+         sample_every <- a.sample_every, sample_count <- a.sample_count, log_every <- a.log_every,
+         divergence_factor <- a.divergence_factor);
     // The grids' DDIM cannot take more steps than the diffusion has.
     cfg.sample_ddim_steps = a.sample_steps.unwrap_or(cfg.sample_ddim_steps.min(cfg.timesteps));
     if let Some(s) = a.schedule {
@@ -155,6 +167,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         cfg.target = t.into();
     }
     cfg.hflip |= a.hflip;
+    // Checked before a device is opened or any directory is made.
+    cfg.validate()?;
     let device = a.device.open()?;
     let (start, out) = match (&a.resume, &a.init_from) {
         (Some(r), _) => {
@@ -162,14 +176,26 @@ pub fn run(a: TrainArgs) -> Result<()> {
             // <run>/checkpoints/ckpt-N.safetensors -> <run>
             let run_dir =
                 file.parent().and_then(|p| p.parent()).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
-            (Start::Resume { checkpoint: file, data: a.data.clone() }, a.out.clone().unwrap_or(run_dir))
+            let resume = Resume {
+                data: a.data.clone(),
+                steps: a.steps,
+                divergence_factor: a.divergence_factor,
+                last_good: a.resume_from_last_good,
+                model: a.config.is_some().then(|| cfg.model.clone()),
+                ..Resume::new(file)
+            };
+            (Start::Resume(resume), a.out.clone().unwrap_or(run_dir))
         }
         (None, Some(i)) => (
-            Start::FineTune(i.clone()),
-            a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-finetune", a.config))),
+            Start::FineTune {
+                checkpoint: i.clone(),
+                model: a.config.is_some().then(|| cfg.model.clone()),
+                dropout: a.dropout,
+            },
+            a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-finetune", sanitize(config_name)))),
         ),
         (None, None) => {
-            (Start::Fresh, a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", sanitize(&a.config)))))
+            (Start::Fresh, a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}", sanitize(config_name)))))
         }
     };
     if matches!(start, Start::Fresh)
@@ -183,7 +209,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     }
     println!("device: {device}");
+    let signals = StopSignals::install()?;
     let mut trainer = Trainer::new(cfg, start, out, device)?;
+    for note in &trainer.notes {
+        println!("note: {note}");
+    }
     println!(
         "model: {} parameters; data: {} ({} images); run directory: {}",
         trainer.model.num_params(),
@@ -191,7 +221,21 @@ pub fn run(a: TrainArgs) -> Result<()> {
         trainer.loader.dataset().len(),
         trainer.out.display()
     );
-    let summary = trainer.run(&mut Progress::new())?;
+    let summary = trainer.run(&mut Interruptible { progress: Progress::new(), signals: &signals })?;
+    if let (true, Some(sig)) = (summary.interrupted, signals.received()) {
+        let ckpt = summary.last_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string());
+        return Err(Interrupted {
+            signal: sig,
+            message: format!(
+                "interrupted by {} after step {} of {}: checkpoint {ckpt}; resume with: diffuse train --resume {}",
+                signal_name(sig),
+                summary.steps_done,
+                trainer.cfg.steps,
+                summary.out.display()
+            ),
+        }
+        .into());
+    }
     println!(
         "done: {} steps, last loss {:.5}, run directory {}",
         summary.steps_done,

@@ -3,9 +3,16 @@
 //! with the step, the configuration and the data-order state as metadata.
 //! Files are written to a temporary name, synced and renamed, so an
 //! interrupted write never damages an earlier checkpoint.
+//!
+//! Integrity: the metadata holds a CRC-32 of every tensor's bytes
+//! (`checksums`, a JSON object name -> 8 hex digits); [`Checkpoint::open`]
+//! verifies them and refuses NaN or infinite values, naming the tensor.
+//! Checkpoints written before checksums existed still load
+//! ([`Checkpoint::verified`] is false, and the command line says so).
 
 use crate::config::TrainConfig;
 use crate::data::LoaderState;
+use crate::divergence::LossWatch;
 use crate::optim::{AdamW, Ema};
 use crate::sampler::Variance;
 use crate::{Error, Result};
@@ -13,19 +20,29 @@ use diffuse_tensor::{Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::io::{parse, serialize, tensor_bytes, view_to_tensor};
 use diffuse_unet::{UNet, UNetConfig};
-use std::collections::HashMap;
+use safetensors::Dtype;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub const FORMAT: &str = "diffuse-checkpoint";
 pub const VERSION: &str = "1";
 
 /// The training position a checkpoint restores.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TrainState {
     /// Optimiser steps completed.
     pub step: u64,
     pub loader: LoaderState,
     pub ema_updates: u64,
+    /// The divergence watch's running mean (default in older checkpoints).
+    pub loss_watch: LossWatch,
+}
+
+/// The metadata key of the per-tensor checksums.
+const CHECKSUMS: &str = "checksums";
+
+fn checksum(bytes: &[u8]) -> String {
+    format!("{:08x}", crc32fast::hash(bytes))
 }
 
 /// Metadata key of the DDPM sampling variance a model was trained for
@@ -59,7 +76,13 @@ pub fn save_with_variance(
     push("ema", ema.values.iter().collect())?;
     push("adam_m", opt.m.iter().collect())?;
     push("adam_v", opt.v.iter().collect())?;
+    let sums: BTreeMap<&str, String> = entries.iter().map(|(n, _, b)| (n.as_str(), checksum(b))).collect();
     let mut meta = HashMap::from([
+        (CHECKSUMS.to_string(), serde_json::to_string(&sums).unwrap_or_default()),
+        // Bits, so that a resumed run's watch is exactly the one saved.
+        ("loss_mean_bits".to_string(), state.loss_watch.average.to_bits().to_string()),
+        ("loss_count".to_string(), state.loss_watch.count.to_string()),
+        ("loss_lowest_mean_bits".to_string(), state.loss_watch.lowest_mean.to_bits().to_string()),
         ("format".to_string(), FORMAT.to_string()),
         ("version".to_string(), VERSION.to_string()),
         ("step".to_string(), state.step.to_string()),
@@ -86,6 +109,8 @@ pub struct Checkpoint {
     pub adam_step: u64,
     /// The DDPM sampling variance recorded with the model, if any.
     pub sample_variance: Option<Variance>,
+    /// Whether the file had checksums (older checkpoints have none).
+    pub verified: bool,
     bytes: Vec<u8>,
 }
 
@@ -118,7 +143,8 @@ impl Checkpoint {
             ));
         }
         // Parse the whole file now, so a truncated body fails here and not midway.
-        parse(&bytes).map_err(|e| bad(&file, format!("truncated or corrupt: {e}")))?;
+        let st = parse(&bytes).map_err(|e| bad(&file, format!("truncated or corrupt: {e}")))?;
+        let verified = verify_tensors(&file, &st, meta.get(CHECKSUMS))?;
         let num = |k: &str| -> Result<u64> {
             meta.get(k)
                 .and_then(|v| v.parse().ok())
@@ -130,6 +156,14 @@ impl Checkpoint {
             step: num("step")?,
             loader: LoaderState { epoch: num("loader_epoch")?, position: num("loader_position")? },
             ema_updates: num("ema_updates")?,
+            loss_watch: match meta.get("loss_count") {
+                Some(_) => LossWatch {
+                    average: f64::from_bits(num("loss_mean_bits")?),
+                    count: num("loss_count")?,
+                    lowest_mean: f64::from_bits(num("loss_lowest_mean_bits")?),
+                },
+                None => LossWatch::default(),
+            },
         };
         let adam_step = num("adam_step")?;
         let sample_variance = match meta.get(SAMPLE_VARIANCE_KEY).map(String::as_str) {
@@ -138,7 +172,7 @@ impl Checkpoint {
             Some("small") => Some(Variance::FixedSmall),
             Some(other) => return Err(bad(&file, format!("metadata {SAMPLE_VARIANCE_KEY:?} is {other:?}"))),
         };
-        Ok(Checkpoint { path: file, train_config, state, adam_step, sample_variance, bytes })
+        Ok(Checkpoint { path: file, train_config, state, adam_step, sample_variance, verified, bytes })
     }
 
     pub fn model_config(&self) -> &UNetConfig {
@@ -187,8 +221,93 @@ impl Checkpoint {
     }
 }
 
+/// Checks every tensor against its checksum (when the file has them) and
+/// refuses non-finite f32 values; true when checksums were verified.
+fn verify_tensors(file: &Path, st: &safetensors::SafeTensors<'_>, sums: Option<&String>) -> Result<bool> {
+    let sums: Option<HashMap<String, String>> = sums
+        .map(|s| serde_json::from_str(s))
+        .transpose()
+        .map_err(|e| bad(file, format!("metadata {CHECKSUMS:?} is not a JSON object of strings: {e}")))?;
+    let mut tensors = st.tensors();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, view) in &tensors {
+        let data = view.data();
+        if let Some(sums) = &sums {
+            let stored = sums.get(name).ok_or_else(|| bad(file, format!("tensor {name} has no checksum")))?;
+            let computed = checksum(data);
+            if *stored != computed {
+                return Err(bad(
+                    file,
+                    format!(
+                        "corrupt: tensor {name} fails its checksum (stored {stored}, computed {computed}); \
+                         the file was changed after it was written"
+                    ),
+                ));
+            }
+        }
+        if view.dtype() == Dtype::F32 {
+            let first_bad =
+                data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).position(|x| !x.is_finite());
+            if let Some(i) = first_bad {
+                return Err(bad(
+                    file,
+                    format!("corrupt: tensor {name} holds non-finite values (the first at element {i}); refusing to load it"),
+                ));
+            }
+        }
+    }
+    Ok(sums.is_some())
+}
+
+/// Opens the checkpoint a resume starts from: `path` itself, or the newest
+/// checkpoint of a run directory. When that one is damaged, the error says
+/// so and names the newest whole checkpoint before it; with `last_good`
+/// that one is opened instead, and the returned notes say what was skipped.
+pub fn open_for_resume(path: &Path, last_good: bool) -> Result<(Checkpoint, Vec<String>)> {
+    let newest = resolve(path)?;
+    let first_err = match Checkpoint::open(&newest) {
+        Ok(c) => return Ok((c, Vec::new())),
+        Err(e @ Error::Checkpoint { .. }) => e,
+        Err(e) => return Err(e),
+    };
+    let dir = newest.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let older: Vec<PathBuf> = list(&dir)?.into_iter().take_while(|p| *p != newest).collect();
+    let mut notes = vec![format!("skipping {first_err}")];
+    for p in older.iter().rev() {
+        match Checkpoint::open(p) {
+            Ok(c) if last_good => return Ok((c, notes)),
+            Ok(c) => {
+                let good = c.path.display();
+                return Err(bad(
+                    &newest,
+                    format!(
+                        "{}; the newest good checkpoint of this run is {good}: resume from it with \
+                         --resume {good} (or --resume-from-last-good)",
+                        reason_of(&first_err)
+                    ),
+                ));
+            }
+            Err(e @ Error::Checkpoint { .. }) => notes.push(format!("skipping {e}")),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(bad(&newest, format!("{}; no older checkpoint of this run is whole either", reason_of(&first_err))))
+}
+
+fn reason_of(e: &Error) -> String {
+    match e {
+        Error::Checkpoint { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}
+
 pub fn checkpoint_name(step: u64) -> String {
     format!("ckpt-{step:08}.safetensors")
+}
+
+/// The step of a checkpoint file named by [`checkpoint_name`].
+pub fn step_of(path: &Path) -> Option<u64> {
+    path.file_name()?.to_str()?.strip_prefix("ckpt-")?.strip_suffix(".safetensors")?.parse().ok()
 }
 
 /// The checkpoints in a folder, oldest first.
@@ -197,9 +316,8 @@ pub fn list(dir: &Path) -> Result<Vec<PathBuf>> {
         Ok(rd) => rd
             .filter_map(|e| e.ok())
             .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let step = name.strip_prefix("ckpt-")?.strip_suffix(".safetensors")?.parse().ok()?;
-                Some((step, e.path()))
+                let path = e.path();
+                Some((step_of(&path)?, path))
             })
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),

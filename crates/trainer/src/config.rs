@@ -37,6 +37,14 @@ pub struct TrainConfig {
     pub sample_count: usize,
     pub sample_ddim_steps: usize,
     pub log_every: u64,
+    /// Stop when the loss exceeds this factor times its running mean (0
+    /// disables; a non-finite loss always stops). Older runs lack it.
+    #[serde(default = "default_divergence_factor")]
+    pub divergence_factor: f64,
+}
+
+fn default_divergence_factor() -> f64 {
+    crate::divergence::DEFAULT_FACTOR
 }
 
 impl TrainConfig {
@@ -68,6 +76,7 @@ impl TrainConfig {
             sample_count: 64,
             sample_ddim_steps: 50,
             log_every: 10,
+            divergence_factor: default_divergence_factor(),
         }
     }
 
@@ -85,6 +94,24 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             return bad("Adam betas must be in [0, 1)".into());
+        }
+        if !(self.grad_clip >= 0.0 && self.grad_clip.is_finite()) {
+            return bad(format!("grad_clip {} must be finite and >= 0 (0 disables clipping)", self.grad_clip));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return bad(format!("weight_decay {} must be finite and >= 0", self.weight_decay));
+        }
+        if !(self.adam_eps >= 0.0 && self.adam_eps.is_finite()) {
+            return bad(format!("adam_eps {} must be finite and >= 0", self.adam_eps));
+        }
+        if !(0.0..=1.0).contains(&self.ema_decay) {
+            return bad(format!("ema_decay {} must be in [0, 1]", self.ema_decay));
+        }
+        if !(self.divergence_factor >= 0.0 && self.divergence_factor.is_finite()) {
+            return bad(format!(
+                "divergence factor {} must be finite and >= 0 (0 disables the test)",
+                self.divergence_factor
+            ));
         }
         if self.timesteps < 2 {
             return bad("timesteps must be at least 2".into());

@@ -272,7 +272,12 @@ pub fn write_checkpoint(imported: &Imported, out: &Path) -> Result<()> {
         weight_decay: cfg.weight_decay,
     };
     let opt = AdamW::new(&model.params, hyper)?;
-    let state = TrainState { step: 0, loader: LoaderState { epoch: 0, position: 0 }, ema_updates: 0 };
+    let state = TrainState {
+        step: 0,
+        loader: LoaderState { epoch: 0, position: 0 },
+        ema_updates: 0,
+        loss_watch: Default::default(),
+    };
     checkpoint::save_with_variance(out, &cfg, model, &ema, &opt, state, imported.scheduler.variance)
 }
 

@@ -80,6 +80,14 @@ pub enum Error {
     #[error("{}: {reason}", path.display())]
     Checkpoint { path: PathBuf, reason: String },
 
+    /// Another process trains into this run directory.
+    #[error("{}: run directory is in use by another diffuse train{} (one writer per run directory; wait for it to finish or use another --out)", dir.display(), pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    Locked { dir: PathBuf, pid: Option<u32> },
+
+    /// The loss stopped being finite or grew far past its running mean.
+    #[error("training diverged at step {step}: {reason}; {kept} (try a lower --lr, or --grad-clip 1)")]
+    Diverged { step: u64, reason: String, kept: String },
+
     /// A training or sampling configuration that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),

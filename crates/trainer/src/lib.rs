@@ -6,6 +6,7 @@ pub mod config;
 pub mod data;
 pub mod diffusers;
 pub mod diffusion;
+pub mod divergence;
 pub mod error;
 pub mod image_grid;
 pub mod metrics;
@@ -13,6 +14,7 @@ pub mod npy;
 pub mod optim;
 pub mod plot;
 pub mod raster;
+pub mod run_lock;
 pub mod sampler;
 pub mod train;
 

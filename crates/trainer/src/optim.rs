@@ -44,7 +44,8 @@ pub fn clip_grad_norm(store: &mut ParamStore, max_norm: f64) -> Result<f64> {
     let grads: Vec<&Tensor> = store.ids().filter_map(|id| store.grad(id)).collect();
     let norm = ops::global_l2_norm(&grads)?;
     if !norm.is_finite() {
-        return Err(Error::Config(format!("gradient norm is {norm}: the run diverged (try a lower --lr)")));
+        // The caller knows the step and the checkpoint to name.
+        return Err(Error::Diverged { step: 0, reason: format!("the gradient norm is {norm}"), kept: String::new() });
     }
     if max_norm > 0.0 && norm > max_norm {
         let s = max_norm / (norm + 1e-6);

@@ -6,22 +6,25 @@
 //! <out>/checkpoints/       ckpt-<step>.safetensors, the newest K kept
 //! <out>/samples/           DDIM sample grids (EMA weights) every N steps
 //! <out>/loss.png           the loss curve, redrawn at every log
+//! <out>/lock               the advisory lock of the one process writing here
 //! ```
 
 use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, Loader, LoaderConfig};
 use crate::diffusion::Diffusion;
+use crate::divergence::LossWatch;
 use crate::image_grid::save_grid;
 use crate::optim::{clip_grad_norm, warmup_lr, AdamW, Ema};
 use crate::plot::{save_loss_plot, PlotOptions};
 use crate::raster::ValueRange;
+use crate::run_lock::RunLock;
 use crate::sampler::{sample, SampleSpec, Sampler};
 use crate::{Error, Result};
 use diffuse_tensor::ops::{self, AdamWParams};
 use diffuse_tensor::{DType, Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
-use diffuse_unet::{ForwardMode, UNet};
+use diffuse_unet::{ForwardMode, UNet, UNetConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -41,6 +44,11 @@ pub trait Observer {
     fn start(&mut self, _first_step: u64, _total_steps: u64) {}
     fn step(&mut self, _m: &StepMetrics) {}
     fn message(&mut self, _msg: &str) {}
+    /// Asked after every step (once it is logged, checkpointed and
+    /// sampled): true ends the run there with a checkpoint (a signal).
+    fn should_stop(&mut self, _step: u64) -> bool {
+        false
+    }
 }
 
 /// An observer that prints nothing.
@@ -50,14 +58,38 @@ impl Observer for Silent {}
 /// Where a run starts from.
 pub enum Start {
     Fresh,
-    /// Continue a run exactly where its checkpoint stopped (optionally
-    /// reading its data from a new path).
-    Resume {
-        checkpoint: PathBuf,
-        data: Option<PathBuf>,
-    },
+    /// Continue a run exactly where its checkpoint stopped.
+    Resume(Resume),
     /// Start a new run from a checkpoint's weights (fresh optimiser).
-    FineTune(PathBuf),
+    FineTune {
+        checkpoint: PathBuf,
+        /// The model the user asked for: must be the checkpoint's (up to dropout).
+        model: Option<UNetConfig>,
+        /// A new dropout probability.
+        dropout: Option<f32>,
+    },
+}
+
+/// How to resume: the run's own settings win, except for these.
+pub struct Resume {
+    /// A checkpoint file, or a run directory (its newest checkpoint).
+    pub checkpoint: PathBuf,
+    /// Read the data from a new path.
+    pub data: Option<PathBuf>,
+    /// A new total step count (default: the run's own).
+    pub steps: Option<u64>,
+    /// A new divergence factor.
+    pub divergence_factor: Option<f64>,
+    /// When the newest checkpoint is damaged, take the newest good one.
+    pub last_good: bool,
+    /// The model the user asked for: must be the run's (up to dropout).
+    pub model: Option<UNetConfig>,
+}
+
+impl Resume {
+    pub fn new(checkpoint: PathBuf) -> Self {
+        Resume { checkpoint, data: None, steps: None, divergence_factor: None, last_good: false, model: None }
+    }
 }
 
 pub struct RunSummary {
@@ -65,6 +97,8 @@ pub struct RunSummary {
     pub steps_done: u64,
     pub last_loss: f64,
     pub last_checkpoint: Option<PathBuf>,
+    /// The observer asked to stop before the last step (a signal).
+    pub interrupted: bool,
 }
 
 /// Philox salt of the dropout masks, apart from the noise and timesteps.
@@ -81,27 +115,67 @@ pub struct Trainer {
     pub out: PathBuf,
     device: Device,
     history: Vec<(u64, f64)>,
+    loss_watch: LossWatch,
+    /// Things the user should know about how the run was opened (an
+    /// unverified or skipped checkpoint, removed temporary files).
+    pub notes: Vec<String>,
+    _lock: RunLock,
 }
 
 impl Trainer {
-    /// Builds a run: loads the data, builds or restores the model, and
-    /// prepares the run directory (nothing in it is overwritten but the
-    /// config, metrics and plot).
+    /// Builds a run: locks the run directory, loads the data, builds or
+    /// restores the model, and prepares the directory (nothing in it is
+    /// overwritten but the config, metrics and plot; temporary files of
+    /// interrupted writes are removed). Nothing is created before the
+    /// configuration and the data have been checked.
     pub fn new(mut cfg: TrainConfig, start: Start, out: PathBuf, device: Device) -> Result<Trainer> {
+        let mut notes = Vec::new();
+        // A resumed run's directory exists: lock it before reading its checkpoints.
+        let early_lock = match &start {
+            Start::Resume(_) => Some(RunLock::acquire(&out)?),
+            _ => None,
+        };
         let ckpt = match &start {
             Start::Fresh => None,
-            Start::Resume { checkpoint: p, .. } | Start::FineTune(p) => Some(Checkpoint::open(p)?),
+            Start::Resume(r) => {
+                let (c, skipped) = checkpoint::open_for_resume(&r.checkpoint, r.last_good)?;
+                notes.extend(skipped);
+                Some(c)
+            }
+            Start::FineTune { checkpoint: p, .. } => Some(Checkpoint::open(p)?),
         };
-        if let (Start::Resume { data, .. }, Some(c)) = (&start, &ckpt) {
-            // The run's own settings win; only the length and the data's
-            // location may change.
-            let steps = cfg.steps;
-            let data = data.clone().unwrap_or_else(|| c.train_config.data.clone());
-            cfg = TrainConfig { steps: steps.max(c.state.step), data, ..c.train_config.clone() };
+        if let Some(c) = ckpt.as_ref().filter(|c| !c.verified) {
+            notes.push(format!(
+                "{} has no checksums (written by an older diffuse): its values were checked to be finite, \
+                 not verified against corruption",
+                c.path.display()
+            ));
         }
-        if let (Start::FineTune(_), Some(c)) = (&start, &ckpt) {
-            // Fine-tuning keeps the checkpoint's architecture.
-            cfg.model = c.model_config().clone();
+        if let (Start::Resume(r), Some(c)) = (&start, &ckpt) {
+            if let Some(want) = &r.model {
+                check_same_model(want, c, "a resumed run keeps its own model")?;
+            }
+            // The run's own settings win; only the length, the data's
+            // location and the divergence factor may change.
+            let steps = r.steps.unwrap_or(c.train_config.steps);
+            cfg = TrainConfig {
+                steps: steps.max(c.state.step),
+                data: r.data.clone().unwrap_or_else(|| c.train_config.data.clone()),
+                divergence_factor: r.divergence_factor.unwrap_or(c.train_config.divergence_factor),
+                ..c.train_config.clone()
+            };
+        }
+        if let (Start::FineTune { model, dropout, .. }, Some(c)) = (&start, &ckpt) {
+            // Fine-tuning keeps the checkpoint's architecture; only dropout may change.
+            let mut m = c.model_config().clone();
+            if let Some(want) = model {
+                check_same_model(want, c, "fine-tuning keeps the checkpoint's architecture")?;
+                m.dropout = want.dropout;
+            }
+            if let Some(p) = dropout {
+                m.dropout = *p;
+            }
+            cfg.model = m;
         }
         cfg.validate()?;
         let dataset = Dataset::open(&cfg.data, cfg.model.in_ch, cfg.model.image_size)?;
@@ -124,7 +198,7 @@ impl Trainer {
         };
 
         let (model, ema, opt, step) = match (&start, &ckpt) {
-            (Start::Resume { .. }, Some(c)) => {
+            (Start::Resume(_), Some(c)) => {
                 let model = c.load_model(&device, false)?;
                 let mut ema = Ema::new(&model.params, cfg.ema_decay, cfg.ema_warmup)?;
                 let mut opt = AdamW::new(&model.params, hyper)?;
@@ -132,7 +206,7 @@ impl Trainer {
                 loader.set_state(c.state.loader)?;
                 (model, ema, opt, c.state.step)
             }
-            (Start::FineTune(_), Some(c)) => {
+            (Start::FineTune { .. }, Some(c)) => {
                 let model = c.load_model(&device, true)?;
                 let ema = Ema::new(&model.params, cfg.ema_decay, cfg.ema_warmup)?;
                 let opt = AdamW::new(&model.params, hyper)?;
@@ -146,13 +220,40 @@ impl Trainer {
             }
         };
 
+        let loss_watch = match (&start, &ckpt) {
+            (Start::Resume(_), Some(c)) => c.state.loss_watch,
+            _ => LossWatch::default(),
+        };
+
+        let lock = match early_lock {
+            Some(l) => l,
+            None => RunLock::acquire(&out)?,
+        };
+        let removed = lock.remove_stale_temp_files()?;
+        if !removed.is_empty() {
+            notes.push(format!("removed {} temporary file(s) left by an interrupted write", removed.len()));
+        }
         for sub in ["checkpoints", "samples"] {
             let d = out.join(sub);
             std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
         }
         write_atomic(&out.join("config.json"), cfg.to_json().as_bytes())?;
         let history = restore_metrics(&out.join("metrics.jsonl"), step)?;
-        Ok(Trainer { cfg, model, ema, opt, loader, diffusion, step, out, device, history })
+        Ok(Trainer {
+            cfg,
+            model,
+            ema,
+            opt,
+            loader,
+            diffusion,
+            step,
+            out,
+            device,
+            history,
+            loss_watch,
+            notes,
+            _lock: lock,
+        })
     }
 
     /// One optimiser step (with `grad_accum` micro-batches); returns (loss, grad norm, lr).
@@ -177,28 +278,35 @@ impl Trainer {
             self.model.backward(&cache, &dpred)?;
         }
         let loss = loss_sum / accum as f64;
-        if !loss.is_finite() {
-            return Err(Error::Config(format!(
-                "loss is {loss} at step {}: the run diverged (try a lower --lr)",
-                self.step + 1
-            )));
+        // Checked before the optimiser step, so the weights stay those from before it.
+        if let Some(reason) = self.loss_watch.check(loss, self.cfg.divergence_factor) {
+            return Err(Error::Diverged { step: self.step + 1, reason, kept: String::new() });
         }
-        let grad_norm = clip_grad_norm(&mut self.model.params, self.cfg.grad_clip)?;
+        let grad_norm = clip_grad_norm(&mut self.model.params, self.cfg.grad_clip).map_err(|e| match e {
+            Error::Diverged { reason, .. } => Error::Diverged { step: self.step + 1, reason, kept: String::new() },
+            e => e,
+        })?;
         let lr = warmup_lr(self.cfg.lr, self.cfg.warmup_steps, self.step + 1);
         self.opt.step(&mut self.model.params, lr)?;
         self.ema.update(&self.model.params)?;
         self.model.params.zero_grads();
+        self.loss_watch.update(loss);
         self.step += 1;
         Ok((loss, grad_norm, lr))
     }
 
     fn state(&self) -> TrainState {
-        TrainState { step: self.step, loader: self.loader.state(), ema_updates: self.ema.updates }
+        TrainState {
+            step: self.step,
+            loader: self.loader.state(),
+            ema_updates: self.ema.updates,
+            loss_watch: self.loss_watch,
+        }
     }
 
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
         let dir = self.out.join("checkpoints");
-        let path = dir.join(checkpoint::checkpoint_name(self.step));
+        let path = self.checkpoint_path();
         checkpoint::save(&path, &self.cfg, &self.model, &self.ema, &self.opt, self.state())?;
         checkpoint::prune(&dir, self.cfg.keep_checkpoints)?;
         Ok(path)
@@ -211,7 +319,9 @@ impl Trainer {
         Ok(m)
     }
 
-    pub fn save_samples(&self) -> Result<PathBuf> {
+    /// Samples a grid with the EMA weights and writes it; an error from the
+    /// write itself is [`SampleError::Write`] (training can go on without it).
+    pub fn save_samples(&self) -> Result<PathBuf, SampleError> {
         let model = self.ema_model()?;
         let spec = SampleSpec::new(
             self.cfg.sample_count,
@@ -222,11 +332,28 @@ impl Trainer {
         let path = self.out.join("samples").join(format!("step-{:08}.png", self.step));
         let shape = s.images.dims().try_into().map_err(|_| Error::Shape("samples are not 4-D".into()))?;
         let nrow = (self.cfg.sample_count as f64).sqrt().ceil() as usize;
-        save_grid(&path, &s.images.to_vec_f32()?, shape, nrow, ValueRange::Signed)?;
+        let data = s.images.to_vec_f32()?;
+        save_grid(&path, &data, shape, nrow, ValueRange::Signed).map_err(SampleError::Write)?;
         Ok(path)
     }
 
-    /// Trains until `cfg.steps`, logging, checkpointing and sampling on the way.
+    /// The divergence error with the newest checkpoint on disk named (the
+    /// run never writes one after it diverged).
+    fn diverged(&self, step: u64, reason: String) -> Error {
+        // Not one a longer earlier run left beyond this step (a resume from an older checkpoint).
+        let newest = checkpoint::list(&self.out.join("checkpoints"))
+            .ok()
+            .and_then(|v| v.into_iter().rfind(|p| checkpoint::step_of(p).is_some_and(|s| s < step)));
+        let kept = match newest {
+            Some(p) => format!("the last checkpoint from before it is kept: {}", p.display()),
+            None => "no checkpoint was written before it".to_string(),
+        };
+        Error::Diverged { step, reason, kept }
+    }
+
+    /// Trains until `cfg.steps` (or until the observer asks to stop),
+    /// logging, checkpointing and sampling on the way; the last step always
+    /// gets a checkpoint. A failed plot or sample grid is a warning.
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<RunSummary> {
         obs.start(self.step, self.cfg.steps);
         let metrics_path = self.out.join("metrics.jsonl");
@@ -239,8 +366,13 @@ impl Trainer {
         let mut last_ckpt = None;
         let mut timer = Instant::now();
         let mut images_since = 0usize;
+        let mut interrupted = false;
         while self.step < self.cfg.steps {
-            let (loss, grad_norm, lr) = self.train_step()?;
+            let (loss, grad_norm, lr) = match self.train_step() {
+                Ok(r) => r,
+                Err(Error::Diverged { step, reason, .. }) => return Err(self.diverged(step, reason)),
+                Err(e) => return Err(e),
+            };
             last_loss = loss;
             images_since += self.cfg.batch_size * self.cfg.grad_accum;
             let done = self.step == self.cfg.steps;
@@ -259,38 +391,105 @@ impl Trainer {
                 writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
                 self.history.push((m.step, m.loss));
                 let plot = self.out.join("loss.png");
-                save_loss_plot(&plot, &self.history, &PlotOptions::default())?;
+                if let Err(e) = save_loss_plot(&plot, &self.history, &PlotOptions::default()) {
+                    obs.message(&format!("warning: the loss plot was not written: {e}"));
+                }
                 obs.step(&m);
             }
-            if self.cfg.checkpoint_every > 0 && (self.step.is_multiple_of(self.cfg.checkpoint_every) || done) {
+            let every = |n: u64| n > 0 && self.step.is_multiple_of(n);
+            if every(self.cfg.checkpoint_every) || done {
                 let p = self.save_checkpoint()?;
                 obs.message(&format!("checkpoint {}", p.display()));
                 last_ckpt = Some(p);
             }
-            if self.cfg.sample_every > 0 && (self.step.is_multiple_of(self.cfg.sample_every) || done) {
-                let p = self.save_samples()?;
-                obs.message(&format!("samples {}", p.display()));
+            if every(self.cfg.sample_every) || (done && self.cfg.sample_every > 0) {
+                match self.save_samples() {
+                    Ok(p) => obs.message(&format!("samples {}", p.display())),
+                    Err(SampleError::Write(e)) => {
+                        obs.message(&format!("warning: the sample grid was not written: {e}"))
+                    }
+                    Err(SampleError::Other(e)) => return Err(e),
+                }
+            }
+            if !done && obs.should_stop(self.step) {
+                interrupted = true;
+                if last_ckpt.as_ref().is_none_or(|p| *p != self.checkpoint_path()) {
+                    last_ckpt = Some(self.save_checkpoint()?);
+                }
+                break;
             }
         }
-        Ok(RunSummary { out: self.out.clone(), steps_done: self.step, last_loss, last_checkpoint: last_ckpt })
+        Ok(RunSummary {
+            out: self.out.clone(),
+            steps_done: self.step,
+            last_loss,
+            last_checkpoint: last_ckpt,
+            interrupted,
+        })
+    }
+
+    fn checkpoint_path(&self) -> PathBuf {
+        self.out.join("checkpoints").join(checkpoint::checkpoint_name(self.step))
     }
 }
 
-/// The loss history of an earlier run up to `step`; later lines (from a run
-/// that went past the checkpoint we resume) are dropped from the file.
+/// Errors unless `want` is the checkpoint's model (dropout aside).
+fn check_same_model(want: &UNetConfig, c: &Checkpoint, why: &str) -> Result<()> {
+    let have = c.model_config();
+    if (UNetConfig { dropout: have.dropout, ..want.clone() }) == *have {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "--config describes a different model than the checkpoint {} (config {}, checkpoint {}): {why}, so leave out --config",
+        c.path.display(),
+        serde_json::to_string(want).unwrap_or_default(),
+        serde_json::to_string(have).unwrap_or_default()
+    )))
+}
+
+/// Why [`Trainer::save_samples`] failed: writing the grid, or anything before.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    #[error(transparent)]
+    Write(Error),
+    #[error(transparent)]
+    Other(#[from] Error),
+}
+
+impl From<diffuse_tensor::TensorError> for SampleError {
+    fn from(e: diffuse_tensor::TensorError) -> Self {
+        SampleError::Other(e.into())
+    }
+}
+
+impl From<diffuse_unet::UNetError> for SampleError {
+    fn from(e: diffuse_unet::UNetError) -> Self {
+        SampleError::Other(e.into())
+    }
+}
+
+/// The loss history of an earlier run up to `step`. The lines kept are
+/// copied byte for byte; later lines (from a run that went past the
+/// checkpoint we resume) and a torn last line are dropped from the file.
 fn restore_metrics(path: &Path, step: u64) -> Result<Vec<(u64, f64)>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(Error::io(path, e)),
     };
-    let kept: Vec<StepMetrics> =
-        text.lines().filter_map(|l| serde_json::from_str::<StepMetrics>(l).ok()).filter(|m| m.step <= step).collect();
-    let mut out = String::new();
-    for m in &kept {
-        out.push_str(&serde_json::to_string(m).unwrap_or_default());
-        out.push('\n');
+    let mut kept = String::new();
+    let mut history = Vec::new();
+    for line in text.split_inclusive('\n').filter(|l| l.ends_with('\n')) {
+        match serde_json::from_str::<StepMetrics>(line) {
+            Ok(m) if m.step <= step => {
+                kept.push_str(line);
+                history.push((m.step, m.loss));
+            }
+            _ => {}
+        }
     }
-    write_atomic(path, out.as_bytes())?;
-    Ok(kept.iter().map(|m| (m.step, m.loss)).collect())
+    if kept != text {
+        write_atomic(path, kept.as_bytes())?;
+    }
+    Ok(history)
 }

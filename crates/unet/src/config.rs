@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// The architecture knobs of ../shared/reference/ddpm_unet.py's UNetConfig,
 /// with the same field names so its JSON reads directly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UNetConfig {
     pub in_ch: usize,
     pub ch: usize,

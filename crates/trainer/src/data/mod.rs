@@ -175,8 +175,8 @@ impl Dataset {
             format!("{c}x{h}x{w}{colour}")
         };
         let hint = match self.kind {
-            DatasetKind::Mnist => "MNIST is 1x28x28: use the mnist model preset (--channels 1 --image-size 28)",
-            DatasetKind::Cifar10 => "CIFAR-10 is 3x32x32: use the cifar10 model preset (--channels 3 --image-size 32)",
+            DatasetKind::Mnist => "MNIST is 1x28x28: use --config mnist (or tiny-mnist), or a --config JSON file with \"in_ch\": 1 and \"image_size\": 28",
+            DatasetKind::Cifar10 => "CIFAR-10 is 3x32x32: use --config cifar10, or a --config JSON file with \"in_ch\": 3 and \"image_size\": 32",
             DatasetKind::Folder => "images are resized to the model's size when loaded",
         };
         Err(Error::ConfigMismatch {
