@@ -80,6 +80,13 @@ pub enum Error {
     #[error("{}: {reason}", path.display())]
     Checkpoint { path: PathBuf, reason: String },
 
+    /// An allocation sized by the input that would pass the memory budget.
+    #[error(
+        "{what} needs {need}, more than the memory limit of {limit} ({origin}); \
+         set DIFFUSE_MEMORY_LIMIT or pass --memory-limit (e.g. 16G) to change the limit"
+    )]
+    Memory { what: String, need: String, limit: String, origin: String },
+
     /// A training or sampling configuration that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -7,6 +7,7 @@ pub mod data;
 pub mod diffusion;
 pub mod error;
 pub mod image_grid;
+pub mod memory_budget;
 pub mod metrics;
 pub mod npy;
 pub mod optim;
