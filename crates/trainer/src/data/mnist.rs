@@ -18,6 +18,10 @@ const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 /// known yet: the buffer grows only as data really arrives.
 const GZIP_CHUNK: u64 = 1 << 20;
 
+/// How far past its announced end a gzip stream is inflated (into a sink)
+/// to tell corrupt data from extra data.
+const GZIP_DRAIN: u64 = 64 << 20;
+
 fn open_error(path: &Path, e: std::io::Error) -> Error {
     if e.kind() == std::io::ErrorKind::NotFound {
         Error::NotFound { path: path.to_path_buf() }
@@ -82,6 +86,16 @@ impl MaybeGzip {
             out.extend_from_slice(&chunk[..got]);
         }
         Ok(out)
+    }
+
+    /// Reads up to `limit` more bytes into a sink, for the stream's errors.
+    fn drain(&mut self, limit: u64) -> Result<()> {
+        let mut rest = (&mut self.reader).take(limit);
+        match std::io::copy(&mut rest, &mut std::io::sink()) {
+            Ok(_) => Ok(()),
+            Err(e) if self.plain_len.is_some() => Err(Error::io(&self.path, e)),
+            Err(e) => Err(gzip_error(&self.path, e)),
+        }
     }
 }
 
@@ -192,6 +206,10 @@ fn read_idx(path: &Path, magic: u32, what: &'static str, bytes_per_value: u64) -
         return Err(truncated(header as u64 + payload.len() as u64));
     }
     if payload.len() as u64 > count {
+        // Corrupt deflate data often decodes to too much: when the stream
+        // breaks within the next few MiB (inflated into a sink, not kept),
+        // that is the error to report.
+        f.drain(GZIP_DRAIN)?;
         return Err(Error::BadDims {
             path: path.to_path_buf(),
             reason: format!("the header says {dims_text} {what} ({count} bytes) but the decompressed data is longer"),
