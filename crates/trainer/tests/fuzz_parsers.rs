@@ -156,16 +156,17 @@ fn idx_files() -> (Vec<u8>, Vec<u8>) {
     (images, labels)
 }
 
-fn check_idx(path: &Path) -> Result<(), TestCaseError> {
-    let r = within_cap("IDX images", || load_idx_images(path))?;
+fn check_idx(images: &Path, labels: Option<&Path>) -> Result<(), TestCaseError> {
+    let r = within_cap("IDX images", || load_idx_images(images))?;
     one_line(&r)?;
     if let Ok((bytes, n, rows, cols)) = r {
         prop_assert_eq!(bytes.len(), n * rows * cols);
         prop_assert!(n > 0 && rows > 0 && cols > 0);
     }
-    let r = within_cap("IDX labels", || load_idx_labels(path))?;
-    one_line(&r)?;
-    // A whole dataset directory: images and labels together.
+    if let Some(labels) = labels {
+        let r = within_cap("IDX labels", || load_idx_labels(labels))?;
+        one_line(&r)?;
+    }
     Ok(())
 }
 
@@ -194,8 +195,8 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let (images, labels) = if on_labels { (images, apply(&labels, &muts)) } else { (apply(&images, &muts), labels) };
         let p = write(tmp.path(), "train-images-idx3-ubyte", &images);
-        write(tmp.path(), "train-labels-idx1-ubyte", &labels);
-        check_idx(&p)?;
+        let l = write(tmp.path(), "train-labels-idx1-ubyte", &labels);
+        check_idx(&p, Some(&l))?;
         check_dataset(tmp.path(), 1, 7)?;
     }
 
@@ -208,7 +209,7 @@ proptest! {
         let bytes = if compressed { apply(&gzip(&images), &muts) } else { gzip(&apply(&images, &muts)) };
         let tmp = tempfile::tempdir().unwrap();
         let p = write(tmp.path(), "train-images-idx3-ubyte.gz", &bytes);
-        check_idx(&p)?;
+        check_idx(&p, None)?;
         check_dataset(&p, 1, 7)?;
     }
 }
@@ -316,11 +317,27 @@ fn checkpoint_bytes(dir: &Path) -> Vec<u8> {
 /// offsets, and the numbers of the config held in the metadata) by `value`,
 /// and fixes the header length.
 fn edit_header_number(file: &[u8], k: usize, value: &str) -> Vec<u8> {
+    edit_header_number_after(file, "", k, value)
+}
+
+/// [`edit_header_number`] among the digit runs of the string value of the
+/// metadata `key`: `"train_config"` edits the run's config.
+fn edit_header_number_after(file: &[u8], key: &str, k: usize, value: &str) -> Vec<u8> {
     let Some(n) = file.get(..8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize) else {
         return file.to_vec();
     };
     let Some(header) = file.get(8..8 + n) else { return file.to_vec() };
     let text = String::from_utf8_lossy(header).into_owned();
+    // The value's span: from the key to the first quote not escaped.
+    let (from, to) = match text.find(key) {
+        Some(k) if !key.is_empty() => {
+            let start = k + key.len() + 3;
+            let b = text.as_bytes();
+            let end = (start..b.len()).find(|&i| b[i] == b'"' && b[i - 1] != b'\\').unwrap_or(b.len());
+            (start, end)
+        }
+        _ => (0, text.len()),
+    };
     let runs: Vec<(usize, usize)> = {
         let b = text.as_bytes();
         let mut v = Vec::new();
@@ -336,6 +353,7 @@ fn edit_header_number(file: &[u8], k: usize, value: &str) -> Vec<u8> {
                 i += 1;
             }
         }
+        v.retain(|&(s, _)| s >= from && s < to);
         v
     };
     let Some(&(s, e)) = runs.get(k % runs.len().max(1)) else { return file.to_vec() };
@@ -373,11 +391,15 @@ proptest! {
         Just("0".to_string()), Just("100000".to_string()), Just("4294967295".to_string()),
         Just("18446744073709551615".to_string()), Just("99999999999999999999999".to_string()),
         (0u64..5000).prop_map(|v| v.to_string())
-    ], header_edit in any::<bool>()) {
+    ], mode in 0u8..3) {
         use_test_budget();
         let tmp = tempfile::tempdir().unwrap();
         let base = checkpoint_bytes(tmp.path());
-        let bytes = if header_edit { apply(&edit_header_number(&base, edit, &value), &muts[..1]) } else { apply(&base, &muts) };
+        let bytes = match mode {
+            0 => apply(&base, &muts),
+            1 => edit_header_number(&base, edit, &value),
+            _ => edit_header_number_after(&base, "train_config", edit, &value),
+        };
         let p = write(tmp.path(), "ckpt-00000007.safetensors", &bytes);
         check_checkpoint(&p)?;
     }
@@ -389,8 +411,9 @@ proptest! {
     #![proptest_config(fixed_seed(128, 0x1d8_0005))]
 
     #[test]
-    fn config_json_mutations(muts in mutations(), edit in any::<usize>(), value in prop_oneof![
-        Just("0"), Just("100000"), Just("4294967295"), Just("18446744073709551615"), Just("1e308"), Just("-1"), Just("NaN")
+    fn config_json_mutations(muts in prop::collection::vec(mutation(), 0..3), edit in any::<usize>(), value in prop_oneof![
+        Just("0"), Just("2"), Just("64"), Just("100000"), Just("4294967295"), Just("18446744073709551615"),
+        Just("1e308"), Just("-1"), Just("NaN")
     ], train in any::<bool>()) {
         use_test_budget();
         let text = if train {
