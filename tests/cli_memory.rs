@@ -60,6 +60,8 @@ fn absurd_config_sizes_are_refused_by_info_and_train() {
         fails_with(&["info", "--config", &cfg], &[], msg);
         fails_with(&["train", "--config", &cfg, "--device", "cpu", "--out", &out, "--steps", "1"], &[], msg);
     }
+    let args = ["train", "--config", "tiny-mnist", "--device", "cpu", "--out", &out, "--timesteps", "100000000000"];
+    fails_with(&args, &[], "100000000000 diffusion timesteps is above the limit of 100000");
     assert!(!d.path().join("run").exists());
 }
 

@@ -230,3 +230,12 @@ fn sampling_and_training_needs_are_checked() {
     assert!(need.total() > 2 << 30, "{need}");
     assert_memory_error(&budget.check("training this model", &need).unwrap_err(), "activations (batch 64)");
 }
+
+#[test]
+fn absurd_timestep_counts_are_refused_before_the_schedule_is_built() {
+    let (r, peak) = peak_bytes(|| Diffusion::new(Schedule::Cosine, 100_000_000_000, Target::Eps).map(|_| ()));
+    let e = r.unwrap_err().to_string();
+    assert!(e.contains("100000000000 diffusion timesteps is above the limit of 100000"), "{e}");
+    assert!(peak < 1 << 20, "{peak}");
+    assert!(Diffusion::new(Schedule::Linear, 100_000, Target::Eps).is_ok());
+}
