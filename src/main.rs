@@ -4,11 +4,15 @@
 mod cli;
 
 use clap::{Parser, Subcommand};
+use diffuse_trainer::memory_budget::MemoryBudget;
 use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(name = "diffuse", version, about = "Train and sample DDPM diffusion models (CPU, CUDA, CUDA emulator)")]
 struct Cli {
+    /// Memory limit for data, models and outputs, e.g. 8G (default: $DIFFUSE_MEMORY_LIMIT, else 80% of physical memory).
+    #[arg(long, global = true, value_name = "SIZE")]
+    memory_limit: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -38,7 +42,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = set_memory_budget(cli.memory_limit.as_deref()).and_then(|()| match cli.command {
         Command::Train(a) => cli::train::run(a),
         Command::Sample(a) => cli::sample::run(a),
         Command::Eval(a) => cli::eval::run(a),
@@ -47,7 +51,7 @@ fn main() -> ExitCode {
         Command::Import(a) => cli::import::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Forward(a) => cli::forward::run(a),
-    };
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -56,4 +60,15 @@ fn main() -> ExitCode {
             e.downcast_ref::<cli::signals::Interrupted>().map_or(ExitCode::FAILURE, |i| ExitCode::from(i.exit_code()))
         }
     }
+}
+
+/// The process's memory budget, from `--memory-limit`, else the environment
+/// or the physical memory; set before anything is loaded.
+fn set_memory_budget(flag: Option<&str>) -> anyhow::Result<()> {
+    let budget = match flag {
+        Some(text) => MemoryBudget::from_flag(text)?,
+        None => MemoryBudget::from_env()?,
+    };
+    MemoryBudget::set_global(budget);
+    Ok(())
 }

@@ -4,8 +4,10 @@ use super::device::DeviceSpec;
 use super::model_config::load_config;
 use anyhow::Result;
 use clap::Args;
-use diffuse_tensor::{DType, Device};
-use diffuse_unet::UNet;
+use diffuse_trainer::config::TrainConfig;
+use diffuse_trainer::memory_budget::{self, format_bytes, MemoryBudget};
+use diffuse_unet::Footprint;
+use std::path::PathBuf;
 
 #[derive(Args)]
 pub struct InfoArgs {
@@ -19,10 +21,21 @@ pub struct InfoArgs {
 
 pub fn run(a: InfoArgs) -> Result<()> {
     if let Some(c) = &a.config {
+        // Counted from the config alone: nothing is allocated, whatever its size.
         let cfg = load_config(c)?;
-        let model = UNet::new(cfg.clone(), 0, DType::F32, &Device::Cpu)?;
+        let fp = Footprint::of(&cfg)?;
         println!("config: {}", serde_json::to_string(&cfg)?);
-        println!("parameters: {}", model.num_params());
+        println!("parameters: {}", fp.params);
+        let train = TrainConfig::for_model(cfg.clone(), PathBuf::new());
+        println!("weights: {}", format_bytes(fp.weight_bytes()));
+        println!(
+            "training on the CPU at batch {}: about {}",
+            train.batch_size,
+            memory_budget::training_need(&train, true)?
+        );
+        println!("sampling 64 images on the CPU: about {}", memory_budget::sampling_need(&cfg, 0, 64, 64, true)?);
+        let budget = MemoryBudget::global()?;
+        println!("memory limit: {} ({})", format_bytes(budget.limit), budget.source);
         return Ok(());
     }
     println!("diffuse {}", env!("CARGO_PKG_VERSION"));

@@ -2,11 +2,12 @@
 
 use super::device::DeviceSpec;
 use super::writable::check_writable;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use diffuse_trainer::checkpoint::Checkpoint;
 use diffuse_trainer::diffusion::Diffusion;
 use diffuse_trainer::image_grid::{save_grid, save_trajectory};
+use diffuse_trainer::memory_budget::{sampling_need, MemoryBudget};
 use diffuse_trainer::npy::save_npy;
 use diffuse_trainer::raster::ValueRange;
 use diffuse_trainer::sampler::{sample, SampleSpec, Sampler, Variance};
@@ -48,8 +49,8 @@ pub struct SampleArgs {
     pub variance: Option<VarianceKind>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Images per model call.
-    #[arg(long, default_value_t = 64)]
+    /// Images per model call (sampling runs batch by batch).
+    #[arg(long, alias = "batch-size", default_value_t = 64)]
     pub batch: usize,
     /// PNG grid to write.
     #[arg(long, default_value = "samples.png")]
@@ -82,6 +83,12 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if !ckpt.verified {
         println!("note: {} has no checksums (written by an older diffuse): not verified", ckpt.path.display());
     }
+    if a.n == 0 || a.batch == 0 {
+        bail!("--n and --batch must be at least 1");
+    }
+    let file_len = std::fs::metadata(&ckpt.path).map(|m| m.len()).unwrap_or(0);
+    let need = sampling_need(ckpt.model_config(), file_len, a.n, a.batch, device.is_cpu())?;
+    MemoryBudget::global()?.check(format!("sampling {} images", a.n), &need)?;
     let model = ckpt.load_model(&device, !a.no_ema)?;
     let tc = &ckpt.train_config;
     let diffusion = Diffusion::new(tc.schedule, tc.timesteps, tc.target)?;

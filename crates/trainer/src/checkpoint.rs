@@ -13,13 +13,14 @@
 use crate::config::TrainConfig;
 use crate::data::LoaderState;
 use crate::divergence::LossWatch;
+use crate::memory_budget::{MemoryBudget, Need};
 use crate::optim::{AdamW, Ema};
 use crate::sampler::Variance;
 use crate::{Error, Result};
 use diffuse_tensor::{Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::io::{parse, serialize, tensor_bytes, view_to_tensor};
-use diffuse_unet::{UNet, UNetConfig};
+use diffuse_unet::{Footprint, UNet, UNetConfig};
 use safetensors::Dtype;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -130,6 +131,8 @@ impl Checkpoint {
     /// (or its `checkpoints/` folder).
     pub fn open(path: &Path) -> Result<Checkpoint> {
         let file = resolve(path)?;
+        let len = std::fs::metadata(&file).map_err(|e| Error::io(&file, e))?.len();
+        MemoryBudget::global()?.check_bytes(format!("reading checkpoint {}", file.display()), len)?;
         let bytes = std::fs::read(&file).map_err(|e| Error::io(&file, e))?;
         let meta = diffuse_unet::io::metadata(&bytes)
             .map_err(|e| bad(&file, format!("not a readable checkpoint (truncated or corrupt?): {e}")))?;
@@ -152,6 +155,8 @@ impl Checkpoint {
         };
         let train_config = TrainConfig::from_json(meta.get("train_config").map(String::as_str).unwrap_or(""))
             .map_err(|e| bad(&file, e.to_string()))?;
+        // The architecture sizes every later allocation: refuse a bad one here.
+        train_config.model.validate().map_err(|e| bad(&file, e.to_string()))?;
         let state = TrainState {
             step: num("step")?,
             loader: LoaderState { epoch: num("loader_epoch")?, position: num("loader_position")? },
@@ -187,13 +192,14 @@ impl Checkpoint {
             .map(|(n, like)| {
                 let name = format!("{prefix}.{n}");
                 let view = st.tensor(&name).map_err(|_| bad(&self.path, format!("tensor {name} is missing")))?;
-                let t = view_to_tensor(&name, &view)?;
-                if t.dims() != like.dims() {
+                // Shapes before values: nothing is converted for a tensor that does not fit.
+                if view.shape() != like.dims() {
                     return Err(bad(
                         &self.path,
-                        format!("tensor {name} has shape {:?}, the model needs {:?}", t.dims(), like.dims()),
+                        format!("tensor {name} has shape {:?}, the model needs {:?}", view.shape(), like.dims()),
                     ));
                 }
+                let t = view_to_tensor(&name, &view)?;
                 Ok(t.to_dtype(like.dtype())?.to_device(&like.device())?)
             })
             .collect()
@@ -201,6 +207,12 @@ impl Checkpoint {
 
     /// A model with the checkpoint's weights (`ema` picks the EMA weights).
     pub fn load_model(&self, device: &Device, ema: bool) -> Result<UNet> {
+        // The model is built, then each tensor converted: twice the weights.
+        let weights = Footprint::of(&self.train_config.model)?.weight_bytes();
+        MemoryBudget::global()?.check(
+            format!("the model of {}", self.path.display()),
+            &Need::one("weights and their conversion", weights.saturating_mul(2)),
+        )?;
         let mut model = UNet::new(self.train_config.model.clone(), 0, diffuse_tensor::DType::F32, device)?;
         let values = self.load_group(if ema { "ema" } else { "model" }, &model)?;
         let ids: Vec<_> = model.params.ids().collect();

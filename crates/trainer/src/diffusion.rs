@@ -57,10 +57,19 @@ pub struct Diffusion {
     alphas_cumprod: Vec<f64>,
 }
 
+/// The most diffusion timesteps a schedule may have: each is a few f64s
+/// here and one model call per DDPM sampling step.
+pub const MAX_TIMESTEPS: usize = 100_000;
+
 impl Diffusion {
     pub fn new(schedule: Schedule, timesteps: usize, target: Target) -> Result<Self> {
         if timesteps < 2 {
             return Err(Error::Config(format!("need at least 2 diffusion timesteps, got {timesteps}")));
+        }
+        if timesteps > MAX_TIMESTEPS {
+            return Err(Error::Config(format!(
+                "{timesteps} diffusion timesteps is above the limit of {MAX_TIMESTEPS} (the paper uses 1000)"
+            )));
         }
         let t = timesteps as f64;
         let betas: Vec<f64> = match schedule {

@@ -87,6 +87,12 @@ pub enum Error {
     /// The loss stopped being finite or grew far past its running mean.
     #[error("training diverged at step {step}: {reason}; {kept} (try a lower --lr, or --grad-clip 1)")]
     Diverged { step: u64, reason: String, kept: String },
+    /// An allocation sized by the input that would pass the memory budget.
+    #[error(
+        "{what} needs {need}, more than the memory limit of {limit} ({origin}); \
+         set DIFFUSE_MEMORY_LIMIT or pass --memory-limit (e.g. 16G) to change the limit"
+    )]
+    Memory { what: String, need: String, limit: String, origin: String },
 
     /// A training or sampling configuration that cannot work.
     #[error("invalid configuration: {0}")]

@@ -9,6 +9,7 @@ pub mod diffusion;
 pub mod divergence;
 pub mod error;
 pub mod image_grid;
+pub mod memory_budget;
 pub mod metrics;
 pub mod npy;
 pub mod optim;

@@ -3,6 +3,7 @@
 //! the fused noise-add op, so a seed gives the same images on every device.
 
 use crate::diffusion::Diffusion;
+use crate::memory_budget::MemoryBudget;
 use crate::{Error, Result};
 use diffuse_tensor::{ops, DType, Device, Tensor};
 use diffuse_unet::UNet;
@@ -86,7 +87,14 @@ pub fn sample(
     let cfg = &model.config;
     let device = model.device();
     let ts = timesteps(d, spec.sampler)?;
-    let mut images = Vec::with_capacity(spec.n * cfg.in_ch * cfg.image_size * cfg.image_size);
+    let per_image = cfg.in_ch * cfg.image_size * cfg.image_size;
+    let values = spec
+        .n
+        .checked_mul(per_image)
+        .filter(|v| v.checked_mul(4).is_some())
+        .ok_or_else(|| Error::Config(format!("{} samples of {per_image} values do not fit in memory", spec.n)))?;
+    MemoryBudget::global()?.check_bytes(format!("{} samples", spec.n), values as u64 * 4)?;
+    let mut images = Vec::with_capacity(values);
     let mut trajectory: Vec<Vec<f32>> = Vec::new();
     let record_every = (ts.len() / spec.trajectory_points.max(1)).max(1);
     let total_calls = spec.n.div_ceil(spec.batch) * ts.len();

@@ -15,6 +15,7 @@ use crate::data::{Dataset, Loader, LoaderConfig};
 use crate::diffusion::Diffusion;
 use crate::divergence::LossWatch;
 use crate::image_grid::save_grid;
+use crate::memory_budget::{self, MemoryBudget};
 use crate::optim::{clip_grad_norm, warmup_lr, AdamW, Ema};
 use crate::plot::{save_loss_plot, PlotOptions};
 use crate::raster::ValueRange;
@@ -178,6 +179,8 @@ impl Trainer {
             cfg.model = m;
         }
         cfg.validate()?;
+        let need = memory_budget::training_need(&cfg, device.is_cpu())?;
+        MemoryBudget::global()?.check("training this model", &need)?;
         let dataset = Dataset::open(&cfg.data, cfg.model.in_ch, cfg.model.image_size)?;
         if dataset.len() < cfg.batch_size {
             return Err(Error::Config(format!(

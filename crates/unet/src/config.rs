@@ -3,6 +3,26 @@
 use crate::{Result, UNetError};
 use serde::{Deserialize, Serialize};
 
+/// Hard limits on the architecture knobs. They are far above any model this
+/// code is meant to train (the CIFAR-10 model has 4 levels, 512 channels,
+/// 2 res blocks, 32x32 images), and they keep every size computed from a
+/// config (parameter counts, activation bytes) far from overflowing, so a
+/// typo such as `ch: 100000` is refused with a message instead of an
+/// allocation failure. What a valid config needs in memory is checked
+/// separately, against the machine's memory budget.
+pub mod limits {
+    /// Input (and output) channels.
+    pub const MAX_IN_CH: usize = 16;
+    /// Channels of any level, `ch x ch_mult[i]`.
+    pub const MAX_CHANNELS: usize = 8192;
+    /// Resolution levels (`ch_mult.len()`).
+    pub const MAX_LEVELS: usize = 8;
+    /// Res blocks per level.
+    pub const MAX_RES_BLOCKS: usize = 16;
+    /// Image side in pixels.
+    pub const MAX_IMAGE_SIZE: usize = 4096;
+}
+
 /// The architecture knobs of ../shared/reference/ddpm_unet.py's UNetConfig,
 /// with the same field names so its JSON reads directly.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -116,6 +136,7 @@ impl UNetConfig {
         if self.num_res_blocks == 0 {
             return bad("num_res_blocks must be at least 1".into());
         }
+        self.check_limits()?;
         if !(0.0..1.0).contains(&self.dropout) {
             return bad(format!("dropout {} is outside [0, 1)", self.dropout));
         }
@@ -152,6 +173,40 @@ impl UNetConfig {
             if !res.contains(a) {
                 return bad(format!("attention resolution {a} is not one of the levels' sides {res:?}"));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks the hard [`limits`] (called by [`UNetConfig::validate`]).
+    fn check_limits(&self) -> Result<()> {
+        use limits::*;
+        let over = |what: String, value: usize, limit: usize| {
+            Err(UNetError::Config(format!("{what} {value} is above the limit of {limit}")))
+        };
+        if self.in_ch > MAX_IN_CH {
+            return over("in_ch".into(), self.in_ch, MAX_IN_CH);
+        }
+        if self.image_size > MAX_IMAGE_SIZE {
+            return over("image_size".into(), self.image_size, MAX_IMAGE_SIZE);
+        }
+        if self.ch_mult.len() > MAX_LEVELS {
+            return over("the number of levels (ch_mult entries)".into(), self.ch_mult.len(), MAX_LEVELS);
+        }
+        if self.num_res_blocks > MAX_RES_BLOCKS {
+            return over("num_res_blocks".into(), self.num_res_blocks, MAX_RES_BLOCKS);
+        }
+        if self.ch > MAX_CHANNELS {
+            return over("ch".into(), self.ch, MAX_CHANNELS);
+        }
+        for m in &self.ch_mult {
+            // ch <= MAX_CHANNELS, so a multiplier above it overflows the limit anyway.
+            let c = self.ch.saturating_mul(*m);
+            if c > MAX_CHANNELS {
+                return over(format!("the channel count ch {} x mult {m} =", self.ch), c, MAX_CHANNELS);
+            }
+        }
+        if self.attn_resolutions.len() > MAX_LEVELS {
+            return over("the number of attn_resolutions".into(), self.attn_resolutions.len(), MAX_LEVELS);
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ pub mod atomic_file;
 pub mod config;
 pub mod diffusers;
 pub mod error;
+pub mod footprint;
 pub mod io;
 pub mod layers;
 pub mod params;
@@ -15,6 +16,7 @@ pub mod verify;
 
 pub use config::UNetConfig;
 pub use error::{Result, UNetError};
+pub use footprint::Footprint;
 pub use layers::ForwardMode;
 pub use params::{ParamId, ParamStore};
 pub use unet::{UNet, UNetCache};

@@ -5,6 +5,15 @@ use std::path::{Path, PathBuf};
 
 use super::{byte_to_signed, Dataset, DatasetKind};
 use crate::error::{Error, Result};
+use crate::memory_budget::{mul, MemoryBudget, Need};
+
+fn open_error(path: &Path, e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::NotFound { path: path.to_path_buf() }
+    } else {
+        Error::io(path, e)
+    }
+}
 
 /// Image side of CIFAR-10.
 pub const CIFAR_SIZE: usize = 32;
@@ -60,16 +69,24 @@ pub(super) fn find_batches_in_dir(dir: &Path) -> Result<Option<Vec<PathBuf>>> {
 /// Loads and concatenates CIFAR-10 batch files. `source` names the dataset
 /// in errors about the whole of it.
 pub(super) fn load_cifar_files(source: &Path, files: &[PathBuf]) -> Result<Dataset> {
+    // Sizes first, from the file system: the f32 images of every record and
+    // the largest file's bytes must fit the memory budget before any is read.
+    let mut total = 0u64;
+    let mut largest = 0u64;
+    for f in files {
+        let len = std::fs::metadata(f).map_err(|e| open_error(f, e))?.len();
+        total = total.saturating_add(len);
+        largest = largest.max(len);
+    }
+    let records = total / CIFAR_RECORD as u64;
+    MemoryBudget::global()?.check(
+        format!("{}: {records} CIFAR-10 records", source.display()),
+        &Need::one("f32 images", mul(records, 4 * (CIFAR_RECORD as u64 - 1))).add("file bytes", largest),
+    )?;
     let mut images = Vec::new();
     let mut labels = Vec::new();
     for f in files {
-        let bytes = std::fs::read(f).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::NotFound { path: f.clone() }
-            } else {
-                Error::io(f, e)
-            }
-        })?;
+        let bytes = std::fs::read(f).map_err(|e| open_error(f, e))?;
         if bytes.len() % CIFAR_RECORD != 0 {
             return Err(Error::BadDims {
                 path: f.clone(),

@@ -15,8 +15,13 @@ use rayon::prelude::*;
 
 use super::{byte_to_signed, Dataset, DatasetKind};
 use crate::error::{Error, Result};
+use crate::memory_budget::{mul, MemoryBudget, Need};
 
 const MAX_DEPTH: usize = 32;
+
+/// The most one image's decoder may allocate (the `image` crate's default):
+/// a header claiming a larger image is refused before its pixels are.
+const MAX_DECODE_BYTES: u64 = 512 << 20;
 
 /// True for a path whose extension is png, jpg or jpeg (any case).
 pub(super) fn is_image_file(path: &Path) -> bool {
@@ -55,14 +60,21 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Decodes one image and writes it, resized, cropped and converted, into
 /// `out` (`channels * size * size` values in `[-1, 1]`).
-fn load_one(path: &Path, channels: usize, size: usize, out: &mut [f32]) -> Result<()> {
-    let img_err = |reason: String| Error::Image { path: path.to_path_buf(), reason };
-    let img = image::ImageReader::open(path)
+fn load_one(path: &Path, channels: usize, size: usize, max_decode: u64, out: &mut [f32]) -> Result<()> {
+    // Some decoders' messages span lines; errors are one line.
+    let img_err = |reason: String| Error::Image {
+        path: path.to_path_buf(),
+        reason: reason.split_whitespace().collect::<Vec<_>>().join(" "),
+    };
+    let mut reader = image::ImageReader::open(path)
         .map_err(|e| Error::io(path, e))?
         .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?
-        .decode()
-        .map_err(|e| img_err(e.to_string()))?;
+        .map_err(|e| Error::io(path, e))?;
+    // The decoder checks the header's size against this before allocating.
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(max_decode);
+    reader.limits(limits);
+    let img = reader.decode().map_err(|e| img_err(e.to_string()))?;
     if img.width() == 0 || img.height() == 0 {
         return Err(img_err("image has no pixels".into()));
     }
@@ -106,9 +118,21 @@ pub fn load_image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dat
         });
     }
     let per = channels * size * size;
+    // Every decoder in flight (one per thread) may use up to MAX_DECODE_BYTES.
+    let budget = MemoryBudget::global()?;
+    let threads = rayon::current_num_threads() as u64;
+    let max_decode = MAX_DECODE_BYTES.min(budget.limit / (threads + 1)).max(1);
+    let images_bytes = mul(mul(files.len() as u64, per as u64), 4);
+    budget.check(
+        format!("{}: {} images of {channels}x{size}x{size}", dir.display(), files.len()),
+        &Need::one("f32 images", images_bytes).add("decoders", mul(threads, max_decode)),
+    )?;
     let mut images = vec![0f32; files.len() * per];
-    let results: Vec<Result<()>> =
-        images.par_chunks_mut(per).zip(files.par_iter()).map(|(out, f)| load_one(f, channels, size, out)).collect();
+    let results: Vec<Result<()>> = images
+        .par_chunks_mut(per)
+        .zip(files.par_iter())
+        .map(|(out, f)| load_one(f, channels, size, max_decode, out))
+        .collect();
     if let Some(e) = results.into_iter().find_map(|r| r.err()) {
         return Err(e);
     }
