@@ -12,6 +12,7 @@ pub mod npy;
 pub mod optim;
 pub mod plot;
 pub mod raster;
+pub mod restore;
 pub mod sampler;
 pub mod train;
 
