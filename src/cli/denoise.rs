@@ -8,7 +8,7 @@
 
 use super::image_verbs::{
     by_batches, load_inputs, overview_png, panels_png, to_unit, write_json, InputArgs, Model, ModelArgs, OutPlan,
-    SamplerArgs, StepBar,
+    SamplerArgs, StepBar, OVERVIEW_IMAGES,
 };
 use anyhow::{bail, Result};
 use clap::Args;
@@ -28,13 +28,13 @@ pub struct DenoiseArgs {
     #[command(flatten)]
     pub inputs: InputArgs,
     /// Noise level of the input: standard deviation in [0, 1] pixel units (default: --add-noise's).
-    #[arg(long, conflicts_with = "t")]
+    #[arg(long, conflicts_with = "t", allow_negative_numbers = true)]
     pub sigma: Option<f64>,
     /// Noise level of the input as a timestep of the model (0..T).
     #[arg(long)]
     pub t: Option<usize>,
     /// First add Gaussian noise of this deviation (pixel units) to the clean input, and score the result.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub add_noise: Option<f64>,
     #[command(flatten)]
     pub sampler: SamplerArgs,
@@ -86,7 +86,9 @@ pub fn run(a: DenoiseArgs) -> Result<()> {
         (Some(t), _) if t >= d.timesteps => bail!("--t {t} is outside the model's timesteps 0..{}", d.timesteps),
         (Some(t), _) => t,
         (None, Some(s)) => timestep_for_sigma(d, s)?,
-        (None, None) => bail!("say how noisy the input is: --sigma S (pixel units) or --t T, or add noise with --add-noise S"),
+        (None, None) => {
+            bail!("say how noisy the input is: --sigma S (pixel units) or --t T, or add noise with --add-noise S")
+        }
     };
     let sampler = a.sampler.sampler();
     let calls = timesteps_from(d, sampler, t)?.len();
@@ -192,7 +194,7 @@ pub fn run(a: DenoiseArgs) -> Result<()> {
         panels_png(&plan.image_path(name), &panels(i), dims)?;
     }
     if inputs.len() > 1 {
-        let rows: Vec<Vec<&[f32]>> = (0..inputs.len().min(8)).map(panels).collect();
+        let rows: Vec<Vec<&[f32]>> = (0..inputs.len().min(OVERVIEW_IMAGES)).map(panels).collect();
         overview_png(&plan.side_path("overview.png"), &rows, dims)?;
     }
     let json_path = a.json.clone().unwrap_or_else(|| plan.side_path("metrics.json"));

@@ -291,14 +291,19 @@ pub fn panels_png(path: &Path, panels: &[&[f32]], dims: [usize; 3]) -> Result<()
     Ok(())
 }
 
-/// Rows of panels (the first `rows` images), one row per image.
-pub fn overview_png(path: &Path, rows: &[Vec<&[f32]>], dims: [usize; 3]) -> Result<()> {
-    let cols = rows.first().map_or(0, Vec::len);
-    let all: Vec<f32> = rows.iter().flat_map(|r| r.iter().flat_map(|p| p.iter().copied())).collect();
+/// The first few images side by side: one row per kind of panel (input,
+/// noisy, result, ...), one column per image.
+pub fn overview_png(path: &Path, images: &[Vec<&[f32]>], dims: [usize; 3]) -> Result<()> {
+    let kinds = images.first().map_or(0, Vec::len);
+    let all: Vec<f32> =
+        (0..kinds).flat_map(|k| images.iter().flat_map(move |panels| panels[k].iter().copied())).collect();
     let [c, h, w] = dims;
-    make_grid(&all, [rows.len() * cols, c, h, w], cols, ValueRange::Signed)?.save_png(path)?;
+    make_grid(&all, [images.len() * kinds, c, h, w], images.len(), ValueRange::Signed)?.save_png(path)?;
     Ok(())
 }
+
+/// How many images the overview shows.
+pub const OVERVIEW_IMAGES: usize = 10;
 
 /// Writes JSON atomically.
 pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {

@@ -5,6 +5,7 @@
 
 use super::image_verbs::{
     by_batches, load_inputs, overview_png, panels_png, InputArgs, Model, ModelArgs, OutPlan, SamplerArgs, StepBar,
+    OVERVIEW_IMAGES,
 };
 use anyhow::{bail, Result};
 use clap::Args;
@@ -20,7 +21,7 @@ pub struct Img2ImgArgs {
     #[command(flatten)]
     pub inputs: InputArgs,
     /// How far to noise the input: t = strength x T, strength in [0, 1].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub strength: f64,
     #[command(flatten)]
     pub sampler: SamplerArgs,
@@ -46,7 +47,9 @@ pub fn run(a: Img2ImgArgs) -> Result<()> {
     let plan = OutPlan::new(&a.out, inputs.len())?;
     println!("img2img of {} image(s) with {}", inputs.len(), m.describe(!a.model.no_ema));
     match start {
-        Some(t) => println!("SDEdit: noise to t = {t} of {}, then {}: {calls} model call(s)", d.timesteps, a.sampler.name()),
+        Some(t) => {
+            println!("SDEdit: noise to t = {t} of {}, then {}: {calls} model call(s)", d.timesteps, a.sampler.name())
+        }
         None => println!("strength {}: no step to take, the output is the input", a.strength),
     }
     let bar = StepBar::new();
@@ -63,7 +66,7 @@ pub fn run(a: Img2ImgArgs) -> Result<()> {
         panels_png(&plan.image_path(name), &panels(i), dims)?;
     }
     if inputs.len() > 1 {
-        let rows: Vec<Vec<&[f32]>> = (0..inputs.len().min(8)).map(panels).collect();
+        let rows: Vec<Vec<&[f32]>> = (0..inputs.len().min(OVERVIEW_IMAGES)).map(panels).collect();
         overview_png(&plan.side_path("overview.png"), &rows, dims)?;
     }
     match &plan {

@@ -4,7 +4,7 @@
 //! input | mask (the region to fill grey over the input) | result.
 
 use super::image_verbs::{
-    by_batches, load_inputs, overview_png, panels_png, InputArgs, Model, ModelArgs, OutPlan, StepBar,
+    by_batches, load_inputs, overview_png, panels_png, InputArgs, Model, ModelArgs, OutPlan, StepBar, OVERVIEW_IMAGES,
 };
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
@@ -123,7 +123,7 @@ pub fn run(a: InpaintArgs) -> Result<()> {
         panels_png(&plan.image_path(name), &panels(i), dims)?;
     }
     if inputs.len() > 1 {
-        let rows: Vec<Vec<&[f32]>> = (0..inputs.len().min(8)).map(panels).collect();
+        let rows: Vec<Vec<&[f32]>> = (0..inputs.len().min(OVERVIEW_IMAGES)).map(panels).collect();
         overview_png(&plan.side_path("overview.png"), &rows, dims)?;
     }
     match &plan {

@@ -249,3 +249,45 @@ pub fn reverse_step(
     let sig = Tensor::full([n], sigma, DType::F32, &device)?;
     Ok(ops::noise_add(&mean, &ones, &sig, noise.seed, noise.step, STEP_STREAM)?.x_t)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::{Schedule, Target};
+    use diffuse_tensor::Device;
+    use diffuse_unet::UNetConfig;
+
+    #[test]
+    fn timesteps_from_start_at_t_and_end_at_zero() {
+        let d = Diffusion::new(Schedule::Linear, 1000, Target::Eps).unwrap();
+        assert_eq!(
+            timesteps_from(&d, Sampler::Ddpm { variance: Variance::FixedSmall }, 4).unwrap(),
+            vec![4, 3, 2, 1, 0]
+        );
+        let ddim = Sampler::Ddim { steps: 50, eta: 0.0 };
+        for t in [0, 7, 19, 20, 21, 499, 999] {
+            let ts = timesteps_from(&d, ddim, t).unwrap();
+            assert_eq!((ts[0], *ts.last().unwrap()), (t, 0), "t = {t}: {ts:?}");
+            assert!(ts.windows(2).all(|p| p[0] > p[1]));
+            // The step size of a full 50-step run (20), give or take one step.
+            assert!(ts.len().abs_diff((t + 1).div_ceil(20)) <= 1 || t == 0, "t = {t}: {ts:?}");
+        }
+        assert_eq!(timesteps_from(&d, ddim, 0).unwrap(), vec![0]);
+        assert!(timesteps_from(&d, ddim, 1000).is_err());
+    }
+
+    #[test]
+    fn reverse_from_pure_noise_is_sample() {
+        let dev = Device::Cpu;
+        let model = UNet::new(UNetConfig::tiny(), 2, DType::F32, &dev).unwrap();
+        let d = Diffusion::new(Schedule::Linear, 30, Target::Eps).unwrap();
+        for sampler in [Sampler::Ddim { steps: 6, eta: 0.5 }, Sampler::Ddpm { variance: Variance::FixedLarge }] {
+            let spec = SampleSpec::new(2, sampler, 9);
+            let s = sample(&model, &d, &spec, |_, _| {}).unwrap();
+            let x_t = Tensor::randn([2, 1, 8, 8], 9, INIT_STREAM, DType::F32, &dev).unwrap();
+            let ts = timesteps(&d, sampler).unwrap();
+            let r = reverse_from(&model, &d, sampler, true, &x_t, &ts, 9, |_, _| {}).unwrap();
+            assert_eq!(s.images.to_vec_f32().unwrap(), r.to_vec_f32().unwrap(), "{sampler:?}");
+        }
+    }
+}

@@ -42,14 +42,20 @@ pub fn gaussian_filter(data: &[f32], h: usize, w: usize, sigma: f64) -> Result<V
     for (src, dst) in data.chunks_exact(h * w).zip(out.chunks_exact_mut(h * w)) {
         for y in 0..h {
             for x in 0..w {
-                rows[y * w + x] =
-                    k.iter().enumerate().map(|(j, kw)| kw * src[y * w + reflect(x as isize + j as isize - r, w)] as f64).sum();
+                rows[y * w + x] = k
+                    .iter()
+                    .enumerate()
+                    .map(|(j, kw)| kw * src[y * w + reflect(x as isize + j as isize - r, w)] as f64)
+                    .sum();
             }
         }
         for y in 0..h {
             for x in 0..w {
-                let v: f64 =
-                    k.iter().enumerate().map(|(j, kw)| kw * rows[reflect(y as isize + j as isize - r, h) * w + x]).sum();
+                let v: f64 = k
+                    .iter()
+                    .enumerate()
+                    .map(|(j, kw)| kw * rows[reflect(y as isize + j as isize - r, h) * w + x])
+                    .sum();
                 dst[y * w + x] = v as f32;
             }
         }
@@ -103,8 +109,7 @@ mod tests {
     #[test]
     fn separable_filter_matches_the_direct_sum() {
         let (h, w) = (9, 13);
-        let data: Vec<f32> =
-            (0..h * w).map(|i| diffuse_tensor::philox::normal(4, 0, 0, i as u64)).collect();
+        let data: Vec<f32> = (0..h * w).map(|i| diffuse_tensor::philox::normal(4, 0, 0, i as u64)).collect();
         for sigma in [0.3, 1.0, 2.5, 6.0] {
             let f = gaussian_filter(&data, h, w, sigma).unwrap();
             for (a, b) in f.iter().zip(naive(&data, h, w, sigma)) {
@@ -122,8 +127,11 @@ mod tests {
     #[test]
     fn grid_search_prefers_smoothing_of_noisy_flat_images() {
         let clean = vec![0.5f32; 2 * 16 * 16];
-        let noisy: Vec<f32> =
-            clean.iter().enumerate().map(|(i, c)| c + 0.2 * diffuse_tensor::philox::normal(1, 0, 0, i as u64)).collect();
+        let noisy: Vec<f32> = clean
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c + 0.2 * diffuse_tensor::philox::normal(1, 0, 0, i as u64))
+            .collect();
         let (sigma, f) = best_gaussian(&noisy, &clean, [2, 1, 16, 16]).unwrap();
         assert!(sigma >= 2.0, "{sigma}");
         assert!(metrics::mse(&f, &clean).unwrap() < 0.1 * metrics::mse(&noisy, &clean).unwrap());

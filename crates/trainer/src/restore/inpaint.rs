@@ -196,7 +196,10 @@ mod tests {
         assert_eq!(model_calls(&s), 250 + 24 * 9 * 10);
         assert_eq!((s[0], *s.last().unwrap()), (249, -1));
         assert!(s.windows(2).all(|p| (p[0] - p[1]).abs() == 1));
-        assert_eq!(RepaintSpec::defaults_for(1000, 0), RepaintSpec { steps: 250, jump_length: 10, jump_count: 10, seed: 0 });
+        assert_eq!(
+            RepaintSpec::defaults_for(1000, 0),
+            RepaintSpec { steps: 250, jump_length: 10, jump_count: 10, seed: 0 }
+        );
         assert_eq!(RepaintSpec::defaults_for(100, 0).jump_length, 4);
     }
 
