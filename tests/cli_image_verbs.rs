@@ -214,8 +214,7 @@ fn inpainting_keeps_the_known_pixels_exactly() {
     let input = dir.path().join("in.png");
     let pixels = write_grey_png(&input, 7);
     // A mask picture: a white diagonal band to fill.
-    let mask: Vec<u8> =
-        (0..28 * 28).map(|i| if ((i / 28) as i32 - (i % 28) as i32).abs() < 4 { 255 } else { 0 }).collect();
+    let mask: Vec<u8> = (0..28 * 28usize).map(|i| if (i / 28).abs_diff(i % 28) < 4 { 255 } else { 0 }).collect();
     let mask_path = dir.path().join("mask.png");
     RasterImage { width: 28, height: 28, channels: 1, pixels: mask.clone() }.save_png(&mask_path).unwrap();
     for (label, extra) in
