@@ -27,6 +27,12 @@ enum Command {
     Sample(cli::sample::SampleArgs),
     /// Denoising quality of a checkpoint on held-out images (MSE, PSNR, SSIM).
     Eval(cli::eval::EvalArgs),
+    /// Denoise images: the input is x_t at its noise level; original | noisy | denoised, PSNR/SSIM.
+    Denoise(cli::denoise::DenoiseArgs),
+    /// Fill a masked region of images (RePaint).
+    Inpaint(cli::inpaint::InpaintArgs),
+    /// Image to image (SDEdit): noise to t = strength x T, then denoise.
+    Img2img(cli::img2img::Img2ImgArgs),
     /// Show devices (CPU, CUDA, emulator) or a model config's parameter count.
     Info(cli::info::InfoArgs),
     /// Check one training step against a PyTorch test-vector file.
@@ -46,6 +52,9 @@ fn main() -> ExitCode {
         Command::Train(a) => cli::train::run(a),
         Command::Sample(a) => cli::sample::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Denoise(a) => cli::denoise::run(a),
+        Command::Inpaint(a) => cli::inpaint::run(a),
+        Command::Img2img(a) => cli::img2img::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::VerifyStep(a) => cli::verify::run(a),
         Command::Import(a) => cli::import::run(a),

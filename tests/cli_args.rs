@@ -36,9 +36,11 @@ fn help_lists_the_possible_values() {
     assert!(sample.contains(DEVICES), "{sample}");
     assert!(sample.contains("[possible values: ddpm, ddim]"), "{sample}");
     assert!(sample.contains("[possible values: large, small]"), "{sample}");
-    for sub in ["eval", "info", "verify-step"] {
+    for sub in ["eval", "info", "verify-step", "denoise", "inpaint", "img2img"] {
         assert!(help(sub).contains(DEVICES), "{sub}");
     }
+    assert!(help("inpaint").contains("[possible values: box, half, strokes]"));
+    assert!(help("denoise").contains("[possible values: ddpm, ddim]"));
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod npy;
 pub mod optim;
 pub mod plot;
 pub mod raster;
+pub mod restore;
 pub mod run_lock;
 pub mod sampler;
 pub mod train;

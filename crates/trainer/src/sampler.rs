@@ -5,7 +5,7 @@
 use crate::diffusion::Diffusion;
 use crate::memory_budget::MemoryBudget;
 use crate::{Error, Result};
-use diffuse_tensor::{ops, DType, Device, Tensor};
+use diffuse_tensor::{ops, DType, Tensor};
 use diffuse_unet::UNet;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -71,6 +71,55 @@ pub fn timesteps(d: &Diffusion, sampler: Sampler) -> Result<Vec<usize>> {
     }
 }
 
+/// The timesteps a sampler visits when it starts from an x_t at `t_start`
+/// (SDEdit, denoising a noisy image) instead of from pure noise at T - 1,
+/// noisiest first, starting at `t_start` and ending at 0 (or `[t_start]`
+/// alone: one step straight to the x0 estimate). DDPM visits every step;
+/// DDIM keeps the step size of a full `steps`-step run, so it takes about
+/// `steps * (t_start + 1) / T` steps (at least one).
+pub fn timesteps_from(d: &Diffusion, sampler: Sampler, t_start: usize) -> Result<Vec<usize>> {
+    if t_start >= d.timesteps {
+        return Err(Error::Config(format!("start timestep {t_start} is outside 0..{}", d.timesteps)));
+    }
+    let full = timesteps(d, sampler)?;
+    match sampler {
+        Sampler::Ddpm { .. } => Ok((0..=t_start).rev().collect()),
+        Sampler::Ddim { .. } => {
+            let n = (full.len() * (t_start + 1)).div_ceil(d.timesteps).clamp(1, t_start + 1);
+            if n == 1 {
+                return Ok(vec![t_start]);
+            }
+            let mut ts: Vec<usize> = (0..n).map(|i| (i * t_start + (n - 1) / 2) / (n - 1)).collect();
+            ts.dedup();
+            ts.reverse();
+            Ok(ts)
+        }
+    }
+}
+
+/// Runs the reverse process from `x_t` (at `ts[0]`) through the timesteps
+/// `ts` (noisiest first) to x_0. Step i draws its noise at Philox step
+/// `ts[i]` of `seed`, as [`sample`] does.
+#[allow(clippy::too_many_arguments)]
+pub fn reverse_from(
+    model: &UNet,
+    d: &Diffusion,
+    sampler: Sampler,
+    clip_x0: bool,
+    x_t: &Tensor,
+    ts: &[usize],
+    seed: u64,
+    mut on_step: impl FnMut(usize, usize),
+) -> Result<Tensor> {
+    let mut x = x_t.clone();
+    for (i, &t) in ts.iter().enumerate() {
+        let t_prev = ts.get(i + 1).map(|&p| p as isize).unwrap_or(-1);
+        x = reverse_step(model, d, sampler, clip_x0, &x, t, t_prev, StepNoise { seed, step: t as u32 })?;
+        on_step(i + 1, ts.len());
+    }
+    Ok(x)
+}
+
 /// Philox stream of the starting noise; step noise uses stream 1 at step t.
 const INIT_STREAM: u32 = 7;
 const STEP_STREAM: u32 = 8;
@@ -112,7 +161,7 @@ pub fn sample(
                 trajectory.push(first_images(&x, keep)?);
             }
             let t_prev = ts.get(i + 1).map(|&p| p as isize).unwrap_or(-1);
-            x = step(model, d, spec, &x, t, t_prev, seed, &device)?;
+            x = reverse_step(model, d, spec.sampler, spec.clip_x0, &x, t, t_prev, StepNoise { seed, step: t as u32 })?;
             calls += 1;
             on_step(calls, total_calls);
         }
@@ -136,29 +185,42 @@ fn first_images(x: &Tensor, k: usize) -> Result<Vec<f32>> {
     Ok(x.to_vec_f32()?[..k * per].to_vec())
 }
 
-/// One reverse step from t to t_prev (-1 means to the clean image).
+/// Where the noise of one stochastic reverse step comes from: Philox
+/// (seed, step) on the sampler's step stream. Plain sampling uses step = t;
+/// callers that visit a timestep more than once (RePaint) count steps instead.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepNoise {
+    pub seed: u64,
+    pub step: u32,
+}
+
+/// One reverse step of `sampler` from x at timestep t to t_prev (-1 means to
+/// the clean image). t_prev need not be t - 1 for DDIM; DDPM uses beta_t and
+/// so expects t_prev = t - 1 (DDIM with eta = 1 is the DDPM posterior of any
+/// sub-sequence of timesteps).
 #[allow(clippy::too_many_arguments)]
-fn step(
+pub fn reverse_step(
     model: &UNet,
     d: &Diffusion,
-    spec: &SampleSpec,
+    sampler: Sampler,
+    clip_x0: bool,
     x: &Tensor,
     t: usize,
     t_prev: isize,
-    seed: u64,
-    device: &Device,
+    noise: StepNoise,
 ) -> Result<Tensor> {
+    let device = x.device();
     let n = x.dims()[0];
-    let tt = Tensor::full([n], t as f64, DType::F32, device)?;
+    let tt = Tensor::full([n], t as f64, DType::F32, &device)?;
     let out = model.forward(x, &tt)?;
     let (mut eps, mut x0) = d.split_prediction(x, &out, t)?;
-    if spec.clip_x0 {
+    if clip_x0 {
         x0 = ops::clamp(&x0, -1.0, 1.0)?;
         eps = d.eps_from_x0(x, &x0, t)?;
     }
     let abar_t = d.abar(t as isize);
     let abar_prev = d.abar(t_prev);
-    let (mean, sigma) = match spec.sampler {
+    let (mean, sigma) = match sampler {
         Sampler::Ddpm { variance } => {
             let beta = d.beta(t);
             let c_x0 = beta * abar_prev.sqrt() / (1.0 - abar_t);
@@ -192,7 +254,49 @@ fn step(
     if sigma == 0.0 {
         return Ok(mean);
     }
-    let ones = Tensor::full([n], 1.0, DType::F32, device)?;
-    let sig = Tensor::full([n], sigma, DType::F32, device)?;
-    Ok(ops::noise_add(&mean, &ones, &sig, seed, t as u32, STEP_STREAM)?.x_t)
+    let ones = Tensor::full([n], 1.0, DType::F32, &device)?;
+    let sig = Tensor::full([n], sigma, DType::F32, &device)?;
+    Ok(ops::noise_add(&mean, &ones, &sig, noise.seed, noise.step, STEP_STREAM)?.x_t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diffusion::{Schedule, Target};
+    use diffuse_tensor::Device;
+    use diffuse_unet::UNetConfig;
+
+    #[test]
+    fn timesteps_from_start_at_t_and_end_at_zero() {
+        let d = Diffusion::new(Schedule::Linear, 1000, Target::Eps).unwrap();
+        assert_eq!(
+            timesteps_from(&d, Sampler::Ddpm { variance: Variance::FixedSmall }, 4).unwrap(),
+            vec![4, 3, 2, 1, 0]
+        );
+        let ddim = Sampler::Ddim { steps: 50, eta: 0.0 };
+        for t in [0, 7, 19, 20, 21, 499, 999] {
+            let ts = timesteps_from(&d, ddim, t).unwrap();
+            assert!(ts[0] == t && (*ts.last().unwrap() == 0 || ts == [t]), "t = {t}: {ts:?}");
+            assert!(ts.windows(2).all(|p| p[0] > p[1]));
+            // The step size of a full 50-step run (20), give or take one step.
+            assert!(ts.len().abs_diff((t + 1).div_ceil(20)) <= 1 || t == 0, "t = {t}: {ts:?}");
+        }
+        assert_eq!(timesteps_from(&d, ddim, 0).unwrap(), vec![0]);
+        assert!(timesteps_from(&d, ddim, 1000).is_err());
+    }
+
+    #[test]
+    fn reverse_from_pure_noise_is_sample() {
+        let dev = Device::Cpu;
+        let model = UNet::new(UNetConfig::tiny(), 2, DType::F32, &dev).unwrap();
+        let d = Diffusion::new(Schedule::Linear, 30, Target::Eps).unwrap();
+        for sampler in [Sampler::Ddim { steps: 6, eta: 0.5 }, Sampler::Ddpm { variance: Variance::FixedLarge }] {
+            let spec = SampleSpec::new(2, sampler, 9);
+            let s = sample(&model, &d, &spec, |_, _| {}).unwrap();
+            let x_t = Tensor::randn([2, 1, 8, 8], 9, INIT_STREAM, DType::F32, &dev).unwrap();
+            let ts = timesteps(&d, sampler).unwrap();
+            let r = reverse_from(&model, &d, sampler, true, &x_t, &ts, 9, |_, _| {}).unwrap();
+            assert_eq!(s.images.to_vec_f32().unwrap(), r.to_vec_f32().unwrap(), "{sampler:?}");
+        }
+    }
 }

@@ -10,12 +10,12 @@
 
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
 use rayon::prelude::*;
 
-use super::{byte_to_signed, Dataset, DatasetKind};
+use super::{Dataset, DatasetKind};
 use crate::error::{Error, Result};
 use crate::memory_budget::{mul, MemoryBudget, Need};
+use crate::raster::{load_image_limited, Resize};
 
 const MAX_DEPTH: usize = 32;
 
@@ -61,39 +61,7 @@ pub fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
 /// Decodes one image and writes it, resized, cropped and converted, into
 /// `out` (`channels * size * size` values in `[-1, 1]`).
 fn load_one(path: &Path, channels: usize, size: usize, max_decode: u64, out: &mut [f32]) -> Result<()> {
-    // Some decoders' messages span lines; errors are one line.
-    let img_err = |reason: String| Error::Image {
-        path: path.to_path_buf(),
-        reason: reason.split_whitespace().collect::<Vec<_>>().join(" "),
-    };
-    let mut reader = image::ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| Error::io(path, e))?;
-    // The decoder checks the header's size against this before allocating.
-    let mut limits = image::Limits::default();
-    limits.max_alloc = Some(max_decode);
-    reader.limits(limits);
-    let img = reader.decode().map_err(|e| img_err(e.to_string()))?;
-    if img.width() == 0 || img.height() == 0 {
-        return Err(img_err("image has no pixels".into()));
-    }
-    let s = size as u32;
-    let img = if img.width() == s && img.height() == s { img } else { img.resize_to_fill(s, s, FilterType::Triangle) };
-    let plane = size * size;
-    if channels == 1 {
-        let g = img.to_luma8();
-        for (o, &v) in out.iter_mut().zip(g.as_raw().iter()) {
-            *o = byte_to_signed(v);
-        }
-    } else {
-        let rgb = img.to_rgb8();
-        for (i, px) in rgb.as_raw().chunks_exact(3).enumerate() {
-            for c in 0..3 {
-                out[c * plane + i] = byte_to_signed(px[c]);
-            }
-        }
-    }
+    out.copy_from_slice(&load_image_limited(path, channels, size, Resize::Smooth, max_decode)?.values);
     Ok(())
 }
 

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 
 pub use cifar::load_cifar10;
-pub use folder::load_image_folder;
+pub use folder::{list_images, load_image_folder};
 pub use loader::{epoch_permutation, flip_decision, Batch, Loader, LoaderConfig, LoaderState};
 pub use mnist::{load_idx_images, load_idx_labels, read_maybe_gzip};
 
