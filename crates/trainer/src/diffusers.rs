@@ -8,6 +8,7 @@
 use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::TrainConfig;
 use crate::diffusion::{Schedule, Target};
+use crate::memory_budget::{mul, MemoryBudget, Need};
 use crate::optim::{AdamW, Ema};
 use crate::sampler::Variance;
 use crate::{Error, LoaderState, Result};
@@ -16,7 +17,7 @@ use diffuse_tensor::{DType, Device};
 use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::diffusers as unet_diffusers;
 use diffuse_unet::io::{parse, serialize};
-use diffuse_unet::{UNet, UNetError};
+use diffuse_unet::{Footprint, UNet, UNetError};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -238,6 +239,13 @@ pub fn read_as(dir: &Path, dtype: DType) -> Result<Imported> {
         ));
         SchedulerSettings::default()
     };
+    // The file, the model built from config.json, and each tensor converted.
+    let weight_bytes = Footprint::of(&config)?.weight_bytes();
+    let file_bytes = std::fs::metadata(&weights).map_err(|e| Error::io(&weights, e))?.len();
+    MemoryBudget::global()?.check(
+        format!("the model of {}", unet_dir.display()),
+        &Need::one("the weights file", file_bytes).add("weights and their conversion", mul(weight_bytes, 2)),
+    )?;
     let bytes = std::fs::read(&weights).map_err(|e| Error::io(&weights, e))?;
     let st = parse(&bytes).map_err(|e| diffusers_error(&weights, e))?;
     let levels = config.ch_mult.len();
@@ -263,6 +271,14 @@ pub fn write_checkpoint(imported: &Imported, out: &Path) -> Result<()> {
     let cfg = imported_train_config(imported);
     cfg.validate()?;
     let model = &imported.model;
+    // Model, EMA and two moments; their bytes; the serialised file.
+    let weights = Footprint::of(&model.config)?.weight_bytes();
+    MemoryBudget::global()?.check(
+        format!("the checkpoint {}", out.display()),
+        &Need::one("model, EMA and optimiser moments", mul(weights, 4))
+            .add("their bytes", mul(weights, 4))
+            .add("the file", mul(weights, 4)),
+    )?;
     let ema = Ema::new(&model.params, cfg.ema_decay, cfg.ema_warmup)?;
     let hyper = AdamWParams {
         lr: cfg.lr,

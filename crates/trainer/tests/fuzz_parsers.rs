@@ -1,6 +1,6 @@
 //! Fuzzing every parser that reads user files: MNIST IDX (plain and gzip),
 //! CIFAR-10 batches, image folders (PNG, JPEG), checkpoints (safetensors and
-//! our metadata) and config JSON. Each property starts from a valid file,
+//! our metadata), config JSON and diffusers model folders. Each property starts from a valid file,
 //! applies a few mutations (bit flips, byte edits, truncations, extensions,
 //! header fields set to big values) and asserts that the parser returns an
 //! error or a result that is consistent, never panics, and never allocates
@@ -19,11 +19,13 @@ use diffuse_tensor::{DType, Device};
 use diffuse_trainer::checkpoint::{self, Checkpoint, TrainState};
 use diffuse_trainer::config::TrainConfig;
 use diffuse_trainer::data::{load_idx_images, load_idx_labels};
+use diffuse_trainer::diffusers;
 use diffuse_trainer::memory_budget;
 use diffuse_trainer::optim::{AdamW, Ema};
 use diffuse_trainer::{Dataset, LoaderState};
 use diffuse_unet::{Footprint, UNet, UNetConfig};
 use proptest::prelude::*;
+use serde_json::{json, Value};
 
 /// The most any one parse may allocate at its peak. The inputs are a few
 /// KiB; the image decoders may take up to a third of the test budget.
@@ -444,6 +446,154 @@ proptest! {
         })?;
         one_line(&r)?;
     }
+}
+
+// ---------------------------------------------------------------- diffusers import
+
+/// The diffusers fixture: a small UNet2DModel folder with its scheduler.
+fn diffusers_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/data/diffusers/ddpm-1ch")
+}
+
+/// A JSON field edit: `field` picks a key of the object (one past the end
+/// adds an unknown one); `None` removes it.
+#[derive(Clone, Debug)]
+struct FieldEdit {
+    field: usize,
+    value: Option<Value>,
+}
+
+/// Values that break configs: wrong types, zero, big numbers and lists
+/// that describe models far past the memory budget.
+fn json_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::Null),
+        Just(json!(true)),
+        Just(json!("linear")),
+        Just(json!("squaredcos_cap_v2")),
+        Just(json!(-1)),
+        Just(json!(0)),
+        Just(json!(1)),
+        Just(json!(2)),
+        Just(json!(16)),
+        Just(json!(8192)),
+        Just(json!(100_000)),
+        Just(json!(u64::MAX)),
+        Just(json!(1e308)),
+        Just(json!(0.02)),
+        Just(json!([])),
+        Just(json!({})),
+        Just(json!([8192, 8192, 8192])),
+        Just(json!([512, 1024, 2048])),
+        Just(json!([8, 8, 16, 32])),
+        Just(json!([8, 8, 16, 32, 64, 128, 256, 512, 1024])),
+        Just(json!(["AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"])),
+        Just(json!(["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D"])),
+        Just(json!([4096, 4096])),
+        any::<u32>().prop_map(|v| json!(v)),
+    ]
+}
+
+fn field_edits() -> impl Strategy<Value = Vec<FieldEdit>> {
+    let edit = (any::<usize>(), prop::option::weighted(0.85, json_value()))
+        .prop_map(|(field, value)| FieldEdit { field, value });
+    prop::collection::vec(edit, 1..4)
+}
+
+fn edit_json(text: &[u8], edits: &[FieldEdit]) -> Vec<u8> {
+    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(text) else { return text.to_vec() };
+    for e in edits {
+        let keys: Vec<String> = obj.keys().cloned().collect();
+        let key = keys.get(e.field % (keys.len() + 1)).cloned().unwrap_or_else(|| "an_unknown_field".into());
+        match &e.value {
+            Some(v) => obj.insert(key, v.clone()),
+            None => obj.remove(&key),
+        };
+    }
+    serde_json::to_vec_pretty(&Value::Object(obj)).unwrap_or_default()
+}
+
+/// Imports `dir` as `diffuse import` does; an imported model's checkpoint
+/// opens and holds the model it reported.
+fn check_import(dir: &Path) -> Result<(), TestCaseError> {
+    let out = dir.join("imported.safetensors");
+    let r = within_cap("diffusers import", || diffusers::import(dir, &out))?;
+    one_line(&r)?;
+    if let Ok(imported) = r {
+        let c = within_cap("imported checkpoint", || Checkpoint::open(&out))?;
+        let c = c.map_err(|e| TestCaseError::fail(format!("the imported checkpoint does not open: {e}")))?;
+        prop_assert_eq!(c.model_config(), &imported.model.config);
+        let model = c.load_model(&Device::Cpu, true).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        prop_assert_eq!(model.num_params(), imported.model.num_params());
+    } else {
+        prop_assert!(!out.exists(), "a failed import left {}", out.display());
+    }
+    Ok(())
+}
+
+/// Copies the fixture folder into a fresh temp dir.
+fn diffusers_copy() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in [diffusers::CONFIG_FILE, diffusers::SCHEDULER_FILE, diffusers::WEIGHTS_FILE] {
+        std::fs::copy(diffusers_fixture().join(name), tmp.path().join(name)).unwrap();
+    }
+    tmp
+}
+
+proptest! {
+    #![proptest_config(fixed_seed(200, 0x1d8_0006))]
+
+    #[test]
+    fn diffusers_import_mutations(edits in field_edits(), muts in prop::collection::vec(mutation(), 0..3),
+        edit in any::<usize>(), value in prop_oneof![
+            Just("0".to_string()), Just("1".to_string()), Just("100000".to_string()),
+            Just("4294967295".to_string()), Just("18446744073709551615".to_string()),
+            Just("99999999999999999999999".to_string()), (0u64..400_000).prop_map(|v| v.to_string())
+        ], target in 0u8..5) {
+        use_test_budget();
+        let tmp = diffusers_copy();
+        let file = match target {
+            0 | 1 => diffusers::CONFIG_FILE,
+            2 => diffusers::SCHEDULER_FILE,
+            _ => diffusers::WEIGHTS_FILE,
+        };
+        let path = tmp.path().join(file);
+        let base = std::fs::read(&path).unwrap();
+        let bytes = match target {
+            // JSON field edits, then (sometimes) byte mutations of the text.
+            0 | 2 => apply(&edit_json(&base, &edits), &muts),
+            // Number edits of the text: a UNet of another size.
+            1 => {
+                let mut fake = (base.len() as u64).to_le_bytes().to_vec();
+                fake.extend_from_slice(&base);
+                edit_header_number(&fake, edit, &value)[8..].to_vec()
+            }
+            // Shapes and offsets in the safetensors header.
+            3 => edit_header_number(&base, edit, &value),
+            _ if muts.is_empty() => apply(&base, &[Mutation::Truncate { keep: edit }]),
+            _ => apply(&base, &muts),
+        };
+        std::fs::write(&path, bytes).unwrap();
+        check_import(tmp.path())?;
+    }
+}
+
+/// A config.json describing a model past the memory budget is refused
+/// before the model is built (it was built, then aborted in the allocator).
+#[test]
+fn diffusers_import_of_a_model_past_the_budget_is_refused() {
+    use_test_budget();
+    let tmp = diffusers_copy();
+    let path = tmp.path().join(diffusers::CONFIG_FILE);
+    let mut config: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    config["block_out_channels"] = json!([128, 256, 256]);
+    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    let out = tmp.path().join("imported.safetensors");
+    let (r, peak) = peak_bytes(|| diffusers::import(tmp.path(), &out));
+    let e = r.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("more than the memory limit"), "{e}");
+    assert!(!e.contains('\n'), "{e}");
+    assert!(peak < 16 << 20, "allocated {peak} bytes before refusing");
 }
 
 /// The budget the tests run under is what the parsers see.
