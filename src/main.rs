@@ -23,10 +23,12 @@ enum Command {
     Sample(cli::sample::SampleArgs),
     /// Denoising quality of a checkpoint on held-out images (MSE, PSNR, SSIM).
     Eval(cli::eval::EvalArgs),
-    /// Show devices (CPU, CUDA, emulator) or a model config's parameter count.
+    /// Show devices (CPU, CUDA, emulator), a model config's parameter count, or its parameters (--params).
     Info(cli::info::InfoArgs),
     /// Check one training step against a PyTorch test-vector file.
     VerifyStep(cli::verify::VerifyArgs),
+    /// Fold a LoRA run's adapters into its base: a plain checkpoint.
+    MergeLora(cli::merge_lora::MergeLoraArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         Command::Eval(a) => cli::eval::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::VerifyStep(a) => cli::verify::run(a),
+        Command::MergeLora(a) => cli::merge_lora::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

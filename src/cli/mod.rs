@@ -4,6 +4,7 @@
 pub mod device;
 pub mod eval;
 pub mod info;
+pub mod merge_lora;
 pub mod model_config;
 pub mod progress;
 pub mod sample;

@@ -6,12 +6,13 @@
 
 use crate::config::TrainConfig;
 use crate::data::LoaderState;
+use crate::finetune;
 use crate::optim::{AdamW, Ema};
 use crate::{Error, Result};
 use diffuse_tensor::{Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::io::{parse, serialize, tensor_bytes, view_to_tensor};
-use diffuse_unet::{UNet, UNetConfig};
+use diffuse_unet::{ParamId, UNet, UNetConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -27,19 +28,24 @@ pub struct TrainState {
     pub ema_updates: u64,
 }
 
+/// A LoRA run stores only its adapters (the base is referenced by path and
+/// hash in its config); AdamW moments exist only for trainable tensors.
 pub fn save(path: &Path, cfg: &TrainConfig, model: &UNet, ema: &Ema, opt: &AdamW, state: TrainState) -> Result<()> {
     let mut entries = Vec::new();
     let names: Vec<String> = model.params.iter().map(|(n, _)| n.to_string()).collect();
-    let mut push = |prefix: &str, tensors: Vec<&Tensor>| -> Result<()> {
-        for (n, t) in names.iter().zip(tensors) {
-            entries.push((format!("{prefix}.{n}"), t.dims().to_vec(), tensor_bytes(t)?));
+    let stored: Vec<bool> = model.params.ids().map(|id| cfg.lora.is_none() || model.params.is_adapter(id)).collect();
+    let mut push = |prefix: &str, tensors: Vec<Option<&Tensor>>| -> Result<()> {
+        for ((n, t), keep) in names.iter().zip(tensors).zip(&stored) {
+            if let (Some(t), true) = (t, keep) {
+                entries.push((format!("{prefix}.{n}"), t.dims().to_vec(), tensor_bytes(t)?));
+            }
         }
         Ok(())
     };
-    push("model", model.params.iter().map(|(_, t)| t).collect())?;
-    push("ema", ema.values.iter().collect())?;
-    push("adam_m", opt.m.iter().collect())?;
-    push("adam_v", opt.v.iter().collect())?;
+    push("model", model.params.iter().map(|(_, t)| Some(t)).collect())?;
+    push("ema", ema.values.iter().map(Some).collect())?;
+    push("adam_m", opt.m.iter().map(Option::as_ref).collect())?;
+    push("adam_v", opt.v.iter().map(Option::as_ref).collect())?;
     let meta = HashMap::from([
         ("format".to_string(), FORMAT.to_string()),
         ("version".to_string(), VERSION.to_string()),
@@ -108,12 +114,17 @@ impl Checkpoint {
         &self.train_config.model
     }
 
-    fn load_group(&self, prefix: &str, model: &UNet) -> Result<Vec<Tensor>> {
+    /// The tensors `{prefix}.<name>` for the parameters `want` picks (None for the others).
+    fn load_group(&self, prefix: &str, model: &UNet, want: impl Fn(ParamId) -> bool) -> Result<Vec<Option<Tensor>>> {
         let st = parse(&self.bytes).map_err(|e| bad(&self.path, e.to_string()))?;
         model
             .params
-            .iter()
-            .map(|(n, like)| {
+            .ids()
+            .map(|id| {
+                if !want(id) {
+                    return Ok(None);
+                }
+                let (n, like) = (model.params.name(id), model.params.value(id));
                 let name = format!("{prefix}.{n}");
                 let view = st.tensor(&name).map_err(|_| bad(&self.path, format!("tensor {name} is missing")))?;
                 let t = view_to_tensor(&name, &view)?;
@@ -123,28 +134,43 @@ impl Checkpoint {
                         format!("tensor {name} has shape {:?}, the model needs {:?}", t.dims(), like.dims()),
                     ));
                 }
-                Ok(t.to_dtype(like.dtype())?.to_device(&like.device())?)
+                Ok(Some(t.to_dtype(like.dtype())?.to_device(&like.device())?))
             })
             .collect()
     }
 
+    /// Whether the file holds this parameter's weights (a LoRA run: adapters only).
+    fn stores(&self, model: &UNet, id: ParamId) -> bool {
+        self.train_config.lora.is_none() || model.params.is_adapter(id)
+    }
+
     /// A model with the checkpoint's weights (`ema` picks the EMA weights).
+    /// A LoRA checkpoint's base is loaded from the path it records and
+    /// checked against its hash. Parameters come out trainable or frozen as
+    /// the run's config says.
     pub fn load_model(&self, device: &Device, ema: bool) -> Result<UNet> {
-        let mut model = UNet::new(self.train_config.model.clone(), 0, diffuse_tensor::DType::F32, device)?;
-        let values = self.load_group(if ema { "ema" } else { "model" }, &model)?;
+        let mut model = finetune::build_model(&self.train_config, 0, device)?;
+        if let Some(l) = &self.train_config.lora {
+            finetune::copy_base(&finetune::load_lora_base(l, device)?, &mut model)?;
+        }
+        let values = self.load_group(if ema { "ema" } else { "model" }, &model, |id| self.stores(&model, id))?;
         let ids: Vec<_> = model.params.ids().collect();
         for (id, v) in ids.into_iter().zip(values) {
-            model.params.set(id, v)?;
+            if let Some(v) = v {
+                model.params.set(id, v)?;
+            }
         }
         Ok(model)
     }
 
     /// Restores the EMA and optimiser state for `model` (built by `load_model(.., false)`).
     pub fn load_training_state(&self, model: &UNet, ema: &mut Ema, opt: &mut AdamW) -> Result<()> {
-        ema.values = self.load_group("ema", model)?;
+        let stored = self.load_group("ema", model, |id| self.stores(model, id))?;
+        ema.values =
+            stored.into_iter().zip(model.params.iter()).map(|(e, (_, p))| e.unwrap_or_else(|| p.clone())).collect();
         ema.updates = self.state.ema_updates;
-        opt.m = self.load_group("adam_m", model)?;
-        opt.v = self.load_group("adam_v", model)?;
+        opt.m = self.load_group("adam_m", model, |id| model.params.is_trainable(id))?;
+        opt.v = self.load_group("adam_v", model, |id| model.params.is_trainable(id))?;
         opt.step = self.adam_step;
         Ok(())
     }

@@ -37,7 +37,54 @@ pub struct TrainConfig {
     pub sample_count: usize,
     pub sample_ddim_steps: usize,
     pub log_every: u64,
+    /// Glob patterns over parameter names: these parameters stay fixed.
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    /// Glob patterns: only these parameters train (applied before `freeze`).
+    #[serde(default)]
+    pub train_only: Vec<String>,
+    /// Learning-rate factors by pattern; a later entry wins over an earlier one.
+    #[serde(default)]
+    pub lr_scale: Vec<LrScale>,
+    /// LoRA adapters on a frozen base (Hu et al. 2021).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
 }
+
+/// `--lr-scale PATTERN=x`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrScale {
+    pub pattern: String,
+    pub scale: f64,
+}
+
+impl std::str::FromStr for LrScale {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (pattern, x) = s.rsplit_once('=').ok_or_else(|| format!("{s:?} is not PATTERN=FACTOR"))?;
+        let scale: f64 = x.trim().parse().map_err(|_| format!("{x:?} in {s:?} is not a number"))?;
+        if !(scale >= 0.0 && scale.is_finite()) {
+            return Err(format!("learning-rate factor {scale} must be finite and >= 0"));
+        }
+        Ok(LrScale { pattern: pattern.trim().to_string(), scale })
+    }
+}
+
+/// LoRA: W + (alpha / rank) B A on the layers whose names match `targets`,
+/// everything else frozen. `base` is the checkpoint whose EMA weights are
+/// the frozen base; `base_sha256` identifies those weights, so an adapter is
+/// never applied to a different base.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<String>,
+    pub base: PathBuf,
+    pub base_sha256: String,
+}
+
+/// The attention projections of every attention block.
+pub const DEFAULT_LORA_TARGETS: [&str; 4] = ["*attn*.q", "*attn*.k", "*attn*.v", "*attn*.proj_out"];
 
 impl TrainConfig {
     /// Defaults for a model config: the paper's optimiser, shorter warmup.
@@ -68,6 +115,10 @@ impl TrainConfig {
             sample_count: 64,
             sample_ddim_steps: 50,
             log_every: 10,
+            freeze: Vec::new(),
+            train_only: Vec::new(),
+            lr_scale: Vec::new(),
+            lora: None,
         }
     }
 
@@ -94,6 +145,17 @@ impl TrainConfig {
         }
         if self.keep_checkpoints == 0 {
             return bad("keep_checkpoints must be at least 1".into());
+        }
+        if let Some(l) = &self.lora {
+            if l.rank == 0 {
+                return bad("LoRA rank must be at least 1".into());
+            }
+            if !(l.alpha > 0.0 && l.alpha.is_finite()) {
+                return bad(format!("LoRA alpha {} must be positive", l.alpha));
+            }
+            if !self.freeze.is_empty() || !self.train_only.is_empty() {
+                return bad("LoRA trains only its adapters: it cannot be combined with --freeze/--train-only".into());
+            }
         }
         Ok(())
     }

@@ -12,6 +12,7 @@ use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, Loader, LoaderConfig};
 use crate::diffusion::Diffusion;
+use crate::finetune;
 use crate::image_grid::save_grid;
 use crate::optim::{clip_grad_norm, warmup_lr, AdamW, Ema};
 use crate::plot::{save_loss_plot, PlotOptions};
@@ -19,7 +20,7 @@ use crate::raster::ValueRange;
 use crate::sampler::{sample, SampleSpec, Sampler};
 use crate::{Error, Result};
 use diffuse_tensor::ops::{self, AdamWParams};
-use diffuse_tensor::{DType, Device, Tensor};
+use diffuse_tensor::{Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::{ForwardMode, UNet};
 use std::io::Write;
@@ -123,7 +124,7 @@ impl Trainer {
             weight_decay: cfg.weight_decay,
         };
 
-        let (model, ema, opt, step) = match (&start, &ckpt) {
+        let (model, ema, mut opt, step) = match (&start, &ckpt) {
             (Start::Resume { .. }, Some(c)) => {
                 let model = c.load_model(&device, false)?;
                 let mut ema = Ema::new(&model.params, cfg.ema_decay, cfg.ema_warmup)?;
@@ -133,18 +134,19 @@ impl Trainer {
                 (model, ema, opt, c.state.step)
             }
             (Start::FineTune(_), Some(c)) => {
-                let model = c.load_model(&device, true)?;
+                let model = finetune::init_from(&mut cfg, c, &device)?;
                 let ema = Ema::new(&model.params, cfg.ema_decay, cfg.ema_warmup)?;
                 let opt = AdamW::new(&model.params, hyper)?;
                 (model, ema, opt, 0)
             }
             _ => {
-                let model = UNet::new(cfg.model.clone(), cfg.seed, DType::F32, &device)?;
+                let model = finetune::fresh_model(&cfg, &device)?;
                 let ema = Ema::new(&model.params, cfg.ema_decay, cfg.ema_warmup)?;
                 let opt = AdamW::new(&model.params, hyper)?;
                 (model, ema, opt, 0)
             }
         };
+        opt.lr_scale = finetune::lr_scales(&model, &cfg)?;
 
         for sub in ["checkpoints", "samples"] {
             let d = out.join(sub);
@@ -206,7 +208,7 @@ impl Trainer {
 
     /// The model with the EMA weights (what sampling uses).
     pub fn ema_model(&self) -> Result<UNet> {
-        let mut m = UNet::new(self.cfg.model.clone(), 0, DType::F32, &self.device)?;
+        let mut m = finetune::build_model(&self.cfg, 0, &self.device)?;
         self.ema.copy_to(&mut m.params)?;
         Ok(m)
     }
