@@ -74,8 +74,18 @@ fn frozen_tensors_stay_bit_identical_keep_no_adam_state_and_resume_keeps_the_pat
     train(&base, 3, &[]);
     let base_t = tensors(&newest_checkpoint(&base));
     let base_s = s(&base);
-    let extra =
-        ["--init-from", &base_s, "--freeze", "down.*", "conv_in.*", "temb_*", "--lr-scale", "up.1.*=0.5", "--keep", "5"];
+    let extra = [
+        "--init-from",
+        &base_s,
+        "--freeze",
+        "down.*",
+        "conv_in.*",
+        "temb_*",
+        "--lr-scale",
+        "up.1.*=0.5",
+        "--keep",
+        "5",
+    ];
     let tuned = d.path().join("tuned");
     let out = train(&tuned, 4, &[&extra[..], &["--checkpoint-every", "2"]].concat());
     assert!(out.contains("trainable)"), "{out}");
@@ -150,7 +160,10 @@ fn lora_runs_store_only_adapters_refuse_a_wrong_base_and_merge_into_a_plain_chec
     let ckpt = newest_checkpoint(&lora);
     let t = tensors(&ckpt);
     assert!(!t.is_empty() && t.iter().all(|(n, _)| n.contains(".lora_A.") || n.contains(".lora_B.")), "{t:?}");
-    assert!(get(&t, "model.mid_attn.q.lora_A.weight").is_some() && get(&t, "model.up.0.blocks.0.conv1.lora_B.weight").is_some());
+    assert!(
+        get(&t, "model.mid_attn.q.lora_A.weight").is_some()
+            && get(&t, "model.up.0.blocks.0.conv1.lora_B.weight").is_some()
+    );
     assert!(get(&t, "model.mid_attn.k.lora_A.weight").is_none());
     let info = ok(&["info", "--params", "--checkpoint", &s(&ckpt)]);
     assert!(info.lines().any(|l| l.starts_with("mid_attn.q.weight") && l.ends_with("frozen")), "{info}");
@@ -158,7 +171,9 @@ fn lora_runs_store_only_adapters_refuse_a_wrong_base_and_merge_into_a_plain_chec
 
     // Sampling a LoRA checkpoint loads its base; merging gives a plain checkpoint.
     let grid = d.path().join("s.png");
-    let sample = |k: &Path| ok(&["sample", "--checkpoint", &s(k), "--n", "2", "--steps", "3", "--device", "cpu", "--out", &s(&grid)]);
+    let sample = |k: &Path| {
+        ok(&["sample", "--checkpoint", &s(k), "--n", "2", "--steps", "3", "--device", "cpu", "--out", &s(&grid)])
+    };
     sample(&ckpt);
     let merged = d.path().join("merged.safetensors");
     ok(&["merge-lora", &s(&newest_checkpoint(&base)), &s(&ckpt), "--out", &s(&merged)]);
@@ -172,6 +187,16 @@ fn lora_runs_store_only_adapters_refuse_a_wrong_base_and_merge_into_a_plain_chec
     assert!(e.contains("is not the base these adapters were trained on"), "{e}");
     let e = fails(&["merge-lora", &s(&newest_checkpoint(&base)), &s(&merged), "--out", &s(&d.path().join("m3"))]);
     assert!(e.contains("holds no LoRA adapters"), "{e}");
-    let e = fails(&["train", "--out", &s(&d.path().join("x")), "--init-from", &base_s, "--lora-rank", "2", "--lora-targets", "*atn*.q"]);
+    let e = fails(&[
+        "train",
+        "--out",
+        &s(&d.path().join("x")),
+        "--init-from",
+        &base_s,
+        "--lora-rank",
+        "2",
+        "--lora-targets",
+        "*atn*.q",
+    ]);
     assert!(e.contains("--lora-targets \"*atn*.q\" matches no parameter"), "{e}");
 }

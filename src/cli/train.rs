@@ -120,6 +120,9 @@ pub struct TrainArgs {
     pub sample_steps: Option<usize>,
     #[arg(long)]
     pub log_every: Option<u64>,
+    /// Train only on images with these labels, e.g. 0,1,2,3,4 (MNIST digits, CIFAR-10 classes).
+    #[arg(long, value_delimiter = ',', value_name = "LABELS", conflicts_with = "resume")]
+    pub labels: Vec<u8>,
     /// Keep these parameters fixed: glob patterns over names (`*` crosses dots; see `diffuse info --params`).
     #[arg(long, num_args = 1.., value_name = "PATTERN", conflicts_with = "resume")]
     pub freeze: Vec<String>,
@@ -173,6 +176,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         cfg.target = t.into();
     }
     cfg.hflip |= a.hflip;
+    cfg.labels = a.labels.clone();
     cfg.freeze = a.freeze.clone();
     cfg.train_only = a.train_only.clone();
     cfg.lr_scale = a.lr_scale.clone();

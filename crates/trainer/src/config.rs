@@ -37,6 +37,9 @@ pub struct TrainConfig {
     pub sample_count: usize,
     pub sample_ddim_steps: usize,
     pub log_every: u64,
+    /// Train only on images with these labels (e.g. digits 0-4); empty: all.
+    #[serde(default)]
+    pub labels: Vec<u8>,
     /// Glob patterns over parameter names: these parameters stay fixed.
     #[serde(default)]
     pub freeze: Vec<String>,
@@ -115,6 +118,7 @@ impl TrainConfig {
             sample_count: 64,
             sample_ddim_steps: 50,
             log_every: 10,
+            labels: Vec::new(),
             freeze: Vec::new(),
             train_only: Vec::new(),
             lr_scale: Vec::new(),

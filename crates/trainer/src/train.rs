@@ -105,7 +105,10 @@ impl Trainer {
             cfg.model = c.model_config().clone();
         }
         cfg.validate()?;
-        let dataset = Dataset::open(&cfg.data, cfg.model.in_ch, cfg.model.image_size)?;
+        let mut dataset = Dataset::open(&cfg.data, cfg.model.in_ch, cfg.model.image_size)?;
+        if !cfg.labels.is_empty() {
+            dataset = dataset.with_labels(&cfg.labels)?;
+        }
         if dataset.len() < cfg.batch_size {
             return Err(Error::Config(format!(
                 "batch size {} is larger than the dataset ({} images)",

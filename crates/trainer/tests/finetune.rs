@@ -53,3 +53,24 @@ fn merged_weights_give_the_adapted_output_to_float32_rounding() {
     changed.params.set(cid, bumped).unwrap();
     assert_ne!(finetune::base_sha256(&changed).unwrap(), h);
 }
+
+#[test]
+fn a_label_filter_keeps_exactly_the_chosen_classes_in_order() {
+    use diffuse_trainer::{Dataset, DatasetKind};
+    let labels: Vec<u8> = (0..23).map(|i| (i * 7 % 10) as u8).collect();
+    let images: Vec<f32> = (0..23 * 4).map(|v| v as f32 / 100.0).collect();
+    let d = Dataset::from_vec(images.clone(), Some(labels.clone()), 1, 2, 2, DatasetKind::Mnist, "x").unwrap();
+    let kept = d.clone().with_labels(&[0, 1, 2, 3, 4]).unwrap();
+    let want: Vec<usize> = (0..23).filter(|&i| labels[i] < 5).collect();
+    assert_eq!(kept.len(), want.len());
+    assert_eq!(kept.labels().unwrap(), want.iter().map(|&i| labels[i]).collect::<Vec<_>>());
+    let img: Vec<f32> = want.iter().flat_map(|&i| images[i * 4..i * 4 + 4].to_vec()).collect();
+    let mut got = Vec::new();
+    for i in 0..kept.len() {
+        got.extend_from_slice(kept.image(i));
+    }
+    assert_eq!(got, img);
+    assert!(d.clone().with_labels(&[42]).unwrap_err().to_string().contains("no image has a label in [42]"));
+    let unlabelled = Dataset::from_vec(images, None, 1, 2, 2, DatasetKind::Folder, "x").unwrap();
+    assert!(unlabelled.with_labels(&[1]).is_err());
+}

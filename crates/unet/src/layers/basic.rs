@@ -28,7 +28,7 @@ impl Conv2d {
         let weight = b.xavier(format!("{name}.weight"), vec![cout, cin, k, k], cin * k * k, cout * k * k, scale)?;
         let bias = b.constant(format!("{name}.bias"), vec![cout], 0.0)?;
         let lora = match b.lora_for(name) {
-            Some((rank, alpha)) => Some(LoraAdapter::new(b, name, cin, cout, k, params, rank, alpha)?),
+            Some(spec) => Some(LoraAdapter::new(b, name, cin, cout, k, params, spec)?),
             None => None,
         };
         Ok(Conv2d { weight, bias, params, lora })

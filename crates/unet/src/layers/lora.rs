@@ -31,7 +31,8 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
-    /// Registers `{name}.lora_A.weight` and `{name}.lora_B.weight` (peft's names).
+    /// Registers `{name}.lora_A.weight` and `{name}.lora_B.weight` (peft's names)
+    /// for a conv `cin -> cout` with a `k`x`k` kernel, given (rank, alpha).
     pub fn new(
         b: &mut Builder,
         name: &str,
@@ -39,8 +40,7 @@ impl LoraAdapter {
         cout: usize,
         k: usize,
         params: Conv2dParams,
-        rank: usize,
-        alpha: f64,
+        (rank, alpha): (usize, f64),
     ) -> Result<Self> {
         if rank == 0 {
             return Err(UNetError::Config("LoRA rank must be at least 1".into()));
