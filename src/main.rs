@@ -33,7 +33,7 @@ enum Command {
     Inpaint(cli::inpaint::InpaintArgs),
     /// Image to image (SDEdit): noise to t = strength x T, then denoise.
     Img2img(cli::img2img::Img2ImgArgs),
-    /// Show devices (CPU, CUDA, emulator) or a model config's parameter count.
+    /// Show devices (CPU, CUDA, emulator), a model config's parameter count, or its parameters (--params).
     Info(cli::info::InfoArgs),
     /// Check one training step against a PyTorch test-vector file.
     VerifyStep(cli::verify::VerifyArgs),
@@ -44,6 +44,8 @@ enum Command {
     /// One model call on inputs from a safetensors file (for interop checks).
     #[command(hide = true)]
     Forward(cli::forward::ForwardArgs),
+    /// Fold a LoRA run's adapters into its base: a plain checkpoint.
+    MergeLora(cli::merge_lora::MergeLoraArgs),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Import(a) => cli::import::run(a),
         Command::Export(a) => cli::export::run(a),
         Command::Forward(a) => cli::forward::run(a),
+        Command::MergeLora(a) => cli::merge_lora::run(a),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ pub mod img2img;
 pub mod import;
 pub mod info;
 pub mod inpaint;
+pub mod merge_lora;
 pub mod model_config;
 pub mod progress;
 pub mod sample;

@@ -5,7 +5,7 @@ use super::signals::{signal_name, Interrupted, Interruptible, StopSignals};
 use super::{device::DeviceSpec, model_config::load_config, progress::Progress};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use diffuse_trainer::config::TrainConfig;
+use diffuse_trainer::config::{LoraConfig, LrScale, TrainConfig, DEFAULT_LORA_TARGETS};
 use diffuse_trainer::diffusion::{Schedule, Target};
 use diffuse_trainer::train::{Resume, Start, Trainer};
 use std::path::PathBuf;
@@ -130,6 +130,27 @@ pub struct TrainArgs {
     pub sample_steps: Option<usize>,
     #[arg(long)]
     pub log_every: Option<u64>,
+    /// Train only on images with these labels, e.g. 0,1,2,3,4 (MNIST digits, CIFAR-10 classes).
+    #[arg(long, value_delimiter = ',', value_name = "LABELS", conflicts_with = "resume")]
+    pub labels: Vec<u8>,
+    /// Keep these parameters fixed: glob patterns over names (`*` crosses dots; see `diffuse info --params`).
+    #[arg(long, num_args = 1.., value_name = "PATTERN", conflicts_with = "resume")]
+    pub freeze: Vec<String>,
+    /// Train only these parameters (glob patterns); --freeze then removes from them.
+    #[arg(long, num_args = 1.., value_name = "PATTERN", conflicts_with = "resume")]
+    pub train_only: Vec<String>,
+    /// Learning-rate factor for the parameters a pattern matches, e.g. 'up.*=0.1' (repeatable; the last match wins).
+    #[arg(long, value_name = "PATTERN=FACTOR", conflicts_with = "resume")]
+    pub lr_scale: Vec<LrScale>,
+    /// Train LoRA adapters of this rank on the frozen --init-from model.
+    #[arg(long, requires = "init_from", conflicts_with_all = ["freeze", "train_only"])]
+    pub lora_rank: Option<usize>,
+    /// LoRA alpha: adapters are scaled by alpha/rank (default: alpha = rank).
+    #[arg(long, requires = "lora_rank")]
+    pub lora_alpha: Option<f64>,
+    /// Layers that get adapters, glob patterns over layer names (default: the attention projections q, k, v, proj_out).
+    #[arg(long, num_args = 1.., value_name = "PATTERN", requires = "lora_rank")]
+    pub lora_targets: Vec<String>,
 }
 
 /// The bundled digits, found next to the executable's source tree or the
@@ -167,6 +188,25 @@ pub fn run(a: TrainArgs) -> Result<()> {
         cfg.target = t.into();
     }
     cfg.hflip |= a.hflip;
+    cfg.labels = a.labels.clone();
+    cfg.freeze = a.freeze.clone();
+    cfg.train_only = a.train_only.clone();
+    cfg.lr_scale = a.lr_scale.clone();
+    if let Some(rank) = a.lora_rank {
+        let targets = if a.lora_targets.is_empty() {
+            DEFAULT_LORA_TARGETS.iter().map(|s| s.to_string()).collect()
+        } else {
+            a.lora_targets.clone()
+        };
+        // The base's path and hash are filled in when it is loaded.
+        cfg.lora = Some(LoraConfig {
+            rank,
+            alpha: a.lora_alpha.unwrap_or(rank as f64),
+            targets,
+            base: PathBuf::new(),
+            base_sha256: String::new(),
+        });
+    }
     // Checked before a device is opened or any directory is made.
     cfg.validate()?;
     let device = a.device.open()?;
@@ -214,8 +254,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     for note in &trainer.notes {
         println!("note: {note}");
     }
+    let ps = &trainer.model.params;
+    let trainable: usize = ps.ids().filter(|&id| ps.is_trainable(id)).map(|id| ps.value(id).numel()).sum();
     println!(
-        "model: {} parameters; data: {} ({} images); run directory: {}",
+        "model: {} parameters ({trainable} trainable); data: {} ({} images); run directory: {}",
         trainer.model.num_params(),
         trainer.cfg.data.display(),
         trainer.loader.dataset().len(),

@@ -13,6 +13,7 @@
 use crate::config::TrainConfig;
 use crate::data::LoaderState;
 use crate::divergence::LossWatch;
+use crate::finetune;
 use crate::memory_budget::{MemoryBudget, Need};
 use crate::optim::{AdamW, Ema};
 use crate::sampler::Variance;
@@ -20,7 +21,7 @@ use crate::{Error, Result};
 use diffuse_tensor::{Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::io::{parse, serialize, tensor_bytes, view_to_tensor};
-use diffuse_unet::{Footprint, UNet, UNetConfig};
+use diffuse_unet::{Footprint, ParamId, UNet, UNetConfig};
 use safetensors::Dtype;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -51,6 +52,8 @@ fn checksum(bytes: &[u8]) -> String {
 /// uses it unless told otherwise.
 pub const SAMPLE_VARIANCE_KEY: &str = "sample_variance";
 
+/// A LoRA run stores only its adapters (the base is referenced by path and
+/// hash in its config); AdamW moments exist only for trainable tensors.
 pub fn save(path: &Path, cfg: &TrainConfig, model: &UNet, ema: &Ema, opt: &AdamW, state: TrainState) -> Result<()> {
     save_with_variance(path, cfg, model, ema, opt, state, None)
 }
@@ -67,16 +70,19 @@ pub fn save_with_variance(
 ) -> Result<()> {
     let mut entries = Vec::new();
     let names: Vec<String> = model.params.iter().map(|(n, _)| n.to_string()).collect();
-    let mut push = |prefix: &str, tensors: Vec<&Tensor>| -> Result<()> {
-        for (n, t) in names.iter().zip(tensors) {
-            entries.push((format!("{prefix}.{n}"), t.dims().to_vec(), tensor_bytes(t)?));
+    let stored: Vec<bool> = model.params.ids().map(|id| cfg.lora.is_none() || model.params.is_adapter(id)).collect();
+    let mut push = |prefix: &str, tensors: Vec<Option<&Tensor>>| -> Result<()> {
+        for ((n, t), keep) in names.iter().zip(tensors).zip(&stored) {
+            if let (Some(t), true) = (t, keep) {
+                entries.push((format!("{prefix}.{n}"), t.dims().to_vec(), tensor_bytes(t)?));
+            }
         }
         Ok(())
     };
-    push("model", model.params.iter().map(|(_, t)| t).collect())?;
-    push("ema", ema.values.iter().collect())?;
-    push("adam_m", opt.m.iter().collect())?;
-    push("adam_v", opt.v.iter().collect())?;
+    push("model", model.params.iter().map(|(_, t)| Some(t)).collect())?;
+    push("ema", ema.values.iter().map(Some).collect())?;
+    push("adam_m", opt.m.iter().map(Option::as_ref).collect())?;
+    push("adam_v", opt.v.iter().map(Option::as_ref).collect())?;
     let sums: BTreeMap<&str, String> = entries.iter().map(|(n, _, b)| (n.as_str(), checksum(b))).collect();
     let mut meta = HashMap::from([
         (CHECKSUMS.to_string(), serde_json::to_string(&sums).unwrap_or_default()),
@@ -184,12 +190,17 @@ impl Checkpoint {
         &self.train_config.model
     }
 
-    fn load_group(&self, prefix: &str, model: &UNet) -> Result<Vec<Tensor>> {
+    /// The tensors `{prefix}.<name>` for the parameters `want` picks (None for the others).
+    fn load_group(&self, prefix: &str, model: &UNet, want: impl Fn(ParamId) -> bool) -> Result<Vec<Option<Tensor>>> {
         let st = parse(&self.bytes).map_err(|e| bad(&self.path, e.to_string()))?;
         model
             .params
-            .iter()
-            .map(|(n, like)| {
+            .ids()
+            .map(|id| {
+                if !want(id) {
+                    return Ok(None);
+                }
+                let (n, like) = (model.params.name(id), model.params.value(id));
                 let name = format!("{prefix}.{n}");
                 let view = st.tensor(&name).map_err(|_| bad(&self.path, format!("tensor {name} is missing")))?;
                 // Shapes before values: nothing is converted for a tensor that does not fit.
@@ -200,12 +211,20 @@ impl Checkpoint {
                     ));
                 }
                 let t = view_to_tensor(&name, &view)?;
-                Ok(t.to_dtype(like.dtype())?.to_device(&like.device())?)
+                Ok(Some(t.to_dtype(like.dtype())?.to_device(&like.device())?))
             })
             .collect()
     }
 
+    /// Whether the file holds this parameter's weights (a LoRA run: adapters only).
+    fn stores(&self, model: &UNet, id: ParamId) -> bool {
+        self.train_config.lora.is_none() || model.params.is_adapter(id)
+    }
+
     /// A model with the checkpoint's weights (`ema` picks the EMA weights).
+    /// A LoRA checkpoint's base is loaded from the path it records and
+    /// checked against its hash. Parameters come out trainable or frozen as
+    /// the run's config says.
     pub fn load_model(&self, device: &Device, ema: bool) -> Result<UNet> {
         // The model is built, then each tensor converted: twice the weights.
         let weights = Footprint::of(&self.train_config.model)?.weight_bytes();
@@ -213,21 +232,28 @@ impl Checkpoint {
             format!("the model of {}", self.path.display()),
             &Need::one("weights and their conversion", weights.saturating_mul(2)),
         )?;
-        let mut model = UNet::new(self.train_config.model.clone(), 0, diffuse_tensor::DType::F32, device)?;
-        let values = self.load_group(if ema { "ema" } else { "model" }, &model)?;
+        let mut model = finetune::build_model(&self.train_config, 0, device)?;
+        if let Some(l) = &self.train_config.lora {
+            finetune::copy_base(&finetune::load_lora_base(l, device)?, &mut model)?;
+        }
+        let values = self.load_group(if ema { "ema" } else { "model" }, &model, |id| self.stores(&model, id))?;
         let ids: Vec<_> = model.params.ids().collect();
         for (id, v) in ids.into_iter().zip(values) {
-            model.params.set(id, v)?;
+            if let Some(v) = v {
+                model.params.set(id, v)?;
+            }
         }
         Ok(model)
     }
 
     /// Restores the EMA and optimiser state for `model` (built by `load_model(.., false)`).
     pub fn load_training_state(&self, model: &UNet, ema: &mut Ema, opt: &mut AdamW) -> Result<()> {
-        ema.values = self.load_group("ema", model)?;
+        let stored = self.load_group("ema", model, |id| self.stores(model, id))?;
+        ema.values =
+            stored.into_iter().zip(model.params.iter()).map(|(e, (_, p))| e.unwrap_or_else(|| p.clone())).collect();
         ema.updates = self.state.ema_updates;
-        opt.m = self.load_group("adam_m", model)?;
-        opt.v = self.load_group("adam_v", model)?;
+        opt.m = self.load_group("adam_m", model, |id| model.params.is_trainable(id))?;
+        opt.v = self.load_group("adam_v", model, |id| model.params.is_trainable(id))?;
         opt.step = self.adam_step;
         Ok(())
     }

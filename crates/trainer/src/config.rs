@@ -41,11 +41,61 @@ pub struct TrainConfig {
     /// disables; a non-finite loss always stops). Older runs lack it.
     #[serde(default = "default_divergence_factor")]
     pub divergence_factor: f64,
+    /// Train only on images with these labels (e.g. digits 0-4); empty: all.
+    #[serde(default)]
+    pub labels: Vec<u8>,
+    /// Glob patterns over parameter names: these parameters stay fixed.
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    /// Glob patterns: only these parameters train (applied before `freeze`).
+    #[serde(default)]
+    pub train_only: Vec<String>,
+    /// Learning-rate factors by pattern; a later entry wins over an earlier one.
+    #[serde(default)]
+    pub lr_scale: Vec<LrScale>,
+    /// LoRA adapters on a frozen base (Hu et al. 2021).
+    #[serde(default)]
+    pub lora: Option<LoraConfig>,
 }
 
 fn default_divergence_factor() -> f64 {
     crate::divergence::DEFAULT_FACTOR
 }
+
+/// `--lr-scale PATTERN=x`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LrScale {
+    pub pattern: String,
+    pub scale: f64,
+}
+
+impl std::str::FromStr for LrScale {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let (pattern, x) = s.rsplit_once('=').ok_or_else(|| format!("{s:?} is not PATTERN=FACTOR"))?;
+        let scale: f64 = x.trim().parse().map_err(|_| format!("{x:?} in {s:?} is not a number"))?;
+        if !(scale >= 0.0 && scale.is_finite()) {
+            return Err(format!("learning-rate factor {scale} must be finite and >= 0"));
+        }
+        Ok(LrScale { pattern: pattern.trim().to_string(), scale })
+    }
+}
+
+/// LoRA: W + (alpha / rank) B A on the layers whose names match `targets`,
+/// everything else frozen. `base` is the checkpoint whose EMA weights are
+/// the frozen base; `base_sha256` identifies those weights, so an adapter is
+/// never applied to a different base.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoraConfig {
+    pub rank: usize,
+    pub alpha: f64,
+    pub targets: Vec<String>,
+    pub base: PathBuf,
+    pub base_sha256: String,
+}
+
+/// The attention projections of every attention block.
+pub const DEFAULT_LORA_TARGETS: [&str; 4] = ["*attn*.q", "*attn*.k", "*attn*.v", "*attn*.proj_out"];
 
 impl TrainConfig {
     /// Defaults for a model config: the paper's optimiser, shorter warmup.
@@ -77,6 +127,11 @@ impl TrainConfig {
             sample_ddim_steps: 50,
             log_every: 10,
             divergence_factor: default_divergence_factor(),
+            labels: Vec::new(),
+            freeze: Vec::new(),
+            train_only: Vec::new(),
+            lr_scale: Vec::new(),
+            lora: None,
         }
     }
 
@@ -121,6 +176,17 @@ impl TrainConfig {
         }
         if self.keep_checkpoints == 0 {
             return bad("keep_checkpoints must be at least 1".into());
+        }
+        if let Some(l) = &self.lora {
+            if l.rank == 0 {
+                return bad("LoRA rank must be at least 1".into());
+            }
+            if !(l.alpha > 0.0 && l.alpha.is_finite()) {
+                return bad(format!("LoRA alpha {} must be positive", l.alpha));
+            }
+            if !self.freeze.is_empty() || !self.train_only.is_empty() {
+                return bad("LoRA trains only its adapters: it cannot be combined with --freeze/--train-only".into());
+            }
         }
         Ok(())
     }

@@ -6,32 +6,47 @@ use diffuse_tensor::ops::{self, AdamWParams};
 use diffuse_tensor::{DType, Tensor};
 use diffuse_unet::ParamStore;
 
-/// AdamW state: first and second moments per parameter, and the step count.
+/// AdamW state: first and second moments per trainable parameter (frozen
+/// ones have none), a learning-rate factor per parameter (`--lr-scale`, as
+/// PyTorch's parameter groups), and the step count.
 pub struct AdamW {
     pub hyper: AdamWParams,
-    pub m: Vec<Tensor>,
-    pub v: Vec<Tensor>,
+    pub m: Vec<Option<Tensor>>,
+    pub v: Vec<Option<Tensor>>,
+    pub lr_scale: Vec<f64>,
     /// Steps taken so far (the next step is `step + 1`).
     pub step: u64,
 }
 
 impl AdamW {
+    /// Zero moments for the parameters that are trainable now.
     pub fn new(store: &ParamStore, hyper: AdamWParams) -> Result<Self> {
-        let zeros = |t: &Tensor| Tensor::zeros(t.dims().to_vec(), t.dtype(), &t.device());
-        let m = store.iter().map(|(_, t)| zeros(t)).collect::<diffuse_tensor::Result<Vec<_>>>()?;
-        let v = store.iter().map(|(_, t)| zeros(t)).collect::<diffuse_tensor::Result<Vec<_>>>()?;
-        Ok(AdamW { hyper, m, v, step: 0 })
+        let moments = || -> Result<Vec<Option<Tensor>>> {
+            store
+                .ids()
+                .map(|id| {
+                    let t = store.value(id);
+                    let z = store.is_trainable(id).then(|| Tensor::zeros(t.dims().to_vec(), t.dtype(), &t.device()));
+                    Ok(z.transpose()?)
+                })
+                .collect()
+        };
+        Ok(AdamW { hyper, m: moments()?, v: moments()?, lr_scale: vec![1.0; store.len()], step: 0 })
     }
 
-    /// One update of every parameter that has a gradient, at learning rate `lr`.
+    /// One update of every parameter that has a gradient, at learning rate
+    /// `lr` times its factor.
     pub fn step(&mut self, store: &mut ParamStore, lr: f64) -> Result<()> {
         self.step += 1;
-        let hyper = AdamWParams { lr, ..self.hyper };
         let ids: Vec<_> = store.ids().collect();
         for (k, id) in ids.into_iter().enumerate() {
             let (value, grad) = store.value_and_grad_mut(id);
             if let Some(grad) = grad {
-                ops::adamw_step(value, grad, &mut self.m[k], &mut self.v[k], &hyper, self.step)?;
+                let hyper = AdamWParams { lr: lr * self.lr_scale[k], ..self.hyper };
+                match (&mut self.m[k], &mut self.v[k]) {
+                    (Some(m), Some(v)) => ops::adamw_step(value, grad, m, v, &hyper, self.step)?,
+                    _ => return Err(Error::Config(format!("parameter {k} has a gradient but no AdamW state"))),
+                }
             }
         }
         Ok(())
@@ -93,10 +108,14 @@ impl Ema {
         }
     }
 
+    /// Averages the trainable parameters; a frozen one keeps its value (its
+    /// average would be itself, but `d*p + (1-d)*p` need not round to p).
     pub fn update(&mut self, store: &ParamStore) -> Result<()> {
         let d = self.effective_decay();
-        for (e, (_, p)) in self.values.iter_mut().zip(store.iter()) {
-            ops::ema_update(e, p, d)?;
+        for (e, id) in self.values.iter_mut().zip(store.ids()) {
+            if store.is_trainable(id) {
+                ops::ema_update(e, store.value(id), d)?;
+            }
         }
         self.updates += 1;
         Ok(())

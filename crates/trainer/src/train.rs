@@ -14,6 +14,7 @@ use crate::config::TrainConfig;
 use crate::data::{Dataset, Loader, LoaderConfig};
 use crate::diffusion::Diffusion;
 use crate::divergence::LossWatch;
+use crate::finetune;
 use crate::image_grid::save_grid;
 use crate::memory_budget::{self, MemoryBudget};
 use crate::optim::{clip_grad_norm, warmup_lr, AdamW, Ema};
@@ -23,7 +24,7 @@ use crate::run_lock::RunLock;
 use crate::sampler::{sample, SampleSpec, Sampler};
 use crate::{Error, Result};
 use diffuse_tensor::ops::{self, AdamWParams};
-use diffuse_tensor::{DType, Device, Tensor};
+use diffuse_tensor::{Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::{ForwardMode, UNet, UNetConfig};
 use std::io::Write;
@@ -181,7 +182,10 @@ impl Trainer {
         cfg.validate()?;
         let need = memory_budget::training_need(&cfg, device.is_cpu())?;
         MemoryBudget::global()?.check("training this model", &need)?;
-        let dataset = Dataset::open(&cfg.data, cfg.model.in_ch, cfg.model.image_size)?;
+        let mut dataset = Dataset::open(&cfg.data, cfg.model.in_ch, cfg.model.image_size)?;
+        if !cfg.labels.is_empty() {
+            dataset = dataset.with_labels(&cfg.labels)?;
+        }
         if dataset.len() < cfg.batch_size {
             return Err(Error::Config(format!(
                 "batch size {} is larger than the dataset ({} images)",
@@ -200,7 +204,7 @@ impl Trainer {
             weight_decay: cfg.weight_decay,
         };
 
-        let (model, ema, opt, step) = match (&start, &ckpt) {
+        let (model, ema, mut opt, step) = match (&start, &ckpt) {
             (Start::Resume(_), Some(c)) => {
                 let model = c.load_model(&device, false)?;
                 let mut ema = Ema::new(&model.params, cfg.ema_decay, cfg.ema_warmup)?;
@@ -210,18 +214,19 @@ impl Trainer {
                 (model, ema, opt, c.state.step)
             }
             (Start::FineTune { .. }, Some(c)) => {
-                let model = c.load_model(&device, true)?;
+                let model = finetune::init_from(&mut cfg, c, &device)?;
                 let ema = Ema::new(&model.params, cfg.ema_decay, cfg.ema_warmup)?;
                 let opt = AdamW::new(&model.params, hyper)?;
                 (model, ema, opt, 0)
             }
             _ => {
-                let model = UNet::new(cfg.model.clone(), cfg.seed, DType::F32, &device)?;
+                let model = finetune::fresh_model(&cfg, &device)?;
                 let ema = Ema::new(&model.params, cfg.ema_decay, cfg.ema_warmup)?;
                 let opt = AdamW::new(&model.params, hyper)?;
                 (model, ema, opt, 0)
             }
         };
+        opt.lr_scale = finetune::lr_scales(&model, &cfg)?;
 
         let loss_watch = match (&start, &ckpt) {
             (Start::Resume(_), Some(c)) => c.state.loss_watch,
@@ -317,7 +322,7 @@ impl Trainer {
 
     /// The model with the EMA weights (what sampling uses).
     pub fn ema_model(&self) -> Result<UNet> {
-        let mut m = UNet::new(self.cfg.model.clone(), 0, DType::F32, &self.device)?;
+        let mut m = finetune::build_model(&self.cfg, 0, &self.device)?;
         self.ema.copy_to(&mut m.params)?;
         Ok(m)
     }

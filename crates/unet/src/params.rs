@@ -13,21 +13,59 @@ pub struct ParamStore {
     names: Vec<String>,
     values: Vec<Tensor>,
     grads: Vec<Option<Tensor>>,
+    /// False for a frozen parameter: its gradient is never computed or kept.
+    trainable: Vec<bool>,
+    /// True for a LoRA adapter tensor (what an adapter checkpoint holds).
+    adapter: Vec<bool>,
     by_name: HashMap<String, usize>,
 }
 
 impl ParamStore {
     pub(crate) fn new() -> Self {
-        ParamStore { names: Vec::new(), values: Vec::new(), grads: Vec::new(), by_name: HashMap::new() }
+        ParamStore {
+            names: Vec::new(),
+            values: Vec::new(),
+            grads: Vec::new(),
+            trainable: Vec::new(),
+            adapter: Vec::new(),
+            by_name: HashMap::new(),
+        }
     }
 
-    pub(crate) fn add(&mut self, name: String, value: Tensor) -> ParamId {
+    pub(crate) fn add(&mut self, name: String, value: Tensor, adapter: bool) -> ParamId {
         let id = self.values.len();
         self.by_name.insert(name.clone(), id);
         self.names.push(name);
         self.values.push(value);
         self.grads.push(None);
+        self.trainable.push(true);
+        self.adapter.push(adapter);
         ParamId(id)
+    }
+
+    /// Whether the backward computes this parameter's gradient.
+    pub fn is_trainable(&self, id: ParamId) -> bool {
+        self.trainable[id.0]
+    }
+
+    /// Freezes (`false`) or unfreezes a parameter; a frozen one loses its gradient.
+    pub fn set_trainable(&mut self, id: ParamId, trainable: bool) {
+        self.trainable[id.0] = trainable;
+        if !trainable {
+            self.grads[id.0] = None;
+        }
+    }
+
+    /// Whether any parameter registered before `id` (or `id` itself) trains.
+    /// Parameters are registered in forward order, so when this is false the
+    /// backward has nothing left to do below this parameter's layer.
+    pub fn any_trainable_through(&self, id: ParamId) -> bool {
+        self.trainable[..=id.0].iter().any(|&t| t)
+    }
+
+    /// Whether this is a LoRA adapter tensor (`*.lora_A.weight`, `*.lora_B.weight`).
+    pub fn is_adapter(&self, id: ParamId) -> bool {
+        self.adapter[id.0]
     }
 
     pub fn len(&self) -> usize {
@@ -69,8 +107,11 @@ impl ParamStore {
     }
 
     /// Adds `g` to the parameter's gradient, so that several backward passes
-    /// accumulate (gradient accumulation).
+    /// accumulate (gradient accumulation). A frozen parameter drops `g`.
     pub fn accumulate_grad(&mut self, id: ParamId, g: Tensor) -> Result<()> {
+        if !self.trainable[id.0] {
+            return Ok(());
+        }
         let slot = &mut self.grads[id.0];
         match slot {
             Some(acc) => ops::add_in_place(acc, &g)?,

@@ -5,7 +5,7 @@
 
 use crate::config::UNetConfig;
 use crate::layers::*;
-use crate::params::ParamStore;
+use crate::params::{ParamId, ParamStore};
 use crate::{Result, UNetError};
 use diffuse_tensor::ops::{self, Conv2dParams};
 use diffuse_tensor::{DType, Device, Tensor};
@@ -121,9 +121,19 @@ impl UNetCache {
 impl UNet {
     /// A freshly initialised model (the reference's initialisation) on `device`.
     pub fn new(config: UNetConfig, seed: u64, dtype: DType, device: &Device) -> Result<UNet> {
+        Self::build(config, seed, dtype, device, None)
+    }
+
+    /// The same model with LoRA adapters on the convolutions `plan` targets
+    /// (base weights initialised exactly as by `new`).
+    pub fn with_lora(config: UNetConfig, seed: u64, dtype: DType, device: &Device, plan: LoraPlan) -> Result<UNet> {
+        Self::build(config, seed, dtype, device, Some(plan))
+    }
+
+    fn build(config: UNetConfig, seed: u64, dtype: DType, device: &Device, plan: Option<LoraPlan>) -> Result<UNet> {
         config.validate()?;
         let mut params = ParamStore::new();
-        let arch = Arch::build(&config, &mut Builder::new(&mut params, seed, dtype, device.clone()))?;
+        let arch = Arch::build(&config, &mut Builder::new(&mut params, seed, dtype, device.clone(), plan))?;
         Ok(UNet { config, params, arch })
     }
 
@@ -335,14 +345,25 @@ impl Arch {
         Ok((y, cache))
     }
 
+    /// The backward skips what frozen parameters make unnecessary: the weight
+    /// and bias gradients of frozen convolutions (never computed), temb_proj
+    /// and the time embedding when both are frozen, and everything below the
+    /// lowest layer that still trains (parameters are registered in forward
+    /// order, so once none at or before a layer trains, the data gradient has
+    /// nowhere left to go and the backward stops).
     fn backward(&self, ps: &mut ParamStore, c: &UNetCache, dy: &Tensor) -> Result<()> {
+        if !ps.any_trainable_through(self.conv_out.last_param()) {
+            return Ok(());
+        }
+        let need_dtemb = ps.any_trainable_through(self.temb.last_param());
         let da = self.conv_out.backward(ps, &c.out_a, dy)?;
         let mut dh = self.norm_out.backward(ps, &c.out_h, &c.out_norm, &da)?;
         let mut dsilu_temb: Option<Tensor> = None;
-        let mut add_temb = |d: Tensor| -> Result<()> {
-            match &mut dsilu_temb {
-                Some(acc) => ops::add_in_place(acc, &d)?,
-                None => dsilu_temb = Some(d),
+        let mut add_temb = |d: Option<Tensor>| -> Result<()> {
+            match (&mut dsilu_temb, d) {
+                (Some(acc), Some(d)) => ops::add_in_place(acc, &d)?,
+                (None, d) => dsilu_temb = d,
+                (Some(_), None) => {}
             }
             Ok(())
         };
@@ -357,13 +378,16 @@ impl Arch {
         });
         let up_pairs: Vec<(UpLayer, &UpStep)> = up_blocks.zip(c.up.iter()).collect();
         for (layer, step) in up_pairs.into_iter().rev() {
+            if !ps.any_trainable_through(layer.last_param()) {
+                return Ok(());
+            }
             match (layer, step) {
                 (UpLayer::Up(u), UpStep::Up(upsampled)) => dh = u.backward(ps, upsampled, &dh)?,
                 (UpLayer::Block((block, attn)), UpStep::Block { res, attn: ac, h_channels, skip_index }) => {
                     if let (Some(attn), Some(ac)) = (attn, ac) {
                         dh = attn.backward(ps, ac, &dh)?;
                     }
-                    let (dcat, dt) = block.backward(ps, res, &c.silu_temb, &dh)?;
+                    let (dcat, dt) = block.backward(ps, res, &c.silu_temb, &dh, need_dtemb)?;
                     add_temb(dt)?;
                     let (dhh, dskip) = ops::split_channels(&dcat, *h_channels)?;
                     dh = dhh;
@@ -373,10 +397,13 @@ impl Arch {
             }
         }
 
-        let (d, dt) = self.mid_block2.backward(ps, &c.mid2, &c.silu_temb, &dh)?;
+        if !ps.any_trainable_through(self.mid_block2.last_param()) {
+            return Ok(());
+        }
+        let (d, dt) = self.mid_block2.backward(ps, &c.mid2, &c.silu_temb, &dh, need_dtemb)?;
         add_temb(dt)?;
         let d = self.mid_attn.backward(ps, &c.mid_attn, &d)?;
-        let (d, dt) = self.mid_block1.backward(ps, &c.mid1, &c.silu_temb, &d)?;
+        let (d, dt) = self.mid_block1.backward(ps, &c.mid1, &c.silu_temb, &d, need_dtemb)?;
         add_temb(dt)?;
 
         // The down path is a chain: step i maps skip i-1 to skip i, and every
@@ -396,6 +423,9 @@ impl Arch {
             return Err(UNetError::Config("down-path cache does not match the model".into()));
         }
         for i in (0..c.down.len()).rev() {
+            if !ps.any_trainable_through(down_layers[i].last_param()) {
+                return Ok(());
+            }
             if let Some(ds) = dskips[i + 1].take() {
                 ops::add_in_place(&mut g, &ds)?;
             }
@@ -404,7 +434,7 @@ impl Arch {
                     if let (Some(attn), Some(ac)) = (attn, ac) {
                         g = attn.backward(ps, ac, &g)?;
                     }
-                    let (dx, dt) = block.backward(ps, rc, &c.silu_temb, &g)?;
+                    let (dx, dt) = block.backward(ps, rc, &c.silu_temb, &g, need_dtemb)?;
                     add_temb(dt)?;
                     dx
                 }
@@ -417,9 +447,11 @@ impl Arch {
         }
         self.conv_in.backward_params(ps, &c.x, &g)?;
 
-        let dsilu_temb = dsilu_temb.ok_or_else(|| UNetError::Config("no block used the time embedding".into()))?;
-        let dtemb = ops::silu_backward(&dsilu_temb, &c.temb_out)?;
-        self.temb.backward(ps, &c.temb, &dtemb)?;
+        if need_dtemb {
+            let dsilu_temb = dsilu_temb.ok_or_else(|| UNetError::Config("no block used the time embedding".into()))?;
+            let dtemb = ops::silu_backward(&dsilu_temb, &c.temb_out)?;
+            self.temb.backward(ps, &c.temb, &dtemb)?;
+        }
         Ok(())
     }
 }
@@ -432,6 +464,29 @@ enum UpLayer<'a> {
 enum DownLayer<'a> {
     Block(&'a (ResnetBlock, Option<AttnBlock>)),
     Down(&'a Downsample),
+}
+
+/// The last parameter of a (block, attention) pair: the attention's when it has one.
+fn pair_last_param((block, attn): &(ResnetBlock, Option<AttnBlock>)) -> ParamId {
+    attn.as_ref().map(AttnBlock::last_param).unwrap_or_else(|| block.last_param())
+}
+
+impl UpLayer<'_> {
+    fn last_param(&self) -> ParamId {
+        match self {
+            UpLayer::Block(pair) => pair_last_param(pair),
+            UpLayer::Up(u) => u.last_param(),
+        }
+    }
+}
+
+impl DownLayer<'_> {
+    fn last_param(&self) -> ParamId {
+        match self {
+            DownLayer::Block(pair) => pair_last_param(pair),
+            DownLayer::Down(d) => d.last_param(),
+        }
+    }
 }
 
 fn accumulate(slot: &mut Option<Tensor>, g: Tensor) -> Result<()> {

@@ -115,6 +115,29 @@ impl Dataset {
         Ok(Dataset { images, labels, len, channels, height, width, kind, source })
     }
 
+    /// Only the images whose label is in `keep` (e.g. digits 0-4), in their
+    /// original order. A dataset without labels, or a selection that keeps
+    /// nothing, is an error.
+    pub fn with_labels(self, keep: &[u8]) -> Result<Dataset> {
+        let Some(labels) = &self.labels else {
+            return Err(Error::Labels {
+                path: self.source.clone(),
+                reason: "no labels to select by (MNIST needs its *-labels-idx1-ubyte file beside the images)".into(),
+            });
+        };
+        let per = self.channels * self.height * self.width;
+        let picked: Vec<usize> = (0..self.len).filter(|&i| keep.contains(&labels[i])).collect();
+        if picked.is_empty() {
+            return Err(Error::Empty {
+                path: self.source.clone(),
+                reason: format!("no image has a label in {keep:?}"),
+            });
+        }
+        let images = picked.iter().flat_map(|&i| self.images[i * per..(i + 1) * per].iter().copied()).collect();
+        let labels = picked.iter().map(|&i| labels[i]).collect();
+        Dataset::from_vec(images, Some(labels), self.channels, self.height, self.width, self.kind, self.source)
+    }
+
     /// Opens the dataset at `path` (file or directory), detecting its kind,
     /// and checks it fits a model of `channels` input channels and
     /// `image_size x image_size` images.

@@ -2,7 +2,7 @@
 //! single head over the H*W positions, scale C^-0.5.
 
 use super::{Builder, Conv2d, GroupNorm, GroupNormCache};
-use crate::params::ParamStore;
+use crate::params::{ParamId, ParamStore};
 use crate::Result;
 use diffuse_tensor::ops::{self, Conv2dParams};
 use diffuse_tensor::Tensor;
@@ -58,6 +58,10 @@ impl AttnBlock {
         let y = ops::add(x, &self.proj_out.forward(ps, &out)?)?;
         let cache = train.then(|| AttnCache { x: x.clone(), n: nc, h, q, k, v, out, lse: att.lse });
         Ok((y, cache))
+    }
+
+    pub fn last_param(&self) -> ParamId {
+        self.proj_out.last_param()
     }
 
     pub fn backward(&self, ps: &mut ParamStore, c: &AttnCache, dy: &Tensor) -> Result<Tensor> {

@@ -1,7 +1,7 @@
 //! Conv2d, GroupNorm (optionally fused with SiLU) and Linear: thin layers
 //! over the tensor ops, owning their parameter ids.
 
-use super::Builder;
+use super::{Builder, LoraAdapter};
 use crate::params::{ParamId, ParamStore};
 use crate::Result;
 use diffuse_tensor::ops::{self, Conv2dParams};
@@ -11,6 +11,8 @@ pub struct Conv2d {
     pub weight: ParamId,
     pub bias: ParamId,
     params: Conv2dParams,
+    /// A LoRA adapter, when the builder's plan targets this layer.
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Conv2d {
@@ -25,27 +27,56 @@ impl Conv2d {
     ) -> Result<Self> {
         let weight = b.xavier(format!("{name}.weight"), vec![cout, cin, k, k], cin * k * k, cout * k * k, scale)?;
         let bias = b.constant(format!("{name}.bias"), vec![cout], 0.0)?;
-        Ok(Conv2d { weight, bias, params })
+        let lora = match b.lora_for(name) {
+            Some(spec) => Some(LoraAdapter::new(b, name, cin, cout, k, params, spec)?),
+            None => None,
+        };
+        Ok(Conv2d { weight, bias, params, lora })
     }
 
     pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::conv2d_forward(x, ps.value(self.weight), Some(ps.value(self.bias)), &self.params)?)
+        let y = ops::conv2d_forward(x, ps.value(self.weight), Some(ps.value(self.bias)), &self.params)?;
+        match &self.lora {
+            Some(l) => l.add_to(ps, x, &y),
+            None => Ok(y),
+        }
     }
 
-    /// Accumulates dW and db; returns dx.
+    /// Accumulates dW and db (and the adapter's gradients); returns dx.
     pub fn backward(&self, ps: &mut ParamStore, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        let dx = ops::conv2d_backward_data(dy, ps.value(self.weight), x.shape(), &self.params)?;
-        self.backward_params(ps, x, dy)?;
+        let mut dx = ops::conv2d_backward_data(dy, ps.value(self.weight), x.shape(), &self.params)?;
+        if let Some(l) = &self.lora {
+            if let Some(d) = l.backward(ps, x, dy, true)? {
+                ops::add_in_place(&mut dx, &d)?;
+            }
+        }
+        self.weight_grads(ps, x, dy)?;
         Ok(dx)
     }
 
-    /// Accumulates dW and db only (for the first layer, whose input needs no gradient).
+    /// Accumulates dW and db only (for the first layer, whose input needs no
+    /// gradient); a frozen weight or bias is skipped, not computed.
     pub fn backward_params(&self, ps: &mut ParamStore, x: &Tensor, dy: &Tensor) -> Result<()> {
-        let dw = ops::conv2d_backward_weight(dy, x, ps.value(self.weight).shape(), &self.params)?;
-        let db = ops::conv2d_backward_bias(dy)?;
-        ps.accumulate_grad(self.weight, dw)?;
-        ps.accumulate_grad(self.bias, db)?;
+        if let Some(l) = &self.lora {
+            l.backward(ps, x, dy, false)?;
+        }
+        self.weight_grads(ps, x, dy)
+    }
+
+    fn weight_grads(&self, ps: &mut ParamStore, x: &Tensor, dy: &Tensor) -> Result<()> {
+        if ps.is_trainable(self.weight) {
+            let dw = ops::conv2d_backward_weight(dy, x, ps.value(self.weight).shape(), &self.params)?;
+            ps.accumulate_grad(self.weight, dw)?;
+        }
+        if ps.is_trainable(self.bias) {
+            ps.accumulate_grad(self.bias, ops::conv2d_backward_bias(dy)?)?;
+        }
         Ok(())
+    }
+
+    /// The last parameter registered for this layer (its adapter's B, if any).
+    pub fn last_param(&self) -> ParamId {
+        self.lora.as_ref().map(|l| l.b).unwrap_or(self.bias)
     }
 }
 
@@ -124,6 +155,15 @@ impl Linear {
         Ok(ops::linear_forward(x, ps.value(self.weight), Some(ps.value(self.bias)))?)
     }
 
+    pub fn is_frozen(&self, ps: &ParamStore) -> bool {
+        !ps.is_trainable(self.weight) && !ps.is_trainable(self.bias)
+    }
+
+    pub fn last_param(&self) -> ParamId {
+        self.bias
+    }
+
+    /// The op computes dx, dW and db in one pass; frozen parameters drop theirs.
     pub fn backward(&self, ps: &mut ParamStore, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
         let g = ops::linear_backward(dy, x, ps.value(self.weight))?;
         ps.accumulate_grad(self.weight, g.dw)?;

@@ -5,12 +5,14 @@
 
 mod attention;
 mod basic;
+mod lora;
 mod resample;
 mod resnet;
 mod time_embedding;
 
 pub use attention::{AttnBlock, AttnCache};
 pub use basic::{Conv2d, GroupNorm, GroupNormCache, Linear};
+pub use lora::{merged_weight, LoraAdapter, LoraPlan};
 pub use resample::{Downsample, Upsample};
 pub use resnet::{ResCache, ResnetBlock};
 pub use time_embedding::{TimeEmbedding, TimeEmbeddingCache};
@@ -45,19 +47,61 @@ pub struct Builder<'a> {
     dtype: DType,
     device: Device,
     next_dropout_stream: u32,
+    lora: Option<LoraPlan<'a>>,
+    /// Adapter tensors registered so far: base weights draw their Philox
+    /// stream from their index among base weights, so adding adapters never
+    /// changes the base's initialisation.
+    adapters: usize,
 }
 
 /// Philox step reserved for initialisation, apart from any training step.
 const INIT_STEP: u32 = u32::MAX;
+/// Philox step of the LoRA adapters' initialisation.
+const LORA_INIT_STEP: u32 = u32::MAX - 1;
 
 impl<'a> Builder<'a> {
-    pub(crate) fn new(store: &'a mut ParamStore, seed: u64, dtype: DType, device: Device) -> Self {
-        Builder { store, seed, dtype, device, next_dropout_stream: 0 }
+    pub(crate) fn new(
+        store: &'a mut ParamStore,
+        seed: u64,
+        dtype: DType,
+        device: Device,
+        lora: Option<LoraPlan<'a>>,
+    ) -> Self {
+        Builder { store, seed, dtype, device, next_dropout_stream: 0, lora, adapters: 0 }
     }
 
     fn put(&mut self, name: String, shape: Vec<usize>, data: Vec<f32>) -> Result<ParamId> {
         let t = Tensor::from_vec(data, shape)?.to_dtype(self.dtype)?.to_device(&self.device)?;
-        Ok(self.store.add(name, t))
+        Ok(self.store.add(name, t, false))
+    }
+
+    fn put_adapter(&mut self, name: String, shape: Vec<usize>, data: Vec<f32>) -> Result<ParamId> {
+        let t = Tensor::from_vec(data, shape)?.to_dtype(self.dtype)?.to_device(&self.device)?;
+        self.adapters += 1;
+        Ok(self.store.add(name, t, true))
+    }
+
+    /// An adapter tensor uniform in (-bound, bound).
+    pub fn adapter_uniform(&mut self, name: String, shape: Vec<usize>, bound: f64) -> Result<ParamId> {
+        let stream = self.store.len() as u32;
+        let n: usize = shape.iter().product();
+        let data = (0..n as u64)
+            .map(|i| {
+                let u = philox::uniform_open(philox::bits(self.seed, LORA_INIT_STEP, stream, i)) as f64;
+                ((2.0 * u - 1.0) * bound) as f32
+            })
+            .collect();
+        self.put_adapter(name, shape, data)
+    }
+
+    pub fn adapter_zeros(&mut self, name: String, shape: Vec<usize>) -> Result<ParamId> {
+        let n = shape.iter().product();
+        self.put_adapter(name, shape, vec![0.0; n])
+    }
+
+    /// The LoRA rank and alpha for the layer `name`, when the plan targets it.
+    pub(crate) fn lora_for(&self, name: &str) -> Option<(usize, f64)> {
+        self.lora.filter(|p| (p.targets)(name)).map(|p| (p.rank, p.alpha))
     }
 
     /// Xavier-uniform with gain sqrt(scale) (TF's variance_scaling fan_avg
@@ -72,7 +116,7 @@ impl<'a> Builder<'a> {
     ) -> Result<ParamId> {
         let gain = if scale > 0.0 { scale } else { 1e-10 }.sqrt();
         let bound = gain * (6.0 / (fan_in + fan_out) as f64).sqrt();
-        let stream = self.store.len() as u32;
+        let stream = (self.store.len() - self.adapters) as u32;
         let n: usize = shape.iter().product();
         let data = (0..n as u64)
             .map(|i| {

@@ -2,7 +2,7 @@
 //! (nearest 2x, then a 3x3 conv).
 
 use super::{Builder, Conv2d};
-use crate::params::ParamStore;
+use crate::params::{ParamId, ParamStore};
 use crate::Result;
 use diffuse_tensor::ops::{self, Conv2dParams};
 use diffuse_tensor::Tensor;
@@ -18,6 +18,10 @@ impl Downsample {
 
     pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<Tensor> {
         self.conv.forward(ps, x)
+    }
+
+    pub fn last_param(&self) -> ParamId {
+        self.conv.last_param()
     }
 
     /// `x` is the forward's input.
@@ -40,6 +44,10 @@ impl Upsample {
     pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let u = ops::upsample_nearest2x_forward(x)?;
         Ok((self.conv.forward(ps, &u)?, u))
+    }
+
+    pub fn last_param(&self) -> ParamId {
+        self.conv.last_param()
     }
 
     pub fn backward(&self, ps: &mut ParamStore, upsampled: &Tensor, dy: &Tensor) -> Result<Tensor> {

@@ -3,7 +3,7 @@
 //! channel count changes).
 
 use super::{Builder, Conv2d, ForwardMode, GroupNorm, GroupNormCache, Linear};
-use crate::params::ParamStore;
+use crate::params::{ParamId, ParamStore};
 use crate::Result;
 use diffuse_tensor::ops::{self, Conv2dParams};
 use diffuse_tensor::Tensor;
@@ -93,28 +93,40 @@ impl ResnetBlock {
         Ok((y, cache))
     }
 
-    /// Returns (dx, d silu_temb); accumulates every parameter gradient.
+    /// The last parameter this block registered (see `ParamStore::any_trainable_through`).
+    pub fn last_param(&self) -> ParamId {
+        self.nin_shortcut.as_ref().unwrap_or(&self.conv2).last_param()
+    }
+
+    /// Returns (dx, d silu_temb); accumulates every trainable parameter's
+    /// gradient. `need_dtemb` false (the time embedding is frozen) with a
+    /// frozen temb_proj skips temb_proj's backward and returns no d silu_temb.
     pub fn backward(
         &self,
         ps: &mut ParamStore,
         c: &ResCache,
         silu_temb: &Tensor,
         dy: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+        need_dtemb: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let mut da2 = self.conv2.backward(ps, &c.a2, dy)?;
         if self.dropout_on(&c.mode) {
             da2 = ops::dropout_backward(&da2, self.dropout, c.mode.seed, c.mode.step, self.dropout_stream)?;
         }
         let dh2 = self.norm2.backward(ps, &c.h2, &c.n2, &da2)?;
         drop(da2);
-        let dtp = ops::channel_bias_backward(&dh2)?;
-        let dsilu_temb = self.temb_proj.backward(ps, silu_temb, &dtp)?;
+        let dsilu_temb = if need_dtemb || !self.temb_proj.is_frozen(ps) {
+            let dtp = ops::channel_bias_backward(&dh2)?;
+            Some(self.temb_proj.backward(ps, silu_temb, &dtp)?)
+        } else {
+            None
+        };
         let da1 = self.conv1.backward(ps, &c.a1, &dh2)?;
         let mut dx = self.norm1.backward(ps, &c.x, &c.n1, &da1)?;
         match &self.nin_shortcut {
             Some(nin) => ops::add_in_place(&mut dx, &nin.backward(ps, &c.x, dy)?)?,
             None => ops::add_in_place(&mut dx, dy)?,
         }
-        Ok((dx, dsilu_temb))
+        Ok((dx, dsilu_temb.filter(|_| need_dtemb)))
     }
 }

@@ -1,7 +1,7 @@
 //! temb = dense1(silu(dense0(sinusoid(t, ch)))).
 
 use super::{Builder, Linear};
-use crate::params::ParamStore;
+use crate::params::{ParamId, ParamStore};
 use crate::Result;
 use diffuse_tensor::{ops, Tensor};
 
@@ -38,6 +38,10 @@ impl TimeEmbedding {
         let temb = self.dense1.forward(ps, &a0)?;
         let cache = train.then_some(TimeEmbeddingCache { sinusoid, h0, a0 });
         Ok((temb, cache))
+    }
+
+    pub fn last_param(&self) -> ParamId {
+        self.dense1.last_param()
     }
 
     /// Accumulates the dense layers' gradients (t itself has none).
