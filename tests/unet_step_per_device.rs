@@ -2,7 +2,9 @@
 //! the tiny model (forward output, loss and every parameter gradient to
 //! 1e-4), and a forward + backward of the tiny model with dropout 0.1
 //! against the same step on the CPU (Philox masks are the same on every
-//! device), every gradient to 1e-4 relative.
+//! device), every gradient to 1e-4 relative; and a LoRA step with the base
+//! frozen (adapters on every conv): frozen tensors get no gradient, adapter
+//! gradients match the CPU to 1e-4.
 //!
 //! The mnist test vector is left out here: on the emulator it is too slow
 //! for this suite (the CPU suite checks it).
@@ -100,4 +102,80 @@ per_device!(
     dropout_changes_the_tiny_unet_step_cpu,
     dropout_changes_the_tiny_unet_step_emu,
     dropout_changes_the_tiny_unet_step_cuda
+);
+
+/// One LoRA fine-tuning step (issue 21): adapters on every conv of the tiny
+/// model, the base frozen, the B matrices randomised so that every adapter
+/// gets a non-zero gradient. Returns eps, the loss and each parameter's
+/// gradient (None where the backward skipped it).
+type NamedGrads = Vec<(String, Option<Tensor>)>;
+
+fn lora_step(device: &Device, x: &Tensor, t: &Tensor, noise: &Tensor) -> (Tensor, Tensor, NamedGrads) {
+    let every_conv = |_: &str| true;
+    let plan = diffuse_unet::layers::LoraPlan { rank: 3, alpha: 6.0, targets: &every_conv };
+    let mut model = UNet::with_lora(UNetConfig::tiny(), 5, DType::F32, device, plan).unwrap();
+    let mut rng = TensorRng::new(153);
+    let ids: Vec<_> = model.params.ids().collect();
+    for id in ids {
+        let adapter = model.params.is_adapter(id);
+        model.params.set_trainable(id, adapter);
+        if model.params.name(id).ends_with("lora_B.weight") {
+            let dims = model.params.value(id).dims().to_vec();
+            model.params.set(id, on(&rng.tensor_in(&dims, -0.1, 0.1), device)).unwrap();
+        }
+    }
+    let (x, t, noise) = (on(x, device), on(t, device), on(noise, device));
+    let (eps, cache) = model.forward_train(&x, &t, ForwardMode::train(1234, 17)).unwrap();
+    let loss = ops::mse_loss_forward(&eps, &noise).unwrap();
+    let deps = ops::mse_loss_backward(&eps, &noise, 1.0).unwrap();
+    model.params.zero_grads();
+    model.backward(&cache, &deps).unwrap();
+    let grads =
+        model.params.ids().map(|id| (model.params.name(id).to_string(), model.params.grad(id).cloned())).collect();
+    (eps, loss, grads)
+}
+
+fn tiny_lora_step_with_frozen_base(dut: &DeviceUnderTest) {
+    let mut rng = TensorRng::new(154);
+    let x = rng.tensor(&[2, 1, 8, 8]);
+    let t = Tensor::from_vec(vec![3f32, 640.0], [2]).unwrap();
+    let noise = rng.tensor_in(&[2, 1, 8, 8], -2.0, 2.0);
+    let (eps, loss, grads) = lora_step(&Device::Cpu, &x, &t, &noise);
+    let mut r = Report::new("training", dut);
+    let (eps_g, loss_g, grads_g) = lora_step(&dut.device, &x, &t, &noise);
+    r.check("LoRA unet forward eps", "tiny, batch 2", &eps_g, &eps, TOL);
+    r.check("LoRA unet loss", "tiny, batch 2", &loss_g, &loss, TOL);
+    let total = grads
+        .iter()
+        .filter_map(|(_, g)| g.as_ref())
+        .map(|g| norm_f32(&g.to_vec_f32().unwrap()).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let mut adapters = 0;
+    for ((name, g), (name_g, gg)) in grads.iter().zip(&grads_g) {
+        assert_eq!(name, name_g);
+        let is_adapter = name.contains("lora_");
+        match (g, gg) {
+            (Some(g), Some(gg)) if is_adapter => {
+                assert!(norm_f32(&g.to_vec_f32().unwrap()) > 0.0, "{name}: zero gradient on the CPU");
+                r.check_floor("LoRA backward (adapter grads)", name, gg, g, TOL, 1e-4 * total);
+                adapters += 1;
+            }
+            (None, None) if !is_adapter => {}
+            _ => panic!(
+                "{name}: gradient presence differs or a frozen tensor got one (cpu {}, {} {})",
+                g.is_some(),
+                dut.label,
+                gg.is_some()
+            ),
+        }
+    }
+    assert!(adapters > 0);
+}
+
+per_device!(
+    tiny_lora_step_with_frozen_base,
+    tiny_lora_step_with_frozen_base_cpu,
+    tiny_lora_step_with_frozen_base_emu,
+    tiny_lora_step_with_frozen_base_cuda
 );
