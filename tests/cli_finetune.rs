@@ -3,36 +3,10 @@
 //! bad patterns name close parameters, LoRA checkpoints hold only adapters
 //! and refuse a wrong base, and merged checkpoints sample.
 
+mod cli_common;
+use cli_common::*;
 use safetensors::SafeTensors;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn diffuse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffuse"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run diffuse")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = diffuse(args);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "diffuse {args:?} failed:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
-
-fn fails(args: &[&str]) -> String {
-    let o = diffuse(args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "diffuse {args:?} should have failed");
-    assert!(err.starts_with("error: ") && !err.contains("panicked"), "diffuse {args:?}: {err}");
-    err
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 const FAST: &[&str] =
     &["--config", "tiny-mnist", "--device", "cpu", "--batch-size", "4", "--sample-every", "0", "--log-every", "1"];

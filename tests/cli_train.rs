@@ -2,40 +2,12 @@
 //! exact resume, sampling, and every kind of bad input giving one clear
 //! error line and a non-zero exit without touching earlier checkpoints.
 
+mod cli_common;
+use cli_common::*;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn diffuse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffuse"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run diffuse")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = diffuse(args);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "diffuse {args:?} failed:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
-
-/// Runs a command that must fail; returns its stderr.
-fn fails(args: &[&str]) -> String {
-    let o = diffuse(args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "diffuse {args:?} should have failed");
-    assert!(err.starts_with("error: "), "diffuse {args:?}: expected one clear error line, got:\n{err}");
-    assert!(!err.contains("panicked"), "diffuse {args:?} panicked:\n{err}");
-    err
-}
 
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
 }
 
 const FAST: &[&str] =

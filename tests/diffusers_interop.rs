@@ -4,6 +4,8 @@
 //! UNet2DModel in the DDPM layout with its input and its output computed by
 //! diffusers in float32 and float64. No Python runs here.
 
+mod cli_common;
+use cli_common::*;
 use diffuse_tensor::{DType, Tensor};
 use diffuse_trainer::checkpoint::Checkpoint;
 use diffuse_trainer::diffusers::{self, CONFIG_FILE, SCHEDULER_FILE, WEIGHTS_FILE};
@@ -13,7 +15,6 @@ use diffuse_unet::io::{parse, serialize, view_to_tensor};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 const FIXTURES: [&str; 2] = ["ddpm-1ch", "ddpm-3ch"];
 
@@ -273,25 +274,6 @@ fn missing_and_unexpected_tensors_are_named() {
 }
 
 // --- the command line -------------------------------------------------------
-
-fn diffuse(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_diffuse"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run diffuse")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = diffuse(args);
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(o.status.success(), "diffuse {args:?} failed:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
-    out
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
 
 /// A folder of eight small grey PNGs to fine-tune and evaluate on.
 fn image_folder(dir: &Path) -> PathBuf {
