@@ -113,3 +113,113 @@ per_device!(
     timestep_embedding_on_device_emu,
     timestep_embedding_on_device_cuda
 );
+
+// ------------------------------------------------------------- class embedding
+
+/// Gather and scatter-sum written out in f64 over plain loops.
+fn oracle_class_embedding(table: &[f64], labels: &[usize], dim: usize) -> Vec<f64> {
+    let mut out = Vec::with_capacity(labels.len() * dim);
+    for &k in labels {
+        for d in 0..dim {
+            out.push(table[k * dim + d]);
+        }
+    }
+    out
+}
+
+fn oracle_class_embedding_backward(dout: &[f64], labels: &[usize], rows: usize, dim: usize) -> Vec<f64> {
+    let mut dtable = vec![0.0; rows * dim];
+    for (n, &k) in labels.iter().enumerate() {
+        for d in 0..dim {
+            dtable[k * dim + d] += dout[n * dim + d];
+        }
+    }
+    dtable
+}
+
+proptest! {
+    #![proptest_config(proptest_config(32))]
+
+    /// The gather is exact; the backward's f32 sums stay within n ulps of
+    /// the f64 sum of |terms| (n terms at most per entry).
+    #[test]
+    fn class_embedding_matches_oracle(n in awkward(40), rows in 1usize..=12, dim in awkward(70), seed in any::<u64>()) {
+        let mut rng = TestRng::new(seed);
+        let labels: Vec<usize> = (0..n).map(|_| (rng.next_u64() % rows as u64) as usize).collect();
+        let table = rng.vec_in(rows * dim, -2.0, 2.0).into_iter().map(|v| v as f32 as f64).collect::<Vec<_>>();
+        let out = ops::class_embedding(&t32(&table, &[rows, dim]), &labels).unwrap();
+        prop_assert_eq!(out.dims(), &[n, dim]);
+        prop_assert_eq!(v64(&out), oracle_class_embedding(&table, &labels, dim));
+
+        let dout = rng.vec_in(n * dim, -1.0, 1.0).into_iter().map(|v| v as f32 as f64).collect::<Vec<_>>();
+        let want = oracle_class_embedding_backward(&dout, &labels, rows, dim);
+        let scale = oracle_class_embedding_backward(&abs(&dout), &labels, rows, dim);
+        let got = v64(&ops::class_embedding_backward(&t32(&dout, &[n, dim]), &labels, rows).unwrap());
+        for ((g, w), s) in got.iter().zip(&want).zip(&scale) {
+            prop_assert!((g - w).abs() <= n as f64 * f32::EPSILON as f64 * s, "{g} vs {w} (scale {s})");
+        }
+        let got64 = v64(&ops::class_embedding_backward(&t64(&dout, &[n, dim]), &labels, rows).unwrap());
+        assert_close("class embedding backward f64", &got64, &want, 1e-12);
+    }
+}
+
+#[test]
+fn class_embedding_backward_is_adjoint_of_forward() {
+    // <forward(table), dout> == <table, backward(dout)> for any table, dout.
+    let (rows, dim) = (5, 9);
+    let labels = [4usize, 0, 4, 2, 2, 2, 1];
+    let mut rng = TestRng::new(7);
+    let table = rng.vec_in(rows * dim, -1.0, 1.0);
+    let dout = rng.vec_in(labels.len() * dim, -1.0, 1.0);
+    let fwd = v64(&ops::class_embedding(&t64(&table, &[rows, dim]), &labels).unwrap());
+    let bwd = v64(&ops::class_embedding_backward(&t64(&dout, &[labels.len(), dim]), &labels, rows).unwrap());
+    let lhs = dot(&fwd, &dout);
+    let rhs = dot(&table, &bwd);
+    assert!((lhs - rhs).abs() < 1e-12 * lhs.abs().max(1.0), "{lhs} vs {rhs}");
+    // row 3 is never picked: zero gradient
+    assert!(bwd[3 * dim..4 * dim].iter().all(|&v| v == 0.0));
+}
+
+#[test]
+fn class_embedding_bad_arguments_are_errors() {
+    let table = t32(&[0.5; 12], &[3, 4]);
+    let e = ops::class_embedding(&table, &[0, 3]).unwrap_err().to_string();
+    assert!(e.contains("label 3 of sample 1"), "{e}");
+    assert!(ops::class_embedding(&t32(&[0.5; 12], &[12]), &[0]).is_err());
+    let dout = t32(&[0.5; 8], &[2, 4]);
+    assert!(ops::class_embedding_backward(&dout, &[0], 3).is_err(), "label count must match rows");
+    assert!(ops::class_embedding_backward(&dout, &[0, 5], 3).is_err());
+    assert_eq!(ops::class_embedding(&table, &[]).unwrap().dims(), &[0, 4]);
+}
+
+fn class_embedding_on_device(dut: &DeviceUnderTest) {
+    let dev = &dut.device;
+    let mut r = Report::new("embedding", dut);
+    let mut rng = TensorRng::new(82);
+    for (n, rows, dim) in [(1, 1, 1), (7, 11, 33), (64, 11, 128), (130, 3, 257)] {
+        let labels: Vec<usize> = (0..n).map(|_| (rng.next_u64() % rows as u64) as usize).collect();
+        let table = rng.tensor(&[rows, dim]);
+        let dout = rng.tensor(&[n, dim]);
+        let case = format!("N{n} rows {rows} dim {dim}");
+        // same gather and the same summation order on every device: bit-identical
+        r.check_exact(
+            "class_embedding",
+            &case,
+            &ops::class_embedding(&on(&table, dev), &labels).unwrap(),
+            &ops::class_embedding(&table, &labels).unwrap(),
+        );
+        r.check_exact(
+            "class_embedding_backward",
+            &case,
+            &ops::class_embedding_backward(&on(&dout, dev), &labels, rows).unwrap(),
+            &ops::class_embedding_backward(&dout, &labels, rows).unwrap(),
+        );
+    }
+}
+
+per_device!(
+    class_embedding_on_device,
+    class_embedding_on_device_cpu,
+    class_embedding_on_device_emu,
+    class_embedding_on_device_cuda
+);

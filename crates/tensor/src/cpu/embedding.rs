@@ -2,7 +2,11 @@
 //! `get_timestep_embedding`): row n is [sin(t_n f_0..), cos(t_n f_0..)] with
 //! f_k = exp(-k ln(10000) / (half - 1)), plus a zero column when dim is odd.
 //!
-//! Computed in f64 whatever T is: t reaches ~1000, so an f32 product t * f_k
+//! The class embedding is a learned table gathered by label; its backward
+//! sums each row's gradient over the batch in increasing sample order (the
+//! order kernels/embedding.cu uses, so both devices give the same bits).
+//!
+//! The timestep embedding is computed in f64 whatever T is: t reaches ~1000, so an f32 product t * f_k
 //! would already be off by ~1e-4 before the sine.
 
 use crate::Element;
@@ -33,5 +37,25 @@ pub fn timestep_embedding<T: Element>(t: &[T], dim: usize, emb: &mut [T]) {
         }
         // odd dim: the last column stays zero
         pad.iter_mut().for_each(|p| *p = T::zero());
+    });
+}
+
+/// out [n, dim] = table rows picked by `labels` (each `< rows`, checked by the caller).
+pub fn class_embedding<T: Element>(table: &[T], labels: &[usize], dim: usize, out: &mut [T]) {
+    out.par_chunks_mut(dim).zip(labels.par_iter()).for_each(|(row, &k)| {
+        row.copy_from_slice(&table[k * dim..(k + 1) * dim]);
+    });
+}
+
+/// dtable [rows, dim]: row k is the sum of dout's rows whose label is k, in
+/// increasing sample order (rows no label picks are zero).
+pub fn class_embedding_backward<T: Element>(dout: &[T], labels: &[usize], dim: usize, dtable: &mut [T]) {
+    dtable.par_chunks_mut(dim).enumerate().for_each(|(k, row)| {
+        row.iter_mut().for_each(|v| *v = T::zero());
+        for (r, _) in labels.iter().enumerate().filter(|(_, &l)| l == k) {
+            for (acc, &d) in row.iter_mut().zip(&dout[r * dim..(r + 1) * dim]) {
+                *acc = *acc + d;
+            }
+        }
     });
 }

@@ -1,5 +1,6 @@
-//! The sinusoidal timestep embedding that conditions the U-Net on t.
-//! No backward: timesteps are data, not parameters.
+//! The embeddings that condition the U-Net: the sinusoidal timestep
+//! embedding (no backward: timesteps are data, not parameters) and the
+//! learned class embedding (a table gathered by label, with its backward).
 
 use crate::cpu::embedding as kernels;
 use crate::gpu::launch;
@@ -28,6 +29,74 @@ pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
         }),
         Storage::Gpu(g) => {
             Ok(Tensor::from_gpu([n, dim].into(), launch::embedding::timestep_embedding(g.device(), g, n, dim)?))
+        }
+    }
+}
+
+/// Checks the labels against the table's row count (labels are host data:
+/// a bad one is an error here, never an out-of-bounds read in a kernel).
+fn check_labels(op: &'static str, labels: &[usize], rows: usize) -> Result<()> {
+    if let Some((i, &l)) = labels.iter().enumerate().find(|(_, &l)| l >= rows) {
+        return Err(TensorError::invalid(op, format!("label {l} of sample {i} is outside the table's {rows} rows")));
+    }
+    if rows > 1 << 24 {
+        // labels travel to the GPU as floats, exact up to 2^24
+        return Err(TensorError::invalid(op, format!("{rows} classes is above the limit of 2^24")));
+    }
+    Ok(())
+}
+
+/// The labels as an f32 device buffer (exact: checked below 2^24).
+fn labels_on(dev: &crate::gpu::GpuDevice, labels: &[usize]) -> Result<crate::gpu::GpuStorage> {
+    let v: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+    dev.upload_f32(&v)
+}
+
+/// table [rows, dim], labels (N entries, each < rows) -> [N, dim]: row n is
+/// table row labels[n] (a learned class embedding, diffusers' `class_embedding`).
+pub fn class_embedding(table: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    const OP: &str = "class_embedding";
+    let &[rows, dim] = table.dims() else {
+        return Err(TensorError::shape(OP, "a rank-2 [rows, dim] table", table.shape()));
+    };
+    check_labels(OP, labels, rows)?;
+    let n = labels.len();
+    match table.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut out = vec![T::default(); n * dim];
+            kernels::class_embedding(table.cpu_slice::<T>()?, labels, dim, &mut out);
+            Ok(Tensor::from_cpu([n, dim].into(), out))
+        }),
+        Storage::Gpu(g) => {
+            let l = labels_on(g.device(), labels)?;
+            Ok(Tensor::from_gpu([n, dim].into(), launch::embedding::class_embedding(g.device(), g, &l, n, dim)?))
+        }
+    }
+}
+
+/// d table [rows, dim] from dout [N, dim]: row k sums the rows of dout whose
+/// label is k, in increasing n (the same order on every device).
+pub fn class_embedding_backward(dout: &Tensor, labels: &[usize], rows: usize) -> Result<Tensor> {
+    const OP: &str = "class_embedding_backward";
+    let &[n, dim] = dout.dims() else {
+        return Err(TensorError::shape(OP, "a rank-2 [N, dim] gradient", dout.shape()));
+    };
+    if n != labels.len() {
+        return Err(TensorError::invalid(OP, format!("{} labels for a gradient of {n} rows", labels.len())));
+    }
+    check_labels(OP, labels, rows)?;
+    match dout.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut dtable = vec![T::default(); rows * dim];
+            kernels::class_embedding_backward(dout.cpu_slice::<T>()?, labels, dim, &mut dtable);
+            Ok(Tensor::from_cpu([rows, dim].into(), dtable))
+        }),
+        Storage::Gpu(g) => {
+            let l = labels_on(g.device(), labels)?;
+            Ok(Tensor::from_gpu(
+                [rows, dim].into(),
+                launch::embedding::class_embedding_backward(g.device(), g, &l, n, dim, rows)?,
+            ))
         }
     }
 }
