@@ -33,6 +33,27 @@ fn tiny_test_vector_step(dut: &DeviceUnderTest) {
 
 per_device!(tiny_test_vector_step, tiny_test_vector_step_cpu, tiny_test_vector_step_emu, tiny_test_vector_step_cuda);
 
+/// The class-conditional tiny step (PyTorch vector with labels) on every device.
+fn tiny_conditional_test_vector_step(dut: &DeviceUnderTest) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/testvectors/unet_tiny_cond_step.safetensors");
+    let bytes = std::fs::read(path).unwrap();
+    let mut r = Report::new("training", dut);
+    let e = verify_step(&bytes, &dut.device, DType::F32).unwrap();
+    log(&format!(
+        "per-device training on {}: tiny conditional vector: output {:.2e}, loss {:.2e}, worst grad {:.2e} ({})",
+        dut.label, e.output, e.loss, e.worst_grad, e.worst_grad_name
+    ));
+    r.check_scalar("verify_step (tiny conditional) max error", "unet_tiny_cond_step", e.max(), 0.0, TOL);
+    assert!(e.max() < TOL, "tiny conditional vector on {}: {e:?}", dut.label);
+}
+
+per_device!(
+    tiny_conditional_test_vector_step,
+    tiny_conditional_test_vector_step_cpu,
+    tiny_conditional_test_vector_step_emu,
+    tiny_conditional_test_vector_step_cuda
+);
+
 /// One training forward + backward: (eps prediction, loss, grads by name).
 fn train_step(device: &Device, x: &Tensor, t: &Tensor, noise: &Tensor) -> (Tensor, Tensor, Vec<(String, Tensor)>) {
     let config = UNetConfig { dropout: 0.1, ..UNetConfig::tiny() };

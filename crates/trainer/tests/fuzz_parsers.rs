@@ -300,6 +300,7 @@ fn small_model() -> UNetConfig {
         dropout: 0.0,
         groups: 2,
         image_size: 4,
+        num_classes: 0,
     }
 }
 

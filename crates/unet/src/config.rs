@@ -21,6 +21,8 @@ pub mod limits {
     pub const MAX_RES_BLOCKS: usize = 16;
     /// Image side in pixels.
     pub const MAX_IMAGE_SIZE: usize = 4096;
+    /// Classes of a conditional model.
+    pub const MAX_CLASSES: usize = 100_000;
 }
 
 /// The architecture knobs of ../shared/reference/ddpm_unet.py's UNetConfig,
@@ -36,6 +38,15 @@ pub struct UNetConfig {
     pub dropout: f32,
     pub groups: usize,
     pub image_size: usize,
+    /// Classes of a class-conditional model (0: unconditional). The class
+    /// table has one more row, "no class", for classifier-free guidance.
+    /// Absent from unconditional configs, so they read and write as before.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub num_classes: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl UNetConfig {
@@ -50,6 +61,7 @@ impl UNetConfig {
             dropout: 0.0,
             groups: 4,
             image_size: 8,
+            num_classes: 0,
         }
     }
 
@@ -65,6 +77,7 @@ impl UNetConfig {
             dropout: 0.0,
             groups: 4,
             image_size: 28,
+            num_classes: 0,
         }
     }
 
@@ -79,6 +92,7 @@ impl UNetConfig {
             dropout: 0.1,
             groups: 8,
             image_size: 28,
+            num_classes: 0,
         }
     }
 
@@ -93,6 +107,7 @@ impl UNetConfig {
             dropout: 0.1,
             groups: 32,
             image_size: 32,
+            num_classes: 0,
         }
     }
 
@@ -104,6 +119,15 @@ impl UNetConfig {
             "cifar10" | "cifar" => Some(Self::cifar10()),
             _ => None,
         }
+    }
+
+    /// The same architecture conditioned on `num_classes` classes.
+    pub fn with_classes(self, num_classes: usize) -> Self {
+        UNetConfig { num_classes, ..self }
+    }
+
+    pub fn is_conditional(&self) -> bool {
+        self.num_classes > 0
     }
 
     pub fn from_json(s: &str) -> Result<Self> {
@@ -204,6 +228,9 @@ impl UNetConfig {
             if c > MAX_CHANNELS {
                 return over(format!("the channel count ch {} x mult {m} =", self.ch), c, MAX_CHANNELS);
             }
+        }
+        if self.num_classes > MAX_CLASSES {
+            return over("num_classes".into(), self.num_classes, MAX_CLASSES);
         }
         if self.attn_resolutions.len() > MAX_LEVELS {
             return over("the number of attn_resolutions".into(), self.attn_resolutions.len(), MAX_LEVELS);

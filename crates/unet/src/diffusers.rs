@@ -202,8 +202,21 @@ pub fn config_from_diffusers(json: &Value) -> Result<UNetConfig> {
     f.require("norm_eps", json!(1e-6), "GroupNorm eps is 1e-6")?;
     f.require("resnet_time_scale_shift", json!("default"), "the time embedding is added, not a scale-shift")?;
     f.require("add_attention", json!(true), "the middle block has attention")?;
-    f.require("class_embed_type", Value::Null, "class conditioning is not supported")?;
-    f.require("num_class_embeds", Value::Null, "class conditioning is not supported")?;
+    f.require("class_embed_type", Value::Null, "class labels index a learned table (class_embed_type null)")?;
+    // num_class_embeds = our classes + the "no class" row (the last one).
+    let num_classes = match f.get("num_class_embeds") {
+        Value::Null => 0,
+        v => match v.as_u64() {
+            Some(k) if k >= 2 => k as usize - 1,
+            _ => {
+                return Err(unsupported(
+                    "num_class_embeds",
+                    v,
+                    "expected null or an integer of at least 2 (the classes and a last \"no class\" row)",
+                ))
+            }
+        },
+    };
 
     let in_ch = f.usize("in_channels")?;
     if f.get("out_channels") != f.get("in_channels") {
@@ -272,6 +285,7 @@ pub fn config_from_diffusers(json: &Value) -> Result<UNetConfig> {
         dropout: dropout as f32,
         groups,
         image_size,
+        num_classes,
     };
     let sides = config.resolutions();
     config.attn_resolutions = sides.iter().zip(&attn).filter(|(_, &a)| a).map(|(&s, _)| s).collect();
@@ -319,7 +333,7 @@ pub fn config_to_diffusers(c: &UNetConfig) -> Result<Value> {
         "mid_block_type": "UNetMidBlock2D",
         "norm_eps": 1e-6,
         "norm_num_groups": c.groups,
-        "num_class_embeds": null,
+        "num_class_embeds": if c.num_classes > 0 { json!(c.num_classes + 1) } else { Value::Null },
         "num_train_timesteps": null,
         "out_channels": c.in_ch,
         "resnet_time_scale_shift": "default",
@@ -369,6 +383,7 @@ pub fn diffusers_name(ours: &str, levels: usize) -> Option<String> {
     let path = match module {
         ["temb_dense0"] => "time_embedding.linear_1".to_string(),
         ["temb_dense1"] => "time_embedding.linear_2".to_string(),
+        ["class_emb"] => "class_embedding".to_string(),
         ["conv_in"] => "conv_in".to_string(),
         ["conv_out"] => "conv_out".to_string(),
         ["norm_out"] => "conv_norm_out".to_string(),

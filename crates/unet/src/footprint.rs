@@ -164,6 +164,11 @@ impl<'a> Walk<'a> {
         self.linear(ch, 4 * ch);
         self.linear(4 * ch, 4 * ch);
         self.cache += ch + 4 * 4 * ch;
+        // A conditional model's class table: num_classes + 1 rows of 4ch
+        // (the labels it keeps are host data).
+        if c.num_classes > 0 {
+            self.params += (c.num_classes as u128 + 1) * 4 * ch;
+        }
         // The input image is cached; conv_in's output is the first skip.
         self.cache += self.map(in_ch, size);
         self.conv(in_ch, ch, 3, size);

@@ -28,6 +28,8 @@ enum Resample {
 
 struct Arch {
     temb: TimeEmbedding,
+    /// Present in a class-conditional model; added to the time embedding.
+    class_emb: Option<ClassEmbedding>,
     conv_in: Conv2d,
     down: Vec<Level>,
     mid_block1: ResnetBlock,
@@ -64,6 +66,8 @@ enum UpStep {
 /// Everything a training forward keeps for the backward.
 pub struct UNetCache {
     temb: TimeEmbeddingCache,
+    /// The class labels of a conditional forward (the null class filled in).
+    labels: Vec<usize>,
     temb_out: Tensor,
     silu_temb: Tensor,
     x: Tensor,
@@ -149,7 +153,15 @@ impl UNet {
         self.params.iter().next().map(|(_, t)| t.dtype()).unwrap_or(DType::F32)
     }
 
-    fn check_input(&self, x: &Tensor, t: &Tensor) -> Result<()> {
+    /// The row of "no class" in a conditional model's class table.
+    pub fn null_class(&self) -> Option<usize> {
+        self.arch.class_emb.as_ref().map(ClassEmbedding::null_class)
+    }
+
+    /// Checks x and t, and returns the labels the forward uses (the null
+    /// class for every image when a conditional model gets none; empty for an
+    /// unconditional model).
+    fn check_input(&self, x: &Tensor, t: &Tensor, labels: Option<&[usize]>) -> Result<Vec<usize>> {
         let c = &self.config;
         let (n, ch, h, w) = x.shape().nchw("UNet input")?;
         if ch != c.in_ch || h != c.image_size || w != c.image_size {
@@ -161,20 +173,51 @@ impl UNet {
         if t.dims() != [n] {
             return Err(UNetError::Config(format!("timesteps have shape {:?}, expected [{n}]", t.dims())));
         }
-        Ok(())
+        match (&self.arch.class_emb, labels) {
+            (None, None) => Ok(Vec::new()),
+            (None, Some(_)) => Err(UNetError::Config("class labels given to an unconditional model".into())),
+            (Some(ce), None) => Ok(vec![ce.null_class(); n]),
+            (Some(ce), Some(l)) => {
+                if l.len() != n {
+                    return Err(UNetError::Config(format!("{} class labels for a batch of {n}", l.len())));
+                }
+                ce.check_labels(l)?;
+                Ok(l.to_vec())
+            }
+        }
     }
 
     /// Inference: eps prediction for x_t at timesteps t (floats, shape [N]).
+    /// A class-conditional model predicts for "no class" (its unconditional
+    /// branch).
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        self.check_input(x, t)?;
-        Ok(self.arch.forward(&self.params, x, t, ForwardMode::inference())?.0)
+        self.forward_cond(x, t, None)
+    }
+
+    /// Inference with class labels (one per image; `None` or the null class
+    /// [`UNet::null_class`] = unconditional). Labels given to an
+    /// unconditional model are an error.
+    pub fn forward_cond(&self, x: &Tensor, t: &Tensor, labels: Option<&[usize]>) -> Result<Tensor> {
+        let labels = self.check_input(x, t, labels)?;
+        Ok(self.arch.forward(&self.params, x, t, &labels, ForwardMode::inference())?.0)
     }
 
     /// Training forward: the output and the cache for `backward`.
     pub fn forward_train(&self, x: &Tensor, t: &Tensor, mode: ForwardMode) -> Result<(Tensor, UNetCache)> {
-        self.check_input(x, t)?;
+        self.forward_train_cond(x, t, None, mode)
+    }
+
+    /// Training forward with class labels (see [`UNet::forward_cond`]).
+    pub fn forward_train_cond(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        labels: Option<&[usize]>,
+        mode: ForwardMode,
+    ) -> Result<(Tensor, UNetCache)> {
+        let labels = self.check_input(x, t, labels)?;
         let mode = ForwardMode { train: true, ..mode };
-        let (y, cache) = self.arch.forward(&self.params, x, t, mode)?;
+        let (y, cache) = self.arch.forward(&self.params, x, t, &labels, mode)?;
         let cache = cache.ok_or_else(|| UNetError::Config("training forward kept no cache".into()))?;
         Ok((y, cache))
     }
@@ -191,6 +234,10 @@ impl Arch {
         let temb_ch = 4 * ch;
         let g = c.groups;
         let temb = TimeEmbedding::new(b, ch)?;
+        // Registered right after the time embedding (forward order, which the
+        // backward's early exits rely on); an unconditional model has no
+        // table, so its initialisation is unchanged.
+        let class_emb = if c.num_classes > 0 { Some(ClassEmbedding::new(b, c.num_classes, temb_ch)?) } else { None };
         let conv_in = Conv2d::new(b, "conv_in", c.in_ch, ch, 3, Conv2dParams::same(3), 1.0)?;
         let levels = c.ch_mult.len();
         let mut res = c.image_size;
@@ -249,7 +296,7 @@ impl Arch {
         }
         let norm_out = GroupNorm::new(b, "norm_out", cin, g, true)?;
         let conv_out = Conv2d::new(b, "conv_out", cin, c.in_ch, 3, Conv2dParams::same(3), 0.0)?;
-        Ok(Arch { temb, conv_in, down, mid_block1, mid_attn, mid_block2, up, norm_out, conv_out })
+        Ok(Arch { temb, class_emb, conv_in, down, mid_block1, mid_attn, mid_block2, up, norm_out, conv_out })
     }
 
     fn forward(
@@ -257,10 +304,14 @@ impl Arch {
         ps: &ParamStore,
         x: &Tensor,
         t: &Tensor,
+        labels: &[usize],
         mode: ForwardMode,
     ) -> Result<(Tensor, Option<UNetCache>)> {
         let train = mode.train;
-        let (temb_out, temb_cache) = self.temb.forward(ps, t, train)?;
+        let (mut temb_out, temb_cache) = self.temb.forward(ps, t, train)?;
+        if let Some(ce) = &self.class_emb {
+            temb_out = ops::add(&temb_out, &ce.forward(ps, labels)?)?;
+        }
         let silu_temb = ops::silu_forward(&temb_out)?;
 
         let mut hs = vec![self.conv_in.forward(ps, x)?];
@@ -328,6 +379,7 @@ impl Arch {
         let cache = match (train, temb_cache, mid1, mid_attn, mid2) {
             (true, Some(temb), Some(mid1), Some(mid_attn), Some(mid2)) => Some(UNetCache {
                 temb,
+                labels: labels.to_vec(),
                 temb_out,
                 silu_temb,
                 x: x.clone(),
@@ -355,7 +407,8 @@ impl Arch {
         if !ps.any_trainable_through(self.conv_out.last_param()) {
             return Ok(());
         }
-        let need_dtemb = ps.any_trainable_through(self.temb.last_param());
+        let temb_last = self.class_emb.as_ref().map(ClassEmbedding::last_param).unwrap_or(self.temb.last_param());
+        let need_dtemb = ps.any_trainable_through(temb_last);
         let da = self.conv_out.backward(ps, &c.out_a, dy)?;
         let mut dh = self.norm_out.backward(ps, &c.out_h, &c.out_norm, &da)?;
         let mut dsilu_temb: Option<Tensor> = None;
@@ -450,7 +503,12 @@ impl Arch {
         if need_dtemb {
             let dsilu_temb = dsilu_temb.ok_or_else(|| UNetError::Config("no block used the time embedding".into()))?;
             let dtemb = ops::silu_backward(&dsilu_temb, &c.temb_out)?;
-            self.temb.backward(ps, &c.temb, &dtemb)?;
+            if let Some(ce) = &self.class_emb {
+                ce.backward(ps, &c.labels, &dtemb)?;
+            }
+            if ps.any_trainable_through(self.temb.last_param()) {
+                self.temb.backward(ps, &c.temb, &dtemb)?;
+            }
         }
         Ok(())
     }

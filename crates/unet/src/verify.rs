@@ -63,8 +63,15 @@ pub fn verify_step(bytes: &[u8], device: &Device, dtype: DType) -> Result<StepEr
     let x_t = on(get(&st, "input.x_t")?)?;
     let t = on(get(&st, "input.t")?)?;
     let noise = on(get(&st, "input.noise")?)?;
+    // A class-conditional step also has its labels (the null class included).
+    let labels: Option<Vec<usize>> = if model.config.is_conditional() {
+        let l = get(&st, "input.labels")?.to_vec_f64()?;
+        Some(l.iter().map(|&v| if v >= 0.0 { v as usize } else { usize::MAX }).collect())
+    } else {
+        None
+    };
 
-    let (eps, cache) = model.forward_train(&x_t, &t, crate::ForwardMode::train(0, 0))?;
+    let (eps, cache) = model.forward_train_cond(&x_t, &t, labels.as_deref(), crate::ForwardMode::train(0, 0))?;
     let loss = ops::mse_loss_forward(&eps, &noise)?;
     let deps = ops::mse_loss_backward(&eps, &noise, 1.0)?;
     model.params.zero_grads();

@@ -47,6 +47,7 @@ fn small_config() -> impl Strategy<Value = UNetConfig> {
                 dropout: 0.0,
                 groups: 2,
                 image_size,
+                num_classes: 0,
             };
             c.attn_resolutions = c
                 .resolutions()
@@ -113,6 +114,7 @@ fn the_largest_allowed_config_is_counted_without_overflow_or_allocation() {
         dropout: 0.0,
         groups: 32,
         image_size: limits::MAX_IMAGE_SIZE,
+        num_classes: limits::MAX_CLASSES,
     };
     let fp = Footprint::of(&c).unwrap();
     // About 1.8e11 parameters (more than 700 GB of weights): counted, not built.

@@ -27,6 +27,13 @@ fn tiny_step_matches_pytorch_on_cpu() {
     check("unet_tiny_step.safetensors", &Device::Cpu);
 }
 
+/// Class-conditional: the class table's gradient sums two images of class 3
+/// and one of "no class".
+#[test]
+fn tiny_conditional_step_matches_pytorch_on_cpu() {
+    check("unet_tiny_cond_step.safetensors", &Device::Cpu);
+}
+
 #[test]
 fn mnist_step_matches_pytorch_on_cpu() {
     check("unet_mnist_step.safetensors", &Device::Cpu);

@@ -5,6 +5,7 @@
 
 mod attention;
 mod basic;
+mod class_embedding;
 mod lora;
 mod resample;
 mod resnet;
@@ -12,6 +13,7 @@ mod time_embedding;
 
 pub use attention::{AttnBlock, AttnCache};
 pub use basic::{Conv2d, GroupNorm, GroupNormCache, Linear};
+pub use class_embedding::ClassEmbedding;
 pub use lora::{merged_weight, LoraAdapter, LoraPlan};
 pub use resample::{Downsample, Upsample};
 pub use resnet::{ResCache, ResnetBlock};
@@ -124,6 +126,14 @@ impl<'a> Builder<'a> {
                 ((2.0 * u - 1.0) * bound) as f32
             })
             .collect();
+        self.put(name, shape, data)
+    }
+
+    /// Normal with standard deviation `std` (torch.nn.Embedding's N(0, 1)).
+    pub fn normal(&mut self, name: String, shape: Vec<usize>, std: f64) -> Result<ParamId> {
+        let stream = (self.store.len() - self.adapters) as u32;
+        let n: usize = shape.iter().product();
+        let data = (0..n as u64).map(|i| (philox::normal(self.seed, INIT_STEP, stream, i) as f64 * std) as f32).collect();
         self.put(name, shape, data)
     }
 
