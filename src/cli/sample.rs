@@ -67,6 +67,39 @@ pub struct SampleArgs {
     /// Device to run on.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
+    /// Class-conditional model: the class to draw (its number or its name,
+    /// e.g. 7 or cat), or `all`: --n images split evenly over the classes,
+    /// one grid row per class, in class order (also in --npy).
+    #[arg(long, value_name = "K|NAME|all")]
+    pub class: Option<String>,
+    /// Classifier-free guidance scale w: eps_uncond + w (eps_cond - eps_uncond);
+    /// 0 = unconditional, 1 = conditional without guidance.
+    #[arg(long, default_value_t = diffuse_trainer::guidance::DEFAULT_SCALE, requires = "class")]
+    pub guidance: f64,
+}
+
+/// The labels of `n` samples for `--class`, and the grid's images per row
+/// (one row per class for `all`).
+fn class_labels(class: &str, n: usize, num_classes: usize, names: &[String]) -> Result<(Vec<usize>, Option<usize>)> {
+    if num_classes == 0 {
+        bail!("--class needs a class-conditional model; this checkpoint's model is unconditional");
+    }
+    if class == "all" {
+        let per_class = n / num_classes;
+        if per_class == 0 {
+            bail!("--class all needs --n of at least one image per class ({num_classes})");
+        }
+        return Ok(((0..per_class * num_classes).map(|i| i / per_class).collect(), Some(per_class)));
+    }
+    let k = match (class.parse::<usize>(), names.iter().position(|m| m == class)) {
+        (_, Some(k)) => k,
+        (Ok(k), None) => k,
+        (Err(_), None) => bail!("--class {class}: not a class number or one of the run's classes {names:?}"),
+    };
+    if k >= num_classes {
+        bail!("--class {k} is outside the model's classes 0..{}", num_classes - 1);
+    }
+    Ok((vec![k; n], None))
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
@@ -102,12 +135,29 @@ pub fn run(a: SampleArgs) -> Result<()> {
         },
         SamplerKind::Ddim => Sampler::Ddim { steps: a.steps, eta: a.eta },
     };
-    let mut spec = SampleSpec::new(a.n, sampler, a.seed);
+    let mut n = a.n;
+    let mut per_row = None;
+    let labels = match &a.class {
+        Some(c) => {
+            let (labels, row) = class_labels(c, a.n, model.config.num_classes, &tc.class_names)?;
+            n = labels.len();
+            per_row = row;
+            Some(labels)
+        }
+        None => None,
+    };
+    let mut spec = SampleSpec::new(n, sampler, a.seed);
     spec.batch = a.batch;
+    spec.labels = labels;
+    spec.guidance = a.guidance;
     if a.trajectory.is_some() {
         spec.trajectory = a.n.min(8);
     }
-    println!("sampling {} images from {} (step {}) on {device}", a.n, ckpt.path.display(), ckpt.state.step);
+    let what = match &a.class {
+        Some(c) => format!(" of class {c} (guidance {})", a.guidance),
+        None => String::new(),
+    };
+    println!("sampling {n} images{what} from {} (step {}) on {device}", ckpt.path.display(), ckpt.state.step);
     let bar = std::io::stdout().is_terminal().then(|| {
         let b = ProgressBar::new(1);
         b.set_style(
@@ -127,7 +177,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     }
     let shape: [usize; 4] = s.images.dims().try_into().context("samples are not 4-D")?;
     let data = s.images.to_vec_f32()?;
-    let nrow = (a.n as f64).sqrt().ceil() as usize;
+    let nrow = per_row.unwrap_or((n as f64).sqrt().ceil() as usize);
     save_grid(&a.out, &data, shape, nrow, ValueRange::Signed)?;
     println!("wrote {}", a.out.display());
     if let Some(p) = &a.npy {

@@ -142,6 +142,15 @@ pub struct TrainArgs {
     /// Learning-rate factor for the parameters a pattern matches, e.g. 'up.*=0.1' (repeatable; the last match wins).
     #[arg(long, value_name = "PATTERN=FACTOR", conflicts_with = "resume")]
     pub lr_scale: Vec<LrScale>,
+    /// Train a class-conditional model (one class per class of the data:
+    /// MNIST digits, CIFAR-10 classes, or an image folder's subfolders), for
+    /// `diffuse sample --class K --guidance W`.
+    #[arg(long, conflicts_with = "resume")]
+    pub conditional: bool,
+    /// Conditional training: the probability that a label is replaced by
+    /// "no class" (the unconditional model guidance needs).
+    #[arg(long, value_name = "P", requires = "conditional")]
+    pub class_dropout: Option<f64>,
     /// Train LoRA adapters of this rank on the frozen --init-from model.
     #[arg(long, requires = "init_from", conflicts_with_all = ["freeze", "train_only"])]
     pub lora_rank: Option<usize>,
@@ -189,6 +198,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     cfg.hflip |= a.hflip;
     cfg.labels = a.labels.clone();
+    cfg.conditional = a.conditional;
+    if let Some(p) = a.class_dropout {
+        cfg.class_dropout = p;
+    }
     cfg.freeze = a.freeze.clone();
     cfg.train_only = a.train_only.clone();
     cfg.lr_scale = a.lr_scale.clone();

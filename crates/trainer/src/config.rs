@@ -56,6 +56,24 @@ pub struct TrainConfig {
     /// LoRA adapters on a frozen base (Hu et al. 2021).
     #[serde(default)]
     pub lora: Option<LoraConfig>,
+    /// Train a class-conditional model: a fresh model gets one class per
+    /// class of the data (`model.num_classes`), named in `class_names`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conditional: bool,
+    /// The probability that a training label is replaced by "no class"
+    /// (classifier-free guidance needs the unconditional model too).
+    #[serde(default = "default_class_dropout")]
+    pub class_dropout: f64,
+    /// The data's class names, label order (a conditional run).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
+}
+
+/// Ho and Salimans 2022 trained with p_uncond 0.1 or 0.2.
+pub const DEFAULT_CLASS_DROPOUT: f64 = 0.1;
+
+fn default_class_dropout() -> f64 {
+    DEFAULT_CLASS_DROPOUT
 }
 
 fn default_divergence_factor() -> f64 {
@@ -132,6 +150,9 @@ impl TrainConfig {
             train_only: Vec::new(),
             lr_scale: Vec::new(),
             lora: None,
+            conditional: false,
+            class_dropout: DEFAULT_CLASS_DROPOUT,
+            class_names: Vec::new(),
         }
     }
 
@@ -167,6 +188,9 @@ impl TrainConfig {
                 "divergence factor {} must be finite and >= 0 (0 disables the test)",
                 self.divergence_factor
             ));
+        }
+        if !(0.0..=1.0).contains(&self.class_dropout) {
+            return bad(format!("class dropout {} must be in [0, 1]", self.class_dropout));
         }
         if self.timesteps < 2 {
             return bad("timesteps must be at least 2".into());

@@ -9,6 +9,7 @@ pub mod diffusion;
 pub mod divergence;
 pub mod error;
 pub mod finetune;
+pub mod guidance;
 pub mod image_grid;
 pub mod memory_budget;
 pub mod metrics;

@@ -3,6 +3,7 @@
 //! the fused noise-add op, so a seed gives the same images on every device.
 
 use crate::diffusion::Diffusion;
+use crate::guidance::{self, Conditioning};
 use crate::memory_budget::MemoryBudget;
 use crate::{Error, Result};
 use diffuse_tensor::{ops, DType, Tensor};
@@ -35,11 +36,25 @@ pub struct SampleSpec {
     pub trajectory_points: usize,
     /// Clip the x0 estimate to [-1, 1] at every step (as the paper's code).
     pub clip_x0: bool,
+    /// The class of each of the `n` images (a conditional model), or none.
+    pub labels: Option<Vec<usize>>,
+    /// Classifier-free guidance scale w (1: plain conditional).
+    pub guidance: f64,
 }
 
 impl SampleSpec {
     pub fn new(n: usize, sampler: Sampler, seed: u64) -> Self {
-        SampleSpec { n, sampler, seed, batch: 64, trajectory: 0, trajectory_points: 10, clip_x0: true }
+        SampleSpec {
+            n,
+            sampler,
+            seed,
+            batch: 64,
+            trajectory: 0,
+            trajectory_points: 10,
+            clip_x0: true,
+            labels: None,
+            guidance: 1.0,
+        }
     }
 }
 
@@ -136,6 +151,12 @@ pub fn sample(
     let cfg = &model.config;
     let device = model.device();
     let ts = timesteps(d, spec.sampler)?;
+    if let Some(l) = &spec.labels {
+        if l.len() != spec.n {
+            return Err(Error::Config(format!("{} class labels for {} samples", l.len(), spec.n)));
+        }
+    }
+    guidance::check(model, spec.labels.as_deref(), spec.guidance)?;
     let per_image = cfg.in_ch * cfg.image_size * cfg.image_size;
     let values = spec
         .n
@@ -161,7 +182,10 @@ pub fn sample(
                 trajectory.push(first_images(&x, keep)?);
             }
             let t_prev = ts.get(i + 1).map(|&p| p as isize).unwrap_or(-1);
-            x = reverse_step(model, d, spec.sampler, spec.clip_x0, &x, t, t_prev, StepNoise { seed, step: t as u32 })?;
+            let cond =
+                Conditioning { labels: spec.labels.as_ref().map(|l| &l[start..start + b]), scale: spec.guidance };
+            let noise = StepNoise { seed, step: t as u32 };
+            x = reverse_step_guided(model, d, spec.sampler, spec.clip_x0, &x, t, t_prev, noise, cond)?;
             calls += 1;
             on_step(calls, total_calls);
         }
@@ -209,10 +233,26 @@ pub fn reverse_step(
     t_prev: isize,
     noise: StepNoise,
 ) -> Result<Tensor> {
+    reverse_step_guided(model, d, sampler, clip_x0, x, t, t_prev, noise, Conditioning::NONE)
+}
+
+/// [`reverse_step`] with class labels and classifier-free guidance.
+#[allow(clippy::too_many_arguments)]
+pub fn reverse_step_guided(
+    model: &UNet,
+    d: &Diffusion,
+    sampler: Sampler,
+    clip_x0: bool,
+    x: &Tensor,
+    t: usize,
+    t_prev: isize,
+    noise: StepNoise,
+    cond: Conditioning<'_>,
+) -> Result<Tensor> {
     let device = x.device();
     let n = x.dims()[0];
     let tt = Tensor::full([n], t as f64, DType::F32, &device)?;
-    let out = model.forward(x, &tt)?;
+    let out = guidance::predict(model, x, &tt, cond)?;
     let (mut eps, mut x0) = d.split_prediction(x, &out, t)?;
     if clip_x0 {
         x0 = ops::clamp(&x0, -1.0, 1.0)?;

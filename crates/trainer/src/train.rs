@@ -24,7 +24,7 @@ use crate::run_lock::RunLock;
 use crate::sampler::{sample, SampleSpec, Sampler};
 use crate::{Error, Result};
 use diffuse_tensor::ops::{self, AdamWParams};
-use diffuse_tensor::{Device, Tensor};
+use diffuse_tensor::{philox, Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::{ForwardMode, UNet, UNetConfig};
 use std::io::Write;
@@ -105,6 +105,9 @@ pub struct RunSummary {
 
 /// Philox salt of the dropout masks, apart from the noise and timesteps.
 const DROPOUT_SALT: u64 = 0x5eed_d409;
+/// Class dropout draws from its own salted seed and stream (see ARCHITECTURE.md).
+const CLASS_DROPOUT_SALT: u64 = 0xc1a5_5d40;
+const CLASS_DROPOUT_STREAM: u32 = 16;
 
 pub struct Trainer {
     pub cfg: TrainConfig,
@@ -183,6 +186,9 @@ impl Trainer {
         let need = memory_budget::training_need(&cfg, device.is_cpu())?;
         MemoryBudget::global()?.check("training this model", &need)?;
         let mut dataset = Dataset::open(&cfg.data, cfg.model.in_ch, cfg.model.image_size)?;
+        if cfg.conditional || cfg.model.is_conditional() {
+            condition_on_classes(&mut cfg, &dataset)?;
+        }
         if !cfg.labels.is_empty() {
             dataset = dataset.with_labels(&cfg.labels)?;
         }
@@ -279,7 +285,8 @@ impl Trainer {
             let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), [ts.len()])?
                 .to_device(&self.device)?;
             let mode = ForwardMode::train(self.cfg.seed ^ DROPOUT_SALT, idx);
-            let (pred, cache) = self.model.forward_train(&x_t, &t, mode)?;
+            let labels = self.training_labels(batch.labels.as_deref(), idx)?;
+            let (pred, cache) = self.model.forward_train_cond(&x_t, &t, labels.as_deref(), mode)?;
             loss_sum += ops::mse_loss_forward(&pred, &target)?.scalar_f64()?;
             let dpred = ops::mse_loss_backward(&pred, &target, 1.0 / accum as f64)?;
             drop(pred);
@@ -301,6 +308,32 @@ impl Trainer {
         self.loss_watch.update(loss);
         self.step += 1;
         Ok((loss, grad_norm, lr))
+    }
+
+    /// The class labels of a micro-batch of a conditional model, each
+    /// replaced by "no class" with probability `class_dropout` (a Philox draw
+    /// per (seed, micro-batch, sample): the same on every device and after a
+    /// resume); None for an unconditional model.
+    fn training_labels(&self, labels: Option<&[u8]>, idx: u32) -> Result<Option<Vec<usize>>> {
+        let Some(null) = self.model.null_class() else {
+            return Ok(None);
+        };
+        let labels = labels.ok_or_else(|| Error::Config("a class-conditional model needs labelled data".into()))?;
+        let threshold = philox::dropout_threshold(self.cfg.class_dropout as f32);
+        Ok(Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(j, &l)| {
+                    let word = philox::bits(self.cfg.seed ^ CLASS_DROPOUT_SALT, idx, CLASS_DROPOUT_STREAM, j as u64);
+                    if philox::keep(word, threshold) {
+                        l as usize
+                    } else {
+                        null
+                    }
+                })
+                .collect(),
+        ))
     }
 
     fn state(&self) -> TrainState {
@@ -331,15 +364,24 @@ impl Trainer {
     /// write itself is [`SampleError::Write`] (training can go on without it).
     pub fn save_samples(&self) -> Result<PathBuf, SampleError> {
         let model = self.ema_model()?;
-        let spec = SampleSpec::new(
-            self.cfg.sample_count,
-            Sampler::Ddim { steps: self.cfg.sample_ddim_steps, eta: 0.0 },
-            self.cfg.seed,
-        );
+        let sampler = Sampler::Ddim { steps: self.cfg.sample_ddim_steps, eta: 0.0 };
+        // A conditional model draws one row per class, guided.
+        let (spec, nrow) = match model.null_class() {
+            Some(classes) => {
+                let per_class = (self.cfg.sample_count / classes).max(1);
+                let mut spec = SampleSpec::new(per_class * classes, sampler, self.cfg.seed);
+                spec.labels = Some((0..per_class * classes).map(|i| i / per_class).collect());
+                spec.guidance = crate::guidance::DEFAULT_SCALE;
+                (spec, per_class)
+            }
+            None => {
+                let nrow = (self.cfg.sample_count as f64).sqrt().ceil() as usize;
+                (SampleSpec::new(self.cfg.sample_count, sampler, self.cfg.seed), nrow)
+            }
+        };
         let s = sample(&model, &self.diffusion, &spec, |_, _| {})?;
         let path = self.out.join("samples").join(format!("step-{:08}.png", self.step));
         let shape = s.images.dims().try_into().map_err(|_| Error::Shape("samples are not 4-D".into()))?;
-        let nrow = (self.cfg.sample_count as f64).sqrt().ceil() as usize;
         let data = s.images.to_vec_f32()?;
         save_grid(&path, &data, shape, nrow, ValueRange::Signed).map_err(SampleError::Write)?;
         Ok(path)
@@ -500,4 +542,32 @@ fn restore_metrics(path: &Path, step: u64) -> Result<Vec<(u64, f64)>> {
         write_atomic(path, kept.as_bytes())?;
     }
     Ok(history)
+}
+
+/// Makes `cfg` class-conditional on the data's classes: a fresh
+/// conditional run takes one class per class of the data; a model that
+/// already has classes (a config, a checkpoint) must cover every label.
+fn condition_on_classes(cfg: &mut TrainConfig, data: &Dataset) -> Result<()> {
+    let names = data.class_names();
+    if data.labels().is_none() || names.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: a class-conditional model needs labelled data (MNIST with its labels file, CIFAR-10, or an \
+             image folder with one subfolder per class)",
+            data.source().display()
+        )));
+    }
+    if cfg.model.num_classes == 0 {
+        cfg.model.num_classes = names.len();
+    } else if names.len() > cfg.model.num_classes {
+        return Err(Error::Config(format!(
+            "the data has {} classes but the model has {}",
+            names.len(),
+            cfg.model.num_classes
+        )));
+    }
+    cfg.conditional = true;
+    if cfg.class_names.is_empty() {
+        cfg.class_names = names.to_vec();
+    }
+    Ok(())
 }

@@ -499,8 +499,26 @@ mod tests {
     use diffuse_tensor::{DType, Device};
 
     #[test]
+    fn a_conditional_config_round_trips_with_the_null_row_in_num_class_embeds() {
+        let cfg = UNetConfig::tiny().with_classes(10);
+        let json = config_to_diffusers(&cfg).unwrap();
+        assert_eq!(json["num_class_embeds"], json!(11));
+        assert_eq!(config_from_diffusers(&json).unwrap(), cfg);
+        assert_eq!(config_to_diffusers(&UNetConfig::tiny()).unwrap()["num_class_embeds"], Value::Null);
+        let mut one = json.clone();
+        one["num_class_embeds"] = json!(1);
+        let e = config_from_diffusers(&one).unwrap_err().to_string();
+        assert!(e.contains("num_class_embeds = 1"), "{e}");
+        let mut typed = json;
+        typed["class_embed_type"] = json!("timestep");
+        assert!(config_from_diffusers(&typed).unwrap_err().to_string().contains("class_embed_type"));
+        assert_eq!(diffusers_name("class_emb.weight", 2).as_deref(), Some("class_embedding.weight"));
+    }
+
+    #[test]
     fn names_map_one_to_one_and_cover_the_model() {
-        for cfg in [UNetConfig::tiny(), UNetConfig::mnist(), UNetConfig::cifar10()] {
+        for cfg in [UNetConfig::tiny(), UNetConfig::tiny().with_classes(3), UNetConfig::mnist(), UNetConfig::cifar10()]
+        {
             let model = UNet::new(cfg.clone(), 0, DType::F32, &Device::Cpu).unwrap();
             let levels = cfg.ch_mult.len();
             let names: Vec<String> = model.params.iter().map(|(n, _)| diffusers_name(n, levels).unwrap()).collect();

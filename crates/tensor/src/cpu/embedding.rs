@@ -54,7 +54,7 @@ pub fn class_embedding_backward<T: Element>(dout: &[T], labels: &[usize], dim: u
         row.iter_mut().for_each(|v| *v = T::zero());
         for (r, _) in labels.iter().enumerate().filter(|(_, &l)| l == k) {
             for (acc, &d) in row.iter_mut().zip(&dout[r * dim..(r + 1) * dim]) {
-                *acc = *acc + d;
+                *acc += d;
             }
         }
     });

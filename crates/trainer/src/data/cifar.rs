@@ -17,6 +17,10 @@ fn open_error(path: &Path, e: std::io::Error) -> Error {
 
 /// Image side of CIFAR-10.
 pub const CIFAR_SIZE: usize = 32;
+/// CIFAR-10's classes, in label order (batches.meta.txt).
+pub const CLASS_NAMES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+
 /// Bytes of one record: 1 label + 3x32x32 pixels.
 pub const CIFAR_RECORD: usize = 1 + 3 * CIFAR_SIZE * CIFAR_SIZE;
 
@@ -116,5 +120,6 @@ pub(super) fn load_cifar_files(source: &Path, files: &[PathBuf]) -> Result<Datas
             reason: "the CIFAR-10 batch files hold no records".into(),
         });
     }
-    Dataset::from_vec(images, Some(labels), 3, CIFAR_SIZE, CIFAR_SIZE, DatasetKind::Cifar10, source)
+    Dataset::from_vec(images, Some(labels), 3, CIFAR_SIZE, CIFAR_SIZE, DatasetKind::Cifar10, source)?
+        .with_class_names(CLASS_NAMES.iter().map(|s| s.to_string()).collect())
 }

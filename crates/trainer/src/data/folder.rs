@@ -7,6 +7,11 @@
 //! support widens when shrinking, so downscaling is antialiased — then
 //! centre-cropped to a square, and converted to grey (Rec. 709 luma) or RGB
 //! (alpha dropped) to match the model's channels. Decoding runs in parallel.
+//!
+//! Classes follow torchvision's ImageFolder convention: when the folder
+//! holds no image directly but subfolders of images, each subfolder is a
+//! class (label = its index among the subfolders sorted by name, which are
+//! kept as the class names); otherwise the images are unlabelled.
 
 use std::path::{Path, PathBuf};
 
@@ -104,5 +109,41 @@ pub fn load_image_folder(dir: &Path, channels: usize, size: usize) -> Result<Dat
     if let Some(e) = results.into_iter().find_map(|r| r.err()) {
         return Err(e);
     }
-    Dataset::from_vec(images, None, channels, size, size, DatasetKind::Folder, dir)
+    let (labels, names) = match classes_of(dir, &files)? {
+        Some((labels, names)) => (Some(labels), names),
+        None => (None, Vec::new()),
+    };
+    let d = Dataset::from_vec(images, labels, channels, size, size, DatasetKind::Folder, dir)?;
+    if names.is_empty() {
+        Ok(d)
+    } else {
+        d.with_class_names(names)
+    }
+}
+
+/// The ImageFolder labels of `files` (all under `dir`): the index of each
+/// file's first path component among the sorted class folders, or None when
+/// some image sits directly in `dir` (an unlabelled folder).
+fn classes_of(dir: &Path, files: &[PathBuf]) -> Result<Option<(Vec<u8>, Vec<String>)>> {
+    let mut class_of_file = Vec::with_capacity(files.len());
+    for f in files {
+        let rel = f.strip_prefix(dir).unwrap_or(f);
+        let mut parts = rel.components();
+        let first = parts.next().map(|c| c.as_os_str().to_string_lossy().into_owned());
+        match (first, parts.next()) {
+            (Some(class), Some(_)) => class_of_file.push(class),
+            _ => return Ok(None),
+        }
+    }
+    let mut names: Vec<String> = class_of_file.clone();
+    names.sort();
+    names.dedup();
+    if names.len() > 256 {
+        return Err(Error::Labels {
+            path: dir.to_path_buf(),
+            reason: format!("{} class folders; at most 256 classes are supported", names.len()),
+        });
+    }
+    let labels = class_of_file.iter().map(|c| names.binary_search(c).unwrap_or(0) as u8).collect();
+    Ok(Some((labels, names)))
 }

@@ -61,6 +61,8 @@ impl std::fmt::Display for DatasetKind {
 pub struct Dataset {
     images: Vec<f32>,
     labels: Option<Vec<u8>>,
+    /// The name of each class (label k is `class_names[k]`), when labelled.
+    class_names: Vec<String>,
     len: usize,
     channels: usize,
     height: usize,
@@ -112,7 +114,29 @@ impl Dataset {
                 return Err(Error::Labels { path: source, reason: format!("{} labels for {len} images", l.len()) });
             }
         }
-        Ok(Dataset { images, labels, len, channels, height, width, kind, source })
+        // Default names: the labels' numbers (MNIST digits); loaders with
+        // real names (CIFAR-10, image folders) set them.
+        let class_names = match &labels {
+            Some(l) => (0..=l.iter().copied().max().unwrap_or(0)).map(|k| k.to_string()).collect(),
+            None => Vec::new(),
+        };
+        Ok(Dataset { images, labels, class_names, len, channels, height, width, kind, source })
+    }
+
+    /// Names the classes (one per label value; every label must have one).
+    pub fn with_class_names(mut self, names: Vec<String>) -> Result<Dataset> {
+        if let Some(l) = &self.labels {
+            if let Some(&max) = l.iter().max() {
+                if max as usize >= names.len() {
+                    return Err(Error::Labels {
+                        path: self.source.clone(),
+                        reason: format!("label {max} but only {} class names", names.len()),
+                    });
+                }
+            }
+        }
+        self.class_names = names;
+        Ok(self)
     }
 
     /// Only the images whose label is in `keep` (e.g. digits 0-4), in their
@@ -135,7 +159,9 @@ impl Dataset {
         }
         let images = picked.iter().flat_map(|&i| self.images[i * per..(i + 1) * per].iter().copied()).collect();
         let labels = picked.iter().map(|&i| labels[i]).collect();
-        Dataset::from_vec(images, Some(labels), self.channels, self.height, self.width, self.kind, self.source)
+        // Class ids (and so names) keep their meaning in the selection.
+        Dataset::from_vec(images, Some(labels), self.channels, self.height, self.width, self.kind, self.source)?
+            .with_class_names(self.class_names)
     }
 
     /// Opens the dataset at `path` (file or directory), detecting its kind,
@@ -260,6 +286,12 @@ impl Dataset {
     /// CIFAR-10).
     pub fn labels(&self) -> Option<&[u8]> {
         self.labels.as_deref()
+    }
+
+    /// The class names (empty for an unlabelled dataset); a class-conditional
+    /// model has one class per name.
+    pub fn class_names(&self) -> &[String] {
+        &self.class_names
     }
 
     /// The format the data was read from.

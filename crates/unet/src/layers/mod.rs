@@ -133,7 +133,8 @@ impl<'a> Builder<'a> {
     pub fn normal(&mut self, name: String, shape: Vec<usize>, std: f64) -> Result<ParamId> {
         let stream = (self.store.len() - self.adapters) as u32;
         let n: usize = shape.iter().product();
-        let data = (0..n as u64).map(|i| (philox::normal(self.seed, INIT_STEP, stream, i) as f64 * std) as f32).collect();
+        let data =
+            (0..n as u64).map(|i| (philox::normal(self.seed, INIT_STEP, stream, i) as f64 * std) as f32).collect();
         self.put(name, shape, data)
     }
 

@@ -69,14 +69,7 @@ pub fn class_embedding_backward(
             dev,
             &kernels::embedding::CLASS_EMBEDDING_BWD_F32,
             grid,
-            &[
-                dtable.arg(),
-                dout.arg(),
-                labels.arg(),
-                int(OP, "n", n)?,
-                int(OP, "dim", dim)?,
-                int(OP, "rows", rows)?,
-            ],
+            &[dtable.arg(), dout.arg(), labels.arg(), int(OP, "n", n)?, int(OP, "dim", dim)?, int(OP, "rows", rows)?],
         )?;
     }
     Ok(dtable)
