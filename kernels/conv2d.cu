@@ -331,49 +331,49 @@ __device__ __forceinline__ void conv_bwd_weight_tile(float* __restrict__ ws, con
 
 // ---- the three tile shapes of each GEMM pass (same parameters, same bits)
 
-extern "C" __global__ void conv2d_fwd_f32(float* __restrict__ y, const float* __restrict__ x,
+extern "C" __global__ void __launch_bounds__(256, 4) conv2d_fwd_f32(float* __restrict__ y, const float* __restrict__ x,
                                           const float* __restrict__ w, const float* __restrict__ b, int has_bias,
                                           int n, int ci, int h, int wd, int co, int kh, int kw, int stride,
                                           int pad_top, int pad_left, int ho, int wo) {
     conv_fwd_tile<64, 64, 4, 4>(y, x, w, b, has_bias, n, ci, h, wd, co, kh, kw, stride, pad_top, pad_left, ho, wo);
 }
 
-extern "C" __global__ void conv2d_fwd_narrow_f32(float* __restrict__ y, const float* __restrict__ x,
+extern "C" __global__ void __launch_bounds__(256, 4) conv2d_fwd_narrow_f32(float* __restrict__ y, const float* __restrict__ x,
                                                  const float* __restrict__ w, const float* __restrict__ b,
                                                  int has_bias, int n, int ci, int h, int wd, int co, int kh, int kw,
                                                  int stride, int pad_top, int pad_left, int ho, int wo) {
     conv_fwd_tile<32, 128, 4, 4>(y, x, w, b, has_bias, n, ci, h, wd, co, kh, kw, stride, pad_top, pad_left, ho, wo);
 }
 
-extern "C" __global__ void conv2d_fwd_few_f32(float* __restrict__ y, const float* __restrict__ x,
+extern "C" __global__ void __launch_bounds__(256, 6) conv2d_fwd_few_f32(float* __restrict__ y, const float* __restrict__ x,
                                               const float* __restrict__ w, const float* __restrict__ b, int has_bias,
                                               int n, int ci, int h, int wd, int co, int kh, int kw, int stride,
                                               int pad_top, int pad_left, int ho, int wo) {
     conv_fwd_tile<4, 256, 4, 1>(y, x, w, b, has_bias, n, ci, h, wd, co, kh, kw, stride, pad_top, pad_left, ho, wo);
 }
 
-extern "C" __global__ void conv2d_bwd_data_f32(float* __restrict__ dx, const float* __restrict__ dy,
+extern "C" __global__ void __launch_bounds__(256, 4) conv2d_bwd_data_f32(float* __restrict__ dx, const float* __restrict__ dy,
                                                const float* __restrict__ w, int n, int ci, int h, int wd, int co,
                                                int kh, int kw, int stride, int pad_top, int pad_left, int ho,
                                                int wo) {
     conv_bwd_data_tile<64, 64, 4, 4>(dx, dy, w, n, ci, h, wd, co, kh, kw, stride, pad_top, pad_left, ho, wo);
 }
 
-extern "C" __global__ void conv2d_bwd_data_narrow_f32(float* __restrict__ dx, const float* __restrict__ dy,
+extern "C" __global__ void __launch_bounds__(256, 4) conv2d_bwd_data_narrow_f32(float* __restrict__ dx, const float* __restrict__ dy,
                                                       const float* __restrict__ w, int n, int ci, int h, int wd,
                                                       int co, int kh, int kw, int stride, int pad_top, int pad_left,
                                                       int ho, int wo) {
     conv_bwd_data_tile<32, 128, 4, 4>(dx, dy, w, n, ci, h, wd, co, kh, kw, stride, pad_top, pad_left, ho, wo);
 }
 
-extern "C" __global__ void conv2d_bwd_data_few_f32(float* __restrict__ dx, const float* __restrict__ dy,
+extern "C" __global__ void __launch_bounds__(256, 6) conv2d_bwd_data_few_f32(float* __restrict__ dx, const float* __restrict__ dy,
                                                    const float* __restrict__ w, int n, int ci, int h, int wd, int co,
                                                    int kh, int kw, int stride, int pad_top, int pad_left, int ho,
                                                    int wo) {
     conv_bwd_data_tile<4, 256, 4, 1>(dx, dy, w, n, ci, h, wd, co, kh, kw, stride, pad_top, pad_left, ho, wo);
 }
 
-extern "C" __global__ void conv2d_bwd_weight_f32(float* __restrict__ ws, const float* __restrict__ dy,
+extern "C" __global__ void __launch_bounds__(256, 4) conv2d_bwd_weight_f32(float* __restrict__ ws, const float* __restrict__ dy,
                                                  const float* __restrict__ x, int n, int ci, int h, int wd, int co,
                                                  int kh, int kw, int stride, int pad_top, int pad_left, int ho,
                                                  int wo, int k_per_split) {
@@ -381,7 +381,7 @@ extern "C" __global__ void conv2d_bwd_weight_f32(float* __restrict__ ws, const f
                                        k_per_split);
 }
 
-extern "C" __global__ void conv2d_bwd_weight_narrow_f32(float* __restrict__ ws, const float* __restrict__ dy,
+extern "C" __global__ void __launch_bounds__(256, 4) conv2d_bwd_weight_narrow_f32(float* __restrict__ ws, const float* __restrict__ dy,
                                                         const float* __restrict__ x, int n, int ci, int h, int wd,
                                                         int co, int kh, int kw, int stride, int pad_top,
                                                         int pad_left, int ho, int wo, int k_per_split) {
@@ -389,7 +389,7 @@ extern "C" __global__ void conv2d_bwd_weight_narrow_f32(float* __restrict__ ws, 
                                         k_per_split);
 }
 
-extern "C" __global__ void conv2d_bwd_weight_few_f32(float* __restrict__ ws, const float* __restrict__ dy,
+extern "C" __global__ void __launch_bounds__(256, 6) conv2d_bwd_weight_few_f32(float* __restrict__ ws, const float* __restrict__ dy,
                                                      const float* __restrict__ x, int n, int ci, int h, int wd,
                                                      int co, int kh, int kw, int stride, int pad_top, int pad_left,
                                                      int ho, int wo, int k_per_split) {

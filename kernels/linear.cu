@@ -92,20 +92,20 @@ __device__ __forceinline__ void gemm_tile_strided(float* __restrict__ C, const f
 }
 
 // y [n, d_out] = x [n, d_in] w^T + b; has_bias = 0 ignores b (may be null).
-extern "C" __global__ void linear_fwd_f32(float* __restrict__ y, const float* __restrict__ x,
+extern "C" __global__ void __launch_bounds__(256, 4) linear_fwd_f32(float* __restrict__ y, const float* __restrict__ x,
                                           const float* __restrict__ w, const float* __restrict__ b, int has_bias,
                                           int n, int d_in, int d_out) {
     gemm_tile_strided(y, x, w, has_bias ? b : (const float*)0, n, d_out, d_in, d_in, 1, 1, d_in);
 }
 
 // dx [n, d_in] = dy [n, d_out] w [d_out, d_in]
-extern "C" __global__ void linear_bwd_data_f32(float* __restrict__ dx, const float* __restrict__ dy,
+extern "C" __global__ void __launch_bounds__(256, 4) linear_bwd_data_f32(float* __restrict__ dx, const float* __restrict__ dy,
                                                const float* __restrict__ w, int n, int d_in, int d_out) {
     gemm_tile_strided(dx, dy, w, (const float*)0, n, d_in, d_out, d_out, 1, d_in, 1);
 }
 
 // dw [d_out, d_in] = dy^T x
-extern "C" __global__ void linear_bwd_weight_f32(float* __restrict__ dw, const float* __restrict__ dy,
+extern "C" __global__ void __launch_bounds__(256, 4) linear_bwd_weight_f32(float* __restrict__ dw, const float* __restrict__ dy,
                                                  const float* __restrict__ x, int n, int d_in, int d_out) {
     gemm_tile_strided(dw, dy, x, (const float*)0, d_out, d_in, n, 1, d_out, d_in, 1);
 }
