@@ -12,10 +12,13 @@
 //                          workspaces pg, pb [N*C]; then
 //                          dx = rstd (gamma dz - mean(gamma dz)
 //                                     - xhat mean(gamma dz xhat))
-//   group_norm_bwd_params  dgamma[c] = sum_n pg[n, c], dbeta[c] = sum_n pb[n, c],
-//                          in image order, one thread per channel
+//   group_norm_bwd_params  qg[s, c] = sum of pg[n, c] over the images n of
+//                          split s (s*R .. s*R+R-1), qb likewise from pb, in
+//                          image order, one thread per (channel, split);
+//                          sum_splits (reduce.cu) adds the S splits in order
+//                          into dgamma, dbeta (one split: written directly)
 // Launch: fwd/bwd grid N*G, block 256 (any multiple of 32 up to 1024);
-// bwd_params: block 256, grid ceil(C / 256).
+// bwd_params: block 256, grid (ceil(C / 256), S).
 // All sums are f32 per thread over a fixed stride, then block_sum (fixed
 // tree): deterministic. (The CPU accumulates in f64; differences are f32
 // rounding, ~1e-7 relative.)
@@ -113,16 +116,18 @@ extern "C" __global__ void group_norm_bwd_f32(float* __restrict__ dx, float* __r
     }
 }
 
-extern "C" __global__ void group_norm_bwd_params_f32(float* __restrict__ dgamma, float* __restrict__ dbeta,
+extern "C" __global__ void group_norm_bwd_params_f32(float* __restrict__ qg, float* __restrict__ qb,
                                                      const float* __restrict__ pg, const float* __restrict__ pb,
-                                                     int n, int c) {
+                                                     int n, int c, int imgs_per_split) {
     const int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= c) return;  // no barrier in this kernel
+    const int beg = blockIdx.y * imgs_per_split;
+    const int end = imgs_per_split < n - beg ? beg + imgs_per_split : n;
     float sg = 0.0f, sb = 0.0f;
-    for (int i = 0; i < n; ++i) {
+    for (int i = beg; i < end; ++i) {
         sg += pg[(long long)i * c + ch];
         sb += pb[(long long)i * c + ch];
     }
-    dgamma[ch] = sg;
-    dbeta[ch] = sb;
+    qg[(long long)blockIdx.y * c + ch] = sg;
+    qb[(long long)blockIdx.y * c + ch] = sb;
 }

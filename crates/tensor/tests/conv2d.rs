@@ -512,3 +512,141 @@ per_device!(
     conv2d_checks_shapes_and_devices_before_dispatch_emu,
     conv2d_checks_shapes_and_devices_before_dispatch_cuda
 );
+
+// ----------------------------------------- tile shapes give the same bits
+
+/// The GPU storage of a tensor on a GPU device.
+fn gpu(t: &Tensor) -> &diffuse_tensor::gpu::GpuStorage {
+    match t.storage() {
+        diffuse_tensor::Storage::Gpu(s) => s,
+        diffuse_tensor::Storage::Cpu(_) => panic!("expected a GPU tensor"),
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+/// Each GEMM pass of the conv in all three tile shapes (64x64, 32x128,
+/// 4x256), whichever the launch would pick: the outputs are bit-identical
+/// across shapes and within the CPU bound. Sizes: conv_out's 1 and 3 output
+/// channels from 32, conv_in's 3 input channels, 32-channel layers, a
+/// channel count past one narrow tile, odd planes, stride 2, asymmetric pads.
+fn conv2d_tile_shapes_agree(dut: &DeviceUnderTest) {
+    use diffuse_tensor::geom::ConvGeom;
+    use diffuse_tensor::gpu::launch::conv2d::{self as lc, ConvTile};
+    let diffuse_tensor::Device::Gpu(dev) = &dut.device else {
+        log("conv tile shapes: the CPU has no tiles (nothing to compare)");
+        return;
+    };
+    let (s3, s1, d2) = (Conv2dParams::same(3), Conv2dParams::same(1), Conv2dParams::down2());
+    let cases = [
+        (3, 32, 1, 9, 7, 3, s3),
+        (2, 32, 3, 7, 10, 3, s3),
+        (1, 3, 32, 9, 9, 3, s3),
+        (2, 1, 5, 6, 7, 3, d2),
+        (2, 32, 32, 11, 5, 3, d2),
+        (1, 13, 70, 5, 5, 1, s1),
+        (3, 32, 64, 5, 7, 1, s1),
+        (2, 5, 4, 7, 6, 3, pads(2, 2, 1, 0, 2)),
+    ];
+    let mut rng = TensorRng::new(21);
+    let mut worst = [0.0f64; 3];
+    for (n, ci, co, h, w, k, p) in cases {
+        let (ho, wo) = p.output_hw(h, w, k, k).unwrap();
+        let g = ConvGeom {
+            n,
+            ci,
+            h,
+            w,
+            co,
+            kh: k,
+            kw: k,
+            stride: p.stride,
+            pad_top: p.pad_top,
+            pad_left: p.pad_left,
+            ho,
+            wo,
+        };
+        let name = format!("N{n} Ci{ci} Co{co} {h}x{w} k{k} {p:?}");
+        let (x, wt, b, dy) =
+            (rng.tensor(&[n, ci, h, w]), rng.tensor(&[co, ci, k, k]), rng.tensor(&[co]), rng.tensor(&[n, co, ho, wo]));
+        let want = [
+            ops::conv2d_forward(&x, &wt, Some(&b), &p).unwrap(),
+            ops::conv2d_backward_data(&dy, &wt, x.shape(), &p).unwrap(),
+            ops::conv2d_backward_weight(&dy, &x, wt.shape(), &p).unwrap(),
+        ]
+        .map(|t| t.to_vec_f32().unwrap());
+        let (xg, wg, bg, dyg) = (on(&x, &dut.device), on(&wt, &dut.device), on(&b, &dut.device), on(&dy, &dut.device));
+        let mut first: Option<[Vec<u32>; 3]> = None;
+        for tile in ConvTile::ALL {
+            let got = [
+                lc::conv2d_forward_tiled(dev, gpu(&xg), gpu(&wg), Some(gpu(&bg)), &g, tile),
+                lc::conv2d_backward_data_tiled(dev, gpu(&dyg), gpu(&wg), &g, tile),
+                lc::conv2d_backward_weight_tiled(dev, gpu(&dyg), gpu(&xg), &g, tile),
+            ]
+            .map(|r| r.unwrap().download_f32().unwrap());
+            for (pass, (got, want)) in got.iter().zip(&want).enumerate() {
+                let err = rel_err_floor(got, want, 0.0);
+                assert!(err < DEVICE_TOL, "pass {pass} [{name}] {tile:?} on {}: relative error {err:.3e}", dut.label);
+                worst[pass] = worst[pass].max(err);
+            }
+            let got_bits = got.each_ref().map(|v| bits(v));
+            match &first {
+                None => first = Some(got_bits),
+                Some(f) => {
+                    for pass in 0..3 {
+                        assert!(
+                            f[pass] == got_bits[pass],
+                            "pass {pass} [{name}]: {tile:?} differs from the wide tile in bits on {}",
+                            dut.label
+                        );
+                    }
+                }
+            }
+        }
+    }
+    log(&format!(
+        "conv tile shapes on {}: bit-identical across 3 shapes; worst rel err vs CPU fwd {:.2e}, data {:.2e}, weight {:.2e}",
+        dut.label, worst[0], worst[1], worst[2]
+    ));
+}
+
+per_device!(
+    conv2d_tile_shapes_agree,
+    conv2d_tile_shapes_agree_cpu,
+    conv2d_tile_shapes_agree_emu,
+    conv2d_tile_shapes_agree_cuda
+);
+
+/// The split bias and weight reductions give the same bits in every thread
+/// order of the emulator (the per-device test holds them to the CPU bound).
+#[test]
+fn split_reductions_are_bit_identical_across_thread_orders() {
+    use diffuse_tensor::gpu::emu::{emu_device_with_order, ThreadOrder};
+    let orders = [
+        ThreadOrder::Forward,
+        ThreadOrder::Reverse,
+        ThreadOrder::Shuffle(5),
+        ThreadOrder::WarpAhead,
+        ThreadOrder::WarpAheadReverse,
+    ];
+    let mut rng = TensorRng::new(22);
+    let p = Conv2dParams::same(3);
+    // 49 bias splits over one channel; 8 over 32; the weight split-K at MNIST-like sizes
+    for (n, ci, co, hw) in [(64, 3, 1, 28), (16, 32, 32, 14)] {
+        let (x, w) = (rng.tensor(&[n, ci, hw, hw]), rng.tensor(&[co, ci, 3, 3]));
+        let dy = rng.tensor(&[n, co, hw, hw]);
+        let run = |order: ThreadOrder| {
+            let dev = emu_device_with_order(order).unwrap();
+            let (xg, dyg) = (on(&x, &dev), on(&dy, &dev));
+            let db = ops::conv2d_backward_bias(&dyg).unwrap().to_vec_f32().unwrap();
+            let dw = ops::conv2d_backward_weight(&dyg, &xg, w.shape(), &p).unwrap().to_vec_f32().unwrap();
+            (bits(&db), bits(&dw))
+        };
+        let first = run(orders[0]);
+        for o in &orders[1..] {
+            assert!(run(*o) == first, "N{n} Ci{ci} Co{co}: thread order {o} changes the bits");
+        }
+    }
+}

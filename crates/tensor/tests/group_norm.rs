@@ -329,8 +329,11 @@ const DEVICE_TOL: f64 = 1e-5;
 
 fn group_norm_forward_and_backward(dut: &DeviceUnderTest) {
     // (shape, groups): channels 3/7/13/12/32, odd H*W, an [N, C] input, and
-    // slabs longer than a 256-thread block
+    // slabs longer than a 256-thread block; batches of 37 and 64 images split
+    // dgamma, dbeta into 10 and 16 partial sums
     let cases: &[(&[usize], usize)] = &[
+        (&[37, 32, 3, 3], 8),
+        (&[64, 12], 4),
         (&[1, 3, 5, 3], 1),
         (&[3, 7, 3, 5], 7),
         (&[3, 13, 3, 3], 1),
@@ -376,3 +379,34 @@ per_device!(
     group_norm_forward_and_backward_emu,
     group_norm_forward_and_backward_cuda
 );
+
+/// dgamma, dbeta (split over the images) and dx give the same bits in every
+/// thread order of the emulator.
+#[test]
+fn backward_is_bit_identical_across_thread_orders() {
+    use diffuse_tensor::gpu::emu::{emu_device_with_order, ThreadOrder};
+    let orders = [
+        ThreadOrder::Forward,
+        ThreadOrder::Reverse,
+        ThreadOrder::Shuffle(5),
+        ThreadOrder::WarpAhead,
+        ThreadOrder::WarpAheadReverse,
+    ];
+    let mut rng = TensorRng::new(23);
+    let shape = [37, 32, 5, 5];
+    let x = rng.tensor_in(&shape, -1.5, 2.5);
+    let gamma = rng.tensor_in(&[32], 0.5, 1.5);
+    let beta = rng.tensor_in(&[32], -0.5, 0.5);
+    let dy = rng.tensor(&shape);
+    let run = |order: ThreadOrder| {
+        let dev = emu_device_with_order(order).unwrap();
+        let (xg, gg, bg, dyg) = (on(&x, &dev), on(&gamma, &dev), on(&beta, &dev), on(&dy, &dev));
+        let f = ops::group_norm_forward(&xg, &gg, &bg, 8, 1e-6, true).unwrap();
+        let b = ops::group_norm_backward(&dyg, &xg, &gg, &bg, &f.mean, &f.rstd, 8, true).unwrap();
+        [b.dx, b.dgamma, b.dbeta].map(|t| t.to_vec_f32().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>())
+    };
+    let first = run(orders[0]);
+    for o in &orders[1..] {
+        assert!(run(*o) == first, "thread order {o} changes the bits");
+    }
+}

@@ -180,8 +180,9 @@ fn bad_arguments_are_errors() {
 const DEVICE_TOL: f64 = 1e-5;
 
 fn linear_forward_and_backward(dut: &DeviceUnderTest) {
-    // (N, In, Out): rows and features across the 64-wide tiles
-    let cases = [(1, 3, 7), (3, 13, 7), (3, 7, 13), (1, 67, 65), (70, 13, 3), (3, 128, 64)];
+    // (N, In, Out): rows and features across the 64-wide tiles; the bias
+    // gradient in 18 and 16 row splits at N 70 and 64
+    let cases = [(1, 3, 7), (3, 13, 7), (3, 7, 13), (1, 67, 65), (70, 13, 3), (3, 128, 64), (64, 128, 300)];
     let dev = &dut.device;
     let mut r = Report::new("linear", dut);
     let mut rng = TensorRng::new(41);
@@ -209,3 +210,29 @@ per_device!(
     linear_forward_and_backward_emu,
     linear_forward_and_backward_cuda
 );
+
+/// The backward (db split over the rows) gives the same bits in every
+/// thread order of the emulator.
+#[test]
+fn backward_is_bit_identical_across_thread_orders() {
+    use diffuse_tensor::gpu::emu::{emu_device_with_order, ThreadOrder};
+    let orders = [
+        ThreadOrder::Forward,
+        ThreadOrder::Reverse,
+        ThreadOrder::Shuffle(5),
+        ThreadOrder::WarpAhead,
+        ThreadOrder::WarpAheadReverse,
+    ];
+    let mut rng = TensorRng::new(43);
+    let (n, d_in, d_out) = (70, 37, 300);
+    let (x, w, dy) = (rng.tensor(&[n, d_in]), rng.tensor(&[d_out, d_in]), rng.tensor(&[n, d_out]));
+    let run = |order: ThreadOrder| {
+        let dev = emu_device_with_order(order).unwrap();
+        let g = ops::linear_backward(&on(&dy, &dev), &on(&x, &dev), &on(&w, &dev)).unwrap();
+        [g.dx, g.dw, g.db].map(|t| t.to_vec_f32().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>())
+    };
+    let first = run(orders[0]);
+    for o in &orders[1..] {
+        assert!(run(*o) == first, "thread order {o} changes the bits");
+    }
+}

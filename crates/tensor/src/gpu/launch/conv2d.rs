@@ -1,24 +1,84 @@
-//! Launch code of kernels/conv2d.cu: implicit-GEMM convolution passes with
-//! 64x64 output tiles and 256 threads, split-K for the weight gradient.
+//! Launch code of kernels/conv2d.cu: implicit-GEMM convolution passes in
+//! three output-tile shapes (chosen from the GEMM's row count alone), 256
+//! threads, split-K for the weight gradient, a split bias reduction.
 //!
 //! The geometry is `geom::ConvGeom`, built and checked by `ops::conv2d`
 //! (input [n, ci, h, w], weight [co, ci, kh, kw], output [n, co, ho, wo],
 //! stride, pad_top, pad_left).
 
-use super::{alloc, grid_dim_yz, int, run, BLOCK, MAX_GRID};
+use super::reduce::{split_terms, sum_splits};
+use super::{alloc, grid_dim_yz, int, run};
 use crate::geom::ConvGeom;
-use crate::gpu::kernels;
+use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
 use crate::{Result, TensorError};
 
-/// Output tile (CV_BM = CV_BN) and K step (CV_BK) of conv2d.cu.
-const TILE: usize = 64;
+/// The tile the weight-gradient split-K is sized for (64 x 64, the wide
+/// shape) whatever tile runs, and the K step (CV_BK) of conv2d.cu.
+const SPLIT_TILE: usize = 64;
 const KSTEP: usize = 16;
 
 /// Blocks the weight-gradient split-K aims for (about two waves on a
 /// 132-SM H100). A constant, never the device's SM count, so the split, and
 /// with it the summation order, is the same on every device and the emulator.
 pub const WEIGHT_GRAD_TARGET_BLOCKS: usize = 256;
+
+/// Fewest bias terms (pixels) a split of the bias gradient sums: 4 a thread.
+const BIAS_MIN_TERMS: usize = 1024;
+
+/// The output-tile shapes of conv2d.cu's GEMMs. Every output is the same
+/// serial sum over k in each, so they give the same bits; the shape only
+/// changes how much of the tile is padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvTile {
+    /// 64 x 64 (`conv2d_*_f32`).
+    Wide,
+    /// 32 x 128 (`conv2d_*_narrow_f32`): 32-channel layers.
+    Narrow,
+    /// 4 x 256 (`conv2d_*_few_f32`): 1 to 4 channels.
+    Few,
+}
+
+impl ConvTile {
+    pub const ALL: [ConvTile; 3] = [ConvTile::Wide, ConvTile::Narrow, ConvTile::Few];
+
+    /// (rows, columns) of the tile: GEMM M (channels) by GEMM N.
+    pub fn dims(self) -> (usize, usize) {
+        match self {
+            ConvTile::Wide => (64, 64),
+            ConvTile::Narrow => (32, 128),
+            ConvTile::Few => (4, 256),
+        }
+    }
+
+    /// The shape for a GEMM with `m` rows: few for m <= 4, else the one
+    /// that pads m least (wide on a tie).
+    pub fn for_rows(m: usize) -> ConvTile {
+        if m <= 4 {
+            ConvTile::Few
+        } else if m.next_multiple_of(32) < m.next_multiple_of(64) {
+            ConvTile::Narrow
+        } else {
+            ConvTile::Wide
+        }
+    }
+
+    fn pick(self, wide: &'static Kernel, narrow: &'static Kernel, few: &'static Kernel) -> &'static Kernel {
+        match self {
+            ConvTile::Wide => wide,
+            ConvTile::Narrow => narrow,
+            ConvTile::Few => few,
+        }
+    }
+
+    /// The grid of a GEMM with `rows` x `cols` outputs.
+    fn grid(self, op: &'static str, cols: usize, rows: usize) -> Result<Dim3> {
+        let (bm, bn) = self.dims();
+        let x = u32::try_from(cols.div_ceil(bn).max(1))
+            .map_err(|_| TensorError::invalid(op, format!("{cols} GEMM columns")))?;
+        Ok(Dim3::new(x, grid_dim_yz(op, "channel tiles", rows.div_ceil(bm).max(1))?, 1))
+    }
+}
 
 fn geometry_args(op: &'static str, g: &ConvGeom) -> Result<[KernelArg; 12]> {
     // every per-image size and flattened GEMM dimension the kernels index with int
@@ -29,6 +89,9 @@ fn geometry_args(op: &'static str, g: &ConvGeom) -> Result<[KernelArg; 12]> {
         ("Ho*Wo", g.ho * g.wo),
         ("Ci*H*W", g.ci * g.h * g.w),
         ("Co*Ho*Wo", g.co * g.ho * g.wo),
+        ("N*Ho*Wo + 16", g.n * g.ho * g.wo + KSTEP),
+        ("N*H*W", g.n * g.h * g.w),
+        ("Co*Ci*KH*KW", g.co * g.ci * g.kh * g.kw),
         ("padded input", (g.h + g.pad_top + g.kh) * g.stride.max(1)),
         ("padded width", (g.w + g.pad_left + g.kw) * g.stride.max(1)),
     ] {
@@ -50,19 +113,25 @@ fn geometry_args(op: &'static str, g: &ConvGeom) -> Result<[KernelArg; 12]> {
     ])
 }
 
-fn tiles(op: &'static str, cols: usize, rows: usize) -> Result<Dim3> {
-    let x = cols.div_ceil(TILE).max(1);
-    let x = u32::try_from(x).map_err(|_| TensorError::invalid(op, format!("{cols} GEMM columns")))?;
-    Ok(Dim3::new(x, grid_dim_yz(op, "channels / 64", rows.div_ceil(TILE).max(1))?, 1))
-}
-
-/// y [n, co, ho, wo] = conv(x, w) + b.
+/// y [n, co, ho, wo] = conv(x, w) + b, in the tile shape for Co rows.
 pub fn conv2d_forward(
     dev: &GpuDevice,
     x: &GpuStorage,
     w: &GpuStorage,
     b: Option<&GpuStorage>,
     g: &ConvGeom,
+) -> Result<GpuStorage> {
+    conv2d_forward_tiled(dev, x, w, b, g, ConvTile::for_rows(g.co))
+}
+
+/// [`conv2d_forward`] in a given tile shape (tests compare the shapes' bits).
+pub fn conv2d_forward_tiled(
+    dev: &GpuDevice,
+    x: &GpuStorage,
+    w: &GpuStorage,
+    b: Option<&GpuStorage>,
+    g: &ConvGeom,
+    tile: ConvTile,
 ) -> Result<GpuStorage> {
     const OP: &str = "conv2d_forward";
     let geo = geometry_args(OP, g)?;
@@ -76,12 +145,25 @@ pub fn conv2d_forward(
     };
     let mut args = vec![y.arg(), x.arg(), w.arg(), bias, KernelArg::I32(has)];
     args.extend_from_slice(&geo);
-    run(dev, &kernels::conv2d::CONV2D_FWD_F32, tiles(OP, g.n * g.ho * g.wo, g.co)?, &args)?;
+    use kernels::conv2d::{CONV2D_FWD_F32, CONV2D_FWD_FEW_F32, CONV2D_FWD_NARROW_F32};
+    let kernel = tile.pick(&CONV2D_FWD_F32, &CONV2D_FWD_NARROW_F32, &CONV2D_FWD_FEW_F32);
+    run(dev, kernel, tile.grid(OP, g.n * g.ho * g.wo, g.co)?, &args)?;
     Ok(y)
 }
 
-/// dx [n, ci, h, w] from dy [n, co, ho, wo] and w.
+/// dx [n, ci, h, w] from dy [n, co, ho, wo] and w, in the tile shape for Ci rows.
 pub fn conv2d_backward_data(dev: &GpuDevice, dy: &GpuStorage, w: &GpuStorage, g: &ConvGeom) -> Result<GpuStorage> {
+    conv2d_backward_data_tiled(dev, dy, w, g, ConvTile::for_rows(g.ci))
+}
+
+/// [`conv2d_backward_data`] in a given tile shape.
+pub fn conv2d_backward_data_tiled(
+    dev: &GpuDevice,
+    dy: &GpuStorage,
+    w: &GpuStorage,
+    g: &ConvGeom,
+    tile: ConvTile,
+) -> Result<GpuStorage> {
     const OP: &str = "conv2d_backward_data";
     let geo = geometry_args(OP, g)?;
     let dx = alloc(dev, g.n * g.ci * g.h * g.w)?;
@@ -90,50 +172,71 @@ pub fn conv2d_backward_data(dev: &GpuDevice, dy: &GpuStorage, w: &GpuStorage, g:
     }
     let mut args = vec![dx.arg(), dy.arg(), w.arg()];
     args.extend_from_slice(&geo);
-    run(dev, &kernels::conv2d::CONV2D_BWD_DATA_F32, tiles(OP, g.n * g.h * g.w, g.ci)?, &args)?;
+    use kernels::conv2d::{CONV2D_BWD_DATA_F32, CONV2D_BWD_DATA_FEW_F32, CONV2D_BWD_DATA_NARROW_F32};
+    let kernel = tile.pick(&CONV2D_BWD_DATA_F32, &CONV2D_BWD_DATA_NARROW_F32, &CONV2D_BWD_DATA_FEW_F32);
+    run(dev, kernel, tile.grid(OP, g.n * g.h * g.w, g.ci)?, &args)?;
     Ok(dx)
 }
 
 /// The split-K of the weight gradient: (splits, GEMM-K elements per split).
-/// A function of the shape alone.
+/// A function of the shape alone (sized for 64 x 64 tiles whichever shape
+/// runs, so every shape sums the same splits).
 pub fn weight_grad_splits(g: &ConvGeom) -> (usize, usize) {
     let k = g.n * g.ho * g.wo;
-    let tiles = (g.co.div_ceil(TILE) * (g.ci * g.kh * g.kw).div_ceil(TILE)).max(1);
+    let tiles = (g.co.div_ceil(SPLIT_TILE) * (g.ci * g.kh * g.kw).div_ceil(SPLIT_TILE)).max(1);
     let steps = k.div_ceil(KSTEP).max(1);
     let want = WEIGHT_GRAD_TARGET_BLOCKS.div_ceil(tiles).clamp(1, steps.min(65535));
     let per_split = steps.div_ceil(want) * KSTEP;
     (k.div_ceil(per_split).max(1), per_split)
 }
 
-/// dw [co, ci, kh, kw] from dy [n, co, ho, wo] and x. Split-K: each split
-/// writes a partial gradient into a workspace of splits * |w| floats, then
-/// one kernel sums the splits in order (skipped with a single split).
+/// dw [co, ci, kh, kw] from dy [n, co, ho, wo] and x, in the tile shape for
+/// Co rows.
 pub fn conv2d_backward_weight(dev: &GpuDevice, dy: &GpuStorage, x: &GpuStorage, g: &ConvGeom) -> Result<GpuStorage> {
+    conv2d_backward_weight_tiled(dev, dy, x, g, ConvTile::for_rows(g.co))
+}
+
+/// [`conv2d_backward_weight`] in a given tile shape. Split-K: each split
+/// writes a partial gradient into a workspace of splits * |w| floats, then
+/// `sum_splits` adds the splits in order (skipped with a single split).
+pub fn conv2d_backward_weight_tiled(
+    dev: &GpuDevice,
+    dy: &GpuStorage,
+    x: &GpuStorage,
+    g: &ConvGeom,
+    tile: ConvTile,
+) -> Result<GpuStorage> {
     const OP: &str = "conv2d_backward_weight";
     let geo = geometry_args(OP, g)?;
     let count = g.co * g.ci * g.kh * g.kw;
-    let dw = alloc(dev, count)?;
     if count == 0 {
-        return Ok(dw);
+        return alloc(dev, 0);
     }
     let (splits, per_split) = weight_grad_splits(g);
     super::check_i32(OP, "N*Ho*Wo per split", per_split)?;
-    let ws = if splits > 1 { alloc(dev, splits * count)? } else { dw.clone() };
+    let ws = alloc(dev, splits * count)?;
     let mut args = vec![ws.arg(), dy.arg(), x.arg()];
     args.extend_from_slice(&geo);
     args.push(KernelArg::I32(per_split as i32));
-    let mut grid = tiles(OP, g.ci * g.kh * g.kw, g.co)?;
+    let mut grid = tile.grid(OP, g.ci * g.kh * g.kw, g.co)?;
     grid.z = grid_dim_yz(OP, "splits", splits)?;
-    run(dev, &kernels::conv2d::CONV2D_BWD_WEIGHT_F32, grid, &args)?;
-    if splits > 1 {
-        let blocks = (count as u64).div_ceil(BLOCK as u64).clamp(1, MAX_GRID) as u32;
-        let args = [dw.arg(), ws.arg(), KernelArg::I32(splits as i32), KernelArg::U64(count as u64)];
-        run(dev, &kernels::conv2d::CONV2D_BWD_WEIGHT_REDUCE_F32, Dim3::x(blocks), &args)?;
+    use kernels::conv2d::{CONV2D_BWD_WEIGHT_F32, CONV2D_BWD_WEIGHT_FEW_F32, CONV2D_BWD_WEIGHT_NARROW_F32};
+    let kernel = tile.pick(&CONV2D_BWD_WEIGHT_F32, &CONV2D_BWD_WEIGHT_NARROW_F32, &CONV2D_BWD_WEIGHT_FEW_F32);
+    run(dev, kernel, grid, &args)?;
+    if splits == 1 {
+        return Ok(ws);
     }
-    Ok(dw)
+    sum_splits(dev, OP, &ws, splits, count)
 }
 
-/// db [co] = sum of dy [n, co, ho, wo] over images and pixels.
+/// The split of the bias gradient: (splits, flattened (image, pixel) terms
+/// per split), from the shape alone.
+pub fn bias_grad_splits(n: usize, co: usize, howo: usize) -> (usize, usize) {
+    split_terms(co, n * howo, BIAS_MIN_TERMS)
+}
+
+/// db [co] = sum of dy [n, co, ho, wo] over images and pixels: grid (Co,
+/// splits) of fixed-order partial sums, then `sum_splits` in split order.
 pub fn conv2d_backward_bias(dev: &GpuDevice, dy: &GpuStorage, n: usize, co: usize, howo: usize) -> Result<GpuStorage> {
     const OP: &str = "conv2d_backward_bias";
     if co == 0 {
@@ -142,13 +245,26 @@ pub fn conv2d_backward_bias(dev: &GpuDevice, dy: &GpuStorage, n: usize, co: usiz
     if n * howo == 0 {
         return dev.zeros_f32(co);
     }
-    let db = alloc(dev, co)?;
-    let grid = Dim3::x(u32::try_from(co).map_err(|_| TensorError::invalid(OP, "too many channels"))?);
+    super::check_i32(OP, "N*Ho*Wo + 256", n * howo + super::BLOCK as usize)?;
+    let (splits, chunk) = bias_grad_splits(n, co, howo);
+    let part = alloc(dev, splits * co)?;
+    let x = u32::try_from(co).map_err(|_| TensorError::invalid(OP, "too many channels"))?;
+    let grid = Dim3::new(x, grid_dim_yz(OP, "bias splits", splits)?, 1);
     run(
         dev,
         &kernels::conv2d::CONV2D_BWD_BIAS_F32,
         grid,
-        &[db.arg(), dy.arg(), int(OP, "N", n)?, int(OP, "Co", co)?, int(OP, "Ho*Wo", howo)?],
+        &[
+            part.arg(),
+            dy.arg(),
+            int(OP, "N", n)?,
+            int(OP, "Co", co)?,
+            int(OP, "Ho*Wo", howo)?,
+            int(OP, "chunk", chunk)?,
+        ],
     )?;
-    Ok(db)
+    if splits == 1 {
+        return Ok(part);
+    }
+    sum_splits(dev, OP, &part, splits, co)
 }

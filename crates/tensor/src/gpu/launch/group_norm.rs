@@ -1,6 +1,8 @@
-//! Launch code of kernels/group_norm.cu: one block per (image, group) slab.
+//! Launch code of kernels/group_norm.cu: one block per (image, group) slab;
+//! dgamma, dbeta as a split reduction over the images.
 
-use super::{alloc, int, run, BLOCK};
+use super::reduce::{split_terms, sum_splits};
+use super::{alloc, grid_dim_yz, int, run, BLOCK};
 use crate::geom::GroupNormDims;
 use crate::gpu::kernels;
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
@@ -8,6 +10,15 @@ use crate::{Result, TensorError};
 
 const OP_F: &str = "group_norm_forward";
 const OP_B: &str = "group_norm_backward";
+
+/// Fewest images a split of dgamma, dbeta sums.
+const PARAMS_MIN_IMAGES: usize = 4;
+
+/// The split of dgamma, dbeta over the images: (splits, images per split),
+/// from the shape alone.
+pub fn params_grad_splits(n: usize, c: usize) -> (usize, usize) {
+    split_terms(c.div_ceil(BLOCK as usize), n, PARAMS_MIN_IMAGES)
+}
 
 fn slabs_grid(op: &'static str, d: &GroupNormDims) -> Result<Dim3> {
     let slabs = d.slabs();
@@ -56,7 +67,8 @@ pub fn group_norm_forward(
 }
 
 /// (dx, dgamma [C], dbeta [C]) from dy, the forward's inputs and its saved
-/// mean and rstd. Workspaces: two [N*C] buffers of per-image partials.
+/// mean and rstd. Workspaces: two [N*C] buffers of per-image partials and,
+/// with more than one split, two [S*C] buffers of per-split sums.
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_backward(
     dev: &GpuDevice,
@@ -92,14 +104,16 @@ pub fn group_norm_backward(
         KernelArg::I32(fuse_silu as i32),
     ];
     run(dev, &kernels::group_norm::GROUP_NORM_BWD_F32, slabs_grid(OP_B, &d)?, &args)?;
-    let dgamma = alloc(dev, d.c)?;
-    let dbeta = alloc(dev, d.c)?;
-    let grid = Dim3::x(d.c.div_ceil(BLOCK as usize) as u32);
-    run(
-        dev,
-        &kernels::group_norm::GROUP_NORM_BWD_PARAMS_F32,
-        grid,
-        &[dgamma.arg(), dbeta.arg(), pg.arg(), pb.arg(), int(OP_B, "N", d.n)?, c],
-    )?;
+    let (splits, imgs) = params_grad_splits(d.n, d.c);
+    let (qg, qb) = (alloc(dev, splits * d.c)?, alloc(dev, splits * d.c)?);
+    let grid = Dim3::new(d.c.div_ceil(BLOCK as usize) as u32, grid_dim_yz(OP_B, "parameter splits", splits)?, 1);
+    let n = int(OP_B, "N", d.n)?;
+    let args = [qg.arg(), qb.arg(), pg.arg(), pb.arg(), n, c, int(OP_B, "images per split", imgs)?];
+    run(dev, &kernels::group_norm::GROUP_NORM_BWD_PARAMS_F32, grid, &args)?;
+    if splits == 1 {
+        return Ok((dx, qg, qb));
+    }
+    let dgamma = sum_splits(dev, OP_B, &qg, splits, d.c)?;
+    let dbeta = sum_splits(dev, OP_B, &qb, splits, d.c)?;
     Ok((dx, dgamma, dbeta))
 }

@@ -1,5 +1,7 @@
-//! Launch code of kernels/linear.cu: 64x64-tiled SGEMMs, 256 threads.
+//! Launch code of kernels/linear.cu: 64x64-tiled SGEMMs, 256 threads, and
+//! a split bias reduction.
 
+use super::reduce::{split_terms, sum_splits};
 use super::{alloc, grid_dim_yz, int, run, BLOCK};
 use crate::geom::LinearDims;
 use crate::gpu::kernels;
@@ -8,6 +10,15 @@ use crate::Result;
 
 /// Output tile of the GEMM kernels (LIN_BM = LIN_BN in linear.cu).
 const TILE: usize = 64;
+
+/// Fewest rows a split of the bias gradient sums.
+const BIAS_MIN_ROWS: usize = 4;
+
+/// The split of the bias gradient over the rows: (splits, rows per split),
+/// from the shape alone.
+pub fn bias_grad_splits(n: usize, d_out: usize) -> (usize, usize) {
+    split_terms(d_out.div_ceil(BLOCK as usize), n, BIAS_MIN_ROWS)
+}
 
 fn gemm_grid(op: &'static str, m: usize, n: usize) -> Result<Dim3> {
     Ok(Dim3::new(n.div_ceil(TILE).max(1) as u32, grid_dim_yz(op, "rows / 64", m.div_ceil(TILE).max(1))?, 1))
@@ -55,7 +66,6 @@ pub fn linear_backward(
     const OP: &str = "linear_backward";
     let dx = alloc(dev, d.n * d.d_in)?;
     let dw = alloc(dev, d.d_out * d.d_in)?;
-    let db = alloc(dev, d.d_out)?;
     let (n, di, dout) = (int(OP, "N", d.n)?, int(OP, "In", d.d_in)?, int(OP, "Out", d.d_out)?);
     if d.n > 0 && d.d_in > 0 {
         run(
@@ -73,9 +83,25 @@ pub fn linear_backward(
             &[dw.arg(), dy.arg(), x.arg(), n, di, dout],
         )?;
     }
-    if d.d_out > 0 {
-        let grid = Dim3::x(d.d_out.div_ceil(BLOCK as usize) as u32);
-        run(dev, &kernels::linear::LINEAR_BWD_BIAS_F32, grid, &[db.arg(), dy.arg(), n, dout])?;
-    }
+    let db = if d.n == 0 {
+        dev.zeros_f32(d.d_out)?
+    } else if d.d_out == 0 {
+        alloc(dev, 0)?
+    } else {
+        let (splits, rows) = bias_grad_splits(d.n, d.d_out);
+        let part = alloc(dev, splits * d.d_out)?;
+        let grid = Dim3::new(d.d_out.div_ceil(BLOCK as usize) as u32, grid_dim_yz(OP, "bias splits", splits)?, 1);
+        run(
+            dev,
+            &kernels::linear::LINEAR_BWD_BIAS_F32,
+            grid,
+            &[part.arg(), dy.arg(), n, dout, int(OP, "rows", rows)?],
+        )?;
+        if splits == 1 {
+            part
+        } else {
+            sum_splits(dev, OP, &part, splits, d.d_out)?
+        }
+    };
     Ok((dx, dw, db))
 }

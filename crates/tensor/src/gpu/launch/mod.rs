@@ -23,6 +23,7 @@
 //! | `dropout.rs` | dropout.cu |
 //! | `optim.rs` | optim.cu |
 //! | `sampling.rs` | sampling.cu |
+//! | `reduce.rs` | reduce.cu (second pass of the split reductions) |
 
 pub mod attention;
 pub mod conv2d;
@@ -35,6 +36,7 @@ pub mod linear;
 pub mod loss;
 pub mod noise;
 pub mod optim;
+pub mod reduce;
 pub mod sampling;
 pub mod silu;
 
