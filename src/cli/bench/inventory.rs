@@ -233,12 +233,17 @@ impl Op {
         }
     }
 
-    /// A closure that runs `pass` once on `device`, its inputs made once
-    /// (seeded normal values on the CPU, copied to the device).
-    pub fn runner(&self, pass: &str, device: &Device) -> Result<Box<dyn FnMut() -> Result<()>>> {
+    /// A closure that runs `pass` once on `device`, its inputs made once:
+    /// seeded normal values made on the CPU and copied to the device, or,
+    /// when `seeded` is false (counting, where values do not matter), zeros
+    /// made on the device.
+    pub fn runner(&self, pass: &str, device: &Device, seeded: bool) -> Result<Box<dyn FnMut() -> Result<()>>> {
         let mut seed = 0u64;
         let mut input = |shape: &[usize]| -> Result<Tensor> {
             seed += 1;
+            if !seeded {
+                return Ok(Tensor::zeros(shape.to_vec(), DType::F32, device)?);
+            }
             Ok(Tensor::randn(shape.to_vec(), seed, 0, DType::F32, &Device::Cpu)?.to_device(device)?)
         };
         let pass = pass.to_string();

@@ -145,8 +145,9 @@ pub fn run(a: KernelsArgs) -> Result<()> {
                 let (flops, bytes) = op.cost(pass);
                 let h100_floor = h100.floor_us(flops, bytes);
                 h100_floor_sum += h100_floor * f64::from(count);
-                let mut runner =
-                    op.runner(pass, &device).with_context(|| format!("{} {pass} {}", op.name(), op.sizes()))?;
+                let mut runner = op
+                    .runner(pass, &device, !matches!(mode, Mode::Counted))
+                    .with_context(|| format!("{} {pass} {}", op.name(), op.sizes()))?;
                 let (time_us, counts) = match (&mode, &counter) {
                     (Mode::Counted, Some(c)) => {
                         c.take();

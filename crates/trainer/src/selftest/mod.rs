@@ -310,7 +310,8 @@ fn fails_bound(err: f64, tol: f64) -> bool {
 /// ||got - want|| / max(||want||, floor), in f64 (the absolute error when
 /// both norms are zero).
 fn rel_err_floor(got: &[f32], want: &[f32], floor: f64) -> f64 {
-    let num = got.iter().zip(want).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>().sqrt();
+    // (an empty sum is -0.0)
+    let num = got.iter().zip(want).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>().sqrt().abs();
     let den = norm_f32(want).max(floor);
     if den == 0.0 {
         num
