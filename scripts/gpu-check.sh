@@ -169,7 +169,7 @@ for base in site.getsitepackages() + [site.getusersitepackages()] + sys.path:
 PY
 )"
     fi
-    [[ -z $found_nvrtc ]] && found_nvrtc="$(find / -xdev -name 'libnvrtc.so*' -print -quit 2> /dev/null | xargs -r dirname)"
+    [[ -z $found_nvrtc ]] && found_nvrtc="$(timeout 20 find / -xdev -name "libnvrtc.so*" -print -quit 2> /dev/null | xargs -r dirname)"
     for d in $found_cuda $found_nvrtc; do
         case ":${LD_LIBRARY_PATH:-}:" in *":$d:"*) ;; *) export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;; esac
     done
