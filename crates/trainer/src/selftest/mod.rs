@@ -4,13 +4,14 @@
 //!
 //! Each op family is run at the awkward sizes and against the bounds of its
 //! `per_device!` test (`crates/tensor/tests/<family>.rs`), forward and
-//! backward; then a whole U-Net training step of the tiny model (dropout
-//! 0.1, and a LoRA step with the base frozen) and DDPM/DDIM sampling are
-//! compared with the same computation on the CPU. On the CPU itself the
-//! reference is the same code, so there every result must be bit-identical
-//! (run-to-run determinism), as in the tests. `quick` drops the largest
-//! sizes (the grid-stride wrap of the elementwise kernels, the MNIST-sized
-//! convolutions, the 512-channel attention) to keep the emulator fast.
+//! backward, and at batch 0 (`tests/empty_tensors_per_device.rs`); then a
+//! whole U-Net training step of the tiny model (dropout 0.1, and a LoRA step
+//! with the base frozen) and DDPM/DDIM sampling are compared with the same
+//! computation on the CPU. On the CPU itself the reference is the same code,
+//! so there every result must be bit-identical (run-to-run determinism), as
+//! in the tests. `quick` drops the largest sizes (the grid-stride wrap of the
+//! elementwise kernels, the MNIST-sized convolutions, the 512-channel
+//! attention) to keep the emulator fast.
 
 mod model;
 mod ops;
@@ -149,6 +150,7 @@ const FAMILIES: &[(&str, Family)] = &[
     ("loss", ops::loss),
     ("optim", ops::optim),
     ("sampling ops", ops::sampling),
+    ("empty tensors", ops::empty_tensors),
     ("unet step", model::unet_step),
     ("lora step", model::lora_step),
     ("sampler", model::sampler),

@@ -381,3 +381,60 @@ pub fn sampling(c: &mut Checker, _: &Options) -> Result<()> {
     let x = Tensor::from_vec(vec![f32::NAN, -5.0, 0.25, 5.0, f32::NAN], [5])?;
     c.check("clamp", "NaN", &ops::clamp(&c.on(&x)?, -1.0, 1.0)?, &ops::clamp(&x, -1.0, 1.0)?, TOL)
 }
+
+/// Batch 0 and empty planes through every family's launch path (as
+/// tests/empty_tensors_per_device.rs): each must skip or size its grid
+/// correctly (a real GPU rejects an empty grid) and give the CPU's result.
+pub fn empty_tensors(c: &mut Checker, _: &Options) -> Result<()> {
+    let mut rng = TensorRng::new(161);
+    let x = rng.tensor(&[0, 3, 5, 5])?;
+    let xg = c.on(&x)?;
+    c.check("add", "[0,3,5,5]", &ops::add(&xg, &xg)?, &ops::add(&x, &x)?, TOL)?;
+    c.check("silu_forward", "[0,3,5,5]", &ops::silu_forward(&xg)?, &ops::silu_forward(&x)?, TOL)?;
+    let up = ops::upsample_nearest2x_forward(&x)?;
+    c.check("upsample_nearest2x_forward", "[0,3,5,5]", &ops::upsample_nearest2x_forward(&xg)?, &up, TOL)?;
+    let flat = rng.tensor(&[2, 3, 0, 4])?;
+    let want = ops::channel_bias_backward(&flat)?;
+    c.check("channel_bias_backward", "[2,3,0,4]", &ops::channel_bias_backward(&c.on(&flat)?)?, &want, TOL)?;
+    let w = rng.tensor(&[4, 3, 3, 3])?;
+    let wg = c.on(&w)?;
+    let p = Conv2dParams::same(3);
+    let y = ops::conv2d_forward(&x, &w, None, &p)?;
+    c.check("conv2d_forward", "N0", &ops::conv2d_forward(&xg, &wg, None, &p)?, &y, TOL)?;
+    let dy = rng.tensor(&[0, 4, 5, 5])?;
+    let dyg = c.on(&dy)?;
+    let dw = ops::conv2d_backward_weight(&dy, &x, w.shape(), &p)?;
+    c.check("conv2d_backward_weight", "N0 (zeros)", &ops::conv2d_backward_weight(&dyg, &xg, w.shape(), &p)?, &dw, TOL)?;
+    let db = ops::conv2d_backward_bias(&dy)?;
+    c.check("conv2d_backward_bias", "N0 (zeros)", &ops::conv2d_backward_bias(&dyg)?, &db, TOL)?;
+    let (lx, lw, ldy) = (rng.tensor(&[0, 5])?, rng.tensor(&[3, 5])?, rng.tensor(&[0, 3])?);
+    let g = ops::linear_backward(&ldy, &lx, &lw)?;
+    let gg = ops::linear_backward(&c.on(&ldy)?, &c.on(&lx)?, &c.on(&lw)?)?;
+    c.check("linear_backward dw", "N0 (zeros)", &gg.dw, &g.dw, TOL)?;
+    c.check("linear_backward db", "N0 (zeros)", &gg.db, &g.db, TOL)?;
+    let (gm, bt, xn) = (rng.tensor(&[4])?, rng.tensor(&[4])?, rng.tensor(&[0, 4, 3, 3])?);
+    let (gmg, btg, xng) = (c.on(&gm)?, c.on(&bt)?, c.on(&xn)?);
+    let f = ops::group_norm_forward(&xn, &gm, &bt, 2, 1e-6, true)?;
+    let fg = ops::group_norm_forward(&xng, &gmg, &btg, 2, 1e-6, true)?;
+    c.check("group_norm_forward y", "N0", &fg.y, &f.y, TOL)?;
+    let b = ops::group_norm_backward(&xn, &xn, &gm, &bt, &f.mean, &f.rstd, 2, true)?;
+    let bg = ops::group_norm_backward(&xng, &xng, &gmg, &btg, &fg.mean, &fg.rstd, 2, true)?;
+    c.check("group_norm_backward dgamma", "N0 (zeros)", &bg.dgamma, &b.dgamma, TOL)?;
+    let q = rng.tensor(&[0, 4, 7])?;
+    let qg = c.on(&q)?;
+    let a = ops::attention_forward(&q, &q, &q)?;
+    c.check("attention_forward out", "B0", &ops::attention_forward(&qg, &qg, &qg)?.out, &a.out, TOL)?;
+    let t = Tensor::from_vec(Vec::<f32>::new(), [0])?;
+    let tg = c.on(&t)?;
+    let e = ops::timestep_embedding(&t, 8)?;
+    c.check("timestep_embedding", "N0", &ops::timestep_embedding(&tg, 8)?, &e, TOL)?;
+    let o = ops::noise_add(&x, &t, &t, 1, 2, 3)?;
+    c.check("noise_add x_t", "N0", &ops::noise_add(&xg, &tg, &tg, 1, 2, 3)?.x_t, &o.x_t, TOL)?;
+    let d = ops::dropout_forward(&x, 0.5, 1, 2, 3)?;
+    c.check("dropout_forward", "N0", &ops::dropout_forward(&xg, 0.5, 1, 2, 3)?, &d, TOL)?;
+    let mut acc = xg.clone();
+    ops::add_in_place(&mut acc, &xg)?;
+    ops::scale_in_place(&mut acc, 2.0)?;
+    c.check_scalar("global_l2_norm", "two empty tensors", ops::global_l2_norm(&[&xg, &acc])?, 0.0, 1e-300);
+    Ok(())
+}
