@@ -14,7 +14,10 @@
 #     reports races in any order; with it off, a missing barrier shows up as
 #     wrong values in some order);
 #  4. prints the per-kernel register / shared memory / spill table (fails on
-#     any spill).
+#     any spill);
+#  5. prepares the GPU-check folder from the test build and runs the GPU
+#     check's dry run on the emulator and the CPU (scripts/gpu-check.sh), so
+#     that neither half rots before a GPU is lent (~3 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,3 +40,11 @@ done
 
 echo "== kernel resources (ptxas -arch=sm_90)"
 bash scripts/check-kernels.sh
+
+echo "== scripts/gpu-check.sh prepare --debug, run --dry-run (emulator and CPU)"
+gpu_check_start=$(date +%s)
+bash scripts/gpu-check.sh prepare --debug
+gpu_check_out="$(mktemp -d)"
+bash scripts/gpu-check.sh run --dry-run "$gpu_check_out"
+rm -rf "$gpu_check_out"
+echo "gpu-check prepare + dry run: $(($(date +%s) - gpu_check_start)) s"

@@ -46,6 +46,10 @@ enum Command {
     Forward(cli::forward::ForwardArgs),
     /// Fold a LoRA run's adapters into its base: a plain checkpoint.
     MergeLora(cli::merge_lora::MergeLoraArgs),
+    /// Check a device against the CPU reference: every op forward and backward, a U-Net step, sampling.
+    Selftest(cli::selftest::SelftestArgs),
+    /// Benchmarks: `bench kernels` times every op at the presets' sizes.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +67,8 @@ fn main() -> ExitCode {
         Command::Export(a) => cli::export::run(a),
         Command::Forward(a) => cli::forward::run(a),
         Command::MergeLora(a) => cli::merge_lora::run(a),
+        Command::Selftest(a) => cli::selftest::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,6 +1,7 @@
 //! The `diffuse` command line: one module per subcommand, plus the argument
 //! types they share (`device`, `model_config`) and the progress bar.
 
+pub mod bench;
 pub mod denoise;
 pub mod device;
 pub mod eval;
@@ -15,6 +16,7 @@ pub mod merge_lora;
 pub mod model_config;
 pub mod progress;
 pub mod sample;
+pub mod selftest;
 pub mod signals;
 pub mod train;
 pub mod verify;

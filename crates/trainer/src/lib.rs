@@ -21,6 +21,7 @@ pub mod raster;
 pub mod restore;
 pub mod run_lock;
 pub mod sampler;
+pub mod selftest;
 pub mod train;
 
 pub use data::{Batch, Dataset, DatasetKind, Loader, LoaderConfig, LoaderState};

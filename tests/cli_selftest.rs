@@ -1,0 +1,61 @@
+//! `diffuse selftest` and `diffuse bench kernels` from the command line:
+//! the quick self-test passes on the emulator and the CPU, a missing GPU is
+//! one clear error, and the kernel benchmark's JSON lines carry the counts
+//! the emulator gives.
+
+mod cli_common;
+
+use cli_common::{diffuse, fails, ok};
+
+#[test]
+fn quick_selftest_passes_on_the_emulator() {
+    let o = diffuse(&["selftest", "--device", "emu", "--quick"]);
+    let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "selftest failed:\n{out}\n{err}");
+    for op in ["conv2d_backward_weight", "attention_backward dq", "adamw_step m", "unet backward", "sampler"] {
+        assert!(out.contains(op), "no row for {op}:\n{out}");
+    }
+    assert!(out.lines().skip(1).all(|l| l.ends_with("pass") || l.contains("pass")), "{out}");
+    assert!(!out.contains("FAIL"), "{out}");
+    assert!(err.contains("ops passed"), "{err}");
+}
+
+#[test]
+fn quick_selftest_on_the_cpu_is_bit_exact() {
+    let out = ok(&["selftest", "--device", "cpu", "--quick", "--json"]);
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    assert!(rows.len() > 50, "{} rows", rows.len());
+    for r in &rows {
+        assert_eq!(r["pass"], true, "{r}");
+        assert_eq!(r["max_rel_err"].as_f64(), Some(0.0), "{r}");
+    }
+}
+
+#[test]
+fn a_missing_gpu_is_one_clear_error() {
+    let err = fails(&["selftest", "--device", "cuda:99"]);
+    assert!(err.contains("cuda:99"), "{err}");
+    let err = fails(&["bench", "kernels", "--device", "cuda:99"]);
+    assert!(err.contains("cuda:99"), "{err}");
+}
+
+#[test]
+fn kernel_bench_on_the_emulator_counts_launches() {
+    let out = ok(&["bench", "kernels", "--device", "emu", "--config", "mnist", "--json"]);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let kernels: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "kernel").collect();
+    assert!(kernels.len() > 40, "{} kernel lines", kernels.len());
+    for k in &kernels {
+        assert!(k["time_us"].is_null(), "the emulator times nothing: {k}");
+        assert!(k["counts"]["launches"].as_u64().is_some_and(|n| n >= 1), "{k}");
+        assert!(k["h100_floor_us"].as_f64().is_some_and(|f| f > 0.0), "{k}");
+    }
+    let conv = kernels.iter().find(|k| k["op"] == "conv2d" && k["pass"] == "forward").expect("a conv2d forward line");
+    assert!(conv["counts"]["kernels"]["conv2d_fwd_f32"]["launches"].as_u64() == Some(1), "{conv}");
+    let step = lines.iter().find(|l| l["kind"] == "step").expect("a step line");
+    let launches = step["train_step"]["launches"].as_u64().unwrap_or(0);
+    assert!(launches > 200, "{step}");
+    let est = &step["h100_estimate_us"];
+    let (graph, eager) = (est["cuda_graph"].as_f64().unwrap_or(0.0), est["eager_no_alloc"].as_f64().unwrap_or(0.0));
+    assert!(graph > 0.0 && eager >= graph, "{est}");
+}
