@@ -24,10 +24,20 @@ struct Step {
     grads: Vec<(String, Option<Tensor>)>,
 }
 
-fn forward_backward(mut model: UNet, x: &Tensor, t: &Tensor, noise: &Tensor) -> Result<Step> {
+fn forward_backward(model: UNet, x: &Tensor, t: &Tensor, noise: &Tensor) -> Result<Step> {
+    forward_backward_cond(model, x, t, None, noise)
+}
+
+fn forward_backward_cond(
+    mut model: UNet,
+    x: &Tensor,
+    t: &Tensor,
+    labels: Option<&[usize]>,
+    noise: &Tensor,
+) -> Result<Step> {
     let device = model.device();
     let (x, t, noise) = (x.to_device(&device)?, t.to_device(&device)?, noise.to_device(&device)?);
-    let (eps, cache) = model.forward_train(&x, &t, ForwardMode::train(1234, 17))?;
+    let (eps, cache) = model.forward_train_cond(&x, &t, labels, ForwardMode::train(1234, 17))?;
     let loss = ops::mse_loss_forward(&eps, &noise)?;
     let deps = ops::mse_loss_backward(&eps, &noise, 1.0)?;
     model.params.zero_grads();
@@ -75,6 +85,16 @@ pub fn unet_step(c: &mut Checker, _: &Options) -> Result<()> {
     let want = step(&Device::Cpu)?;
     let got = step(c.device())?;
     check_step(c, "unet", "tiny, dropout 0.1, batch 3", &want, &got)?;
+
+    // Class-conditional: two images of one class (their table rows sum) and one "no class".
+    let config = config.with_classes(4);
+    let labels = [2, 4, 2];
+    let step = |device: &Device| -> Result<Step> {
+        forward_backward_cond(UNet::new(config.clone(), 5, DType::F32, device)?, &x, &t, Some(&labels), &noise)
+    };
+    let want = step(&Device::Cpu)?;
+    let got = step(c.device())?;
+    check_step(c, "conditional unet", "tiny, 4 classes, labels [2, none, 2]", &want, &got)?;
     Ok(())
 }
 

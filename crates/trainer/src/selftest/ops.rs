@@ -261,6 +261,19 @@ pub fn embedding(c: &mut Checker, _: &Options) -> Result<()> {
             c.check("timestep_embedding", &case, &ops::timestep_embedding(&tg, dim)?, &want, TOL)?;
         }
     }
+    // The class embedding: a gather and a fixed-order row sum, so bit-identical.
+    let mut rng = TensorRng::new(82);
+    for (n, rows, dim) in [(1, 1, 1), (7, 11, 33), (64, 11, 128), (130, 3, 257)] {
+        let labels: Vec<usize> = (0..n).map(|_| (rng.next_u64() % rows as u64) as usize).collect();
+        let table = rng.tensor(&[rows, dim])?;
+        let dout = rng.tensor(&[n, dim])?;
+        let case = format!("N{n} rows {rows} dim {dim}");
+        let want = ops::class_embedding(&table, &labels)?;
+        c.check_exact("class_embedding", &case, &ops::class_embedding(&c.on(&table)?, &labels)?, &want)?;
+        let want = ops::class_embedding_backward(&dout, &labels, rows)?;
+        let got = ops::class_embedding_backward(&c.on(&dout)?, &labels, rows)?;
+        c.check_exact("class_embedding_backward", &case, &got, &want)?;
+    }
     Ok(())
 }
 
