@@ -13,6 +13,7 @@
 //! default stream through cudarc's launch builder, so a copy after a launch sees its
 //! results and launch errors surface at the next copy or `synchronize`.
 
+use super::debug::DeferredErrors;
 use super::kernels::Kernel;
 use super::sources::{self, KernelFile};
 use super::{GpuDevice, GpuDriver, KernelArg, Launch};
@@ -251,6 +252,8 @@ pub struct CudaDriver {
     target: NvrtcTarget,
     max_dynamic_smem: u32,
     loaded: Mutex<Loaded>,
+    /// Results of frees (from Drop), returned by the next fallible call.
+    deferred: DeferredErrors,
 }
 
 impl CudaDriver {
@@ -286,10 +289,14 @@ impl CudaDriver {
             target,
             max_dynamic_smem,
             loaded: Mutex::new(Loaded::default()),
+            deferred: DeferredErrors::default(),
         })
     }
 
+    /// Binds the context to this thread; first returns any error a free
+    /// kept (every fallible call starts here).
     fn bind(&self) -> Result<()> {
+        self.deferred.take()?;
         self.ctx.bind_to_thread().map_err(|e| drv("binding the context", e))
     }
 
@@ -345,9 +352,14 @@ impl GpuDriver for CudaDriver {
     }
 
     fn free(&self, ptr: u64) {
-        if self.bind().is_ok() {
-            // SAFETY: `ptr` came from `alloc` and is freed once (GpuBuffer's Drop).
-            let _ = unsafe { cu::free_sync(ptr) };
+        // cuMemFree is often where an earlier kernel's fault surfaces: keep it.
+        if let Err(e) = self.ctx.bind_to_thread() {
+            self.deferred.record(format!("binding the context to free {ptr:#x}: {:?}", e.0));
+            return;
+        }
+        // SAFETY: `ptr` came from `alloc` and is freed once (GpuBuffer's Drop).
+        if let Err(e) = unsafe { cu::free_sync(ptr) } {
+            self.deferred.record(format!("cuMemFree({ptr:#x}): {:?}", e.0));
         }
     }
 
@@ -437,6 +449,10 @@ impl GpuDriver for CudaDriver {
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
         cu::ctx::synchronize().map_err(|e| drv("synchronize", e))
+    }
+
+    fn max_shared_bytes(&self) -> u32 {
+        self.max_dynamic_smem
     }
 }
 
