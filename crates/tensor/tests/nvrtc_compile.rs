@@ -1,5 +1,7 @@
-//! Every `kernels/*.cu` compiles with NVRTC for compute_80 and compute_90,
-//! with no GPU and no CUDA toolkit: NVRTC comes from the PyPI wheels that
+//! Every `kernels/*.cu` compiles with NVRTC for compute_80 and compute_90
+//! (PTX) and for sm_80 and sm_90 (the CUBINs an A100 and an H100 load), with
+//! the options the driver uses (`gpu::nvrtc_policy`), with no GPU and no
+//! CUDA toolkit: NVRTC comes from the PyPI wheels that
 //! `scripts/setup-cuda-wheels.sh` installs (found through LD_LIBRARY_PATH,
 //! see `scripts/cuda-env.sh`). Without libnvrtc the test prints why and
 //! passes, except under CI=true, where it fails.
@@ -14,6 +16,7 @@ macro_rules! log {
 }
 
 use diffuse_tensor::gpu::cuda::{nvrtc_available, nvrtc_compile, nvrtc_version, NvrtcTarget};
+use diffuse_tensor::gpu::nvrtc_policy::{contracts_fma, NO_FMA_CONTRACTION};
 use diffuse_tensor::gpu::sources::KERNEL_FILES;
 
 #[test]
@@ -45,13 +48,67 @@ fn every_kernel_file_compiles_with_nvrtc() {
                 Err(e) => failures.push(e.to_string()),
             }
         }
+        for arch in ["sm_80", "sm_90"] {
+            match nvrtc_compile(file, NvrtcTarget::Cubin(arch)) {
+                Ok(cubin) => {
+                    if !cubin.starts_with(b"\x7fELF") {
+                        failures.push(format!("{} ({arch}): the CUBIN is not an ELF image", file.name));
+                    }
+                    for k in &names {
+                        if !contains(&cubin, format!(".text.{k}\0").as_bytes()) {
+                            failures
+                                .push(format!("{} ({arch}): kernel {k} has no code section in the CUBIN", file.name));
+                        }
+                    }
+                }
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
         kernels += names.len();
     }
     assert!(failures.is_empty(), "NVRTC failures:\n{}", failures.join("\n\n"));
     log!(
-        "compiled {} kernel files ({kernels} kernels) for compute_80 and compute_90 with NVRTC {major}.{minor}",
+        "compiled {} kernel files ({kernels} kernels) for compute_80, compute_90 (PTX), sm_80 and sm_90 (CUBIN) \
+         with NVRTC {major}.{minor}",
         KERNEL_FILES.len()
     );
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The files `nvrtc_policy` compiles with `--fmad=false` have only
+/// explicitly rounded float arithmetic in their PTX (`mul.rn`, `add.rn`,
+/// which ptxas may not fuse; the `fma.rn` of CUDA's own logf/sinf/cosf are
+/// explicit), so each line of them rounds as the CPU's does; the others have
+/// plain `mul`/`add`, which ptxas contracts into FMAs.
+#[test]
+fn memory_bound_files_are_compiled_without_contraction() {
+    if nvrtc_available().is_err() {
+        log!("skipped: contraction test: NVRTC unavailable");
+        return;
+    }
+    let contractible = |ptx: &str| {
+        ptx.lines()
+            .map(str::trim_start)
+            .filter(|l| {
+                ["mul.f32", "mul.f64", "add.f32", "add.f64", "sub.f32", "sub.f64"].iter().any(|op| l.starts_with(op))
+            })
+            .count()
+    };
+    let mut rounded_files = 0;
+    for file in KERNEL_FILES {
+        let ptx = nvrtc_compile(file, NvrtcTarget::Ptx("compute_90")).unwrap();
+        let n = contractible(&String::from_utf8_lossy(&ptx));
+        if contracts_fma(file.name) {
+            assert!(n > 0, "{}: no contractible arithmetic found; is the PTX pattern still right?", file.name);
+        } else {
+            assert_eq!(n, 0, "{}: {n} contractible float operations despite --fmad=false", file.name);
+            rounded_files += 1;
+        }
+    }
+    assert_eq!(rounded_files, NO_FMA_CONTRACTION.len());
 }
 
 /// Without libcuda (CI, most laptops) the probe says so and opening a device

@@ -89,11 +89,13 @@ pub fn nvrtc_supported_archs() -> Result<Vec<i32>> {
     }
 }
 
-/// The NVRTC options used for every kernel file (plus the architecture).
-/// No fast math: the kernels call logf/expf/sinf/cosf and expect the
-/// accurate versions (Philox normals must stay within an ulp of the CPU's).
-pub fn nvrtc_options(target: NvrtcTarget) -> Vec<String> {
+/// The NVRTC options of kernel file `file` (such as `noise.cu`) for
+/// `target`. No fast math: the kernels call logf/expf/sinf/cosf and expect
+/// the accurate versions (Philox normals must stay within an ulp of the
+/// CPU's); the memory-bound files add `--fmad=false` (`nvrtc_policy`).
+pub fn nvrtc_options(file: &str, target: NvrtcTarget) -> Vec<String> {
     let mut opts = vec![format!("--gpu-architecture={}", target.arch()), "--std=c++17".to_string()];
+    opts.extend(super::nvrtc_policy::file_options(file));
     if let Ok(inc) = std::env::var("DIFFUSE_NVRTC_INCLUDE") {
         if std::path::Path::new(&inc).is_dir() {
             opts.push(format!("--include-path={inc}"));
@@ -114,7 +116,7 @@ pub fn nvrtc_compile(file: &KernelFile, target: NvrtcTarget) -> Result<Vec<u8>> 
     let include_names: Vec<CString> = sources::KERNEL_HEADERS.iter().map(|h| cstr(h.name)).collect::<Result<_>>()?;
     let header_ptrs: Vec<*const c_char> = headers.iter().map(|h| h.as_ptr()).collect();
     let name_ptrs: Vec<*const c_char> = include_names.iter().map(|h| h.as_ptr()).collect();
-    let opts: Vec<CString> = nvrtc_options(target).iter().map(|o| cstr(o)).collect::<Result<_>>()?;
+    let opts: Vec<CString> = nvrtc_options(file.name, target).iter().map(|o| cstr(o)).collect::<Result<_>>()?;
     let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
 
     // SAFETY: every pointer handed to NVRTC points into a CString above that
@@ -225,6 +227,25 @@ pub fn target_for(major: i32, minor: i32) -> Result<NvrtcTarget> {
     }
 }
 
+/// The CUDA version the driver supports, from `cuDriverGetVersion`.
+fn driver_cuda_version() -> Result<super::nvrtc_policy::CudaVersion> {
+    let mut v = 0;
+    // SAFETY: libcuda is loaded and initialised; the out-pointer is a local.
+    let r = unsafe { cusys::cuDriverGetVersion(&mut v) };
+    if r != cusys::cudaError_enum::CUDA_SUCCESS {
+        return Err(TensorError::Cuda(format!("cuDriverGetVersion: {r:?}")));
+    }
+    Ok(super::nvrtc_policy::driver_version_from_int(v))
+}
+
+/// Errors, naming both versions, when this NVRTC builds `target` code the
+/// driver cannot load.
+fn check_nvrtc_against_driver(target: NvrtcTarget) -> Result<()> {
+    let nvrtc = nvrtc_version().ok_or_else(|| TensorError::Nvrtc("nvrtcVersion failed".into()))?;
+    let jit = matches!(target, NvrtcTarget::Ptx(_));
+    super::nvrtc_policy::check_nvrtc_vs_driver(nvrtc, driver_cuda_version()?, jit).map_err(TensorError::Nvrtc)
+}
+
 fn drv(what: &str, e: DriverError) -> TensorError {
     TensorError::Cuda(format!("{what}: {:?}", e.0))
 }
@@ -276,6 +297,7 @@ impl CudaDriver {
         let ctx = CudaContext::new(ordinal).map_err(|e| drv("creating the context", e))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| drv("compute capability", e))?;
         let target = target_for(major, minor)?;
+        check_nvrtc_against_driver(target)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
         let max_dynamic_smem = ctx
             .attribute(cusys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)

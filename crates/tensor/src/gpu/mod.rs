@@ -10,6 +10,7 @@ pub mod debug;
 pub mod emu;
 pub mod kernels;
 pub mod launch;
+pub mod nvrtc_policy;
 pub mod sources;
 
 use crate::Result;
