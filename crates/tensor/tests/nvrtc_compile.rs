@@ -111,6 +111,40 @@ fn memory_bound_files_are_compiled_without_contraction() {
     assert_eq!(rounded_files, NO_FMA_CONTRACTION.len());
 }
 
+/// The on-disk cache with the real compiler: a miss compiles and stores,
+/// the next lookup loads the same image without compiling, and a damaged
+/// entry is recompiled over.
+#[test]
+fn compiled_kernels_are_cached_on_disk() {
+    use diffuse_tensor::gpu::cuda::{cache_key, compile_cached};
+    use diffuse_tensor::gpu::kernel_cache::KernelCache;
+    if nvrtc_available().is_err() {
+        log!("skipped: kernel cache test: NVRTC unavailable");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("diffuse-kernel-cache-test-{}", std::process::id()));
+    let cache = KernelCache::at(&dir);
+    let file = KERNEL_FILES.iter().find(|f| f.name == "silu.cu").unwrap();
+    let target = NvrtcTarget::Cubin("sm_80");
+    let (first, hit) = compile_cached(file, target, Some(&cache)).unwrap();
+    assert!(!hit && first.starts_with(b"\x7fELF"));
+    let (second, hit) = compile_cached(file, target, Some(&cache)).unwrap();
+    assert!(hit, "the second lookup compiled again");
+    assert_eq!(first, second);
+    // another target is another entry
+    assert!(!compile_cached(file, NvrtcTarget::Ptx("compute_80"), Some(&cache)).unwrap().1);
+    let path = cache.path(&cache_key(file, target, nvrtc_version().unwrap()));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+    let (third, hit) = compile_cached(file, target, Some(&cache)).unwrap();
+    assert!(!hit, "a damaged entry was used");
+    assert!(third.starts_with(b"\x7fELF"));
+    assert!(compile_cached(file, target, Some(&cache)).unwrap().1, "the entry was rewritten");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// Without libcuda (CI, most laptops) the probe says so and opening a device
 /// is an error, never a panic; with a GPU, device 0 opens.
 #[test]

@@ -14,6 +14,7 @@
 //! results and launch errors surface at the next copy or `synchronize`.
 
 use super::debug::DeferredErrors;
+use super::kernel_cache::{CacheKey, KernelCache};
 use super::kernels::Kernel;
 use super::sources::{self, KernelFile};
 use super::{GpuDevice, GpuDriver, KernelArg, Launch};
@@ -192,9 +193,32 @@ fn compiled(file: &'static KernelFile, target: NvrtcTarget) -> Result<Arc<Vec<u8
         return Ok(img.clone());
     }
     // compile outside the lock: other files may compile meanwhile
-    let img = Arc::new(nvrtc_compile(file, target)?);
+    static DISK: OnceLock<Option<KernelCache>> = OnceLock::new();
+    let disk = DISK.get_or_init(KernelCache::from_env);
+    let img = Arc::new(compile_cached(file, target, disk.as_ref())?.0);
     cache.lock().unwrap().insert((file.name, target), img.clone());
     Ok(img)
+}
+
+/// The on-disk cache key of `file` compiled for `target` by NVRTC `nvrtc`:
+/// its source, every header, the options and the version.
+pub fn cache_key(file: &KernelFile, target: NvrtcTarget, nvrtc: (i32, i32)) -> CacheKey {
+    let headers: Vec<(&str, &str)> = sources::KERNEL_HEADERS.iter().map(|h| (h.name, h.source)).collect();
+    let (arch, kind) = match target {
+        NvrtcTarget::Ptx(a) => (a, "ptx"),
+        NvrtcTarget::Cubin(a) => (a, "cubin"),
+    };
+    CacheKey::new(file.name, file.source, &headers, &nvrtc_options(file.name, target), arch, kind, nvrtc)
+}
+
+/// NVRTC's image of `file` for `target`, from `cache` when it holds an
+/// intact entry (then the flag is true), else compiled and stored there.
+pub fn compile_cached(file: &KernelFile, target: NvrtcTarget, cache: Option<&KernelCache>) -> Result<(Vec<u8>, bool)> {
+    let Some(cache) = cache else {
+        return Ok((nvrtc_compile(file, target)?, false));
+    };
+    let nvrtc = nvrtc_version().ok_or_else(|| TensorError::Nvrtc("nvrtcVersion failed".into()))?;
+    cache.get_or_compile(&cache_key(file, target, nvrtc), || nvrtc_compile(file, target))
 }
 
 fn leak_str(s: String) -> &'static str {

@@ -8,6 +8,7 @@
 pub mod cuda;
 pub mod debug;
 pub mod emu;
+pub mod kernel_cache;
 pub mod kernels;
 pub mod launch;
 pub mod nvrtc_policy;
