@@ -12,6 +12,7 @@ pub mod kernel_cache;
 pub mod kernels;
 pub mod launch;
 pub mod nvrtc_policy;
+pub mod occupancy;
 pub mod sources;
 
 use crate::Result;
