@@ -323,9 +323,10 @@ impl CudaDriver {
         let target = target_for(major, minor)?;
         check_nvrtc_against_driver(target)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        // the opt-in maximum of a block: launch code sizes tiles by it
         let max_dynamic_smem = ctx
             .attribute(cusys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-            .unwrap_or(48 * 1024)
+            .map_err(|e| drv("querying the opt-in shared memory per block", e))?
             .max(0) as u32;
         let stream = ctx.default_stream();
         Ok(CudaDriver {
