@@ -30,9 +30,9 @@
 // weights grid-stride block 256.
 // CPU twin: crates/tensor/src/cpu/attention.rs.
 // Versions: v1: FP32 FMA from shared memory, one block of 256 threads per
-// tile; v2 (forward): each thread two scores (keys j, j + 16) and two output
-// channels (c, c + C/2), so a shared load feeds two FMAs (same sums, same
-// bits); the U-Net's attention is small (C = 64, N = 49 for MNIST; C = 256,
+// tile; v2: the forward's threads each two scores (keys j, j + 16) and two
+// output channels (c, c + C/2), the backward's dk/dv and dq loops two
+// channels, so a shared load feeds two FMAs (same sums, same bits); the U-Net's attention is small (C = 64, N = 49 for MNIST; C = 256,
 // N = 256 for CIFAR-10 at 16x16).
 #include "common.cuh"
 
@@ -222,16 +222,27 @@ extern "C" __global__ void attention_bwd_dkdv_f32(float* __restrict__ dk, float*
         __syncthreads();
         att_bwd_scores(Pt, dSt, Qs, dOs, Ks, Vs, lse_s, D_s, c, n, T, i0, j0, scale);
         __syncthreads();
-        // lanes walk keys j
-        for (int e = t; e < ct; e += blockDim.x) {
+        // lanes walk keys j; each thread two channels (cc, cc + half), so a
+        // load of p and ds feeds two FMAs each; sums over i in order
+        const int half = (c + 1) >> 1;
+        for (int e = t; e < half * T; e += blockDim.x) {
             const int cc = e / T, j = e - cc * T;
-            float av = dVs[e], ak = dKs[e];
+            const int cc1 = (cc + half < c) ? cc + half : cc;  // odd c: the last row alone
+            const int e0 = cc * T + j, e1 = cc1 * T + j;
+            float av0 = dVs[e0], ak0 = dKs[e0], av1 = dVs[e1], ak1 = dKs[e1];
             for (int i = 0; i < T; ++i) {
-                av += Pt[j * sp + i] * dOs[cc * T + i];
-                ak += dSt[j * sp + i] * Qs[cc * T + i];
+                const float p = Pt[j * sp + i], ds = dSt[j * sp + i];
+                av0 += p * dOs[cc * T + i];
+                ak0 += ds * Qs[cc * T + i];
+                av1 += p * dOs[cc1 * T + i];
+                ak1 += ds * Qs[cc1 * T + i];
             }
-            dVs[e] = av;
-            dKs[e] = ak;
+            dVs[e0] = av0;
+            dKs[e0] = ak0;
+            if (cc1 != cc) {
+                dVs[e1] = av1;
+                dKs[e1] = ak1;
+            }
         }
         __syncthreads();
     }
@@ -279,12 +290,19 @@ extern "C" __global__ void attention_bwd_dq_f32(float* __restrict__ dq, const fl
         __syncthreads();
         att_bwd_scores((float*)0, dSt, Qs, dOs, Ks, Vs, lse_s, D_s, c, n, T, i0, j0, scale);
         __syncthreads();
-        // lanes walk queries i
-        for (int e = t; e < ct; e += blockDim.x) {
+        // lanes walk queries i; each thread two channels (cc, cc + half)
+        const int half = (c + 1) >> 1;
+        for (int e = t; e < half * T; e += blockDim.x) {
             const int cc = e / T, i = e - cc * T;
-            float a = dQs[e];
-            for (int j = 0; j < T; ++j) a += dSt[j * sp + i] * Ks[cc * T + j];
-            dQs[e] = a;
+            const int cc1 = (cc + half < c) ? cc + half : cc;  // odd c: the last row alone
+            float a0 = dQs[cc * T + i], a1 = dQs[cc1 * T + i];
+            for (int j = 0; j < T; ++j) {
+                const float ds = dSt[j * sp + i];
+                a0 += ds * Ks[cc * T + j];
+                a1 += ds * Ks[cc1 * T + j];
+            }
+            dQs[cc * T + i] = a0;
+            if (cc1 != cc) dQs[cc1 * T + i] = a1;
         }
         __syncthreads();
     }
