@@ -30,7 +30,9 @@
 // weights grid-stride block 256.
 // CPU twin: crates/tensor/src/cpu/attention.rs.
 // Versions: v1: FP32 FMA from shared memory, one block of 256 threads per
-// tile; the U-Net's attention is small (C = 64, N = 49 for MNIST; C = 256,
+// tile; v2: the forward's threads each two scores (keys j, j + 16) and two
+// output channels (c, c + C/2), the backward's dk/dv and dq loops two
+// channels, so a shared load feeds two FMAs (same sums, same bits); the U-Net's attention is small (C = 64, N = 49 for MNIST; C = 256,
 // N = 256 for CIFAR-10 at 16x16).
 #include "common.cuh"
 
@@ -72,12 +74,19 @@ extern "C" __global__ void attention_fwd_f32(float* __restrict__ out, float* __r
             KVs[e] = (j0 + j < n) ? k[base + (long long)cc * n + j0 + j] : 0.0f;
         }
         __syncthreads();
-        // raw scores, scaled; masked keys get the most negative float
-        for (int e = t; e < ATT_BKV * bq; e += blockDim.x) {
+        // raw scores, scaled; masked keys get the most negative float. Each
+        // thread two keys (j, j + 16) of one query: one load of q for two
+        // products; each score still sums over c in order.
+        for (int e = t; e < (ATT_BKV / 2) * bq; e += blockDim.x) {
             const int j = e / bq, i = e - j * bq;
-            float s = 0.0f;
-            for (int cc = 0; cc < c; ++cc) s += Qs[cc * bq + i] * KVs[cc * ATT_BKV + j];
-            St[j * sp + i] = (j0 + j < n) ? s * scale : ATT_NEG_BIG;
+            float s0 = 0.0f, s1 = 0.0f;
+            for (int cc = 0; cc < c; ++cc) {
+                const float qv = Qs[cc * bq + i];
+                s0 += qv * KVs[cc * ATT_BKV + j];
+                s1 += qv * KVs[cc * ATT_BKV + j + ATT_BKV / 2];
+            }
+            St[j * sp + i] = (j0 + j < n) ? s0 * scale : ATT_NEG_BIG;
+            St[(j + ATT_BKV / 2) * sp + i] = (j0 + j + ATT_BKV / 2 < n) ? s1 * scale : ATT_NEG_BIG;
         }
         __syncthreads();
         // online softmax: one warp per query row, lane = key
@@ -101,11 +110,21 @@ extern "C" __global__ void attention_fwd_f32(float* __restrict__ out, float* __r
             KVs[e] = (j0 + j < n) ? v[base + (long long)cc * n + j0 + j] : 0.0f;
         }
         __syncthreads();
-        for (int e = t; e < c * bq; e += blockDim.x) {
+        // each thread two channels (cc, cc + half) of one query: one load of
+        // the weight for two products; each output sums over j in order
+        const int half = (c + 1) >> 1;
+        for (int e = t; e < half * bq; e += blockDim.x) {
             const int cc = e / bq, i = e - cc * bq;
-            float o = Os[e] * als[i];
-            for (int j = 0; j < ATT_BKV; ++j) o += St[j * sp + i] * KVs[cc * ATT_BKV + j];
-            Os[e] = o;
+            const int cc1 = (cc + half < c) ? cc + half : cc;  // odd c: the last row alone
+            const float a = als[i];
+            float o0 = Os[cc * bq + i] * a, o1 = Os[cc1 * bq + i] * a;
+            for (int j = 0; j < ATT_BKV; ++j) {
+                const float p = St[j * sp + i];
+                o0 += p * KVs[cc * ATT_BKV + j];
+                o1 += p * KVs[cc1 * ATT_BKV + j];
+            }
+            Os[cc * bq + i] = o0;
+            if (cc1 != cc) Os[cc1 * bq + i] = o1;
         }
         __syncthreads();
     }
@@ -203,16 +222,27 @@ extern "C" __global__ void attention_bwd_dkdv_f32(float* __restrict__ dk, float*
         __syncthreads();
         att_bwd_scores(Pt, dSt, Qs, dOs, Ks, Vs, lse_s, D_s, c, n, T, i0, j0, scale);
         __syncthreads();
-        // lanes walk keys j
-        for (int e = t; e < ct; e += blockDim.x) {
+        // lanes walk keys j; each thread two channels (cc, cc + half), so a
+        // load of p and ds feeds two FMAs each; sums over i in order
+        const int half = (c + 1) >> 1;
+        for (int e = t; e < half * T; e += blockDim.x) {
             const int cc = e / T, j = e - cc * T;
-            float av = dVs[e], ak = dKs[e];
+            const int cc1 = (cc + half < c) ? cc + half : cc;  // odd c: the last row alone
+            const int e0 = cc * T + j, e1 = cc1 * T + j;
+            float av0 = dVs[e0], ak0 = dKs[e0], av1 = dVs[e1], ak1 = dKs[e1];
             for (int i = 0; i < T; ++i) {
-                av += Pt[j * sp + i] * dOs[cc * T + i];
-                ak += dSt[j * sp + i] * Qs[cc * T + i];
+                const float p = Pt[j * sp + i], ds = dSt[j * sp + i];
+                av0 += p * dOs[cc * T + i];
+                ak0 += ds * Qs[cc * T + i];
+                av1 += p * dOs[cc1 * T + i];
+                ak1 += ds * Qs[cc1 * T + i];
             }
-            dVs[e] = av;
-            dKs[e] = ak;
+            dVs[e0] = av0;
+            dKs[e0] = ak0;
+            if (cc1 != cc) {
+                dVs[e1] = av1;
+                dKs[e1] = ak1;
+            }
         }
         __syncthreads();
     }
@@ -260,12 +290,19 @@ extern "C" __global__ void attention_bwd_dq_f32(float* __restrict__ dq, const fl
         __syncthreads();
         att_bwd_scores((float*)0, dSt, Qs, dOs, Ks, Vs, lse_s, D_s, c, n, T, i0, j0, scale);
         __syncthreads();
-        // lanes walk queries i
-        for (int e = t; e < ct; e += blockDim.x) {
+        // lanes walk queries i; each thread two channels (cc, cc + half)
+        const int half = (c + 1) >> 1;
+        for (int e = t; e < half * T; e += blockDim.x) {
             const int cc = e / T, i = e - cc * T;
-            float a = dQs[e];
-            for (int j = 0; j < T; ++j) a += dSt[j * sp + i] * Ks[cc * T + j];
-            dQs[e] = a;
+            const int cc1 = (cc + half < c) ? cc + half : cc;  // odd c: the last row alone
+            float a0 = dQs[cc * T + i], a1 = dQs[cc1 * T + i];
+            for (int j = 0; j < T; ++j) {
+                const float ds = dSt[j * sp + i];
+                a0 += ds * Ks[cc * T + j];
+                a1 += ds * Ks[cc1 * T + j];
+            }
+            dQs[cc * T + i] = a0;
+            if (cc1 != cc) dQs[cc1 * T + i] = a1;
         }
         __syncthreads();
     }

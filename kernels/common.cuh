@@ -89,8 +89,3 @@ __device__ __forceinline__ float silu_grad_f(float x) {
     return s * (1.0f + x * (1.0f - s));
 }
 
-// A double passed as two floats (kernel parameters are float only):
-// hi = (float)d, lo = (float)(d - hi): about 48 significant bits.
-__device__ __forceinline__ double f2_to_f64(float hi, float lo) {
-    return (double)hi + (double)lo;
-}

@@ -6,12 +6,15 @@
 //   noise_add_bwd  dx0[i] = a[s] * dx_t[i]
 //   normal_fill_fwd out[i] = philox normal (seed, step, stream, i), for the
 //                  samplers' fresh noise
+//   philox_words_fill out[i] = raw Philox word i (block i / 4, lane i % 4):
+//                  the integer stream every device shares bit for bit (tests)
 // Launch: one thread per Philox block of 4 elements, grid-stride; block 256,
 // grid min(ceil(ceil(total / 4) / 256), 8192). noise_add_bwd: one thread per
 // element, grid-stride.
 // CPU twin: crates/tensor/src/cpu/noise.rs (and philox.rs). The integer
 // Philox words are bit-identical; the f32 Box-Muller uses CUDA's logf/cosf/
-// sinf, within an ulp or two of the CPU's.
+// sinf, within a few ulp of the CPU's (glibc's). Compiled with --fmad=false
+// (gpu/nvrtc_policy.rs): x_t = a x0 + b eps rounds twice, as on the CPU.
 // Versions: v1.
 #include "common.cuh"
 #include "philox.cuh"
@@ -55,6 +58,20 @@ extern "C" __global__ void normal_fill_fwd_f32(float* __restrict__ out, unsigned
         for (int l = 0; l < 4; ++l) {
             unsigned long long i = blk * 4 + l;
             if (i < total) out[i] = z.v[l];
+        }
+    }
+}
+
+extern "C" __global__ void philox_words_fill_u32(unsigned int* __restrict__ out, unsigned long long total,
+                                                 unsigned long long seed, unsigned int step, unsigned int stream) {
+    const unsigned long long blocks = (total + 3) / 4;
+    for (unsigned long long blk = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; blk < blocks;
+         blk += (unsigned long long)gridDim.x * blockDim.x) {
+        const philox_u32x4 w = philox_block_bits(seed, step, stream, blk);
+#pragma unroll
+        for (int l = 0; l < 4; ++l) {
+            unsigned long long i = blk * 4 + l;
+            if (i < total) out[i] = w.v[l];
         }
     }
 }

@@ -4,9 +4,10 @@
 //                 p *= decay; m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
 //                 p -= step_size * m / (sqrt(v) / bc2_sqrt + eps)
 //               with decay = 1 - lr*wd, step_size = lr / (1 - b1^t),
-//               bc2_sqrt = sqrt(1 - b2^t) from AdamWConsts. Kernel parameters
-//               are float only, so each f64 constant comes as a (hi, lo) pair
-//               of floats (about 48 bits, see f2_to_f64 in common.cuh).
+//               bc2_sqrt = sqrt(1 - b2^t) from AdamWConsts. Each f64 constant
+//               comes as its IEEE bits in an unsigned long long, so it is the
+//               CPU's exactly; with --fmad=false (nvrtc_policy.rs) the step
+//               is then bit-identical to the CPU's.
 //   ema_update  ema = d * ema + k * p, d = (float)decay, k = (float)(1 - decay)
 //               (the CPU rounds both to T first too)
 //   global_norm_partial / global_norm_final
@@ -33,15 +34,15 @@
 
 extern "C" __global__ void adamw_step_f32(float* __restrict__ param, const float* __restrict__ grad,
                                           float* __restrict__ m, float* __restrict__ v, unsigned long long n,
-                                          float decay_hi, float decay_lo, float beta1_hi, float beta1_lo,
-                                          float beta2_hi, float beta2_lo, float step_size_hi, float step_size_lo,
-                                          float bc2_sqrt_hi, float bc2_sqrt_lo, float eps_hi, float eps_lo) {
-    const double decay = f2_to_f64(decay_hi, decay_lo);
-    const double b1 = f2_to_f64(beta1_hi, beta1_lo);
-    const double b2 = f2_to_f64(beta2_hi, beta2_lo);
-    const double step_size = f2_to_f64(step_size_hi, step_size_lo);
-    const double bc2 = f2_to_f64(bc2_sqrt_hi, bc2_sqrt_lo);
-    const double eps = f2_to_f64(eps_hi, eps_lo);
+                                          unsigned long long decay_bits, unsigned long long beta1_bits,
+                                          unsigned long long beta2_bits, unsigned long long step_size_bits,
+                                          unsigned long long bc2_sqrt_bits, unsigned long long eps_bits) {
+    const double decay = __longlong_as_double((long long)decay_bits);
+    const double b1 = __longlong_as_double((long long)beta1_bits);
+    const double b2 = __longlong_as_double((long long)beta2_bits);
+    const double step_size = __longlong_as_double((long long)step_size_bits);
+    const double bc2 = __longlong_as_double((long long)bc2_sqrt_bits);
+    const double eps = __longlong_as_double((long long)eps_bits);
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (unsigned long long)gridDim.x * blockDim.x) {
         double g = (double)grad[i];

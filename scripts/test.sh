@@ -5,7 +5,7 @@
 #  2. runs every test of the workspace (CPU reference vs float64 oracles and
 #     finite differences, property tests with a fixed seed, U-Net vs the
 #     PyTorch vectors, trainer end to end, every kernel compiled by NVRTC for
-#     compute_80 and compute_90, every per-device test on the CPU and on the
+#     compute_80 and compute_90 (PTX) and sm_80 and sm_90 (CUBIN), every per-device test on the CPU and on the
 #     CUDA emulator in forward thread order; the _cuda ones show as ignored
 #     without a GPU);
 #  3. reruns the emulator's per-device tests (names ending in _emu) with its

@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// An error from the emulator. Launch errors carry the kernel's name, the
@@ -481,6 +481,43 @@ macro_rules! call {
     }};
 }
 
+// ------------------------------------------------------------------ shared-memory limit
+
+/// The most dynamic shared memory a block may ask for: what the runtime
+/// provides (EMU_MAX_SHARED_BYTES in shim/emu_abi.h, an H100's 227 KiB).
+pub const MAX_SHARED_BYTES: u32 = 227 * 1024;
+
+/// Parses a shared-memory limit: bytes (`65536`) or KiB (`64K`, `99KiB`),
+/// at most [`MAX_SHARED_BYTES`].
+pub fn parse_shared_limit(s: &str) -> Result<u32> {
+    let t = s.trim();
+    let bad = || {
+        EmuError::Config(format!(
+            "shared-memory limit `{s}`: expected bytes or KiB (65536, 64K, 99KiB), at most {MAX_SHARED_BYTES} (DIFFUSE_EMU_MAX_SMEM)"
+        ))
+    };
+    let lower = t.to_ascii_lowercase();
+    let (digits, unit) = match lower.strip_suffix("kib").or_else(|| lower.strip_suffix('k')) {
+        Some(d) => (d.trim().to_string(), 1024u64),
+        None => (lower.clone(), 1),
+    };
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let bytes = n.checked_mul(unit).ok_or_else(bad)?;
+    if bytes == 0 || bytes > MAX_SHARED_BYTES as u64 {
+        return Err(bad());
+    }
+    Ok(bytes as u32)
+}
+
+/// `DIFFUSE_EMU_MAX_SMEM`, if set: the opt-in shared memory per block of the
+/// emulated device (`99K` for an RTX 30xx/40xx, `64K` for sm_75).
+pub fn shared_limit_from_env() -> Result<Option<u32>> {
+    match std::env::var("DIFFUSE_EMU_MAX_SMEM") {
+        Ok(v) => parse_shared_limit(&v).map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
 // ------------------------------------------------------------------ Emulator
 
 /// A handle on the CUDA emulator. Handles are independent (each has its own
@@ -492,6 +529,7 @@ pub struct Emulator {
     order: Mutex<ThreadOrder>,
     ucontext: AtomicBool,
     race_check: AtomicBool,
+    max_shared: AtomicU32,
     owned: Mutex<HashSet<u64>>,
 }
 
@@ -503,18 +541,21 @@ impl fmt::Debug for Emulator {
 
 impl Emulator {
     /// Loads the runtime (once per process) and reads `DIFFUSE_EMU_ORDER`,
-    /// `DIFFUSE_EMU_UCONTEXT=1` and `DIFFUSE_EMU_RACECHECK` (`0` or `off`
-    /// turns the hazard detector off; it is on by default).
+    /// `DIFFUSE_EMU_UCONTEXT=1`, `DIFFUSE_EMU_RACECHECK` (`0` or `off`
+    /// turns the hazard detector off; it is on by default) and
+    /// `DIFFUSE_EMU_MAX_SMEM` (the shared memory a block may ask for).
     pub fn new() -> Result<Emulator> {
         let rt = runtime()?;
         let order = ThreadOrder::from_env()?.unwrap_or_default();
         let uc = std::env::var("DIFFUSE_EMU_UCONTEXT").is_ok_and(|v| v == "1");
         let race = race_check_from_env()?;
+        let max_shared = shared_limit_from_env()?.unwrap_or(MAX_SHARED_BYTES);
         Ok(Emulator {
             rt,
             order: Mutex::new(order),
             ucontext: AtomicBool::new(uc),
             race_check: AtomicBool::new(race),
+            max_shared: AtomicU32::new(max_shared),
             owned: Mutex::new(HashSet::new()),
         })
     }
@@ -541,6 +582,21 @@ impl Emulator {
     }
     pub fn race_check(&self) -> bool {
         self.race_check.load(Ordering::Relaxed)
+    }
+    /// The dynamic shared memory a block may ask for (the emulated device's
+    /// opt-in maximum); a launch asking for more is [`EmuError::Config`].
+    /// Errors above [`MAX_SHARED_BYTES`] or at zero.
+    pub fn set_max_shared_bytes(&self, bytes: u32) -> Result<()> {
+        if bytes == 0 || bytes > MAX_SHARED_BYTES {
+            return Err(EmuError::Config(format!(
+                "shared-memory limit of {bytes} bytes: the emulator provides 1 to {MAX_SHARED_BYTES}"
+            )));
+        }
+        self.max_shared.store(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+    pub fn max_shared_bytes(&self) -> u32 {
+        self.max_shared.load(Ordering::Relaxed)
     }
     /// Switch fibers with ucontext instead of the hand-written x86-64 switch
     /// (the portable fallback; about 30x slower per switch).
@@ -640,6 +696,13 @@ impl Emulator {
     ) -> Result<()> {
         let &idx = self.rt.by_name.get(name).ok_or_else(|| EmuError::UnknownKernel(name.to_string()))?;
         let (grid, block) = (grid.into(), block.into());
+        let max_shared = self.max_shared_bytes();
+        if shared_bytes > max_shared {
+            return Err(EmuError::Config(format!(
+                "{name}: invalid launch: {shared_bytes} bytes of dynamic shared memory requested; this emulated device allows {max_shared} bytes ({} KiB) per block (DIFFUSE_EMU_MAX_SMEM)",
+                max_shared as f64 / 1024.0
+            )));
+        }
         let ptrs: Vec<*const c_void> = args.iter().map(|a| a.0).collect();
         let sizes: Vec<u32> = args.iter().map(|a| a.1 as u32).collect();
         let (order, seed) = match self.thread_order() {
@@ -757,5 +820,17 @@ mod tests {
         };
         assert_eq!(api.version, ffi::API_VERSION);
         assert!(api.kernel_count > 0);
+    }
+
+    #[test]
+    fn shared_limits_parse_in_bytes_and_kib() {
+        assert_eq!(parse_shared_limit("65536"), Ok(65536));
+        assert_eq!(parse_shared_limit("64K"), Ok(65536));
+        assert_eq!(parse_shared_limit(" 99KiB "), Ok(99 * 1024));
+        assert_eq!(parse_shared_limit("227k"), Ok(MAX_SHARED_BYTES));
+        for bad in ["", "0", "228K", "-1", "64M", "1e5", "99999999999999999999K"] {
+            let e = parse_shared_limit(bad).unwrap_err().to_string();
+            assert!(e.contains("DIFFUSE_EMU_MAX_SMEM"), "{bad}: {e}");
+        }
     }
 }

@@ -58,6 +58,28 @@ fn launch_configuration_errors() {
     launch(&emu, "emu_test_dynamic_poison", 1u32, 1024u32, 227 * 1024, &[Arg::Ptr(y)]).unwrap();
 }
 
+/// A smaller device (an RTX 40xx grants 99 KiB a block) rejects launches
+/// above its limit, naming the kernel and both sizes, and runs those within.
+#[test]
+fn shared_memory_limit_is_configurable() {
+    let emu = emu();
+    if std::env::var_os("DIFFUSE_EMU_MAX_SMEM").is_none() {
+        assert_eq!(emu.max_shared_bytes(), diffuse_emu::MAX_SHARED_BYTES);
+    }
+    let y = emu.alloc(4096).unwrap();
+    emu.set_max_shared_bytes(99 * 1024).unwrap();
+    let e = launch(&emu, "emu_test_dynamic_poison", 1u32, 32u32, 99 * 1024 + 4, &[Arg::Ptr(y)]).unwrap_err();
+    assert!(matches!(e, EmuError::Config(_)), "{e}");
+    let msg = e.to_string();
+    for needle in ["emu_test_dynamic_poison", "101380 bytes", "allows 101376 bytes (99 KiB)", "DIFFUSE_EMU_MAX_SMEM"] {
+        assert!(msg.contains(needle), "`{needle}` missing from {msg}");
+    }
+    launch(&emu, "emu_test_dynamic_poison", 1u32, 32u32, 99 * 1024, &[Arg::Ptr(y)]).unwrap();
+    assert!(emu.set_max_shared_bytes(0).is_err());
+    assert!(emu.set_max_shared_bytes(diffuse_emu::MAX_SHARED_BYTES + 1).is_err());
+    assert_eq!(emu.max_shared_bytes(), 99 * 1024, "a refused limit leaves the old one");
+}
+
 #[test]
 fn argument_errors() {
     let emu = emu();

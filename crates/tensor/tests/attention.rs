@@ -318,3 +318,74 @@ per_device!(
     attention_forward_and_backward_emu,
     attention_forward_and_backward_cuda
 );
+
+// ------------------------------- consumer GPUs: less shared memory a block
+
+/// The attention of the cifar10 preset (crates/unet/src/config.rs: ch 128 x
+/// ch_mult 2 = 256 channels at 16x16, and the middle block at 4x4) on
+/// emulated devices that grant 99 KiB (sm_86/89/120) and 64 KiB (sm_75) of
+/// shared memory a block. The emulator rejects any launch above its limit,
+/// so a passing run means the tiles fit; results match the CPU reference
+/// and are bit-identical to the default device's, since the tile does not
+/// change what is summed in which order.
+#[test]
+fn cifar10_attention_fits_consumer_gpu_shared_memory() {
+    use diffuse_tensor::gpu::emu::emu_device_with_max_shared;
+    use diffuse_tensor::gpu::launch::attention::{backward_tile, forward_tile, shared_bytes, smem_budget};
+    const C: usize = 256;
+    // (device limit, expected forward tile, expected backward tile)
+    let devices = [(227 * 1024u32, 32, 16), (99 * 1024, 16, 16), (64 * 1024, 8, 8)];
+    for &(limit, bq, t) in &devices {
+        let budget = smem_budget(limit);
+        assert_eq!((forward_tile(C, budget), backward_tile(C, budget)), (Some(bq), Some(t)), "tiles at {limit} B");
+        let (f, dkdv, dq) = shared_bytes(C, bq, t);
+        assert!(f <= limit as usize && dkdv <= limit as usize && dq <= limit as usize, "{limit}: {f} {dkdv} {dq}");
+    }
+    // the figure: C = 256 at the old fixed tile asks 102,912 B, over 99 KiB
+    assert_eq!(shared_bytes(C, 32, 16).0, 102_912);
+
+    let mut rng = TensorRng::new(77);
+    for (b, n) in [(1usize, 256usize), (2, 16)] {
+        let shape = [b, C, n];
+        let case = format!("cifar10 B{b} C{C} N{n}");
+        let (q, k, v) = (rng.tensor_in(&shape, -2.0, 2.0), rng.tensor_in(&shape, -2.0, 2.0), rng.tensor(&shape));
+        let dout = rng.tensor(&shape);
+        let f = ops::attention_forward(&q, &k, &v).unwrap();
+        let g = ops::attention_backward(&dout, &q, &k, &v, &f.out, &f.lse).unwrap();
+        let mut first: Option<Vec<Vec<u32>>> = None;
+        for &(limit, _, _) in &devices {
+            let device = emu_device_with_max_shared(limit).unwrap();
+            let dut =
+                DeviceUnderTest { label: format!("emu ({} KiB shared)", limit / 1024), device, backend: Backend::Emu };
+            let dev = &dut.device;
+            let mut r = Report::new("attention at a shared-memory limit", &dut);
+            let (qg, kg, vg) = (on(&q, dev), on(&k, dev), on(&v, dev));
+            let fg = ops::attention_forward(&qg, &kg, &vg).unwrap();
+            let gg = ops::attention_backward(&on(&dout, dev), &qg, &kg, &vg, &fg.out, &fg.lse).unwrap();
+            r.check("attention_forward out", &case, &fg.out, &f.out, DEVICE_TOL);
+            r.check("attention_forward lse", &case, &fg.lse, &f.lse, DEVICE_TOL);
+            r.check("attention_backward dq", &case, &gg.dq, &g.dq, DEVICE_TOL);
+            r.check("attention_backward dk", &case, &gg.dk, &g.dk, DEVICE_TOL);
+            r.check("attention_backward dv", &case, &gg.dv, &g.dv, DEVICE_TOL);
+            let bits: Vec<Vec<u32>> = [&fg.out, &fg.lse, &gg.dq, &gg.dk, &gg.dv]
+                .iter()
+                .map(|t| t.to_vec_f32().unwrap().iter().map(|x| x.to_bits()).collect())
+                .collect();
+            match &first {
+                None => first = Some(bits),
+                Some(want) => assert!(bits == *want, "{case}: {limit} B of shared memory changed the bits"),
+            }
+        }
+    }
+}
+
+/// Channels too many for a device's shared memory are an error naming the
+/// budget, never a launch the device refuses.
+#[test]
+fn too_many_channels_for_the_device_is_an_error() {
+    let device = diffuse_tensor::gpu::emu::emu_device_with_max_shared(64 * 1024).unwrap();
+    let shape = [1, 2048, 3];
+    let q = on(&TensorRng::new(5).tensor(&shape), &device);
+    let e = ops::attention_forward(&q, &q, &q).map(|_| ()).unwrap_err().to_string();
+    assert!(e.contains("2048 channels do not fit") && e.contains("65536 bytes"), "{e}");
+}

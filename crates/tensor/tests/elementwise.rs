@@ -163,7 +163,7 @@ const DEVICE_LENGTHS: [usize; 4] = [1, 7, 1003, 8192 * 256 + 13];
 
 fn elementwise_ops(dut: &DeviceUnderTest) {
     let dev = &dut.device;
-    let mut r = Report::new("elementwise", dut);
+    let mut r = Report::new("elementwise", dut).exact_on(dut, &[Backend::Emu, Backend::Cuda]);
     let mut rng = TensorRng::new(51);
     for len in DEVICE_LENGTHS {
         let case = format!("len {len}");
@@ -201,7 +201,7 @@ per_device!(elementwise_ops, elementwise_ops_cpu, elementwise_ops_emu, elementwi
 
 fn in_place_ops_with_aliased_operands(dut: &DeviceUnderTest) {
     let dev = &dut.device;
-    let mut r = Report::new("elementwise", dut);
+    let mut r = Report::new("elementwise", dut).exact_on(dut, &[Backend::Emu, Backend::Cuda]);
     let a = TensorRng::new(52).tensor(&[3, 5]);
     let (mut acc, mut accg) = (a.clone(), on(&a, dev));
     // acc += (a clone sharing acc's buffer on the GPU)

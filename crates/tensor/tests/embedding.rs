@@ -87,7 +87,7 @@ const DEVICE_TOL: f64 = 1e-5;
 
 fn timestep_embedding_on_device(dut: &DeviceUnderTest) {
     let dev = &dut.device;
-    let mut r = Report::new("embedding", dut);
+    let mut r = Report::new("embedding", dut).exact_on(dut, &[Backend::Emu]);
     let mut rng = TensorRng::new(81);
     for n in [1, 3, 64] {
         // integer timesteps as the trainer draws them, up to T = 1000

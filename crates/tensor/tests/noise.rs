@@ -184,3 +184,68 @@ per_device!(
     noise_add_forward_and_backward_emu,
     noise_add_forward_and_backward_cuda
 );
+
+/// Units in the last place between two f32 of one sign.
+fn ulps(a: f32, b: f32) -> u32 {
+    assert_eq!(a.is_sign_negative(), b.is_sign_negative(), "{a} and {b} differ in sign");
+    a.to_bits().abs_diff(b.to_bits())
+}
+
+/// What ARCHITECTURE.md ("Determinism across devices") promises of the
+/// noise: the raw Philox words are the CPU's on every device; the normals
+/// and x_t are the CPU's bit for bit on the emulator (the same libm), and on
+/// CUDA the normals are within 8 ulp (its logf/sinf/cosf) while x_t is
+/// exactly a x0 + b eps of the device's own eps, rounded twice as on the
+/// CPU (noise.cu is compiled with --fmad=false).
+fn philox_words_and_normals(dut: &DeviceUnderTest) {
+    use diffuse_tensor::gpu::launch::noise::philox_words;
+    use diffuse_tensor::Device;
+    let mut r = Report::new("noise determinism", dut);
+    let mut rng = TensorRng::new(303);
+    for (seed, step, stream, len) in
+        [(0u64, 0u32, 0u32, 1usize), (42, 7, 3, 4099), (u64::MAX - 5, u32::MAX, 1 << 31, 1001)]
+    {
+        let case = format!("seed {seed} step {step} stream {stream} len {len}");
+        let want: Vec<u32> =
+            (0..len as u64).map(|i| philox::block_bits(seed, step, stream, i / 4)[(i % 4) as usize]).collect();
+        if let Device::Gpu(gpu) = &dut.device {
+            assert_eq!(
+                philox_words(gpu, len, seed, step, stream).unwrap(),
+                want,
+                "Philox words [{case}] on {}",
+                dut.label
+            );
+        }
+
+        let shape = [1, len];
+        let x0 = rng.tensor(&shape);
+        let (a, b) = (t32(&[0.6], &[1]), t32(&[0.8], &[1]));
+        let o = ops::noise_add(&x0, &a, &b, seed, step, stream).unwrap();
+        let og = ops::noise_add(&on(&x0, &dut.device), &on(&a, &dut.device), &on(&b, &dut.device), seed, step, stream)
+            .unwrap();
+        if dut.backend == Backend::Cuda {
+            let (eg, ec) = (og.eps.to_vec_f32().unwrap(), o.eps.to_vec_f32().unwrap());
+            let worst = eg.iter().zip(&ec).map(|(&g, &c)| ulps(g, c)).max().unwrap_or(0);
+            log(&format!("noise eps [{case}] on {}: worst {worst} ulp from the CPU", dut.label));
+            assert!(worst <= 8, "eps [{case}]: {worst} ulp from the CPU");
+            let xt_want: Vec<f32> =
+                x0.to_vec_f32().unwrap().iter().zip(&eg).map(|(&x, &e)| 0.6f32 * x + 0.8f32 * e).collect();
+            r.check_exact(
+                "noise_add x_t from the device's eps",
+                &case,
+                &og.x_t,
+                &Tensor::from_vec(xt_want, shape).unwrap(),
+            );
+        } else {
+            r.check_exact("noise_add eps", &case, &og.eps, &o.eps);
+            r.check_exact("noise_add x_t", &case, &og.x_t, &o.x_t);
+        }
+    }
+}
+
+per_device!(
+    philox_words_and_normals,
+    philox_words_and_normals_cpu,
+    philox_words_and_normals_emu,
+    philox_words_and_normals_cuda
+);

@@ -1,6 +1,9 @@
 //! Samplers: DDPM ancestral sampling (fixed-large or fixed-small variance)
 //! and DDIM (any number of steps, any eta). Noise comes from Philox through
-//! the fused noise-add op, so a seed gives the same images on every device.
+//! the fused noise-add op, so a seed gives the same noise on every device
+//! (bit for bit on the CPU and the emulator, within a few ulp on CUDA; see
+//! ARCHITECTURE.md, "Determinism across devices"); images agree up to the
+//! rounding of the model's forward.
 
 use crate::diffusion::Diffusion;
 use crate::guidance::{self, Conditioning};

@@ -121,3 +121,21 @@ fn the_largest_allowed_config_is_counted_without_overflow_or_allocation() {
     assert!(fp.params > 100_000_000_000, "{}", fp.params);
     assert!(fp.training_activation_bytes(usize::MAX, usize::MAX) == u64::MAX);
 }
+
+/// KERNELS.md's occupancy table assumes each preset's attention width
+/// (`gpu::occupancy::PRESET_ATTENTION_CHANNELS`): every attention block of
+/// the preset, the middle one included, has that many channels.
+#[test]
+fn occupancy_table_knows_each_presets_attention_channels() {
+    use diffuse_tensor::gpu::occupancy::PRESET_ATTENTION_CHANNELS;
+    for (name, c) in PRESET_ATTENTION_CHANNELS {
+        let cfg = diffuse_unet::UNetConfig::preset(name).unwrap();
+        let res = cfg.resolutions();
+        let mut widths: Vec<usize> = (0..res.len())
+            .filter(|&i| cfg.attn_resolutions.contains(&res[i]))
+            .map(|i| cfg.ch * cfg.ch_mult[i])
+            .collect();
+        widths.push(cfg.ch * cfg.ch_mult.last().unwrap()); // the middle block
+        assert!(widths.iter().all(|&w| w == c), "{name}: attention widths {widths:?}, the table assumes {c}");
+    }
+}

@@ -13,6 +13,8 @@
 //! default stream through cudarc's launch builder, so a copy after a launch sees its
 //! results and launch errors surface at the next copy or `synchronize`.
 
+use super::debug::DeferredErrors;
+use super::kernel_cache::{CacheKey, KernelCache};
 use super::kernels::Kernel;
 use super::sources::{self, KernelFile};
 use super::{GpuDevice, GpuDriver, KernelArg, Launch};
@@ -88,11 +90,13 @@ pub fn nvrtc_supported_archs() -> Result<Vec<i32>> {
     }
 }
 
-/// The NVRTC options used for every kernel file (plus the architecture).
-/// No fast math: the kernels call logf/expf/sinf/cosf and expect the
-/// accurate versions (Philox normals must stay within an ulp of the CPU's).
-pub fn nvrtc_options(target: NvrtcTarget) -> Vec<String> {
+/// The NVRTC options of kernel file `file` (such as `noise.cu`) for
+/// `target`. No fast math: the kernels call logf/expf/sinf/cosf and expect
+/// the accurate versions (Philox normals must stay within an ulp of the
+/// CPU's); the memory-bound files add `--fmad=false` (`nvrtc_policy`).
+pub fn nvrtc_options(file: &str, target: NvrtcTarget) -> Vec<String> {
     let mut opts = vec![format!("--gpu-architecture={}", target.arch()), "--std=c++17".to_string()];
+    opts.extend(super::nvrtc_policy::file_options(file));
     if let Ok(inc) = std::env::var("DIFFUSE_NVRTC_INCLUDE") {
         if std::path::Path::new(&inc).is_dir() {
             opts.push(format!("--include-path={inc}"));
@@ -113,7 +117,7 @@ pub fn nvrtc_compile(file: &KernelFile, target: NvrtcTarget) -> Result<Vec<u8>> 
     let include_names: Vec<CString> = sources::KERNEL_HEADERS.iter().map(|h| cstr(h.name)).collect::<Result<_>>()?;
     let header_ptrs: Vec<*const c_char> = headers.iter().map(|h| h.as_ptr()).collect();
     let name_ptrs: Vec<*const c_char> = include_names.iter().map(|h| h.as_ptr()).collect();
-    let opts: Vec<CString> = nvrtc_options(target).iter().map(|o| cstr(o)).collect::<Result<_>>()?;
+    let opts: Vec<CString> = nvrtc_options(file.name, target).iter().map(|o| cstr(o)).collect::<Result<_>>()?;
     let opt_ptrs: Vec<*const c_char> = opts.iter().map(|o| o.as_ptr()).collect();
 
     // SAFETY: every pointer handed to NVRTC points into a CString above that
@@ -189,9 +193,32 @@ fn compiled(file: &'static KernelFile, target: NvrtcTarget) -> Result<Arc<Vec<u8
         return Ok(img.clone());
     }
     // compile outside the lock: other files may compile meanwhile
-    let img = Arc::new(nvrtc_compile(file, target)?);
+    static DISK: OnceLock<Option<KernelCache>> = OnceLock::new();
+    let disk = DISK.get_or_init(KernelCache::from_env);
+    let img = Arc::new(compile_cached(file, target, disk.as_ref())?.0);
     cache.lock().unwrap().insert((file.name, target), img.clone());
     Ok(img)
+}
+
+/// The on-disk cache key of `file` compiled for `target` by NVRTC `nvrtc`:
+/// its source, every header, the options and the version.
+pub fn cache_key(file: &KernelFile, target: NvrtcTarget, nvrtc: (i32, i32)) -> CacheKey {
+    let headers: Vec<(&str, &str)> = sources::KERNEL_HEADERS.iter().map(|h| (h.name, h.source)).collect();
+    let (arch, kind) = match target {
+        NvrtcTarget::Ptx(a) => (a, "ptx"),
+        NvrtcTarget::Cubin(a) => (a, "cubin"),
+    };
+    CacheKey::new(file.name, file.source, &headers, &nvrtc_options(file.name, target), arch, kind, nvrtc)
+}
+
+/// NVRTC's image of `file` for `target`, from `cache` when it holds an
+/// intact entry (then the flag is true), else compiled and stored there.
+pub fn compile_cached(file: &KernelFile, target: NvrtcTarget, cache: Option<&KernelCache>) -> Result<(Vec<u8>, bool)> {
+    let Some(cache) = cache else {
+        return Ok((nvrtc_compile(file, target)?, false));
+    };
+    let nvrtc = nvrtc_version().ok_or_else(|| TensorError::Nvrtc("nvrtcVersion failed".into()))?;
+    cache.get_or_compile(&cache_key(file, target, nvrtc), || nvrtc_compile(file, target))
 }
 
 fn leak_str(s: String) -> &'static str {
@@ -224,6 +251,25 @@ pub fn target_for(major: i32, minor: i32) -> Result<NvrtcTarget> {
     }
 }
 
+/// The CUDA version the driver supports, from `cuDriverGetVersion`.
+fn driver_cuda_version() -> Result<super::nvrtc_policy::CudaVersion> {
+    let mut v = 0;
+    // SAFETY: libcuda is loaded and initialised; the out-pointer is a local.
+    let r = unsafe { cusys::cuDriverGetVersion(&mut v) };
+    if r != cusys::cudaError_enum::CUDA_SUCCESS {
+        return Err(TensorError::Cuda(format!("cuDriverGetVersion: {r:?}")));
+    }
+    Ok(super::nvrtc_policy::driver_version_from_int(v))
+}
+
+/// Errors, naming both versions, when this NVRTC builds `target` code the
+/// driver cannot load.
+fn check_nvrtc_against_driver(target: NvrtcTarget) -> Result<()> {
+    let nvrtc = nvrtc_version().ok_or_else(|| TensorError::Nvrtc("nvrtcVersion failed".into()))?;
+    let jit = matches!(target, NvrtcTarget::Ptx(_));
+    super::nvrtc_policy::check_nvrtc_vs_driver(nvrtc, driver_cuda_version()?, jit).map_err(TensorError::Nvrtc)
+}
+
 fn drv(what: &str, e: DriverError) -> TensorError {
     TensorError::Cuda(format!("{what}: {:?}", e.0))
 }
@@ -251,6 +297,8 @@ pub struct CudaDriver {
     target: NvrtcTarget,
     max_dynamic_smem: u32,
     loaded: Mutex<Loaded>,
+    /// Results of frees (from Drop), returned by the next fallible call.
+    deferred: DeferredErrors,
 }
 
 impl CudaDriver {
@@ -273,10 +321,12 @@ impl CudaDriver {
         let ctx = CudaContext::new(ordinal).map_err(|e| drv("creating the context", e))?;
         let (major, minor) = ctx.compute_capability().map_err(|e| drv("compute capability", e))?;
         let target = target_for(major, minor)?;
+        check_nvrtc_against_driver(target)?;
         let name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
+        // the opt-in maximum of a block: launch code sizes tiles by it
         let max_dynamic_smem = ctx
             .attribute(cusys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
-            .unwrap_or(48 * 1024)
+            .map_err(|e| drv("querying the opt-in shared memory per block", e))?
             .max(0) as u32;
         let stream = ctx.default_stream();
         Ok(CudaDriver {
@@ -286,10 +336,14 @@ impl CudaDriver {
             target,
             max_dynamic_smem,
             loaded: Mutex::new(Loaded::default()),
+            deferred: DeferredErrors::default(),
         })
     }
 
+    /// Binds the context to this thread; first returns any error a free
+    /// kept (every fallible call starts here).
     fn bind(&self) -> Result<()> {
+        self.deferred.take()?;
         self.ctx.bind_to_thread().map_err(|e| drv("binding the context", e))
     }
 
@@ -345,9 +399,14 @@ impl GpuDriver for CudaDriver {
     }
 
     fn free(&self, ptr: u64) {
-        if self.bind().is_ok() {
-            // SAFETY: `ptr` came from `alloc` and is freed once (GpuBuffer's Drop).
-            let _ = unsafe { cu::free_sync(ptr) };
+        // cuMemFree is often where an earlier kernel's fault surfaces: keep it.
+        if let Err(e) = self.ctx.bind_to_thread() {
+            self.deferred.record(format!("binding the context to free {ptr:#x}: {:?}", e.0));
+            return;
+        }
+        // SAFETY: `ptr` came from `alloc` and is freed once (GpuBuffer's Drop).
+        if let Err(e) = unsafe { cu::free_sync(ptr) } {
+            self.deferred.record(format!("cuMemFree({ptr:#x}): {:?}", e.0));
         }
     }
 
@@ -437,6 +496,10 @@ impl GpuDriver for CudaDriver {
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
         cu::ctx::synchronize().map_err(|e| drv("synchronize", e))
+    }
+
+    fn max_shared_bytes(&self) -> u32 {
+        self.max_dynamic_smem
     }
 }
 

@@ -14,6 +14,7 @@
 //! Launches are synchronous: a launch returns when the grid has finished,
 //! with its error if it had one.
 
+use super::debug::DeferredErrors;
 use super::{GpuDevice, GpuDriver, KernelArg, Launch};
 use crate::{Device, Result, TensorError};
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub use diffuse_emu::{EmuError, Emulator, ThreadOrder};
 /// The CUDA emulator behind the [`GpuDriver`] interface.
 pub struct EmuDriver {
     emu: Emulator,
+    /// Errors of frees (from Drop), returned by the next fallible call.
+    deferred: DeferredErrors,
 }
 
 fn mem_err(e: EmuError) -> TensorError {
@@ -34,7 +37,17 @@ impl EmuDriver {
     /// forward).
     pub fn new() -> Result<EmuDriver> {
         let emu = Emulator::new().map_err(|e| TensorError::Cuda(e.to_string()))?;
-        Ok(EmuDriver { emu })
+        Ok(EmuDriver { emu, deferred: DeferredErrors::default() })
+    }
+
+    /// A driver whose blocks may have at most `bytes` of dynamic shared
+    /// memory (a consumer GPU: 99 KiB on sm_86/89/120, 64 KiB on sm_75);
+    /// launch code picks its tiles within it, and a launch above it is an
+    /// error naming the kernel.
+    pub fn with_max_shared_bytes(bytes: u32) -> Result<EmuDriver> {
+        let d = EmuDriver::new()?;
+        d.emu.set_max_shared_bytes(bytes).map_err(mem_err)?;
+        Ok(d)
     }
 
     /// A driver that runs every block's threads in `order`.
@@ -56,6 +69,7 @@ impl GpuDriver for EmuDriver {
     }
 
     fn alloc(&self, bytes: usize) -> Result<u64> {
+        self.deferred.take()?;
         self.emu.alloc(bytes).map_err(mem_err)
     }
 
@@ -63,27 +77,32 @@ impl GpuDriver for EmuDriver {
         if let Err(e) = self.emu.free(ptr) {
             // Free runs from Drop and cannot fail, but an overrun its canary
             // check found must not go unnoticed.
-            eprintln!("diffuse emulator: {e}");
+            self.deferred.record(format!("emulator free({ptr:#x}): {e}"));
         }
     }
 
     fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
+        self.deferred.take()?;
         self.emu.htod(src, dst).map_err(mem_err)
     }
 
     fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        self.deferred.take()?;
         self.emu.dtoh(src, dst).map_err(mem_err)
     }
 
     fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        self.deferred.take()?;
         self.emu.dtod(src, dst, bytes).map_err(mem_err)
     }
 
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        self.deferred.take()?;
         self.emu.memset(dst, 0, bytes).map_err(mem_err)
     }
 
     fn launch(&self, l: &Launch<'_>) -> Result<()> {
+        self.deferred.take()?;
         let args: Vec<diffuse_emu::Arg> = l
             .args
             .iter()
@@ -104,7 +123,11 @@ impl GpuDriver for EmuDriver {
     }
 
     fn synchronize(&self) -> Result<()> {
-        Ok(()) // launches and copies are synchronous
+        self.deferred.take() // launches and copies are synchronous
+    }
+
+    fn max_shared_bytes(&self) -> u32 {
+        self.emu.max_shared_bytes()
     }
 }
 
@@ -117,6 +140,12 @@ pub fn emu_device() -> Result<Device> {
 /// same op in several orders to catch missing barriers).
 pub fn emu_device_with_order(order: ThreadOrder) -> Result<Device> {
     Ok(Device::Gpu(GpuDevice::new(Arc::new(EmuDriver::with_order(order)?))))
+}
+
+/// The emulated GPU with at most `bytes` of dynamic shared memory a block
+/// (see [`EmuDriver::with_max_shared_bytes`]).
+pub fn emu_device_with_max_shared(bytes: u32) -> Result<Device> {
+    Ok(Device::Gpu(GpuDevice::new(Arc::new(EmuDriver::with_max_shared_bytes(bytes)?))))
 }
 
 /// One line for `diffuse info`: kernels, workers, context switch, order.

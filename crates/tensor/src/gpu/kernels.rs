@@ -88,7 +88,11 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n, "a kernel name is defined twice");
-        assert!(names.iter().all(|k| k.ends_with("_f32")), "kernel names are <op>_<pass>_f32");
+        // the element type written: f32, or u32 for the raw Philox words
+        assert!(
+            names.iter().all(|k| k.ends_with("_f32") || k.ends_with("_u32")),
+            "kernel names are <op>_<pass>_f32 (or _u32)"
+        );
         for k in ALL {
             assert!(k.params.iter().all(|p| p.kind != ArgKind::Other), "{k}: a parameter of unknown kind");
             assert!(super::super::sources::KERNEL_FILES.iter().any(|f| f.name == k.file), "{k}: file not embedded");

@@ -6,9 +6,13 @@
 //! emulator runs exactly the launch code a real GPU runs.
 
 pub mod cuda;
+pub mod debug;
 pub mod emu;
+pub mod kernel_cache;
 pub mod kernels;
 pub mod launch;
+pub mod nvrtc_policy;
+pub mod occupancy;
 pub mod sources;
 
 use crate::Result;
@@ -67,7 +71,9 @@ pub trait GpuDriver: Send + Sync {
     /// "cuda:0 (NVIDIA H100 ...)" or "emu".
     fn name(&self) -> String;
     fn alloc(&self, bytes: usize) -> Result<u64>;
-    /// Frees a pointer returned by `alloc`; errors are ignored (called from Drop).
+    /// Frees a pointer returned by `alloc`. Called from Drop, so it cannot
+    /// fail: a driver error is kept ([`debug::DeferredErrors`]) and returned
+    /// by the driver's next fallible call.
     fn free(&self, ptr: u64);
     fn htod(&self, src: &[u8], dst: u64) -> Result<()>;
     fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()>;
@@ -75,17 +81,42 @@ pub trait GpuDriver: Send + Sync {
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()>;
     fn launch(&self, launch: &Launch<'_>) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
+    /// The dynamic shared memory one block may be given (the device's opt-in
+    /// maximum: 227 KiB on an H100, 163 KiB on an A100, 99 KiB on sm_86/89/120,
+    /// 64 KiB on sm_75). Launch code picks tiles within it.
+    fn max_shared_bytes(&self) -> u32;
 }
 
 /// A handle on one GPU (real or emulated); cheap to clone.
 #[derive(Clone)]
 pub struct GpuDevice {
     driver: Arc<dyn GpuDriver>,
+    /// Synchronise after every launch and name the launch in its error
+    /// (`DIFFUSE_CUDA_SYNC=1`; see [`debug`]).
+    sync_launches: bool,
 }
 
 impl GpuDevice {
+    /// A device over `driver`; `DIFFUSE_CUDA_SYNC=1` turns on synchronous
+    /// launches ([`GpuDevice::with_sync_launches`]).
     pub fn new(driver: Arc<dyn GpuDriver>) -> Self {
-        GpuDevice { driver }
+        GpuDevice { driver, sync_launches: debug::sync_launches_from_env() }
+    }
+
+    /// The same device with launches synchronous (or not): each launch waits
+    /// for its kernel and an error names the kernel, its shape and arguments.
+    pub fn with_sync_launches(mut self, on: bool) -> Self {
+        self.sync_launches = on;
+        self
+    }
+
+    pub fn sync_launches(&self) -> bool {
+        self.sync_launches
+    }
+
+    /// The dynamic shared memory one block may be given on this device.
+    pub fn max_shared_bytes(&self) -> u32 {
+        self.driver.max_shared_bytes()
     }
 
     pub fn name(&self) -> String {
@@ -120,9 +151,14 @@ impl GpuDevice {
     }
 
     /// Checks the arguments against the kernel's parameters, then launches.
+    /// With synchronous launches on, also waits for the kernel and names the
+    /// launch in any error.
     pub fn launch(&self, launch: &Launch<'_>) -> Result<()> {
         launch.kernel.check_args(launch.args)?;
-        self.driver.launch(launch)
+        if !self.sync_launches {
+            return self.driver.launch(launch);
+        }
+        self.driver.launch(launch).and_then(|()| self.driver.synchronize()).map_err(|e| debug::name_launch(e, launch))
     }
 }
 

@@ -1,11 +1,15 @@
 //! Launch code of kernels/attention.cu: flash-style forward, the three
 //! backward passes, and the explicit weights (for tests).
 //!
-//! Tile sizes follow from C alone (never from the device), so the emulator
-//! and every GPU run the same tiling: the largest of 32, 16, 8 whose shared
-//! memory fits `SMEM_BUDGET` (which every sm_80+ GPU grants on opt-in;
-//! the CUDA driver raises a kernel's limit when a launch asks for more than
-//! the default 48 KiB).
+//! Tiles: the largest of 32, 16, ..., 1 whose shared memory fits the
+//! budget, `min(SMEM_BUDGET, the device's opt-in maximum)` (A100/H100: the
+//! 160 KiB preference; sm_86/89/120: 99 KiB; sm_75: 64 KiB). The CUDA
+//! driver raises a kernel's limit when a launch asks for more than the
+//! default 48 KiB. The tile never changes what is summed in which order:
+//! scores sum over c, the forward's online softmax walks keys in fixed
+//! tiles of 32 (`BKV`), and the backward accumulators walk queries (dk, dv)
+//! or keys (dq) one by one from 0 to n, whatever the tile. So every tile
+//! gives the same bits (tests/attention.rs checks 227, 99 and 64 KiB).
 
 use super::{alloc, grid_dim_yz, int, run, run_shared, BLOCK};
 use crate::geom::AttentionDims;
@@ -13,8 +17,13 @@ use crate::gpu::kernels;
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
 use crate::{Result, TensorError};
 
-/// Dynamic shared memory a tile choice may use (A100 allows 163 KiB, H100 227 KiB).
+/// The most dynamic shared memory a tile choice uses even where the device
+/// allows more (A100 allows 163 KiB, H100 227 KiB): bigger tiles would only
+/// cost occupancy.
 pub const SMEM_BUDGET: usize = 160 * 1024;
+
+/// Tile sizes tried, largest first.
+const TILES: [usize; 6] = [32, 16, 8, 4, 2, 1];
 
 /// Key tile of the forward (ATT_BKV in attention.cu: one key per lane).
 const BKV: usize = 32;
@@ -31,14 +40,26 @@ fn dq_smem(c: usize, t: usize) -> usize {
     4 * (5 * c * t + t * (t + 1) + 2 * t)
 }
 
-/// The query tile of the forward for `c` channels.
-pub fn forward_tile(c: usize) -> Option<usize> {
-    [32, 16, 8].into_iter().find(|&t| fwd_smem(c, t) <= SMEM_BUDGET)
+/// The shared memory attention tiles may use on a device that grants
+/// `device_max` bytes a block.
+pub fn smem_budget(device_max: u32) -> usize {
+    SMEM_BUDGET.min(device_max as usize)
 }
 
-/// The tile of both backward kernels for `c` channels.
-pub fn backward_tile(c: usize) -> Option<usize> {
-    [32, 16, 8].into_iter().find(|&t| dkdv_smem(c, t) <= SMEM_BUDGET)
+/// The query tile of the forward for `c` channels within `budget` bytes.
+pub fn forward_tile(c: usize, budget: usize) -> Option<usize> {
+    TILES.into_iter().find(|&t| fwd_smem(c, t) <= budget)
+}
+
+/// The tile of both backward kernels for `c` channels within `budget` bytes
+/// (dq needs less than dk/dv).
+pub fn backward_tile(c: usize, budget: usize) -> Option<usize> {
+    TILES.into_iter().find(|&t| dkdv_smem(c, t) <= budget)
+}
+
+/// Bytes of dynamic shared memory of (forward, dk/dv, dq) at those tiles.
+pub fn shared_bytes(c: usize, forward_tile: usize, backward_tile: usize) -> (usize, usize, usize) {
+    (fwd_smem(c, forward_tile), dkdv_smem(c, backward_tile), dq_smem(c, backward_tile))
 }
 
 fn scale(c: usize) -> KernelArg {
@@ -46,8 +67,11 @@ fn scale(c: usize) -> KernelArg {
     KernelArg::F32((c as f64).sqrt().recip() as f32)
 }
 
-fn too_wide(op: &'static str, c: usize) -> TensorError {
-    TensorError::invalid(op, format!("{c} channels do not fit the attention kernels' shared memory"))
+fn too_wide(op: &'static str, c: usize, budget: usize) -> TensorError {
+    TensorError::invalid(
+        op,
+        format!("{c} channels do not fit the attention kernels' shared memory ({budget} bytes a block on this device)"),
+    )
 }
 
 /// (out [b, c, n], lse [b, n]) of single-head attention over q, k, v [b, c, n].
@@ -70,7 +94,8 @@ pub fn attention_forward(
         return Ok((out, lse));
     }
     super::check_i32(OP, "C*N", d.c * d.n)?;
-    let bq = forward_tile(d.c).ok_or_else(|| too_wide(OP, d.c))?;
+    let budget = smem_budget(dev.max_shared_bytes());
+    let bq = forward_tile(d.c, budget).ok_or_else(|| too_wide(OP, d.c, budget))?;
     let grid = Dim3::new(d.n.div_ceil(bq) as u32, grid_dim_yz(OP, "batch", d.b)?, 1);
     let args = [
         out.arg(),
@@ -108,7 +133,8 @@ pub fn attention_backward(
     }
     super::check_i32(OP, "C*N", d.c * d.n)?;
     super::check_i32(OP, "B*N", d.b * d.n)?;
-    let t = backward_tile(d.c).ok_or_else(|| too_wide(OP, d.c))?;
+    let budget = smem_budget(dev.max_shared_bytes());
+    let t = backward_tile(d.c, budget).ok_or_else(|| too_wide(OP, d.c, budget))?;
     let (c, n, b) = (int(OP, "C", d.c)?, int(OP, "N", d.n)?, int(OP, "B", d.b)?);
     let dvec = alloc(dev, d.b * d.n)?;
     run(

@@ -119,11 +119,3 @@ pub(crate) fn download_f64(s: &GpuStorage) -> Result<f64> {
     s.device().driver().dtoh(s.ptr(), &mut b)?;
     Ok(f64::from_le_bytes(b))
 }
-
-/// A double as the (hi, lo) float pair the kernels rebuild it from
-/// (`f2_to_f64` in kernels/common.cuh): about 48 significant bits.
-pub(crate) fn f64_pair(x: f64) -> [KernelArg; 2] {
-    let hi = x as f32;
-    let lo = (x - hi as f64) as f32;
-    [KernelArg::F32(hi), KernelArg::F32(lo)]
-}

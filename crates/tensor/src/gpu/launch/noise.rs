@@ -70,3 +70,17 @@ pub fn fill_normal(dev: &GpuDevice, len: usize, seed: u64, step: u32, stream: u3
     }
     Ok(out)
 }
+
+/// `len` raw Philox words, word i = philox::block_bits(seed, step, stream,
+/// i / 4)[i % 4], downloaded (the integer stream behind noise, dropout and
+/// timesteps; tests check it is the CPU's on every device).
+pub fn philox_words(dev: &GpuDevice, len: usize, seed: u64, step: u32, stream: u32) -> Result<Vec<u32>> {
+    let out = alloc(dev, len)?; // 4-byte elements: read back as u32
+    if len > 0 {
+        let args = [out.arg(), u64_arg(len), KernelArg::U64(seed), KernelArg::U32(step), KernelArg::U32(stream)];
+        run(dev, &kernels::noise::PHILOX_WORDS_FILL_U32, grid_for(len.div_ceil(4) as u64), &args)?;
+    }
+    let mut words = vec![0u32; len];
+    dev.driver().dtoh(out.ptr(), bytemuck::cast_slice_mut(&mut words))?;
+    Ok(words)
+}

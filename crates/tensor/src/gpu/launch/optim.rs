@@ -1,7 +1,7 @@
 //! Launch code of kernels/optim.cu (AdamW, EMA, in place) and
 //! kernels/optim.cu's global_norm_* (global L2 norm of many tensors in one launch).
 
-use super::{alloc_f64, download_f64, f64_pair, grid_for, run, u64_arg, upload_u64};
+use super::{alloc_f64, download_f64, grid_for, run, u64_arg, upload_u64};
 use crate::geom::AdamWConsts;
 use crate::gpu::kernels;
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
@@ -27,8 +27,9 @@ pub fn adamw_step(
     m.make_unique()?;
     v.make_unique()?;
     let mut args = vec![param.arg(), grad.arg(), m.arg(), v.arg(), u64_arg(n)];
+    // each f64 constant exactly, as its bits
     for x in [c.decay, c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt, c.eps] {
-        args.extend(f64_pair(x));
+        args.push(KernelArg::U64(x.to_bits()));
     }
     run(dev, &kernels::optim::ADAMW_STEP_F32, grid_for(n as u64), &args)
 }
