@@ -105,6 +105,12 @@ impl GpuDriver for CountingDriver {
         "emu (launches counted, kernels not run)".into()
     }
 
+    /// An H100's opt-in maximum (227 KiB), so the launch code picks the
+    /// tiles the estimates are for.
+    fn max_shared_bytes(&self) -> u32 {
+        227 * 1024
+    }
+
     fn alloc(&self, bytes: usize) -> Result<u64> {
         let mut c = self.lock();
         c.allocs += 1;
