@@ -51,7 +51,12 @@ fn kernel_bench_on_the_emulator_counts_launches() {
         assert!(k["h100_floor_us"].as_f64().is_some_and(|f| f > 0.0), "{k}");
     }
     let conv = kernels.iter().find(|k| k["op"] == "conv2d" && k["pass"] == "forward").expect("a conv2d forward line");
-    assert!(conv["counts"]["kernels"]["conv2d_fwd_f32"]["launches"].as_u64() == Some(1), "{conv}");
+    // one launch of one of the forward's tile shapes (wide, narrow or few, picked from the channels)
+    let fwd: Vec<(&String, &serde_json::Value)> = conv["counts"]["kernels"]
+        .as_object()
+        .map(|m| m.iter().filter(|(k, _)| k.starts_with("conv2d_fwd")).collect())
+        .unwrap_or_default();
+    assert!(fwd.len() == 1 && fwd[0].1["launches"].as_u64() == Some(1), "{conv}");
     let step = lines.iter().find(|l| l["kind"] == "step").expect("a step line");
     let launches = step["train_step"]["launches"].as_u64().unwrap_or(0);
     assert!(launches > 200, "{step}");
