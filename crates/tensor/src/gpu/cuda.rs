@@ -438,11 +438,16 @@ impl GpuDriver for CudaDriver {
         self.bind()?;
         cu::ctx::synchronize().map_err(|e| drv("synchronize", e))
     }
+
+    fn mem_info(&self) -> Option<(usize, usize)> {
+        self.bind().ok()?;
+        cu::mem_get_info().ok()
+    }
 }
 
 /// CUDA device `ordinal` as a tensor [`Device`].
 pub fn cuda_device(ordinal: usize) -> Result<Device> {
-    Ok(Device::Gpu(GpuDevice::new(Arc::new(CudaDriver::new(ordinal)?))))
+    Ok(Device::Gpu(GpuDevice::new(Arc::new(CudaDriver::new(ordinal)?))?))
 }
 
 /// One line for `diffuse info`: the CUDA devices found, or why there are none.

@@ -5,11 +5,16 @@
 //! grid sizes, argument packing, workspaces — lives once in `ops`, so the
 //! emulator runs exactly the launch code a real GPU runs.
 
+pub mod counters;
 pub mod cuda;
 pub mod emu;
 pub mod kernels;
 pub mod launch;
+pub mod pool;
 pub mod sources;
+
+pub use counters::{CountedDriver, DriverCounts};
+pub use pool::{AllocConfig, AllocMode, PoolStats, StreamId};
 
 use crate::Result;
 use std::fmt;
@@ -75,67 +80,139 @@ pub trait GpuDriver: Send + Sync {
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()>;
     fn launch(&self, launch: &Launch<'_>) -> Result<()>;
     fn synchronize(&self) -> Result<()>;
+    /// The alignment every pointer handed to kernels keeps (cuMemAlloc's 256).
+    fn alignment(&self) -> usize {
+        256
+    }
+    /// Marks reused memory as unwritten (the emulator fills it with NaN, as
+    /// fresh memory); a no-op on a real GPU. Not a counted driver call.
+    fn poison(&self, _ptr: u64, _bytes: usize) {}
+    /// (free, total) bytes of device memory, when the driver knows.
+    fn mem_info(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
-/// A handle on one GPU (real or emulated); cheap to clone.
+/// A handle on one GPU (real or emulated); cheap to clone. Every driver
+/// call is counted ([`GpuDevice::counts`]) and device memory comes from the
+/// device's caching allocator ([`pool`]).
 #[derive(Clone)]
 pub struct GpuDevice {
-    driver: Arc<dyn GpuDriver>,
+    inner: Arc<DeviceInner>,
 }
 
+struct DeviceInner {
+    driver: CountedDriver,
+    pool: pool::CachingAllocator,
+}
+
+impl Drop for DeviceInner {
+    fn drop(&mut self) {
+        self.pool.empty_cache(&self.driver);
+    }
+}
+
+/// The one stream of a device: kernels and copies are ordered on it.
+const STREAM: StreamId = StreamId(0);
+
 impl GpuDevice {
-    pub fn new(driver: Arc<dyn GpuDriver>) -> Self {
-        GpuDevice { driver }
+    /// A device allocating as `DIFFUSE_GPU_ALLOC` / `DIFFUSE_GPU_MEMORY_LIMIT`
+    /// say (caching, no limit by default).
+    pub fn new(driver: Arc<dyn GpuDriver>) -> Result<Self> {
+        Ok(Self::with_alloc(driver, AllocConfig::from_env()?))
+    }
+
+    pub fn with_alloc(driver: Arc<dyn GpuDriver>, alloc: AllocConfig) -> Self {
+        GpuDevice {
+            inner: Arc::new(DeviceInner {
+                driver: CountedDriver::new(driver),
+                pool: pool::CachingAllocator::new(alloc),
+            }),
+        }
     }
 
     pub fn name(&self) -> String {
-        self.driver.name()
+        self.inner.driver.name()
     }
 
+    /// The (counted) driver.
     pub fn driver(&self) -> &dyn GpuDriver {
-        self.driver.as_ref()
+        &self.inner.driver
     }
 
     pub fn same(&self, other: &GpuDevice) -> bool {
-        Arc::ptr_eq(&self.driver, &other.driver)
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The driver calls made on this device so far.
+    pub fn counts(&self) -> DriverCounts {
+        self.inner.driver.counts()
+    }
+
+    /// What the caching allocator holds and did.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
+    }
+
+    pub fn alloc_config(&self) -> AllocConfig {
+        self.inner.pool.config()
+    }
+
+    /// Waits for every queued kernel and copy; cached memory then becomes
+    /// free for any stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner.driver.synchronize()?;
+        self.inner.pool.synchronized();
+        Ok(())
+    }
+
+    /// Gives the allocator's cached blocks back to the driver.
+    pub fn empty_cache(&self) {
+        self.inner.pool.empty_cache(&self.inner.driver);
     }
 
     /// A buffer of `len` f32 elements; its contents are unspecified.
     pub fn alloc_f32(&self, len: usize) -> Result<GpuStorage> {
         let bytes = len.max(1) * 4;
-        let ptr = self.driver.alloc(bytes)?;
-        Ok(GpuStorage { buf: Arc::new(GpuBuffer { ptr, bytes, device: self.clone() }), len })
+        let block = self.inner.pool.alloc(&self.inner.driver, bytes, STREAM)?;
+        let ptr = block.ptr;
+        Ok(GpuStorage { buf: Arc::new(GpuBuffer { ptr, bytes, block: Some(block), device: self.clone() }), len })
     }
 
     pub fn zeros_f32(&self, len: usize) -> Result<GpuStorage> {
         let s = self.alloc_f32(len)?;
-        self.driver.memset_zero(s.ptr(), len * 4)?;
+        self.driver().memset_zero(s.ptr(), len * 4)?;
         Ok(s)
     }
 
     pub fn upload_f32(&self, data: &[f32]) -> Result<GpuStorage> {
         let s = self.alloc_f32(data.len())?;
-        self.driver.htod(bytemuck::cast_slice(data), s.ptr())?;
+        self.driver().htod(bytemuck::cast_slice(data), s.ptr())?;
         Ok(s)
     }
 
     /// Checks the arguments against the kernel's parameters, then launches.
     pub fn launch(&self, launch: &Launch<'_>) -> Result<()> {
         launch.kernel.check_args(launch.args)?;
-        self.driver.launch(launch)
+        self.inner.driver.launch(launch)
     }
 }
 
-/// Device memory, freed on drop.
+/// Device memory, returned to its device's allocator on drop (after the
+/// work queued so far: see the stream-order invariant in [`pool`]).
 pub struct GpuBuffer {
     ptr: u64,
     bytes: usize,
+    block: Option<pool::Block>,
     device: GpuDevice,
 }
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
-        self.device.driver.free(self.ptr);
+        if let Some(b) = self.block.take() {
+            let inner = &self.device.inner;
+            inner.pool.free(&inner.driver, b, STREAM);
+        }
     }
 }
 
@@ -165,14 +242,14 @@ impl GpuStorage {
 
     pub fn download_f32(&self) -> Result<Vec<f32>> {
         let mut out = vec![0f32; self.len];
-        self.buf.device.driver.dtoh(self.buf.ptr, bytemuck::cast_slice_mut(&mut out))?;
+        self.buf.device.driver().dtoh(self.buf.ptr, bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
     }
 
     /// A copy in a new buffer (tensors own their storage; writes never alias).
     pub fn deep_copy(&self) -> Result<GpuStorage> {
         let s = self.buf.device.alloc_f32(self.len)?;
-        self.buf.device.driver.dtod(self.ptr(), s.ptr(), self.len * 4)?;
+        self.buf.device.driver().dtod(self.ptr(), s.ptr(), self.len * 4)?;
         Ok(s)
     }
 }

@@ -1,0 +1,130 @@
+//! The GPU engine on the emulator: counted driver calls, the caching
+//! allocator's steady state, poisoning of reused blocks, and the
+//! no-reuse mode that keeps use-after-free visible.
+
+use diffuse_tensor::gpu::emu::EmuDriver;
+use diffuse_tensor::gpu::{kernels, AllocConfig, AllocMode, Dim3, GpuDevice, KernelArg, Launch};
+use diffuse_tensor::{ops, Device, Tensor};
+use std::sync::Arc;
+
+fn emu(mode: AllocMode) -> GpuDevice {
+    let driver = EmuDriver::new().expect("the emulator starts");
+    GpuDevice::with_alloc(Arc::new(driver), AllocConfig { mode, limit: None })
+}
+
+/// Awkward-sized values, not zeros.
+fn values(n: usize, salt: u32) -> Vec<f32> {
+    (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ salt) % 1000) as f32 / 250.0 - 2.0).collect()
+}
+
+/// One forward and backward of conv2d + SiLU: allocations of many sizes.
+fn conv_silu_step(x: &Tensor, w: &Tensor) -> Vec<f32> {
+    let p = ops::Conv2dParams::same(3);
+    let y = ops::conv2d_forward(x, w, None, &p).expect("conv forward");
+    let a = ops::silu_forward(&y).expect("silu");
+    let da = ops::silu_backward(&a, &y).expect("silu backward");
+    let dx = ops::conv2d_backward_data(&da, w, x.shape(), &p).expect("conv backward data");
+    let dw = ops::conv2d_backward_weight(&da, x, w.shape(), &p).expect("conv backward weight");
+    let mut out = dx.to_vec_f32().expect("download");
+    out.extend(dw.to_vec_f32().expect("download"));
+    out
+}
+
+#[test]
+fn steady_state_steps_make_no_allocation_or_free_and_match_direct_mode() {
+    let cpu_x = Tensor::from_vec(values(2 * 5 * 7 * 9, 1), [2, 5, 7, 9]).unwrap();
+    let cpu_w = Tensor::from_vec(values(6 * 5 * 3 * 3, 2), [6, 5, 3, 3]).unwrap();
+    let mut results = Vec::new();
+    for mode in [AllocMode::Caching, AllocMode::Direct] {
+        let g = emu(mode);
+        let dev = Device::Gpu(g.clone());
+        let (x, w) = (cpu_x.to_device(&dev).unwrap(), cpu_w.to_device(&dev).unwrap());
+        let first = conv_silu_step(&x, &w);
+        let before = g.counts();
+        let again = conv_silu_step(&x, &w);
+        let d = g.counts() - before;
+        assert_eq!(first, again, "{mode:?}: a step is deterministic");
+        assert!(d.launches >= 4, "{mode:?}: {d:?}");
+        assert_eq!(d.dtoh, 2, "{mode:?}: {d:?}");
+        match mode {
+            AllocMode::Caching => assert_eq!((d.allocs, d.frees), (0, 0), "steady state: {d:?}"),
+            AllocMode::Direct => assert!(d.allocs >= 4 && d.frees == d.allocs, "{d:?}"),
+        }
+        results.push(first);
+    }
+    assert_eq!(results[0], results[1], "memory reuse does not change a result");
+}
+
+#[test]
+fn reused_blocks_read_as_nan_like_fresh_memory() {
+    let g = emu(AllocMode::Caching);
+    let n = 1234;
+    let s = g.upload_f32(&values(n, 3)).unwrap();
+    let ptr = s.ptr();
+    drop(s);
+    let again = g.alloc_f32(n).unwrap();
+    assert_eq!(again.ptr(), ptr, "the block is reused");
+    assert!(again.download_f32().unwrap().iter().all(|v| v.is_nan()), "a reused block is poisoned");
+    assert_eq!(g.pool_stats().hits, 1);
+}
+
+#[test]
+fn overruns_of_a_cached_block_still_hit_the_guard_page() {
+    let g = emu(AllocMode::Caching);
+    // 300 floats: class 1536 bytes, the pointer placed so the data ends at the block's end
+    let s = g.alloc_f32(300).unwrap();
+    let n = 304u64; // past the 16-byte-rounded end
+    let args = [s.arg(), s.arg(), KernelArg::U64(n)];
+    let l = Launch {
+        kernel: &kernels::silu::SILU_FWD_F32,
+        grid: Dim3::x(2),
+        block: Dim3::x(256),
+        shared_bytes: 0,
+        args: &args,
+    };
+    let err = g.launch(&l).expect_err("an overrun is a launch error").to_string();
+    assert!(err.contains("silu_fwd_f32"), "{err}");
+}
+
+#[test]
+fn direct_mode_catches_use_after_free() {
+    for (mode, caught) in [(AllocMode::Direct, true), (AllocMode::Caching, false)] {
+        let g = emu(mode);
+        let s = g.upload_f32(&values(512, 4)).unwrap();
+        let stale = s.ptr();
+        drop(s);
+        let args = [KernelArg::Ptr(stale), KernelArg::Ptr(stale), KernelArg::U64(512)];
+        let l = Launch {
+            kernel: &kernels::silu::SILU_FWD_F32,
+            grid: Dim3::x(2),
+            block: Dim3::x(256),
+            shared_bytes: 0,
+            args: &args,
+        };
+        assert_eq!(g.launch(&l).is_err(), caught, "{mode:?}");
+    }
+}
+
+#[test]
+fn counts_name_every_kind_of_call() {
+    let g = emu(AllocMode::Caching);
+    let c0 = g.counts();
+    let a = g.upload_f32(&values(100, 5)).unwrap(); // alloc + htod
+    let z = g.zeros_f32(100).unwrap(); // alloc + memset
+    let b = a.deep_copy().unwrap(); // alloc + dtod
+    let _ = b.download_f32().unwrap(); // dtoh (a host sync)
+    g.synchronize().unwrap(); // a host sync
+    drop((a, z, b));
+    let d = g.counts() - c0;
+    assert_eq!((d.allocs, d.frees, d.htod, d.memsets, d.dtod, d.dtoh, d.host_syncs), (3, 0, 1, 1, 1, 1, 2), "{d:?}");
+    assert_eq!((d.htod_bytes, d.dtoh_bytes), (400, 400));
+    g.empty_cache();
+    assert_eq!((g.counts() - c0).frees, 3);
+}
+
+#[test]
+fn bad_allocator_settings_are_errors() {
+    // from_env reads the process environment; test the parser it uses
+    assert_eq!(diffuse_tensor::gpu::pool::parse_bytes("64M"), Some(64 << 20));
+    assert!(diffuse_tensor::gpu::pool::parse_bytes("lots").is_none());
+}
