@@ -46,6 +46,8 @@ enum Command {
     Forward(cli::forward::ForwardArgs),
     /// Fold a LoRA run's adapters into its base: a plain checkpoint.
     MergeLora(cli::merge_lora::MergeLoraArgs),
+    /// Measure the engine: `bench step` times whole training or sampling steps.
+    Bench(cli::bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Export(a) => cli::export::run(a),
         Command::Forward(a) => cli::forward::run(a),
         Command::MergeLora(a) => cli::merge_lora::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

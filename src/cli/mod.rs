@@ -1,6 +1,8 @@
 //! The `diffuse` command line: one module per subcommand, plus the argument
 //! types they share (`device`, `model_config`) and the progress bar.
 
+pub mod bench;
+pub mod bench_step;
 pub mod denoise;
 pub mod device;
 pub mod eval;
