@@ -102,3 +102,34 @@ extern "C" __global__ void global_norm_final_f32(double* __restrict__ out, const
     double s = block_sum_f64(acc, scratch);
     if (threadIdx.x == 0) out[0] = s;
 }
+
+// ---- gradient clipping on the device (no host round trip)
+// clip_grads: the same tensor table and chunks as global_norm_partial; with
+// norm = sqrt(*sumsq) (global_norm_final's output) and max_norm the bits of
+// a double, every element is scaled by (float)(max_norm / (norm + 1e-6))
+// when norm > max_norm (never for a NaN norm), exactly as
+// scale_inplace_f32 with the host's factor. Launch: grid = total chunks,
+// block 256.
+extern "C" __global__ void clip_grads_f32(const double* __restrict__ sumsq, unsigned long long max_norm_bits,
+                                          const unsigned long long* __restrict__ ptrs,
+                                          const unsigned long long* __restrict__ lens,
+                                          const unsigned long long* __restrict__ first_chunk, int count) {
+    const double norm = sqrt(sumsq[0]);
+    const double max_norm = __longlong_as_double((long long)max_norm_bits);
+    if (!(norm > max_norm)) return;
+    const float s = (float)(max_norm / (norm + 1e-6));
+    const unsigned long long c = blockIdx.x;
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (first_chunk[mid] <= c)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    float* x = (float*)ptrs[lo];
+    const unsigned long long start = (c - first_chunk[lo]) * NORM_CHUNK;
+    unsigned long long end = start + NORM_CHUNK;
+    if (end > lens[lo]) end = lens[lo];
+    for (unsigned long long i = start + threadIdx.x; i < end; i += blockDim.x) x[i] *= s;
+}

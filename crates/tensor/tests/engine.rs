@@ -128,3 +128,63 @@ fn bad_allocator_settings_are_errors() {
     assert_eq!(diffuse_tensor::gpu::pool::parse_bytes("64M"), Some(64 << 20));
     assert!(diffuse_tensor::gpu::pool::parse_bytes("lots").is_none());
 }
+
+/// Clipping on the device (norm into a log slot, one scaling launch) gives
+/// the bits of the host path (download the norm, scale each tensor), with
+/// and without clipping, over tensors of awkward sizes.
+#[test]
+fn clipping_on_the_device_is_bit_identical_to_the_host_path() {
+    let g = emu(AllocMode::Caching);
+    let dev = Device::Gpu(g.clone());
+    let lens = [1usize, 4095, 4096, 4097, 10_000, 3, 777];
+    let host: Vec<Tensor> = lens
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| Tensor::from_vec(values(n, 10 + k as u32), [n]).unwrap().to_device(&dev).unwrap())
+        .collect();
+    for max_norm in [0.0, 1e9, 7.25, 0.3] {
+        // host path, as optim::clip_grad_norm does it
+        let mut a: Vec<Tensor> = host.iter().map(|t| t.to_device(&Device::Cpu).unwrap().to_device(&dev).unwrap()).collect();
+        let norm = ops::global_l2_norm(&a.iter().collect::<Vec<_>>()).unwrap();
+        if max_norm > 0.0 && norm > max_norm {
+            for t in a.iter_mut() {
+                ops::scale_in_place(t, max_norm / (norm + 1e-6)).unwrap();
+            }
+        }
+        // device path
+        let mut b: Vec<Tensor> = host.iter().map(|t| t.to_device(&Device::Cpu).unwrap().to_device(&dev).unwrap()).collect();
+        let mut log = Tensor::zeros([6], diffuse_tensor::DType::F32, &dev).unwrap();
+        let before = g.counts();
+        ops::clip_grad_norm_on_device(&mut b.iter_mut().collect::<Vec<_>>(), max_norm, &mut log, 4).unwrap();
+        let d = g.counts() - before;
+        assert_eq!(d.host_syncs, 0, "no sync: {d:?}");
+        if max_norm > 0.0 {
+            assert_eq!(d.allocs, 0, "steady state, all memory cached: {d:?}");
+        }
+        assert_eq!(d.launches, if max_norm > 0.0 { 3 } else { 2 }, "{d:?}");
+        let slots = log.to_vec_f32().unwrap();
+        let bytes: Vec<u8> = slots[4..6].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let sumsq = f64::from_le_bytes(bytes.try_into().unwrap());
+        assert_eq!(sumsq.sqrt().to_bits(), norm.to_bits(), "max_norm {max_norm}");
+        for (x, y) in a.iter().zip(&b) {
+            let (x, y) = (x.to_vec_f32().unwrap(), y.to_vec_f32().unwrap());
+            assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "max_norm {max_norm}");
+        }
+        if max_norm == 0.3 {
+            assert_ne!(b[0].to_vec_f32().unwrap(), host[0].to_vec_f32().unwrap(), "clipping happened");
+        }
+    }
+}
+
+#[test]
+fn copy_into_writes_a_slice_on_every_device() {
+    for dev in [Device::Cpu, Device::Gpu(emu(AllocMode::Caching))] {
+        let mut dst = Tensor::from_vec(values(10, 20), [10]).unwrap().to_device(&dev).unwrap();
+        let src = Tensor::from_vec(vec![1.5f32, -2.0], [2]).unwrap().to_device(&dev).unwrap();
+        ops::copy_into(&mut dst, 7, &src).unwrap();
+        let mut want = values(10, 20);
+        want[7..9].copy_from_slice(&[1.5, -2.0]);
+        assert_eq!(dst.to_vec_f32().unwrap(), want);
+        assert!(ops::copy_into(&mut dst, 9, &src).is_err(), "an overrun is an error");
+    }
+}

@@ -20,6 +20,7 @@ pub mod raster;
 pub mod restore;
 pub mod run_lock;
 pub mod sampler;
+pub mod step_log;
 pub mod train;
 
 pub use data::{Batch, Dataset, DatasetKind, Loader, LoaderConfig, LoaderState};

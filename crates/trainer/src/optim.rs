@@ -62,6 +62,15 @@ pub fn clip_grad_norm(store: &mut ParamStore, max_norm: f64) -> Result<f64> {
         // The caller knows the step and the checkpoint to name.
         return Err(Error::Diverged { step: 0, reason: format!("the gradient norm is {norm}"), kept: String::new() });
     }
+    clip_grad_norm_unchecked(store, max_norm)
+}
+
+/// As [`clip_grad_norm`] without the finiteness check (the training loop
+/// checks the norm when it reads its step log): a non-finite norm scales
+/// nothing when NaN, and zeroes the gradients when infinite.
+pub fn clip_grad_norm_unchecked(store: &mut ParamStore, max_norm: f64) -> Result<f64> {
+    let grads: Vec<&Tensor> = store.ids().filter_map(|id| store.grad(id)).collect();
+    let norm = ops::global_l2_norm(&grads)?;
     if max_norm > 0.0 && norm > max_norm {
         let s = max_norm / (norm + 1e-6);
         let ids: Vec<_> = store.ids().collect();

@@ -138,6 +138,11 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Every gradient present, in registration order (for multi-tensor ops).
+    pub fn grads_mut(&mut self) -> Vec<&mut Tensor> {
+        self.grads.iter_mut().flatten().collect()
+    }
+
     pub fn zero_grads(&mut self) {
         self.grads.iter_mut().for_each(|g| *g = None);
     }

@@ -130,3 +130,66 @@ pub fn global_l2_norm(grads: &[&Tensor]) -> Result<f64> {
     }
     Ok(sum.sqrt())
 }
+
+/// Global-norm gradient clipping without a host round trip: the sum of
+/// squares of every element of `grads` (f64, the order and chunks of
+/// [`global_l2_norm`]) is written into `log` at f32 element `slot` (two
+/// slots: the f64's bytes; `slot` even), and when `max_norm > 0` and
+/// sqrt(sum) > max_norm every gradient is scaled in place by
+/// max_norm / (norm + 1e-6), as `scale_in_place` would with the host's
+/// factor. GPU tensors on one device; three launches however many tensors.
+pub fn clip_grad_norm_on_device(grads: &mut [&mut Tensor], max_norm: f64, log: &mut Tensor, slot: usize) -> Result<()> {
+    const OP: &str = "clip_grad_norm_on_device";
+    if slot % 2 != 0 || slot + 2 > log.numel() {
+        return Err(TensorError::invalid(OP, format!("slot {slot} is not an even index with two slots left in the log")));
+    }
+    let dev = gpu_of(OP, log)?.device().clone();
+    let mut stores = Vec::with_capacity(grads.len());
+    for g in grads.iter_mut() {
+        let s = gpu_of_mut(OP, g)?;
+        if !s.device().same(&dev) {
+            return Err(TensorError::DeviceMismatch { op: OP, a: dev.name(), b: s.device().name() });
+        }
+        if max_norm > 0.0 {
+            s.make_unique()?; // scaled in place below
+        }
+        stores.push(&*s);
+    }
+    let log_s = gpu_of_mut(OP, log)?;
+    log_s.make_unique()?;
+    let out = log_s.ptr() + 4 * slot as u64;
+    match launch::optim::ChunkTable::new(&dev, &stores)? {
+        None => dev.driver().memset_zero(out, 8),
+        Some(table) => {
+            launch::optim::queue_sum_squares(&dev, &table, out)?;
+            if max_norm > 0.0 {
+                launch::optim::queue_clip(&dev, &table, out, max_norm)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Copies `src` into `dst` from element `offset` on (same device and dtype;
+/// a device-to-device copy on a GPU, no host synchronisation).
+pub fn copy_into(dst: &mut Tensor, offset: usize, src: &Tensor) -> Result<()> {
+    const OP: &str = "copy_into";
+    check_same(OP, &[dst, src])?;
+    let n = src.numel();
+    if offset.checked_add(n).is_none_or(|end| end > dst.numel()) {
+        return Err(TensorError::invalid(OP, format!("{n} elements at {offset} overrun {} elements", dst.numel())));
+    }
+    match src.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let from = src.cpu_slice::<T>()?.to_vec();
+            dst.cpu_slice_mut::<T>()?[offset..offset + n].copy_from_slice(&from);
+            Ok(())
+        }),
+        Storage::Gpu(g) => {
+            let from = g.ptr();
+            let d = gpu_of_mut(OP, dst)?;
+            d.make_unique()?;
+            d.device().driver().dtod(from, d.ptr() + 4 * offset as u64, 4 * n)
+        }
+    }
+}

@@ -48,28 +48,68 @@ pub fn ema_update(dev: &GpuDevice, ema: &mut GpuStorage, param: &GpuStorage, dec
 /// Elements per partial sum of optim.cu's global norm (NORM_CHUNK).
 pub const NORM_CHUNK: usize = 4096;
 
+/// The tensor table of a multi-tensor launch (global norm, clipping):
+/// device pointers, lengths and first chunks, uploaded once per call.
+pub struct ChunkTable {
+    ptrs: GpuStorage,
+    lens: GpuStorage,
+    first: GpuStorage,
+    chunks: u32,
+    count: i32,
+}
+
+impl ChunkTable {
+    /// None when the tensors hold no element.
+    pub fn new(dev: &GpuDevice, tensors: &[&GpuStorage]) -> Result<Option<ChunkTable>> {
+        let mut first_chunk = Vec::with_capacity(tensors.len() + 1);
+        let mut total = 0u64;
+        for t in tensors {
+            first_chunk.push(total);
+            total += t.len().div_ceil(NORM_CHUNK) as u64;
+        }
+        first_chunk.push(total);
+        if total == 0 {
+            return Ok(None);
+        }
+        let chunks = u32::try_from(total).map_err(|_| TensorError::invalid("global_l2_norm", "too many elements"))?;
+        let count = i32::try_from(tensors.len()).map_err(|_| TensorError::invalid("global_l2_norm", "too many tensors"))?;
+        let ptrs: Vec<u64> = tensors.iter().map(|t| t.ptr()).collect();
+        let lens: Vec<u64> = tensors.iter().map(|t| t.len() as u64).collect();
+        let (ptrs, lens, first) = (upload_u64(dev, &ptrs)?, upload_u64(dev, &lens)?, upload_u64(dev, &first_chunk)?);
+        Ok(Some(ChunkTable { ptrs, lens, first, chunks, count }))
+    }
+
+    fn args(&self) -> [KernelArg; 4] {
+        [self.ptrs.arg(), self.lens.arg(), self.first.arg(), KernelArg::I32(self.count)]
+    }
+}
+
+/// Queues the sum of squares of every element of the table's tensors, in
+/// f64, into the double at device address `out` (two launches, no host
+/// synchronisation).
+pub fn queue_sum_squares(dev: &GpuDevice, table: &ChunkTable, out: u64) -> Result<()> {
+    let partials = alloc_f64(dev, table.chunks as usize)?;
+    let [p, l, f, c] = table.args();
+    run(dev, &kernels::optim::GLOBAL_NORM_PARTIAL_F32, Dim3::x(table.chunks), &[partials.arg(), p, l, f, c])?;
+    let final_args = [KernelArg::Ptr(out), partials.arg(), KernelArg::U32(table.chunks)];
+    run(dev, &kernels::optim::GLOBAL_NORM_FINAL_F32, Dim3::x(1), &final_args)
+}
+
+/// Queues gradient clipping: every tensor of the table is scaled in place
+/// by max_norm / (norm + 1e-6) when norm = sqrt(*sumsq) exceeds max_norm
+/// (the caller made the buffers unique). One launch.
+pub fn queue_clip(dev: &GpuDevice, table: &ChunkTable, sumsq: u64, max_norm: f64) -> Result<()> {
+    let [p, l, f, c] = table.args();
+    let args = [KernelArg::Ptr(sumsq), KernelArg::U64(max_norm.to_bits()), p, l, f, c];
+    run(dev, &kernels::optim::CLIP_GRADS_F32, Dim3::x(table.chunks), &args)
+}
+
 /// The sum of squares of every element of every tensor, in f64, in one
 /// launch (plus one for the final sum); deterministic.
 pub fn sum_squares(dev: &GpuDevice, tensors: &[&GpuStorage]) -> Result<f64> {
-    let mut first_chunk = Vec::with_capacity(tensors.len() + 1);
-    let mut total = 0u64;
-    for t in tensors {
-        first_chunk.push(total);
-        total += t.len().div_ceil(NORM_CHUNK) as u64;
-    }
-    first_chunk.push(total);
-    if total == 0 {
-        return Ok(0.0);
-    }
-    let grid = u32::try_from(total).map_err(|_| TensorError::invalid("global_l2_norm", "too many elements"))?;
-    let ptrs: Vec<u64> = tensors.iter().map(|t| t.ptr()).collect();
-    let lens: Vec<u64> = tensors.iter().map(|t| t.len() as u64).collect();
-    let (ptrs_d, lens_d, first_d) = (upload_u64(dev, &ptrs)?, upload_u64(dev, &lens)?, upload_u64(dev, &first_chunk)?);
-    let partials = alloc_f64(dev, total as usize)?;
+    let Some(table) = ChunkTable::new(dev, tensors)? else { return Ok(0.0) };
     let out = alloc_f64(dev, 1)?;
-    let args = [partials.arg(), ptrs_d.arg(), lens_d.arg(), first_d.arg(), KernelArg::I32(tensors.len() as i32)];
-    run(dev, &kernels::optim::GLOBAL_NORM_PARTIAL_F32, Dim3::x(grid), &args)?;
-    run(dev, &kernels::optim::GLOBAL_NORM_FINAL_F32, Dim3::x(1), &[out.arg(), partials.arg(), KernelArg::U32(grid)])?;
+    queue_sum_squares(dev, &table, out.ptr())?;
     download_f64(&out)
 }
 
