@@ -188,3 +188,52 @@ fn copy_into_writes_a_slice_on_every_device() {
         assert!(ops::copy_into(&mut dst, 9, &src).is_err(), "an overrun is an error");
     }
 }
+
+/// Multi-tensor AdamW and EMA (one launch each) give the bits of one launch
+/// per tensor, with a different learning rate per tensor, over several steps.
+#[test]
+fn multi_tensor_adamw_and_ema_are_bit_identical_to_per_tensor_launches() {
+    let g = emu(AllocMode::Caching);
+    let dev = Device::Gpu(g.clone());
+    let lens = [3usize, 4096, 5000, 1, 12_289];
+    let up = |n: usize, salt: u32| Tensor::from_vec(values(n, salt), [n]).unwrap().to_device(&dev).unwrap();
+    let fresh = |salt: u32| lens.iter().enumerate().map(|(k, &n)| up(n, salt + k as u32)).collect::<Vec<_>>();
+    let hypers: Vec<ops::AdamWParams> = (0..lens.len())
+        .map(|k| ops::AdamWParams { lr: 1e-3 * (k as f64 + 0.7), beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.03 })
+        .collect();
+    let (mut p1, mut m1, mut v1, mut e1) = (fresh(100), fresh(200), fresh(300), fresh(400));
+    let (mut p2, mut m2, mut v2, mut e2) = (fresh(100), fresh(200), fresh(300), fresh(400));
+    for k in 0..lens.len() {
+        // moments must be >= 0 in v
+        v1[k] = ops::mul(&v1[k], &v1[k]).unwrap();
+        v2[k] = ops::mul(&v2[k], &v2[k]).unwrap();
+    }
+    for step in 1..=3u64 {
+        let grads = fresh(500 + 10 * step as u32);
+        for k in 0..lens.len() {
+            ops::adamw_step(&mut p1[k], &grads[k], &mut m1[k], &mut v1[k], &hypers[k], step).unwrap();
+            ops::ema_update(&mut e1[k], &p1[k], 0.95).unwrap();
+        }
+        let before = g.counts();
+        let gs: Vec<&Tensor> = grads.iter().collect();
+        ops::adamw_step_many(
+            &mut p2.iter_mut().collect::<Vec<_>>(),
+            &gs,
+            &mut m2.iter_mut().collect::<Vec<_>>(),
+            &mut v2.iter_mut().collect::<Vec<_>>(),
+            &hypers,
+            step,
+        )
+        .unwrap();
+        ops::ema_update_many(&mut e2.iter_mut().collect::<Vec<_>>(), &p2.iter().collect::<Vec<_>>(), 0.95).unwrap();
+        let d = g.counts() - before;
+        assert_eq!((d.launches, d.host_syncs), (2, 0), "{d:?}");
+    }
+    for (a, b) in [(&p1, &p2), (&m1, &m2), (&v1, &v2), (&e1, &e2)] {
+        for (x, y) in a.iter().zip(b) {
+            let (x, y) = (x.to_vec_f32().unwrap(), y.to_vec_f32().unwrap());
+            assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()));
+        }
+    }
+    assert_ne!(p2[0].to_vec_f32().unwrap(), values(3, 100), "the parameters moved");
+}

@@ -193,3 +193,84 @@ pub fn copy_into(dst: &mut Tensor, offset: usize, src: &Tensor) -> Result<()> {
         }
     }
 }
+
+/// [`adamw_step`] of many tensors at once: tensor k gets `hypers[k]`. On one
+/// GPU this is one launch for all of them (multi-tensor apply), with the
+/// bits of one `adamw_step` per tensor; elsewhere a loop of `adamw_step`.
+pub fn adamw_step_many(
+    params: &mut [&mut Tensor],
+    grads: &[&Tensor],
+    m: &mut [&mut Tensor],
+    v: &mut [&mut Tensor],
+    hypers: &[AdamWParams],
+    step: u64,
+) -> Result<()> {
+    const OP: &str = "adamw_step_many";
+    let n = params.len();
+    if grads.len() != n || m.len() != n || v.len() != n || hypers.len() != n {
+        return Err(TensorError::invalid(OP, "params, grads, m, v and hyper-parameters differ in count"));
+    }
+    let Some(dev) = one_gpu(params.iter().map(|p| &**p)) else {
+        for k in 0..n {
+            adamw_step(params[k], grads[k], m[k], v[k], &hypers[k], step)?;
+        }
+        return Ok(());
+    };
+    if step == 0 {
+        return Err(TensorError::invalid(OP, "step is 1-based (the bias corrections divide by 1 - beta^step)"));
+    }
+    for k in 0..n {
+        hypers[k].validate(OP)?;
+        check_same(OP, &[params[k], grads[k], m[k], v[k]])?;
+        check_same_shape(OP, params[k], grads[k])?;
+        check_same_shape(OP, params[k], m[k])?;
+        check_same_shape(OP, params[k], v[k])?;
+        for t in [&mut *params[k], &mut *m[k], &mut *v[k]] {
+            gpu_of_mut(OP, t)?.make_unique()?; // written in place
+        }
+    }
+    let mut tensors = Vec::with_capacity(n);
+    for k in 0..n {
+        let h = &hypers[k];
+        tensors.push(launch::optim::AdamWTensor {
+            param: gpu_of(OP, params[k])?,
+            grad: gpu_of(OP, grads[k])?,
+            m: gpu_of(OP, m[k])?,
+            v: gpu_of(OP, v[k])?,
+            consts: AdamWConsts::new(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, step),
+        });
+    }
+    launch::optim::adamw_multi(&dev, &tensors)
+}
+
+/// [`ema_update`] of many tensors with one decay; one launch on one GPU.
+pub fn ema_update_many(emas: &mut [&mut Tensor], params: &[&Tensor], decay: f64) -> Result<()> {
+    const OP: &str = "ema_update_many";
+    if emas.len() != params.len() {
+        return Err(TensorError::invalid(OP, "emas and params differ in count"));
+    }
+    let Some(dev) = one_gpu(emas.iter().map(|e| &**e)) else {
+        for (e, p) in emas.iter_mut().zip(params) {
+            ema_update(e, p, decay)?;
+        }
+        return Ok(());
+    };
+    if !(0.0..=1.0).contains(&decay) {
+        return Err(TensorError::invalid(OP, format!("decay must be in [0, 1], got {decay}")));
+    }
+    for (e, p) in emas.iter_mut().zip(params) {
+        check_same(OP, &[e, p])?;
+        check_same_shape(OP, e, p)?;
+        gpu_of_mut(OP, e)?.make_unique()?;
+    }
+    let pairs: Vec<(&GpuStorage, &GpuStorage)> =
+        emas.iter().zip(params).map(|(e, p)| Ok((gpu_of(OP, e)?, gpu_of(OP, p)?))).collect::<Result<_>>()?;
+    launch::optim::ema_multi(&dev, &pairs, decay)
+}
+
+/// The GPU all these tensors live on, if they all live on one.
+fn one_gpu<'a>(mut ts: impl Iterator<Item = &'a Tensor>) -> Option<GpuDevice> {
+    let Storage::Gpu(g) = ts.next()?.storage() else { return None };
+    let dev = g.device().clone();
+    ts.all(|t| matches!(t.storage(), Storage::Gpu(h) if h.device().same(&dev))).then_some(dev)
+}

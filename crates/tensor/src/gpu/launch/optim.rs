@@ -117,3 +117,75 @@ pub fn sum_squares(dev: &GpuDevice, tensors: &[&GpuStorage]) -> Result<f64> {
 pub fn global_l2_norm(dev: &GpuDevice, tensors: &[&GpuStorage]) -> Result<f64> {
     Ok(sum_squares(dev, tensors)?.sqrt())
 }
+
+/// Chunks per tensor and their prefix sums (first_chunk[count] = total).
+fn first_chunks(lens: &[u64]) -> Result<(Vec<u64>, u32)> {
+    let mut first = Vec::with_capacity(lens.len() + 1);
+    let mut total = 0u64;
+    for &n in lens {
+        first.push(total);
+        total += n.div_ceil(NORM_CHUNK as u64);
+    }
+    first.push(total);
+    let total = u32::try_from(total).map_err(|_| TensorError::invalid("multi-tensor apply", "too many elements"))?;
+    Ok((first, total))
+}
+
+/// One AdamW tensor of a multi-tensor step: its buffers (made unique by the
+/// caller where written) and its constants.
+pub struct AdamWTensor<'a> {
+    pub param: &'a GpuStorage,
+    pub grad: &'a GpuStorage,
+    pub m: &'a GpuStorage,
+    pub v: &'a GpuStorage,
+    pub consts: AdamWConsts,
+}
+
+/// AdamW over every tensor in one launch (`adamw_multi_f32`): each element
+/// gets the bits `adamw_step` would give it.
+pub fn adamw_multi(dev: &GpuDevice, tensors: &[AdamWTensor<'_>]) -> Result<()> {
+    let lens: Vec<u64> = tensors.iter().map(|t| t.param.len() as u64).collect();
+    let (first, chunks) = first_chunks(&lens)?;
+    if chunks == 0 {
+        return Ok(());
+    }
+    let table = |f: &dyn Fn(&AdamWTensor<'_>) -> u64| upload_u64(dev, &tensors.iter().map(f).collect::<Vec<_>>());
+    let (p, g) = (table(&|t| t.param.ptr())?, table(&|t| t.grad.ptr())?);
+    let (m, v) = (table(&|t| t.m.ptr())?, table(&|t| t.v.ptr())?);
+    let (lens_d, first_d) = (upload_u64(dev, &lens)?, upload_u64(dev, &first)?);
+    let mut consts = Vec::with_capacity(12 * tensors.len());
+    for t in tensors {
+        let c = &t.consts;
+        for x in [c.decay, c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt, c.eps] {
+            let hi = x as f32;
+            consts.extend([hi, (x - hi as f64) as f32]); // as f64_pair
+        }
+    }
+    let consts_d = dev.upload_f32(&consts)?;
+    let count = KernelArg::I32(tensors.len() as i32);
+    let args = [p.arg(), g.arg(), m.arg(), v.arg(), lens_d.arg(), first_d.arg(), consts_d.arg(), count];
+    run(dev, &kernels::optim::ADAMW_MULTI_F32, Dim3::x(chunks), &args)
+}
+
+/// ema = d * ema + (1 - d) * param over every pair in one launch
+/// (`ema_multi_f32`), the bits of `ema_update` per tensor.
+pub fn ema_multi(dev: &GpuDevice, pairs: &[(&GpuStorage, &GpuStorage)], decay: f64) -> Result<()> {
+    let lens: Vec<u64> = pairs.iter().map(|(e, _)| e.len() as u64).collect();
+    let (first, chunks) = first_chunks(&lens)?;
+    if chunks == 0 {
+        return Ok(());
+    }
+    let emas = upload_u64(dev, &pairs.iter().map(|(e, _)| e.ptr()).collect::<Vec<_>>())?;
+    let params = upload_u64(dev, &pairs.iter().map(|(_, p)| p.ptr()).collect::<Vec<_>>())?;
+    let (lens_d, first_d) = (upload_u64(dev, &lens)?, upload_u64(dev, &first)?);
+    let args = [
+        emas.arg(),
+        params.arg(),
+        lens_d.arg(),
+        first_d.arg(),
+        KernelArg::F32(decay as f32),
+        KernelArg::F32((1.0 - decay) as f32),
+        KernelArg::I32(pairs.len() as i32),
+    ];
+    run(dev, &kernels::optim::EMA_MULTI_F32, Dim3::x(chunks), &args)
+}
