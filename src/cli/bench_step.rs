@@ -11,9 +11,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use diffuse_tensor::gpu::DriverCounts;
 use diffuse_tensor::{Device, Tensor};
+use diffuse_trainer::config::TrainConfig;
 use diffuse_trainer::raster::RasterImage;
 use diffuse_trainer::train::{Start, Trainer};
-use diffuse_trainer::config::TrainConfig;
 use diffuse_unet::UNet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -125,7 +125,8 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         BenchMode::Sample => {
             model = UNet::new(model_cfg.clone(), 0, diffuse_tensor::DType::F32, &device)?;
             x = Tensor::randn([b, c, s, s], 1, 0, diffuse_tensor::DType::F32, &device)?;
-            t = Tensor::from_vec((0..b).map(|i| (i * 97 % 1000) as f32).collect::<Vec<_>>(), [b])?.to_device(&device)?;
+            t = Tensor::from_vec((0..b).map(|i| (i * 97 % 1000) as f32).collect::<Vec<_>>(), [b])?
+                .to_device(&device)?;
             Box::new(|| {
                 model.forward(&x, &t)?;
                 Ok(())

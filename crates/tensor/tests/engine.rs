@@ -144,7 +144,8 @@ fn clipping_on_the_device_is_bit_identical_to_the_host_path() {
         .collect();
     for max_norm in [0.0, 1e9, 7.25, 0.3] {
         // host path, as optim::clip_grad_norm does it
-        let mut a: Vec<Tensor> = host.iter().map(|t| t.to_device(&Device::Cpu).unwrap().to_device(&dev).unwrap()).collect();
+        let mut a: Vec<Tensor> =
+            host.iter().map(|t| t.to_device(&Device::Cpu).unwrap().to_device(&dev).unwrap()).collect();
         let norm = ops::global_l2_norm(&a.iter().collect::<Vec<_>>()).unwrap();
         if max_norm > 0.0 && norm > max_norm {
             for t in a.iter_mut() {
@@ -152,7 +153,8 @@ fn clipping_on_the_device_is_bit_identical_to_the_host_path() {
             }
         }
         // device path
-        let mut b: Vec<Tensor> = host.iter().map(|t| t.to_device(&Device::Cpu).unwrap().to_device(&dev).unwrap()).collect();
+        let mut b: Vec<Tensor> =
+            host.iter().map(|t| t.to_device(&Device::Cpu).unwrap().to_device(&dev).unwrap()).collect();
         let mut log = Tensor::zeros([6], diffuse_tensor::DType::F32, &dev).unwrap();
         let before = g.counts();
         ops::clip_grad_norm_on_device(&mut b.iter_mut().collect::<Vec<_>>(), max_norm, &mut log, 4).unwrap();
@@ -199,7 +201,13 @@ fn multi_tensor_adamw_and_ema_are_bit_identical_to_per_tensor_launches() {
     let up = |n: usize, salt: u32| Tensor::from_vec(values(n, salt), [n]).unwrap().to_device(&dev).unwrap();
     let fresh = |salt: u32| lens.iter().enumerate().map(|(k, &n)| up(n, salt + k as u32)).collect::<Vec<_>>();
     let hypers: Vec<ops::AdamWParams> = (0..lens.len())
-        .map(|k| ops::AdamWParams { lr: 1e-3 * (k as f64 + 0.7), beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.03 })
+        .map(|k| ops::AdamWParams {
+            lr: 1e-3 * (k as f64 + 0.7),
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.03,
+        })
         .collect();
     let (mut p1, mut m1, mut v1, mut e1) = (fresh(100), fresh(200), fresh(300), fresh(400));
     let (mut p2, mut m2, mut v2, mut e2) = (fresh(100), fresh(200), fresh(300), fresh(400));

@@ -345,7 +345,7 @@ mod tests {
         sizes.extend([511, 512, 513, 1 << 20, (1 << 20) + 1, 3 << 29, usize::MAX >> 8]);
         for b in sizes {
             let c = size_class(b);
-            assert!(c >= b && c % 512 == 0, "{b} -> {c}");
+            assert!(c >= b && c.is_multiple_of(512), "{b} -> {c}");
             assert!(c - b < 512 || (c - b) as f64 <= 0.25 * b as f64, "{b} -> {c}");
             assert_eq!(size_class(c), c, "a class is its own class");
         }

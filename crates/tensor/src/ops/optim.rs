@@ -140,8 +140,11 @@ pub fn global_l2_norm(grads: &[&Tensor]) -> Result<f64> {
 /// factor. GPU tensors on one device; three launches however many tensors.
 pub fn clip_grad_norm_on_device(grads: &mut [&mut Tensor], max_norm: f64, log: &mut Tensor, slot: usize) -> Result<()> {
     const OP: &str = "clip_grad_norm_on_device";
-    if slot % 2 != 0 || slot + 2 > log.numel() {
-        return Err(TensorError::invalid(OP, format!("slot {slot} is not an even index with two slots left in the log")));
+    if !slot.is_multiple_of(2) || slot + 2 > log.numel() {
+        return Err(TensorError::invalid(
+            OP,
+            format!("slot {slot} is not an even index with two slots left in the log"),
+        ));
     }
     let dev = gpu_of(OP, log)?.device().clone();
     let mut stores = Vec::with_capacity(grads.len());

@@ -72,7 +72,8 @@ impl ChunkTable {
             return Ok(None);
         }
         let chunks = u32::try_from(total).map_err(|_| TensorError::invalid("global_l2_norm", "too many elements"))?;
-        let count = i32::try_from(tensors.len()).map_err(|_| TensorError::invalid("global_l2_norm", "too many tensors"))?;
+        let count =
+            i32::try_from(tensors.len()).map_err(|_| TensorError::invalid("global_l2_norm", "too many tensors"))?;
         let ptrs: Vec<u64> = tensors.iter().map(|t| t.ptr()).collect();
         let lens: Vec<u64> = tensors.iter().map(|t| t.len() as u64).collect();
         let (ptrs, lens, first) = (upload_u64(dev, &ptrs)?, upload_u64(dev, &lens)?, upload_u64(dev, &first_chunk)?);
