@@ -78,3 +78,38 @@ fn emulator_training_matches_the_cpu_and_resumes_bit_identical() {
         assert!((l_c - l_e).abs() <= 1e-4 * l_c.abs() && (g_c - g_e).abs() <= 1e-3 * g_c.abs(), "step {step}");
     }
 }
+
+/// The bar of issue 12 on the emulator: once warm, a training step makes no
+/// allocation, no free and no host synchronisation; reading the log on a
+/// logged step is one synchronisation (one download).
+#[test]
+fn steady_state_training_steps_make_no_allocation_and_sync_once_per_logged_step() {
+    use diffuse_tensor::gpu::emu::emu_device;
+    use diffuse_trainer::config::TrainConfig;
+    use diffuse_trainer::train::{Start, Trainer};
+    let d = tempfile::tempdir().unwrap();
+    let model: diffuse_unet::UNetConfig = serde_json::from_str(SMALL).unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k");
+    let mut cfg = TrainConfig::for_model(model, data);
+    (cfg.batch_size, cfg.steps, cfg.log_every, cfg.checkpoint_every, cfg.sample_every) = (2, 100, 2, 0, 0);
+    let device = emu_device().unwrap();
+    let mut t = Trainer::new(cfg, Start::Fresh, d.path().join("run"), device.clone()).unwrap();
+    let counts = || device.driver_counts().unwrap();
+    for _ in 0..2 {
+        t.train_step().unwrap(); // warm-up: the cache fills, EMA and moments get their own buffers
+    }
+    t.read_log().unwrap();
+    let c0 = counts();
+    t.train_step().unwrap(); // step 3: not logged
+    let c1 = counts();
+    t.train_step().unwrap(); // step 4: logged (log_every 2); the log is read here or below
+    let last = t.read_log().unwrap().expect("two steps were logged");
+    let c2 = counts();
+    let s = c1 - c0;
+    assert_eq!((s.allocs, s.frees, s.host_syncs, s.dtoh), (0, 0, 0, 0), "step 3: {s:?}");
+    assert!(s.launches > 100, "step 3: {s:?}");
+    let s = c2 - c1;
+    assert_eq!((s.allocs, s.frees, s.host_syncs, s.dtoh), (0, 0, 1, 1), "step 4 and its log read: {s:?}");
+    assert_eq!(last.step, 4);
+    assert!(last.loss.is_finite() && last.loss > 0.0 && last.grad_norm > 0.0, "{last:?}");
+}
