@@ -3,11 +3,13 @@
 //! `diffuse bench step --counters` can say how many allocations, frees,
 //! launches, copies, memsets and host synchronisations a step costs.
 
+use super::graph::Recorded;
 use super::{GpuDriver, Launch};
-use crate::Result;
+use crate::{Result, TensorError};
 use std::ops::Sub;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 
 /// A snapshot of a device's driver calls since it was opened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,11 +97,49 @@ fn bump(c: &AtomicU64, by: u64) {
 pub struct CountedDriver {
     inner: Arc<dyn GpuDriver>,
     c: Counters,
+    /// The calls recorded while a graph is being captured.
+    capture: Mutex<Option<Vec<Recorded>>>,
 }
 
 impl CountedDriver {
     pub fn new(inner: Arc<dyn GpuDriver>) -> Self {
-        CountedDriver { inner, c: Counters::default() }
+        CountedDriver { inner, c: Counters::default(), capture: Mutex::new(None) }
+    }
+
+    fn capturing(&self) -> std::sync::MutexGuard<'_, Option<Vec<Recorded>>> {
+        self.capture.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts recording launches, device copies and memsets.
+    pub(crate) fn begin_capture(&self) -> Result<()> {
+        let mut c = self.capturing();
+        if c.is_some() {
+            return Err(TensorError::Cuda("a graph capture is already under way on this device".into()));
+        }
+        *c = Some(Vec::new());
+        Ok(())
+    }
+
+    /// Stops recording; the calls recorded (None when no capture was under way).
+    pub(crate) fn end_capture(&self) -> Option<Vec<Recorded>> {
+        self.capturing().take()
+    }
+
+    pub(crate) fn is_capturing(&self) -> bool {
+        self.capturing().is_some()
+    }
+
+    fn record(&self, r: Recorded) {
+        if let Some(calls) = self.capturing().as_mut() {
+            calls.push(r);
+        }
+    }
+
+    fn refuse_host_copy(&self, what: &str) -> Result<()> {
+        if self.is_capturing() {
+            return Err(TensorError::Cuda(format!("{what} inside a graph capture: a graph replays device work only")));
+        }
+        Ok(())
     }
 
     pub fn counts(&self) -> DriverCounts {
@@ -138,11 +178,13 @@ impl GpuDriver for CountedDriver {
         self.inner.free(ptr)
     }
     fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
+        self.refuse_host_copy("a copy to the device")?;
         bump(&self.c.htod, 1);
         bump(&self.c.htod_bytes, src.len() as u64);
         self.inner.htod(src, dst)
     }
     fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        self.refuse_host_copy("a copy to the host")?;
         bump(&self.c.dtoh, 1);
         bump(&self.c.dtoh_bytes, dst.len() as u64);
         bump(&self.c.host_syncs, 1);
@@ -150,17 +192,27 @@ impl GpuDriver for CountedDriver {
     }
     fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
         bump(&self.c.dtod, 1);
+        self.record(Recorded::Dtod { src, dst, bytes });
         self.inner.dtod(src, dst, bytes)
     }
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
         bump(&self.c.memsets, 1);
+        self.record(Recorded::MemsetZero { dst, bytes });
         self.inner.memset_zero(dst, bytes)
     }
     fn launch(&self, launch: &Launch<'_>) -> Result<()> {
         bump(&self.c.launches, 1);
+        self.record(Recorded::Launch {
+            kernel: launch.kernel,
+            grid: launch.grid,
+            block: launch.block,
+            shared_bytes: launch.shared_bytes,
+            args: launch.args.to_vec(),
+        });
         self.inner.launch(launch)
     }
     fn synchronize(&self) -> Result<()> {
+        self.refuse_host_copy("a synchronisation")?;
         bump(&self.c.host_syncs, 1);
         self.inner.synchronize()
     }

@@ -8,12 +8,14 @@
 pub mod counters;
 pub mod cuda;
 pub mod emu;
+pub mod graph;
 pub mod kernels;
 pub mod launch;
 pub mod pool;
 pub mod sources;
 
 pub use counters::{CountedDriver, DriverCounts};
+pub use graph::GpuGraph;
 pub use pool::{AllocConfig, AllocMode, PoolStats, StreamId};
 
 use crate::Result;
@@ -104,6 +106,8 @@ pub struct GpuDevice {
 struct DeviceInner {
     driver: CountedDriver,
     pool: pool::CachingAllocator,
+    /// While a graph is captured: its memory (see [`GraphMemory`]).
+    capture: std::sync::Mutex<Option<GraphMemory>>,
 }
 
 impl Drop for DeviceInner {
@@ -127,6 +131,7 @@ impl GpuDevice {
             inner: Arc::new(DeviceInner {
                 driver: CountedDriver::new(driver),
                 pool: pool::CachingAllocator::new(alloc),
+                capture: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -176,7 +181,8 @@ impl GpuDevice {
         let bytes = len.max(1) * 4;
         let block = self.inner.pool.alloc(&self.inner.driver, bytes, STREAM)?;
         let ptr = block.ptr;
-        Ok(GpuStorage { buf: Arc::new(GpuBuffer { ptr, bytes, block: Some(block), device: self.clone() }), len })
+        let graph = self.capture().clone();
+        Ok(GpuStorage { buf: Arc::new(GpuBuffer { ptr, bytes, block: Some(block), graph, device: self.clone() }), len })
     }
 
     pub fn zeros_f32(&self, len: usize) -> Result<GpuStorage> {
@@ -189,6 +195,52 @@ impl GpuDevice {
         let s = self.alloc_f32(data.len())?;
         self.driver().htod(bytemuck::cast_slice(data), s.ptr())?;
         Ok(s)
+    }
+
+    /// Starts capturing a graph ([`graph`]): launches, device copies and
+    /// memsets are recorded (and run); memory freed is held for the graph.
+    pub fn begin_capture(&self) -> Result<()> {
+        self.inner.driver.begin_capture()?;
+        *self.capture() = Some(Arc::new(std::sync::Mutex::new(Some(Vec::new()))));
+        Ok(())
+    }
+
+    /// Ends the capture: the graph of what was recorded since `begin_capture`.
+    pub fn end_capture(&self) -> Result<GpuGraph> {
+        let calls = self
+            .inner
+            .driver
+            .end_capture()
+            .ok_or_else(|| crate::TensorError::Cuda("end_capture without begin_capture".into()))?;
+        let memory = self.capture().take().unwrap_or_default();
+        Ok(GpuGraph { device: self.clone(), calls, memory })
+    }
+
+    fn capture(&self) -> std::sync::MutexGuard<'_, Option<GraphMemory>> {
+        self.inner.capture.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn replay(&self, calls: &[graph::Recorded]) -> Result<()> {
+        let d = &self.inner.driver;
+        for c in calls {
+            match c {
+                graph::Recorded::Launch { kernel, grid, block, shared_bytes, args } => {
+                    d.launch(&Launch { kernel, grid: *grid, block: *block, shared_bytes: *shared_bytes, args })?
+                }
+                graph::Recorded::Dtod { src, dst, bytes } => d.dtod(*src, *dst, *bytes)?,
+                graph::Recorded::MemsetZero { dst, bytes } => d.memset_zero(*dst, *bytes)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a dropped graph's memory back to the allocator; buffers of the
+    /// capture still alive go back when they are dropped.
+    pub(crate) fn release_graph_memory(&self, memory: &GraphMemory) {
+        let blocks = memory.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        for b in blocks {
+            self.inner.pool.free(&self.inner.driver, b, STREAM);
+        }
     }
 
     /// Checks the arguments against the kernel's parameters, then launches.
@@ -204,13 +256,32 @@ pub struct GpuBuffer {
     ptr: u64,
     bytes: usize,
     block: Option<pool::Block>,
+    /// Set when allocated during a graph capture: the graph's replays write
+    /// here, so while the graph lives the block stays with it.
+    graph: Option<GraphMemory>,
     device: GpuDevice,
 }
+
+/// The memory a graph keeps while it lives (None once it is dropped).
+pub(crate) type GraphMemory = Arc<std::sync::Mutex<Option<Vec<pool::Block>>>>;
 
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
         if let Some(b) = self.block.take() {
             let inner = &self.device.inner;
+            // A buffer of a live graph, or any buffer freed during a capture
+            // (recorded kernels may read it), stays with the graph.
+            let graph = self.graph.take().or_else(|| self.device.capture().clone());
+            let b = match graph {
+                Some(g) => match g.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    Some(blocks) => {
+                        blocks.push(b);
+                        return;
+                    }
+                    None => b,
+                },
+                None => b,
+            };
             inner.pool.free(&inner.driver, b, STREAM);
         }
     }
