@@ -13,9 +13,10 @@
 #     warp-ahead orders (the emulator's hazard detector, on by default,
 #     reports races in any order; with it off, a missing barrier shows up as
 #     wrong values in some order);
-#  4. prints the per-kernel register / shared memory / spill table (fails on
+#  4. reruns them without memory reuse (DIFFUSE_GPU_ALLOC=direct);
+#  5. prints the per-kernel register / shared memory / spill table (fails on
 #     any spill);
-#  5. prepares the GPU-check folder from the test build and runs the GPU
+#  6. prepares the GPU-check folder from the test build and runs the GPU
 #     check's dry run on the emulator and the CPU (scripts/gpu-check.sh), so
 #     that neither half rots before a GPU is lent (~3 minutes).
 set -euo pipefail
@@ -36,6 +37,15 @@ for order in reverse shuffle:20261122 warp-ahead warp-ahead-reverse; do
     echo "== per-device tests on the emulator, thread order $order"
     DIFFUSE_EMU_ORDER=$order cargo test -p diffuse-tensor 2>&1 -- _emu
     DIFFUSE_EMU_ORDER=$order cargo test -p diffuse --test '*_per_device' 2>&1 -- _emu
+done
+
+# Without memory reuse (every buffer a driver allocation, freed at once) the
+# emulator's guard pages also catch use-after-free; the default caching
+# allocator ran above.
+for order in forward shuffle:20261122; do
+    echo "== per-device tests on the emulator without memory reuse, thread order $order"
+    DIFFUSE_GPU_ALLOC=direct DIFFUSE_EMU_ORDER=$order cargo test -p diffuse-tensor 2>&1 -- _emu
+    DIFFUSE_GPU_ALLOC=direct DIFFUSE_EMU_ORDER=$order cargo test -p diffuse --test '*_per_device' 2>&1 -- _emu
 done
 
 echo "== kernel resources (ptxas -arch=sm_90)"

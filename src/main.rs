@@ -48,7 +48,7 @@ enum Command {
     MergeLora(cli::merge_lora::MergeLoraArgs),
     /// Check a device against the CPU reference: every op forward and backward, a U-Net step, sampling.
     Selftest(cli::selftest::SelftestArgs),
-    /// Benchmarks: `bench kernels` times every op at the presets' sizes.
+    /// Benchmarks: `bench kernels` counts or times every op at the presets' sizes; `bench step` times whole training or sampling steps.
     Bench(cli::bench::BenchArgs),
 }
 

@@ -18,6 +18,23 @@ impl Device {
         matches!(self, Device::Cpu)
     }
 
+    /// Waits until the device has finished the work queued on it (a no-op
+    /// on the CPU).
+    pub fn synchronize(&self) -> crate::Result<()> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Gpu(g) => g.synchronize(),
+        }
+    }
+
+    /// The driver calls made on a GPU so far (None on the CPU).
+    pub fn driver_counts(&self) -> Option<crate::gpu::DriverCounts> {
+        match self {
+            Device::Cpu => None,
+            Device::Gpu(g) => Some(g.counts()),
+        }
+    }
+
     /// Two handles name the same device when they are both the CPU or share
     /// one GPU context.
     pub fn same(&self, other: &Device) -> bool {

@@ -29,6 +29,9 @@ pub enum TensorError {
     #[error("NVRTC: {0}")]
     Nvrtc(String),
 
+    #[error("out of GPU memory on {device}: {msg}")]
+    OutOfMemory { device: String, msg: String },
+
     #[error("kernel launch {kernel}: {msg}")]
     Launch { kernel: String, msg: String },
 }

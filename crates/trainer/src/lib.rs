@@ -22,6 +22,7 @@ pub mod restore;
 pub mod run_lock;
 pub mod sampler;
 pub mod selftest;
+pub mod step_log;
 pub mod train;
 
 pub use data::{Batch, Dataset, DatasetKind, Loader, LoaderConfig, LoaderState};

@@ -35,20 +35,26 @@ impl AdamW {
     }
 
     /// One update of every parameter that has a gradient, at learning rate
-    /// `lr` times its factor.
+    /// `lr` times its factor (one launch for the whole model on a GPU).
     pub fn step(&mut self, store: &mut ParamStore, lr: f64) -> Result<()> {
         self.step += 1;
-        let ids: Vec<_> = store.ids().collect();
-        for (k, id) in ids.into_iter().enumerate() {
-            let (value, grad) = store.value_and_grad_mut(id);
-            if let Some(grad) = grad {
-                let hyper = AdamWParams { lr: lr * self.lr_scale[k], ..self.hyper };
-                match (&mut self.m[k], &mut self.v[k]) {
-                    (Some(m), Some(v)) => ops::adamw_step(value, grad, m, v, &hyper, self.step)?,
-                    _ => return Err(Error::Config(format!("parameter {k} has a gradient but no AdamW state"))),
-                }
-            }
+        let (values, grads) = store.values_mut_and_grads();
+        let (mut ps, mut gs, mut hs) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut ms, mut vs) = (Vec::new(), Vec::new());
+        for (k, ((value, grad), (m, v))) in
+            values.into_iter().zip(grads).zip(self.m.iter_mut().zip(self.v.iter_mut())).enumerate()
+        {
+            let Some(grad) = grad else { continue };
+            let (Some(m), Some(v)) = (m.as_mut(), v.as_mut()) else {
+                return Err(Error::Config(format!("parameter {k} has a gradient but no AdamW state")));
+            };
+            ps.push(value);
+            gs.push(grad);
+            ms.push(m);
+            vs.push(v);
+            hs.push(AdamWParams { lr: lr * self.lr_scale[k], ..self.hyper });
         }
+        ops::adamw_step_many(&mut ps, &gs, &mut ms, &mut vs, &hs, self.step)?;
         Ok(())
     }
 }
@@ -62,6 +68,15 @@ pub fn clip_grad_norm(store: &mut ParamStore, max_norm: f64) -> Result<f64> {
         // The caller knows the step and the checkpoint to name.
         return Err(Error::Diverged { step: 0, reason: format!("the gradient norm is {norm}"), kept: String::new() });
     }
+    clip_grad_norm_unchecked(store, max_norm)
+}
+
+/// As [`clip_grad_norm`] without the finiteness check (the training loop
+/// checks the norm when it reads its step log): a non-finite norm scales
+/// nothing when NaN, and zeroes the gradients when infinite.
+pub fn clip_grad_norm_unchecked(store: &mut ParamStore, max_norm: f64) -> Result<f64> {
+    let grads: Vec<&Tensor> = store.ids().filter_map(|id| store.grad(id)).collect();
+    let norm = ops::global_l2_norm(&grads)?;
     if max_norm > 0.0 && norm > max_norm {
         let s = max_norm / (norm + 1e-6);
         let ids: Vec<_> = store.ids().collect();
@@ -112,11 +127,14 @@ impl Ema {
     /// average would be itself, but `d*p + (1-d)*p` need not round to p).
     pub fn update(&mut self, store: &ParamStore) -> Result<()> {
         let d = self.effective_decay();
+        let (mut emas, mut params) = (Vec::new(), Vec::new());
         for (e, id) in self.values.iter_mut().zip(store.ids()) {
             if store.is_trainable(id) {
-                ops::ema_update(e, store.value(id), d)?;
+                emas.push(e);
+                params.push(store.value(id));
             }
         }
+        ops::ema_update_many(&mut emas, &params, d)?; // one launch on a GPU
         self.updates += 1;
         Ok(())
     }

@@ -17,11 +17,12 @@ use crate::divergence::LossWatch;
 use crate::finetune;
 use crate::image_grid::save_grid;
 use crate::memory_budget::{self, MemoryBudget};
-use crate::optim::{clip_grad_norm, warmup_lr, AdamW, Ema};
+use crate::optim::{warmup_lr, AdamW, Ema};
 use crate::plot::{save_loss_plot, PlotOptions};
 use crate::raster::ValueRange;
 use crate::run_lock::RunLock;
 use crate::sampler::{sample, SampleSpec, Sampler};
+use crate::step_log::{StepLog, StepRecord};
 use crate::{Error, Result};
 use diffuse_tensor::ops::{self, AdamWParams};
 use diffuse_tensor::{philox, Device, Tensor};
@@ -103,6 +104,10 @@ pub struct RunSummary {
     pub interrupted: bool,
 }
 
+/// Most training steps whose loss and gradient norm wait on the device
+/// before the loop reads them (a larger `--log-every` reads this often).
+const MAX_UNREAD_STEPS: u64 = 1024;
+
 /// Philox salt of the dropout masks, apart from the noise and timesteps.
 const DROPOUT_SALT: u64 = 0x5eed_d409;
 /// Class dropout draws from its own salted seed and stream (see ARCHITECTURE.md).
@@ -121,6 +126,10 @@ pub struct Trainer {
     device: Device,
     history: Vec<(u64, f64)>,
     loss_watch: LossWatch,
+    /// Losses and gradient norms of the steps not yet read (on the device).
+    log: StepLog,
+    /// The newest step read from `log`.
+    last: Option<StepRecord>,
     /// Things the user should know about how the run was opened (an
     /// unverified or skipped checkpoint, removed temporary files).
     pub notes: Vec<String>,
@@ -253,7 +262,10 @@ impl Trainer {
         }
         write_atomic(&out.join("config.json"), cfg.to_json().as_bytes())?;
         let history = restore_metrics(&out.join("metrics.jsonl"), step)?;
+        let log = StepLog::new(&device, cfg.grad_accum, cfg.log_every.clamp(1, MAX_UNREAD_STEPS) as usize)?;
         Ok(Trainer {
+            log,
+            last: None,
             cfg,
             model,
             ema,
@@ -270,10 +282,13 @@ impl Trainer {
         })
     }
 
-    /// One optimiser step (with `grad_accum` micro-batches); returns (loss, grad norm, lr).
-    pub fn train_step(&mut self) -> Result<(f64, f64, f64)> {
+    /// One optimiser step (with `grad_accum` micro-batches). Nothing waits
+    /// for the device: the loss and the gradient norm stay in the step log
+    /// until [`Trainer::read_log`] (the loop reads it on log, checkpoint and
+    /// sample steps, and when it is full), which is also where a diverged
+    /// step is reported.
+    pub fn train_step(&mut self) -> Result<()> {
         let accum = self.cfg.grad_accum;
-        let mut loss_sum = 0.0;
         self.model.params.zero_grads();
         for micro in 0..accum {
             let batch = self.loader.next_batch();
@@ -287,27 +302,41 @@ impl Trainer {
             let mode = ForwardMode::train(self.cfg.seed ^ DROPOUT_SALT, idx);
             let labels = self.training_labels(batch.labels.as_deref(), idx)?;
             let (pred, cache) = self.model.forward_train_cond(&x_t, &t, labels.as_deref(), mode)?;
-            loss_sum += ops::mse_loss_forward(&pred, &target)?.scalar_f64()?;
+            self.log.record_loss(micro, &ops::mse_loss_forward(&pred, &target)?)?;
             let dpred = ops::mse_loss_backward(&pred, &target, 1.0 / accum as f64)?;
             drop(pred);
             self.model.backward(&cache, &dpred)?;
         }
-        let loss = loss_sum / accum as f64;
-        // Checked before the optimiser step, so the weights stay those from before it.
-        if let Some(reason) = self.loss_watch.check(loss, self.cfg.divergence_factor) {
-            return Err(Error::Diverged { step: self.step + 1, reason, kept: String::new() });
-        }
-        let grad_norm = clip_grad_norm(&mut self.model.params, self.cfg.grad_clip).map_err(|e| match e {
-            Error::Diverged { reason, .. } => Error::Diverged { step: self.step + 1, reason, kept: String::new() },
-            e => e,
-        })?;
+        self.log.clip(&mut self.model.params, self.cfg.grad_clip)?;
         let lr = warmup_lr(self.cfg.lr, self.cfg.warmup_steps, self.step + 1);
         self.opt.step(&mut self.model.params, lr)?;
         self.ema.update(&self.model.params)?;
         self.model.params.zero_grads();
-        self.loss_watch.update(loss);
         self.step += 1;
-        Ok((loss, grad_norm, lr))
+        self.log.finish_step(self.step, lr);
+        if self.log.is_full() {
+            self.read_log()?;
+        }
+        Ok(())
+    }
+
+    /// Reads the steps logged since the last read (one host synchronisation
+    /// on a GPU) and checks each in order as the step itself used to: a
+    /// loss the divergence watch rejects, or a non-finite gradient norm, is
+    /// [`Error::Diverged`] naming that step. Returns the newest step.
+    pub fn read_log(&mut self) -> Result<Option<StepRecord>> {
+        for r in self.log.read()? {
+            if let Some(reason) = self.loss_watch.check(r.loss, self.cfg.divergence_factor) {
+                return Err(Error::Diverged { step: r.step, reason, kept: String::new() });
+            }
+            if !r.grad_norm.is_finite() {
+                let reason = format!("the gradient norm is {}", r.grad_norm);
+                return Err(Error::Diverged { step: r.step, reason, kept: String::new() });
+            }
+            self.loss_watch.update(r.loss);
+            self.last = Some(r);
+        }
+        Ok(self.last)
     }
 
     /// The class labels of a micro-batch of a conditional model, each
@@ -345,7 +374,11 @@ impl Trainer {
         }
     }
 
-    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+    /// Writes a checkpoint of the current step (the step log is read first:
+    /// no checkpoint holds a diverged step, and the divergence watch saved
+    /// is up to date).
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        self.read_log()?;
         let dir = self.out.join("checkpoints");
         let path = self.checkpoint_path();
         checkpoint::save(&path, &self.cfg, &self.model, &self.ema, &self.opt, self.state())?;
@@ -412,21 +445,31 @@ impl Trainer {
             .append(true)
             .open(&metrics_path)
             .map_err(|e| Error::io(&metrics_path, e))?;
-        let mut last_loss = f64::NAN;
         let mut last_ckpt = None;
         let mut timer = Instant::now();
         let mut images_since = 0usize;
         let mut interrupted = false;
         while self.step < self.cfg.steps {
-            let (loss, grad_norm, lr) = match self.train_step() {
+            let stepped = self.train_step().and_then(|()| {
+                let (step, c) = (self.step, &self.cfg);
+                let every = |n: u64| n > 0 && step.is_multiple_of(n);
+                let done = step == c.steps;
+                let log = every(c.log_every.max(1)) || done || step == 1;
+                let checkpoint = every(c.checkpoint_every) || done;
+                let samples = every(c.sample_every) || (done && c.sample_every > 0);
+                // Read only where something needs the values (one sync).
+                let read = if log || checkpoint || samples { self.read_log()? } else { None };
+                Ok((log, read))
+            });
+            let (log, read) = match stepped {
                 Ok(r) => r,
                 Err(Error::Diverged { step, reason, .. }) => return Err(self.diverged(step, reason)),
                 Err(e) => return Err(e),
             };
-            last_loss = loss;
             images_since += self.cfg.batch_size * self.cfg.grad_accum;
             let done = self.step == self.cfg.steps;
-            if self.step.is_multiple_of(self.cfg.log_every.max(1)) || done || self.step == 1 {
+            if let (true, Some(r)) = (log, read) {
+                let StepRecord { loss, grad_norm, lr, .. } = r;
                 let secs = timer.elapsed().as_secs_f64();
                 let m = StepMetrics {
                     step: self.step,
@@ -446,7 +489,8 @@ impl Trainer {
                 }
                 obs.step(&m);
             }
-            let every = |n: u64| n > 0 && self.step.is_multiple_of(n);
+            let step = self.step;
+            let every = |n: u64| n > 0 && step.is_multiple_of(n);
             if every(self.cfg.checkpoint_every) || done {
                 let p = self.save_checkpoint()?;
                 obs.message(&format!("checkpoint {}", p.display()));
@@ -463,6 +507,9 @@ impl Trainer {
             }
             if !done && obs.should_stop(self.step) {
                 interrupted = true;
+                if let Err(Error::Diverged { step, reason, .. }) = self.read_log() {
+                    return Err(self.diverged(step, reason));
+                }
                 if last_ckpt.as_ref().is_none_or(|p| *p != self.checkpoint_path()) {
                     last_ckpt = Some(self.save_checkpoint()?);
                 }
@@ -472,7 +519,7 @@ impl Trainer {
         Ok(RunSummary {
             out: self.out.clone(),
             steps_done: self.step,
-            last_loss,
+            last_loss: self.last.map_or(f64::NAN, |r| r.loss),
             last_checkpoint: last_ckpt,
             interrupted,
         })

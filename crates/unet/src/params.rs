@@ -138,6 +138,17 @@ impl ParamStore {
         Ok(())
     }
 
+    /// Every value (mutable) beside its gradient, in registration order (for
+    /// multi-tensor optimiser steps).
+    pub fn values_mut_and_grads(&mut self) -> (Vec<&mut Tensor>, Vec<Option<&Tensor>>) {
+        (self.values.iter_mut().collect(), self.grads.iter().map(Option::as_ref).collect())
+    }
+
+    /// Every gradient present, in registration order (for multi-tensor ops).
+    pub fn grads_mut(&mut self) -> Vec<&mut Tensor> {
+        self.grads.iter_mut().flatten().collect()
+    }
+
     pub fn zero_grads(&mut self) {
         self.grads.iter_mut().for_each(|g| *g = None);
     }

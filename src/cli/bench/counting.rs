@@ -86,7 +86,8 @@ impl CountingDriver {
     }
 
     pub fn device(self: &Arc<Self>) -> Device {
-        Device::Gpu(GpuDevice::new(self.clone()))
+        // with the engine's caching allocator, as a real device has it
+        Device::Gpu(GpuDevice::with_alloc(self.clone(), diffuse_tensor::gpu::pool::AllocConfig::default()))
     }
 
     /// The counts so far, and zero them.

@@ -8,10 +8,13 @@
 //! library it needs is absent, so every entry point checks
 //! `is_culib_present()` first.
 //!
-//! Memory is plain `cuMemAlloc`; copies are synchronous; kernels are loaded
-//! as cudarc `CudaModule`/`CudaFunction`s and launched on the context's
-//! default stream through cudarc's launch builder, so a copy after a launch sees its
-//! results and launch errors surface at the next copy or `synchronize`.
+//! Memory is plain `cuMemAlloc` behind the device's caching allocator
+//! (`gpu::pool`); kernels are loaded as cudarc `CudaModule`/`CudaFunction`s
+//! and launched through cudarc's launch builder on the device's one
+//! non-blocking stream, where copies and memsets are queued too
+//! (`cuMemcpy*Async`), so a copy after a launch sees its results; only a
+//! copy to the host and `synchronize` make the host wait, and launch errors
+//! surface there.
 
 use super::debug::DeferredErrors;
 use super::kernel_cache::{CacheKey, KernelCache};
@@ -291,7 +294,7 @@ struct Loaded {
 /// One CUDA device through the driver API.
 pub struct CudaDriver {
     ctx: Arc<CudaContext>,
-    /// The context's default stream: every launch and copy is ordered on it.
+    /// The device's stream: every launch and copy is ordered on it.
     stream: Arc<CudaStream>,
     label: String,
     target: NvrtcTarget,
@@ -328,7 +331,9 @@ impl CudaDriver {
             .attribute(cusys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .map_err(|e| drv("querying the opt-in shared memory per block", e))?
             .max(0) as u32;
-        let stream = ctx.default_stream();
+        // The device's one stream (non-blocking): kernels and copies are
+        // queued on it in order; the host waits only in dtoh and synchronize.
+        let stream = ctx.new_stream().map_err(|e| drv("creating the stream", e))?;
         Ok(CudaDriver {
             ctx,
             stream,
@@ -415,8 +420,10 @@ impl GpuDriver for CudaDriver {
             return Ok(());
         }
         self.bind()?;
-        // SAFETY: the caller's buffer holds at least src.len() bytes.
-        unsafe { cu::memcpy_htod_sync(dst, src) }.map_err(|e| drv("copy to the device", e))
+        // SAFETY: the caller's buffer holds at least src.len() bytes; from
+        // pageable memory the driver stages it before returning, so the
+        // caller may drop it at once (no device synchronisation).
+        unsafe { cu::memcpy_htod_async(dst, src, self.stream.cu_stream()) }.map_err(|e| drv("copy to the device", e))
     }
 
     fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
@@ -424,8 +431,10 @@ impl GpuDriver for CudaDriver {
             return Ok(());
         }
         self.bind()?;
-        // SAFETY: the caller's buffer holds at least dst.len() bytes.
-        unsafe { cu::memcpy_dtoh_sync(dst, src) }.map_err(|e| drv("copy to the host", e))
+        // SAFETY: the caller's buffer holds at least dst.len() bytes and is
+        // not touched until the stream has finished the copy (synchronised below).
+        unsafe { cu::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }.map_err(|e| drv("copy to the host", e))?;
+        self.stream.synchronize().map_err(|e| drv("waiting for a copy to the host", e))
     }
 
     fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
@@ -434,7 +443,8 @@ impl GpuDriver for CudaDriver {
         }
         self.bind()?;
         // SAFETY: both buffers hold at least `bytes` bytes (caller's contract).
-        unsafe { cu::memcpy_dtod_sync(dst, src, bytes) }.map_err(|e| drv("device-to-device copy", e))
+        unsafe { cu::memcpy_dtod_async(dst, src, bytes, self.stream.cu_stream()) }
+            .map_err(|e| drv("device-to-device copy", e))
     }
 
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
@@ -443,7 +453,7 @@ impl GpuDriver for CudaDriver {
         }
         self.bind()?;
         // SAFETY: the buffer holds at least `bytes` bytes (caller's contract).
-        unsafe { cu::memset_d8_sync(dst, 0, bytes) }.map_err(|e| drv("memset", e))
+        unsafe { cu::memset_d8_async(dst, 0, bytes, self.stream.cu_stream()) }.map_err(|e| drv("memset", e))
     }
 
     fn launch(&self, l: &Launch<'_>) -> Result<()> {
@@ -495,17 +505,23 @@ impl GpuDriver for CudaDriver {
 
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
+        self.stream.synchronize().map_err(|e| drv("synchronize", e))?;
         cu::ctx::synchronize().map_err(|e| drv("synchronize", e))
     }
 
     fn max_shared_bytes(&self) -> u32 {
         self.max_dynamic_smem
     }
+
+    fn mem_info(&self) -> Option<(usize, usize)> {
+        self.bind().ok()?;
+        cu::mem_get_info().ok()
+    }
 }
 
 /// CUDA device `ordinal` as a tensor [`Device`].
 pub fn cuda_device(ordinal: usize) -> Result<Device> {
-    Ok(Device::Gpu(GpuDevice::new(Arc::new(CudaDriver::new(ordinal)?))))
+    Ok(Device::Gpu(GpuDevice::new(Arc::new(CudaDriver::new(ordinal)?))?))
 }
 
 /// One line for `diffuse info`: the CUDA devices found, or why there are none.

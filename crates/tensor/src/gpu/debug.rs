@@ -186,7 +186,7 @@ mod tests {
     fn sync_mode_on_the_emulator_names_the_failing_launch() {
         use crate::gpu::emu::EmuDriver;
         use crate::gpu::GpuDevice;
-        let dev = GpuDevice::new(std::sync::Arc::new(EmuDriver::new().unwrap())).with_sync_launches(true);
+        let dev = GpuDevice::new(std::sync::Arc::new(EmuDriver::new().unwrap())).unwrap().with_sync_launches(true);
         assert!(dev.sync_launches());
         let x = dev.upload_f32(&[0.5; 8]).unwrap();
         let y = dev.alloc_f32(8).unwrap();

@@ -129,23 +129,36 @@ impl GpuDriver for EmuDriver {
     fn max_shared_bytes(&self) -> u32 {
         self.emu.max_shared_bytes()
     }
+
+    /// 16 bytes (float4), so that a cached block's pointer can end right
+    /// against the guard page behind it.
+    fn alignment(&self) -> usize {
+        16
+    }
+
+    fn poison(&self, ptr: u64, bytes: usize) {
+        // as fresh emulator memory: NaN, so reads of unwritten outputs show
+        if let Err(e) = self.emu.memset(ptr, 0xff, bytes) {
+            eprintln!("diffuse emulator: poisoning a reused block: {e}");
+        }
+    }
 }
 
 /// The emulated GPU as a [`Device`].
 pub fn emu_device() -> Result<Device> {
-    Ok(Device::Gpu(GpuDevice::new(Arc::new(EmuDriver::new()?))))
+    Ok(Device::Gpu(GpuDevice::new(Arc::new(EmuDriver::new()?))?))
 }
 
 /// The emulated GPU running every block's threads in `order` (tests run the
 /// same op in several orders to catch missing barriers).
 pub fn emu_device_with_order(order: ThreadOrder) -> Result<Device> {
-    Ok(Device::Gpu(GpuDevice::new(Arc::new(EmuDriver::with_order(order)?))))
+    Ok(Device::Gpu(GpuDevice::new(Arc::new(EmuDriver::with_order(order)?))?))
 }
 
 /// The emulated GPU with at most `bytes` of dynamic shared memory a block
 /// (see [`EmuDriver::with_max_shared_bytes`]).
 pub fn emu_device_with_max_shared(bytes: u32) -> Result<Device> {
-    Ok(Device::Gpu(GpuDevice::new(Arc::new(EmuDriver::with_max_shared_bytes(bytes)?))))
+    Ok(Device::Gpu(GpuDevice::new(Arc::new(EmuDriver::with_max_shared_bytes(bytes)?))?))
 }
 
 /// One line for `diffuse info`: kernels, workers, context switch, order.

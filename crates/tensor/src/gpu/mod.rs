@@ -5,15 +5,22 @@
 //! grid sizes, argument packing, workspaces — lives once in `ops`, so the
 //! emulator runs exactly the launch code a real GPU runs.
 
+pub mod counters;
 pub mod cuda;
 pub mod debug;
 pub mod emu;
+pub mod graph;
 pub mod kernel_cache;
 pub mod kernels;
 pub mod launch;
 pub mod nvrtc_policy;
 pub mod occupancy;
+pub mod pool;
 pub mod sources;
+
+pub use counters::{CountedDriver, DriverCounts};
+pub use graph::GpuGraph;
+pub use pool::{AllocConfig, AllocMode, PoolStats, StreamId};
 
 use crate::Result;
 use std::fmt;
@@ -85,22 +92,63 @@ pub trait GpuDriver: Send + Sync {
     /// maximum: 227 KiB on an H100, 163 KiB on an A100, 99 KiB on sm_86/89/120,
     /// 64 KiB on sm_75). Launch code picks tiles within it.
     fn max_shared_bytes(&self) -> u32;
+    /// The alignment every pointer handed to kernels keeps (cuMemAlloc's 256).
+    fn alignment(&self) -> usize {
+        256
+    }
+    /// Marks reused memory as unwritten (the emulator fills it with NaN, as
+    /// fresh memory); a no-op on a real GPU. Not a counted driver call.
+    fn poison(&self, _ptr: u64, _bytes: usize) {}
+    /// (free, total) bytes of device memory, when the driver knows.
+    fn mem_info(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
-/// A handle on one GPU (real or emulated); cheap to clone.
+/// A handle on one GPU (real or emulated); cheap to clone. Every driver
+/// call is counted ([`GpuDevice::counts`]) and device memory comes from the
+/// device's caching allocator ([`pool`]).
 #[derive(Clone)]
 pub struct GpuDevice {
-    driver: Arc<dyn GpuDriver>,
+    inner: Arc<DeviceInner>,
     /// Synchronise after every launch and name the launch in its error
     /// (`DIFFUSE_CUDA_SYNC=1`; see [`debug`]).
     sync_launches: bool,
 }
 
+struct DeviceInner {
+    driver: CountedDriver,
+    pool: pool::CachingAllocator,
+    /// While a graph is captured: its memory (see [`GraphMemory`]).
+    capture: std::sync::Mutex<Option<GraphMemory>>,
+}
+
+impl Drop for DeviceInner {
+    fn drop(&mut self) {
+        self.pool.empty_cache(&self.driver);
+    }
+}
+
+/// The one stream of a device: kernels and copies are ordered on it.
+const STREAM: StreamId = StreamId(0);
+
 impl GpuDevice {
-    /// A device over `driver`; `DIFFUSE_CUDA_SYNC=1` turns on synchronous
-    /// launches ([`GpuDevice::with_sync_launches`]).
-    pub fn new(driver: Arc<dyn GpuDriver>) -> Self {
-        GpuDevice { driver, sync_launches: debug::sync_launches_from_env() }
+    /// A device allocating as `DIFFUSE_GPU_ALLOC` / `DIFFUSE_GPU_MEMORY_LIMIT`
+    /// say (caching, no limit by default); `DIFFUSE_CUDA_SYNC=1` turns on
+    /// synchronous launches ([`GpuDevice::with_sync_launches`]).
+    pub fn new(driver: Arc<dyn GpuDriver>) -> Result<Self> {
+        Ok(Self::with_alloc(driver, AllocConfig::from_env()?))
+    }
+
+    pub fn with_alloc(driver: Arc<dyn GpuDriver>, alloc: AllocConfig) -> Self {
+        GpuDevice {
+            inner: Arc::new(DeviceInner {
+                driver: CountedDriver::new(driver),
+                pool: pool::CachingAllocator::new(alloc),
+                capture: std::sync::Mutex::new(None),
+            }),
+            sync_launches: debug::sync_launches_from_env(),
+        }
     }
 
     /// The same device with launches synchronous (or not): each launch waits
@@ -116,38 +164,114 @@ impl GpuDevice {
 
     /// The dynamic shared memory one block may be given on this device.
     pub fn max_shared_bytes(&self) -> u32 {
-        self.driver.max_shared_bytes()
+        self.inner.driver.max_shared_bytes()
     }
 
     pub fn name(&self) -> String {
-        self.driver.name()
+        self.inner.driver.name()
     }
 
+    /// The (counted) driver.
     pub fn driver(&self) -> &dyn GpuDriver {
-        self.driver.as_ref()
+        &self.inner.driver
     }
 
     pub fn same(&self, other: &GpuDevice) -> bool {
-        Arc::ptr_eq(&self.driver, &other.driver)
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// The driver calls made on this device so far.
+    pub fn counts(&self) -> DriverCounts {
+        self.inner.driver.counts()
+    }
+
+    /// What the caching allocator holds and did.
+    pub fn pool_stats(&self) -> PoolStats {
+        self.inner.pool.stats()
+    }
+
+    pub fn alloc_config(&self) -> AllocConfig {
+        self.inner.pool.config()
+    }
+
+    /// Waits for every queued kernel and copy; cached memory then becomes
+    /// free for any stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner.driver.synchronize()?;
+        self.inner.pool.synchronized();
+        Ok(())
+    }
+
+    /// Gives the allocator's cached blocks back to the driver.
+    pub fn empty_cache(&self) {
+        self.inner.pool.empty_cache(&self.inner.driver);
     }
 
     /// A buffer of `len` f32 elements; its contents are unspecified.
     pub fn alloc_f32(&self, len: usize) -> Result<GpuStorage> {
         let bytes = len.max(1) * 4;
-        let ptr = self.driver.alloc(bytes)?;
-        Ok(GpuStorage { buf: Arc::new(GpuBuffer { ptr, bytes, device: self.clone() }), len })
+        let block = self.inner.pool.alloc(&self.inner.driver, bytes, STREAM)?;
+        let ptr = block.ptr;
+        let graph = self.capture().clone();
+        Ok(GpuStorage { buf: Arc::new(GpuBuffer { ptr, bytes, block: Some(block), graph, device: self.clone() }), len })
     }
 
     pub fn zeros_f32(&self, len: usize) -> Result<GpuStorage> {
         let s = self.alloc_f32(len)?;
-        self.driver.memset_zero(s.ptr(), len * 4)?;
+        self.driver().memset_zero(s.ptr(), len * 4)?;
         Ok(s)
     }
 
     pub fn upload_f32(&self, data: &[f32]) -> Result<GpuStorage> {
         let s = self.alloc_f32(data.len())?;
-        self.driver.htod(bytemuck::cast_slice(data), s.ptr())?;
+        self.driver().htod(bytemuck::cast_slice(data), s.ptr())?;
         Ok(s)
+    }
+
+    /// Starts capturing a graph ([`graph`]): launches, device copies and
+    /// memsets are recorded (and run); memory freed is held for the graph.
+    pub fn begin_capture(&self) -> Result<()> {
+        self.inner.driver.begin_capture()?;
+        *self.capture() = Some(Arc::new(std::sync::Mutex::new(Some(Vec::new()))));
+        Ok(())
+    }
+
+    /// Ends the capture: the graph of what was recorded since `begin_capture`.
+    pub fn end_capture(&self) -> Result<GpuGraph> {
+        let calls = self
+            .inner
+            .driver
+            .end_capture()
+            .ok_or_else(|| crate::TensorError::Cuda("end_capture without begin_capture".into()))?;
+        let memory = self.capture().take().unwrap_or_default();
+        Ok(GpuGraph { device: self.clone(), calls, memory })
+    }
+
+    fn capture(&self) -> std::sync::MutexGuard<'_, Option<GraphMemory>> {
+        self.inner.capture.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn replay(&self, calls: &[graph::Recorded]) -> Result<()> {
+        let d = &self.inner.driver;
+        for c in calls {
+            match c {
+                graph::Recorded::Launch { kernel, grid, block, shared_bytes, args } => {
+                    d.launch(&Launch { kernel, grid: *grid, block: *block, shared_bytes: *shared_bytes, args })?
+                }
+                graph::Recorded::Dtod { src, dst, bytes } => d.dtod(*src, *dst, *bytes)?,
+                graph::Recorded::MemsetZero { dst, bytes } => d.memset_zero(*dst, *bytes)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a dropped graph's memory back to the allocator; buffers of the
+    /// capture still alive go back when they are dropped.
+    pub(crate) fn release_graph_memory(&self, memory: &GraphMemory) {
+        let blocks = memory.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        for b in blocks {
+            self.inner.pool.free(&self.inner.driver, b, STREAM);
+        }
     }
 
     /// Checks the arguments against the kernel's parameters, then launches.
@@ -156,22 +280,46 @@ impl GpuDevice {
     pub fn launch(&self, launch: &Launch<'_>) -> Result<()> {
         launch.kernel.check_args(launch.args)?;
         if !self.sync_launches {
-            return self.driver.launch(launch);
+            return self.inner.driver.launch(launch);
         }
-        self.driver.launch(launch).and_then(|()| self.driver.synchronize()).map_err(|e| debug::name_launch(e, launch))
+        self.inner.driver.launch(launch).and_then(|()| self.synchronize()).map_err(|e| debug::name_launch(e, launch))
     }
 }
 
-/// Device memory, freed on drop.
+/// Device memory, returned to its device's allocator on drop (after the
+/// work queued so far: see the stream-order invariant in [`pool`]).
 pub struct GpuBuffer {
     ptr: u64,
     bytes: usize,
+    block: Option<pool::Block>,
+    /// Set when allocated during a graph capture: the graph's replays write
+    /// here, so while the graph lives the block stays with it.
+    graph: Option<GraphMemory>,
     device: GpuDevice,
 }
 
+/// The memory a graph keeps while it lives (None once it is dropped).
+pub(crate) type GraphMemory = Arc<std::sync::Mutex<Option<Vec<pool::Block>>>>;
+
 impl Drop for GpuBuffer {
     fn drop(&mut self) {
-        self.device.driver.free(self.ptr);
+        if let Some(b) = self.block.take() {
+            let inner = &self.device.inner;
+            // A buffer of a live graph, or any buffer freed during a capture
+            // (recorded kernels may read it), stays with the graph.
+            let graph = self.graph.take().or_else(|| self.device.capture().clone());
+            let b = match graph {
+                Some(g) => match g.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                    Some(blocks) => {
+                        blocks.push(b);
+                        return;
+                    }
+                    None => b,
+                },
+                None => b,
+            };
+            inner.pool.free(&inner.driver, b, STREAM);
+        }
     }
 }
 
@@ -201,14 +349,14 @@ impl GpuStorage {
 
     pub fn download_f32(&self) -> Result<Vec<f32>> {
         let mut out = vec![0f32; self.len];
-        self.buf.device.driver.dtoh(self.buf.ptr, bytemuck::cast_slice_mut(&mut out))?;
+        self.buf.device.driver().dtoh(self.buf.ptr, bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
     }
 
     /// A copy in a new buffer (tensors own their storage; writes never alias).
     pub fn deep_copy(&self) -> Result<GpuStorage> {
         let s = self.buf.device.alloc_f32(self.len)?;
-        self.buf.device.driver.dtod(self.ptr(), s.ptr(), self.len * 4)?;
+        self.buf.device.driver().dtod(self.ptr(), s.ptr(), self.len * 4)?;
         Ok(s)
     }
 }

@@ -130,3 +130,150 @@ pub fn global_l2_norm(grads: &[&Tensor]) -> Result<f64> {
     }
     Ok(sum.sqrt())
 }
+
+/// Global-norm gradient clipping without a host round trip: the sum of
+/// squares of every element of `grads` (f64, the order and chunks of
+/// [`global_l2_norm`]) is written into `log` at f32 element `slot` (two
+/// slots: the f64's bytes; `slot` even), and when `max_norm > 0` and
+/// sqrt(sum) > max_norm every gradient is scaled in place by
+/// max_norm / (norm + 1e-6), as `scale_in_place` would with the host's
+/// factor. GPU tensors on one device; three launches however many tensors.
+pub fn clip_grad_norm_on_device(grads: &mut [&mut Tensor], max_norm: f64, log: &mut Tensor, slot: usize) -> Result<()> {
+    const OP: &str = "clip_grad_norm_on_device";
+    if !slot.is_multiple_of(2) || slot + 2 > log.numel() {
+        return Err(TensorError::invalid(
+            OP,
+            format!("slot {slot} is not an even index with two slots left in the log"),
+        ));
+    }
+    let dev = gpu_of(OP, log)?.device().clone();
+    let mut stores = Vec::with_capacity(grads.len());
+    for g in grads.iter_mut() {
+        let s = gpu_of_mut(OP, g)?;
+        if !s.device().same(&dev) {
+            return Err(TensorError::DeviceMismatch { op: OP, a: dev.name(), b: s.device().name() });
+        }
+        if max_norm > 0.0 {
+            s.make_unique()?; // scaled in place below
+        }
+        stores.push(&*s);
+    }
+    let log_s = gpu_of_mut(OP, log)?;
+    log_s.make_unique()?;
+    let out = log_s.ptr() + 4 * slot as u64;
+    match launch::optim::ChunkTable::new(&dev, &stores)? {
+        None => dev.driver().memset_zero(out, 8),
+        Some(table) => {
+            launch::optim::queue_sum_squares(&dev, &table, out)?;
+            if max_norm > 0.0 {
+                launch::optim::queue_clip(&dev, &table, out, max_norm)?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Copies `src` into `dst` from element `offset` on (same device and dtype;
+/// a device-to-device copy on a GPU, no host synchronisation).
+pub fn copy_into(dst: &mut Tensor, offset: usize, src: &Tensor) -> Result<()> {
+    const OP: &str = "copy_into";
+    check_same(OP, &[dst, src])?;
+    let n = src.numel();
+    if offset.checked_add(n).is_none_or(|end| end > dst.numel()) {
+        return Err(TensorError::invalid(OP, format!("{n} elements at {offset} overrun {} elements", dst.numel())));
+    }
+    match src.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let from = src.cpu_slice::<T>()?.to_vec();
+            dst.cpu_slice_mut::<T>()?[offset..offset + n].copy_from_slice(&from);
+            Ok(())
+        }),
+        Storage::Gpu(g) => {
+            let from = g.ptr();
+            let d = gpu_of_mut(OP, dst)?;
+            d.make_unique()?;
+            d.device().driver().dtod(from, d.ptr() + 4 * offset as u64, 4 * n)
+        }
+    }
+}
+
+/// [`adamw_step`] of many tensors at once: tensor k gets `hypers[k]`. On one
+/// GPU this is one launch for all of them (multi-tensor apply), with the
+/// bits of one `adamw_step` per tensor; elsewhere a loop of `adamw_step`.
+pub fn adamw_step_many(
+    params: &mut [&mut Tensor],
+    grads: &[&Tensor],
+    m: &mut [&mut Tensor],
+    v: &mut [&mut Tensor],
+    hypers: &[AdamWParams],
+    step: u64,
+) -> Result<()> {
+    const OP: &str = "adamw_step_many";
+    let n = params.len();
+    if grads.len() != n || m.len() != n || v.len() != n || hypers.len() != n {
+        return Err(TensorError::invalid(OP, "params, grads, m, v and hyper-parameters differ in count"));
+    }
+    let Some(dev) = one_gpu(params.iter().map(|p| &**p)) else {
+        for k in 0..n {
+            adamw_step(params[k], grads[k], m[k], v[k], &hypers[k], step)?;
+        }
+        return Ok(());
+    };
+    if step == 0 {
+        return Err(TensorError::invalid(OP, "step is 1-based (the bias corrections divide by 1 - beta^step)"));
+    }
+    for k in 0..n {
+        hypers[k].validate(OP)?;
+        check_same(OP, &[params[k], grads[k], m[k], v[k]])?;
+        check_same_shape(OP, params[k], grads[k])?;
+        check_same_shape(OP, params[k], m[k])?;
+        check_same_shape(OP, params[k], v[k])?;
+        for t in [&mut *params[k], &mut *m[k], &mut *v[k]] {
+            gpu_of_mut(OP, t)?.make_unique()?; // written in place
+        }
+    }
+    let mut tensors = Vec::with_capacity(n);
+    for k in 0..n {
+        let h = &hypers[k];
+        tensors.push(launch::optim::AdamWTensor {
+            param: gpu_of(OP, params[k])?,
+            grad: gpu_of(OP, grads[k])?,
+            m: gpu_of(OP, m[k])?,
+            v: gpu_of(OP, v[k])?,
+            consts: AdamWConsts::new(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, step),
+        });
+    }
+    launch::optim::adamw_multi(&dev, &tensors)
+}
+
+/// [`ema_update`] of many tensors with one decay; one launch on one GPU.
+pub fn ema_update_many(emas: &mut [&mut Tensor], params: &[&Tensor], decay: f64) -> Result<()> {
+    const OP: &str = "ema_update_many";
+    if emas.len() != params.len() {
+        return Err(TensorError::invalid(OP, "emas and params differ in count"));
+    }
+    let Some(dev) = one_gpu(emas.iter().map(|e| &**e)) else {
+        for (e, p) in emas.iter_mut().zip(params) {
+            ema_update(e, p, decay)?;
+        }
+        return Ok(());
+    };
+    if !(0.0..=1.0).contains(&decay) {
+        return Err(TensorError::invalid(OP, format!("decay must be in [0, 1], got {decay}")));
+    }
+    for (e, p) in emas.iter_mut().zip(params) {
+        check_same(OP, &[e, p])?;
+        check_same_shape(OP, e, p)?;
+        gpu_of_mut(OP, e)?.make_unique()?;
+    }
+    let pairs: Vec<(&GpuStorage, &GpuStorage)> =
+        emas.iter().zip(params).map(|(e, p)| Ok((gpu_of(OP, e)?, gpu_of(OP, p)?))).collect::<Result<_>>()?;
+    launch::optim::ema_multi(&dev, &pairs, decay)
+}
+
+/// The GPU all these tensors live on, if they all live on one.
+fn one_gpu<'a>(mut ts: impl Iterator<Item = &'a Tensor>) -> Option<GpuDevice> {
+    let Storage::Gpu(g) = ts.next()?.storage() else { return None };
+    let dev = g.device().clone();
+    ts.all(|t| matches!(t.storage(), Storage::Gpu(h) if h.device().same(&dev))).then_some(dev)
+}

@@ -49,32 +49,143 @@ pub fn ema_update(dev: &GpuDevice, ema: &mut GpuStorage, param: &GpuStorage, dec
 /// Elements per partial sum of optim.cu's global norm (NORM_CHUNK).
 pub const NORM_CHUNK: usize = 4096;
 
+/// The tensor table of a multi-tensor launch (global norm, clipping):
+/// device pointers, lengths and first chunks, uploaded once per call.
+pub struct ChunkTable {
+    ptrs: GpuStorage,
+    lens: GpuStorage,
+    first: GpuStorage,
+    chunks: u32,
+    count: i32,
+}
+
+impl ChunkTable {
+    /// None when the tensors hold no element.
+    pub fn new(dev: &GpuDevice, tensors: &[&GpuStorage]) -> Result<Option<ChunkTable>> {
+        let mut first_chunk = Vec::with_capacity(tensors.len() + 1);
+        let mut total = 0u64;
+        for t in tensors {
+            first_chunk.push(total);
+            total += t.len().div_ceil(NORM_CHUNK) as u64;
+        }
+        first_chunk.push(total);
+        if total == 0 {
+            return Ok(None);
+        }
+        let chunks = u32::try_from(total).map_err(|_| TensorError::invalid("global_l2_norm", "too many elements"))?;
+        let count =
+            i32::try_from(tensors.len()).map_err(|_| TensorError::invalid("global_l2_norm", "too many tensors"))?;
+        let ptrs: Vec<u64> = tensors.iter().map(|t| t.ptr()).collect();
+        let lens: Vec<u64> = tensors.iter().map(|t| t.len() as u64).collect();
+        let (ptrs, lens, first) = (upload_u64(dev, &ptrs)?, upload_u64(dev, &lens)?, upload_u64(dev, &first_chunk)?);
+        Ok(Some(ChunkTable { ptrs, lens, first, chunks, count }))
+    }
+
+    fn args(&self) -> [KernelArg; 4] {
+        [self.ptrs.arg(), self.lens.arg(), self.first.arg(), KernelArg::I32(self.count)]
+    }
+}
+
+/// Queues the sum of squares of every element of the table's tensors, in
+/// f64, into the double at device address `out` (two launches, no host
+/// synchronisation).
+pub fn queue_sum_squares(dev: &GpuDevice, table: &ChunkTable, out: u64) -> Result<()> {
+    let partials = alloc_f64(dev, table.chunks as usize)?;
+    let [p, l, f, c] = table.args();
+    run(dev, &kernels::optim::GLOBAL_NORM_PARTIAL_F32, Dim3::x(table.chunks), &[partials.arg(), p, l, f, c])?;
+    let final_args = [KernelArg::Ptr(out), partials.arg(), KernelArg::U32(table.chunks)];
+    run(dev, &kernels::optim::GLOBAL_NORM_FINAL_F32, Dim3::x(1), &final_args)
+}
+
+/// Queues gradient clipping: every tensor of the table is scaled in place
+/// by max_norm / (norm + 1e-6) when norm = sqrt(*sumsq) exceeds max_norm
+/// (the caller made the buffers unique). One launch.
+pub fn queue_clip(dev: &GpuDevice, table: &ChunkTable, sumsq: u64, max_norm: f64) -> Result<()> {
+    let [p, l, f, c] = table.args();
+    let args = [KernelArg::Ptr(sumsq), KernelArg::U64(max_norm.to_bits()), p, l, f, c];
+    run(dev, &kernels::optim::CLIP_GRADS_F32, Dim3::x(table.chunks), &args)
+}
+
 /// The sum of squares of every element of every tensor, in f64, in one
 /// launch (plus one for the final sum); deterministic.
 pub fn sum_squares(dev: &GpuDevice, tensors: &[&GpuStorage]) -> Result<f64> {
-    let mut first_chunk = Vec::with_capacity(tensors.len() + 1);
-    let mut total = 0u64;
-    for t in tensors {
-        first_chunk.push(total);
-        total += t.len().div_ceil(NORM_CHUNK) as u64;
-    }
-    first_chunk.push(total);
-    if total == 0 {
-        return Ok(0.0);
-    }
-    let grid = u32::try_from(total).map_err(|_| TensorError::invalid("global_l2_norm", "too many elements"))?;
-    let ptrs: Vec<u64> = tensors.iter().map(|t| t.ptr()).collect();
-    let lens: Vec<u64> = tensors.iter().map(|t| t.len() as u64).collect();
-    let (ptrs_d, lens_d, first_d) = (upload_u64(dev, &ptrs)?, upload_u64(dev, &lens)?, upload_u64(dev, &first_chunk)?);
-    let partials = alloc_f64(dev, total as usize)?;
+    let Some(table) = ChunkTable::new(dev, tensors)? else { return Ok(0.0) };
     let out = alloc_f64(dev, 1)?;
-    let args = [partials.arg(), ptrs_d.arg(), lens_d.arg(), first_d.arg(), KernelArg::I32(tensors.len() as i32)];
-    run(dev, &kernels::optim::GLOBAL_NORM_PARTIAL_F32, Dim3::x(grid), &args)?;
-    run(dev, &kernels::optim::GLOBAL_NORM_FINAL_F32, Dim3::x(1), &[out.arg(), partials.arg(), KernelArg::U32(grid)])?;
+    queue_sum_squares(dev, &table, out.ptr())?;
     download_f64(&out)
 }
 
 /// sqrt(sum of squares of all elements of all tensors), f64.
 pub fn global_l2_norm(dev: &GpuDevice, tensors: &[&GpuStorage]) -> Result<f64> {
     Ok(sum_squares(dev, tensors)?.sqrt())
+}
+
+/// Chunks per tensor and their prefix sums (first_chunk[count] = total).
+fn first_chunks(lens: &[u64]) -> Result<(Vec<u64>, u32)> {
+    let mut first = Vec::with_capacity(lens.len() + 1);
+    let mut total = 0u64;
+    for &n in lens {
+        first.push(total);
+        total += n.div_ceil(NORM_CHUNK as u64);
+    }
+    first.push(total);
+    let total = u32::try_from(total).map_err(|_| TensorError::invalid("multi-tensor apply", "too many elements"))?;
+    Ok((first, total))
+}
+
+/// One AdamW tensor of a multi-tensor step: its buffers (made unique by the
+/// caller where written) and its constants.
+pub struct AdamWTensor<'a> {
+    pub param: &'a GpuStorage,
+    pub grad: &'a GpuStorage,
+    pub m: &'a GpuStorage,
+    pub v: &'a GpuStorage,
+    pub consts: AdamWConsts,
+}
+
+/// AdamW over every tensor in one launch (`adamw_multi_f32`): each element
+/// gets the bits `adamw_step` would give it.
+pub fn adamw_multi(dev: &GpuDevice, tensors: &[AdamWTensor<'_>]) -> Result<()> {
+    let lens: Vec<u64> = tensors.iter().map(|t| t.param.len() as u64).collect();
+    let (first, chunks) = first_chunks(&lens)?;
+    if chunks == 0 {
+        return Ok(());
+    }
+    let table = |f: &dyn Fn(&AdamWTensor<'_>) -> u64| upload_u64(dev, &tensors.iter().map(f).collect::<Vec<_>>());
+    let (p, g) = (table(&|t| t.param.ptr())?, table(&|t| t.grad.ptr())?);
+    let (m, v) = (table(&|t| t.m.ptr())?, table(&|t| t.v.ptr())?);
+    let (lens_d, first_d) = (upload_u64(dev, &lens)?, upload_u64(dev, &first)?);
+    // each f64 constant exactly, as its bits (as adamw_step's arguments)
+    let mut consts = Vec::with_capacity(6 * tensors.len());
+    for t in tensors {
+        let c = &t.consts;
+        consts.extend([c.decay, c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt, c.eps].map(f64::to_bits));
+    }
+    let consts_d = upload_u64(dev, &consts)?;
+    let count = KernelArg::I32(tensors.len() as i32);
+    let args = [p.arg(), g.arg(), m.arg(), v.arg(), lens_d.arg(), first_d.arg(), consts_d.arg(), count];
+    run(dev, &kernels::optim::ADAMW_MULTI_F32, Dim3::x(chunks), &args)
+}
+
+/// ema = d * ema + (1 - d) * param over every pair in one launch
+/// (`ema_multi_f32`), the bits of `ema_update` per tensor.
+pub fn ema_multi(dev: &GpuDevice, pairs: &[(&GpuStorage, &GpuStorage)], decay: f64) -> Result<()> {
+    let lens: Vec<u64> = pairs.iter().map(|(e, _)| e.len() as u64).collect();
+    let (first, chunks) = first_chunks(&lens)?;
+    if chunks == 0 {
+        return Ok(());
+    }
+    let emas = upload_u64(dev, &pairs.iter().map(|(e, _)| e.ptr()).collect::<Vec<_>>())?;
+    let params = upload_u64(dev, &pairs.iter().map(|(_, p)| p.ptr()).collect::<Vec<_>>())?;
+    let (lens_d, first_d) = (upload_u64(dev, &lens)?, upload_u64(dev, &first)?);
+    let args = [
+        emas.arg(),
+        params.arg(),
+        lens_d.arg(),
+        first_d.arg(),
+        KernelArg::F32(decay as f32),
+        KernelArg::F32((1.0 - decay) as f32),
+        KernelArg::I32(pairs.len() as i32),
+    ];
+    run(dev, &kernels::optim::EMA_MULTI_F32, Dim3::x(chunks), &args)
 }

@@ -1,0 +1,231 @@
+//! Counted driver calls: every call a [`GpuDevice`](super::GpuDevice) makes
+//! into its driver goes through [`CountedDriver`], so a test or
+//! `diffuse bench step --counters` can say how many allocations, frees,
+//! launches, copies, memsets and host synchronisations a step costs.
+
+use super::graph::Recorded;
+use super::{GpuDriver, Launch};
+use crate::{Result, TensorError};
+use std::ops::Sub;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::Mutex;
+
+/// A snapshot of a device's driver calls since it was opened.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverCounts {
+    /// Device allocations (cuMemAlloc); a caching allocator hit is not one.
+    pub allocs: u64,
+    /// Device frees (cuMemFree, which synchronises the device).
+    pub frees: u64,
+    /// Kernel launches.
+    pub launches: u64,
+    /// Copies host to device.
+    pub htod: u64,
+    /// Copies device to host.
+    pub dtoh: u64,
+    /// Copies device to device.
+    pub dtod: u64,
+    /// Memsets.
+    pub memsets: u64,
+    /// Times the host waited for the device: every `synchronize` and every
+    /// copy to the host (it waits for the stream's queued work).
+    pub host_syncs: u64,
+    /// Bytes copied host to device.
+    pub htod_bytes: u64,
+    /// Bytes copied device to host.
+    pub dtoh_bytes: u64,
+}
+
+impl Sub for DriverCounts {
+    type Output = DriverCounts;
+    /// The calls made between two snapshots (`later - earlier`).
+    fn sub(self, o: DriverCounts) -> DriverCounts {
+        DriverCounts {
+            allocs: self.allocs - o.allocs,
+            frees: self.frees - o.frees,
+            launches: self.launches - o.launches,
+            htod: self.htod - o.htod,
+            dtoh: self.dtoh - o.dtoh,
+            dtod: self.dtod - o.dtod,
+            memsets: self.memsets - o.memsets,
+            host_syncs: self.host_syncs - o.host_syncs,
+            htod_bytes: self.htod_bytes - o.htod_bytes,
+            dtoh_bytes: self.dtoh_bytes - o.dtoh_bytes,
+        }
+    }
+}
+
+impl DriverCounts {
+    /// `(name, value)` pairs in a fixed order (for JSON and tables).
+    pub fn fields(&self) -> [(&'static str, u64); 10] {
+        [
+            ("allocs", self.allocs),
+            ("frees", self.frees),
+            ("launches", self.launches),
+            ("htod", self.htod),
+            ("dtoh", self.dtoh),
+            ("dtod", self.dtod),
+            ("memsets", self.memsets),
+            ("host_syncs", self.host_syncs),
+            ("htod_bytes", self.htod_bytes),
+            ("dtoh_bytes", self.dtoh_bytes),
+        ]
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    allocs: AtomicU64,
+    frees: AtomicU64,
+    launches: AtomicU64,
+    htod: AtomicU64,
+    dtoh: AtomicU64,
+    dtod: AtomicU64,
+    memsets: AtomicU64,
+    host_syncs: AtomicU64,
+    htod_bytes: AtomicU64,
+    dtoh_bytes: AtomicU64,
+}
+
+fn bump(c: &AtomicU64, by: u64) {
+    c.fetch_add(by, Ordering::Relaxed);
+}
+
+/// A driver whose calls are counted; it implements [`GpuDriver`] itself, so
+/// every caller counts without knowing it.
+pub struct CountedDriver {
+    inner: Arc<dyn GpuDriver>,
+    c: Counters,
+    /// The calls recorded while a graph is being captured.
+    capture: Mutex<Option<Vec<Recorded>>>,
+}
+
+impl CountedDriver {
+    pub fn new(inner: Arc<dyn GpuDriver>) -> Self {
+        CountedDriver { inner, c: Counters::default(), capture: Mutex::new(None) }
+    }
+
+    fn capturing(&self) -> std::sync::MutexGuard<'_, Option<Vec<Recorded>>> {
+        self.capture.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts recording launches, device copies and memsets.
+    pub(crate) fn begin_capture(&self) -> Result<()> {
+        let mut c = self.capturing();
+        if c.is_some() {
+            return Err(TensorError::Cuda("a graph capture is already under way on this device".into()));
+        }
+        *c = Some(Vec::new());
+        Ok(())
+    }
+
+    /// Stops recording; the calls recorded (None when no capture was under way).
+    pub(crate) fn end_capture(&self) -> Option<Vec<Recorded>> {
+        self.capturing().take()
+    }
+
+    pub(crate) fn is_capturing(&self) -> bool {
+        self.capturing().is_some()
+    }
+
+    fn record(&self, r: Recorded) {
+        if let Some(calls) = self.capturing().as_mut() {
+            calls.push(r);
+        }
+    }
+
+    fn refuse_host_copy(&self, what: &str) -> Result<()> {
+        if self.is_capturing() {
+            return Err(TensorError::Cuda(format!("{what} inside a graph capture: a graph replays device work only")));
+        }
+        Ok(())
+    }
+
+    pub fn counts(&self) -> DriverCounts {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.c;
+        DriverCounts {
+            allocs: l(&c.allocs),
+            frees: l(&c.frees),
+            launches: l(&c.launches),
+            htod: l(&c.htod),
+            dtoh: l(&c.dtoh),
+            dtod: l(&c.dtod),
+            memsets: l(&c.memsets),
+            host_syncs: l(&c.host_syncs),
+            htod_bytes: l(&c.htod_bytes),
+            dtoh_bytes: l(&c.dtoh_bytes),
+        }
+    }
+
+    /// The driver underneath (uncounted).
+    pub fn inner(&self) -> &dyn GpuDriver {
+        self.inner.as_ref()
+    }
+}
+
+impl GpuDriver for CountedDriver {
+    fn name(&self) -> String {
+        self.inner.name()
+    }
+    fn max_shared_bytes(&self) -> u32 {
+        self.inner.max_shared_bytes()
+    }
+    fn alloc(&self, bytes: usize) -> Result<u64> {
+        bump(&self.c.allocs, 1);
+        self.inner.alloc(bytes)
+    }
+    fn free(&self, ptr: u64) {
+        bump(&self.c.frees, 1);
+        self.inner.free(ptr)
+    }
+    fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
+        self.refuse_host_copy("a copy to the device")?;
+        bump(&self.c.htod, 1);
+        bump(&self.c.htod_bytes, src.len() as u64);
+        self.inner.htod(src, dst)
+    }
+    fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
+        self.refuse_host_copy("a copy to the host")?;
+        bump(&self.c.dtoh, 1);
+        bump(&self.c.dtoh_bytes, dst.len() as u64);
+        bump(&self.c.host_syncs, 1);
+        self.inner.dtoh(src, dst)
+    }
+    fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        bump(&self.c.dtod, 1);
+        self.record(Recorded::Dtod { src, dst, bytes });
+        self.inner.dtod(src, dst, bytes)
+    }
+    fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
+        bump(&self.c.memsets, 1);
+        self.record(Recorded::MemsetZero { dst, bytes });
+        self.inner.memset_zero(dst, bytes)
+    }
+    fn launch(&self, launch: &Launch<'_>) -> Result<()> {
+        bump(&self.c.launches, 1);
+        self.record(Recorded::Launch {
+            kernel: launch.kernel,
+            grid: launch.grid,
+            block: launch.block,
+            shared_bytes: launch.shared_bytes,
+            args: launch.args.to_vec(),
+        });
+        self.inner.launch(launch)
+    }
+    fn synchronize(&self) -> Result<()> {
+        self.refuse_host_copy("a synchronisation")?;
+        bump(&self.c.host_syncs, 1);
+        self.inner.synchronize()
+    }
+    fn alignment(&self) -> usize {
+        self.inner.alignment()
+    }
+    fn poison(&self, ptr: u64, bytes: usize) {
+        self.inner.poison(ptr, bytes)
+    }
+    fn mem_info(&self) -> Option<(usize, usize)> {
+        self.inner.mem_info()
+    }
+}

@@ -1,0 +1,247 @@
+//! The GPU engine on the emulator: counted driver calls, the caching
+//! allocator's steady state, poisoning of reused blocks, and the
+//! no-reuse mode that keeps use-after-free visible.
+
+use diffuse_tensor::gpu::emu::EmuDriver;
+use diffuse_tensor::gpu::{kernels, AllocConfig, AllocMode, Dim3, GpuDevice, KernelArg, Launch};
+use diffuse_tensor::{ops, Device, Tensor};
+use std::sync::Arc;
+
+fn emu(mode: AllocMode) -> GpuDevice {
+    let driver = EmuDriver::new().expect("the emulator starts");
+    GpuDevice::with_alloc(Arc::new(driver), AllocConfig { mode, limit: None })
+}
+
+/// Awkward-sized values, not zeros.
+fn values(n: usize, salt: u32) -> Vec<f32> {
+    (0..n).map(|i| (((i as u32).wrapping_mul(2654435761) ^ salt) % 1000) as f32 / 250.0 - 2.0).collect()
+}
+
+/// One forward and backward of conv2d + SiLU: allocations of many sizes.
+fn conv_silu_step(x: &Tensor, w: &Tensor) -> Vec<f32> {
+    let p = ops::Conv2dParams::same(3);
+    let y = ops::conv2d_forward(x, w, None, &p).expect("conv forward");
+    let a = ops::silu_forward(&y).expect("silu");
+    let da = ops::silu_backward(&a, &y).expect("silu backward");
+    let dx = ops::conv2d_backward_data(&da, w, x.shape(), &p).expect("conv backward data");
+    let dw = ops::conv2d_backward_weight(&da, x, w.shape(), &p).expect("conv backward weight");
+    let mut out = dx.to_vec_f32().expect("download");
+    out.extend(dw.to_vec_f32().expect("download"));
+    out
+}
+
+#[test]
+fn steady_state_steps_make_no_allocation_or_free_and_match_direct_mode() {
+    let cpu_x = Tensor::from_vec(values(2 * 5 * 7 * 9, 1), [2, 5, 7, 9]).unwrap();
+    let cpu_w = Tensor::from_vec(values(6 * 5 * 3 * 3, 2), [6, 5, 3, 3]).unwrap();
+    let mut results = Vec::new();
+    for mode in [AllocMode::Caching, AllocMode::Direct] {
+        let g = emu(mode);
+        let dev = Device::Gpu(g.clone());
+        let (x, w) = (cpu_x.to_device(&dev).unwrap(), cpu_w.to_device(&dev).unwrap());
+        let first = conv_silu_step(&x, &w);
+        let before = g.counts();
+        let again = conv_silu_step(&x, &w);
+        let d = g.counts() - before;
+        assert_eq!(first, again, "{mode:?}: a step is deterministic");
+        assert!(d.launches >= 4, "{mode:?}: {d:?}");
+        assert_eq!(d.dtoh, 2, "{mode:?}: {d:?}");
+        match mode {
+            AllocMode::Caching => assert_eq!((d.allocs, d.frees), (0, 0), "steady state: {d:?}"),
+            AllocMode::Direct => assert!(d.allocs >= 4 && d.frees == d.allocs, "{d:?}"),
+        }
+        results.push(first);
+    }
+    assert_eq!(results[0], results[1], "memory reuse does not change a result");
+}
+
+#[test]
+fn reused_blocks_read_as_nan_like_fresh_memory() {
+    let g = emu(AllocMode::Caching);
+    let n = 1234;
+    let s = g.upload_f32(&values(n, 3)).unwrap();
+    let ptr = s.ptr();
+    drop(s);
+    let again = g.alloc_f32(n).unwrap();
+    assert_eq!(again.ptr(), ptr, "the block is reused");
+    assert!(again.download_f32().unwrap().iter().all(|v| v.is_nan()), "a reused block is poisoned");
+    assert_eq!(g.pool_stats().hits, 1);
+}
+
+#[test]
+fn overruns_of_a_cached_block_still_hit_the_guard_page() {
+    let g = emu(AllocMode::Caching);
+    // 300 floats: class 1536 bytes, the pointer placed so the data ends at the block's end
+    let s = g.alloc_f32(300).unwrap();
+    let n = 304u64; // past the 16-byte-rounded end
+    let args = [s.arg(), s.arg(), KernelArg::U64(n)];
+    let l = Launch {
+        kernel: &kernels::silu::SILU_FWD_F32,
+        grid: Dim3::x(2),
+        block: Dim3::x(256),
+        shared_bytes: 0,
+        args: &args,
+    };
+    let err = g.launch(&l).expect_err("an overrun is a launch error").to_string();
+    assert!(err.contains("silu_fwd_f32"), "{err}");
+}
+
+#[test]
+fn direct_mode_catches_use_after_free() {
+    for (mode, caught) in [(AllocMode::Direct, true), (AllocMode::Caching, false)] {
+        let g = emu(mode);
+        let s = g.upload_f32(&values(512, 4)).unwrap();
+        let stale = s.ptr();
+        drop(s);
+        let args = [KernelArg::Ptr(stale), KernelArg::Ptr(stale), KernelArg::U64(512)];
+        let l = Launch {
+            kernel: &kernels::silu::SILU_FWD_F32,
+            grid: Dim3::x(2),
+            block: Dim3::x(256),
+            shared_bytes: 0,
+            args: &args,
+        };
+        assert_eq!(g.launch(&l).is_err(), caught, "{mode:?}");
+    }
+}
+
+#[test]
+fn counts_name_every_kind_of_call() {
+    let g = emu(AllocMode::Caching);
+    let c0 = g.counts();
+    let a = g.upload_f32(&values(100, 5)).unwrap(); // alloc + htod
+    let z = g.zeros_f32(100).unwrap(); // alloc + memset
+    let b = a.deep_copy().unwrap(); // alloc + dtod
+    let _ = b.download_f32().unwrap(); // dtoh (a host sync)
+    g.synchronize().unwrap(); // a host sync
+    drop((a, z, b));
+    let d = g.counts() - c0;
+    assert_eq!((d.allocs, d.frees, d.htod, d.memsets, d.dtod, d.dtoh, d.host_syncs), (3, 0, 1, 1, 1, 1, 2), "{d:?}");
+    assert_eq!((d.htod_bytes, d.dtoh_bytes), (400, 400));
+    g.empty_cache();
+    assert_eq!((g.counts() - c0).frees, 3);
+}
+
+#[test]
+fn bad_allocator_settings_are_errors() {
+    // from_env reads the process environment; test the parser it uses
+    assert_eq!(diffuse_tensor::gpu::pool::parse_bytes("64M"), Some(64 << 20));
+    assert!(diffuse_tensor::gpu::pool::parse_bytes("lots").is_none());
+}
+
+/// Clipping on the device (norm into a log slot, one scaling launch) gives
+/// the bits of the host path (download the norm, scale each tensor), with
+/// and without clipping, over tensors of awkward sizes.
+#[test]
+fn clipping_on_the_device_is_bit_identical_to_the_host_path() {
+    let g = emu(AllocMode::Caching);
+    let dev = Device::Gpu(g.clone());
+    let lens = [1usize, 4095, 4096, 4097, 10_000, 3, 777];
+    let host: Vec<Tensor> = lens
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| Tensor::from_vec(values(n, 10 + k as u32), [n]).unwrap().to_device(&dev).unwrap())
+        .collect();
+    for max_norm in [0.0, 1e9, 7.25, 0.3] {
+        // host path, as optim::clip_grad_norm does it
+        let mut a: Vec<Tensor> =
+            host.iter().map(|t| t.to_device(&Device::Cpu).unwrap().to_device(&dev).unwrap()).collect();
+        let norm = ops::global_l2_norm(&a.iter().collect::<Vec<_>>()).unwrap();
+        if max_norm > 0.0 && norm > max_norm {
+            for t in a.iter_mut() {
+                ops::scale_in_place(t, max_norm / (norm + 1e-6)).unwrap();
+            }
+        }
+        // device path
+        let mut b: Vec<Tensor> =
+            host.iter().map(|t| t.to_device(&Device::Cpu).unwrap().to_device(&dev).unwrap()).collect();
+        let mut log = Tensor::zeros([6], diffuse_tensor::DType::F32, &dev).unwrap();
+        let before = g.counts();
+        ops::clip_grad_norm_on_device(&mut b.iter_mut().collect::<Vec<_>>(), max_norm, &mut log, 4).unwrap();
+        let d = g.counts() - before;
+        assert_eq!(d.host_syncs, 0, "no sync: {d:?}");
+        if max_norm > 0.0 {
+            assert_eq!(d.allocs, 0, "steady state, all memory cached: {d:?}");
+        }
+        assert_eq!(d.launches, if max_norm > 0.0 { 3 } else { 2 }, "{d:?}");
+        let slots = log.to_vec_f32().unwrap();
+        let bytes: Vec<u8> = slots[4..6].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let sumsq = f64::from_le_bytes(bytes.try_into().unwrap());
+        assert_eq!(sumsq.sqrt().to_bits(), norm.to_bits(), "max_norm {max_norm}");
+        for (x, y) in a.iter().zip(&b) {
+            let (x, y) = (x.to_vec_f32().unwrap(), y.to_vec_f32().unwrap());
+            assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "max_norm {max_norm}");
+        }
+        if max_norm == 0.3 {
+            assert_ne!(b[0].to_vec_f32().unwrap(), host[0].to_vec_f32().unwrap(), "clipping happened");
+        }
+    }
+}
+
+#[test]
+fn copy_into_writes_a_slice_on_every_device() {
+    for dev in [Device::Cpu, Device::Gpu(emu(AllocMode::Caching))] {
+        let mut dst = Tensor::from_vec(values(10, 20), [10]).unwrap().to_device(&dev).unwrap();
+        let src = Tensor::from_vec(vec![1.5f32, -2.0], [2]).unwrap().to_device(&dev).unwrap();
+        ops::copy_into(&mut dst, 7, &src).unwrap();
+        let mut want = values(10, 20);
+        want[7..9].copy_from_slice(&[1.5, -2.0]);
+        assert_eq!(dst.to_vec_f32().unwrap(), want);
+        assert!(ops::copy_into(&mut dst, 9, &src).is_err(), "an overrun is an error");
+    }
+}
+
+/// Multi-tensor AdamW and EMA (one launch each) give the bits of one launch
+/// per tensor, with a different learning rate per tensor, over several steps.
+#[test]
+fn multi_tensor_adamw_and_ema_are_bit_identical_to_per_tensor_launches() {
+    let g = emu(AllocMode::Caching);
+    let dev = Device::Gpu(g.clone());
+    let lens = [3usize, 4096, 5000, 1, 12_289];
+    let up = |n: usize, salt: u32| Tensor::from_vec(values(n, salt), [n]).unwrap().to_device(&dev).unwrap();
+    let fresh = |salt: u32| lens.iter().enumerate().map(|(k, &n)| up(n, salt + k as u32)).collect::<Vec<_>>();
+    let hypers: Vec<ops::AdamWParams> = (0..lens.len())
+        .map(|k| ops::AdamWParams {
+            lr: 1e-3 * (k as f64 + 0.7),
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.03,
+        })
+        .collect();
+    let (mut p1, mut m1, mut v1, mut e1) = (fresh(100), fresh(200), fresh(300), fresh(400));
+    let (mut p2, mut m2, mut v2, mut e2) = (fresh(100), fresh(200), fresh(300), fresh(400));
+    for k in 0..lens.len() {
+        // moments must be >= 0 in v
+        v1[k] = ops::mul(&v1[k], &v1[k]).unwrap();
+        v2[k] = ops::mul(&v2[k], &v2[k]).unwrap();
+    }
+    for step in 1..=3u64 {
+        let grads = fresh(500 + 10 * step as u32);
+        for k in 0..lens.len() {
+            ops::adamw_step(&mut p1[k], &grads[k], &mut m1[k], &mut v1[k], &hypers[k], step).unwrap();
+            ops::ema_update(&mut e1[k], &p1[k], 0.95).unwrap();
+        }
+        let before = g.counts();
+        let gs: Vec<&Tensor> = grads.iter().collect();
+        ops::adamw_step_many(
+            &mut p2.iter_mut().collect::<Vec<_>>(),
+            &gs,
+            &mut m2.iter_mut().collect::<Vec<_>>(),
+            &mut v2.iter_mut().collect::<Vec<_>>(),
+            &hypers,
+            step,
+        )
+        .unwrap();
+        ops::ema_update_many(&mut e2.iter_mut().collect::<Vec<_>>(), &p2.iter().collect::<Vec<_>>(), 0.95).unwrap();
+        let d = g.counts() - before;
+        assert_eq!((d.launches, d.host_syncs), (2, 0), "{d:?}");
+    }
+    for (a, b) in [(&p1, &p2), (&m1, &m2), (&v1, &v2), (&e1, &e2)] {
+        for (x, y) in a.iter().zip(b) {
+            let (x, y) = (x.to_vec_f32().unwrap(), y.to_vec_f32().unwrap());
+            assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()));
+        }
+    }
+    assert_ne!(p2[0].to_vec_f32().unwrap(), values(3, 100), "the parameters moved");
+}

@@ -1,0 +1,186 @@
+//! `diffuse bench step`: times whole steps of the real training loop
+//! (`Trainer::train_step` on a synthetic image folder) or of sampling (one
+//! model call at a fixed timestep), after warm-up, and prints one JSON line:
+//! median and minimum seconds, images per second, peak resident memory, and
+//! with `--counters` the driver calls of one steady-state step (the device
+//! is synchronised after each timed step, outside what is counted).
+
+use crate::cli::device::{DeviceParser, DeviceSpec};
+use crate::cli::model_config::load_config;
+use anyhow::{bail, Context, Result};
+use clap::{Args, ValueEnum};
+use diffuse_tensor::gpu::DriverCounts;
+use diffuse_tensor::{Device, Tensor};
+use diffuse_trainer::config::TrainConfig;
+use diffuse_trainer::raster::RasterImage;
+use diffuse_trainer::train::{Start, Trainer};
+use diffuse_unet::UNet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    /// A training step: forward, loss, backward, clipping, AdamW, EMA.
+    Train,
+    /// A sampling step: one forward of the model.
+    Sample,
+}
+
+#[derive(Args)]
+pub struct BenchStepArgs {
+    /// Model: mnist, cifar10, tiny, tiny-mnist, or a JSON file of UNetConfig fields.
+    #[arg(long, default_value = "mnist")]
+    pub config: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value_t = BenchMode::Train)]
+    pub mode: BenchMode,
+    #[arg(long, default_value = "cpu", value_parser = DeviceParser)]
+    pub device: DeviceSpec,
+    /// CPU threads (rayon; default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed steps first (caches fill, kernels compile).
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Add the driver calls of one steady-state step (GPU devices).
+    #[arg(long)]
+    pub counters: bool,
+}
+
+/// A folder of `count` deterministic, non-constant images for the loader.
+fn synthetic_images(dir: &Path, count: usize, size: usize, channels: usize) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for k in 0..count {
+        let mut img = RasterImage::filled(size, size, channels, 0);
+        for (i, p) in img.pixels.iter_mut().enumerate() {
+            *p = ((i as u32).wrapping_mul(2_654_435_761) ^ (k as u32).wrapping_mul(40_503)).to_le_bytes()[1];
+        }
+        img.save_png(dir.join(format!("{k:04}.png")))?;
+    }
+    Ok(())
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Peak resident memory of the process (VmHWM), in bytes, where Linux says.
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// One step to time; returns after queuing (the caller synchronises).
+type Step<'a> = Box<dyn FnMut() -> Result<()> + 'a>;
+
+pub fn run(a: BenchStepArgs) -> Result<()> {
+    if a.batch_size == 0 || a.steps == 0 {
+        bail!("--batch-size and --steps must be at least 1");
+    }
+    if let Some(n) = a.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("setting the CPU threads")?;
+    }
+    let model_cfg = load_config(&a.config)?;
+    let device = a.device.open()?;
+    let tmp = TempDir(std::env::temp_dir().join(format!(
+        "diffuse-bench-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    )));
+    let (b, s, c) = (a.batch_size, model_cfg.image_size, model_cfg.in_ch);
+
+    // Kept alive for the steps below.
+    let mut trainer;
+    let model;
+    let (x, t);
+    let mut step: Step = match a.mode {
+        BenchMode::Train => {
+            let data = tmp.0.join("images");
+            synthetic_images(&data, b.max(8), s, c)?;
+            let mut cfg = TrainConfig::for_model(model_cfg.clone(), data);
+            cfg.batch_size = b;
+            cfg.steps = u64::MAX / 2;
+            cfg.checkpoint_every = 0;
+            cfg.sample_every = 0;
+            trainer = Trainer::new(cfg, Start::Fresh, tmp.0.join("run"), device.clone())?;
+            Box::new(|| {
+                trainer.train_step()?;
+                Ok(())
+            })
+        }
+        BenchMode::Sample => {
+            model = UNet::new(model_cfg.clone(), 0, diffuse_tensor::DType::F32, &device)?;
+            x = Tensor::randn([b, c, s, s], 1, 0, diffuse_tensor::DType::F32, &device)?;
+            t = Tensor::from_vec((0..b).map(|i| (i * 97 % 1000) as f32).collect::<Vec<_>>(), [b])?
+                .to_device(&device)?;
+            Box::new(|| {
+                model.forward(&x, &t)?;
+                Ok(())
+            })
+        }
+    };
+
+    for _ in 0..a.warmup {
+        step()?;
+        device.synchronize()?;
+    }
+    let mut secs = Vec::with_capacity(a.steps);
+    let mut per_step: Option<DriverCounts> = None;
+    for _ in 0..a.steps {
+        let before = device.driver_counts();
+        let start = Instant::now();
+        step()?;
+        let counted = device.driver_counts();
+        device.synchronize()?;
+        secs.push(start.elapsed().as_secs_f64());
+        if let (Some(b0), Some(b1)) = (before, counted) {
+            per_step = Some(b1 - b0); // the last step: steady state
+        }
+    }
+    secs.sort_by(f64::total_cmp);
+    let median = secs[secs.len() / 2];
+    let mut line = serde_json::json!({
+        "config": a.config,
+        "mode": format!("{:?}", a.mode).to_lowercase(),
+        "device": device.to_string(),
+        "batch_size": b,
+        "threads": rayon::current_num_threads(),
+        "steps": a.steps,
+        "median_s": median,
+        "min_s": secs[0],
+        "images_per_s": b as f64 / median,
+        "peak_rss_bytes": peak_rss_bytes(),
+    });
+    if a.counters {
+        let counts = match (&device, per_step) {
+            (Device::Gpu(g), Some(c)) => {
+                let mut m = serde_json::Map::new();
+                for (k, v) in c.fields() {
+                    m.insert(k.into(), v.into());
+                }
+                let p = g.pool_stats();
+                m.insert("pool_cached_bytes".into(), p.cached_bytes.into());
+                m.insert("pool_peak_reserved_bytes".into(), p.peak_reserved_bytes.into());
+                serde_json::Value::Object(m)
+            }
+            _ => serde_json::Value::Null, // the CPU has no driver
+        };
+        line["counters"] = counts;
+    }
+    println!("{line}");
+    Ok(())
+}
