@@ -81,11 +81,19 @@ fn short_training_then_sampling_writes_finite_images_in_unit_range() {
     let run = d.path().join("run");
     train(&run, 4, &["--checkpoint-every", "4"]);
     let (png, npy, traj) = (d.path().join("s.png"), d.path().join("s.npy"), d.path().join("t.png"));
-    for sampler in [["--sampler", "ddim", "--eta", "0"], ["--sampler", "ddim", "--eta", "1"]] {
+    let samplers: [&[&str]; 6] = [
+        &["--sampler", "ddim", "--eta", "0"],
+        &["--sampler", "ddim", "--eta", "1"],
+        &["--sampler", "dpm++2m"],
+        &["--sampler", "dpm++2m-sde", "--spacing", "logsnr"],
+        &["--sampler", "heun", "--spacing", "uniform"],
+        &["--sampler", "dpm++2m", "--spacing", "karras"],
+    ];
+    for sampler in samplers {
         let mut args = vec!["sample", "--device", "cpu", "--n", "6"];
         let (run_s, png_s, npy_s, traj_s) = (s(&run), s(&png), s(&npy), s(&traj));
         args.extend_from_slice(&["--checkpoint", &run_s, "--out", &png_s, "--npy", &npy_s, "--trajectory", &traj_s]);
-        args.extend_from_slice(&sampler);
+        args.extend_from_slice(sampler);
         args.extend_from_slice(&["--steps", "5"]);
         ok(&args);
         let bytes = std::fs::read(&npy).unwrap();
@@ -155,6 +163,41 @@ fn ddim_with_eta_zero_and_the_same_seed_is_deterministic() {
     };
     assert_eq!(read("a.npy", "5"), read("b.npy", "5"));
     assert_ne!(read("a.npy", "5"), read("c.npy", "6"));
+}
+
+#[test]
+fn the_sde_sampler_is_deterministic_per_seed_and_spacing_is_checked() {
+    let d = tmp();
+    let run = d.path().join("run");
+    train(&run, 2, &["--checkpoint-every", "2"]);
+    let (run_s, png) = (s(&run), s(&d.path().join("x.png")));
+    let read = |name: &str, seed: &str| {
+        let npy = s(&d.path().join(name));
+        let args = ["sample", "--device", "cpu", "--checkpoint", &run_s, "--n", "3", "--batch", "2", "--steps", "4"];
+        let mut args = args.to_vec();
+        args.extend_from_slice(&["--sampler", "dpm++2m-sde", "--seed", seed, "--out", &png, "--npy", &npy]);
+        let out = ok(&args);
+        assert!(out.contains("4 model calls per batch"), "{out}");
+        std::fs::read(d.path().join(name)).unwrap()
+    };
+    assert_eq!(read("a.npy", "5"), read("b.npy", "5"));
+    assert_ne!(read("a.npy", "5"), read("c.npy", "6"));
+    let err = fails(&["sample", "--device", "cpu", "--checkpoint", &run_s, "--out", &png, "--spacing", "karras"]);
+    assert!(err.contains("--spacing applies to"), "{err}");
+    let err = fails(&[
+        "sample",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        &run_s,
+        "--out",
+        &png,
+        "--sampler",
+        "heun",
+        "--steps",
+        "1000",
+    ]);
+    assert!(err.contains("steps must be in 1..=999"), "{err}");
 }
 
 fn mnist_dir_with(d: &Path, images: &[u8]) -> PathBuf {

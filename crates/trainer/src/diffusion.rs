@@ -145,8 +145,14 @@ impl Diffusion {
 
     /// The network's output at x_t (one shared t) as (eps, x0) predictions.
     pub fn split_prediction(&self, x_t: &Tensor, out: &Tensor, t: usize) -> Result<(Tensor, Tensor)> {
-        let a = self.alphas_cumprod[t].sqrt();
-        let b = (1.0 - self.alphas_cumprod[t]).sqrt();
+        self.split_prediction_at(x_t, out, self.alphas_cumprod[t])
+    }
+
+    /// [`Diffusion::split_prediction`] at any alpha-bar (the samplers that
+    /// visit noise levels between the integer timesteps).
+    pub fn split_prediction_at(&self, x_t: &Tensor, out: &Tensor, abar: f64) -> Result<(Tensor, Tensor)> {
+        let a = abar.sqrt();
+        let b = (1.0 - abar).sqrt();
         Ok(match self.target {
             Target::Eps => (out.clone(), ops::scale(&ops::add_scaled(x_t, out, -b)?, 1.0 / a)?),
             Target::X0 => (ops::scale(&ops::add_scaled(x_t, out, -a)?, 1.0 / b)?, out.clone()),
@@ -159,8 +165,13 @@ impl Diffusion {
 
     /// eps implied by x_t and an x0 estimate at timestep t.
     pub fn eps_from_x0(&self, x_t: &Tensor, x0: &Tensor, t: usize) -> Result<Tensor> {
-        let a = self.alphas_cumprod[t].sqrt();
-        let b = (1.0 - self.alphas_cumprod[t]).sqrt();
+        self.eps_from_x0_at(x_t, x0, self.alphas_cumprod[t])
+    }
+
+    /// [`Diffusion::eps_from_x0`] at any alpha-bar.
+    pub fn eps_from_x0_at(&self, x_t: &Tensor, x0: &Tensor, abar: f64) -> Result<Tensor> {
+        let a = abar.sqrt();
+        let b = (1.0 - abar).sqrt();
         Ok(ops::scale(&ops::add_scaled(x_t, x0, -a)?, 1.0 / b)?)
     }
 }

@@ -12,6 +12,7 @@ pub mod finetune;
 pub mod image_grid;
 pub mod memory_budget;
 pub mod metrics;
+pub mod noise_levels;
 pub mod npy;
 pub mod optim;
 pub mod param_select;
@@ -20,6 +21,7 @@ pub mod raster;
 pub mod restore;
 pub mod run_lock;
 pub mod sampler;
+pub mod solvers;
 pub mod train;
 
 pub use data::{Batch, Dataset, DatasetKind, Loader, LoaderConfig, LoaderState};
