@@ -226,7 +226,7 @@ fn sample_levels(
     let mut den = UNetDenoiser { model, d, levels: &levels, clip_x0, on_call };
     let observe = |i: usize, x: &Tensor| -> Result<()> {
         if let Some((frames, every)) = record.as_mut() {
-            if i % *every == 0 {
+            if i.is_multiple_of(*every) {
                 frames.push(x.clone());
             }
         }
