@@ -62,8 +62,12 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     let mut args = vec!["train", "--resume", &split_s, "--steps", "12"];
     args.extend_from_slice(FAST);
     ok(&args);
-    let a = std::fs::read(newest_checkpoint(&straight)).unwrap();
-    let b = std::fs::read(newest_checkpoint(&split)).unwrap();
+    assert_same_tensors(&newest_checkpoint(&straight), &newest_checkpoint(&split));
+    assert_eq!(losses(&straight), losses(&split), "the logged losses differ");
+}
+
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     let (ta, tb) =
         (safetensors::SafeTensors::deserialize(&a).unwrap(), safetensors::SafeTensors::deserialize(&b).unwrap());
     let mut names = ta.names();
@@ -72,7 +76,31 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     for n in names {
         assert_eq!(ta.tensor(n).unwrap().data(), tb.tensor(n).unwrap().data(), "tensor {n} differs after resume");
     }
-    assert_eq!(losses(&straight), losses(&split), "the logged losses differ");
+}
+
+#[test]
+fn min_snr_and_stratified_timesteps_are_kept_by_resume_bit_for_bit() {
+    let d = tmp();
+    let (straight, split, plain) = (d.path().join("straight"), d.path().join("split"), d.path().join("plain"));
+    let recipe = ["--checkpoint-every", "3", "--keep", "5", "--target", "v"];
+    let extra = [&recipe[..], &["--loss-weighting", "min-snr:3", "--timestep-sampling", "stratified"]].concat();
+    train(&straight, 6, &extra);
+    train(&split, 3, &extra);
+    train(&plain, 6, &recipe);
+    let config = std::fs::read_to_string(split.join("config.json")).unwrap();
+    assert!(config.contains("\"min-snr\"") && config.contains("\"gamma\": 3.0"), "{config}");
+    assert!(config.contains("\"timestep_sampling\": \"stratified\""), "{config}");
+    // Resume without the flags: the run's config brings them back.
+    let split_s = s(&split);
+    let mut args = vec!["train", "--resume", &split_s, "--steps", "6"];
+    args.extend_from_slice(FAST);
+    ok(&args);
+    assert_same_tensors(&newest_checkpoint(&straight), &newest_checkpoint(&split));
+    assert_eq!(losses(&straight), losses(&split));
+    // And they change training.
+    assert_ne!(losses(&straight), losses(&plain));
+    let err = fails(&["train", "--out", &s(&d.path().join("bad")), "--loss-weighting", "min-snr:0"]);
+    assert!(err.contains("gamma must be positive"), "{err}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! noise-add op, the regression targets (eps, x0, v) and their inverses.
 
 use crate::{Error, Result};
-use diffuse_tensor::{ops, philox, DType, Device, Tensor};
+use diffuse_tensor::{ops, DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,7 +46,7 @@ impl std::str::FromStr for Target {
 }
 
 /// Philox stream of the per-image timesteps; the noise uses stream 0.
-const TIMESTEP_STREAM: u32 = 1;
+pub const TIMESTEP_STREAM: u32 = 1;
 const NOISE_STREAM: u32 = 0;
 
 #[derive(Clone, Debug)]
@@ -109,9 +109,7 @@ impl Diffusion {
 
     /// Uniform timesteps for a batch: a pure function of (seed, step, i).
     pub fn draw_timesteps(&self, n: usize, seed: u64, step: u32) -> Vec<usize> {
-        (0..n as u64)
-            .map(|i| (philox::bits(seed, step, TIMESTEP_STREAM, i) as u64 % self.timesteps as u64) as usize)
-            .collect()
+        crate::loss_weighting::TimestepSampling::Uniform.draw(self.timesteps, n, seed, step, TIMESTEP_STREAM)
     }
 
     fn per_sample(&self, ts: &[usize], f: impl Fn(f64) -> f64, device: &Device, dtype: DType) -> Result<Tensor> {

@@ -10,6 +10,7 @@ pub mod divergence;
 pub mod error;
 pub mod finetune;
 pub mod image_grid;
+pub mod loss_weighting;
 pub mod memory_budget;
 pub mod metrics;
 pub mod noise_levels;

@@ -12,10 +12,11 @@
 use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, Loader, LoaderConfig};
-use crate::diffusion::Diffusion;
+use crate::diffusion::{Diffusion, TIMESTEP_STREAM};
 use crate::divergence::LossWatch;
 use crate::finetune;
 use crate::image_grid::save_grid;
+use crate::loss_weighting::{weighted_mse, LossWeighting};
 use crate::memory_budget::{self, MemoryBudget};
 use crate::optim::{clip_grad_norm, warmup_lr, AdamW, Ema};
 use crate::plot::{save_loss_plot, PlotOptions};
@@ -23,7 +24,7 @@ use crate::raster::ValueRange;
 use crate::run_lock::RunLock;
 use crate::sampler::{sample, SampleSpec, Sampler};
 use crate::{Error, Result};
-use diffuse_tensor::ops::{self, AdamWParams};
+use diffuse_tensor::ops::AdamWParams;
 use diffuse_tensor::{Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::{ForwardMode, UNet, UNetConfig};
@@ -273,15 +274,25 @@ impl Trainer {
             let batch = self.loader.next_batch();
             let idx = (self.step * accum as u64 + micro as u64) as u32;
             let x0 = Tensor::from_vec(batch.images, batch.shape)?.to_device(&self.device)?;
-            let ts = self.diffusion.draw_timesteps(batch.shape[0], self.cfg.seed, idx);
+            let ts = self.cfg.timestep_sampling.draw(
+                self.diffusion.timesteps,
+                batch.shape[0],
+                self.cfg.seed,
+                idx,
+                TIMESTEP_STREAM,
+            );
             let (x_t, eps) = self.diffusion.q_sample(&x0, &ts, self.cfg.seed, idx)?;
             let target = self.diffusion.target_of(&x0, &eps, &ts)?;
             let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), [ts.len()])?
                 .to_device(&self.device)?;
             let mode = ForwardMode::train(self.cfg.seed ^ DROPOUT_SALT, idx);
             let (pred, cache) = self.model.forward_train(&x_t, &t, mode)?;
-            loss_sum += ops::mse_loss_forward(&pred, &target)?.scalar_f64()?;
-            let dpred = ops::mse_loss_backward(&pred, &target, 1.0 / accum as f64)?;
+            let weights = (self.cfg.loss_weighting != LossWeighting::None).then(|| {
+                let w = self.cfg.loss_weighting;
+                ts.iter().map(|&t| w.weight(self.cfg.target, self.diffusion.abar(t as isize))).collect::<Vec<_>>()
+            });
+            let (loss, dpred) = weighted_mse(&pred, &target, weights.as_deref(), 1.0 / accum as f64)?;
+            loss_sum += loss;
             drop(pred);
             self.model.backward(&cache, &dpred)?;
         }
