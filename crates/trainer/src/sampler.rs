@@ -270,7 +270,11 @@ pub fn sample(
     MemoryBudget::global()?.check_bytes(format!("{} samples", spec.n), values as u64 * 4)?;
     let mut images = Vec::with_capacity(values);
     let mut trajectory: Vec<Vec<f32>> = Vec::new();
-    let record_every = (calls_per_batch / spec.trajectory_points.max(1)).max(1);
+    let steps = match spec.sampler {
+        Sampler::DpmSolver { steps, .. } | Sampler::Heun { steps, .. } => steps,
+        _ => ts.len(),
+    };
+    let record_every = (steps / spec.trajectory_points.max(1)).max(1);
     let total_calls = spec.n.div_ceil(spec.batch) * calls_per_batch;
     let mut calls = 0;
     for (chunk, start) in (0..spec.n).step_by(spec.batch).enumerate() {
