@@ -34,7 +34,8 @@ fn help_lists_the_possible_values() {
     assert!(train.contains("[possible values: eps, x0, v]"), "{train}");
     let sample = help("sample");
     assert!(sample.contains(DEVICES), "{sample}");
-    assert!(sample.contains("[possible values: ddpm, ddim]"), "{sample}");
+    assert!(sample.contains("[possible values: ddpm, ddim, dpm++2m, dpm++2m-sde, heun]"), "{sample}");
+    assert!(sample.contains("[possible values: uniform, logsnr, karras]"), "{sample}");
     assert!(sample.contains("[possible values: large, small]"), "{sample}");
     for sub in ["eval", "info", "verify-step", "denoise", "inpaint", "img2img"] {
         assert!(help(sub).contains(DEVICES), "{sub}");

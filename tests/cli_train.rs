@@ -62,8 +62,12 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     let mut args = vec!["train", "--resume", &split_s, "--steps", "12"];
     args.extend_from_slice(FAST);
     ok(&args);
-    let a = std::fs::read(newest_checkpoint(&straight)).unwrap();
-    let b = std::fs::read(newest_checkpoint(&split)).unwrap();
+    assert_same_tensors(&newest_checkpoint(&straight), &newest_checkpoint(&split));
+    assert_eq!(losses(&straight), losses(&split), "the logged losses differ");
+}
+
+fn assert_same_tensors(a: &Path, b: &Path) {
+    let (a, b) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
     let (ta, tb) =
         (safetensors::SafeTensors::deserialize(&a).unwrap(), safetensors::SafeTensors::deserialize(&b).unwrap());
     let mut names = ta.names();
@@ -72,7 +76,31 @@ fn resume_is_bit_identical_to_an_uninterrupted_run() {
     for n in names {
         assert_eq!(ta.tensor(n).unwrap().data(), tb.tensor(n).unwrap().data(), "tensor {n} differs after resume");
     }
-    assert_eq!(losses(&straight), losses(&split), "the logged losses differ");
+}
+
+#[test]
+fn min_snr_and_stratified_timesteps_are_kept_by_resume_bit_for_bit() {
+    let d = tmp();
+    let (straight, split, plain) = (d.path().join("straight"), d.path().join("split"), d.path().join("plain"));
+    let recipe = ["--checkpoint-every", "3", "--keep", "5", "--target", "v"];
+    let extra = [&recipe[..], &["--loss-weighting", "min-snr:3", "--timestep-sampling", "stratified"]].concat();
+    train(&straight, 6, &extra);
+    train(&split, 3, &extra);
+    train(&plain, 6, &recipe);
+    let config = std::fs::read_to_string(split.join("config.json")).unwrap();
+    assert!(config.contains("\"min-snr\"") && config.contains("\"gamma\": 3.0"), "{config}");
+    assert!(config.contains("\"timestep_sampling\": \"stratified\""), "{config}");
+    // Resume without the flags: the run's config brings them back.
+    let split_s = s(&split);
+    let mut args = vec!["train", "--resume", &split_s, "--steps", "6"];
+    args.extend_from_slice(FAST);
+    ok(&args);
+    assert_same_tensors(&newest_checkpoint(&straight), &newest_checkpoint(&split));
+    assert_eq!(losses(&straight), losses(&split));
+    // And they change training.
+    assert_ne!(losses(&straight), losses(&plain));
+    let err = fails(&["train", "--out", &s(&d.path().join("bad")), "--loss-weighting", "min-snr:0"]);
+    assert!(err.contains("gamma must be positive"), "{err}");
 }
 
 #[test]
@@ -81,11 +109,19 @@ fn short_training_then_sampling_writes_finite_images_in_unit_range() {
     let run = d.path().join("run");
     train(&run, 4, &["--checkpoint-every", "4"]);
     let (png, npy, traj) = (d.path().join("s.png"), d.path().join("s.npy"), d.path().join("t.png"));
-    for sampler in [["--sampler", "ddim", "--eta", "0"], ["--sampler", "ddim", "--eta", "1"]] {
+    let samplers: [&[&str]; 6] = [
+        &["--sampler", "ddim", "--eta", "0"],
+        &["--sampler", "ddim", "--eta", "1"],
+        &["--sampler", "dpm++2m"],
+        &["--sampler", "dpm++2m-sde", "--spacing", "logsnr"],
+        &["--sampler", "heun", "--spacing", "uniform"],
+        &["--sampler", "dpm++2m", "--spacing", "karras"],
+    ];
+    for sampler in samplers {
         let mut args = vec!["sample", "--device", "cpu", "--n", "6"];
         let (run_s, png_s, npy_s, traj_s) = (s(&run), s(&png), s(&npy), s(&traj));
         args.extend_from_slice(&["--checkpoint", &run_s, "--out", &png_s, "--npy", &npy_s, "--trajectory", &traj_s]);
-        args.extend_from_slice(&sampler);
+        args.extend_from_slice(sampler);
         args.extend_from_slice(&["--steps", "5"]);
         ok(&args);
         let bytes = std::fs::read(&npy).unwrap();
@@ -155,6 +191,41 @@ fn ddim_with_eta_zero_and_the_same_seed_is_deterministic() {
     };
     assert_eq!(read("a.npy", "5"), read("b.npy", "5"));
     assert_ne!(read("a.npy", "5"), read("c.npy", "6"));
+}
+
+#[test]
+fn the_sde_sampler_is_deterministic_per_seed_and_spacing_is_checked() {
+    let d = tmp();
+    let run = d.path().join("run");
+    train(&run, 2, &["--checkpoint-every", "2"]);
+    let (run_s, png) = (s(&run), s(&d.path().join("x.png")));
+    let read = |name: &str, seed: &str| {
+        let npy = s(&d.path().join(name));
+        let args = ["sample", "--device", "cpu", "--checkpoint", &run_s, "--n", "3", "--batch", "2", "--steps", "4"];
+        let mut args = args.to_vec();
+        args.extend_from_slice(&["--sampler", "dpm++2m-sde", "--seed", seed, "--out", &png, "--npy", &npy]);
+        let out = ok(&args);
+        assert!(out.contains("4 model calls per batch"), "{out}");
+        std::fs::read(d.path().join(name)).unwrap()
+    };
+    assert_eq!(read("a.npy", "5"), read("b.npy", "5"));
+    assert_ne!(read("a.npy", "5"), read("c.npy", "6"));
+    let err = fails(&["sample", "--device", "cpu", "--checkpoint", &run_s, "--out", &png, "--spacing", "karras"]);
+    assert!(err.contains("--spacing applies to"), "{err}");
+    let err = fails(&[
+        "sample",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        &run_s,
+        "--out",
+        &png,
+        "--sampler",
+        "heun",
+        "--steps",
+        "1000",
+    ]);
+    assert!(err.contains("steps must be in 1..=999"), "{err}");
 }
 
 fn mnist_dir_with(d: &Path, images: &[u8]) -> PathBuf {

@@ -4,7 +4,8 @@
 //! against the same step on the CPU (Philox masks are the same on every
 //! device), every gradient to 1e-4 relative; and a LoRA step with the base
 //! frozen (adapters on every conv): frozen tensors get no gradient, adapter
-//! gradients match the CPU to 1e-4.
+//! gradients match the CPU to 1e-4; and the min-SNR weighted loss and its
+//! gradient against the CPU in f64.
 //!
 //! The mnist test vector is left out here: on the emulator it is too slow
 //! for this suite (the CPU suite checks it).
@@ -13,6 +14,7 @@ mod common;
 
 use common::*;
 use diffuse_tensor::{ops, DType, Device, Tensor};
+use diffuse_trainer::loss_weighting::weighted_mse;
 use diffuse_unet::verify::verify_step;
 use diffuse_unet::{ForwardMode, UNet, UNetConfig};
 
@@ -200,3 +202,23 @@ per_device!(
     tiny_lora_step_with_frozen_base_emu,
     tiny_lora_step_with_frozen_base_cuda
 );
+
+/// The per-image weighted loss of training (`--loss-weighting`) and its
+/// gradient on this device against the CPU in f64.
+fn weighted_loss(dut: &DeviceUnderTest) {
+    let pred = Tensor::randn([3, 2, 5, 7], 1, 0, DType::F32, &Device::Cpu).unwrap();
+    let target = Tensor::randn([3, 2, 5, 7], 2, 0, DType::F32, &Device::Cpu).unwrap();
+    let w = [0.3, 1.7, 0.05];
+    let f64_of = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+    let (want, want_g) = weighted_mse(&f64_of(&pred), &f64_of(&target), Some(&w), 0.5).unwrap();
+    let (l, g) = weighted_mse(&on(&pred, &dut.device), &on(&target, &dut.device), Some(&w), 0.5).unwrap();
+    let (l, want) = (l.scalar_f64().unwrap(), want.scalar_f64().unwrap());
+    assert!((l - want).abs() < 1e-6 * want, "{}: loss {l} vs {want}", dut.label);
+    let (g, want_g) = (g.to_vec_f64().unwrap(), want_g.to_vec_f64().unwrap());
+    let scale = want_g.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (a, b) in g.iter().zip(&want_g) {
+        assert!((a - b).abs() < 1e-6 * scale, "{}: gradient {a} vs {b}", dut.label);
+    }
+}
+
+per_device!(weighted_loss, weighted_loss_cpu, weighted_loss_emu, weighted_loss_cuda);

@@ -7,9 +7,8 @@
 //! gives one `error:` line and leaves no file behind.
 
 use super::device::DeviceSpec;
-use super::sample::SamplerKind;
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use diffuse_tensor::{Device, Tensor};
 use diffuse_trainer::checkpoint::Checkpoint;
 use diffuse_trainer::data::list_images;
@@ -204,6 +203,13 @@ fn dedup_names(names: &mut [String]) {
             *n = format!("{n}-{k}");
         }
     }
+}
+
+/// The samplers that step through timesteps, so can start from any x_t.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SamplerKind {
+    Ddpm,
+    Ddim,
 }
 
 #[derive(Args)]

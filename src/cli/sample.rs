@@ -8,6 +8,7 @@ use diffuse_trainer::checkpoint::Checkpoint;
 use diffuse_trainer::diffusion::Diffusion;
 use diffuse_trainer::image_grid::{save_grid, save_trajectory};
 use diffuse_trainer::memory_budget::{sampling_need, MemoryBudget};
+use diffuse_trainer::noise_levels::Spacing;
 use diffuse_trainer::npy::save_npy;
 use diffuse_trainer::raster::ValueRange;
 use diffuse_trainer::sampler::{sample, SampleSpec, Sampler, Variance};
@@ -19,6 +20,24 @@ use std::path::PathBuf;
 pub enum SamplerKind {
     Ddpm,
     Ddim,
+    /// DPM-Solver++(2M): one model call a step.
+    #[value(name = "dpm++2m")]
+    DpmPp2m,
+    /// DPM-Solver++(2M) SDE: one model call a step, fresh noise each step.
+    #[value(name = "dpm++2m-sde")]
+    DpmPp2mSde,
+    /// Heun (EDM): 2 * steps - 1 model calls.
+    Heun,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum SpacingKind {
+    /// Evenly spaced timesteps.
+    Uniform,
+    /// Evenly spaced log-SNR.
+    Logsnr,
+    /// Karras et al.'s sigma^(1/7) spacing.
+    Karras,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -37,9 +56,12 @@ pub struct SampleArgs {
     pub n: usize,
     #[arg(long, value_enum, default_value = "ddim")]
     pub sampler: SamplerKind,
-    /// DDIM steps (DDPM always takes all T steps).
+    /// Steps of DDIM, DPM-Solver++ and Heun (DDPM always takes all T steps).
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
+    /// Noise levels of dpm++2m, dpm++2m-sde and heun [default: karras].
+    #[arg(long, value_enum)]
+    pub spacing: Option<SpacingKind>,
     /// DDIM eta: 0 is deterministic, 1 is DDPM-like.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
@@ -125,6 +147,14 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let model = ckpt.load_model(&device, !a.no_ema)?;
     let tc = &ckpt.train_config;
     let diffusion = Diffusion::new(tc.schedule, tc.timesteps, tc.target)?;
+    let spacing = match a.spacing {
+        None | Some(SpacingKind::Karras) => Spacing::Karras,
+        Some(SpacingKind::Uniform) => Spacing::Uniform,
+        Some(SpacingKind::Logsnr) => Spacing::LogSnr,
+    };
+    if a.spacing.is_some() && matches!(a.sampler, SamplerKind::Ddpm | SamplerKind::Ddim) {
+        bail!("--spacing applies to dpm++2m, dpm++2m-sde and heun only");
+    }
     let sampler = match a.sampler {
         SamplerKind::Ddpm => Sampler::Ddpm {
             variance: match a.variance {
@@ -134,7 +164,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
             },
         },
         SamplerKind::Ddim => Sampler::Ddim { steps: a.steps, eta: a.eta },
+        SamplerKind::DpmPp2m => Sampler::DpmSolver { steps: a.steps, spacing, sde: false },
+        SamplerKind::DpmPp2mSde => Sampler::DpmSolver { steps: a.steps, spacing, sde: true },
+        SamplerKind::Heun => Sampler::Heun { steps: a.steps, spacing },
     };
+    let calls = sampler.model_calls(&diffusion)?;
     let mut n = a.n;
     let mut per_row = None;
     let labels = match &a.class {
@@ -157,7 +191,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
         Some(c) => format!(" of class {c} (guidance {})", a.guidance),
         None => String::new(),
     };
-    println!("sampling {n} images{what} from {} (step {}) on {device}", ckpt.path.display(), ckpt.state.step);
+    println!(
+        "sampling {n} images{what} from {} (step {}) on {device}, {calls} model calls per batch",
+        ckpt.path.display(),
+        ckpt.state.step
+    );
     let bar = std::io::stdout().is_terminal().then(|| {
         let b = ProgressBar::new(1);
         b.set_style(

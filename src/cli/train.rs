@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use diffuse_trainer::config::{LoraConfig, LrScale, TrainConfig, DEFAULT_LORA_TARGETS};
 use diffuse_trainer::diffusion::{Schedule, Target};
+use diffuse_trainer::loss_weighting::{LossWeighting, TimestepSampling};
 use diffuse_trainer::train::{Resume, Start, Trainer};
 use std::path::PathBuf;
 
@@ -89,6 +90,12 @@ pub struct TrainArgs {
     /// Regression target.
     #[arg(long, value_enum)]
     pub target: Option<TargetArg>,
+    /// Loss weighting: none, min-snr (gamma 5) or min-snr:GAMMA (Hang et al. 2023).
+    #[arg(long, value_parser = parse_weighting)]
+    pub loss_weighting: Option<LossWeighting>,
+    /// Training timesteps: uniform, or stratified (one per 1/batch of [0, T)).
+    #[arg(long, value_parser = parse_timestep_sampling)]
+    pub timestep_sampling: Option<TimestepSampling>,
     /// Dropout probability (overrides the model config).
     #[arg(long)]
     pub dropout: Option<f32>,
@@ -172,6 +179,14 @@ fn default_data() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k")
 }
 
+fn parse_weighting(s: &str) -> std::result::Result<LossWeighting, String> {
+    s.parse().map_err(|e: diffuse_trainer::Error| e.to_string())
+}
+
+fn parse_timestep_sampling(s: &str) -> std::result::Result<TimestepSampling, String> {
+    s.parse().map_err(|e: diffuse_trainer::Error| e.to_string())
+}
+
 pub fn run(a: TrainArgs) -> Result<()> {
     let config_name = a.config.as_deref().unwrap_or(DEFAULT_CONFIG);
     let mut model = load_config(config_name)?;
@@ -195,6 +210,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     if let Some(t) = a.target {
         cfg.target = t.into();
+    }
+    if let Some(w) = a.loss_weighting {
+        cfg.loss_weighting = w;
+    }
+    if let Some(s) = a.timestep_sampling {
+        cfg.timestep_sampling = s;
     }
     cfg.hflip |= a.hflip;
     cfg.labels = a.labels.clone();

@@ -2,6 +2,7 @@
 //! writes to `config.json` in the run directory and into every checkpoint.
 
 use crate::diffusion::{Schedule, Target};
+use crate::loss_weighting::{LossWeighting, TimestepSampling};
 use crate::{Error, Result};
 use diffuse_unet::UNetConfig;
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,12 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     pub timesteps: usize,
     pub target: Target,
+    /// Per-image loss weight (min-SNR-gamma); older runs lack it: none.
+    #[serde(default)]
+    pub loss_weighting: LossWeighting,
+    /// How training timesteps are drawn; older runs lack it: uniform.
+    #[serde(default)]
+    pub timestep_sampling: TimestepSampling,
     pub seed: u64,
     pub hflip: bool,
     pub checkpoint_every: u64,
@@ -136,6 +143,8 @@ impl TrainConfig {
             schedule: Schedule::Linear,
             timesteps: 1000,
             target: Target::Eps,
+            loss_weighting: LossWeighting::None,
+            timestep_sampling: TimestepSampling::Uniform,
             seed: 0,
             hflip: false,
             checkpoint_every: 500,
@@ -192,6 +201,7 @@ impl TrainConfig {
         if !(0.0..=1.0).contains(&self.class_dropout) {
             return bad(format!("class dropout {} must be in [0, 1]", self.class_dropout));
         }
+        self.loss_weighting.validate()?;
         if self.timesteps < 2 {
             return bad("timesteps must be at least 2".into());
         }

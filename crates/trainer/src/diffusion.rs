@@ -2,7 +2,7 @@
 //! noise-add op, the regression targets (eps, x0, v) and their inverses.
 
 use crate::{Error, Result};
-use diffuse_tensor::{ops, philox, DType, Device, Tensor};
+use diffuse_tensor::{ops, DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,7 +46,7 @@ impl std::str::FromStr for Target {
 }
 
 /// Philox stream of the per-image timesteps; the noise uses stream 0.
-const TIMESTEP_STREAM: u32 = 1;
+pub const TIMESTEP_STREAM: u32 = 1;
 const NOISE_STREAM: u32 = 0;
 
 #[derive(Clone, Debug)]
@@ -109,9 +109,7 @@ impl Diffusion {
 
     /// Uniform timesteps for a batch: a pure function of (seed, step, i).
     pub fn draw_timesteps(&self, n: usize, seed: u64, step: u32) -> Vec<usize> {
-        (0..n as u64)
-            .map(|i| (philox::bits(seed, step, TIMESTEP_STREAM, i) as u64 % self.timesteps as u64) as usize)
-            .collect()
+        crate::loss_weighting::TimestepSampling::Uniform.draw(self.timesteps, n, seed, step, TIMESTEP_STREAM)
     }
 
     fn per_sample(&self, ts: &[usize], f: impl Fn(f64) -> f64, device: &Device, dtype: DType) -> Result<Tensor> {
@@ -145,8 +143,14 @@ impl Diffusion {
 
     /// The network's output at x_t (one shared t) as (eps, x0) predictions.
     pub fn split_prediction(&self, x_t: &Tensor, out: &Tensor, t: usize) -> Result<(Tensor, Tensor)> {
-        let a = self.alphas_cumprod[t].sqrt();
-        let b = (1.0 - self.alphas_cumprod[t]).sqrt();
+        self.split_prediction_at(x_t, out, self.alphas_cumprod[t])
+    }
+
+    /// [`Diffusion::split_prediction`] at any alpha-bar (the samplers that
+    /// visit noise levels between the integer timesteps).
+    pub fn split_prediction_at(&self, x_t: &Tensor, out: &Tensor, abar: f64) -> Result<(Tensor, Tensor)> {
+        let a = abar.sqrt();
+        let b = (1.0 - abar).sqrt();
         Ok(match self.target {
             Target::Eps => (out.clone(), ops::scale(&ops::add_scaled(x_t, out, -b)?, 1.0 / a)?),
             Target::X0 => (ops::scale(&ops::add_scaled(x_t, out, -a)?, 1.0 / b)?, out.clone()),
@@ -159,8 +163,13 @@ impl Diffusion {
 
     /// eps implied by x_t and an x0 estimate at timestep t.
     pub fn eps_from_x0(&self, x_t: &Tensor, x0: &Tensor, t: usize) -> Result<Tensor> {
-        let a = self.alphas_cumprod[t].sqrt();
-        let b = (1.0 - self.alphas_cumprod[t]).sqrt();
+        self.eps_from_x0_at(x_t, x0, self.alphas_cumprod[t])
+    }
+
+    /// [`Diffusion::eps_from_x0`] at any alpha-bar.
+    pub fn eps_from_x0_at(&self, x_t: &Tensor, x0: &Tensor, abar: f64) -> Result<Tensor> {
+        let a = abar.sqrt();
+        let b = (1.0 - abar).sqrt();
         Ok(ops::scale(&ops::add_scaled(x_t, x0, -a)?, 1.0 / b)?)
     }
 }

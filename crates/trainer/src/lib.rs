@@ -11,8 +11,10 @@ pub mod error;
 pub mod finetune;
 pub mod guidance;
 pub mod image_grid;
+pub mod loss_weighting;
 pub mod memory_budget;
 pub mod metrics;
+pub mod noise_levels;
 pub mod npy;
 pub mod optim;
 pub mod param_select;
@@ -22,6 +24,7 @@ pub mod restore;
 pub mod run_lock;
 pub mod sampler;
 pub mod selftest;
+pub mod solvers;
 pub mod step_log;
 pub mod train;
 

@@ -12,10 +12,11 @@
 use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, Loader, LoaderConfig};
-use crate::diffusion::Diffusion;
+use crate::diffusion::{Diffusion, TIMESTEP_STREAM};
 use crate::divergence::LossWatch;
 use crate::finetune;
 use crate::image_grid::save_grid;
+use crate::loss_weighting::{weighted_mse, LossWeighting};
 use crate::memory_budget::{self, MemoryBudget};
 use crate::optim::{warmup_lr, AdamW, Ema};
 use crate::plot::{save_loss_plot, PlotOptions};
@@ -24,7 +25,7 @@ use crate::run_lock::RunLock;
 use crate::sampler::{sample, SampleSpec, Sampler};
 use crate::step_log::{StepLog, StepRecord};
 use crate::{Error, Result};
-use diffuse_tensor::ops::{self, AdamWParams};
+use diffuse_tensor::ops::AdamWParams;
 use diffuse_tensor::{philox, Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::{ForwardMode, UNet, UNetConfig};
@@ -294,7 +295,13 @@ impl Trainer {
             let batch = self.loader.next_batch();
             let idx = (self.step * accum as u64 + micro as u64) as u32;
             let x0 = Tensor::from_vec(batch.images, batch.shape)?.to_device(&self.device)?;
-            let ts = self.diffusion.draw_timesteps(batch.shape[0], self.cfg.seed, idx);
+            let ts = self.cfg.timestep_sampling.draw(
+                self.diffusion.timesteps,
+                batch.shape[0],
+                self.cfg.seed,
+                idx,
+                TIMESTEP_STREAM,
+            );
             let (x_t, eps) = self.diffusion.q_sample(&x0, &ts, self.cfg.seed, idx)?;
             let target = self.diffusion.target_of(&x0, &eps, &ts)?;
             let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), [ts.len()])?
@@ -302,8 +309,12 @@ impl Trainer {
             let mode = ForwardMode::train(self.cfg.seed ^ DROPOUT_SALT, idx);
             let labels = self.training_labels(batch.labels.as_deref(), idx)?;
             let (pred, cache) = self.model.forward_train_cond(&x_t, &t, labels.as_deref(), mode)?;
-            self.log.record_loss(micro, &ops::mse_loss_forward(&pred, &target)?)?;
-            let dpred = ops::mse_loss_backward(&pred, &target, 1.0 / accum as f64)?;
+            let weights = (self.cfg.loss_weighting != LossWeighting::None).then(|| {
+                let w = self.cfg.loss_weighting;
+                ts.iter().map(|&t| w.weight(self.cfg.target, self.diffusion.abar(t as isize))).collect::<Vec<_>>()
+            });
+            let (loss, dpred) = weighted_mse(&pred, &target, weights.as_deref(), 1.0 / accum as f64)?;
+            self.log.record_loss(micro, &loss)?;
             drop(pred);
             self.model.backward(&cache, &dpred)?;
         }

@@ -6,6 +6,7 @@
 use diffuse_tensor::{DType, Device, Tensor};
 use diffuse_trainer::diffusion::{Diffusion, Schedule, Target};
 use diffuse_trainer::guidance::{self, Conditioning};
+use diffuse_trainer::noise_levels::Spacing;
 use diffuse_trainer::sampler::{sample, SampleSpec, Sampler};
 use diffuse_unet::{UNet, UNetConfig};
 
@@ -67,8 +68,12 @@ fn guided_prediction_is_the_affine_combination_of_both_branches() {
 }
 
 fn sample_with(m: &UNet, labels: Option<Vec<usize>>, w: f64) -> Vec<f32> {
+    sample_by(m, Sampler::Ddim { steps: 5, eta: 0.5 }, labels, w)
+}
+
+fn sample_by(m: &UNet, sampler: Sampler, labels: Option<Vec<usize>>, w: f64) -> Vec<f32> {
     let d = Diffusion::new(Schedule::Linear, 40, Target::Eps).unwrap();
-    let mut spec = SampleSpec::new(6, Sampler::Ddim { steps: 5, eta: 0.5 }, 3);
+    let mut spec = SampleSpec::new(6, sampler, 3);
     spec.batch = 4; // two chunks: labels must follow the images across chunks
     spec.labels = labels;
     spec.guidance = w;
@@ -90,6 +95,18 @@ fn guidance_zero_samples_the_unconditional_model_and_one_the_conditional() {
     let other = sample_with(&m, Some(vec![2, 0, 3, 3, 0, 1]), 1.0);
     assert_eq!(conditional[..4 * 64], other[..4 * 64]);
     assert_ne!(conditional[4 * 64..], other[4 * 64..]);
+
+    // The noise-level samplers take labels and guidance the same way.
+    for sampler in [
+        Sampler::DpmSolver { steps: 4, spacing: Spacing::Karras, sde: true },
+        Sampler::Heun { steps: 3, spacing: Spacing::LogSnr },
+    ] {
+        let unconditional = sample_by(&m, sampler, None, 1.0);
+        assert_eq!(sample_by(&m, sampler, Some(labels.clone()), 0.0), unconditional, "{sampler:?}");
+        let guided = sample_by(&m, sampler, Some(labels.clone()), 3.0);
+        assert_ne!(guided, unconditional, "{sampler:?}");
+        assert_ne!(guided, sample_by(&m, sampler, Some(labels.clone()), 1.0), "{sampler:?}");
+    }
 }
 
 #[test]
