@@ -21,6 +21,7 @@ pub const NO_FMA_CONTRACTION: &[&str] = &[
     "loss.cu",
     "noise.cu",
     "optim.cu",
+    "reduce.cu",
     "sampling.cu",
     "silu.cu",
 ];
