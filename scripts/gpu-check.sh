@@ -76,6 +76,8 @@ prepare() {
     cp "$root/scripts/gpu-check.sh" "$root/scripts/gpu-check/torch_gpu_step.py" "$root/scripts/gpu-check/report.py" "$tmp/"
     cp "$reference/ddpm_unet.py" "$tmp/"
     cp "$vectors"/*.safetensors "$tmp/testvectors/"
+    # the vectors made here (the class-conditional step), not in ../shared
+    cp -n "$root"/tests/data/testvectors/*.safetensors "$tmp/testvectors/"
     cp -r "$root/data/mnist10k" "$tmp/data/"
     local bytes
     bytes=$(du -sb "$tmp" | cut -f1)
