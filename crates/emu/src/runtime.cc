@@ -691,8 +691,6 @@ std::string describe_fault(Worker* w) {
                     w->fault_code == FPE_INTDIV ? "integer division by zero" : w->fault_code == FPE_INTOVF ? "integer overflow" : "SIGFPE");
     if (sig == SIGILL) return strf("%s: illegal instruction at pc 0x%lx", who.c_str(), (unsigned long)w->fault_pc);
     // stack guard of one of this worker's fibers?
-    if (addr < w->stacks && addr + EMU_STACK_SIZE >= w->stacks)
-        return strf("%s: stack overflow (fiber stacks hold %u KiB)", who.c_str(), (EMU_STACK_SIZE - EMU_STACK_GUARD) / 1024 - 64);
     if (addr >= w->stacks && addr < w->stacks + (uintptr_t)kMaxThreads * EMU_STACK_SIZE) {
         uintptr_t off = (addr - w->stacks) % EMU_STACK_SIZE;
         if (off < EMU_STACK_GUARD)
@@ -716,6 +714,11 @@ std::string describe_fault(Worker* w) {
     if (const Alloc* a = find_quarantined(addr))
         return strf("%s: use after free: address 0x%lx lies in device allocation 0x%lx (%zu bytes), which was freed",
                     who.c_str(), (unsigned long)addr, (unsigned long)a->ptr, a->bytes);
+    // Just below the fiber stacks: an overflow past the lowest stack's guard.
+    // Checked after the device allocations, which the OS may map right
+    // below the stacks (an underrun there is the allocation's, not a stack's).
+    if (addr < w->stacks && addr + EMU_STACK_SIZE >= w->stacks)
+        return strf("%s: stack overflow (fiber stacks hold %u KiB)", who.c_str(), (EMU_STACK_SIZE - EMU_STACK_GUARD) / 1024 - 64);
     if (addr < 65536) return strf("%s: null pointer access (address 0x%lx)", who.c_str(), (unsigned long)addr);
     return strf("%s: invalid memory access at address 0x%lx (not in any device allocation)", who.c_str(),
                 (unsigned long)addr);
