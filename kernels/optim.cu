@@ -76,13 +76,9 @@ extern "C" __global__ void ema_update_f32(float* __restrict__ ema, const float* 
 
 #define NORM_CHUNK 4096
 
-extern "C" __global__ void global_norm_partial_f32(double* __restrict__ partials,
-                                             const unsigned long long* __restrict__ ptrs,
-                                             const unsigned long long* __restrict__ lens,
-                                             const unsigned long long* __restrict__ first_chunk, int count) {
-    __shared__ double scratch[256];
-    const unsigned long long c = blockIdx.x;
-    // the last t with first_chunk[t] <= c (tensors of length 0 own no chunk)
+// The tensor that owns chunk c: the last t with first_chunk[t] <= c (tensors
+// of length 0 own no chunk). Shared by every kernel over a tensor table.
+__device__ __forceinline__ int chunk_owner(const unsigned long long* first_chunk, int count, unsigned long long c) {
     int lo = 0, hi = count - 1;
     while (lo < hi) {
         int mid = (lo + hi + 1) >> 1;
@@ -91,6 +87,16 @@ extern "C" __global__ void global_norm_partial_f32(double* __restrict__ partials
         else
             hi = mid - 1;
     }
+    return lo;
+}
+
+extern "C" __global__ void global_norm_partial_f32(double* __restrict__ partials,
+                                             const unsigned long long* __restrict__ ptrs,
+                                             const unsigned long long* __restrict__ lens,
+                                             const unsigned long long* __restrict__ first_chunk, int count) {
+    __shared__ double scratch[256];
+    const unsigned long long c = blockIdx.x;
+    const int lo = chunk_owner(first_chunk, count, c);
     const float* x = (const float*)ptrs[lo];
     const unsigned long long start = (c - first_chunk[lo]) * NORM_CHUNK;
     unsigned long long end = start + NORM_CHUNK;
@@ -129,14 +135,7 @@ extern "C" __global__ void clip_grads_f32(const double* __restrict__ sumsq, unsi
     if (!(norm > max_norm)) return;
     const float s = (float)(max_norm / (norm + 1e-6));
     const unsigned long long c = blockIdx.x;
-    int lo = 0, hi = count - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        if (first_chunk[mid] <= c)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
+    const int lo = chunk_owner(first_chunk, count, c);
     float* x = (float*)ptrs[lo];
     const unsigned long long start = (c - first_chunk[lo]) * NORM_CHUNK;
     unsigned long long end = start + NORM_CHUNK;
@@ -152,17 +151,6 @@ extern "C" __global__ void clip_grads_f32(const double* __restrict__ sumsq, unsi
 // f64 bit patterns per tensor: decay, beta1, beta2, step_size, bc2_sqrt and
 // eps, as adamw_step_f32's arguments (per-tensor learning-rate factors
 // change decay and step_size). Launch: grid = total chunks, block 256.
-__device__ __forceinline__ int chunk_owner(const unsigned long long* first_chunk, int count, unsigned long long c) {
-    int lo = 0, hi = count - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        if (first_chunk[mid] <= c)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    return lo;
-}
 
 extern "C" __global__ void adamw_multi_f32(const unsigned long long* __restrict__ params,
                                            const unsigned long long* __restrict__ grads,
