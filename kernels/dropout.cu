@@ -1,6 +1,7 @@
 // dropout.cu — inverted dropout with the mask drawn from Philox:
 //   out[i] = keep(i) ? x[i] * scale : 0,
-//   keep(i) = (philox word (seed, step, stream, i) >> 8) >= threshold,
+//   keep(i) = (philox word (seed, step, stream, offset + i) >> 8) >= threshold
+//   (offset: the first element's global index, for a shard of a batch),
 //   threshold = round(p * 2^24) and scale = (float)(1 / (1 - p)) computed on
 //   the host (philox::dropout_threshold, f64 then f32, as the CPU).
 // The op is diagonal and linear, so backward is the same map on dy; the mask
@@ -8,33 +9,37 @@
 // Launch: one thread per Philox block of 4 elements, grid-stride; block 256,
 // grid min(ceil(ceil(n / 4) / 256), 8192).
 // CPU twin: crates/tensor/src/cpu/dropout.rs.
-// Versions: v1.
+// Versions: v2 (element offset).
 #include "common.cuh"
 #include "philox.cuh"
 
 __device__ __forceinline__ void dropout_apply(float* __restrict__ out, const float* __restrict__ x,
                                               unsigned long long n, unsigned long long seed, unsigned int step,
-                                              unsigned int stream, unsigned int threshold, float scale) {
-    const unsigned long long blocks = (n + 3) / 4;
-    for (unsigned long long blk = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; blk < blocks;
-         blk += (unsigned long long)gridDim.x * blockDim.x) {
-        philox_u32x4 w = philox_block_bits(seed, step, stream, blk);
+                                              unsigned int stream, unsigned int threshold, float scale,
+                                              unsigned long long offset) {
+    // Global Philox blocks covering elements [offset, offset + n).
+    const unsigned long long first = offset / 4;
+    const unsigned long long blocks = (offset + n + 3) / 4 - first;
+    for (unsigned long long k = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; k < blocks;
+         k += (unsigned long long)gridDim.x * blockDim.x) {
+        philox_u32x4 w = philox_block_bits(seed, step, stream, first + k);
 #pragma unroll
         for (int l = 0; l < 4; ++l) {
-            unsigned long long i = blk * 4 + l;
-            if (i < n) out[i] = philox_keep(w.v[l], threshold) ? x[i] * scale : 0.0f;
+            unsigned long long g = (first + k) * 4 + l;
+            if (g >= offset && g < offset + n) out[g - offset] = philox_keep(w.v[l], threshold) ? x[g - offset] * scale : 0.0f;
         }
     }
 }
 
 extern "C" __global__ void dropout_fwd_f32(float* __restrict__ y, const float* __restrict__ x, unsigned long long n,
                                            unsigned long long seed, unsigned int step, unsigned int stream,
-                                           unsigned int threshold, float scale) {
-    dropout_apply(y, x, n, seed, step, stream, threshold, scale);
+                                           unsigned int threshold, float scale, unsigned long long offset) {
+    dropout_apply(y, x, n, seed, step, stream, threshold, scale, offset);
 }
 
 extern "C" __global__ void dropout_bwd_f32(float* __restrict__ dx, const float* __restrict__ dy,
                                            unsigned long long n, unsigned long long seed, unsigned int step,
-                                           unsigned int stream, unsigned int threshold, float scale) {
-    dropout_apply(dx, dy, n, seed, step, stream, threshold, scale);
+                                           unsigned int stream, unsigned int threshold, float scale,
+                                           unsigned long long offset) {
+    dropout_apply(dx, dy, n, seed, step, stream, threshold, scale, offset);
 }

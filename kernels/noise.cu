@@ -1,7 +1,9 @@
 // noise.cu — the forward diffusion step q(x_t | x_0) with eps drawn in the
 // kernel from Philox (nothing is read for the noise):
-//   noise_add_fwd  eps[i] = philox normal (seed, step, stream, i),
+//   noise_add_fwd  eps[i] = philox normal (seed, step, stream, offset + i),
 //                  x_t[i] = a[s] * x0[i] + b[s] * eps[i], s = i / per_sample
+//                  (offset: the first element's global index, so a shard of a
+//                  batch draws the batch's own noise; 0 for a whole batch)
 //                  (a = sqrt(abar), b = sqrt(1 - abar), one per sample)
 //   noise_add_bwd  dx0[i] = a[s] * dx_t[i]
 //   normal_fill_fwd out[i] = philox normal (seed, step, stream, i), for the
@@ -15,7 +17,7 @@
 // Philox words are bit-identical; the f32 Box-Muller uses CUDA's logf/cosf/
 // sinf, within a few ulp of the CPU's (glibc's). Compiled with --fmad=false
 // (gpu/nvrtc_policy.rs): x_t = a x0 + b eps rounds twice, as on the CPU.
-// Versions: v1.
+// Versions: v2 (element offset).
 #include "common.cuh"
 #include "philox.cuh"
 
@@ -23,15 +25,18 @@ extern "C" __global__ void noise_add_fwd_f32(float* __restrict__ x_t, float* __r
                                              const float* __restrict__ x0, const float* __restrict__ a,
                                              const float* __restrict__ b, unsigned long long per_sample,
                                              unsigned long long total, unsigned long long seed, unsigned int step,
-                                             unsigned int stream) {
-    const unsigned long long blocks = (total + 3) / 4;
-    for (unsigned long long blk = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; blk < blocks;
-         blk += (unsigned long long)gridDim.x * blockDim.x) {
-        const philox_f32x4 z = philox_normal4(seed, step, stream, blk);
+                                             unsigned int stream, unsigned long long offset) {
+    // Global Philox blocks covering elements [offset, offset + total).
+    const unsigned long long first = offset / 4;
+    const unsigned long long blocks = (offset + total + 3) / 4 - first;
+    for (unsigned long long k = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; k < blocks;
+         k += (unsigned long long)gridDim.x * blockDim.x) {
+        const philox_f32x4 z = philox_normal4(seed, step, stream, first + k);
 #pragma unroll
         for (int l = 0; l < 4; ++l) {
-            unsigned long long i = blk * 4 + l;
-            if (i < total) {
+            unsigned long long g = (first + k) * 4 + l;
+            if (g >= offset && g < offset + total) {
+                unsigned long long i = g - offset;
                 unsigned long long s = i / per_sample;
                 eps[i] = z.v[l];
                 x_t[i] = a[s] * x0[i] + b[s] * z.v[l];

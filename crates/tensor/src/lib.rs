@@ -7,6 +7,7 @@
 //! - `gpu/`  the driver interface shared by CUDA and the emulator, and the
 //!   launch code of every kernel in `kernels/*.cu`.
 
+pub mod comm;
 pub mod cpu;
 pub mod device;
 pub mod dtype;

@@ -120,10 +120,25 @@ impl Diffusion {
     /// x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, eps drawn inside the
     /// fused op from Philox (seed, step): the same noise on every device.
     pub fn q_sample(&self, x0: &Tensor, ts: &[usize], seed: u64, step: u32) -> Result<(Tensor, Tensor)> {
+        self.q_sample_at(x0, ts, seed, step, 0)
+    }
+
+    /// [`Diffusion::q_sample`] of the shard of a batch that starts at sample
+    /// `first_sample`: its noise is the one the whole batch draws for those
+    /// samples (data parallelism; 0 for a whole batch).
+    pub fn q_sample_at(
+        &self,
+        x0: &Tensor,
+        ts: &[usize],
+        seed: u64,
+        step: u32,
+        first_sample: u64,
+    ) -> Result<(Tensor, Tensor)> {
         let (dev, dt) = (x0.device(), x0.dtype());
         let a = self.per_sample(ts, f64::sqrt, &dev, dt)?;
         let b = self.per_sample(ts, |ab| (1.0 - ab).sqrt(), &dev, dt)?;
-        let o = ops::noise_add(x0, &a, &b, seed, step, NOISE_STREAM)?;
+        let per_sample = (x0.numel() / ts.len().max(1)) as u64;
+        let o = ops::noise_add_at(x0, &a, &b, seed, step, NOISE_STREAM, first_sample * per_sample)?;
         Ok((o.x_t, o.eps))
     }
 

@@ -15,16 +15,24 @@ const CHUNK: usize = 4 * BLOCKS_PER_CHUNK;
 /// out[i] = keep(i) ? x[i] * scale : 0. Forward and backward are both this:
 /// the op is linear and diagonal, so it is its own adjoint.
 pub fn apply_mask<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: u32, out: &mut [T]) {
+    apply_mask_at(x, p, seed, step, stream, 0, out);
+}
+
+/// [`apply_mask`] with the mask words of elements [offset, offset + len)
+/// (a shard of a batch keeps the batch's own mask).
+pub fn apply_mask_at<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: u32, offset: u64, out: &mut [T]) {
     let threshold = philox::dropout_threshold(p);
     let scale = T::from_f64(1.0 / (1.0 - p as f64));
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, x))| {
-        let first_block = (c * BLOCKS_PER_CHUNK) as u64;
+        let start = offset + (c * CHUNK) as u64;
+        let mut block = (u64::MAX, [0u32; 4]);
         // one Philox block gives the words of four consecutive elements
-        for (j, (o4, x4)) in o.chunks_mut(4).zip(x.chunks(4)).enumerate() {
-            let words = philox::block_bits(seed, step, stream, first_block + j as u64);
-            for ((o, &x), &word) in o4.iter_mut().zip(x4).zip(&words) {
-                *o = if philox::keep(word, threshold) { x * scale } else { T::zero() };
+        for (k, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+            let g = start + k as u64;
+            if block.0 != g / 4 {
+                block = (g / 4, philox::block_bits(seed, step, stream, g / 4));
             }
+            *o = if philox::keep(block.1[(g % 4) as usize], threshold) { x * scale } else { T::zero() };
         }
     });
 }

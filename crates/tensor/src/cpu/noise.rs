@@ -14,13 +14,34 @@ const CHUNK: usize = 4 * BLOCKS_PER_CHUNK;
 
 /// out[i] = philox::normal(seed, step, stream, i) as T.
 pub fn fill_normal<T: Element>(out: &mut [T], seed: u64, step: u32, stream: u32) {
-    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, dst)| {
-        let first_block = (c * BLOCKS_PER_CHUNK) as u64;
-        for (j, quad) in dst.chunks_mut(4).enumerate() {
-            let z = philox::normal4(seed, step, stream, first_block + j as u64);
-            for (d, &z) in quad.iter_mut().zip(&z) {
-                *d = T::from_f32(z);
+    fill_normal_at(out, seed, step, stream, 0);
+}
+
+/// out[i] = philox::normal(seed, step, stream, offset + i) as T: the elements
+/// [offset, offset + len) of the same draw (a shard of a batch).
+pub fn fill_normal_at<T: Element>(out: &mut [T], seed: u64, step: u32, stream: u32, offset: u64) {
+    if offset.is_multiple_of(4) {
+        // Aligned: whole Philox blocks, each drawn once.
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, dst)| {
+            let first_block = offset / 4 + (c * BLOCKS_PER_CHUNK) as u64;
+            for (j, quad) in dst.chunks_mut(4).enumerate() {
+                let z = philox::normal4(seed, step, stream, first_block + j as u64);
+                for (d, &z) in quad.iter_mut().zip(&z) {
+                    *d = T::from_f32(z);
+                }
             }
+        });
+        return;
+    }
+    out.par_chunks_mut(CHUNK).enumerate().for_each(|(c, dst)| {
+        let start = offset + (c * CHUNK) as u64;
+        let mut block = (u64::MAX, [0f32; 4]);
+        for (k, d) in dst.iter_mut().enumerate() {
+            let g = start + k as u64;
+            if block.0 != g / 4 {
+                block = (g / 4, philox::normal4(seed, step, stream, g / 4));
+            }
+            *d = T::from_f32(block.1[(g % 4) as usize]);
         }
     });
 }

@@ -228,4 +228,7 @@ impl GpuDriver for CountedDriver {
     fn mem_info(&self) -> Option<(usize, usize)> {
         self.inner.mem_info()
     }
+    fn bind_cuda_stream(&self) -> Result<Option<usize>> {
+        self.inner.bind_cuda_stream()
+    }
 }

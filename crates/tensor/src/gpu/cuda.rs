@@ -517,6 +517,11 @@ impl GpuDriver for CudaDriver {
         self.bind().ok()?;
         cu::mem_get_info().ok()
     }
+
+    fn bind_cuda_stream(&self) -> Result<Option<usize>> {
+        self.bind()?;
+        Ok(Some(self.stream.cu_stream() as usize))
+    }
 }
 
 /// CUDA device `ordinal` as a tensor [`Device`].

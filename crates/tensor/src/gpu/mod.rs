@@ -103,6 +103,12 @@ pub trait GpuDriver: Send + Sync {
     fn mem_info(&self) -> Option<(usize, usize)> {
         None
     }
+    /// A real CUDA device: binds its context to the calling thread and
+    /// returns its stream (a `CUstream`) for libraries that queue work on it
+    /// (NCCL, `crate::comm`). None on the emulator.
+    fn bind_cuda_stream(&self) -> Result<Option<usize>> {
+        Ok(None)
+    }
 }
 
 /// A handle on one GPU (real or emulated); cheap to clone. Every driver

@@ -8,16 +8,37 @@ use crate::{with_element, Result, Storage, Tensor, TensorError};
 /// y[i] = x[i] / (1 - p) where element i is kept, else 0; element i is kept
 /// iff `philox::keep(philox::bits(seed, step, stream, i), philox::dropout_threshold(p))`.
 pub fn dropout_forward(x: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
-    masked("dropout_forward", false, x, p, seed, step, stream)
+    masked("dropout_forward", false, x, p, seed, step, stream, 0)
+}
+
+/// [`dropout_forward`] of elements [offset, offset + len) of a larger
+/// tensor: a shard of a batch (data parallelism) keeps the batch's mask.
+pub fn dropout_forward_at(x: &Tensor, p: f32, seed: u64, step: u32, stream: u32, offset: u64) -> Result<Tensor> {
+    masked("dropout_forward", false, x, p, seed, step, stream, offset)
+}
+
+/// The backward of [`dropout_forward_at`].
+pub fn dropout_backward_at(dy: &Tensor, p: f32, seed: u64, step: u32, stream: u32, offset: u64) -> Result<Tensor> {
+    masked("dropout_backward", true, dy, p, seed, step, stream, offset)
 }
 
 /// dx = dy masked and scaled exactly as the forward with the same arguments.
 pub fn dropout_backward(dy: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
-    masked("dropout_backward", true, dy, p, seed, step, stream)
+    masked("dropout_backward", true, dy, p, seed, step, stream, 0)
 }
 
 /// Forward and backward are the same diagonal map (its own adjoint).
-fn masked(op: &'static str, backward: bool, x: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
+#[allow(clippy::too_many_arguments)]
+fn masked(
+    op: &'static str,
+    backward: bool,
+    x: &Tensor,
+    p: f32,
+    seed: u64,
+    step: u32,
+    stream: u32,
+    offset: u64,
+) -> Result<Tensor> {
     // `contains` is false for NaN too
     if !(0.0..1.0).contains(&p) {
         return Err(TensorError::invalid(op, format!("dropout probability must be in [0, 1), got {p}")));
@@ -25,14 +46,14 @@ fn masked(op: &'static str, backward: bool, x: &Tensor, p: f32, seed: u64, step:
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut y = vec![T::default(); x.numel()];
-            kernels::apply_mask(x.cpu_slice::<T>()?, p, seed, step, stream, &mut y);
+            kernels::apply_mask_at(x.cpu_slice::<T>()?, p, seed, step, stream, offset, &mut y);
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),
         Storage::Gpu(g) => {
             let y = if backward {
-                launch::dropout::dropout_backward(g.device(), g, p, seed, step, stream)?
+                launch::dropout::dropout_backward(g.device(), g, p, seed, step, stream, offset)?
             } else {
-                launch::dropout::dropout_forward(g.device(), g, p, seed, step, stream)?
+                launch::dropout::dropout_forward(g.device(), g, p, seed, step, stream, offset)?
             };
             Ok(Tensor::from_gpu(x.shape().clone(), y))
         }

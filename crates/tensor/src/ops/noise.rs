@@ -24,6 +24,21 @@ pub fn noise_add(
     step: u32,
     stream: u32,
 ) -> Result<NoiseAddOutput> {
+    noise_add_at(x0, sqrt_abar, sqrt_one_minus_abar, seed, step, stream, 0)
+}
+
+/// [`noise_add`] with the noise of elements [offset, offset + len) of the
+/// draw: a shard of a batch (data parallelism) gets the batch's own noise.
+#[allow(clippy::too_many_arguments)]
+pub fn noise_add_at(
+    x0: &Tensor,
+    sqrt_abar: &Tensor,
+    sqrt_one_minus_abar: &Tensor,
+    seed: u64,
+    step: u32,
+    stream: u32,
+    offset: u64,
+) -> Result<NoiseAddOutput> {
     const OP: &str = "noise_add";
     check_same(OP, &[x0, sqrt_abar, sqrt_one_minus_abar])?;
     let n = batch_size(OP, x0)?;
@@ -33,7 +48,7 @@ pub fn noise_add(
     match x0.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut eps = vec![T::default(); x0.numel()];
-            kernels::fill_normal(&mut eps, seed, step, stream);
+            kernels::fill_normal_at(&mut eps, seed, step, stream, offset);
             let mut x_t = vec![T::default(); x0.numel()];
             let (a, b) = (sqrt_abar.cpu_slice::<T>()?, sqrt_one_minus_abar.cpu_slice::<T>()?);
             kernels::noise_mix(x0.cpu_slice::<T>()?, &eps, a, b, per_sample, &mut x_t);
@@ -44,7 +59,7 @@ pub fn noise_add(
         }),
         Storage::Gpu(g) => {
             let (a, b) = (gpu_of(OP, sqrt_abar)?, gpu_of(OP, sqrt_one_minus_abar)?);
-            let (x_t, eps) = launch::noise::noise_add(g.device(), g, a, b, per_sample, seed, step, stream)?;
+            let (x_t, eps) = launch::noise::noise_add(g.device(), g, a, b, per_sample, seed, step, stream, offset)?;
             Ok(NoiseAddOutput {
                 x_t: Tensor::from_gpu(x0.shape().clone(), x_t),
                 eps: Tensor::from_gpu(x0.shape().clone(), eps),

@@ -30,14 +30,28 @@ pub struct ForwardMode {
     /// Seed and step of the dropout masks (Philox: the same on every device).
     pub seed: u64,
     pub step: u32,
+    /// The global index of this batch's first sample: a shard of a batch
+    /// (data parallelism) draws the masks the whole batch would give its
+    /// samples. 0 for a whole batch.
+    pub first_sample: u64,
 }
 
 impl ForwardMode {
     pub fn inference() -> Self {
-        ForwardMode { train: false, seed: 0, step: 0 }
+        ForwardMode { train: false, seed: 0, step: 0, first_sample: 0 }
     }
     pub fn train(seed: u64, step: u32) -> Self {
-        ForwardMode { train: true, seed, step }
+        ForwardMode { train: true, seed, step, first_sample: 0 }
+    }
+    /// This mode for the shard of a batch that starts at sample `first`.
+    pub fn shard(self, first: u64) -> Self {
+        ForwardMode { first_sample: first, ..self }
+    }
+    /// The global element index of a batch activation's first element
+    /// (Philox masks are drawn per element of the whole batch).
+    pub fn element_offset(&self, x: &Tensor) -> u64 {
+        let n = x.dims().first().copied().unwrap_or(1).max(1);
+        self.first_sample * (x.numel() / n) as u64
     }
 }
 

@@ -82,7 +82,8 @@ impl ResnetBlock {
         drop(h1);
         let (mut a2, n2) = self.norm2.forward(ps, &h2)?;
         if self.dropout_on(&mode) {
-            a2 = ops::dropout_forward(&a2, self.dropout, mode.seed, mode.step, self.dropout_stream)?;
+            let offset = mode.element_offset(&a2);
+            a2 = ops::dropout_forward_at(&a2, self.dropout, mode.seed, mode.step, self.dropout_stream, offset)?;
         }
         let h3 = self.conv2.forward(ps, &a2)?;
         let y = match &self.nin_shortcut {
@@ -111,7 +112,8 @@ impl ResnetBlock {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let mut da2 = self.conv2.backward(ps, &c.a2, dy)?;
         if self.dropout_on(&c.mode) {
-            da2 = ops::dropout_backward(&da2, self.dropout, c.mode.seed, c.mode.step, self.dropout_stream)?;
+            let (m, offset) = (&c.mode, c.mode.element_offset(&da2));
+            da2 = ops::dropout_backward_at(&da2, self.dropout, m.seed, m.step, self.dropout_stream, offset)?;
         }
         let dh2 = self.norm2.backward(ps, &c.h2, &c.n2, &da2)?;
         drop(da2);

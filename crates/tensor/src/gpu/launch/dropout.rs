@@ -1,11 +1,12 @@
 //! Launch code of kernels/dropout.cu. The mask is regenerated from
 //! (seed, step, stream) in both passes, never stored.
 
-use super::{alloc, grid_for, run, u64_arg};
+use super::{alloc, grid_for, philox_blocks, run, u64_arg};
 use crate::gpu::kernels;
 use crate::gpu::{GpuDevice, GpuStorage, KernelArg};
 use crate::{philox, Result};
 
+#[allow(clippy::too_many_arguments)]
 fn apply(
     kernel: &'static kernels::Kernel,
     dev: &GpuDevice,
@@ -14,6 +15,7 @@ fn apply(
     seed: u64,
     step: u32,
     stream: u32,
+    offset: u64,
 ) -> Result<GpuStorage> {
     let n = x.len();
     let out = alloc(dev, n)?;
@@ -29,13 +31,16 @@ fn apply(
             KernelArg::U32(stream),
             KernelArg::U32(threshold),
             KernelArg::F32(scale),
+            KernelArg::U64(offset),
         ];
-        run(dev, kernel, grid_for(n.div_ceil(4) as u64), &args)?;
+        run(dev, kernel, grid_for(philox_blocks(offset, n)), &args)?;
     }
     Ok(out)
 }
 
-/// y = keep(i) ? x / (1 - p) : 0 with the Philox mask of (seed, step, stream).
+/// y = keep(i) ? x / (1 - p) : 0 with the Philox mask of (seed, step,
+/// stream) at elements offset + i.
+#[allow(clippy::too_many_arguments)]
 pub fn dropout_forward(
     dev: &GpuDevice,
     x: &GpuStorage,
@@ -43,11 +48,13 @@ pub fn dropout_forward(
     seed: u64,
     step: u32,
     stream: u32,
+    offset: u64,
 ) -> Result<GpuStorage> {
-    apply(&kernels::dropout::DROPOUT_FWD_F32, dev, x, p, seed, step, stream)
+    apply(&kernels::dropout::DROPOUT_FWD_F32, dev, x, p, seed, step, stream, offset)
 }
 
 /// dx = keep(i) ? dy / (1 - p) : 0, the same mask as the forward.
+#[allow(clippy::too_many_arguments)]
 pub fn dropout_backward(
     dev: &GpuDevice,
     dy: &GpuStorage,
@@ -55,6 +62,7 @@ pub fn dropout_backward(
     seed: u64,
     step: u32,
     stream: u32,
+    offset: u64,
 ) -> Result<GpuStorage> {
-    apply(&kernels::dropout::DROPOUT_BWD_F32, dev, dy, p, seed, step, stream)
+    apply(&kernels::dropout::DROPOUT_BWD_F32, dev, dy, p, seed, step, stream, offset)
 }

@@ -56,6 +56,12 @@ pub(crate) fn grid_for(items: u64) -> Dim3 {
     Dim3::x(items.div_ceil(BLOCK as u64).clamp(1, MAX_GRID) as u32)
 }
 
+/// The Philox blocks (4 elements each) that cover elements
+/// [offset, offset + n): one thread each in the noise and dropout kernels.
+pub(crate) fn philox_blocks(offset: u64, n: usize) -> u64 {
+    (offset + n as u64).div_ceil(4) - offset / 4
+}
+
 /// Launches `kernel` with block 256 and no dynamic shared memory.
 pub(crate) fn run(dev: &GpuDevice, kernel: &'static Kernel, grid: Dim3, args: &[KernelArg]) -> Result<()> {
     run_shared(dev, kernel, grid, Dim3::x(BLOCK), 0, args)

@@ -1,12 +1,12 @@
 //! Launch code of kernels/noise.cu: q(x_t | x_0) with the noise drawn in the
 //! kernel from Philox, its backward, and a plain normal fill.
 
-use super::{alloc, grid_for, run, u64_arg};
+use super::{alloc, grid_for, philox_blocks, run, u64_arg};
 use crate::gpu::kernels;
 use crate::gpu::{GpuDevice, GpuStorage, KernelArg};
 use crate::Result;
 
-/// (x_t, eps) with eps[i] = philox::normal(seed, step, stream, i) and
+/// (x_t, eps) with eps[i] = philox::normal(seed, step, stream, offset + i) and
 /// x_t = sqrt_abar[s] * x0 + sqrt_one_minus_abar[s] * eps, s = i / per_sample.
 /// x0 [N, ...] holds N * per_sample elements; the two scales are [N].
 #[allow(clippy::too_many_arguments)]
@@ -19,6 +19,7 @@ pub fn noise_add(
     seed: u64,
     step: u32,
     stream: u32,
+    offset: u64,
 ) -> Result<(GpuStorage, GpuStorage)> {
     let total = x0.len();
     let x_t = alloc(dev, total)?;
@@ -35,8 +36,9 @@ pub fn noise_add(
             KernelArg::U64(seed),
             KernelArg::U32(step),
             KernelArg::U32(stream),
+            KernelArg::U64(offset),
         ];
-        run(dev, &kernels::noise::NOISE_ADD_FWD_F32, grid_for(total.div_ceil(4) as u64), &args)?;
+        run(dev, &kernels::noise::NOISE_ADD_FWD_F32, grid_for(philox_blocks(offset, total)), &args)?;
     }
     Ok((x_t, eps))
 }

@@ -1,0 +1,271 @@
+//! NCCL, loaded at run time. cudarc's `nccl` bindings look for
+//! `libnccl.so.<CUDA major>` (13 for this workspace's cudarc), but NCCL
+//! ships as `libnccl.so.2` (the `nvidia-nccl-cu12` wheel, distribution
+//! packages), so the few functions used here are declared and loaded with
+//! libloading: `DIFFUSE_NCCL_LIB` (a path) if set, else `libnccl.so.2`,
+//! then `libnccl.so`, through the dynamic loader's search path
+//! (`scripts/cuda-env.sh` adds the wheel's directory).
+//!
+//! Collectives are queued on the device's own stream (the one every kernel
+//! and copy of that device uses), so they are ordered after the backward
+//! that wrote the gradients and before the optimiser that reads them, with
+//! no host synchronisation. A bucket is one NCCL group (one fused launch).
+//! NCCL's sum order is fixed by its algorithm and topology, not by rank:
+//! run to run it is deterministic for one machine and configuration.
+//!
+//! Not exercised in CI (no GPU): the in-process communicator and the
+//! rendezvous are; `scripts/gpu-check.sh` runs this one on a multi-GPU host.
+
+use super::{CommError, Communicator, Result};
+use crate::gpu::GpuDevice;
+use crate::{Storage, Tensor};
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// NCCL's unique id: 128 opaque bytes made by rank 0, handed to every rank.
+pub const UNIQUE_ID_BYTES: usize = 128;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct NcclUniqueId {
+    internal: [c_char; UNIQUE_ID_BYTES],
+}
+
+type RawComm = *mut c_void;
+type Stream = *mut c_void;
+const NCCL_FLOAT32: c_int = 7;
+const NCCL_SUM: c_int = 0;
+
+struct Lib {
+    _lib: libloading::Library,
+    get_unique_id: unsafe extern "C" fn(*mut NcclUniqueId) -> c_int,
+    comm_init_rank: unsafe extern "C" fn(*mut RawComm, c_int, NcclUniqueId, c_int) -> c_int,
+    all_reduce: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, RawComm, Stream) -> c_int,
+    broadcast: unsafe extern "C" fn(*const c_void, *mut c_void, usize, c_int, c_int, RawComm, Stream) -> c_int,
+    group_start: unsafe extern "C" fn() -> c_int,
+    group_end: unsafe extern "C" fn() -> c_int,
+    comm_destroy: unsafe extern "C" fn(RawComm) -> c_int,
+    comm_abort: unsafe extern "C" fn(RawComm) -> c_int,
+    get_error_string: unsafe extern "C" fn(c_int) -> *const c_char,
+    get_version: unsafe extern "C" fn(*mut c_int) -> c_int,
+}
+
+fn load() -> std::result::Result<Lib, String> {
+    let names: Vec<String> = match std::env::var("DIFFUSE_NCCL_LIB") {
+        Ok(p) if !p.is_empty() => vec![p],
+        _ => vec!["libnccl.so.2".into(), "libnccl.so".into()],
+    };
+    let mut errors = Vec::new();
+    for name in &names {
+        // SAFETY: loading NCCL runs its initialisers, which have no preconditions.
+        match unsafe { libloading::Library::new(name) } {
+            Ok(lib) => return symbols(lib).map_err(|e| format!("{name}: {e}")),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(format!(
+        "NCCL could not be loaded ({}): install it (pip install nvidia-nccl-cu12, then source scripts/cuda-env.sh) \
+         or set DIFFUSE_NCCL_LIB to libnccl.so.2",
+        errors.join("; ")
+    ))
+}
+
+fn symbols(lib: libloading::Library) -> std::result::Result<Lib, libloading::Error> {
+    // SAFETY: each symbol is declared with NCCL 2's C signature (nccl.h).
+    unsafe {
+        Ok(Lib {
+            get_unique_id: *lib.get(b"ncclGetUniqueId\0")?,
+            comm_init_rank: *lib.get(b"ncclCommInitRank\0")?,
+            all_reduce: *lib.get(b"ncclAllReduce\0")?,
+            broadcast: *lib.get(b"ncclBroadcast\0")?,
+            group_start: *lib.get(b"ncclGroupStart\0")?,
+            group_end: *lib.get(b"ncclGroupEnd\0")?,
+            comm_destroy: *lib.get(b"ncclCommDestroy\0")?,
+            comm_abort: *lib.get(b"ncclCommAbort\0")?,
+            get_error_string: *lib.get(b"ncclGetErrorString\0")?,
+            get_version: *lib.get(b"ncclGetVersion\0")?,
+            _lib: lib,
+        })
+    }
+}
+
+fn lib() -> Result<&'static Lib> {
+    static LIB: OnceLock<std::result::Result<Lib, String>> = OnceLock::new();
+    LIB.get_or_init(load).as_ref().map_err(|e| CommError::Nccl(e.clone()))
+}
+
+/// Ok with NCCL's version (e.g. 22703 for 2.27.3) when the library loads;
+/// else why not.
+pub fn nccl_version() -> Result<i32> {
+    let l = lib()?;
+    let mut v = 0;
+    // SAFETY: writes one int.
+    check(l, "ncclGetVersion", unsafe { (l.get_version)(&mut v) })?;
+    Ok(v)
+}
+
+fn check(l: &Lib, what: &str, code: c_int) -> Result<()> {
+    if code == 0 {
+        return Ok(());
+    }
+    // SAFETY: NCCL returns a static string for every result code.
+    let msg = unsafe { CStr::from_ptr((l.get_error_string)(code)) }.to_string_lossy().into_owned();
+    Err(CommError::Nccl(format!("{what}: {msg} (code {code})")))
+}
+
+/// A new NCCL unique id (rank 0 makes it; the others receive it).
+pub fn unique_id() -> Result<[u8; UNIQUE_ID_BYTES]> {
+    let l = lib()?;
+    let mut id = NcclUniqueId { internal: [0; UNIQUE_ID_BYTES] };
+    // SAFETY: writes the 128-byte id.
+    check(l, "ncclGetUniqueId", unsafe { (l.get_unique_id)(&mut id) })?;
+    Ok(id.internal.map(|c| c as u8))
+}
+
+/// The NCCL communicators of this process, so that a failing rank aborts
+/// every local one (a rank blocked in a collective is then released).
+#[derive(Default)]
+pub struct LocalComms {
+    comms: Mutex<Vec<usize>>,
+}
+
+/// One rank on one CUDA device.
+pub struct NcclComm {
+    comm: RawComm,
+    rank: usize,
+    world: usize,
+    device: GpuDevice,
+    local: Arc<LocalComms>,
+}
+
+// SAFETY: an NCCL communicator may be used from any thread, one at a time
+// (this rank's worker thread); abort from another thread is allowed.
+unsafe impl Send for NcclComm {}
+
+impl NcclComm {
+    /// Joins the group `id` as `rank` of `world` on `device` (blocks until
+    /// every rank has joined). `local` collects this process's ranks.
+    pub fn new(
+        device: &GpuDevice,
+        rank: usize,
+        world: usize,
+        id: &[u8; UNIQUE_ID_BYTES],
+        local: Arc<LocalComms>,
+    ) -> Result<NcclComm> {
+        let l = lib()?;
+        device
+            .driver()
+            .bind_cuda_stream()?
+            .ok_or_else(|| CommError::Nccl(format!("{} is not a CUDA device (NCCL needs real GPUs)", device.name())))?;
+        let id = NcclUniqueId { internal: id.map(|b| b as c_char) };
+        let mut comm: RawComm = std::ptr::null_mut();
+        let (r, w) = (c_int::try_from(rank), c_int::try_from(world));
+        let (Ok(r), Ok(w)) = (r, w) else {
+            return Err(CommError::Nccl(format!("rank {rank} of {world} is out of range")));
+        };
+        // SAFETY: comm is written by NCCL; id is 128 bytes.
+        check(l, "ncclCommInitRank", unsafe { (l.comm_init_rank)(&mut comm, w, id, r) })?;
+        local.comms.lock().unwrap_or_else(|p| p.into_inner()).push(comm as usize);
+        Ok(NcclComm { comm, rank, world, device: device.clone(), local })
+    }
+
+    fn stream(&self) -> Result<Stream> {
+        let s = self.device.driver().bind_cuda_stream()?;
+        s.map(|s| s as Stream).ok_or_else(|| CommError::Nccl("not a CUDA device".into()))
+    }
+
+    /// Each tensor's device pointer (made unique first: the collective
+    /// writes in place) and length.
+    fn pointers(&self, bucket: &mut [&mut Tensor]) -> Result<Vec<(u64, usize)>> {
+        let mut out = Vec::with_capacity(bucket.len());
+        for t in bucket.iter_mut() {
+            let n = t.numel();
+            match t.storage_mut() {
+                Storage::Gpu(g) if g.device().same(&self.device) => {
+                    g.make_unique()?;
+                    out.push((g.ptr(), n));
+                }
+                _ => return Err(CommError::Nccl(format!("a tensor is not on {}", self.device.name()))),
+            }
+        }
+        Ok(out)
+    }
+
+    fn grouped(&self, what: &str, ptrs: &[(u64, usize)], call: impl Fn(u64, usize, Stream) -> c_int) -> Result<()> {
+        let l = lib()?;
+        let stream = self.stream()?;
+        // SAFETY: group calls bracket the bucket's collectives.
+        check(l, "ncclGroupStart", unsafe { (l.group_start)() })?;
+        let mut first_err = Ok(());
+        for &(p, n) in ptrs {
+            if first_err.is_ok() {
+                first_err = check(l, what, call(p, n, stream));
+            }
+        }
+        // SAFETY: closes the group opened above (also after an error).
+        let end = check(l, "ncclGroupEnd", unsafe { (l.group_end)() });
+        first_err.and(end)
+    }
+}
+
+impl Communicator for NcclComm {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.world
+    }
+
+    fn all_reduce_sum(&self, bucket: &mut [&mut Tensor]) -> Result<()> {
+        let ptrs = self.pointers(bucket)?;
+        let l = lib()?;
+        self.grouped("ncclAllReduce", &ptrs, |p, n, s| {
+            // SAFETY: in place on n f32 of device memory this tensor owns.
+            unsafe { (l.all_reduce)(p as *const c_void, p as *mut c_void, n, NCCL_FLOAT32, NCCL_SUM, self.comm, s) }
+        })
+    }
+
+    fn broadcast(&self, bucket: &mut [&mut Tensor], root: usize) -> Result<()> {
+        let ptrs = self.pointers(bucket)?;
+        let l = lib()?;
+        let root = c_int::try_from(root).map_err(|_| CommError::Nccl("root out of range".into()))?;
+        self.grouped("ncclBroadcast", &ptrs, |p, n, s| {
+            // SAFETY: in place on n f32 of device memory this tensor owns.
+            unsafe { (l.broadcast)(p as *const c_void, p as *mut c_void, n, NCCL_FLOAT32, root, self.comm, s) }
+        })
+    }
+
+    fn barrier(&self) -> Result<()> {
+        let mut t = Tensor::zeros([1], crate::DType::F32, &crate::Device::Gpu(self.device.clone()))?;
+        self.all_reduce_sum(&mut [&mut t])?;
+        self.device.synchronize()?;
+        Ok(())
+    }
+
+    fn abort(&self, _reason: &str) {
+        // Aborting releases every local rank blocked in a collective; their
+        // next call fails. The failing rank's own error is the one reported.
+        if let Ok(l) = lib() {
+            for &c in self.local.comms.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+                // SAFETY: c is a live communicator of this process (removed on drop).
+                unsafe { (l.comm_abort)(c as RawComm) };
+            }
+            self.local.comms.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+}
+
+impl Drop for NcclComm {
+    fn drop(&mut self) {
+        let mut comms = self.local.comms.lock().unwrap_or_else(|p| p.into_inner());
+        // An aborted communicator is gone already.
+        if let Some(i) = comms.iter().position(|&c| c == self.comm as usize) {
+            comms.remove(i);
+            if let Ok(l) = lib() {
+                // SAFETY: destroyed once, after its last use.
+                unsafe { (l.comm_destroy)(self.comm) };
+            }
+        }
+    }
+}
