@@ -2,6 +2,7 @@
 //! types they share (`device`, `model_config`) and the progress bar.
 
 pub mod bench;
+pub mod data_parallel;
 pub mod denoise;
 pub mod device;
 pub mod eval;

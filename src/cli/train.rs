@@ -1,11 +1,13 @@
 //! `diffuse train`: train a DDPM on a dataset (the bundled MNIST digits by
 //! default) into a run directory.
 
+use super::data_parallel::{self, Devices, MultiNode};
 use super::signals::{signal_name, Interrupted, Interruptible, StopSignals};
 use super::{device::DeviceSpec, model_config::load_config, progress::Progress};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
 use diffuse_trainer::config::{LoraConfig, LrScale, TrainConfig, DEFAULT_LORA_TARGETS};
+use diffuse_trainer::data_parallel::train_ranks;
 use diffuse_trainer::diffusion::{Schedule, Target};
 use diffuse_trainer::loss_weighting::{LossWeighting, TimestepSampling};
 use diffuse_trainer::train::{Resume, Start, Trainer};
@@ -110,6 +112,20 @@ pub struct TrainArgs {
     /// Device to run on.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
+    /// Data parallelism: train on these GPUs, `all` or numbers (0,1,3), one
+    /// worker thread each, the batch split evenly (several need NCCL). With
+    /// --device emu: that many emulated devices (0,1 is two).
+    #[arg(long, value_name = "all|N,N,...")]
+    pub gpus: Option<String>,
+    /// Several machines: how many nodes run this same command (each with its --node-rank).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub nodes: usize,
+    /// Several machines: this node's number, 0 to nodes - 1 (node 0 serves the rendezvous and writes the run).
+    #[arg(long, default_value_t = 0, value_name = "R")]
+    pub node_rank: usize,
+    /// Several machines: HOST:PORT where node 0 hands out NCCL's id (DIFFUSE_RENDEZVOUS_TIMEOUT_S, default 300).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub rendezvous: Option<String>,
     /// Continue a run (its directory or a checkpoint file) exactly where it stopped.
     #[arg(long, conflicts_with = "init_from")]
     pub resume: Option<PathBuf>,
@@ -243,7 +259,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
     // Checked before a device is opened or any directory is made.
     cfg.validate()?;
-    let device = a.device.open()?;
+    let multi = MultiNode { nodes: a.nodes, node_rank: a.node_rank, rendezvous: a.rendezvous.clone() };
+    let devices = data_parallel::open(a.device, a.gpus.as_deref(), &multi)?;
     let (start, out) = match (&a.resume, &a.init_from) {
         (Some(r), _) => {
             let file = diffuse_trainer::checkpoint::resolve(r)?;
@@ -282,22 +299,27 @@ pub fn run(a: TrainArgs) -> Result<()> {
             out.display()
         );
     }
-    println!("device: {device}");
     let signals = StopSignals::install()?;
-    let mut trainer = Trainer::new(cfg, start, out, device)?;
-    for note in &trainer.notes {
-        println!("note: {note}");
-    }
-    let ps = &trainer.model.params;
-    let trainable: usize = ps.ids().filter(|&id| ps.is_trainable(id)).map(|id| ps.value(id).numel()).sum();
-    println!(
-        "model: {} parameters ({trainable} trainable); data: {} ({} images); run directory: {}",
-        trainer.model.num_params(),
-        trainer.cfg.data.display(),
-        trainer.loader.dataset().len(),
-        trainer.out.display()
-    );
-    let summary = trainer.run(&mut Interruptible { progress: Progress::new(), signals: &signals })?;
+    let mut obs = Interruptible { progress: Progress::new(), signals: &signals };
+    let summary = match devices {
+        Devices::One(device) => {
+            println!("device: {device}");
+            let mut trainer = Trainer::new(cfg, start, out, device)?;
+            describe(&trainer);
+            trainer.run(&mut obs)?
+        }
+        Devices::Group { ranks, describe: what } => {
+            let world = ranks.len() * a.nodes;
+            if !cfg.batch_size.is_multiple_of(world) {
+                bail!(
+                    "--batch-size {} does not split evenly over {world} devices: use a multiple of {world}",
+                    cfg.batch_size
+                );
+            }
+            println!("devices: {what}");
+            train_ranks(cfg, start, out, ranks, &mut obs, &mut describe)?
+        }
+    };
     if let (true, Some(sig)) = (summary.interrupted, signals.received()) {
         let ckpt = summary.last_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string());
         return Err(Interrupted {
@@ -306,7 +328,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 "interrupted by {} after step {} of {}: checkpoint {ckpt}; resume with: diffuse train --resume {}",
                 signal_name(sig),
                 summary.steps_done,
-                trainer.cfg.steps,
+                summary.steps_total,
                 summary.out.display()
             ),
         }
@@ -319,6 +341,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
         summary.out.display()
     );
     Ok(())
+}
+
+/// The run's notes and a line about the model, the data and the directory.
+fn describe(trainer: &Trainer) {
+    for note in &trainer.notes {
+        println!("note: {note}");
+    }
+    let ps = &trainer.model.params;
+    let trainable: usize = ps.ids().filter(|&id| ps.is_trainable(id)).map(|id| ps.value(id).numel()).sum();
+    println!(
+        "model: {} parameters ({trainable} trainable); data: {} ({} images); run directory: {}",
+        trainer.model.num_params(),
+        trainer.cfg.data.display(),
+        trainer.loader.dataset().len(),
+        trainer.out.display()
+    );
 }
 
 fn sanitize(s: &str) -> String {

@@ -97,6 +97,23 @@ pub enum Error {
     /// A training or sampling configuration that cannot work.
     #[error("invalid configuration: {0}")]
     Config(String),
+
+    /// A collective of a data-parallel run failed (another rank failed, a
+    /// timeout, NCCL, the rendezvous).
+    #[error("data parallel: {0}")]
+    Comm(#[from] diffuse_tensor::comm::CommError),
+
+    /// A failure injected by a test (`DIFFUSE_TEST_RANK_FAIL`).
+    #[error("injected failure: {0}")]
+    TestFailure(String),
+
+    /// One rank of a data-parallel run failed; every rank stopped.
+    #[error("rank {rank}: {source}")]
+    Rank {
+        rank: usize,
+        #[source]
+        source: Box<Error>,
+    },
 }
 
 /// A failed atomic write is an I/O error on its destination.

@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod data_parallel;
 pub mod diffusers;
 pub mod diffusion;
 pub mod divergence;

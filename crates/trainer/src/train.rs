@@ -25,12 +25,14 @@ use crate::run_lock::RunLock;
 use crate::sampler::{sample, SampleSpec, Sampler};
 use crate::step_log::{StepLog, StepRecord};
 use crate::{Error, Result};
+use diffuse_tensor::comm::{bucket_ranges, Communicator};
 use diffuse_tensor::ops::AdamWParams;
 use diffuse_tensor::{philox, Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::{ForwardMode, UNet, UNetConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// One logged step.
@@ -60,6 +62,7 @@ pub struct Silent;
 impl Observer for Silent {}
 
 /// Where a run starts from.
+#[derive(Clone)]
 pub enum Start {
     Fresh,
     /// Continue a run exactly where its checkpoint stopped.
@@ -75,6 +78,7 @@ pub enum Start {
 }
 
 /// How to resume: the run's own settings win, except for these.
+#[derive(Clone)]
 pub struct Resume {
     /// A checkpoint file, or a run directory (its newest checkpoint).
     pub checkpoint: PathBuf,
@@ -103,6 +107,8 @@ pub struct RunSummary {
     pub last_checkpoint: Option<PathBuf>,
     /// The observer asked to stop before the last step (a signal).
     pub interrupted: bool,
+    /// The step count the run trains to.
+    pub steps_total: u64,
 }
 
 /// Most training steps whose loss and gradient norm wait on the device
@@ -114,6 +120,8 @@ const DROPOUT_SALT: u64 = 0x5eed_d409;
 /// Class dropout draws from its own salted seed and stream (see ARCHITECTURE.md).
 const CLASS_DROPOUT_SALT: u64 = 0xc1a5_5d40;
 const CLASS_DROPOUT_STREAM: u32 = 16;
+/// Gradients are all-reduced in buckets of at most this many f32 (16 MiB).
+const BUCKET_ELEMS: usize = 1 << 22;
 
 pub struct Trainer {
     pub cfg: TrainConfig,
@@ -134,7 +142,10 @@ pub struct Trainer {
     /// Things the user should know about how the run was opened (an
     /// unverified or skipped checkpoint, removed temporary files).
     pub notes: Vec<String>,
-    _lock: RunLock,
+    /// The data-parallel group this trainer is one rank of (None: alone).
+    comm: Option<Arc<dyn Communicator>>,
+    /// Held by the rank that writes the run directory (rank 0).
+    _lock: Option<RunLock>,
 }
 
 impl Trainer {
@@ -143,11 +154,25 @@ impl Trainer {
     /// overwritten but the config, metrics and plot; temporary files of
     /// interrupted writes are removed). Nothing is created before the
     /// configuration and the data have been checked.
-    pub fn new(mut cfg: TrainConfig, start: Start, out: PathBuf, device: Device) -> Result<Trainer> {
+    pub fn new(cfg: TrainConfig, start: Start, out: PathBuf, device: Device) -> Result<Trainer> {
+        Self::new_rank(cfg, start, out, device, None)
+    }
+
+    /// [`Trainer::new`] for one rank of a data-parallel group (see
+    /// `crate::data_parallel`): the global batch `cfg.batch_size` is split
+    /// evenly over the ranks; only rank 0 locks and writes the run directory.
+    pub fn new_rank(
+        mut cfg: TrainConfig,
+        start: Start,
+        out: PathBuf,
+        device: Device,
+        comm: Option<Arc<dyn Communicator>>,
+    ) -> Result<Trainer> {
         let mut notes = Vec::new();
+        let writer = comm.as_ref().is_none_or(|c| c.rank() == 0);
         // A resumed run's directory exists: lock it before reading its checkpoints.
         let early_lock = match &start {
-            Start::Resume(_) => Some(RunLock::acquire(&out)?),
+            Start::Resume(_) if writer => Some(RunLock::acquire(&out)?),
             _ => None,
         };
         let ckpt = match &start {
@@ -193,6 +218,15 @@ impl Trainer {
             cfg.model = m;
         }
         cfg.validate()?;
+        if let Some(c) = &comm {
+            let world = c.world_size();
+            if !cfg.batch_size.is_multiple_of(world) {
+                return Err(Error::Config(format!(
+                    "the batch size {} does not split evenly over {world} devices: use a multiple of {world}",
+                    cfg.batch_size
+                )));
+            }
+        }
         let need = memory_budget::training_need(&cfg, device.is_cpu())?;
         MemoryBudget::global()?.check("training this model", &need)?;
         let mut dataset = Dataset::open(&cfg.data, cfg.model.in_ch, cfg.model.image_size)?;
@@ -249,20 +283,25 @@ impl Trainer {
             _ => LossWatch::default(),
         };
 
-        let lock = match early_lock {
-            Some(l) => l,
-            None => RunLock::acquire(&out)?,
+        // Only the writing rank touches the run directory.
+        let (lock, history) = if writer {
+            let lock = match early_lock {
+                Some(l) => l,
+                None => RunLock::acquire(&out)?,
+            };
+            let removed = lock.remove_stale_temp_files()?;
+            if !removed.is_empty() {
+                notes.push(format!("removed {} temporary file(s) left by an interrupted write", removed.len()));
+            }
+            for sub in ["checkpoints", "samples"] {
+                let d = out.join(sub);
+                std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+            }
+            write_atomic(&out.join("config.json"), cfg.to_json().as_bytes())?;
+            (Some(lock), restore_metrics(&out.join("metrics.jsonl"), step)?)
+        } else {
+            (None, Vec::new())
         };
-        let removed = lock.remove_stale_temp_files()?;
-        if !removed.is_empty() {
-            notes.push(format!("removed {} temporary file(s) left by an interrupted write", removed.len()));
-        }
-        for sub in ["checkpoints", "samples"] {
-            let d = out.join(sub);
-            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
-        }
-        write_atomic(&out.join("config.json"), cfg.to_json().as_bytes())?;
-        let history = restore_metrics(&out.join("metrics.jsonl"), step)?;
         let log = StepLog::new(&device, cfg.grad_accum, cfg.log_every.clamp(1, MAX_UNREAD_STEPS) as usize)?;
         Ok(Trainer {
             log,
@@ -279,8 +318,19 @@ impl Trainer {
             history,
             loss_watch,
             notes,
+            comm,
             _lock: lock,
         })
+    }
+
+    /// This trainer's rank and the group's size ((0, 1) alone).
+    pub fn rank_and_world(&self) -> (usize, usize) {
+        self.comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size()))
+    }
+
+    /// Whether this trainer writes the run directory (rank 0).
+    pub fn is_writer(&self) -> bool {
+        self.rank_and_world().0 == 0
     }
 
     /// One optimiser step (with `grad_accum` micro-batches). Nothing waits
@@ -288,36 +338,56 @@ impl Trainer {
     /// until [`Trainer::read_log`] (the loop reads it on log, checkpoint and
     /// sample steps, and when it is full), which is also where a diverged
     /// step is reported.
+    ///
+    /// In a data-parallel group every rank reads the whole global batch
+    /// (the same data order), keeps its shard of samples [rank * b, (rank +
+    /// 1) * b) with b = batch / world, and draws the noise, timesteps,
+    /// dropout masks and class dropout of those global sample indices; its
+    /// loss gradient is scaled by 1 / world, so the sum of the ranks' gradients (the
+    /// bucketed all-reduce) is the global batch's mean gradient, and every
+    /// rank takes the same optimiser step.
     pub fn train_step(&mut self) -> Result<()> {
         let accum = self.cfg.grad_accum;
+        let (rank, world) = self.rank_and_world();
+        check_injected_failure(rank, self.step + 1)?;
         self.model.params.zero_grads();
         for micro in 0..accum {
             let batch = self.loader.next_batch();
             let idx = (self.step * accum as u64 + micro as u64) as u32;
-            let x0 = Tensor::from_vec(batch.images, batch.shape)?.to_device(&self.device)?;
-            let ts = self.cfg.timestep_sampling.draw(
-                self.diffusion.timesteps,
-                batch.shape[0],
-                self.cfg.seed,
-                idx,
-                TIMESTEP_STREAM,
-            );
-            let (x_t, eps) = self.diffusion.q_sample(&x0, &ts, self.cfg.seed, idx)?;
+            let n = batch.shape[0];
+            let (local, first) = (n / world, rank * (n / world));
+            let per = batch.images.len() / n.max(1);
+            let images = batch.images[first * per..(first + local) * per].to_vec();
+            let shape = [local, batch.shape[1], batch.shape[2], batch.shape[3]];
+            let x0 = Tensor::from_vec(images, shape)?.to_device(&self.device)?;
+            // The whole batch's draws (host), this shard's part of them.
+            let ts_all =
+                self.cfg.timestep_sampling.draw(self.diffusion.timesteps, n, self.cfg.seed, idx, TIMESTEP_STREAM);
+            let ts = ts_all[first..first + local].to_vec();
+            let (x_t, eps) = self.diffusion.q_sample_at(&x0, &ts, self.cfg.seed, idx, first as u64)?;
             let target = self.diffusion.target_of(&x0, &eps, &ts)?;
             let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), [ts.len()])?
                 .to_device(&self.device)?;
-            let mode = ForwardMode::train(self.cfg.seed ^ DROPOUT_SALT, idx);
-            let labels = self.training_labels(batch.labels.as_deref(), idx)?;
+            let mode = ForwardMode::train(self.cfg.seed ^ DROPOUT_SALT, idx).shard(first as u64);
+            let labels = batch.labels.as_deref().map(|l| &l[first..first + local]);
+            let labels = self.training_labels(labels, idx, first)?;
             let (pred, cache) = self.model.forward_train_cond(&x_t, &t, labels.as_deref(), mode)?;
             let weights = (self.cfg.loss_weighting != LossWeighting::None).then(|| {
                 let w = self.cfg.loss_weighting;
                 ts.iter().map(|&t| w.weight(self.cfg.target, self.diffusion.abar(t as isize))).collect::<Vec<_>>()
             });
-            let (loss, dpred) = weighted_mse(&pred, &target, weights.as_deref(), 1.0 / accum as f64)?;
+            let dloss = 1.0 / (accum * world) as f64;
+            let (mut loss, dpred) = weighted_mse(&pred, &target, weights.as_deref(), dloss)?;
+            if let Some(c) = &self.comm {
+                // the loss itself is the shard's plain mean: the batch's is their mean
+                c.all_reduce_sum(&mut [&mut loss])?;
+                diffuse_tensor::ops::scale_in_place(&mut loss, 1.0 / world as f64)?;
+            }
             self.log.record_loss(micro, &loss)?;
             drop(pred);
             self.model.backward(&cache, &dpred)?;
         }
+        self.all_reduce_grads()?;
         self.log.clip(&mut self.model.params, self.cfg.grad_clip)?;
         let lr = warmup_lr(self.cfg.lr, self.cfg.warmup_steps, self.step + 1);
         self.opt.step(&mut self.model.params, lr)?;
@@ -329,6 +399,31 @@ impl Trainer {
             self.read_log()?;
         }
         Ok(())
+    }
+
+    /// Sums the gradients over the ranks, in buckets of whole tensors in
+    /// registration order (a no-op alone). The backward is one call with no
+    /// per-layer hook yet, so the buckets follow it rather than overlap it.
+    fn all_reduce_grads(&mut self) -> Result<()> {
+        let Some(c) = &self.comm else {
+            return Ok(());
+        };
+        let mut grads = self.model.params.grads_mut();
+        let sizes: Vec<usize> = grads.iter().map(|g| g.numel()).collect();
+        for r in bucket_ranges(&sizes, BUCKET_ELEMS) {
+            c.all_reduce_sum(&mut grads[r])?;
+        }
+        Ok(())
+    }
+
+    /// Rank 0's answer to "stop here?", shared with every rank.
+    fn agree_to_stop(&self, stop: bool) -> Result<bool> {
+        let Some(c) = &self.comm else {
+            return Ok(stop);
+        };
+        let mut flag = Tensor::from_vec(vec![f32::from(u8::from(stop))], [1])?.to_device(&self.device)?;
+        c.broadcast(&mut [&mut flag], 0)?;
+        Ok(flag.to_vec_f32()?.first().is_some_and(|&v| v != 0.0))
     }
 
     /// Reads the steps logged since the last read (one host synchronisation
@@ -354,7 +449,7 @@ impl Trainer {
     /// replaced by "no class" with probability `class_dropout` (a Philox draw
     /// per (seed, micro-batch, sample): the same on every device and after a
     /// resume); None for an unconditional model.
-    fn training_labels(&self, labels: Option<&[u8]>, idx: u32) -> Result<Option<Vec<usize>>> {
+    fn training_labels(&self, labels: Option<&[u8]>, idx: u32, first: usize) -> Result<Option<Vec<usize>>> {
         let Some(null) = self.model.null_class() else {
             return Ok(None);
         };
@@ -365,7 +460,8 @@ impl Trainer {
                 .iter()
                 .enumerate()
                 .map(|(j, &l)| {
-                    let word = philox::bits(self.cfg.seed ^ CLASS_DROPOUT_SALT, idx, CLASS_DROPOUT_STREAM, j as u64);
+                    let j = (first + j) as u64; // the sample's index in the whole batch
+                    let word = philox::bits(self.cfg.seed ^ CLASS_DROPOUT_SALT, idx, CLASS_DROPOUT_STREAM, j);
                     if philox::keep(word, threshold) {
                         l as usize
                     } else {
@@ -450,12 +546,14 @@ impl Trainer {
     /// gets a checkpoint. A failed plot or sample grid is a warning.
     pub fn run(&mut self, obs: &mut dyn Observer) -> Result<RunSummary> {
         obs.start(self.step, self.cfg.steps);
+        let writer = self.is_writer();
         let metrics_path = self.out.join("metrics.jsonl");
-        let mut metrics = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| Error::io(&metrics_path, e))?;
+        let mut metrics = if writer {
+            let f = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path);
+            Some(f.map_err(|e| Error::io(&metrics_path, e))?)
+        } else {
+            None
+        };
         let mut last_ckpt = None;
         let mut timer = Instant::now();
         let mut images_since = 0usize;
@@ -491,23 +589,25 @@ impl Trainer {
                 };
                 timer = Instant::now();
                 images_since = 0;
-                let line = serde_json::to_string(&m).unwrap_or_default();
-                writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
-                self.history.push((m.step, m.loss));
-                let plot = self.out.join("loss.png");
-                if let Err(e) = save_loss_plot(&plot, &self.history, &PlotOptions::default()) {
-                    obs.message(&format!("warning: the loss plot was not written: {e}"));
+                if let Some(metrics) = &mut metrics {
+                    let line = serde_json::to_string(&m).unwrap_or_default();
+                    writeln!(metrics, "{line}").map_err(|e| Error::io(&metrics_path, e))?;
+                    self.history.push((m.step, m.loss));
+                    let plot = self.out.join("loss.png");
+                    if let Err(e) = save_loss_plot(&plot, &self.history, &PlotOptions::default()) {
+                        obs.message(&format!("warning: the loss plot was not written: {e}"));
+                    }
                 }
                 obs.step(&m);
             }
             let step = self.step;
             let every = |n: u64| n > 0 && step.is_multiple_of(n);
-            if every(self.cfg.checkpoint_every) || done {
+            if (every(self.cfg.checkpoint_every) || done) && writer {
                 let p = self.save_checkpoint()?;
                 obs.message(&format!("checkpoint {}", p.display()));
                 last_ckpt = Some(p);
             }
-            if every(self.cfg.sample_every) || (done && self.cfg.sample_every > 0) {
+            if (every(self.cfg.sample_every) || (done && self.cfg.sample_every > 0)) && writer {
                 match self.save_samples() {
                     Ok(p) => obs.message(&format!("samples {}", p.display())),
                     Err(SampleError::Write(e)) => {
@@ -516,12 +616,12 @@ impl Trainer {
                     Err(SampleError::Other(e)) => return Err(e),
                 }
             }
-            if !done && obs.should_stop(self.step) {
+            if !done && self.agree_to_stop(obs.should_stop(self.step))? {
                 interrupted = true;
                 if let Err(Error::Diverged { step, reason, .. }) = self.read_log() {
                     return Err(self.diverged(step, reason));
                 }
-                if last_ckpt.as_ref().is_none_or(|p| *p != self.checkpoint_path()) {
+                if writer && last_ckpt.as_ref().is_none_or(|p| *p != self.checkpoint_path()) {
                     last_ckpt = Some(self.save_checkpoint()?);
                 }
                 break;
@@ -533,11 +633,28 @@ impl Trainer {
             last_loss: self.last.map_or(f64::NAN, |r| r.loss),
             last_checkpoint: last_ckpt,
             interrupted,
+            steps_total: self.cfg.steps,
         })
     }
 
     fn checkpoint_path(&self) -> PathBuf {
         self.out.join("checkpoints").join(checkpoint::checkpoint_name(self.step))
+    }
+}
+
+/// `DIFFUSE_TEST_RANK_FAIL=R@S`: rank R fails at step S (the tests' way to
+/// show that one failing rank stops every rank, with its error).
+fn check_injected_failure(rank: usize, step: u64) -> Result<()> {
+    let Ok(spec) = std::env::var("DIFFUSE_TEST_RANK_FAIL") else {
+        return Ok(());
+    };
+    let parsed =
+        spec.split_once('@').and_then(|(r, s)| Some((r.trim().parse::<usize>().ok()?, s.trim().parse::<u64>().ok()?)));
+    match parsed {
+        Some((r, s)) if r == rank && s == step => {
+            Err(Error::TestFailure(format!("rank {rank} failed at step {step} (DIFFUSE_TEST_RANK_FAIL={spec})")))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -8,6 +8,7 @@
 
 use super::{flatten, unflatten, CommError, Communicator, Result};
 use crate::Tensor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,7 +65,7 @@ impl LocalGroup {
             world,
             timeout,
         });
-        (0..world).map(|rank| LocalComm { rank, shared: shared.clone(), seq: std::cell::Cell::new(0) }).collect()
+        (0..world).map(|rank| LocalComm { rank, shared: shared.clone(), seq: AtomicU64::new(0) }).collect()
     }
 }
 
@@ -73,7 +74,7 @@ pub struct LocalComm {
     rank: usize,
     shared: Arc<Shared>,
     /// Collectives this rank has entered.
-    seq: std::cell::Cell<u64>,
+    seq: AtomicU64,
 }
 
 impl LocalComm {
@@ -91,8 +92,7 @@ impl LocalComm {
 
     /// Enters collective `op` with this rank's data; returns the result.
     fn collective(&self, op: Op, data: Vec<f32>) -> Result<Arc<Vec<f32>>> {
-        let seq = self.seq.get();
-        self.seq.set(seq + 1);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let mut st = self.lock();
         if let Some(e) = &st.failed {
             return Err(e.clone());
@@ -191,7 +191,7 @@ impl Communicator for LocalComm {
         let want: usize = bucket.iter().map(|t| t.numel()).sum();
         if got.len() != want {
             let e = CommError::Mismatch {
-                seq: self.seq.get() - 1,
+                seq: self.seq.load(Ordering::Relaxed) - 1,
                 detail: format!("rank {root} broadcast {} values, rank {} expected {want}", got.len(), self.rank),
             };
             return Err(self.fail(&mut self.lock(), e));

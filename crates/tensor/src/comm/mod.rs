@@ -49,8 +49,9 @@ impl From<TensorError> for CommError {
 pub type Result<T> = std::result::Result<T, CommError>;
 
 /// One rank's end of a group of `world_size` ranks. Every rank must call
-/// the same collectives in the same order with tensors of the same sizes.
-pub trait Communicator: Send {
+/// the same collectives in the same order with tensors of the same sizes,
+/// from one thread; `abort` may come from any thread.
+pub trait Communicator: Send + Sync {
     fn rank(&self) -> usize;
     fn world_size(&self) -> usize;
     /// Replaces each tensor by its elementwise sum over the ranks (f32;

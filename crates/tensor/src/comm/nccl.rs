@@ -141,6 +141,9 @@ pub struct NcclComm {
 // SAFETY: an NCCL communicator may be used from any thread, one at a time
 // (this rank's worker thread); abort from another thread is allowed.
 unsafe impl Send for NcclComm {}
+// SAFETY: only `abort` is called from another thread, which NCCL allows
+// (ncclCommAbort is how a blocked communicator is released).
+unsafe impl Sync for NcclComm {}
 
 impl NcclComm {
     /// Joins the group `id` as `rank` of `world` on `device` (blocks until

@@ -529,6 +529,17 @@ pub fn cuda_device(ordinal: usize) -> Result<Device> {
     Ok(Device::Gpu(GpuDevice::new(Arc::new(CudaDriver::new(ordinal)?))?))
 }
 
+/// The number of CUDA devices, or why there are none (`--gpus all`).
+pub fn cuda_device_count() -> Result<usize> {
+    // SAFETY: only tries to dlopen the candidate library names.
+    if !unsafe { cusys::is_culib_present() } {
+        return Err(TensorError::Cuda("libcuda.so could not be loaded (no NVIDIA driver on this machine)".into()));
+    }
+    cu::init().map_err(|e| drv("cuInit", e))?;
+    let count = cu::device::get_count().map_err(|e| drv("cuDeviceGetCount", e))?;
+    Ok(count.max(0) as usize)
+}
+
 /// One line for `diffuse info`: the CUDA devices found, or why there are none.
 pub fn cuda_probe() -> String {
     let nvrtc = match nvrtc_version() {
