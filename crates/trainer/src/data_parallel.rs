@@ -26,7 +26,7 @@ pub struct RankSetup {
 
 /// An in-process group over `devices` (ranks 0..n, [`diffuse_tensor::comm::local`]).
 pub fn local_ranks(devices: Vec<Device>) -> Vec<RankSetup> {
-    let comms = diffuse_tensor::comm::local::LocalGroup::new(devices.len());
+    let comms = diffuse_tensor::comm::local::group(devices.len());
     devices
         .into_iter()
         .zip(comms)

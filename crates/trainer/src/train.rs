@@ -340,12 +340,12 @@ impl Trainer {
     /// step is reported.
     ///
     /// In a data-parallel group every rank reads the whole global batch
-    /// (the same data order), keeps its shard of samples [rank * b, (rank +
-    /// 1) * b) with b = batch / world, and draws the noise, timesteps,
-    /// dropout masks and class dropout of those global sample indices; its
-    /// loss gradient is scaled by 1 / world, so the sum of the ranks' gradients (the
-    /// bucketed all-reduce) is the global batch's mean gradient, and every
-    /// rank takes the same optimiser step.
+    /// (the same data order), keeps its shard of samples `[rank * b,
+    /// (rank + 1) * b)` with `b = batch / world`, and draws the noise,
+    /// timesteps, dropout masks and class dropout of those global sample
+    /// indices; its loss gradient is scaled by `1 / world`, so the sum of
+    /// the ranks' gradients (the bucketed all-reduce) is the global batch's
+    /// mean gradient, and every rank takes the same optimiser step.
     pub fn train_step(&mut self) -> Result<()> {
         let accum = self.cfg.grad_accum;
         let (rank, world) = self.rank_and_world();

@@ -48,28 +48,24 @@ struct Shared {
     timeout: Duration,
 }
 
-/// Makes the communicators of one in-process group.
-pub struct LocalGroup;
-
-impl LocalGroup {
-    /// `world` communicators, one per rank (hand each to its thread), with
-    /// [`super::default_timeout`].
-    pub fn new(world: usize) -> Vec<LocalComm> {
-        Self::with_timeout(world, super::default_timeout())
-    }
-
-    pub fn with_timeout(world: usize, timeout: Duration) -> Vec<LocalComm> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State { done: 0, slots: vec![None; world], result: Arc::new(Vec::new()), failed: None }),
-            wake: Condvar::new(),
-            world,
-            timeout,
-        });
-        (0..world).map(|rank| LocalComm { rank, shared: shared.clone(), seq: AtomicU64::new(0) }).collect()
-    }
+/// The communicators of one in-process group: `world` of them, one per
+/// rank (hand each to its thread), with [`super::default_timeout`].
+pub fn group(world: usize) -> Vec<LocalComm> {
+    group_with_timeout(world, super::default_timeout())
 }
 
-/// One rank of a [`LocalGroup`].
+/// [`group`] with every wait limited to `timeout`.
+pub fn group_with_timeout(world: usize, timeout: Duration) -> Vec<LocalComm> {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State { done: 0, slots: vec![None; world], result: Arc::new(Vec::new()), failed: None }),
+        wake: Condvar::new(),
+        world,
+        timeout,
+    });
+    (0..world).map(|rank| LocalComm { rank, shared: shared.clone(), seq: AtomicU64::new(0) }).collect()
+}
+
+/// One rank of a [`group`].
 pub struct LocalComm {
     rank: usize,
     shared: Arc<Shared>,
@@ -219,7 +215,7 @@ mod tests {
     }
 
     fn run_group<T: Send>(world: usize, f: impl Fn(LocalComm) -> T + Sync) -> Vec<T> {
-        let comms = LocalGroup::with_timeout(world, Duration::from_secs(20));
+        let comms = group_with_timeout(world, Duration::from_secs(20));
         std::thread::scope(|s| {
             let hs: Vec<_> = comms.into_iter().map(|c| s.spawn(|| f(c))).collect();
             hs.into_iter().map(|h| h.join().expect("rank thread")).collect()
@@ -298,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_missing_rank_is_a_timeout_naming_it() {
-        let mut comms = LocalGroup::with_timeout(3, Duration::from_millis(200));
+        let mut comms = group_with_timeout(3, Duration::from_millis(200));
         let _absent = comms.pop();
         let got = std::thread::scope(|s| {
             let hs: Vec<_> = comms.into_iter().map(|c| s.spawn(move || c.barrier())).collect();

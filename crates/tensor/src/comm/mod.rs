@@ -4,7 +4,7 @@
 //! reason instead of leaving them waiting.
 //!
 //! Two implementations of [`Communicator`]:
-//! - [`local::LocalGroup`]: ranks are threads of one process; buffers are
+//! - [`local::group`]: ranks are threads of one process; buffers are
 //!   staged through host memory and summed in rank order (rank 0 + rank 1 +
 //!   ...), so results are bit-identical run to run. Every wait has a
 //!   timeout. Used for the emulator and the CPU (tests, CI).
