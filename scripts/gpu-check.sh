@@ -74,6 +74,7 @@ prepare() {
     mkdir -p "$tmp/testvectors" "$tmp/data"
     strip -o "$tmp/diffuse" "$target/$outdir/diffuse"
     cp "$root/scripts/gpu-check.sh" "$root/scripts/gpu-check/torch_gpu_step.py" "$root/scripts/gpu-check/report.py" "$tmp/"
+    cp "$root/scripts/gpu-check/multigpu_compare.py" "$tmp/"
     cp "$reference/ddpm_unet.py" "$tmp/"
     cp "$vectors"/*.safetensors "$tmp/testvectors/"
     # the vectors made here (the class-conditional step), not in ../shared
@@ -172,12 +173,19 @@ PY
 )"
     fi
     [[ -z $found_nvrtc ]] && found_nvrtc="$(timeout 20 find / -xdev -name "libnvrtc.so*" -print -quit 2> /dev/null | xargs -r dirname)"
-    for d in $found_cuda $found_nvrtc; do
+    # NCCL for --gpus 0,1 (issue 18): the system's, else PyTorch's nvidia-nccl-cu12 wheel
+    local found_nccl
+    found_nccl="$(ldconfig -p 2> /dev/null | awk '/libnccl\.so\.2/ {print $NF; exit}' | xargs -r dirname)"
+    [[ -z $found_nccl ]] && found_nccl="$(python3 -c 'import glob, site, sys, os
+for b in site.getsitepackages() + sys.path:
+    for p in glob.glob(os.path.join(b, "nvidia", "nccl", "lib", "libnccl.so*")):
+        print(os.path.dirname(p)); raise SystemExit' 2> /dev/null || true)"
+    for d in $found_cuda $found_nvrtc $found_nccl; do
         case ":${LD_LIBRARY_PATH:-}:" in *":$d:"*) ;; *) export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;; esac
     done
     [[ -d /usr/local/cuda/include ]] && export DIFFUSE_NVRTC_INCLUDE=/usr/local/cuda/include
-    echo "libcuda: ${found_cuda:-not found}; libnvrtc: ${found_nvrtc:-not found}"
-    LIBS_NOTE="libcuda: ${found_cuda:-not found}; libnvrtc: ${found_nvrtc:-not found}"
+    echo "libcuda: ${found_cuda:-not found}; libnvrtc: ${found_nvrtc:-not found}; libnccl: ${found_nccl:-not found}"
+    LIBS_NOTE="libcuda: ${found_cuda:-not found}; libnvrtc: ${found_nvrtc:-not found}; libnccl: ${found_nccl:-not found}"
 }
 
 run() {
@@ -281,6 +289,26 @@ run() {
         fi
     done
     ((dry)) && step torch-script-check 20 "cd $B && python3 torch_gpu_step.py --check"
+
+    # -- several GPUs (issue 18), only when more than one is present: the
+    #    same run on 1 and 2 GPUs (loss, gradient norm and weights compared,
+    #    images/s scaling). The dry run does it on 1 and 2 emulated devices.
+    local ngpu=0 dp_lr=1e-3
+    ((dry)) || ngpu=$(nvidia-smi --list-gpus 2> /dev/null | grep -c '^GPU' || true)
+    local dp_cmd="train --data $B/data/mnist10k --sample-every 0 --log-every 1 --seed 3 --lr $dp_lr --warmup 0"
+    if ((dry)); then
+        local dp_emu="$D $dp_cmd --config tiny-mnist --steps 1 --batch-size 2 --checkpoint-every 1 --device emu"
+        plan multigpu-1-cuda "$D $dp_cmd --config mnist --steps 30 --batch-size 128 --checkpoint-every 30 --gpus 0 --out $O/run-dp1"
+        plan multigpu-2-cuda "$D $dp_cmd --config mnist --steps 30 --batch-size 128 --checkpoint-every 30 --gpus 0,1 --out $O/run-dp2"
+        step multigpu-emu 120 "$dp_emu --out $O/run-dp1 && $dp_emu --gpus 0,1 --out $O/run-dp2 && python3 $B/multigpu_compare.py $dp_lr $O/run-dp1 $O/run-dp2 > $O/multigpu.jsonl"
+    elif ((ngpu > 1)); then
+        local dp_gpu="$D $dp_cmd --config mnist --steps 30 --batch-size 128 --checkpoint-every 30"
+        step multigpu-1-cuda 90 "$dp_gpu --gpus 0 --out $O/run-dp1"
+        step multigpu-2-cuda 90 "$dp_gpu --gpus 0,1 --out $O/run-dp2"
+        step multigpu-compare 20 "python3 $B/multigpu_compare.py $dp_lr $O/run-dp1 $O/run-dp2 > $O/multigpu.jsonl"
+    else
+        skip multigpu "$ngpu GPU(s): the data-parallel section needs more than one"
+    fi
 
     # -- the slower sanitizer tools last, in what is left of the budget
     if ((!dry)); then

@@ -44,6 +44,7 @@ def main():
     verify = jsonl(os.path.join(out, "verify.jsonl"))
     kernels = {p: jsonl(os.path.join(out, f"bench-kernels-{p}.jsonl")) for p in ("mnist", "cifar10")}
     torch = jsonl(os.path.join(out, "torch.jsonl"))
+    multigpu = jsonl(os.path.join(out, "multigpu.jsonl"))
     bench_step = {}
     for name in sorted(os.listdir(out)):
         if name.startswith("bench-step") and name.endswith(".txt"):
@@ -65,6 +66,7 @@ def main():
                                step=next((l for l in v if l.get("kind") == "step"), None)) for p, v in kernels.items()},
         bench_step=bench_step,
         torch=torch,
+        multigpu=multigpu,
     )
     with open(os.path.join(out, "report.json.tmp"), "w") as f:
         json.dump(report, f, indent=1)
@@ -79,6 +81,13 @@ def main():
     for s in steps:
         cmd = s["command"].replace("|", "\\|")
         md.append(f"| {s['name']} | {s['status']} | {s['seconds']:.1f} | `{cmd}` |")
+    for m in multigpu:
+        md += ["", "## Several GPUs (1 vs 2 ranks, same global batch)", "",
+               "| run | images/s | scaling | max rel. loss diff | max rel. grad-norm diff | max weight diff (lr) |",
+               "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        for r in m.get("runs", []):
+            md.append(f"| {r['run']} | {r['images_per_s']} | {r['scaling']} | {r['max_rel_loss_diff']} | "
+                      f"{r['max_rel_grad_norm_diff']} | {r['max_weight_diff_lr']} |")
     bad = [s for s in steps if s["status"] in ("fail", "timeout")]
     for s in bad:
         md += ["", f"### {s['name']} ({s['status']}, rc {s['rc']})", "", "```", s["tail"].rstrip(), "```"]
