@@ -100,8 +100,21 @@ fn cuda_group(spec: &str, ids: Option<Vec<usize>>, multi: &MultiNode) -> Result<
         return Ok(Devices::One(gpu::cuda::cuda_device(ids[0])?));
     }
     let world = ids.len() * multi.nodes;
+    // Say everything that is missing at once: the driver, the GPUs, NCCL.
+    let mut missing = Vec::new();
+    match gpu::cuda::cuda_device_count() {
+        Err(e) => missing.push(e.to_string()),
+        Ok(n) => {
+            if let Some(bad) = ids.iter().find(|&&i| i >= n) {
+                missing.push(format!("GPU {bad} (this machine has {n})"));
+            }
+        }
+    }
     if let Err(e) = nccl::nccl_version() {
-        bail!("--gpus {spec}: training on {world} GPUs needs NCCL, which is missing: {e}");
+        missing.push(e.to_string());
+    }
+    if !missing.is_empty() {
+        bail!("--gpus {spec}: training on {world} GPUs needs CUDA GPUs and NCCL; missing: {}", missing.join("; "));
     }
     let devices = ids.iter().map(|&i| gpu::cuda::cuda_device(i)).collect::<diffuse_tensor::Result<Vec<_>>>()?;
     let id = if multi.nodes == 1 {
