@@ -8,6 +8,13 @@ case ":${LD_LIBRARY_PATH:-}:" in
     *":$CUDA_WHEELS_DIR/nvidia/cuda_nvrtc/lib:"*) ;;
     *) export LD_LIBRARY_PATH="$CUDA_WHEELS_DIR/nvidia/cuda_nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;;
 esac
+# NCCL (several GPUs, issue 18) when the nvidia-nccl-cu12 wheel was put there
+if [[ -d "$CUDA_WHEELS_DIR/nvidia/nccl/lib" ]]; then
+    case ":$LD_LIBRARY_PATH:" in
+        *":$CUDA_WHEELS_DIR/nvidia/nccl/lib:"*) ;;
+        *) export LD_LIBRARY_PATH="$CUDA_WHEELS_DIR/nvidia/nccl/lib:$LD_LIBRARY_PATH" ;;
+    esac
+fi
 export DIFFUSE_NVRTC_INCLUDE="$CUDA_WHEELS_DIR/nvidia/cuda_runtime/include"
 export PTXAS="$CUDA_WHEELS_DIR/nvidia/cuda_nvcc/bin/ptxas"
 unset _diffuse_root

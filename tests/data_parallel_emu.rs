@@ -166,6 +166,7 @@ fn a_failing_rank_stops_every_rank_with_its_error_emu() {
     assert!(!o.status.success());
     assert!(err.starts_with("error: ") && err.trim_end().lines().count() == 1, "one error line:\n{err}");
     assert!(err.contains("rank 1") && err.contains("step 2"), "{err}");
+    assert_eq!(err.matches("injected failure").count(), 1, "said once: {err}");
     // the others stopped through the abort, far before the 120 s timeout
     assert!(start.elapsed() < Duration::from_secs(60), "took {:?}", start.elapsed());
 }

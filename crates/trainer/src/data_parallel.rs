@@ -130,7 +130,7 @@ fn pick_result(mut results: Vec<(usize, Result<RunSummary>)>, world_hint: usize)
     };
     let (rank, r) = results.swap_remove(i);
     match r {
-        Err(e) if world_hint > 1 || rank > 0 => Err(Error::Rank { rank, source: Box::new(e) }),
+        Err(e) if world_hint > 1 || rank > 0 => Err(Error::Rank { rank, error: Box::new(e) }),
         other => other,
     }
 }

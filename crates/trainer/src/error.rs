@@ -108,12 +108,8 @@ pub enum Error {
     TestFailure(String),
 
     /// One rank of a data-parallel run failed; every rank stopped.
-    #[error("rank {rank}: {source}")]
-    Rank {
-        rank: usize,
-        #[source]
-        source: Box<Error>,
-    },
+    #[error("rank {rank}: {error}")]
+    Rank { rank: usize, error: Box<Error> },
 }
 
 /// A failed atomic write is an I/O error on its destination.

@@ -60,12 +60,12 @@ fn load() -> std::result::Result<Lib, String> {
         // SAFETY: loading NCCL runs its initialisers, which have no preconditions.
         match unsafe { libloading::Library::new(name) } {
             Ok(lib) => return symbols(lib).map_err(|e| format!("{name}: {e}")),
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => errors.push(format!("{name}: {e}")),
         }
     }
     Err(format!(
-        "NCCL could not be loaded ({}): install it (pip install nvidia-nccl-cu12, then source scripts/cuda-env.sh) \
-         or set DIFFUSE_NCCL_LIB to libnccl.so.2",
+        "libnccl.so.2 could not be loaded ({}): pip install nvidia-nccl-cu12 and put its nvidia/nccl/lib on \
+         LD_LIBRARY_PATH (scripts/cuda-env.sh does for .cuda-wheels/), or set DIFFUSE_NCCL_LIB to the library",
         errors.join("; ")
     ))
 }
