@@ -17,12 +17,14 @@ const CHUNK: usize = 4 * BLOCKS_PER_CHUNK;
 pub fn apply_mask<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: u32, out: &mut [T]) {
     let threshold = philox::dropout_threshold(p);
     let scale = T::from_f64(1.0 / (1.0 - p as f64));
+    const GROUP: usize = 4 * philox::LANES_X8; // elements of eight Philox blocks
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, x))| {
         let first_block = (c * BLOCKS_PER_CHUNK) as u64;
-        // one Philox block gives the words of four consecutive elements
-        for (j, (o4, x4)) in o.chunks_mut(4).zip(x.chunks(4)).enumerate() {
-            let words = philox::block_bits(seed, step, stream, first_block + j as u64);
-            for ((o, &x), &word) in o4.iter_mut().zip(x4).zip(&words) {
+        // one Philox block gives the words of four consecutive elements; eight blocks are drawn at once
+        for (g, (og, xg)) in o.chunks_mut(GROUP).zip(x.chunks(GROUP)).enumerate() {
+            let words = philox::block_bits_x8(seed, step, stream, first_block + (g * philox::LANES_X8) as u64);
+            for (e, (o, &x)) in og.iter_mut().zip(xg).enumerate() {
+                let word = words[e % 4][e / 4];
                 *o = if philox::keep(word, threshold) { x * scale } else { T::zero() };
             }
         }

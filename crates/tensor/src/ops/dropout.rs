@@ -8,11 +8,13 @@ use crate::{with_element, Result, Storage, Tensor, TensorError};
 /// y[i] = x[i] / (1 - p) where element i is kept, else 0; element i is kept
 /// iff `philox::keep(philox::bits(seed, step, stream, i), philox::dropout_threshold(p))`.
 pub fn dropout_forward(x: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
+    let _timer = crate::profile::op("dropout_forward");
     masked("dropout_forward", false, x, p, seed, step, stream)
 }
 
 /// dx = dy masked and scaled exactly as the forward with the same arguments.
 pub fn dropout_backward(dy: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
+    let _timer = crate::profile::op("dropout_backward");
     masked("dropout_backward", true, dy, p, seed, step, stream)
 }
 
