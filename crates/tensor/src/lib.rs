@@ -16,6 +16,7 @@ pub mod geom;
 pub mod gpu;
 pub mod ops;
 pub mod philox;
+pub mod profile;
 pub mod shape;
 pub mod storage;
 pub mod tensor;

@@ -10,6 +10,7 @@ use crate::cli::model_config::load_config;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use diffuse_tensor::gpu::DriverCounts;
+use diffuse_tensor::profile::OpTime;
 use diffuse_tensor::{Device, Tensor};
 use diffuse_trainer::config::TrainConfig;
 use diffuse_trainer::raster::RasterImage;
@@ -49,6 +50,10 @@ pub struct BenchStepArgs {
     /// Add the driver calls of one steady-state step (GPU devices).
     #[arg(long)]
     pub counters: bool,
+    /// Add where the timed steps' time goes, per op (forward and backward
+    /// ops apart), and print it as a table on stderr (CPU only).
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// A folder of `count` deterministic, non-constant images for the loader.
@@ -96,6 +101,9 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
     }
     let model_cfg = load_config(&a.config)?;
     let device = a.device.open()?;
+    if a.profile && !matches!(device, Device::Cpu) {
+        bail!("--profile times ops on the CPU; on a GPU ops only queue kernels (use `diffuse bench kernels`)");
+    }
     let tmp = TempDir(std::env::temp_dir().join(format!(
         "diffuse-bench-{}-{}",
         std::process::id(),
@@ -140,6 +148,8 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
     }
     let mut secs = Vec::with_capacity(a.steps);
     let mut per_step: Option<DriverCounts> = None;
+    diffuse_tensor::profile::take(); // drop what the warm-up recorded
+    diffuse_tensor::profile::set_enabled(a.profile);
     for _ in 0..a.steps {
         let before = device.driver_counts();
         let start = Instant::now();
@@ -151,6 +161,9 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
             per_step = Some(b1 - b0); // the last step: steady state
         }
     }
+    diffuse_tensor::profile::set_enabled(false);
+    let op_times = diffuse_tensor::profile::take();
+    let total: f64 = secs.iter().sum();
     secs.sort_by(f64::total_cmp);
     let median = secs[secs.len() / 2];
     let mut line = serde_json::json!({
@@ -181,6 +194,47 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         };
         line["counters"] = counts;
     }
+    if a.profile {
+        line["profile"] = profile_json(&op_times, a.steps, total);
+        print_profile_table(&op_times, a.steps, total);
+    }
     println!("{line}");
     Ok(())
+}
+
+/// The per-op profile as JSON: per op, calls and milliseconds per step and
+/// the share of the step; the time outside every op last.
+fn profile_json(ops: &[OpTime], steps: usize, total_s: f64) -> serde_json::Value {
+    let per_step = |s: f64| 1e3 * s / steps as f64;
+    let mut rows: Vec<serde_json::Value> = ops
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "op": o.op,
+                "calls_per_step": o.calls as f64 / steps as f64,
+                "ms_per_step": per_step(o.seconds),
+                "share": o.seconds / total_s,
+            })
+        })
+        .collect();
+    let outside = total_s - ops.iter().map(|o| o.seconds).sum::<f64>();
+    rows.push(serde_json::json!({
+        "op": "(outside ops)",
+        "ms_per_step": per_step(outside),
+        "share": outside / total_s,
+    }));
+    serde_json::Value::Array(rows)
+}
+
+/// The same profile, readable, on stderr (stdout keeps one JSON line).
+fn print_profile_table(ops: &[OpTime], steps: usize, total_s: f64) {
+    let per_step = |s: f64| 1e3 * s / steps as f64;
+    eprintln!("{:<28} {:>8} {:>12} {:>7}", "op", "calls", "ms / step", "share");
+    for o in ops {
+        let calls = o.calls as f64 / steps as f64;
+        eprintln!("{:<28} {calls:>8.1} {:>12.2} {:>6.1}%", o.op, per_step(o.seconds), 100.0 * o.seconds / total_s);
+    }
+    let outside = total_s - ops.iter().map(|o| o.seconds).sum::<f64>();
+    eprintln!("{:<28} {:>8} {:>12.2} {:>6.1}%", "(outside ops)", "", per_step(outside), 100.0 * outside / total_s);
+    eprintln!("{:<28} {:>8} {:>12.2}", "step (mean)", "", per_step(total_s));
 }

@@ -23,16 +23,28 @@ pub fn apply_mask<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: u32
 pub fn apply_mask_at<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: u32, offset: u64, out: &mut [T]) {
     let threshold = philox::dropout_threshold(p);
     let scale = T::from_f64(1.0 / (1.0 - p as f64));
+    let mask = |word: u32, x: T| if philox::keep(word, threshold) { x * scale } else { T::zero() };
+    const GROUP: usize = 4 * philox::LANES_X8; // elements of eight Philox blocks
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, x))| {
         let start = offset + (c * CHUNK) as u64;
-        let mut block = (u64::MAX, [0u32; 4]);
-        // one Philox block gives the words of four consecutive elements
-        for (k, (o, &x)) in o.iter_mut().zip(x).enumerate() {
-            let g = start + k as u64;
-            if block.0 != g / 4 {
-                block = (g / 4, philox::block_bits(seed, step, stream, g / 4));
+        if start % 4 == 0 {
+            // whole Philox blocks (one per four elements), eight drawn at once
+            for (g, (og, xg)) in o.chunks_mut(GROUP).zip(x.chunks(GROUP)).enumerate() {
+                let words = philox::block_bits_x8(seed, step, stream, start / 4 + (g * philox::LANES_X8) as u64);
+                for (e, (o, &x)) in og.iter_mut().zip(xg).enumerate() {
+                    *o = mask(words[e % 4][e / 4], x);
+                }
             }
-            *o = if philox::keep(block.1[(g % 4) as usize], threshold) { x * scale } else { T::zero() };
+        } else {
+            // a shard starting inside a block: element by element
+            let mut block = (u64::MAX, [0u32; 4]);
+            for (k, (o, &x)) in o.iter_mut().zip(x).enumerate() {
+                let g = start + k as u64;
+                if block.0 != g / 4 {
+                    block = (g / 4, philox::block_bits(seed, step, stream, g / 4));
+                }
+                *o = mask(block.1[(g % 4) as usize], x);
+            }
         }
     });
 }

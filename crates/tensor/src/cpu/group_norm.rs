@@ -60,7 +60,9 @@ fn slab_stats<T: Element>(x: &[T], eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// Normalises one slab into `y` and returns its (mean, rstd).
+/// Normalises one slab into `y` and returns its (mean, rstd). The sums are
+/// in f64; the per-element map runs in `T` (as the CUDA kernel does), with
+/// `(x - mean)` formed first so a large mean does not cost accuracy.
 fn forward_slab<T: Element>(
     x: &[T],
     gamma: &[T],
@@ -71,12 +73,17 @@ fn forward_slab<T: Element>(
     y: &mut [T],
 ) -> (f64, f64) {
     let (mean, rstd) = slab_stats(x, eps);
+    let m = T::from_f64(mean);
     for ((xc, yc), (&g, &b)) in x.chunks_exact(hw).zip(y.chunks_exact_mut(hw)).zip(gamma.iter().zip(beta)) {
-        let (a, b) = (rstd * g.to_f64(), b.to_f64());
-        // (x - mean) in f64 keeps f32 inputs with a large mean accurate.
-        for (y, &x) in yc.iter_mut().zip(xc) {
-            let z = T::from_f64((x.to_f64() - mean) * a + b);
-            *y = if fuse_silu { silu(z) } else { z };
+        let a = T::from_f64(rstd * g.to_f64());
+        if fuse_silu {
+            for (y, &x) in yc.iter_mut().zip(xc) {
+                *y = silu((x - m) * a + b);
+            }
+        } else {
+            for (y, &x) in yc.iter_mut().zip(xc) {
+                *y = (x - m) * a + b;
+            }
         }
     }
     (mean, rstd)
@@ -112,22 +119,31 @@ pub fn group_norm_forward<T: Element>(
         });
 }
 
-/// Per-slab constants of the backward pass.
-struct SlabStats {
+/// Per-slab constants of the backward pass: the forward's statistics, in
+/// f64 for the sums and in `T` for the per-element maps.
+struct SlabStats<T> {
     mean: f64,
     rstd: f64,
+    mean_t: T,
+    rstd_t: T,
+}
+
+impl<T: Element> SlabStats<T> {
+    fn new(mean: T, rstd: T) -> Self {
+        SlabStats { mean: mean.to_f64(), rstd: rstd.to_f64(), mean_t: mean, rstd_t: rstd }
+    }
 }
 
 /// Backward pass 1 on one slab: writes dz = dL/d(pre-activation) into `dx`
-/// (recomputing the pre-SiLU value when fused) and returns per channel
-/// (sum dz * xhat, sum dz) into `pg`, `pb`.
+/// (recomputing the pre-SiLU value exactly as the forward did, when fused)
+/// and returns per channel (sum dz * xhat, sum dz) into `pg`, `pb`.
 #[allow(clippy::too_many_arguments)]
 fn slab_dz<T: Element>(
     dy: &[T],
     x: &[T],
     gamma: &[T],
     beta: &[T],
-    st: &SlabStats,
+    st: &SlabStats<T>,
     hw: usize,
     fuse_silu: bool,
     dx: &mut [T],
@@ -137,10 +153,9 @@ fn slab_dz<T: Element>(
     let channels = dy.chunks_exact(hw).zip(x.chunks_exact(hw)).zip(dx.chunks_exact_mut(hw));
     for (j, ((dyc, xc), dzc)) in channels.enumerate() {
         if fuse_silu {
-            let (g, b) = (gamma[j].to_f64(), beta[j].to_f64());
+            let (a, b) = (T::from_f64(st.rstd * gamma[j].to_f64()), beta[j]);
             for ((dz, &dy), &x) in dzc.iter_mut().zip(dyc).zip(xc) {
-                let z = T::from_f64((x.to_f64() - st.mean) * st.rstd * g + b);
-                *dz = dy * silu_grad(z);
+                *dz = dy * silu_grad((x - st.mean_t) * a + b);
             }
         } else {
             dzc.copy_from_slice(dyc);
@@ -149,9 +164,9 @@ fn slab_dz<T: Element>(
     }
 }
 
-/// (sum dz * xhat, sum dz) over one channel. Kept apart from the loop that
-/// writes dz so both loops stay simple enough to vectorise.
-fn dz_sums<T: Element>(dz: &[T], x: &[T], st: &SlabStats) -> (f64, f64) {
+/// (sum dz * xhat, sum dz) over one channel, summed in f64. Kept apart from
+/// the loop that writes dz so both loops stay simple enough to vectorise.
+fn dz_sums<T: Element>(dz: &[T], x: &[T], st: &SlabStats<T>) -> (f64, f64) {
     let (mut sg, mut sb) = ([0f64; LANES], [0f64; LANES]);
     for (dzs, xs) in dz.chunks_exact(LANES).zip(x.chunks_exact(LANES)) {
         for l in 0..LANES {
@@ -170,16 +185,18 @@ fn dz_sums<T: Element>(dz: &[T], x: &[T], st: &SlabStats) -> (f64, f64) {
 }
 
 /// Backward pass 2 on one slab: turns dz (in `dx`) into dx,
-/// `dx = rstd * (gamma dz - mean(gamma dz) - xhat * mean(gamma dz xhat))`.
-fn slab_dx<T: Element>(x: &[T], gamma: &[T], st: &SlabStats, hw: usize, pg: &[f64], pb: &[f64], dx: &mut [T]) {
+/// `dx = rstd * (gamma dz - mean(gamma dz) - xhat * mean(gamma dz xhat))`,
+/// the slab's means in f64 and the per-element map in `T`, in this order so
+/// that a group of one value gets exactly zero (gamma dz cancels itself).
+fn slab_dx<T: Element>(x: &[T], gamma: &[T], st: &SlabStats<T>, hw: usize, pg: &[f64], pb: &[f64], dx: &mut [T]) {
     let len = x.len() as f64;
     let mean_dxhat: f64 = gamma.iter().zip(pb).map(|(&g, &s)| g.to_f64() * s).sum::<f64>() / len;
     let mean_dxhat_xhat: f64 = gamma.iter().zip(pg).map(|(&g, &s)| g.to_f64() * s).sum::<f64>() / len;
+    let (m_dxhat, m_dxhat_xhat) = (T::from_f64(mean_dxhat), T::from_f64(mean_dxhat_xhat));
     for ((xc, dxc), &g) in x.chunks_exact(hw).zip(dx.chunks_exact_mut(hw)).zip(gamma) {
-        let g = g.to_f64();
         for (d, &x) in dxc.iter_mut().zip(xc) {
-            let xhat = (x.to_f64() - st.mean) * st.rstd;
-            *d = T::from_f64(st.rstd * (g * d.to_f64() - mean_dxhat - xhat * mean_dxhat_xhat));
+            let xhat = (x - st.mean_t) * st.rstd_t;
+            *d = st.rstd_t * (g * *d - m_dxhat - xhat * m_dxhat_xhat);
         }
     }
 }
@@ -212,7 +229,7 @@ pub fn group_norm_backward<T: Element>(
             .for_each(|(s, ((dx, (dy, x)), (pg, pb)))| {
                 let c0 = (s % d.groups) * cpg;
                 let (g, b) = (&gamma[c0..c0 + cpg], &beta[c0..c0 + cpg]);
-                let st = SlabStats { mean: mean[s].to_f64(), rstd: rstd[s].to_f64() };
+                let st = SlabStats::new(mean[s], rstd[s]);
                 slab_dz(dy, x, g, b, &st, d.hw, fuse_silu, dx, pg, pb);
                 slab_dx(x, g, &st, d.hw, pg, pb, dx);
             });

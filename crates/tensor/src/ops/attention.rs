@@ -41,6 +41,7 @@ fn check_qkv(op: &'static str, q: &Tensor, others: &[(&'static str, &Tensor)]) -
 
 /// Attention output and the per-query log-sum-exp the backward needs.
 pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttentionOutput> {
+    let _timer = crate::profile::op("attention_forward");
     const OP: &str = "attention_forward";
     let d = check_qkv(OP, q, &[("k", k), ("v", v)])?;
     match q.storage() {
@@ -74,6 +75,7 @@ pub fn attention_backward(
     out: &Tensor,
     lse: &Tensor,
 ) -> Result<AttentionGrads> {
+    let _timer = crate::profile::op("attention_backward");
     const OP: &str = "attention_backward";
     let d = check_qkv(OP, q, &[("k", k), ("v", v), ("dout", dout), ("out", out)])?;
     check_same(OP, &[q, lse])?;
@@ -126,6 +128,7 @@ pub fn attention_backward(
 
 /// The softmax weights `p` [B, N, N] (row i: query i's weights over keys).
 pub fn attention_weights(q: &Tensor, k: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("attention_weights");
     const OP: &str = "attention_weights";
     let d = check_qkv(OP, q, &[("k", k)])?;
     match q.storage() {

@@ -107,6 +107,7 @@ fn check_dy(op: &'static str, dy: &Tensor, g: &ConvGeom) -> Result<()> {
 /// y[n, o, :, :] = sum_c w[o, c] * x[n, c] (cross-correlation, zero padding)
 /// + b[o]. x [N, Ci, H, W], w [Co, Ci, KH, KW], b [Co] -> y [N, Co, Ho, Wo].
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) -> Result<Tensor> {
+    let _timer = crate::profile::op("conv2d_forward");
     const OP: &str = "conv2d_forward";
     match b {
         Some(b) => check_same(OP, &[x, w, b])?,
@@ -140,6 +141,7 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dPara
 /// dx = d<conv(x, w), dy>/dx: dy [N, Co, Ho, Wo], w, and the input's shape
 /// [N, Ci, H, W] -> dx [N, Ci, H, W].
 pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: &Conv2dParams) -> Result<Tensor> {
+    let _timer = crate::profile::op("conv2d_backward_data");
     const OP: &str = "conv2d_backward_data";
     check_same(OP, &[dy, w])?;
     let g = geometry(OP, x_shape, w.shape(), p)?;
@@ -160,6 +162,7 @@ pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: &Conv2d
 /// dw = d<conv(x, w), dy>/dw: dy [N, Co, Ho, Wo], x [N, Ci, H, W], and the
 /// weight's shape [Co, Ci, KH, KW] -> dw [Co, Ci, KH, KW].
 pub fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, w_shape: &Shape, p: &Conv2dParams) -> Result<Tensor> {
+    let _timer = crate::profile::op("conv2d_backward_weight");
     const OP: &str = "conv2d_backward_weight";
     check_same(OP, &[dy, x])?;
     let g = geometry(OP, x.shape(), w_shape, p)?;
@@ -179,6 +182,7 @@ pub fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, w_shape: &Shape, p: &Conv
 
 /// db[o] = sum over n, y, x of dy[n, o, y, x]: dy [N, Co, Ho, Wo] -> db [Co].
 pub fn conv2d_backward_bias(dy: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("conv2d_backward_bias");
     const OP: &str = "conv2d_backward_bias";
     let (n, co, ho, wo) = dy.shape().nchw(OP)?;
     match dy.storage() {

@@ -39,6 +39,7 @@ fn masked(
     stream: u32,
     offset: u64,
 ) -> Result<Tensor> {
+    let _timer = crate::profile::op(op);
     // `contains` is false for NaN too
     if !(0.0..1.0).contains(&p) {
         return Err(TensorError::invalid(op, format!("dropout probability must be in [0, 1), got {p}")));

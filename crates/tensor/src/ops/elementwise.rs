@@ -12,26 +12,31 @@ use crate::{with_element, Result, Storage, Tensor};
 
 /// a + b.
 pub fn add(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("add");
     binary("add", a, b, Binary::Add)
 }
 
 /// a - b.
 pub fn sub(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("sub");
     binary("sub", a, b, Binary::Sub)
 }
 
 /// a * b, elementwise.
 pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("mul");
     binary("mul", a, b, Binary::Mul)
 }
 
 /// a + s * b.
 pub fn add_scaled(a: &Tensor, b: &Tensor, s: f64) -> Result<Tensor> {
+    let _timer = crate::profile::op("add_scaled");
     binary("add_scaled", a, b, Binary::AddScaled(s))
 }
 
 /// s * x.
 pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
+    let _timer = crate::profile::op("scale");
     match x.storage() {
         Storage::Cpu(st) => with_element!(st.dtype(), T, {
             let mut out = vec![T::default(); x.numel()];
@@ -44,6 +49,7 @@ pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
 
 /// acc += x.
 pub fn add_in_place(acc: &mut Tensor, x: &Tensor) -> Result<()> {
+    let _timer = crate::profile::op("add_in_place");
     check_same("add_in_place", &[acc, x])?;
     check_same_shape("add_in_place", acc, x)?;
     match acc.storage() {
@@ -61,6 +67,7 @@ pub fn add_in_place(acc: &mut Tensor, x: &Tensor) -> Result<()> {
 
 /// t *= s.
 pub fn scale_in_place(t: &mut Tensor, s: f64) -> Result<()> {
+    let _timer = crate::profile::op("scale_in_place");
     match t.storage() {
         Storage::Cpu(st) => with_element!(st.dtype(), T, {
             kernels::scale_assign(t.cpu_slice_mut::<T>()?, s);

@@ -10,6 +10,7 @@ use crate::{with_element, Result, Storage, Tensor, TensorError};
 /// [sin(t_n f_0), .., sin(t_n f_{h-1}), cos(t_n f_0), .., cos(t_n f_{h-1})] (+ a zero if dim is odd)
 /// with h = dim/2 and f_k = exp(-k ln(10000) / (h - 1)); for dim 2 or 3, f_0 = 1.
 pub fn timestep_embedding(t: &Tensor, dim: usize) -> Result<Tensor> {
+    let _timer = crate::profile::op("timestep_embedding");
     const OP: &str = "timestep_embedding";
     if t.shape().rank() != 1 {
         return Err(TensorError::shape(OP, "a rank-1 [N] tensor of timesteps", t.shape()));
@@ -55,6 +56,7 @@ fn labels_on(dev: &crate::gpu::GpuDevice, labels: &[usize]) -> Result<crate::gpu
 /// table [rows, dim], labels (N entries, each < rows) -> [N, dim]: row n is
 /// table row labels[n] (a learned class embedding, diffusers' `class_embedding`).
 pub fn class_embedding(table: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    let _timer = crate::profile::op("class_embedding");
     const OP: &str = "class_embedding";
     let &[rows, dim] = table.dims() else {
         return Err(TensorError::shape(OP, "a rank-2 [rows, dim] table", table.shape()));
@@ -77,6 +79,7 @@ pub fn class_embedding(table: &Tensor, labels: &[usize]) -> Result<Tensor> {
 /// d table [rows, dim] from dout [N, dim]: row k sums the rows of dout whose
 /// label is k, in increasing n (the same order on every device).
 pub fn class_embedding_backward(dout: &Tensor, labels: &[usize], rows: usize) -> Result<Tensor> {
+    let _timer = crate::profile::op("class_embedding_backward");
     const OP: &str = "class_embedding_backward";
     let &[n, dim] = dout.dims() else {
         return Err(TensorError::shape(OP, "a rank-2 [N, dim] gradient", dout.shape()));

@@ -64,6 +64,7 @@ pub fn group_norm_forward(
     eps: f64,
     fuse_silu: bool,
 ) -> Result<GroupNormOutput> {
+    let _timer = crate::profile::op("group_norm_forward");
     const OP: &str = "group_norm_forward";
     let d = check_input(OP, x, gamma, beta, groups)?;
     if !(eps.is_finite() && eps >= 0.0) {
@@ -119,6 +120,7 @@ pub fn group_norm_backward(
     groups: usize,
     fuse_silu: bool,
 ) -> Result<GroupNormGrads> {
+    let _timer = crate::profile::op("group_norm_backward");
     const OP: &str = "group_norm_backward";
     let d = check_input(OP, x, gamma, beta, groups)?;
     check_same(OP, &[x, dy, mean, rstd])?;

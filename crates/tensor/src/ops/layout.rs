@@ -9,6 +9,7 @@ use crate::{with_element, Result, Storage, Tensor, TensorError};
 
 /// x [N,C,H,W] -> [N,C,2H,2W], each pixel repeated into a 2x2 block.
 pub fn upsample_nearest2x_forward(x: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("upsample_nearest2x_forward");
     let (n, c, h, w) = x.shape().nchw("upsample_nearest2x_forward")?;
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
@@ -25,6 +26,7 @@ pub fn upsample_nearest2x_forward(x: &Tensor) -> Result<Tensor> {
 
 /// dy [N,C,2H,2W] -> dx [N,C,H,W], the sum of each 2x2 block.
 pub fn upsample_nearest2x_backward(dy: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("upsample_nearest2x_backward");
     const OP: &str = "upsample_nearest2x_backward";
     let (n, c, h2, w2) = dy.shape().nchw(OP)?;
     if h2 % 2 != 0 || w2 % 2 != 0 {
@@ -46,6 +48,7 @@ pub fn upsample_nearest2x_backward(dy: &Tensor) -> Result<Tensor> {
 
 /// a [N,Ca,H,W] and b [N,Cb,H,W] -> [N,Ca+Cb,H,W].
 pub fn concat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("concat_channels");
     const OP: &str = "concat_channels";
     check_same(OP, &[a, b])?;
     let (n, ca, h, w) = a.shape().nchw(OP)?;
@@ -68,6 +71,7 @@ pub fn concat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// d [N,C,H,W] -> (d[:, :ca], d[:, ca:]); the backward of `concat_channels`.
 pub fn split_channels(d: &Tensor, ca: usize) -> Result<(Tensor, Tensor)> {
+    let _timer = crate::profile::op("split_channels");
     const OP: &str = "split_channels";
     let (n, c, h, w) = d.shape().nchw(OP)?;
     if ca > c {
@@ -90,6 +94,7 @@ pub fn split_channels(d: &Tensor, ca: usize) -> Result<(Tensor, Tensor)> {
 
 /// x [N,C,H,W] + bias [N,C] broadcast over H and W.
 pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("add_channel_bias");
     const OP: &str = "add_channel_bias";
     check_same(OP, &[x, bias])?;
     let (n, c, h, w) = x.shape().nchw(OP)?;
@@ -109,6 +114,7 @@ pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 /// dy [N,C,H,W] -> dbias [N,C], the sum over H and W.
 pub fn channel_bias_backward(dy: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("channel_bias_backward");
     const OP: &str = "channel_bias_backward";
     let (n, c, h, w) = dy.shape().nchw(OP)?;
     match dy.storage() {

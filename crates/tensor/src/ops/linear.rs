@@ -26,6 +26,7 @@ fn check_xw(op: &'static str, x: &Tensor, w: &Tensor) -> Result<LinearDims> {
 
 /// `y = x w^T (+ b)`, [N, Out].
 pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    let _timer = crate::profile::op("linear_forward");
     const OP: &str = "linear_forward";
     let d = check_xw(OP, x, w)?;
     if let Some(b) = b {
@@ -57,6 +58,7 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tens
 
 /// Gradients of `linear_forward` given `dy` [N, Out]: dx [N, In], dw [Out, In], db [Out].
 pub fn linear_backward(dy: &Tensor, x: &Tensor, w: &Tensor) -> Result<LinearGrads> {
+    let _timer = crate::profile::op("linear_backward");
     const OP: &str = "linear_backward";
     let d = check_xw(OP, x, w)?;
     check_same(OP, &[x, dy])?;

@@ -7,6 +7,7 @@ use crate::{with_element, Element, Result, Storage, Tensor, TensorError};
 
 /// [1] = mean((pred - target)^2), accumulated in f64 in a fixed order.
 pub fn mse_loss_forward(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("mse_loss_forward");
     const OP: &str = "mse_loss_forward";
     check_operands(OP, pred, target)?;
     match pred.storage() {
@@ -23,6 +24,7 @@ pub fn mse_loss_forward(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
 
 /// dpred = dloss * 2 (pred - target) / numel.
 pub fn mse_loss_backward(pred: &Tensor, target: &Tensor, dloss: f64) -> Result<Tensor> {
+    let _timer = crate::profile::op("mse_loss_backward");
     const OP: &str = "mse_loss_backward";
     check_operands(OP, pred, target)?;
     match pred.storage() {

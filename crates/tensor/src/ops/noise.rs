@@ -39,6 +39,7 @@ pub fn noise_add_at(
     stream: u32,
     offset: u64,
 ) -> Result<NoiseAddOutput> {
+    let _timer = crate::profile::op("noise_add");
     const OP: &str = "noise_add";
     check_same(OP, &[x0, sqrt_abar, sqrt_one_minus_abar])?;
     let n = batch_size(OP, x0)?;
@@ -70,6 +71,7 @@ pub fn noise_add_at(
 
 /// dx0 = sqrt_abar[n] * dx_t (eps is independent of x0).
 pub fn noise_add_backward(dx_t: &Tensor, sqrt_abar: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("noise_add_backward");
     const OP: &str = "noise_add_backward";
     check_same(OP, &[dx_t, sqrt_abar])?;
     let n = batch_size(OP, dx_t)?;

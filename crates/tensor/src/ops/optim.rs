@@ -50,6 +50,7 @@ pub fn adamw_step(
     h: &AdamWParams,
     step: u64,
 ) -> Result<()> {
+    let _timer = crate::profile::op("adamw_step");
     const OP: &str = "adamw_step";
     h.validate(OP)?;
     if step == 0 {
@@ -77,6 +78,7 @@ pub fn adamw_step(
 
 /// ema = decay * ema + (1 - decay) * param, with decay in [0, 1].
 pub fn ema_update(ema: &mut Tensor, param: &Tensor, decay: f64) -> Result<()> {
+    let _timer = crate::profile::op("ema_update");
     const OP: &str = "ema_update";
     if !(0.0..=1.0).contains(&decay) {
         return Err(TensorError::invalid(OP, format!("decay must be in [0, 1], got {decay}")));
@@ -101,6 +103,7 @@ pub fn ema_update(ema: &mut Tensor, param: &Tensor, decay: f64) -> Result<()> {
 /// Consecutive GPU tensors on one device are summed in one launch
 /// (`launch::optim::sum_squares`); runs are added in the order given.
 pub fn global_l2_norm(grads: &[&Tensor]) -> Result<f64> {
+    let _timer = crate::profile::op("global_l2_norm");
     let mut sum = 0.0f64;
     // the current run of GPU tensors on one device, not yet summed
     let mut run: Vec<&GpuStorage> = Vec::new();
@@ -139,6 +142,7 @@ pub fn global_l2_norm(grads: &[&Tensor]) -> Result<f64> {
 /// max_norm / (norm + 1e-6), as `scale_in_place` would with the host's
 /// factor. GPU tensors on one device; three launches however many tensors.
 pub fn clip_grad_norm_on_device(grads: &mut [&mut Tensor], max_norm: f64, log: &mut Tensor, slot: usize) -> Result<()> {
+    let _timer = crate::profile::op("clip_grad_norm_on_device");
     const OP: &str = "clip_grad_norm_on_device";
     if !slot.is_multiple_of(2) || slot + 2 > log.numel() {
         return Err(TensorError::invalid(
@@ -176,6 +180,7 @@ pub fn clip_grad_norm_on_device(grads: &mut [&mut Tensor], max_norm: f64, log: &
 /// Copies `src` into `dst` from element `offset` on (same device and dtype;
 /// a device-to-device copy on a GPU, no host synchronisation).
 pub fn copy_into(dst: &mut Tensor, offset: usize, src: &Tensor) -> Result<()> {
+    let _timer = crate::profile::op("copy_into");
     const OP: &str = "copy_into";
     check_same(OP, &[dst, src])?;
     let n = src.numel();
@@ -208,6 +213,7 @@ pub fn adamw_step_many(
     hypers: &[AdamWParams],
     step: u64,
 ) -> Result<()> {
+    let _timer = crate::profile::op("adamw_step_many");
     const OP: &str = "adamw_step_many";
     let n = params.len();
     if grads.len() != n || m.len() != n || v.len() != n || hypers.len() != n {
@@ -248,6 +254,7 @@ pub fn adamw_step_many(
 
 /// [`ema_update`] of many tensors with one decay; one launch on one GPU.
 pub fn ema_update_many(emas: &mut [&mut Tensor], params: &[&Tensor], decay: f64) -> Result<()> {
+    let _timer = crate::profile::op("ema_update_many");
     const OP: &str = "ema_update_many";
     if emas.len() != params.len() {
         return Err(TensorError::invalid(OP, "emas and params differ in count"));

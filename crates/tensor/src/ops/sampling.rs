@@ -7,6 +7,7 @@ use crate::{cpu, with_element, Element, Result, Storage, Tensor, TensorError};
 
 /// y[n] = x[n] * s[n] for every sample n of x ([N, ...]), s of shape [N].
 pub fn scale_per_sample(x: &Tensor, s: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("scale_per_sample");
     check_same("scale_per_sample", &[x, s])?;
     let n = x.dims().first().copied().unwrap_or(0);
     if s.dims() != [n] {
@@ -35,6 +36,7 @@ pub fn scale_per_sample(x: &Tensor, s: &Tensor) -> Result<Tensor> {
 
 /// Elementwise clamp to [lo, hi].
 pub fn clamp(x: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
+    let _timer = crate::profile::op("clamp");
     if lo > hi || lo.is_nan() || hi.is_nan() {
         return Err(TensorError::invalid("clamp", format!("empty range [{lo}, {hi}]")));
     }

@@ -6,6 +6,7 @@ use crate::{cpu, with_element, Result, Storage, Tensor};
 
 /// y = x * sigmoid(x), elementwise.
 pub fn silu_forward(x: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("silu_forward");
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let xs = x.cpu_slice::<T>()?;
@@ -19,6 +20,7 @@ pub fn silu_forward(x: &Tensor) -> Result<Tensor> {
 
 /// dx = dy * silu'(x).
 pub fn silu_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+    let _timer = crate::profile::op("silu_backward");
     check_same("silu_backward", &[dy, x])?;
     check_same_shape("silu_backward", x, dy)?;
     match x.storage() {
