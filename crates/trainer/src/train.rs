@@ -12,17 +12,19 @@
 use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, Loader, LoaderConfig};
-use crate::diffusion::{Diffusion, TIMESTEP_STREAM};
+use crate::diffusion::Diffusion;
 use crate::divergence::LossWatch;
 use crate::finetune;
+use crate::flat_state::{flatten_training_state, FlatState};
 use crate::image_grid::save_grid;
-use crate::loss_weighting::{weighted_mse, LossWeighting};
+use crate::loss_weighting::weighted_mse_sqrt;
 use crate::memory_budget::{self, MemoryBudget};
 use crate::optim::{warmup_lr, AdamW, Ema};
 use crate::plot::{save_loss_plot, PlotOptions};
 use crate::raster::ValueRange;
 use crate::run_lock::RunLock;
 use crate::sampler::{sample, SampleSpec, Sampler};
+use crate::step_inputs::StepInputs;
 use crate::step_log::{StepLog, StepRecord};
 use crate::{Error, Result};
 use diffuse_tensor::ops::AdamWParams;
@@ -131,6 +133,10 @@ pub struct Trainer {
     log: StepLog,
     /// The newest step read from `log`.
     last: Option<StepRecord>,
+    /// On a GPU: parameters, gradients, moments and EMA in flat buffers.
+    flat: Option<FlatState>,
+    /// The micro-batches' inputs (pinned staging and prefetch on a GPU).
+    inputs: StepInputs,
     /// Things the user should know about how the run was opened (an
     /// unverified or skipped checkpoint, removed temporary files).
     pub notes: Vec<String>,
@@ -243,6 +249,8 @@ impl Trainer {
             }
         };
         opt.lr_scale = finetune::lr_scales(&model, &cfg)?;
+        let (mut model, mut ema) = (model, ema);
+        let flat = flatten_training_state(&device, &mut model.params, &mut opt, &mut ema)?;
 
         let loss_watch = match (&start, &ckpt) {
             (Start::Resume(_), Some(c)) => c.state.loss_watch,
@@ -264,9 +272,12 @@ impl Trainer {
         write_atomic(&out.join("config.json"), cfg.to_json().as_bytes())?;
         let history = restore_metrics(&out.join("metrics.jsonl"), step)?;
         let log = StepLog::new(&device, cfg.grad_accum, cfg.log_every.clamp(1, MAX_UNREAD_STEPS) as usize)?;
+        let inputs = StepInputs::new(&device, &cfg, [cfg.model.in_ch, cfg.model.image_size, cfg.model.image_size])?;
         Ok(Trainer {
             log,
             last: None,
+            flat,
+            inputs,
             cfg,
             model,
             ema,
@@ -292,31 +303,20 @@ impl Trainer {
         let accum = self.cfg.grad_accum;
         self.model.params.zero_grads();
         for micro in 0..accum {
-            let batch = self.loader.next_batch();
             let idx = (self.step * accum as u64 + micro as u64) as u32;
-            let x0 = Tensor::from_vec(batch.images, batch.shape)?.to_device(&self.device)?;
-            let ts = self.cfg.timestep_sampling.draw(
-                self.diffusion.timesteps,
-                batch.shape[0],
-                self.cfg.seed,
-                idx,
-                TIMESTEP_STREAM,
-            );
-            let (x_t, eps) = self.diffusion.q_sample(&x0, &ts, self.cfg.seed, idx)?;
-            let target = self.diffusion.target_of(&x0, &eps, &ts)?;
-            let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), [ts.len()])?
-                .to_device(&self.device)?;
+            let mb = self.inputs.take(idx, &mut self.loader, &self.cfg, &self.diffusion)?;
+            let (x_t, eps) = self.diffusion.q_sample_with(&mb.x0, &mb.a, &mb.b, self.cfg.seed, idx)?;
+            let target = self.diffusion.target_of_with(&mb.x0, &eps, &mb.a, &mb.b)?;
             let mode = ForwardMode::train(self.cfg.seed ^ DROPOUT_SALT, idx);
-            let labels = self.training_labels(batch.labels.as_deref(), idx)?;
-            let (pred, cache) = self.model.forward_train_cond(&x_t, &t, labels.as_deref(), mode)?;
-            let weights = (self.cfg.loss_weighting != LossWeighting::None).then(|| {
-                let w = self.cfg.loss_weighting;
-                ts.iter().map(|&t| w.weight(self.cfg.target, self.diffusion.abar(t as isize))).collect::<Vec<_>>()
-            });
-            let (loss, dpred) = weighted_mse(&pred, &target, weights.as_deref(), 1.0 / accum as f64)?;
+            let labels = self.training_labels(mb.labels.as_deref(), idx)?;
+            let (pred, cache) = self.model.forward_train_cond(&x_t, &mb.t, labels.as_deref(), mode)?;
+            let (loss, dpred) = weighted_mse_sqrt(&pred, &target, mb.sqrt_w.as_ref(), 1.0 / accum as f64)?;
             self.log.record_loss(micro, &loss)?;
             drop(pred);
             self.model.backward(&cache, &dpred)?;
+            drop((mb, cache, target));
+            // the next micro-batch is loaded and its copy queued while the device works
+            self.inputs.prefetch(idx + 1, &mut self.loader, &self.cfg, &self.diffusion)?;
         }
         self.log.clip(&mut self.model.params, self.cfg.grad_clip)?;
         let lr = warmup_lr(self.cfg.lr, self.cfg.warmup_steps, self.step + 1);
@@ -329,6 +329,12 @@ impl Trainer {
             self.read_log()?;
         }
         Ok(())
+    }
+
+    /// The flat gradient buffer (one allocation holding every gradient; GPU
+    /// only), e.g. for an all-reduce between data-parallel replicas.
+    pub fn flat_grads(&mut self) -> Option<&mut Tensor> {
+        self.flat.as_mut().map(|f| &mut f.grads)
     }
 
     /// Reads the steps logged since the last read (one host synchronisation
@@ -379,7 +385,7 @@ impl Trainer {
     fn state(&self) -> TrainState {
         TrainState {
             step: self.step,
-            loader: self.loader.state(),
+            loader: self.inputs.loader_state(&self.loader),
             ema_updates: self.ema.updates,
             loss_watch: self.loss_watch,
         }

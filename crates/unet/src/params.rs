@@ -18,6 +18,12 @@ pub struct ParamStore {
     /// True for a LoRA adapter tensor (what an adapter checkpoint holds).
     adapter: Vec<bool>,
     by_name: HashMap<String, usize>,
+    /// Where each gradient lives when the store has gradient buffers
+    /// ([`ParamStore::set_grad_buffers`]): a view into one flat allocation,
+    /// None while it is the gradient in `grads` (or without buffers).
+    grad_home: Vec<Option<Tensor>>,
+    /// True while `grads[i]` is the buffer taken from `grad_home[i]`.
+    home_in_use: Vec<bool>,
 }
 
 impl ParamStore {
@@ -29,6 +35,8 @@ impl ParamStore {
             trainable: Vec::new(),
             adapter: Vec::new(),
             by_name: HashMap::new(),
+            grad_home: Vec::new(),
+            home_in_use: Vec::new(),
         }
     }
 
@@ -40,6 +48,8 @@ impl ParamStore {
         self.grads.push(None);
         self.trainable.push(true);
         self.adapter.push(adapter);
+        self.grad_home.push(None);
+        self.home_in_use.push(false);
         ParamId(id)
     }
 
@@ -52,7 +62,41 @@ impl ParamStore {
     pub fn set_trainable(&mut self, id: ParamId, trainable: bool) {
         self.trainable[id.0] = trainable;
         if !trainable {
-            self.grads[id.0] = None;
+            self.drop_grad(id.0);
+        }
+    }
+
+    /// Gives every gradient a fixed buffer (`buffers[i]` for parameter i, its
+    /// shape): the first gradient of a step is copied there and later ones
+    /// added in place, so that the gradients always lie where the buffers do
+    /// (one flat allocation: `ops::flat_zeros`). Current gradients are dropped.
+    pub fn set_grad_buffers(&mut self, buffers: Vec<Tensor>) -> Result<()> {
+        if buffers.len() != self.values.len() {
+            return Err(UNetError::Config(format!(
+                "{} gradient buffers for {} parameters",
+                buffers.len(),
+                self.values.len()
+            )));
+        }
+        for (i, b) in buffers.iter().enumerate() {
+            if b.dims() != self.values[i].dims() {
+                return Err(UNetError::ParamShape {
+                    name: self.names[i].clone(),
+                    expected: self.values[i].dims().to_vec(),
+                    got: b.dims().to_vec(),
+                });
+            }
+        }
+        self.zero_grads();
+        self.grad_home = buffers.into_iter().map(Some).collect();
+        Ok(())
+    }
+
+    /// Drops parameter i's gradient (its buffer goes home).
+    fn drop_grad(&mut self, i: usize) {
+        let g = self.grads[i].take();
+        if std::mem::take(&mut self.home_in_use[i]) {
+            self.grad_home[i] = g;
         }
     }
 
@@ -124,7 +168,15 @@ impl ParamStore {
                         got: g.dims().to_vec(),
                     });
                 }
-                *slot = Some(g);
+                *slot = Some(match self.grad_home[id.0].take() {
+                    Some(mut home) => {
+                        self.home_in_use[id.0] = true;
+                        // an exact copy: the same bits as keeping `g`
+                        ops::copy_into(&mut home, 0, &g)?;
+                        home
+                    }
+                    None => g,
+                });
             }
         }
         Ok(())
@@ -150,7 +202,9 @@ impl ParamStore {
     }
 
     pub fn zero_grads(&mut self) {
-        self.grads.iter_mut().for_each(|g| *g = None);
+        for i in 0..self.grads.len() {
+            self.drop_grad(i);
+        }
     }
 
     /// Replaces a parameter's value, checking its shape.
@@ -186,6 +240,9 @@ impl ParamStore {
         for g in self.grads.iter_mut().flatten() {
             *g = g.to_dtype_on(dtype, device)?;
         }
+        // converted gradients no longer lie in their buffers
+        self.grad_home.iter_mut().for_each(|h| *h = None);
+        self.home_in_use.iter_mut().for_each(|u| *u = false);
         Ok(())
     }
 }
