@@ -356,3 +356,31 @@ fn pinned_buffers_copy_what_the_host_wrote_and_are_counted_emu() {
     assert_eq!((d.pinned_allocs, d.pinned_frees, d.htod, d.htod_bytes), (1, 1, 3, 3 * 777 * 4), "{d:?}");
     assert_eq!(d.event_waits, 3, "rounds 2 and 3 and the drop wait for the copy before: {d:?}");
 }
+
+/// copy_many: every pair copied exactly, in one launch on a GPU (awkward
+/// lengths across chunk boundaries; a view as destination stays a view).
+#[test]
+fn copy_many_copies_every_tensor_in_one_launch_emu() {
+    let g = emu(AllocMode::Caching);
+    let dev = Device::Gpu(g.clone());
+    let lens = [1usize, 4095, 4097, 9000, 3];
+    let srcs_cpu: Vec<Tensor> =
+        lens.iter().enumerate().map(|(k, &n)| Tensor::from_vec(values(n, 70 + k as u32), [n]).unwrap()).collect();
+    let srcs: Vec<Tensor> = srcs_cpu.iter().map(|t| t.to_device(&dev).unwrap()).collect();
+    let shapes: Vec<diffuse_tensor::Shape> = lens.iter().map(|&n| vec![n].into()).collect();
+    let (_whole, mut dsts) = ops::flat_zeros(&shapes, &dev).unwrap().expect("a GPU");
+    let before = g.counts();
+    ops::copy_many(&mut dsts.iter_mut().collect::<Vec<_>>(), &srcs.iter().collect::<Vec<_>>()).unwrap();
+    let d = g.counts() - before;
+    assert_eq!((d.launches, d.dtod), (1, 0), "{d:?}");
+    let mut cpu_dsts: Vec<Tensor> = lens.iter().map(|&n| Tensor::from_vec(vec![0f32; n], [n]).unwrap()).collect();
+    ops::copy_many(&mut cpu_dsts.iter_mut().collect::<Vec<_>>(), &srcs_cpu.iter().collect::<Vec<_>>()).unwrap();
+    for ((d, c), s) in dsts.iter().zip(&cpu_dsts).zip(&srcs_cpu) {
+        assert!(ops::is_flat_view(d));
+        let want = s.to_vec_f32().unwrap();
+        assert_eq!(d.to_vec_f32().unwrap(), want);
+        assert_eq!(c.to_vec_f32().unwrap(), want);
+    }
+    let err = ops::copy_many(&mut dsts.iter_mut().collect::<Vec<_>>(), &srcs[..2].iter().collect::<Vec<_>>());
+    assert!(err.unwrap_err().to_string().contains("differ in count"));
+}

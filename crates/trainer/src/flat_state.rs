@@ -21,8 +21,9 @@ pub struct FlatState {
 }
 
 /// Moves a GPU model's parameters, AdamW moments and EMA into flat buffers
-/// (values copied on the device, bits unchanged) and gives the store flat
-/// gradient buffers; None on the CPU. Call once the state is loaded.
+/// (values copied on the device, bits unchanged) and gives the store a flat
+/// gradient buffer for the parameters that train; None on the CPU. Call
+/// once the state is loaded and the trainable parameters are chosen.
 pub fn flatten_training_state(
     device: &Device,
     store: &mut ParamStore,
@@ -37,9 +38,14 @@ pub fn flatten_training_state(
     let (all, _) = store.values_mut_and_grads();
     values.extend(all);
     let Some(params) = ops::flatten(&mut values)? else { return Ok(None) };
-    let shapes: Vec<Shape> = store.iter().map(|(_, t)| t.shape().clone()).collect();
+    // gradients only for the parameters that train (a LoRA fine-tune keeps a
+    // small gradient buffer)
+    let trains: Vec<bool> = ids.iter().map(|&id| store.is_trainable(id)).collect();
+    let shapes: Vec<Shape> =
+        store.iter().zip(&trains).filter(|(_, &t)| t).map(|((_, v), _)| v.shape().clone()).collect();
     let Some((grads, views)) = ops::flat_zeros(&shapes, device)? else { return Ok(None) };
-    store.set_grad_buffers(views)?;
+    let mut views = views.into_iter();
+    store.set_grad_buffers(trains.iter().map(|&t| if t { views.next() } else { None }).collect())?;
     let adam_m = ops::flatten(&mut opt.m.iter_mut().flatten().collect::<Vec<_>>())?;
     let adam_v = ops::flatten(&mut opt.v.iter_mut().flatten().collect::<Vec<_>>())?;
     let ema = ops::flatten(&mut ema.values.iter_mut().collect::<Vec<_>>())?;

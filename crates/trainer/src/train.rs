@@ -318,6 +318,7 @@ impl Trainer {
             // the next micro-batch is loaded and its copy queued while the device works
             self.inputs.prefetch(idx + 1, &mut self.loader, &self.cfg, &self.diffusion)?;
         }
+        self.model.params.settle_grads()?; // into the flat gradient buffer (GPU)
         self.log.clip(&mut self.model.params, self.cfg.grad_clip)?;
         let lr = warmup_lr(self.cfg.lr, self.cfg.warmup_steps, self.step + 1);
         self.opt.step(&mut self.model.params, lr)?;
@@ -332,7 +333,9 @@ impl Trainer {
     }
 
     /// The flat gradient buffer (one allocation holding every gradient; GPU
-    /// only), e.g. for an all-reduce between data-parallel replicas.
+    /// only), e.g. for an all-reduce between data-parallel replicas: it holds
+    /// the step's gradients once `ParamStore::settle_grads` has run (in
+    /// `train_step`, after the backward passes, before clipping).
     pub fn flat_grads(&mut self) -> Option<&mut Tensor> {
         self.flat.as_mut().map(|f| &mut f.grads)
     }

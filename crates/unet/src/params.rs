@@ -66,11 +66,12 @@ impl ParamStore {
         }
     }
 
-    /// Gives every gradient a fixed buffer (`buffers[i]` for parameter i, its
-    /// shape): the first gradient of a step is copied there and later ones
-    /// added in place, so that the gradients always lie where the buffers do
-    /// (one flat allocation: `ops::flat_zeros`). Current gradients are dropped.
-    pub fn set_grad_buffers(&mut self, buffers: Vec<Tensor>) -> Result<()> {
+    /// Gives gradients a fixed buffer (`buffers[i]` for parameter i, its
+    /// shape, or None; one flat allocation: `ops::flat_zeros`). Gradients accumulate
+    /// as before; [`ParamStore::settle_grads`] then moves them into their
+    /// buffers in one launch, so that the optimiser and an all-reduce find
+    /// them where the buffers are. Current gradients are dropped.
+    pub fn set_grad_buffers(&mut self, buffers: Vec<Option<Tensor>>) -> Result<()> {
         if buffers.len() != self.values.len() {
             return Err(UNetError::Config(format!(
                 "{} gradient buffers for {} parameters",
@@ -78,7 +79,7 @@ impl ParamStore {
                 self.values.len()
             )));
         }
-        for (i, b) in buffers.iter().enumerate() {
+        for (i, b) in buffers.iter().enumerate().filter_map(|(i, b)| Some((i, b.as_ref()?))) {
             if b.dims() != self.values[i].dims() {
                 return Err(UNetError::ParamShape {
                     name: self.names[i].clone(),
@@ -88,7 +89,31 @@ impl ParamStore {
             }
         }
         self.zero_grads();
-        self.grad_home = buffers.into_iter().map(Some).collect();
+        self.grad_home = buffers;
+        Ok(())
+    }
+
+    /// Copies every gradient not yet in its buffer there (one launch on a
+    /// GPU: `ops::copy_many`; exact, so the bits do not change). A no-op
+    /// without gradient buffers. Call after the backward passes of a step.
+    pub fn settle_grads(&mut self) -> Result<()> {
+        let pending: Vec<usize> =
+            (0..self.grads.len()).filter(|&i| self.grad_home[i].is_some() && self.grads[i].is_some()).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut homes: Vec<Tensor> = pending.iter().filter_map(|&i| self.grad_home[i].take()).collect();
+        let srcs: Vec<&Tensor> = pending.iter().filter_map(|&i| self.grads[i].as_ref()).collect();
+        let copied = ops::copy_many(&mut homes.iter_mut().collect::<Vec<_>>(), &srcs);
+        for (&i, home) in pending.iter().zip(homes) {
+            if copied.is_ok() {
+                self.grads[i] = Some(home);
+                self.home_in_use[i] = true;
+            } else {
+                self.grad_home[i] = Some(home);
+            }
+        }
+        copied?;
         Ok(())
     }
 
@@ -168,15 +193,8 @@ impl ParamStore {
                         got: g.dims().to_vec(),
                     });
                 }
-                *slot = Some(match self.grad_home[id.0].take() {
-                    Some(mut home) => {
-                        self.home_in_use[id.0] = true;
-                        // an exact copy: the same bits as keeping `g`
-                        ops::copy_into(&mut home, 0, &g)?;
-                        home
-                    }
-                    None => g,
-                });
+                // with gradient buffers, `settle_grads` copies it there later
+                *slot = Some(g);
             }
         }
         Ok(())

@@ -6,7 +6,8 @@
 //! multi-tensor launches are uploaded once. CPU tensors are left as they
 //! are (their results are the same either way).
 
-use super::check_same;
+use super::{check_same, check_same_shape, copy_into, gpu_of, gpu_of_mut};
+use crate::gpu::launch;
 use crate::gpu::GpuStorage;
 use crate::{Result, Shape, Storage, Tensor, TensorError};
 
@@ -49,4 +50,35 @@ pub fn flat_zeros(shapes: &[Shape], device: &crate::Device) -> Result<Option<(Te
 /// Whether the tensor is a view into a flat buffer (see [`flatten`]).
 pub fn is_flat_view(t: &Tensor) -> bool {
     matches!(t.storage(), Storage::Gpu(g) if g.is_view())
+}
+
+/// `dsts[k] = srcs[k]` for every k (same shapes, one device and dtype); on
+/// one GPU a single launch for all of them (a gradient per parameter into
+/// the flat gradient buffer), elsewhere a copy each. Exact.
+pub fn copy_many(dsts: &mut [&mut Tensor], srcs: &[&Tensor]) -> Result<()> {
+    const OP: &str = "copy_many";
+    if dsts.len() != srcs.len() {
+        return Err(TensorError::invalid(OP, "destinations and sources differ in count"));
+    }
+    for (d, s) in dsts.iter().zip(srcs) {
+        check_same(OP, &[d, s])?;
+        check_same_shape(OP, d, s)?;
+    }
+    let Some(Storage::Gpu(first)) = dsts.first().map(|d| d.storage()) else {
+        for (d, s) in dsts.iter_mut().zip(srcs) {
+            copy_into(d, 0, s)?;
+        }
+        return Ok(());
+    };
+    let dev = first.device().clone();
+    for d in dsts.iter_mut() {
+        let g = gpu_of_mut(OP, d)?;
+        if !g.device().same(&dev) {
+            return Err(TensorError::DeviceMismatch { op: OP, a: dev.name(), b: g.device().name() });
+        }
+        g.make_unique()?; // written in place
+    }
+    let pairs: Vec<_> =
+        dsts.iter().zip(srcs).map(|(d, s)| Ok((gpu_of(OP, d)?, gpu_of(OP, s)?))).collect::<Result<_>>()?;
+    launch::optim::copy_multi(&dev, &pairs)
 }

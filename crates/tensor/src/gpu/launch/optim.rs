@@ -193,3 +193,22 @@ pub fn ema_multi(dev: &GpuDevice, pairs: &[(&GpuStorage, &GpuStorage)], decay: f
     ];
     run(dev, &kernels::optim::EMA_MULTI_F32, Dim3::x(chunks), &args)
 }
+
+/// dst = src for every pair in one launch (`copy_multi_f32`); equal lengths
+/// (checked by the caller), dsts made unique by the caller.
+pub fn copy_multi(dev: &GpuDevice, pairs: &[(&GpuStorage, &GpuStorage)]) -> Result<()> {
+    let lens: Vec<u64> = pairs.iter().map(|(d, _)| d.len() as u64).collect();
+    let (first, chunks) = first_chunks(&lens)?;
+    if chunks == 0 {
+        return Ok(());
+    }
+    let dsts = dev.constant_table(&pairs.iter().map(|(d, _)| d.ptr()).collect::<Vec<_>>())?;
+    // The sources are fresh gradients wherever the allocator put them this
+    // step: a per-call table (caching it would keep a block per pointer set
+    // and shift where the next step's gradients go).
+    let srcs = upload_u64(dev, &pairs.iter().map(|(_, s)| s.ptr()).collect::<Vec<_>>())?;
+    let (lens_d, first_d) = (dev.constant_table(&lens)?, dev.constant_table(&first)?);
+    let ptr = KernelArg::Ptr;
+    let args = [srcs.arg(), ptr(dsts), ptr(lens_d), ptr(first_d), KernelArg::I32(pairs.len() as i32)];
+    run(dev, &kernels::optim::COPY_MULTI_F32, Dim3::x(chunks), &args)
+}
