@@ -226,7 +226,7 @@ impl Trainer {
             weight_decay: cfg.weight_decay,
         };
 
-        let (model, ema, mut opt, step) = match (&start, &ckpt) {
+        let (mut model, mut ema, mut opt, step) = match (&start, &ckpt) {
             (Start::Resume(_), Some(c)) => {
                 let model = c.load_model(&device, false)?;
                 let mut ema = Ema::new(&model.params, cfg.ema_decay, cfg.ema_warmup)?;
@@ -249,7 +249,6 @@ impl Trainer {
             }
         };
         opt.lr_scale = finetune::lr_scales(&model, &cfg)?;
-        let (mut model, mut ema) = (model, ema);
         let flat = flatten_training_state(&device, &mut model.params, &mut opt, &mut ema)?;
 
         let loss_watch = match (&start, &ckpt) {
