@@ -29,7 +29,7 @@
 // sum_squares) and cpu/elementwise.rs (chunked_sum_f64).
 // Versions: adamw/ema v2: one tensor per launch (adamw_step, ema_update) or
 // every tensor in one launch (adamw_multi, ema_multi, same element code);
-// global norm v1, all tensors in one launch; clip_grads v1.
+// global norm v1, all tensors in one launch; clip_grads v1; copy_multi v1.
 #include "common.cuh"
 
 // One element of AdamW, shared by the per-tensor and the multi-tensor
@@ -192,4 +192,22 @@ extern "C" __global__ void ema_multi_f32(const unsigned long long* __restrict__ 
     unsigned long long end = start + NORM_CHUNK;
     if (end > lens[t]) end = lens[t];
     for (unsigned long long i = start + threadIdx.x; i < end; i += blockDim.x) e[i] = ema_element(e[i], p[i], d, k);
+}
+
+// ---- copy_multi: dsts[t][i] = srcs[t][i] for every tensor of a table (the
+// gradients of a step into their flat buffer: one launch instead of a copy
+// per tensor; exact). Same tables and chunks as above. Launch: grid = total
+// chunks, block 256.
+extern "C" __global__ void copy_multi_f32(const unsigned long long* __restrict__ srcs,
+                                          const unsigned long long* __restrict__ dsts,
+                                          const unsigned long long* __restrict__ lens,
+                                          const unsigned long long* __restrict__ first_chunk, int count) {
+    const unsigned long long c = blockIdx.x;
+    const int t = chunk_owner(first_chunk, count, c);
+    const float* s = (const float*)srcs[t];
+    float* d = (float*)dsts[t];
+    const unsigned long long start = (c - first_chunk[t]) * NORM_CHUNK;
+    unsigned long long end = start + NORM_CHUNK;
+    if (end > lens[t]) end = lens[t];
+    for (unsigned long long i = start + threadIdx.x; i < end; i += blockDim.x) d[i] = s[i];
 }

@@ -36,7 +36,7 @@ DIFFUSE_EMU_ORDER=forward cargo test --workspace --no-fail-fast 2>&1
 for order in reverse shuffle:20261122 warp-ahead warp-ahead-reverse; do
     echo "== per-device tests on the emulator, thread order $order"
     DIFFUSE_EMU_ORDER=$order cargo test -p diffuse-tensor 2>&1 -- _emu
-    DIFFUSE_EMU_ORDER=$order cargo test -p diffuse --test '*_per_device' 2>&1 -- _emu
+    DIFFUSE_EMU_ORDER=$order cargo test -p diffuse --test '*_per_device' --test engine_graph 2>&1 -- _emu
 done
 
 # Without memory reuse (every buffer a driver allocation, freed at once) the
@@ -45,7 +45,7 @@ done
 for order in forward shuffle:20261122; do
     echo "== per-device tests on the emulator without memory reuse, thread order $order"
     DIFFUSE_GPU_ALLOC=direct DIFFUSE_EMU_ORDER=$order cargo test -p diffuse-tensor 2>&1 -- _emu
-    DIFFUSE_GPU_ALLOC=direct DIFFUSE_EMU_ORDER=$order cargo test -p diffuse --test '*_per_device' 2>&1 -- _emu
+    DIFFUSE_GPU_ALLOC=direct DIFFUSE_EMU_ORDER=$order cargo test -p diffuse --test '*_per_device' --test engine_graph 2>&1 -- _emu
 done
 
 echo "== kernel resources (ptxas -arch=sm_90)"

@@ -11,7 +11,7 @@ fn bits(t: &Tensor) -> Vec<u32> {
 }
 
 #[test]
-fn a_replayed_sampling_step_is_bit_identical_to_an_eager_one() {
+fn a_replayed_sampling_step_is_bit_identical_to_an_eager_one_emu() {
     let dev = emu_device().unwrap();
     let Device::Gpu(g) = &dev else { panic!("the emulator is a GPU") };
     let cfg: UNetConfig = serde_json::from_str(
@@ -39,7 +39,8 @@ fn a_replayed_sampling_step_is_bit_identical_to_an_eager_one() {
         graph.replay().unwrap();
         let d = g.counts() - before;
         assert_eq!((d.allocs, d.frees, d.host_syncs, d.htod), (0, 0, 0, 0), "{d:?}");
-        assert_eq!(d.launches as usize, graph.launches());
+        // one graph launch; the kernels inside it are not driver calls of their own
+        assert_eq!((d.graph_launches, d.launches), (1, 0), "{d:?}");
         let eager = model.forward(&x2, &t2).unwrap();
         assert_eq!(bits(&y), bits(&eager), "replay on input {seed}");
     }

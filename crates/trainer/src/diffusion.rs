@@ -138,7 +138,28 @@ impl Diffusion {
         let a = self.per_sample(ts, f64::sqrt, &dev, dt)?;
         let b = self.per_sample(ts, |ab| (1.0 - ab).sqrt(), &dev, dt)?;
         let per_sample = (x0.numel() / ts.len().max(1)) as u64;
-        let o = ops::noise_add_at(x0, &a, &b, seed, step, NOISE_STREAM, first_sample * per_sample)?;
+        self.q_sample_with(x0, &a, &b, seed, step, first_sample * per_sample)
+    }
+
+    /// sqrt(abar_t) and sqrt(1 - abar_t) of each timestep, in f64 (what
+    /// [`Diffusion::q_sample`] scales by, before rounding to the dtype).
+    pub fn noise_coefficients(&self, ts: &[usize]) -> (Vec<f64>, Vec<f64>) {
+        ts.iter().map(|&t| (self.alphas_cumprod[t].sqrt(), (1.0 - self.alphas_cumprod[t]).sqrt())).unzip()
+    }
+
+    /// [`Diffusion::q_sample_at`] with its per-sample coefficients given as
+    /// tensors `a` = sqrt(abar_t), `b` = sqrt(1 - abar_t) (already on the
+    /// device) and the shard's noise at element `offset` of the batch's draw.
+    pub fn q_sample_with(
+        &self,
+        x0: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        seed: u64,
+        step: u32,
+        offset: u64,
+    ) -> Result<(Tensor, Tensor)> {
+        let o = ops::noise_add_at(x0, a, b, seed, step, NOISE_STREAM, offset)?;
         Ok((o.x_t, o.eps))
     }
 
@@ -151,8 +172,17 @@ impl Diffusion {
                 let (dev, dt) = (x0.device(), x0.dtype());
                 let a = self.per_sample(ts, f64::sqrt, &dev, dt)?;
                 let b = self.per_sample(ts, |ab| (1.0 - ab).sqrt(), &dev, dt)?;
-                Ok(ops::sub(&ops::scale_per_sample(eps, &a)?, &ops::scale_per_sample(x0, &b)?)?)
+                self.target_of_with(x0, eps, &a, &b)
             }
+        }
+    }
+
+    /// [`Diffusion::target_of`] with the coefficients given as tensors.
+    pub fn target_of_with(&self, x0: &Tensor, eps: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        match self.target {
+            Target::Eps => Ok(eps.clone()),
+            Target::X0 => Ok(x0.clone()),
+            Target::V => Ok(ops::sub(&ops::scale_per_sample(eps, a)?, &ops::scale_per_sample(x0, b)?)?),
         }
     }
 

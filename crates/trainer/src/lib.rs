@@ -10,6 +10,7 @@ pub mod diffusion;
 pub mod divergence;
 pub mod error;
 pub mod finetune;
+pub mod flat_state;
 pub mod guidance;
 pub mod image_grid;
 pub mod loss_weighting;
@@ -26,6 +27,7 @@ pub mod run_lock;
 pub mod sampler;
 pub mod selftest;
 pub mod solvers;
+pub mod step_inputs;
 pub mod step_log;
 pub mod train;
 

@@ -89,10 +89,25 @@ pub fn weighted_mse(pred: &Tensor, target: &Tensor, weights: Option<&[f64]>, dlo
     };
     let sw: Vec<f64> = w.iter().map(|w| w.sqrt()).collect();
     let sw = Tensor::from_vec(sw, [w.len()])?.to_dtype(pred.dtype())?.to_device(&pred.device())?;
-    let (p, t) = (ops::scale_per_sample(pred, &sw)?, ops::scale_per_sample(target, &sw)?);
+    weighted_mse_sqrt(pred, target, Some(&sw), dloss)
+}
+
+/// [`weighted_mse`] with the square roots of the weights given as a tensor
+/// on the prediction's device (None: unweighted).
+pub fn weighted_mse_sqrt(
+    pred: &Tensor,
+    target: &Tensor,
+    sqrt_w: Option<&Tensor>,
+    dloss: f64,
+) -> Result<(Tensor, Tensor)> {
+    let Some(sw) = sqrt_w else {
+        let loss = ops::mse_loss_forward(pred, target)?;
+        return Ok((loss, ops::mse_loss_backward(pred, target, dloss)?));
+    };
+    let (p, t) = (ops::scale_per_sample(pred, sw)?, ops::scale_per_sample(target, sw)?);
     let loss = ops::mse_loss_forward(&p, &t)?;
     let dp = ops::mse_loss_backward(&p, &t, dloss)?;
-    Ok((loss, ops::scale_per_sample(&dp, &sw)?))
+    Ok((loss, ops::scale_per_sample(&dp, sw)?))
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,17 +12,19 @@
 use crate::checkpoint::{self, Checkpoint, TrainState};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, Loader, LoaderConfig};
-use crate::diffusion::{Diffusion, TIMESTEP_STREAM};
+use crate::diffusion::Diffusion;
 use crate::divergence::LossWatch;
 use crate::finetune;
+use crate::flat_state::{flatten_training_state, FlatState};
 use crate::image_grid::save_grid;
-use crate::loss_weighting::{weighted_mse, LossWeighting};
+use crate::loss_weighting::weighted_mse_sqrt;
 use crate::memory_budget::{self, MemoryBudget};
 use crate::optim::{warmup_lr, AdamW, Ema};
 use crate::plot::{save_loss_plot, PlotOptions};
 use crate::raster::ValueRange;
 use crate::run_lock::RunLock;
 use crate::sampler::{sample, SampleSpec, Sampler};
+use crate::step_inputs::StepInputs;
 use crate::step_log::{StepLog, StepRecord};
 use crate::{Error, Result};
 use diffuse_tensor::comm::{bucket_ranges, Communicator};
@@ -139,6 +141,10 @@ pub struct Trainer {
     log: StepLog,
     /// The newest step read from `log`.
     last: Option<StepRecord>,
+    /// On a GPU: parameters, gradients, moments and EMA in flat buffers.
+    flat: Option<FlatState>,
+    /// The micro-batches' inputs (pinned staging and prefetch on a GPU).
+    inputs: StepInputs,
     /// Things the user should know about how the run was opened (an
     /// unverified or skipped checkpoint, removed temporary files).
     pub notes: Vec<String>,
@@ -254,7 +260,7 @@ impl Trainer {
             weight_decay: cfg.weight_decay,
         };
 
-        let (model, ema, mut opt, step) = match (&start, &ckpt) {
+        let (mut model, mut ema, mut opt, step) = match (&start, &ckpt) {
             (Start::Resume(_), Some(c)) => {
                 let model = c.load_model(&device, false)?;
                 let mut ema = Ema::new(&model.params, cfg.ema_decay, cfg.ema_warmup)?;
@@ -277,6 +283,7 @@ impl Trainer {
             }
         };
         opt.lr_scale = finetune::lr_scales(&model, &cfg)?;
+        let flat = flatten_training_state(&device, &mut model.params, &mut opt, &mut ema)?;
 
         let loss_watch = match (&start, &ckpt) {
             (Start::Resume(_), Some(c)) => c.state.loss_watch,
@@ -303,9 +310,13 @@ impl Trainer {
             (None, Vec::new())
         };
         let log = StepLog::new(&device, cfg.grad_accum, cfg.log_every.clamp(1, MAX_UNREAD_STEPS) as usize)?;
+        let chw = [cfg.model.in_ch, cfg.model.image_size, cfg.model.image_size];
+        let inputs = StepInputs::new(&device, &cfg, chw, comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size())))?;
         Ok(Trainer {
             log,
             last: None,
+            flat,
+            inputs,
             cfg,
             model,
             ema,
@@ -352,32 +363,19 @@ impl Trainer {
         check_injected_failure(rank, self.step + 1)?;
         self.model.params.zero_grads();
         for micro in 0..accum {
-            let batch = self.loader.next_batch();
             let idx = (self.step * accum as u64 + micro as u64) as u32;
-            let n = batch.shape[0];
-            let (local, first) = (n / world, rank * (n / world));
-            let per = batch.images.len() / n.max(1);
-            let images = batch.images[first * per..(first + local) * per].to_vec();
-            let shape = [local, batch.shape[1], batch.shape[2], batch.shape[3]];
-            let x0 = Tensor::from_vec(images, shape)?.to_device(&self.device)?;
-            // The whole batch's draws (host), this shard's part of them.
-            let ts_all =
-                self.cfg.timestep_sampling.draw(self.diffusion.timesteps, n, self.cfg.seed, idx, TIMESTEP_STREAM);
-            let ts = ts_all[first..first + local].to_vec();
-            let (x_t, eps) = self.diffusion.q_sample_at(&x0, &ts, self.cfg.seed, idx, first as u64)?;
-            let target = self.diffusion.target_of(&x0, &eps, &ts)?;
-            let t = Tensor::from_vec(ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), [ts.len()])?
-                .to_device(&self.device)?;
+            let mb = self.inputs.take(idx, &mut self.loader, &self.cfg, &self.diffusion)?;
+            // this shard's noise, dropout masks and class dropout are the batch's own for its samples
+            let first = mb.first;
+            let per_sample = (mb.x0.numel() / mb.ts.len().max(1)) as u64;
+            let (x_t, eps) =
+                self.diffusion.q_sample_with(&mb.x0, &mb.a, &mb.b, self.cfg.seed, idx, first as u64 * per_sample)?;
+            let target = self.diffusion.target_of_with(&mb.x0, &eps, &mb.a, &mb.b)?;
             let mode = ForwardMode::train(self.cfg.seed ^ DROPOUT_SALT, idx).shard(first as u64);
-            let labels = batch.labels.as_deref().map(|l| &l[first..first + local]);
-            let labels = self.training_labels(labels, idx, first)?;
-            let (pred, cache) = self.model.forward_train_cond(&x_t, &t, labels.as_deref(), mode)?;
-            let weights = (self.cfg.loss_weighting != LossWeighting::None).then(|| {
-                let w = self.cfg.loss_weighting;
-                ts.iter().map(|&t| w.weight(self.cfg.target, self.diffusion.abar(t as isize))).collect::<Vec<_>>()
-            });
+            let labels = self.training_labels(mb.labels.as_deref(), idx, first)?;
+            let (pred, cache) = self.model.forward_train_cond(&x_t, &mb.t, labels.as_deref(), mode)?;
             let dloss = 1.0 / (accum * world) as f64;
-            let (mut loss, dpred) = weighted_mse(&pred, &target, weights.as_deref(), dloss)?;
+            let (mut loss, dpred) = weighted_mse_sqrt(&pred, &target, mb.sqrt_w.as_ref(), dloss)?;
             if let Some(c) = &self.comm {
                 // the loss itself is the shard's plain mean: the batch's is their mean
                 c.all_reduce_sum(&mut [&mut loss])?;
@@ -386,8 +384,12 @@ impl Trainer {
             self.log.record_loss(micro, &loss)?;
             drop(pred);
             self.model.backward(&cache, &dpred)?;
+            drop((mb, cache, target));
+            // the next micro-batch is loaded and its copy queued while the device works
+            self.inputs.prefetch(idx + 1, &mut self.loader, &self.cfg, &self.diffusion)?;
         }
         self.all_reduce_grads()?;
+        self.model.params.settle_grads()?; // into the flat gradient buffer (GPU)
         self.log.clip(&mut self.model.params, self.cfg.grad_clip)?;
         let lr = warmup_lr(self.cfg.lr, self.cfg.warmup_steps, self.step + 1);
         self.opt.step(&mut self.model.params, lr)?;
@@ -424,6 +426,14 @@ impl Trainer {
         let mut flag = Tensor::from_vec(vec![f32::from(u8::from(stop))], [1])?.to_device(&self.device)?;
         c.broadcast(&mut [&mut flag], 0)?;
         Ok(flag.to_vec_f32()?.first().is_some_and(|&v| v != 0.0))
+    }
+
+    /// The flat gradient buffer (one allocation holding every gradient; GPU
+    /// only), e.g. for an all-reduce between data-parallel replicas: it holds
+    /// the step's gradients once `ParamStore::settle_grads` has run (in
+    /// `train_step`, after the backward passes, before clipping).
+    pub fn flat_grads(&mut self) -> Option<&mut Tensor> {
+        self.flat.as_mut().map(|f| &mut f.grads)
     }
 
     /// Reads the steps logged since the last read (one host synchronisation
@@ -475,7 +485,7 @@ impl Trainer {
     fn state(&self) -> TrainState {
         TrainState {
             step: self.step,
-            loader: self.loader.state(),
+            loader: self.inputs.loader_state(&self.loader),
             ema_updates: self.ema.updates,
             loss_watch: self.loss_watch,
         }

@@ -18,6 +18,12 @@ pub struct ParamStore {
     /// True for a LoRA adapter tensor (what an adapter checkpoint holds).
     adapter: Vec<bool>,
     by_name: HashMap<String, usize>,
+    /// Where each gradient lives when the store has gradient buffers
+    /// ([`ParamStore::set_grad_buffers`]): a view into one flat allocation,
+    /// None while it is the gradient in `grads` (or without buffers).
+    grad_home: Vec<Option<Tensor>>,
+    /// True while `grads[i]` is the buffer taken from `grad_home[i]`.
+    home_in_use: Vec<bool>,
 }
 
 impl ParamStore {
@@ -29,6 +35,8 @@ impl ParamStore {
             trainable: Vec::new(),
             adapter: Vec::new(),
             by_name: HashMap::new(),
+            grad_home: Vec::new(),
+            home_in_use: Vec::new(),
         }
     }
 
@@ -40,6 +48,8 @@ impl ParamStore {
         self.grads.push(None);
         self.trainable.push(true);
         self.adapter.push(adapter);
+        self.grad_home.push(None);
+        self.home_in_use.push(false);
         ParamId(id)
     }
 
@@ -52,7 +62,66 @@ impl ParamStore {
     pub fn set_trainable(&mut self, id: ParamId, trainable: bool) {
         self.trainable[id.0] = trainable;
         if !trainable {
-            self.grads[id.0] = None;
+            self.drop_grad(id.0);
+        }
+    }
+
+    /// Gives gradients a fixed buffer (`buffers[i]` for parameter i, its
+    /// shape, or None; one flat allocation: `ops::flat_zeros`). Gradients accumulate
+    /// as before; [`ParamStore::settle_grads`] then moves them into their
+    /// buffers in one launch, so that the optimiser and an all-reduce find
+    /// them where the buffers are. Current gradients are dropped.
+    pub fn set_grad_buffers(&mut self, buffers: Vec<Option<Tensor>>) -> Result<()> {
+        if buffers.len() != self.values.len() {
+            return Err(UNetError::Config(format!(
+                "{} gradient buffers for {} parameters",
+                buffers.len(),
+                self.values.len()
+            )));
+        }
+        for (i, b) in buffers.iter().enumerate().filter_map(|(i, b)| Some((i, b.as_ref()?))) {
+            if b.dims() != self.values[i].dims() {
+                return Err(UNetError::ParamShape {
+                    name: self.names[i].clone(),
+                    expected: self.values[i].dims().to_vec(),
+                    got: b.dims().to_vec(),
+                });
+            }
+        }
+        self.zero_grads();
+        self.grad_home = buffers;
+        Ok(())
+    }
+
+    /// Copies every gradient not yet in its buffer there (one launch on a
+    /// GPU: `ops::copy_many`; exact, so the bits do not change). A no-op
+    /// without gradient buffers. Call after the backward passes of a step.
+    pub fn settle_grads(&mut self) -> Result<()> {
+        let pending: Vec<usize> =
+            (0..self.grads.len()).filter(|&i| self.grad_home[i].is_some() && self.grads[i].is_some()).collect();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut homes: Vec<Tensor> = pending.iter().filter_map(|&i| self.grad_home[i].take()).collect();
+        let srcs: Vec<&Tensor> = pending.iter().filter_map(|&i| self.grads[i].as_ref()).collect();
+        let copied = ops::copy_many(&mut homes.iter_mut().collect::<Vec<_>>(), &srcs);
+        for (&i, home) in pending.iter().zip(homes) {
+            if copied.is_ok() {
+                self.grads[i] = Some(home);
+                self.home_in_use[i] = true;
+            } else {
+                self.grad_home[i] = Some(home);
+            }
+        }
+        copied?;
+        Ok(())
+    }
+
+    /// Drops parameter i's gradient (its buffer goes home).
+    fn drop_grad(&mut self, i: usize) {
+        let g = self.grads[i].take();
+        if std::mem::take(&mut self.home_in_use[i]) {
+            self.grad_home[i] = g;
         }
     }
 
@@ -124,6 +193,7 @@ impl ParamStore {
                         got: g.dims().to_vec(),
                     });
                 }
+                // with gradient buffers, `settle_grads` copies it there later
                 *slot = Some(g);
             }
         }
@@ -150,7 +220,9 @@ impl ParamStore {
     }
 
     pub fn zero_grads(&mut self) {
-        self.grads.iter_mut().for_each(|g| *g = None);
+        for i in 0..self.grads.len() {
+            self.drop_grad(i);
+        }
     }
 
     /// Replaces a parameter's value, checking its shape.
@@ -186,6 +258,9 @@ impl ParamStore {
         for g in self.grads.iter_mut().flatten() {
             *g = g.to_dtype_on(dtype, device)?;
         }
+        // converted gradients no longer lie in their buffers
+        self.grad_home.iter_mut().for_each(|h| *h = None);
+        self.home_in_use.iter_mut().for_each(|u| *u = false);
         Ok(())
     }
 }

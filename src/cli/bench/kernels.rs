@@ -4,10 +4,10 @@
 //! device's peak (peaks.rs), and a per-preset line with the launches of a
 //! whole training step and the H100 step-time estimate of KERNELS.md.
 //!
-//! Timing: on a GPU, wall time around `reps` calls between two device
-//! synchronisations (the driver interface offers no CUDA events, so the
-//! time includes each op's host work — allocation, argument checks,
-//! launch); on the CPU, wall time; on the emulator nothing is timed (the
+//! Timing: on a GPU, CUDA events recorded on the device's stream before and
+//! after `reps` calls (cuEventRecord / cuEventElapsedTime through the
+//! driver interface: device time, including the gaps between launches when
+//! the host cannot keep up); on the CPU, wall time; on the emulator nothing is timed (the
 //! emulator's speed says nothing about a GPU's): each pass runs once
 //! through the counting driver (counting.rs) and its launches, grids,
 //! allocations and copies are printed instead.
@@ -87,8 +87,8 @@ pub struct KernelsArgs {
 
 /// How a pass was measured.
 enum Mode {
-    /// Wall time between synchronisations (a GPU).
-    WallSync,
+    /// CUDA events around the calls (a GPU).
+    Events,
     /// Wall time (the CPU).
     Wall,
     /// Counted on the counting driver, not run (the emulator).
@@ -98,7 +98,7 @@ enum Mode {
 impl Mode {
     fn label(&self) -> &'static str {
         match self {
-            Mode::WallSync => "wall+sync (no CUDA events in the driver interface)",
+            Mode::Events => "cuda events (cuEventElapsedTime around the calls)",
             Mode::Wall => "wall",
             Mode::Counted => "counted (emulator: launches, not times)",
         }
@@ -117,11 +117,11 @@ pub fn run(a: KernelsArgs) -> Result<()> {
             (Mode::Counted, c.device(), Some(c))
         }
         DeviceSpec::Cpu => (Mode::Wall, Device::Cpu, None),
-        spec => (Mode::WallSync, spec.open().with_context(|| format!("cannot open --device {spec}"))?, None),
+        spec => (Mode::Events, spec.open().with_context(|| format!("cannot open --device {spec}"))?, None),
     };
     let device_name = if a.device == DeviceSpec::Emu { "emu".to_string() } else { device.to_string() };
     let peak = peaks::for_device_name(&device_name);
-    let reps = a.reps.unwrap_or(if matches!(mode, Mode::WallSync) { 20 } else { 3 });
+    let reps = a.reps.unwrap_or(if matches!(mode, Mode::Events) { 20 } else { 3 });
     let presets = a.config.map(|p| vec![p]).unwrap_or_else(|| vec![Preset::Mnist, Preset::Cifar10]);
     if !a.json {
         println!("device {device_name}; timing: {}; peak: {}", mode.label(), peak_text(peak));
@@ -224,23 +224,40 @@ fn peak_text(p: Option<Peak>) -> String {
     })
 }
 
-/// Mean microseconds of one call: one warm-up call, then `reps` calls
-/// between two synchronisations.
+/// Mean microseconds of one call: one warm-up call, then `reps` calls timed
+/// by two CUDA events on a GPU (wall time where the driver has no device
+/// clock, and on the CPU).
 fn time(runner: &mut dyn FnMut() -> Result<()>, device: &Device, reps: u32) -> Result<f64> {
-    let sync = || -> Result<()> {
-        if let Device::Gpu(g) = device {
-            g.driver().synchronize()?;
-        }
-        Ok(())
-    };
     runner()?;
-    sync()?;
-    let start = Instant::now();
-    for _ in 0..reps {
-        runner()?;
-    }
-    sync()?;
-    Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(reps))
+    let Device::Gpu(g) = device else {
+        let start = Instant::now();
+        for _ in 0..reps {
+            runner()?;
+        }
+        return Ok(start.elapsed().as_secs_f64() * 1e6 / f64::from(reps));
+    };
+    let d = g.driver();
+    g.synchronize()?;
+    let wall = Instant::now();
+    let start = d.event_record()?;
+    let timed = (|| -> Result<Option<f32>> {
+        for _ in 0..reps {
+            runner()?;
+        }
+        let end = d.event_record()?;
+        let ms = d.event_wait(end).and_then(|()| d.event_elapsed_ms(start, end));
+        d.event_destroy(end);
+        Ok(ms?)
+    })();
+    d.event_destroy(start);
+    let micros = match timed? {
+        Some(ms) => f64::from(ms) * 1e3,
+        None => {
+            g.synchronize()?;
+            wall.elapsed().as_secs_f64() * 1e6
+        }
+    };
+    Ok(micros / f64::from(reps))
 }
 
 /// One pass of one op, as printed.

@@ -54,6 +54,10 @@ pub struct BenchStepArgs {
     /// ops apart), and print it as a table on stderr (CPU only).
     #[arg(long)]
     pub profile: bool,
+    /// Capture the step once as a graph after the warm-up and replay it
+    /// (GPU devices, `--mode sample`; a CUDA graph on a real GPU).
+    #[arg(long)]
+    pub graph: bool,
 }
 
 /// A folder of `count` deterministic, non-constant images for the loader.
@@ -112,6 +116,7 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
     let (b, s, c) = (a.batch_size, model_cfg.image_size, model_cfg.in_ch);
 
     // Kept alive for the steps below.
+    let graph: Option<diffuse_tensor::gpu::GpuGraph>;
     let mut trainer;
     let model;
     let (x, t);
@@ -146,6 +151,25 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         step()?;
         device.synchronize()?;
     }
+    graph = match (a.graph, &device) {
+        (false, _) => None,
+        (true, Device::Cpu) => bail!("--graph needs a GPU device (emu or cuda)"),
+        (true, Device::Gpu(_)) if a.mode == BenchMode::Train => bail!(
+            "--graph captures sampling steps only (--mode sample): a training step still passes per-step values \
+             (Philox step, EMA decay, step-log slot) as kernel arguments"
+        ),
+        (true, Device::Gpu(g)) => {
+            g.begin_capture()?;
+            let captured = step();
+            let graph = g.end_capture()?;
+            captured?;
+            device.synchronize()?;
+            Some(graph)
+        }
+    };
+    if let Some(graph) = &graph {
+        step = Box::new(move || Ok(graph.replay()?));
+    }
     let mut secs = Vec::with_capacity(a.steps);
     let mut per_step: Option<DriverCounts> = None;
     diffuse_tensor::profile::take(); // drop what the warm-up recorded
@@ -176,6 +200,7 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         "median_s": median,
         "min_s": secs[0],
         "images_per_s": b as f64 / median,
+        "graph": graph.as_ref().map(|g| g.launches()),
         "peak_rss_bytes": peak_rss_bytes(),
     });
     if a.counters {

@@ -35,6 +35,14 @@ pub struct DriverCounts {
     pub htod_bytes: u64,
     /// Bytes copied device to host.
     pub dtoh_bytes: u64,
+    /// Pinned host allocations (cuMemHostAlloc) and frees.
+    pub pinned_allocs: u64,
+    pub pinned_frees: u64,
+    /// Host waits on an event (a pinned buffer waiting for its last copy
+    /// before the host writes it again; not a device-wide synchronisation).
+    pub event_waits: u64,
+    /// Graph launches (one per replay; the launches inside are not counted).
+    pub graph_launches: u64,
 }
 
 impl Sub for DriverCounts {
@@ -52,13 +60,17 @@ impl Sub for DriverCounts {
             host_syncs: self.host_syncs - o.host_syncs,
             htod_bytes: self.htod_bytes - o.htod_bytes,
             dtoh_bytes: self.dtoh_bytes - o.dtoh_bytes,
+            pinned_allocs: self.pinned_allocs - o.pinned_allocs,
+            pinned_frees: self.pinned_frees - o.pinned_frees,
+            event_waits: self.event_waits - o.event_waits,
+            graph_launches: self.graph_launches - o.graph_launches,
         }
     }
 }
 
 impl DriverCounts {
     /// `(name, value)` pairs in a fixed order (for JSON and tables).
-    pub fn fields(&self) -> [(&'static str, u64); 10] {
+    pub fn fields(&self) -> [(&'static str, u64); 14] {
         [
             ("allocs", self.allocs),
             ("frees", self.frees),
@@ -70,6 +82,10 @@ impl DriverCounts {
             ("host_syncs", self.host_syncs),
             ("htod_bytes", self.htod_bytes),
             ("dtoh_bytes", self.dtoh_bytes),
+            ("pinned_allocs", self.pinned_allocs),
+            ("pinned_frees", self.pinned_frees),
+            ("event_waits", self.event_waits),
+            ("graph_launches", self.graph_launches),
         ]
     }
 }
@@ -86,6 +102,10 @@ struct Counters {
     host_syncs: AtomicU64,
     htod_bytes: AtomicU64,
     dtoh_bytes: AtomicU64,
+    pinned_allocs: AtomicU64,
+    pinned_frees: AtomicU64,
+    event_waits: AtomicU64,
+    graph_launches: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, by: u64) {
@@ -156,7 +176,15 @@ impl CountedDriver {
             host_syncs: l(&c.host_syncs),
             htod_bytes: l(&c.htod_bytes),
             dtoh_bytes: l(&c.dtoh_bytes),
+            pinned_allocs: l(&c.pinned_allocs),
+            pinned_frees: l(&c.pinned_frees),
+            event_waits: l(&c.event_waits),
+            graph_launches: l(&c.graph_launches),
         }
+    }
+
+    pub(crate) fn count_graph_launch(&self) {
+        bump(&self.c.graph_launches, 1);
     }
 
     /// The driver underneath (uncounted).
@@ -230,5 +258,47 @@ impl GpuDriver for CountedDriver {
     }
     fn bind_cuda_stream(&self) -> Result<Option<usize>> {
         self.inner.bind_cuda_stream()
+    }
+
+    fn host_alloc(&self, bytes: usize) -> Result<u64> {
+        bump(&self.c.pinned_allocs, 1);
+        self.inner.host_alloc(bytes)
+    }
+    unsafe fn host_free(&self, ptr: u64, bytes: usize) {
+        bump(&self.c.pinned_frees, 1);
+        // SAFETY: forwarded contract.
+        unsafe { self.inner.host_free(ptr, bytes) }
+    }
+    unsafe fn htod_async(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        self.refuse_host_copy("a copy to the device")?;
+        bump(&self.c.htod, 1);
+        bump(&self.c.htod_bytes, bytes as u64);
+        // SAFETY: forwarded contract.
+        unsafe { self.inner.htod_async(src, dst, bytes) }
+    }
+    fn event_record(&self) -> Result<u64> {
+        self.inner.event_record()
+    }
+    fn event_wait(&self, event: u64) -> Result<()> {
+        bump(&self.c.event_waits, 1);
+        self.inner.event_wait(event)
+    }
+    fn event_elapsed_ms(&self, start: u64, end: u64) -> Result<Option<f32>> {
+        self.inner.event_elapsed_ms(start, end)
+    }
+    fn event_destroy(&self, event: u64) {
+        self.inner.event_destroy(event)
+    }
+    fn begin_native_capture(&self) -> Result<bool> {
+        self.inner.begin_native_capture()
+    }
+    fn end_native_capture(&self) -> Result<u64> {
+        self.inner.end_native_capture()
+    }
+    fn graph_launch(&self, exec: u64) -> Result<()> {
+        self.inner.graph_launch(exec)
+    }
+    fn graph_destroy(&self, exec: u64) {
+        self.inner.graph_destroy(exec)
     }
 }

@@ -522,6 +522,112 @@ impl GpuDriver for CudaDriver {
         self.bind()?;
         Ok(Some(self.stream.cu_stream() as usize))
     }
+
+    fn host_alloc(&self, bytes: usize) -> Result<u64> {
+        self.bind()?;
+        // SAFETY: plain page-locked allocation (flags 0: portable to this context).
+        let p = unsafe { cu::malloc_host(bytes.max(1), 0) }.map_err(|e| drv("cuMemHostAlloc", e))?;
+        Ok(p as u64)
+    }
+
+    unsafe fn host_free(&self, ptr: u64, _bytes: usize) {
+        if let Err(e) = self.ctx.bind_to_thread() {
+            self.deferred.record(format!("binding the context to free pinned {ptr:#x}: {:?}", e.0));
+            return;
+        }
+        // SAFETY: the caller's contract: from host_alloc, freed once.
+        if let Err(e) = unsafe { cu::free_host(ptr as *mut std::ffi::c_void) } {
+            self.deferred.record(format!("cuMemFreeHost({ptr:#x}): {:?}", e.0));
+        }
+    }
+
+    unsafe fn htod_async(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        self.bind()?;
+        // SAFETY: the caller's contract: `src` is pinned, holds `bytes` bytes
+        // and is not written before an event recorded after this copy completes.
+        unsafe {
+            cusys::cuMemcpyHtoDAsync_v2(dst, src as *const std::ffi::c_void, bytes, self.stream.cu_stream()).result()
+        }
+        .map_err(|e| drv("asynchronous copy to the device", e))
+    }
+
+    fn event_record(&self) -> Result<u64> {
+        self.bind()?;
+        let ev = cu::event::create(cusys::CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| drv("cuEventCreate", e))?;
+        // SAFETY: a fresh event and the device's live stream.
+        if let Err(e) = unsafe { cu::event::record(ev, self.stream.cu_stream()) } {
+            // SAFETY: created above, destroyed once.
+            let _ = unsafe { cu::event::destroy(ev) };
+            return Err(drv("cuEventRecord", e));
+        }
+        Ok(ev as u64)
+    }
+
+    fn event_wait(&self, event: u64) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `event` came from event_record and is not destroyed yet.
+        unsafe { cu::event::synchronize(event as cusys::CUevent) }.map_err(|e| drv("cuEventSynchronize", e))
+    }
+
+    fn event_elapsed_ms(&self, start: u64, end: u64) -> Result<Option<f32>> {
+        self.bind()?;
+        // SAFETY: both from event_record on this stream, not destroyed.
+        let ms = unsafe { cu::event::elapsed(start as cusys::CUevent, end as cusys::CUevent) }
+            .map_err(|e| drv("cuEventElapsedTime", e))?;
+        Ok(Some(ms))
+    }
+
+    fn begin_native_capture(&self) -> Result<bool> {
+        self.bind()?;
+        let mode = cusys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED;
+        // SAFETY: the device's live stream; relaxed mode lets the caching
+        // allocator call cuMemAlloc while capturing.
+        unsafe { cu::stream::begin_capture(self.stream.cu_stream(), mode) }
+            .map_err(|e| drv("cuStreamBeginCapture", e))?;
+        Ok(true)
+    }
+
+    fn end_native_capture(&self) -> Result<u64> {
+        self.bind()?;
+        // SAFETY: the stream is capturing (begin_native_capture).
+        let graph =
+            unsafe { cu::stream::end_capture(self.stream.cu_stream()) }.map_err(|e| drv("cuStreamEndCapture", e))?;
+        // SAFETY: a graph just captured; the executable graph keeps what it needs.
+        let exec = unsafe { cu::graph::instantiate(graph, cusys::CUgraphInstantiate_flags(0)) };
+        // SAFETY: destroyed once, after instantiation.
+        let _ = unsafe { cu::graph::destroy(graph) };
+        Ok(exec.map_err(|e| drv("cuGraphInstantiate", e))? as u64)
+    }
+
+    fn graph_launch(&self, exec: u64) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `exec` came from end_native_capture and is not destroyed.
+        unsafe { cu::graph::launch(exec as cusys::CUgraphExec, self.stream.cu_stream()) }
+            .map_err(|e| drv("cuGraphLaunch", e))
+    }
+
+    fn graph_destroy(&self, exec: u64) {
+        if self.ctx.bind_to_thread().is_err() {
+            return;
+        }
+        // SAFETY: from end_native_capture, destroyed once (GpuGraph's Drop).
+        if let Err(e) = unsafe { cu::graph::exec_destroy(exec as cusys::CUgraphExec) } {
+            self.deferred.record(format!("cuGraphExecDestroy: {:?}", e.0));
+        }
+    }
+
+    fn event_destroy(&self, event: u64) {
+        if self.ctx.bind_to_thread().is_err() {
+            return;
+        }
+        // SAFETY: from event_record, destroyed once.
+        if let Err(e) = unsafe { cu::event::destroy(event as cusys::CUevent) } {
+            self.deferred.record(format!("cuEventDestroy: {:?}", e.0));
+        }
+    }
 }
 
 /// CUDA device `ordinal` as a tensor [`Device`].

@@ -13,8 +13,11 @@
 //! allocator when dropped. Inputs are changed between replays by writing
 //! into the captured input tensors (`ops::copy_into`); outputs are the
 //! tensors the captured code returned, overwritten by each replay.
-//! On a real GPU the same replay runs through the driver's launch calls;
-//! recording into a CUDA graph (`cuStreamBeginCapture`) is not wired yet.
+//! On a real GPU the capture is also a CUDA graph (`cuStreamBeginCapture`
+//! in relaxed mode, `cuStreamEndCapture`, `cuGraphInstantiate`; the work
+//! captured does not run, so `end_capture` launches it once) and a replay
+//! is one `cuGraphLaunch`. Either way a replay counts as one graph launch
+//! (`DriverCounts::graph_launches`), not as the launches inside it.
 
 use super::kernels::Kernel;
 use super::{Dim3, KernelArg};
@@ -32,9 +35,18 @@ pub struct GpuGraph {
     pub(crate) device: super::GpuDevice,
     pub(crate) calls: Vec<Recorded>,
     pub(crate) memory: super::GraphMemory,
+    /// Constant tables the recorded launches read (kept while the graph lives).
+    pub(crate) tables: Vec<u64>,
+    /// The driver's own instantiated graph (CUDA), launched by `replay`.
+    pub(crate) native: Option<u64>,
 }
 
 impl GpuGraph {
+    /// Whether the driver's own graph (CUDA) is replayed.
+    pub fn is_native(&self) -> bool {
+        self.native.is_some()
+    }
+
     /// Kernel launches per replay.
     pub fn launches(&self) -> usize {
         self.calls.iter().filter(|c| matches!(c, Recorded::Launch { .. })).count()
@@ -42,12 +54,12 @@ impl GpuGraph {
 
     /// Issues every recorded call again, in order.
     pub fn replay(&self) -> crate::Result<()> {
-        self.device.replay(&self.calls)
+        self.device.replay(&self.calls, self.native)
     }
 }
 
 impl Drop for GpuGraph {
     fn drop(&mut self) {
-        self.device.release_graph_memory(&self.memory);
+        self.device.release_graph_memory(&self.memory, &self.tables, self.native);
     }
 }

@@ -15,11 +15,14 @@ pub mod kernels;
 pub mod launch;
 pub mod nvrtc_policy;
 pub mod occupancy;
+pub mod pinned;
 pub mod pool;
 pub mod sources;
+mod tables;
 
 pub use counters::{CountedDriver, DriverCounts};
 pub use graph::GpuGraph;
+pub use pinned::PinnedBuffer;
 pub use pool::{AllocConfig, AllocMode, PoolStats, StreamId};
 
 use crate::Result;
@@ -109,6 +112,78 @@ pub trait GpuDriver: Send + Sync {
     fn bind_cuda_stream(&self) -> Result<Option<usize>> {
         Ok(None)
     }
+
+    /// Page-locked host memory of `bytes` (cuMemHostAlloc), which copies to
+    /// the device read asynchronously; its host address. The emulator
+    /// hands out ordinary zeroed memory (page-aligned).
+    fn host_alloc(&self, bytes: usize) -> Result<u64> {
+        let layout = host_layout(bytes)?;
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        if p.is_null() {
+            return Err(crate::TensorError::Cuda(format!("out of host memory allocating {bytes} pinned bytes")));
+        }
+        Ok(p as u64)
+    }
+    /// Frees memory from `host_alloc` (once no queued copy reads it).
+    ///
+    /// # Safety
+    /// `ptr` came from this driver's `host_alloc(bytes)` and is freed once.
+    unsafe fn host_free(&self, ptr: u64, bytes: usize) {
+        if let Ok(layout) = host_layout(bytes) {
+            // SAFETY: the caller's contract: allocated with this layout.
+            unsafe { std::alloc::dealloc(ptr as *mut u8, layout) }
+        }
+    }
+    /// Queues a copy of `bytes` from host memory at `src` (from `host_alloc`)
+    /// to `dst`, returning at once; the emulator copies now.
+    ///
+    /// # Safety
+    /// `src` holds `bytes` bytes and is not written until the copy has run
+    /// (an event recorded after it has completed).
+    unsafe fn htod_async(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        // SAFETY: the caller's contract.
+        self.htod(unsafe { std::slice::from_raw_parts(src as *const u8, bytes) }, dst)
+    }
+    /// Records an event after the work queued so far (cuEventRecord on the
+    /// stream); an id for `event_wait`/`event_elapsed_ms`/`event_destroy`.
+    /// The emulator runs everything at once: its events are complete.
+    fn event_record(&self) -> Result<u64> {
+        Ok(0)
+    }
+    /// Waits on the host until the event's work has run (cuEventSynchronize).
+    fn event_wait(&self, _event: u64) -> Result<()> {
+        Ok(())
+    }
+    /// Milliseconds between two completed events (cuEventElapsedTime); None
+    /// where the driver has no device clock (the emulator).
+    fn event_elapsed_ms(&self, _start: u64, _end: u64) -> Result<Option<f32>> {
+        Ok(None)
+    }
+    fn event_destroy(&self, _event: u64) {}
+    /// Starts capturing the stream's work into a driver graph
+    /// (cuStreamBeginCapture, relaxed mode): queued work is then recorded,
+    /// not run. False where the driver has no graphs of its own (the
+    /// emulator: [`graph`] records and replays above the driver).
+    fn begin_native_capture(&self) -> Result<bool> {
+        Ok(false)
+    }
+    /// Ends a native capture: the instantiated graph (cuStreamEndCapture +
+    /// cuGraphInstantiate), launched by `graph_launch`.
+    fn end_native_capture(&self) -> Result<u64> {
+        Err(crate::TensorError::Cuda("this driver has no graphs of its own".into()))
+    }
+    /// Queues one launch of an instantiated graph (cuGraphLaunch).
+    fn graph_launch(&self, _exec: u64) -> Result<()> {
+        Err(crate::TensorError::Cuda("this driver has no graphs of its own".into()))
+    }
+    fn graph_destroy(&self, _exec: u64) {}
+}
+
+/// The layout of `host_alloc`'s ordinary memory: page-aligned, at least a byte.
+fn host_layout(bytes: usize) -> Result<std::alloc::Layout> {
+    std::alloc::Layout::from_size_align(bytes.max(1), 4096)
+        .map_err(|_| crate::TensorError::Cuda(format!("{bytes} bytes of host memory cannot be allocated")))
 }
 
 /// A handle on one GPU (real or emulated); cheap to clone. Every driver
@@ -127,10 +202,16 @@ struct DeviceInner {
     pool: pool::CachingAllocator,
     /// While a graph is captured: its memory (see [`GraphMemory`]).
     capture: std::sync::Mutex<Option<GraphMemory>>,
+    /// The multi-tensor launches' constant tables ([`tables`]).
+    tables: std::sync::Mutex<tables::TableCache>,
+    /// True while the driver captures a graph of its own.
+    native_capture: std::sync::Mutex<bool>,
 }
 
 impl Drop for DeviceInner {
     fn drop(&mut self) {
+        let tables = self.tables.get_mut().unwrap_or_else(|p| p.into_inner());
+        tables.clear(&self.driver, &self.pool, STREAM);
         self.pool.empty_cache(&self.driver);
     }
 }
@@ -152,6 +233,8 @@ impl GpuDevice {
                 driver: CountedDriver::new(driver),
                 pool: pool::CachingAllocator::new(alloc),
                 capture: std::sync::Mutex::new(None),
+                tables: std::sync::Mutex::new(tables::TableCache::default()),
+                native_capture: std::sync::Mutex::new(false),
             }),
             sync_launches: debug::sync_launches_from_env(),
         }
@@ -219,7 +302,8 @@ impl GpuDevice {
         let block = self.inner.pool.alloc(&self.inner.driver, bytes, STREAM)?;
         let ptr = block.ptr;
         let graph = self.capture().clone();
-        Ok(GpuStorage { buf: Arc::new(GpuBuffer { ptr, bytes, block: Some(block), graph, device: self.clone() }), len })
+        let buf = Arc::new(GpuBuffer { ptr, bytes, block: Some(block), graph, device: self.clone() });
+        Ok(GpuStorage { buf, offset: 0, len, view: None })
     }
 
     pub fn zeros_f32(&self, len: usize) -> Result<GpuStorage> {
@@ -238,27 +322,75 @@ impl GpuDevice {
     /// memsets are recorded (and run); memory freed is held for the graph.
     pub fn begin_capture(&self) -> Result<()> {
         self.inner.driver.begin_capture()?;
+        let native = match self.inner.driver.begin_native_capture() {
+            Ok(n) => n,
+            Err(e) => {
+                self.inner.driver.end_capture();
+                return Err(e);
+            }
+        };
+        *self.native_capture() = native;
         *self.capture() = Some(Arc::new(std::sync::Mutex::new(Some(Vec::new()))));
+        self.tables().begin_capture();
         Ok(())
+    }
+
+    fn native_capture(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.inner.native_capture.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn tables(&self) -> std::sync::MutexGuard<'_, tables::TableCache> {
+        self.inner.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The device address of a constant table holding `values`, uploaded
+    /// once and reused while a table with the same values is asked for
+    /// ([`tables`]): the pointer and length tables of multi-tensor launches.
+    /// Kernels only read it.
+    pub fn constant_table(&self, values: &[u64]) -> Result<u64> {
+        self.tables().get(&self.inner.driver, &self.inner.pool, STREAM, values)
+    }
+
+    /// Constant tables cached on the device.
+    pub fn constant_tables(&self) -> usize {
+        self.tables().len()
     }
 
     /// Ends the capture: the graph of what was recorded since `begin_capture`.
     pub fn end_capture(&self) -> Result<GpuGraph> {
+        let tables = self.tables().end_capture();
         let calls = self
             .inner
             .driver
             .end_capture()
             .ok_or_else(|| crate::TensorError::Cuda("end_capture without begin_capture".into()))?;
         let memory = self.capture().take().unwrap_or_default();
-        Ok(GpuGraph { device: self.clone(), calls, memory })
+        let native = match std::mem::take(&mut *self.native_capture()) {
+            true => Some(self.inner.driver.end_native_capture()?),
+            false => None,
+        };
+        let graph = GpuGraph { device: self.clone(), calls, memory, tables, native };
+        if graph.native.is_some() {
+            // A driver graph recorded the work without running it; the
+            // emulated capture ran it. Run it once so both end alike.
+            graph.replay()?;
+        }
+        Ok(graph)
     }
 
     fn capture(&self) -> std::sync::MutexGuard<'_, Option<GraphMemory>> {
         self.inner.capture.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub(crate) fn replay(&self, calls: &[graph::Recorded]) -> Result<()> {
-        let d = &self.inner.driver;
+    /// One launch of a graph: the driver's own, or the recorded calls issued
+    /// again on the driver underneath (counted as one graph launch, not as
+    /// the kernel launches and copies inside it, as a GPU's driver sees it).
+    pub(crate) fn replay(&self, calls: &[graph::Recorded], native: Option<u64>) -> Result<()> {
+        self.inner.driver.count_graph_launch();
+        if let Some(exec) = native {
+            return self.inner.driver.graph_launch(exec);
+        }
+        let d = self.inner.driver.inner();
         for c in calls {
             match c {
                 graph::Recorded::Launch { kernel, grid, block, shared_bytes, args } => {
@@ -273,7 +405,11 @@ impl GpuDevice {
 
     /// Gives a dropped graph's memory back to the allocator; buffers of the
     /// capture still alive go back when they are dropped.
-    pub(crate) fn release_graph_memory(&self, memory: &GraphMemory) {
+    pub(crate) fn release_graph_memory(&self, memory: &GraphMemory, tables: &[u64], native: Option<u64>) {
+        if let Some(exec) = native {
+            self.inner.driver.graph_destroy(exec);
+        }
+        self.tables().unpin(tables);
         let blocks = memory.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
         for b in blocks {
             self.inner.pool.free(&self.inner.driver, b, STREAM);
@@ -329,16 +465,60 @@ impl Drop for GpuBuffer {
     }
 }
 
-/// The storage of a GPU tensor: `len` f32 elements in one buffer.
+/// The storage of a GPU tensor: `len` f32 elements in one buffer, from
+/// element `offset` on. A view ([`GpuStorage::views`]) is one of several
+/// tensors placed in one flat buffer (the parameters, gradients, moments
+/// and EMA of a model): it is written in place while no clone of that view
+/// exists, whatever the other views of the buffer do.
 #[derive(Clone)]
 pub struct GpuStorage {
     buf: Arc<GpuBuffer>,
+    offset: usize,
     len: usize,
+    /// Some for a view: its clones share this token (and not the buffer's
+    /// count) to decide whether an in-place write must copy.
+    view: Option<Arc<()>>,
 }
+
+/// Elements a view's offset is a multiple of (256 bytes: cuMemAlloc's
+/// alignment, so that every view is as aligned as an allocation).
+pub const VIEW_ALIGN: usize = 64;
 
 impl GpuStorage {
     pub fn ptr(&self) -> u64 {
-        self.buf.ptr
+        self.buf.ptr + 4 * self.offset as u64
+    }
+
+    /// Element offsets of tensors of `lens` elements placed one after the
+    /// other, each at a multiple of [`VIEW_ALIGN`]; and the total length.
+    pub fn view_offsets(lens: &[usize]) -> (Vec<usize>, usize) {
+        let mut offsets = Vec::with_capacity(lens.len());
+        let mut end = 0usize;
+        for &n in lens {
+            offsets.push(end);
+            end = (end + n).next_multiple_of(VIEW_ALIGN);
+        }
+        (offsets, end)
+    }
+
+    /// Views of `lens` elements each into this (non-view) storage, at
+    /// [`GpuStorage::view_offsets`], plus a view of the whole buffer; errors
+    /// when they do not fit. The views alias the storage by design.
+    pub fn views(&self, lens: &[usize]) -> crate::Result<(GpuStorage, Vec<GpuStorage>)> {
+        let (offsets, total) = Self::view_offsets(lens);
+        if self.view.is_some() || total > self.len {
+            return Err(crate::TensorError::invalid(
+                "views",
+                format!("{total} elements of views do not fit a buffer of {} elements", self.len),
+            ));
+        }
+        let view = |offset, len| GpuStorage { buf: self.buf.clone(), offset, len, view: Some(Arc::new(())) };
+        Ok((view(0, self.len), offsets.iter().zip(lens).map(|(&o, &n)| view(o, n)).collect()))
+    }
+
+    /// True for a view into a flat buffer.
+    pub fn is_view(&self) -> bool {
+        self.view.is_some()
     }
     pub fn len(&self) -> usize {
         self.len
@@ -350,12 +530,12 @@ impl GpuStorage {
         &self.buf.device
     }
     pub fn arg(&self) -> KernelArg {
-        KernelArg::Ptr(self.buf.ptr)
+        KernelArg::Ptr(self.ptr())
     }
 
     pub fn download_f32(&self) -> Result<Vec<f32>> {
         let mut out = vec![0f32; self.len];
-        self.buf.device.driver().dtoh(self.buf.ptr, bytemuck::cast_slice_mut(&mut out))?;
+        self.buf.device.driver().dtoh(self.ptr(), bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
     }
 
@@ -369,7 +549,14 @@ impl GpuStorage {
 
 impl fmt::Debug for GpuStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "GpuStorage({} f32 on {}, {} bytes)", self.len, self.buf.device.name(), self.buf.bytes)
+        write!(
+            f,
+            "GpuStorage({} f32 at {} on {}, {} bytes)",
+            self.len,
+            self.offset,
+            self.buf.device.name(),
+            self.buf.bytes
+        )
     }
 }
 
@@ -377,7 +564,11 @@ impl GpuStorage {
     /// Before an in-place write: copy the buffer if another tensor shares it
     /// (clones share GPU buffers; writes must not show through them).
     pub fn make_unique(&mut self) -> Result<()> {
-        if Arc::strong_count(&self.buf) > 1 {
+        let shared = match &self.view {
+            Some(token) => Arc::strong_count(token) > 1,
+            None => Arc::strong_count(&self.buf) > 1,
+        };
+        if shared {
             *self = self.deep_copy()?;
         }
         Ok(())

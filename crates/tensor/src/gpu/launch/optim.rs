@@ -50,11 +50,12 @@ pub fn ema_update(dev: &GpuDevice, ema: &mut GpuStorage, param: &GpuStorage, dec
 pub const NORM_CHUNK: usize = 4096;
 
 /// The tensor table of a multi-tensor launch (global norm, clipping):
-/// device pointers, lengths and first chunks, uploaded once per call.
+/// device pointers, lengths and first chunks, as constant tables
+/// (`GpuDevice::constant_table`: uploaded only when they changed).
 pub struct ChunkTable {
-    ptrs: GpuStorage,
-    lens: GpuStorage,
-    first: GpuStorage,
+    ptrs: u64,
+    lens: u64,
+    first: u64,
     chunks: u32,
     count: i32,
 }
@@ -77,12 +78,13 @@ impl ChunkTable {
             i32::try_from(tensors.len()).map_err(|_| TensorError::invalid("global_l2_norm", "too many tensors"))?;
         let ptrs: Vec<u64> = tensors.iter().map(|t| t.ptr()).collect();
         let lens: Vec<u64> = tensors.iter().map(|t| t.len() as u64).collect();
-        let (ptrs, lens, first) = (upload_u64(dev, &ptrs)?, upload_u64(dev, &lens)?, upload_u64(dev, &first_chunk)?);
+        let (ptrs, lens) = (dev.constant_table(&ptrs)?, dev.constant_table(&lens)?);
+        let first = dev.constant_table(&first_chunk)?;
         Ok(Some(ChunkTable { ptrs, lens, first, chunks, count }))
     }
 
     fn args(&self) -> [KernelArg; 4] {
-        [self.ptrs.arg(), self.lens.arg(), self.first.arg(), KernelArg::I32(self.count)]
+        [KernelArg::Ptr(self.ptrs), KernelArg::Ptr(self.lens), KernelArg::Ptr(self.first), KernelArg::I32(self.count)]
     }
 }
 
@@ -151,11 +153,12 @@ pub fn adamw_multi(dev: &GpuDevice, tensors: &[AdamWTensor<'_>]) -> Result<()> {
     if chunks == 0 {
         return Ok(());
     }
-    let table = |f: &dyn Fn(&AdamWTensor<'_>) -> u64| upload_u64(dev, &tensors.iter().map(f).collect::<Vec<_>>());
+    let table = |f: &dyn Fn(&AdamWTensor<'_>) -> u64| dev.constant_table(&tensors.iter().map(f).collect::<Vec<_>>());
     let (p, g) = (table(&|t| t.param.ptr())?, table(&|t| t.grad.ptr())?);
     let (m, v) = (table(&|t| t.m.ptr())?, table(&|t| t.v.ptr())?);
-    let (lens_d, first_d) = (upload_u64(dev, &lens)?, upload_u64(dev, &first)?);
-    // each f64 constant exactly, as its bits (as adamw_step's arguments)
+    let (lens_d, first_d) = (dev.constant_table(&lens)?, dev.constant_table(&first)?);
+    // each f64 constant exactly, as its bits (as adamw_step's arguments);
+    // they change every step (bias corrections, warmup): one upload
     let mut consts = Vec::with_capacity(6 * tensors.len());
     for t in tensors {
         let c = &t.consts;
@@ -163,7 +166,8 @@ pub fn adamw_multi(dev: &GpuDevice, tensors: &[AdamWTensor<'_>]) -> Result<()> {
     }
     let consts_d = upload_u64(dev, &consts)?;
     let count = KernelArg::I32(tensors.len() as i32);
-    let args = [p.arg(), g.arg(), m.arg(), v.arg(), lens_d.arg(), first_d.arg(), consts_d.arg(), count];
+    let ptr = KernelArg::Ptr;
+    let args = [ptr(p), ptr(g), ptr(m), ptr(v), ptr(lens_d), ptr(first_d), consts_d.arg(), count];
     run(dev, &kernels::optim::ADAMW_MULTI_F32, Dim3::x(chunks), &args)
 }
 
@@ -175,17 +179,36 @@ pub fn ema_multi(dev: &GpuDevice, pairs: &[(&GpuStorage, &GpuStorage)], decay: f
     if chunks == 0 {
         return Ok(());
     }
-    let emas = upload_u64(dev, &pairs.iter().map(|(e, _)| e.ptr()).collect::<Vec<_>>())?;
-    let params = upload_u64(dev, &pairs.iter().map(|(_, p)| p.ptr()).collect::<Vec<_>>())?;
-    let (lens_d, first_d) = (upload_u64(dev, &lens)?, upload_u64(dev, &first)?);
+    let emas = dev.constant_table(&pairs.iter().map(|(e, _)| e.ptr()).collect::<Vec<_>>())?;
+    let params = dev.constant_table(&pairs.iter().map(|(_, p)| p.ptr()).collect::<Vec<_>>())?;
+    let (lens_d, first_d) = (dev.constant_table(&lens)?, dev.constant_table(&first)?);
     let args = [
-        emas.arg(),
-        params.arg(),
-        lens_d.arg(),
-        first_d.arg(),
+        KernelArg::Ptr(emas),
+        KernelArg::Ptr(params),
+        KernelArg::Ptr(lens_d),
+        KernelArg::Ptr(first_d),
         KernelArg::F32(decay as f32),
         KernelArg::F32((1.0 - decay) as f32),
         KernelArg::I32(pairs.len() as i32),
     ];
     run(dev, &kernels::optim::EMA_MULTI_F32, Dim3::x(chunks), &args)
+}
+
+/// dst = src for every pair in one launch (`copy_multi_f32`); equal lengths
+/// (checked by the caller), dsts made unique by the caller.
+pub fn copy_multi(dev: &GpuDevice, pairs: &[(&GpuStorage, &GpuStorage)]) -> Result<()> {
+    let lens: Vec<u64> = pairs.iter().map(|(d, _)| d.len() as u64).collect();
+    let (first, chunks) = first_chunks(&lens)?;
+    if chunks == 0 {
+        return Ok(());
+    }
+    let dsts = dev.constant_table(&pairs.iter().map(|(d, _)| d.ptr()).collect::<Vec<_>>())?;
+    // The sources are fresh gradients wherever the allocator put them this
+    // step: a per-call table (caching it would keep a block per pointer set
+    // and shift where the next step's gradients go).
+    let srcs = upload_u64(dev, &pairs.iter().map(|(_, s)| s.ptr()).collect::<Vec<_>>())?;
+    let (lens_d, first_d) = (dev.constant_table(&lens)?, dev.constant_table(&first)?);
+    let ptr = KernelArg::Ptr;
+    let args = [srcs.arg(), ptr(dsts), ptr(lens_d), ptr(first_d), KernelArg::I32(pairs.len() as i32)];
+    run(dev, &kernels::optim::COPY_MULTI_F32, Dim3::x(chunks), &args)
 }
