@@ -151,10 +151,10 @@ mod tests {
             [(0u64, 0u32, 0u32, 0u64), (0x9E37_79B9_7F4A_7C15, 7, 3, 12_345), (42, 1, 16, (1u64 << 32) - 3)]
         {
             let x8 = block_bits_x8(seed, step, stream, first);
-            for j in 0..LANES_X8 {
-                let single = block_bits(seed, step, stream, first + j as u64);
-                for (w, &word) in single.iter().enumerate() {
-                    assert_eq!(x8[w][j], word, "seed {seed} first {first} block {j} word {w}");
+            for (w, words) in x8.iter().enumerate() {
+                for (j, &got) in words.iter().enumerate() {
+                    let single = block_bits(seed, step, stream, first + j as u64);
+                    assert_eq!(got, single[w], "seed {seed} first {first} block {j} word {w}");
                 }
             }
         }

@@ -27,7 +27,7 @@ pub fn apply_mask_at<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: 
     const GROUP: usize = 4 * philox::LANES_X8; // elements of eight Philox blocks
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, x))| {
         let start = offset + (c * CHUNK) as u64;
-        if start % 4 == 0 {
+        if start.is_multiple_of(4) {
             // whole Philox blocks (one per four elements), eight drawn at once
             for (g, (og, xg)) in o.chunks_mut(GROUP).zip(x.chunks(GROUP)).enumerate() {
                 let words = philox::block_bits_x8(seed, step, stream, start / 4 + (g * philox::LANES_X8) as u64);
