@@ -2,10 +2,10 @@
 # diffuse against PyTorch on this CPU, same configuration, same thread count,
 # back to back: the ratios of issue 17 (time and peak memory, ours / PyTorch).
 #
-#   bash scripts/bench-vs-pytorch.sh [--rounds N] [--threads N] [--ops] [OUT_DIR]
+#   bash scripts/bench-vs-pytorch.sh [--rounds N] [--threads N] [--case "CONFIG MODE BATCH"]... [--ops] [OUT_DIR]
 #
 # For each case (mnist train/sample at batch 64 and 128, cifar10 train/sample
-# at batch 8) it alternates, N rounds (default 3): `diffuse bench step`, then
+# at batch 8; or only the `--case`s given) it alternates, N rounds (default 3): `diffuse bench step`, then
 # PyTorch's `train_step.py` in NCHW and in channels-last. Each side's figure
 # is its best median over the rounds (PyTorch: the better layout), so a noisy
 # neighbour costs both sides alike. Peak memory is each process's VmHWM.
@@ -21,12 +21,14 @@ ROUNDS=3
 THREADS=2
 OPS=0
 OUT=target/bench-vs-pytorch
+CASES=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --rounds) ROUNDS="$2"; shift 2 ;;
         --threads) THREADS="$2"; shift 2 ;;
         --ops) OPS=1; shift ;;
-        -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+        --case) CASES+=("$2"); shift 2 ;;
+        -h|--help) sed -n 2,18p "$0"; exit 0 ;;
         -*) echo "error: unknown option $1" >&2; exit 2 ;;
         *) OUT="$1"; shift ;;
     esac
@@ -67,11 +69,13 @@ if [[ $OPS == 1 ]]; then
 fi
 
 # config mode batch
-CASES=(
-    "mnist train 64" "mnist sample 64"
-    "mnist train 128" "mnist sample 128"
-    "cifar10 train 8" "cifar10 sample 8"
-)
+if [[ ${#CASES[@]} -eq 0 ]]; then
+    CASES=(
+        "mnist train 64" "mnist sample 64"
+        "mnist train 128" "mnist sample 128"
+        "cifar10 train 8" "cifar10 sample 8"
+    )
+fi
 RUNS="$OUT/runs.jsonl"
 : > "$RUNS"
 for round in $(seq 1 "$ROUNDS"); do
