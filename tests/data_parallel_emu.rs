@@ -11,7 +11,6 @@
 
 mod cli_common;
 use cli_common::*;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -46,30 +45,6 @@ fn train(data: &Path, config: &Path, out: &Path, gpus: Option<&str>, steps: u64)
         args.extend_from_slice(&["--gpus", g]);
     }
     ok(&args)
-}
-
-fn checkpoint(run: &Path, step: u64) -> PathBuf {
-    run.join("checkpoints").join(format!("ckpt-{step:08}.safetensors"))
-}
-
-fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()))
-        .collect()
-}
-
-fn logged(run: &Path) -> BTreeMap<u64, (f64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), (v["loss"].as_f64().unwrap(), v["grad_norm"].as_f64().unwrap()))
-        })
-        .collect()
 }
 
 fn same_bits(a: &Path, b: &Path) {

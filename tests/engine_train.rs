@@ -6,8 +6,7 @@
 
 mod cli_common;
 use cli_common::*;
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A small 28x28 model (dropout on, attention at 14) so that the emulator is quick.
 const SMALL: &str = r#"{"in_ch":1,"ch":8,"ch_mult":[1,2],"num_res_blocks":1,"attn_resolutions":[14],"dropout":0.1,"groups":4,"image_size":28}"#;
@@ -18,30 +17,6 @@ fn train(config: &Path, out: &Path, device: &str, steps: u64, extra: &[&str]) {
     args.extend_from_slice(&["--batch-size", "2", "--sample-every", "0", "--checkpoint-every", "100", "--seed", "5"]);
     args.extend_from_slice(extra);
     ok(&args);
-}
-
-fn checkpoint(run: &Path, step: u64) -> PathBuf {
-    run.join("checkpoints").join(format!("ckpt-{step:08}.safetensors"))
-}
-
-fn tensors(path: &Path) -> BTreeMap<String, Vec<f32>> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| (n, v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()))
-        .collect()
-}
-
-fn logged(run: &Path) -> BTreeMap<u64, (f64, f64)> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["step"].as_u64().unwrap(), (v["loss"].as_f64().unwrap(), v["grad_norm"].as_f64().unwrap()))
-        })
-        .collect()
 }
 
 #[test]
