@@ -132,19 +132,23 @@ fn cuda_group(spec: &str, ids: Option<Vec<usize>>, multi: &MultiNode) -> Result<
             bytes.try_into().map_err(|_| anyhow::anyhow!("rendezvous: rank 0 sent an id of the wrong length"))?
         }
     };
+    // Every local communicator is built here, in one NCCL group, before the
+    // worker threads start: a failure reaches all local ranks at once.
     let local = Arc::new(nccl::LocalComms::default());
+    let mut members = Vec::with_capacity(devices.len());
+    for (i, device) in devices.iter().enumerate() {
+        let Device::Gpu(g) = device else { bail!("--gpus: device {i} is not a GPU") };
+        members.push((g.clone(), multi.node_rank * ids.len() + i));
+    }
+    let comms = nccl::NcclComm::new_local_group(&members, world, &id, local)
+        .with_context(|| format!("setting up NCCL for {world} ranks"))?;
     let ranks = devices
         .into_iter()
-        .enumerate()
-        .map(|(i, device)| {
-            let rank = multi.node_rank * ids.len() + i;
-            let (local, gpu) = (local.clone(), device.clone());
-            let comm: diffuse_trainer::data_parallel::CommFactory = Box::new(move || {
-                let Device::Gpu(g) = &gpu else {
-                    return Err(diffuse_tensor::comm::CommError::Nccl("not a GPU".into()));
-                };
-                Ok(Arc::new(nccl::NcclComm::new(g, rank, world, &id, local)?) as Arc<dyn Communicator>)
-            });
+        .zip(comms)
+        .zip(members.iter().map(|&(_, rank)| rank))
+        .map(|((device, comm), rank)| {
+            let comm: diffuse_trainer::data_parallel::CommFactory =
+                Box::new(move || Ok(Arc::new(comm) as Arc<dyn Communicator>));
             RankSetup { rank, device, comm }
         })
         .collect();

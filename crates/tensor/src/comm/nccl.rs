@@ -146,30 +146,66 @@ unsafe impl Send for NcclComm {}
 unsafe impl Sync for NcclComm {}
 
 impl NcclComm {
-    /// Joins the group `id` as `rank` of `world` on `device` (blocks until
-    /// every rank has joined). `local` collects this process's ranks.
-    pub fn new(
-        device: &GpuDevice,
-        rank: usize,
+    /// Joins the group `id` with all of this process's ranks at once, one
+    /// `(device, rank)` each, from one thread inside one NCCL group: either
+    /// every local communicator is built or every one fails with the same
+    /// error. (Built one per worker thread instead, a rank that failed before
+    /// its init would leave the others blocked in `ncclCommInitRank`.)
+    pub fn new_local_group(
+        ranks: &[(GpuDevice, usize)],
         world: usize,
         id: &[u8; UNIQUE_ID_BYTES],
         local: Arc<LocalComms>,
-    ) -> Result<NcclComm> {
+    ) -> Result<Vec<NcclComm>> {
         let l = lib()?;
-        device
-            .driver()
-            .bind_cuda_stream()?
-            .ok_or_else(|| CommError::Nccl(format!("{} is not a CUDA device (NCCL needs real GPUs)", device.name())))?;
-        let id = NcclUniqueId { internal: id.map(|b| b as c_char) };
-        let mut comm: RawComm = std::ptr::null_mut();
-        let (r, w) = (c_int::try_from(rank), c_int::try_from(world));
-        let (Ok(r), Ok(w)) = (r, w) else {
-            return Err(CommError::Nccl(format!("rank {rank} of {world} is out of range")));
-        };
-        // SAFETY: comm is written by NCCL; id is 128 bytes.
-        check(l, "ncclCommInitRank", unsafe { (l.comm_init_rank)(&mut comm, w, id, r) })?;
-        local.comms.lock().unwrap_or_else(|p| p.into_inner()).push(comm as usize);
-        Ok(NcclComm { comm, rank, world, device: device.clone(), local })
+        let raw_id = NcclUniqueId { internal: id.map(|b| b as c_char) };
+        let w = c_int::try_from(world).map_err(|_| CommError::Nccl(format!("world size {world} is out of range")))?;
+        let mut raws: Vec<RawComm> = vec![std::ptr::null_mut(); ranks.len()];
+        // SAFETY: opens the group that the loop's inits join.
+        check(l, "ncclGroupStart", unsafe { (l.group_start)() })?;
+        let mut first_err = Ok(());
+        for ((device, rank), raw) in ranks.iter().zip(raws.iter_mut()) {
+            // NCCL takes the device of each init from the thread's current
+            // context, so bind this rank's before its call.
+            let bound = device.driver().bind_cuda_stream().map_err(CommError::from).and_then(|s| {
+                s.map(|_| ()).ok_or_else(|| {
+                    CommError::Nccl(format!("{} is not a CUDA device (NCCL needs real GPUs)", device.name()))
+                })
+            });
+            let r = c_int::try_from(*rank).map_err(|_| CommError::Nccl(format!("rank {rank} is out of range")));
+            first_err = first_err.and(bound).and_then(|()| {
+                let r = r?;
+                // SAFETY: raw is written by NCCL when the group ends; id is 128 bytes.
+                check(l, "ncclCommInitRank", unsafe { (l.comm_init_rank)(raw, w, raw_id, r) })
+            });
+            if first_err.is_err() {
+                break;
+            }
+        }
+        // SAFETY: closes the group opened above (also after an error, so
+        // that NCCL never waits for inits that were not made).
+        let end = check(l, "ncclGroupEnd", unsafe { (l.group_end)() });
+        if let Err(e) = first_err.and(end) {
+            for &c in raws.iter().filter(|c| !c.is_null()) {
+                // SAFETY: a communicator of a failed group; released once.
+                unsafe { (l.comm_abort)(c) };
+            }
+            return Err(e);
+        }
+        let mut comms = local.comms.lock().unwrap_or_else(|p| p.into_inner());
+        comms.extend(raws.iter().map(|&c| c as usize));
+        drop(comms);
+        Ok(ranks
+            .iter()
+            .zip(raws)
+            .map(|((device, rank), comm)| NcclComm {
+                comm,
+                rank: *rank,
+                world,
+                device: device.clone(),
+                local: local.clone(),
+            })
+            .collect())
     }
 
     fn stream(&self) -> Result<Stream> {
