@@ -11,6 +11,7 @@
 //! | file | kernels (kernels/*.cu) |
 //! | --- | --- |
 //! | `conv2d.rs` | conv2d.cu |
+//! | `conv2d_tc.rs` | conv2d_fwd_tc.cu, conv2d_bwd_data_tc.cu, conv2d_bwd_weight_tc.cu (tensor cores) |
 //! | `group_norm.rs` | group_norm.cu |
 //! | `attention.rs` | attention.cu |
 //! | `linear.rs` | linear.cu |
@@ -27,6 +28,7 @@
 
 pub mod attention;
 pub mod conv2d;
+pub mod conv2d_tc;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
