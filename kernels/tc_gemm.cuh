@@ -124,3 +124,42 @@ __device__ __forceinline__ void tc_gemm_tile(const GA& ga, const GB& gb, const O
         if (m < M && n < N) out.put(m, n, Cs[mm][nn]);
     }
 }
+
+// ---- a GEMM on strided f32 operands (the linear layers):
+// C[m * N + n] = sum_k A[m * sam + k * sak] B[k * sbk + n * sbn] (+ bias[n])
+struct TcStridedA {
+    const float* a;
+    int sam, sak;
+    __device__ __forceinline__ float at(int m, int k) const { return a[(long long)m * sam + (long long)k * sak]; }
+};
+
+struct TcStridedB {  // this thread's column n
+    const float* col;  // B + n * sbn
+    int sbk;
+    bool ok;
+    __device__ __forceinline__ float at(int k) const { return ok ? col[(long long)k * sbk] : 0.0f; }
+};
+
+struct TcRowMajorOut {
+    float* c;
+    const float* bias;  // per column n, or null
+    int N;
+    __device__ __forceinline__ void put(int m, int n, float v) const {
+        c[(long long)m * N + n] = bias ? v + bias[n] : v;
+    }
+};
+
+template <class P>
+__device__ __forceinline__ void tc_gemm_strided(float* __restrict__ C, const float* __restrict__ A,
+                                                const float* __restrict__ B, const float* __restrict__ bias, int M,
+                                                int N, int K, int sam, int sak, int sbk, int sbn) {
+    const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
+    const int n = n0 + tc_b_column();
+    TcStridedB gb;
+    gb.ok = n < N;
+    gb.col = B + (long long)(gb.ok ? n : 0) * sbn;
+    gb.sbk = sbk;
+    const TcStridedA ga = {A, sam, sak};
+    const TcRowMajorOut out = {C, bias, N};
+    tc_gemm_tile<P>(ga, gb, out, M, N, 0, K, m0, n0);
+}

@@ -23,6 +23,8 @@ pub const NO_FMA_CONTRACTION: &[&str] = &[
     "elementwise.cu",
     "embedding.cu",
     "layout.cu",
+    "linear_bwd_tc.cu",
+    "linear_fwd_tc.cu",
     "loss.cu",
     "noise.cu",
     "optim.cu",

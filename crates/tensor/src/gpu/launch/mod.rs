@@ -15,6 +15,7 @@
 //! | `group_norm.rs` | group_norm.cu |
 //! | `attention.rs` | attention.cu |
 //! | `linear.rs` | linear.cu |
+//! | `linear_tc.rs` | linear_fwd_tc.cu, linear_bwd_tc.cu (tensor cores) |
 //! | `silu.rs` | silu.cu |
 //! | `elementwise.rs` | elementwise.cu |
 //! | `layout.rs` | layout.cu |
@@ -35,6 +36,7 @@ pub mod embedding;
 pub mod group_norm;
 pub mod layout;
 pub mod linear;
+pub mod linear_tc;
 pub mod loss;
 pub mod noise;
 pub mod optim;
