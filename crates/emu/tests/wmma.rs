@@ -258,7 +258,9 @@ fn wmma_misuse_is_a_launch_error() {
     let x: Vec<f32> = (0..512).map(|_| rng.uniform(-1.0, 1.0)).collect();
     let dx = emu.upload(&x).unwrap();
     let dy = emu.alloc(32 * 4).unwrap();
-    let run = |which: i32| launch(&emu, "emu_bug_wmma_misuse", 1u32, 32u32, 0, &[Arg::Ptr(dx), Arg::Ptr(dy), Arg::I32(which)]);
+    let run = |which: i32| {
+        launch(&emu, "emu_bug_wmma_misuse", 1u32, 32u32, 0, &[Arg::Ptr(dx), Arg::Ptr(dy), Arg::I32(which)])
+    };
     let cases: [(i32, &[&str]); 6] = [
         (0, &["emu_bug_wmma_misuse", "wmma"]),
         (1, &["wmma::load_matrix_sync", "same pointer"]),

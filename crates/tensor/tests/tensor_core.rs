@@ -48,20 +48,7 @@ use diffuse_tensor::{Device, Precision, Storage, Tensor};
 
 fn geom(n: usize, ci: usize, co: usize, h: usize, w: usize, k: usize, p: Conv2dParams) -> ConvGeom {
     let (ho, wo) = p.output_hw(h, w, k, k).unwrap();
-    ConvGeom {
-        n,
-        ci,
-        h,
-        w,
-        co,
-        kh: k,
-        kw: k,
-        stride: p.stride,
-        pad_top: p.pad_top,
-        pad_left: p.pad_left,
-        ho,
-        wo,
-    }
+    ConvGeom { n, ci, h, w, co, kh: k, kw: k, stride: p.stride, pad_top: p.pad_top, pad_left: p.pad_left, ho, wo }
 }
 
 /// The U-Net's convolutions at small awkward sizes: conv_in (3 -> 32), a
@@ -112,7 +99,10 @@ fn naive_forward(p: Precision, g: &ConvGeom, x: &[f32], w: &[f32], b: &[f32]) ->
                     for c in 0..g.ci {
                         for ky in 0..g.kh {
                             for kx in 0..g.kw {
-                                let (iy, ix) = ((oy * g.stride + ky) as i64 - g.pad_top as i64, (ox * g.stride + kx) as i64 - g.pad_left as i64);
+                                let (iy, ix) = (
+                                    (oy * g.stride + ky) as i64 - g.pad_top as i64,
+                                    (ox * g.stride + kx) as i64 - g.pad_left as i64,
+                                );
                                 if iy < 0 || ix < 0 || iy >= g.h as i64 || ix >= g.w as i64 {
                                     continue;
                                 }
@@ -239,7 +229,8 @@ fn tensor_core_conv2d_matches_the_rounding_oracle(dut: &DeviceUnderTest) {
                     let err = (v as f64 - exact[pass].value[i]).abs();
                     assert!(err <= b2, "{what}: element {i}: |err| {err:.3e} vs exact > bound (2) {b2:.3e}");
                 }
-                fp32_violations[pi][pass] = fp32_violations[pi][pass].min(violations(&got[pass], &exact[pass], adds[pass]));
+                fp32_violations[pi][pass] =
+                    fp32_violations[pi][pass].min(violations(&got[pass], &exact[pass], adds[pass]));
             }
         }
     }
@@ -313,7 +304,9 @@ fn tensor_core_linear_matches_the_rounding_oracle(dut: &DeviceUnderTest) {
             // the bias gradient is an f32 column sum of dy (no rounding)
             let db = db.download_f32().unwrap();
             for o in 0..d_out {
-                let (s, a) = (0..n).fold((0.0f64, 0.0f64), |(s, a), i| (s + dy[i * d_out + o] as f64, a + dy[i * d_out + o].abs() as f64));
+                let (s, a) = (0..n).fold((0.0f64, 0.0f64), |(s, a), i| {
+                    (s + dy[i * d_out + o] as f64, a + dy[i * d_out + o].abs() as f64)
+                });
                 assert!((db[o] as f64 - s).abs() <= accumulation_bound(n, a), "{p} db[{o}]");
             }
         }
@@ -331,4 +324,93 @@ per_device!(
     tensor_core_linear_matches_the_rounding_oracle_cpu,
     tensor_core_linear_matches_the_rounding_oracle_emu,
     tensor_core_linear_matches_the_rounding_oracle_cuda
+);
+
+/// The `Precision` setting of the ops (`ops::*_with`): fp32 is today's path
+/// bit for bit; tf32 / bf16 are the rounding oracle on the CPU (its f64 sums
+/// rounded once to f32) and the tensor-core kernels on a GPU, within bound
+/// (1) of the oracle (+ half an ulp of f32 for the CPU's final rounding).
+fn precision_setting_routes_conv_and_linear(dut: &DeviceUnderTest) {
+    use diffuse_tensor::geom::LinearDims;
+    use diffuse_tensor::ops;
+    let mut rng = TensorRng::new(34);
+    let (p3, g) = (Conv2dParams::same(3), geom(2, 5, 18, 7, 6, 3, Conv2dParams::same(3)));
+    let d = LinearDims { n: 9, d_in: 20, d_out: 33 };
+    let v = |rng: &mut TensorRng, n: usize| rng.vec(n, -1.0, 1.0);
+    let (x, w, b, dy) = (
+        v(&mut rng, g.n * g.ci * g.h * g.w),
+        v(&mut rng, g.co * g.ci * 9),
+        v(&mut rng, g.co),
+        v(&mut rng, g.n * g.co * g.ho * g.wo),
+    );
+    let (lx, lw, lb, ldy) =
+        (v(&mut rng, d.n * d.d_in), v(&mut rng, d.d_out * d.d_in), v(&mut rng, d.d_out), v(&mut rng, d.n * d.d_out));
+    let t = |v: &[f32], s: &[usize]| on(&Tensor::from_vec(v.to_vec(), s.to_vec()).unwrap(), &dut.device);
+    let (xt, wt, bt, dyt) =
+        (t(&x, &[g.n, g.ci, g.h, g.w]), t(&w, &[g.co, g.ci, 3, 3]), t(&b, &[g.co]), t(&dy, &[g.n, g.co, g.ho, g.wo]));
+    let (lxt, lwt, lbt, ldyt) =
+        (t(&lx, &[d.n, d.d_in]), t(&lw, &[d.d_out, d.d_in]), t(&lb, &[d.d_out]), t(&ldy, &[d.n, d.d_out]));
+    let run = |prec: Precision| -> [Vec<f32>; 6] {
+        let lg = ops::linear_backward_with(&ldyt, &lxt, &lwt, prec).unwrap();
+        [
+            ops::conv2d_forward_with(&xt, &wt, Some(&bt), &p3, prec).unwrap(),
+            ops::conv2d_backward_data_with(&dyt, &wt, xt.shape(), &p3, prec).unwrap(),
+            ops::conv2d_backward_weight_with(&dyt, &xt, wt.shape(), &p3, prec).unwrap(),
+            ops::linear_forward_with(&lxt, &lwt, Some(&lbt), prec).unwrap(),
+            lg.dx,
+            lg.dw,
+        ]
+        .map(|t| t.to_vec_f32().unwrap())
+    };
+    let lg = ops::linear_backward(&ldyt, &lxt, &lwt).unwrap();
+    let today = [
+        ops::conv2d_forward(&xt, &wt, Some(&bt), &p3).unwrap(),
+        ops::conv2d_backward_data(&dyt, &wt, xt.shape(), &p3).unwrap(),
+        ops::conv2d_backward_weight(&dyt, &xt, wt.shape(), &p3).unwrap(),
+        ops::linear_forward(&lxt, &lwt, Some(&lbt)).unwrap(),
+        lg.dx,
+        lg.dw,
+    ]
+    .map(|t| t.to_vec_f32().unwrap());
+    let fp32 = run(Precision::Fp32);
+    for i in 0..6 {
+        assert!(
+            fp32[i].iter().zip(&today[i]).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "fp32 output {i} differs from today's path"
+        );
+    }
+    let (splits, _) = weight_grad_splits(&g);
+    let adds = [g.k() + 1, g.co * 9, g.n * g.ho * g.wo + splits, d.d_in + 1, d.d_out, d.n];
+    for prec in [Precision::Bf16, Precision::Tf32] {
+        let got = run(prec);
+        let want = [
+            reduced::conv2d_forward(prec, &g, &x, &w, Some(&b)),
+            reduced::conv2d_backward_data(prec, &g, &dy, &w),
+            reduced::conv2d_backward_weight(prec, &g, &dy, &x),
+            reduced::linear_forward(prec, d, &lx, &lw, Some(&lb)),
+            reduced::linear_backward_data(prec, d, &ldy, &lw),
+            reduced::linear_backward_weight(prec, d, &ldy, &lx),
+        ];
+        for i in 0..6 {
+            for (j, &v) in got[i].iter().enumerate() {
+                if dut.is_cpu() {
+                    assert_eq!(v, want[i].value[j] as f32, "{prec} output {i}[{j}] on the CPU is not the oracle's");
+                } else {
+                    let bound = accumulation_bound(adds[i], want[i].abs_sum[j]);
+                    assert!((v as f64 - want[i].value[j]).abs() <= bound, "{prec} output {i}[{j}] on {}", dut.label);
+                }
+            }
+        }
+    }
+    log(&format!(
+        "precision setting on {}: fp32 bit-identical to today's path; tf32 and bf16 within bound (1)",
+        dut.label
+    ));
+}
+
+per_device!(
+    precision_setting_routes_conv_and_linear,
+    precision_setting_routes_conv_and_linear_cpu,
+    precision_setting_routes_conv_and_linear_emu,
+    precision_setting_routes_conv_and_linear_cuda
 );

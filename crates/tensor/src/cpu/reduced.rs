@@ -103,7 +103,8 @@ pub fn conv2d_backward_data(p: Precision, g: &ConvGeom, dy: &[f32], w: &[f32]) -
                         continue;
                     }
                     let ox = xx as usize / g.stride;
-                    let t = wr[((o * g.ci + c) * g.kh + ky) * g.kw + kx] * dyr[((img * g.co + o) * g.ho + oy) * g.wo + ox];
+                    let t =
+                        wr[((o * g.ci + c) * g.kh + ky) * g.kw + kx] * dyr[((img * g.co + o) * g.ho + oy) * g.wo + ox];
                     s += t;
                     a += t.abs();
                 }

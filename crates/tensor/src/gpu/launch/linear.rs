@@ -101,12 +101,7 @@ pub(crate) fn bias_grad(dev: &GpuDevice, dy: &GpuStorage, d: LinearDims) -> Resu
     let (splits, rows) = bias_grad_splits(d.n, d.d_out);
     let part = alloc(dev, splits * d.d_out)?;
     let grid = Dim3::new(d.d_out.div_ceil(BLOCK as usize) as u32, grid_dim_yz(OP, "bias splits", splits)?, 1);
-    run(
-        dev,
-        &kernels::linear::LINEAR_BWD_BIAS_F32,
-        grid,
-        &[part.arg(), dy.arg(), n, dout, int(OP, "rows", rows)?],
-    )?;
+    run(dev, &kernels::linear::LINEAR_BWD_BIAS_F32, grid, &[part.arg(), dy.arg(), n, dout, int(OP, "rows", rows)?])?;
     if splits == 1 {
         return Ok(part);
     }
