@@ -93,13 +93,13 @@ pub fn conv2d_backward_data(p: Precision, g: &ConvGeom, dy: &[f32], w: &[f32]) -
         for o in 0..g.co {
             for ky in 0..g.kh {
                 let yy = (iy + g.pad_top) as isize - ky as isize;
-                if yy < 0 || yy as usize % g.stride != 0 || yy as usize / g.stride >= g.ho {
+                if yy < 0 || !(yy as usize).is_multiple_of(g.stride) || yy as usize / g.stride >= g.ho {
                     continue;
                 }
                 let oy = yy as usize / g.stride;
                 for kx in 0..g.kw {
                     let xx = (ix + g.pad_left) as isize - kx as isize;
-                    if xx < 0 || xx as usize % g.stride != 0 || xx as usize / g.stride >= g.wo {
+                    if xx < 0 || !(xx as usize).is_multiple_of(g.stride) || xx as usize / g.stride >= g.wo {
                         continue;
                     }
                     let ox = xx as usize / g.stride;

@@ -16,7 +16,7 @@ use crate::{Precision, Result, TensorError};
 
 /// Output tile (GEMM rows x columns) and block size of tc_gemm.cuh.
 const TILE: usize = 64;
-const THREADS: u32 = 128;
+pub const THREADS: u32 = 128;
 
 fn grid(op: &'static str, cols: usize, rows: usize) -> Result<Dim3> {
     let x = u32::try_from(cols.div_ceil(TILE).max(1))

@@ -3,14 +3,13 @@
 //! 128 threads, static shared memory; the bias gradient is linear.cu's
 //! split column sum. `Precision::Fp32` runs `linear.rs` (today's path).
 
+use super::conv2d_tc::THREADS;
 use super::linear::{self, bias_grad, gemm_grid};
 use super::{alloc, int, run_shared};
 use crate::geom::LinearDims;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
 use crate::{Precision, Result};
-
-const THREADS: u32 = 128;
 
 fn pick(p: Precision, bf16: &'static Kernel, tf32: &'static Kernel) -> &'static Kernel {
     if p == Precision::Bf16 {
