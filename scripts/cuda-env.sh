@@ -15,6 +15,7 @@ if [[ -d "$CUDA_WHEELS_DIR/nvidia/nccl/lib" ]]; then
         *) export LD_LIBRARY_PATH="$CUDA_WHEELS_DIR/nvidia/nccl/lib:$LD_LIBRARY_PATH" ;;
     esac
 fi
-export DIFFUSE_NVRTC_INCLUDE="$CUDA_WHEELS_DIR/nvidia/cuda_runtime/include"
+# the runtime wheel has the CUDA headers, the nvcc wheel crt/mma.h (<mma.h>)
+export DIFFUSE_NVRTC_INCLUDE="$CUDA_WHEELS_DIR/nvidia/cuda_runtime/include:$CUDA_WHEELS_DIR/nvidia/cuda_nvcc/include"
 export PTXAS="$CUDA_WHEELS_DIR/nvidia/cuda_nvcc/bin/ptxas"
 unset _diffuse_root

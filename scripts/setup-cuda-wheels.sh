@@ -58,7 +58,7 @@ fi
 # What to export (also done by `source scripts/cuda-env.sh`).
 echo "export CUDA_WHEELS_DIR=$WHEELS"
 echo "export LD_LIBRARY_PATH=$WHEELS/nvidia/cuda_nvrtc/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
-echo "export DIFFUSE_NVRTC_INCLUDE=$WHEELS/nvidia/cuda_runtime/include"
+echo "export DIFFUSE_NVRTC_INCLUDE=$WHEELS/nvidia/cuda_runtime/include:$WHEELS/nvidia/cuda_nvcc/include"
 echo "export PTXAS=$WHEELS/nvidia/cuda_nvcc/bin/ptxas"
 if [[ -d "$WHEELS/nvidia/nccl/lib" ]]; then
     echo "export LD_LIBRARY_PATH=$WHEELS/nvidia/nccl/lib:\$LD_LIBRARY_PATH"

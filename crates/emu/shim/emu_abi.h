@@ -59,6 +59,12 @@ enum {
     EMU_OP_REDUCE_AND = 16,
     EMU_OP_REDUCE_OR = 17,
     EMU_OP_REDUCE_XOR = 18,
+    // wmma::*_sync: a full-warp gather of one 64-bit value per lane
+    // (emu_warp_gather); distinct codes so that lanes at different wmma
+    // calls never complete one collective together.
+    EMU_OP_WMMA_LOAD = 19,
+    EMU_OP_WMMA_STORE = 20,
+    EMU_OP_WMMA_MMA = 21,
 };
 
 // Block barrier kinds (emu_syncthreads).
@@ -77,6 +83,10 @@ int emu_syncthreads(int kind, int predicate);
 // value: the lane's payload (zero-extended), b: srcLane / delta / laneMask,
 // width: shuffle segment width; returns the lane's result.
 uint64_t emu_warp_op(int op, unsigned int mask, uint64_t value, int b, int width, int value_bytes);
+// A warp collective (op: EMU_OP_WMMA_*) that hands every lane of the group
+// the values of all 32 lanes: out[l] is lane l's value, 0 for a lane that
+// does not exist, has exited or is not in the mask.
+void emu_warp_gather(int op, unsigned int mask, uint64_t value, uint64_t out[32]);
 void emu_nanosleep(unsigned int ns);
 __attribute__((noreturn)) void emu_trap(const char* what, const char* file, int line);
 #ifdef __cplusplus

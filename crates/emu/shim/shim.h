@@ -517,3 +517,4 @@ static __forceinline__ float __double2float_rn(double x) { return (float)x; }
 // ---------------------------------------------------------------- half types
 #include "cuda_fp16.h"
 #include "cuda_bf16.h"
+#include "mma.h"

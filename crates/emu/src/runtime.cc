@@ -279,6 +279,8 @@ struct Worker {
     uint64_t seen_generation = 0;
     uintptr_t module_base = 0;
     RaceWorker race;
+    // values of the last completed emu_warp_gather, per warp and lane
+    uint64_t gathered[kMaxThreads];
 };
 
 struct Job {
@@ -347,6 +349,9 @@ const char* op_name(int op) {
         case EMU_OP_REDUCE_AND: return "__reduce_and_sync";
         case EMU_OP_REDUCE_OR: return "__reduce_or_sync";
         case EMU_OP_REDUCE_XOR: return "__reduce_xor_sync";
+        case EMU_OP_WMMA_LOAD: return "wmma::load_matrix_sync";
+        case EMU_OP_WMMA_STORE: return "wmma::store_matrix_sync";
+        case EMU_OP_WMMA_MMA: return "wmma::mma_sync";
     }
     return "warp collective";
 }
@@ -568,9 +573,12 @@ bool resolve_warps(Worker* w, uint32_t first_warp = 0, uint32_t end_warp = UINT3
                     case EMU_OP_REDUCE_AND: r = (uint32_t)agg_and; break;
                     case EMU_OP_REDUCE_OR: r = (uint32_t)agg_or; break;
                     case EMU_OP_REDUCE_XOR: r = (uint32_t)agg_xor; break;
+                    default: break;  // gathers: the values go to w->gathered
                 }
                 fg.result = r;
             }
+            if (f0.op >= EMU_OP_WMMA_LOAD && f0.op <= EMU_OP_WMMA_MMA)
+                for (uint32_t g = 0; g < 32; ++g) w->gathered[base + g] = (group >> g & 1) ? w->fibers[base + g].value : 0;
             for (uint32_t g = 0; g < 32; ++g)
                 if (group >> g & 1) w->fibers[base + g].state = F_READY;
             race_warp_sync(w, wi);
@@ -1331,6 +1339,15 @@ extern "C" uint64_t emu_warp_op(int op, unsigned int mask, uint64_t value, int b
     f.value = value;
     to_scheduler(w, f);
     return f.result;
+}
+
+// The next gather of this warp cannot complete before this lane arrives at
+// it, so w->gathered still holds this one's values when the lane resumes.
+extern "C" void emu_warp_gather(int op, unsigned int mask, uint64_t value, uint64_t out[32]) {
+    (void)emu_warp_op(op, mask, value, 0, 32, 8);
+    const EmuFiberPublic* self = emu_self();
+    Worker* w = worker_of(self);
+    memcpy(out, &w->gathered[self->linear & ~31u], 32 * sizeof(uint64_t));
 }
 
 extern "C" void emu_nanosleep(unsigned int) {

@@ -157,3 +157,24 @@ fn cuda_probe_and_device_never_panic() {
         Err(e) => log!("no CUDA device: {e}"),
     }
 }
+
+/// The emulator's WMMA test kernels (crates/emu/tests/kernels/emu_wmma.cu)
+/// are real CUDA: NVRTC builds them for sm_80 and sm_90, so the emulator's
+/// `nvcuda::wmma` stand-in is tested with code the real API accepts.
+#[test]
+fn emulator_wmma_test_kernels_compile_with_nvrtc() {
+    use diffuse_tensor::gpu::sources::KernelFile;
+    if nvrtc_available().is_err() {
+        log!("skipped: emulator WMMA kernels: NVRTC unavailable");
+        return;
+    }
+    let file = KernelFile { name: "emu_wmma.cu", source: include_str!("../../emu/tests/kernels/emu_wmma.cu") };
+    for arch in ["sm_80", "sm_90"] {
+        let cubin = nvrtc_compile(&file, NvrtcTarget::Cubin(arch)).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        for k in
+            ["emu_test_wmma_gemm_bf16", "emu_test_wmma_gemm_tf32", "emu_test_wmma_tile_bf16", "emu_bug_wmma_misuse"]
+        {
+            assert!(contains(&cubin, format!(".text.{k}\0").as_bytes()), "{arch}: {k} missing from the CUBIN");
+        }
+    }
+}

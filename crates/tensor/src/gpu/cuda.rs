@@ -100,9 +100,12 @@ pub fn nvrtc_supported_archs() -> Result<Vec<i32>> {
 pub fn nvrtc_options(file: &str, target: NvrtcTarget) -> Vec<String> {
     let mut opts = vec![format!("--gpu-architecture={}", target.arch()), "--std=c++17".to_string()];
     opts.extend(super::nvrtc_policy::file_options(file));
-    if let Ok(inc) = std::env::var("DIFFUSE_NVRTC_INCLUDE") {
-        if std::path::Path::new(&inc).is_dir() {
-            opts.push(format!("--include-path={inc}"));
+    // a search path (dirs separated by ':'): the CUDA headers, and for the
+    // tensor-core files the directory of crt/mma.h (the toolkit's include/
+    // holds both; the PyPI wheels split them, see scripts/cuda-env.sh)
+    if let Some(list) = std::env::var_os("DIFFUSE_NVRTC_INCLUDE") {
+        for inc in std::env::split_paths(&list).filter(|p| p.is_dir()) {
+            opts.push(format!("--include-path={}", inc.display()));
         }
     }
     opts

@@ -10,14 +10,21 @@
 //! the CPU's expression by expression (ARCHITECTURE.md, "Determinism across
 //! devices"). The compute-bound files (attention, conv2d, group_norm, linear)
 //! keep contraction; they are compared with tolerances anyway, since their
-//! summation orders differ from the CPU's.
+//! summation orders differ from the CPU's. The tensor-core files (`*_tc.cu`)
+//! do their GEMM arithmetic in `mma`; the rest (the bias add) is rounded as
+//! written, like the oracle's.
 
 /// Files compiled with `--fmad=false`.
 pub const NO_FMA_CONTRACTION: &[&str] = &[
+    "conv2d_bwd_data_tc.cu",
+    "conv2d_bwd_weight_tc.cu",
+    "conv2d_fwd_tc.cu",
     "dropout.cu",
     "elementwise.cu",
     "embedding.cu",
     "layout.cu",
+    "linear_bwd_tc.cu",
+    "linear_fwd_tc.cu",
     "loss.cu",
     "noise.cu",
     "optim.cu",

@@ -6,7 +6,7 @@
 //! calculator). `scripts/occupancy.sh` prints the table of KERNELS.md and
 //! `tests/occupancy.rs` checks that table against this code.
 
-use super::launch::{attention, BLOCK};
+use super::launch::{attention, conv2d_tc, BLOCK};
 
 /// The per-SM limits of one architecture.
 #[derive(Clone, Copy, Debug)]
@@ -82,6 +82,16 @@ pub fn blocks_per_sm(sm: &SmLimits, threads: u32, regs: u32, smem: u32) -> Occup
 /// middle with ch 128 x 2; a unet test keeps these in step).
 pub const PRESET_ATTENTION_CHANNELS: [(&str, usize); 2] = [("mnist", 64), ("cifar10", 256)];
 
+/// Threads per block of `kernel`: 128 for the tensor-core kernels
+/// (`*_tc_*`, four warps on a 64 x 64 tile), 256 for every other.
+pub fn block_threads(kernel: &str) -> u32 {
+    if kernel.contains("_tc_") {
+        conv2d_tc::THREADS
+    } else {
+        BLOCK
+    }
+}
+
 /// The dynamic shared memory `kernel` is launched with on `sm` for
 /// attention with `c` channels (only the attention kernels have any).
 pub fn dynamic_smem(kernel: &str, c: usize, sm: &SmLimits) -> u32 {
@@ -152,7 +162,7 @@ pub fn markdown_table(rows: &[KernelResources]) -> String {
             let dy: Vec<u32> = PRESET_ATTENTION_CHANNELS.iter().map(|&(_, c)| dynamic_smem(&r.name, c, sm)).collect();
             dyn_cells.push(dy.iter().map(u32::to_string).collect::<Vec<_>>().join(" / "));
             for d in dy {
-                cells.push(cell(blocks_per_sm(sm, BLOCK, regs, r.static_smem + d)));
+                cells.push(cell(blocks_per_sm(sm, block_threads(&r.name), regs, r.static_smem + d)));
             }
         }
         let dynamic = if dyn_cells[0] == dyn_cells[1] { dyn_cells[0].clone() } else { dyn_cells.join("; ") };

@@ -4,12 +4,14 @@
 //! These functions check shapes, dtypes and devices and build a
 //! [`geom::ConvGeom`]; the CPU twin is `cpu/conv2d.rs` (im2col + gemm);
 //! tests are `crates/tensor/tests/conv2d.rs` (f64 oracle, finite differences,
-//! adjoint and determinism properties).
+//! adjoint and determinism properties). The `_with` variants take a
+//! [`Precision`]: tf32 / bf16 run the tensor-core kernels on a GPU and the
+//! rounding oracle (`cpu/reduced.rs`) on the CPU (`tests/tensor_core.rs`).
 
 use super::{check_same, gpu_of};
 use crate::geom::ConvGeom;
 use crate::gpu::launch;
-use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
+use crate::{cpu, with_element, Element, Precision, Result, Shape, Storage, Tensor, TensorError};
 
 /// Stride and per-side zero padding of a 2-D convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -93,6 +95,16 @@ fn geometry(op: &'static str, x: &Shape, w: &Shape, p: &Conv2dParams) -> Result<
     Ok(ConvGeom { n, ci, h, w: wd, co, kh, kw, stride: p.stride, pad_top: p.pad_top, pad_left: p.pad_left, ho, wo })
 }
 
+/// A CPU slice as the f32 values the tensor cores would read.
+pub(crate) fn f32s<T: Element>(v: &[T]) -> Vec<f32> {
+    v.iter().map(|&t| t.to_f32()).collect()
+}
+
+/// The oracle's f64 sums in the tensor's element type (one rounding).
+pub(crate) fn from_oracle<T: Element>(r: cpu::reduced::Rounded) -> Vec<T> {
+    r.value.into_iter().map(T::from_f64).collect()
+}
+
 fn check_bias(op: &'static str, b: &Tensor, co: usize) -> Result<()> {
     if b.dims() != [co] {
         return Err(TensorError::shape(op, format!("a bias of shape [{co}] (one per output channel)"), b.shape()));
@@ -107,6 +119,19 @@ fn check_dy(op: &'static str, dy: &Tensor, g: &ConvGeom) -> Result<()> {
 /// y[n, o, :, :] = sum_c w[o, c] * x[n, c] (cross-correlation, zero padding)
 /// + b[o]. x [N, Ci, H, W], w [Co, Ci, KH, KW], b [Co] -> y [N, Co, Ho, Wo].
 pub fn conv2d_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dParams) -> Result<Tensor> {
+    conv2d_forward_with(x, w, b, p, Precision::Fp32)
+}
+
+/// [`conv2d_forward`] with the GEMM inputs rounded to `prec` (tensor cores on
+/// a GPU; the rounding oracle `cpu::reduced` on the CPU). `Precision::Fp32`
+/// is exactly `conv2d_forward`.
+pub fn conv2d_forward_with(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    p: &Conv2dParams,
+    prec: Precision,
+) -> Result<Tensor> {
     let _timer = crate::profile::op("conv2d_forward");
     const OP: &str = "conv2d_forward";
     match b {
@@ -123,8 +148,15 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dPara
                 Some(b) => Some(b.cpu_slice::<T>()?),
                 None => None,
             };
-            let mut y = vec![T::default(); g.n * g.co * g.p()];
-            cpu::conv2d::conv2d_forward(&g, x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, bias, &mut y);
+            let y = if prec == Precision::Fp32 {
+                let mut y = vec![T::default(); g.n * g.co * g.p()];
+                cpu::conv2d::conv2d_forward(&g, x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, bias, &mut y);
+                y
+            } else {
+                let bias = bias.map(f32s);
+                let (xs, ws) = (f32s(x.cpu_slice::<T>()?), f32s(w.cpu_slice::<T>()?));
+                from_oracle::<T>(cpu::reduced::conv2d_forward(prec, &g, &xs, &ws, bias.as_deref()))
+            };
             Ok(Tensor::from_cpu(Shape::new([g.n, g.co, g.ho, g.wo]), y))
         }),
         Storage::Gpu(xs) => {
@@ -132,7 +164,7 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dPara
                 Some(b) => Some(gpu_of(OP, b)?),
                 None => None,
             };
-            let y = launch::conv2d::conv2d_forward(xs.device(), xs, gpu_of(OP, w)?, bias, &g)?;
+            let y = launch::conv2d_tc::conv2d_forward(xs.device(), xs, gpu_of(OP, w)?, bias, &g, prec)?;
             Ok(Tensor::from_gpu(Shape::new([g.n, g.co, g.ho, g.wo]), y))
         }
     }
@@ -141,6 +173,17 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dPara
 /// dx = d<conv(x, w), dy>/dx: dy [N, Co, Ho, Wo], w, and the input's shape
 /// [N, Ci, H, W] -> dx [N, Ci, H, W].
 pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: &Conv2dParams) -> Result<Tensor> {
+    conv2d_backward_data_with(dy, w, x_shape, p, Precision::Fp32)
+}
+
+/// [`conv2d_backward_data`] with the GEMM inputs rounded to `prec`.
+pub fn conv2d_backward_data_with(
+    dy: &Tensor,
+    w: &Tensor,
+    x_shape: &Shape,
+    p: &Conv2dParams,
+    prec: Precision,
+) -> Result<Tensor> {
     let _timer = crate::profile::op("conv2d_backward_data");
     const OP: &str = "conv2d_backward_data";
     check_same(OP, &[dy, w])?;
@@ -148,12 +191,18 @@ pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: &Conv2d
     check_dy(OP, dy, &g)?;
     match dy.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut dx = vec![T::default(); x_shape.numel()];
-            cpu::conv2d::conv2d_backward_data(&g, dy.cpu_slice::<T>()?, w.cpu_slice::<T>()?, &mut dx);
+            let dx = if prec == Precision::Fp32 {
+                let mut dx = vec![T::default(); x_shape.numel()];
+                cpu::conv2d::conv2d_backward_data(&g, dy.cpu_slice::<T>()?, w.cpu_slice::<T>()?, &mut dx);
+                dx
+            } else {
+                let (dys, ws) = (f32s(dy.cpu_slice::<T>()?), f32s(w.cpu_slice::<T>()?));
+                from_oracle::<T>(cpu::reduced::conv2d_backward_data(prec, &g, &dys, &ws))
+            };
             Ok(Tensor::from_cpu(x_shape.clone(), dx))
         }),
         Storage::Gpu(dys) => {
-            let dx = launch::conv2d::conv2d_backward_data(dys.device(), dys, gpu_of(OP, w)?, &g)?;
+            let dx = launch::conv2d_tc::conv2d_backward_data(dys.device(), dys, gpu_of(OP, w)?, &g, prec)?;
             Ok(Tensor::from_gpu(x_shape.clone(), dx))
         }
     }
@@ -162,6 +211,17 @@ pub fn conv2d_backward_data(dy: &Tensor, w: &Tensor, x_shape: &Shape, p: &Conv2d
 /// dw = d<conv(x, w), dy>/dw: dy [N, Co, Ho, Wo], x [N, Ci, H, W], and the
 /// weight's shape [Co, Ci, KH, KW] -> dw [Co, Ci, KH, KW].
 pub fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, w_shape: &Shape, p: &Conv2dParams) -> Result<Tensor> {
+    conv2d_backward_weight_with(dy, x, w_shape, p, Precision::Fp32)
+}
+
+/// [`conv2d_backward_weight`] with the GEMM inputs rounded to `prec`.
+pub fn conv2d_backward_weight_with(
+    dy: &Tensor,
+    x: &Tensor,
+    w_shape: &Shape,
+    p: &Conv2dParams,
+    prec: Precision,
+) -> Result<Tensor> {
     let _timer = crate::profile::op("conv2d_backward_weight");
     const OP: &str = "conv2d_backward_weight";
     check_same(OP, &[dy, x])?;
@@ -169,12 +229,18 @@ pub fn conv2d_backward_weight(dy: &Tensor, x: &Tensor, w_shape: &Shape, p: &Conv
     check_dy(OP, dy, &g)?;
     match dy.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut dw = vec![T::default(); w_shape.numel()];
-            cpu::conv2d::conv2d_backward_weight(&g, dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dw);
+            let dw = if prec == Precision::Fp32 {
+                let mut dw = vec![T::default(); w_shape.numel()];
+                cpu::conv2d::conv2d_backward_weight(&g, dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dw);
+                dw
+            } else {
+                let (dys, xs) = (f32s(dy.cpu_slice::<T>()?), f32s(x.cpu_slice::<T>()?));
+                from_oracle::<T>(cpu::reduced::conv2d_backward_weight(prec, &g, &dys, &xs))
+            };
             Ok(Tensor::from_cpu(w_shape.clone(), dw))
         }),
         Storage::Gpu(dys) => {
-            let dw = launch::conv2d::conv2d_backward_weight(dys.device(), dys, gpu_of(OP, x)?, &g)?;
+            let dw = launch::conv2d_tc::conv2d_backward_weight(dys.device(), dys, gpu_of(OP, x)?, &g, prec)?;
             Ok(Tensor::from_gpu(w_shape.clone(), dw))
         }
     }

@@ -1,10 +1,11 @@
 //! Fully connected layer, forward and backward: `y = x w^T + b` with
 //! `x` [N, In], `w` [Out, In] (PyTorch's layout), `b` [Out].
 
+use super::conv2d::{f32s, from_oracle};
 use super::{check_same, gpu_of};
 use crate::geom::LinearDims;
 use crate::gpu::launch;
-use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
+use crate::{cpu, with_element, Precision, Result, Shape, Storage, Tensor, TensorError};
 
 #[derive(Clone, Debug)]
 pub struct LinearGrads {
@@ -26,6 +27,13 @@ fn check_xw(op: &'static str, x: &Tensor, w: &Tensor) -> Result<LinearDims> {
 
 /// `y = x w^T (+ b)`, [N, Out].
 pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    linear_forward_with(x, w, b, Precision::Fp32)
+}
+
+/// [`linear_forward`] with the GEMM inputs rounded to `prec` (tensor cores on
+/// a GPU; the rounding oracle `cpu::reduced` on the CPU). `Precision::Fp32`
+/// is exactly `linear_forward`.
+pub fn linear_forward_with(x: &Tensor, w: &Tensor, b: Option<&Tensor>, prec: Precision) -> Result<Tensor> {
     let _timer = crate::profile::op("linear_forward");
     const OP: &str = "linear_forward";
     let d = check_xw(OP, x, w)?;
@@ -42,7 +50,12 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tens
                 Some(b) => Some(b.cpu_slice::<T>()?),
                 None => None,
             };
-            cpu::linear::linear_forward(x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, bias, d, &mut y);
+            if prec == Precision::Fp32 {
+                cpu::linear::linear_forward(x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, bias, d, &mut y);
+            } else {
+                let (xs, ws, bias) = (f32s(x.cpu_slice::<T>()?), f32s(w.cpu_slice::<T>()?), bias.map(f32s));
+                y = from_oracle::<T>(cpu::reduced::linear_forward(prec, d, &xs, &ws, bias.as_deref()));
+            }
             Ok(Tensor::from_cpu(Shape::new([d.n, d.d_out]), y))
         }),
         Storage::Gpu(xs) => {
@@ -50,7 +63,7 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tens
                 Some(b) => Some(gpu_of(OP, b)?),
                 None => None,
             };
-            let y = launch::linear::linear_forward(xs.device(), xs, gpu_of(OP, w)?, bias, d)?;
+            let y = launch::linear_tc::linear_forward(xs.device(), xs, gpu_of(OP, w)?, bias, d, prec)?;
             Ok(Tensor::from_gpu(Shape::new([d.n, d.d_out]), y))
         }
     }
@@ -58,6 +71,12 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tens
 
 /// Gradients of `linear_forward` given `dy` [N, Out]: dx [N, In], dw [Out, In], db [Out].
 pub fn linear_backward(dy: &Tensor, x: &Tensor, w: &Tensor) -> Result<LinearGrads> {
+    linear_backward_with(dy, x, w, Precision::Fp32)
+}
+
+/// [`linear_backward`] with the GEMM inputs rounded to `prec` (the bias
+/// gradient, a column sum, is the same in every precision).
+pub fn linear_backward_with(dy: &Tensor, x: &Tensor, w: &Tensor, prec: Precision) -> Result<LinearGrads> {
     let _timer = crate::profile::op("linear_backward");
     const OP: &str = "linear_backward";
     let d = check_xw(OP, x, w)?;
@@ -79,6 +98,11 @@ pub fn linear_backward(dy: &Tensor, x: &Tensor, w: &Tensor) -> Result<LinearGrad
                 &mut dw,
                 &mut db,
             );
+            if prec != Precision::Fp32 {
+                let (dys, xs, ws) = (f32s(dy.cpu_slice::<T>()?), f32s(x.cpu_slice::<T>()?), f32s(w.cpu_slice::<T>()?));
+                dx = from_oracle::<T>(cpu::reduced::linear_backward_data(prec, d, &dys, &ws));
+                dw = from_oracle::<T>(cpu::reduced::linear_backward_weight(prec, d, &dys, &xs));
+            }
             Ok(LinearGrads {
                 dx: Tensor::from_cpu(x.shape().clone(), dx),
                 dw: Tensor::from_cpu(w.shape().clone(), dw),
@@ -86,7 +110,8 @@ pub fn linear_backward(dy: &Tensor, x: &Tensor, w: &Tensor) -> Result<LinearGrad
             })
         }),
         Storage::Gpu(xs) => {
-            let (dx, dw, db) = launch::linear::linear_backward(xs.device(), gpu_of(OP, dy)?, xs, gpu_of(OP, w)?, d)?;
+            let (dx, dw, db) =
+                launch::linear_tc::linear_backward(xs.device(), gpu_of(OP, dy)?, xs, gpu_of(OP, w)?, d, prec)?;
             Ok(LinearGrads {
                 dx: Tensor::from_gpu(x.shape().clone(), dx),
                 dw: Tensor::from_gpu(w.shape().clone(), dw),

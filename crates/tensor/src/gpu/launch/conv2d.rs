@@ -80,7 +80,7 @@ impl ConvTile {
     }
 }
 
-fn geometry_args(op: &'static str, g: &ConvGeom) -> Result<[KernelArg; 12]> {
+pub(crate) fn geometry_args(op: &'static str, g: &ConvGeom) -> Result<[KernelArg; 12]> {
     // every per-image size and flattened GEMM dimension the kernels index with int
     for (what, v) in [
         ("Ci*KH*KW", g.ci * g.kh * g.kw),

@@ -20,7 +20,7 @@ pub fn bias_grad_splits(n: usize, d_out: usize) -> (usize, usize) {
     split_terms(d_out.div_ceil(BLOCK as usize), n, BIAS_MIN_ROWS)
 }
 
-fn gemm_grid(op: &'static str, m: usize, n: usize) -> Result<Dim3> {
+pub(crate) fn gemm_grid(op: &'static str, m: usize, n: usize) -> Result<Dim3> {
     Ok(Dim3::new(n.div_ceil(TILE).max(1) as u32, grid_dim_yz(op, "rows / 64", m.div_ceil(TILE).max(1))?, 1))
 }
 
@@ -83,25 +83,27 @@ pub fn linear_backward(
             &[dw.arg(), dy.arg(), x.arg(), n, di, dout],
         )?;
     }
-    let db = if d.n == 0 {
-        dev.zeros_f32(d.d_out)?
-    } else if d.d_out == 0 {
-        alloc(dev, 0)?
-    } else {
-        let (splits, rows) = bias_grad_splits(d.n, d.d_out);
-        let part = alloc(dev, splits * d.d_out)?;
-        let grid = Dim3::new(d.d_out.div_ceil(BLOCK as usize) as u32, grid_dim_yz(OP, "bias splits", splits)?, 1);
-        run(
-            dev,
-            &kernels::linear::LINEAR_BWD_BIAS_F32,
-            grid,
-            &[part.arg(), dy.arg(), n, dout, int(OP, "rows", rows)?],
-        )?;
-        if splits == 1 {
-            part
-        } else {
-            sum_splits(dev, OP, &part, splits, d.d_out)?
-        }
-    };
+    let db = bias_grad(dev, dy, d)?;
     Ok((dx, dw, db))
+}
+
+/// db [d_out] = column sums of dy [n, d_out]: split partial sums in row
+/// order, then `sum_splits` (shared by the tensor-core backward).
+pub(crate) fn bias_grad(dev: &GpuDevice, dy: &GpuStorage, d: LinearDims) -> Result<GpuStorage> {
+    const OP: &str = "linear_backward";
+    if d.n == 0 {
+        return dev.zeros_f32(d.d_out);
+    }
+    if d.d_out == 0 {
+        return alloc(dev, 0);
+    }
+    let (n, dout) = (int(OP, "N", d.n)?, int(OP, "Out", d.d_out)?);
+    let (splits, rows) = bias_grad_splits(d.n, d.d_out);
+    let part = alloc(dev, splits * d.d_out)?;
+    let grid = Dim3::new(d.d_out.div_ceil(BLOCK as usize) as u32, grid_dim_yz(OP, "bias splits", splits)?, 1);
+    run(dev, &kernels::linear::LINEAR_BWD_BIAS_F32, grid, &[part.arg(), dy.arg(), n, dout, int(OP, "rows", rows)?])?;
+    if splits == 1 {
+        return Ok(part);
+    }
+    sum_splits(dev, OP, &part, splits, d.d_out)
 }

@@ -11,9 +11,11 @@
 //! | file | kernels (kernels/*.cu) |
 //! | --- | --- |
 //! | `conv2d.rs` | conv2d.cu |
+//! | `conv2d_tc.rs` | conv2d_fwd_tc.cu, conv2d_bwd_data_tc.cu, conv2d_bwd_weight_tc.cu (tensor cores) |
 //! | `group_norm.rs` | group_norm.cu |
 //! | `attention.rs` | attention.cu |
 //! | `linear.rs` | linear.cu |
+//! | `linear_tc.rs` | linear_fwd_tc.cu, linear_bwd_tc.cu (tensor cores) |
 //! | `silu.rs` | silu.cu |
 //! | `elementwise.rs` | elementwise.cu |
 //! | `layout.rs` | layout.cu |
@@ -27,12 +29,14 @@
 
 pub mod attention;
 pub mod conv2d;
+pub mod conv2d_tc;
 pub mod dropout;
 pub mod elementwise;
 pub mod embedding;
 pub mod group_norm;
 pub mod layout;
 pub mod linear;
+pub mod linear_tc;
 pub mod loss;
 pub mod noise;
 pub mod optim;

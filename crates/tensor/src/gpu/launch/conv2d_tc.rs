@@ -1,0 +1,123 @@
+//! Launch code of the tensor-core convolutions (kernels/conv2d_fwd_tc.cu,
+//! conv2d_bwd_data_tc.cu, conv2d_bwd_weight_tc.cu, on the wmma tile of
+//! tc_gemm.cuh): 64 x 64 output tiles, 128 threads (4 warps), static shared
+//! memory; the weight gradient split-K as in `conv2d.rs` (same tile and K
+//! step, so the same splits), its partials added by `sum_splits`.
+//!
+//! `Precision::Fp32` runs the SIMT kernels of `conv2d.rs` (today's path).
+
+use super::conv2d::{self, weight_grad_splits};
+use super::reduce::sum_splits;
+use super::{alloc, grid_dim_yz, run_shared};
+use crate::geom::ConvGeom;
+use crate::gpu::kernels::{self, Kernel};
+use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
+use crate::{Precision, Result, TensorError};
+
+/// Output tile (GEMM rows x columns) and block size of tc_gemm.cuh.
+const TILE: usize = 64;
+pub const THREADS: u32 = 128;
+
+fn grid(op: &'static str, cols: usize, rows: usize) -> Result<Dim3> {
+    let x = u32::try_from(cols.div_ceil(TILE).max(1))
+        .map_err(|_| TensorError::invalid(op, format!("{cols} GEMM columns")))?;
+    Ok(Dim3::new(x, grid_dim_yz(op, "channel tiles", rows.div_ceil(TILE).max(1))?, 1))
+}
+
+fn pick(p: Precision, bf16: &'static Kernel, tf32: &'static Kernel) -> &'static Kernel {
+    if p == Precision::Bf16 {
+        bf16
+    } else {
+        tf32
+    }
+}
+
+/// y [n, co, ho, wo] = conv(x, w) + b with the GEMM inputs rounded to `p`.
+pub fn conv2d_forward(
+    dev: &GpuDevice,
+    x: &GpuStorage,
+    w: &GpuStorage,
+    b: Option<&GpuStorage>,
+    g: &ConvGeom,
+    p: Precision,
+) -> Result<GpuStorage> {
+    const OP: &str = "conv2d_forward";
+    if p == Precision::Fp32 {
+        return conv2d::conv2d_forward(dev, x, w, b, g);
+    }
+    let geo = conv2d::geometry_args(OP, g)?;
+    let y = alloc(dev, g.n * g.co * g.ho * g.wo)?;
+    if g.n * g.co * g.ho * g.wo == 0 {
+        return Ok(y);
+    }
+    let (bias, has) = match b {
+        Some(b) => (b.arg(), 1),
+        None => (KernelArg::Ptr(0), 0),
+    };
+    let mut args = vec![y.arg(), x.arg(), w.arg(), bias, KernelArg::I32(has)];
+    args.extend_from_slice(&geo);
+    use kernels::conv2d_fwd_tc::{CONV2D_FWD_TC_BF16_F32, CONV2D_FWD_TC_TF32_F32};
+    let kernel = pick(p, &CONV2D_FWD_TC_BF16_F32, &CONV2D_FWD_TC_TF32_F32);
+    run_shared(dev, kernel, grid(OP, g.n * g.ho * g.wo, g.co)?, Dim3::x(THREADS), 0, &args)?;
+    Ok(y)
+}
+
+/// dx [n, ci, h, w] from dy [n, co, ho, wo] and w, GEMM inputs rounded to `p`.
+pub fn conv2d_backward_data(
+    dev: &GpuDevice,
+    dy: &GpuStorage,
+    w: &GpuStorage,
+    g: &ConvGeom,
+    p: Precision,
+) -> Result<GpuStorage> {
+    const OP: &str = "conv2d_backward_data";
+    if p == Precision::Fp32 {
+        return conv2d::conv2d_backward_data(dev, dy, w, g);
+    }
+    let geo = conv2d::geometry_args(OP, g)?;
+    let dx = alloc(dev, g.n * g.ci * g.h * g.w)?;
+    if g.n * g.ci * g.h * g.w == 0 {
+        return Ok(dx);
+    }
+    let mut args = vec![dx.arg(), dy.arg(), w.arg()];
+    args.extend_from_slice(&geo);
+    use kernels::conv2d_bwd_data_tc::{CONV2D_BWD_DATA_TC_BF16_F32, CONV2D_BWD_DATA_TC_TF32_F32};
+    let kernel = pick(p, &CONV2D_BWD_DATA_TC_BF16_F32, &CONV2D_BWD_DATA_TC_TF32_F32);
+    run_shared(dev, kernel, grid(OP, g.n * g.h * g.w, g.ci)?, Dim3::x(THREADS), 0, &args)?;
+    Ok(dx)
+}
+
+/// dw [co, ci, kh, kw] from dy and x, GEMM inputs rounded to `p`; split-K
+/// partials (`weight_grad_splits`) added in split order.
+pub fn conv2d_backward_weight(
+    dev: &GpuDevice,
+    dy: &GpuStorage,
+    x: &GpuStorage,
+    g: &ConvGeom,
+    p: Precision,
+) -> Result<GpuStorage> {
+    const OP: &str = "conv2d_backward_weight";
+    if p == Precision::Fp32 {
+        return conv2d::conv2d_backward_weight(dev, dy, x, g);
+    }
+    let geo = conv2d::geometry_args(OP, g)?;
+    let count = g.co * g.ci * g.kh * g.kw;
+    if count == 0 {
+        return alloc(dev, 0);
+    }
+    let (splits, per_split) = weight_grad_splits(g);
+    super::check_i32(OP, "N*Ho*Wo per split", per_split)?;
+    let ws = alloc(dev, splits * count)?;
+    let mut args = vec![ws.arg(), dy.arg(), x.arg()];
+    args.extend_from_slice(&geo);
+    args.push(KernelArg::I32(per_split as i32));
+    let mut grid = grid(OP, g.ci * g.kh * g.kw, g.co)?;
+    grid.z = grid_dim_yz(OP, "splits", splits)?;
+    use kernels::conv2d_bwd_weight_tc::{CONV2D_BWD_WEIGHT_TC_BF16_F32, CONV2D_BWD_WEIGHT_TC_TF32_F32};
+    let kernel = pick(p, &CONV2D_BWD_WEIGHT_TC_BF16_F32, &CONV2D_BWD_WEIGHT_TC_TF32_F32);
+    run_shared(dev, kernel, grid, Dim3::x(THREADS), 0, &args)?;
+    if splits == 1 {
+        return Ok(ws);
+    }
+    sum_splits(dev, OP, &ws, splits, count)
+}
