@@ -176,8 +176,7 @@ impl StepInputs {
             return Ok(StepInputs { device: device.clone(), shard, staging: None });
         };
         let pinned = [PinnedBuffer::new(g, total)?, PinnedBuffer::new(g, total)?];
-        let staging =
-            Staging { pinned, turn: 0, _whole: whole, views, offsets, sqrt_w_view, labels_view, ready: None };
+        let staging = Staging { pinned, turn: 0, _whole: whole, views, offsets, sqrt_w_view, labels_view, ready: None };
         Ok(StepInputs { device: device.clone(), shard, staging: Some(staging) })
     }
 

@@ -25,12 +25,12 @@ use crate::raster::ValueRange;
 use crate::run_lock::RunLock;
 use crate::sampler::{sample, SampleSpec, Sampler};
 use crate::step_inputs::{MicroBatch, StepInputs};
-use crate::step_scalars::{ScalarValues, StepScalars};
 use crate::step_log::{StepLog, StepRecord};
+use crate::step_scalars::{ScalarValues, StepScalars};
 use crate::{Error, Result};
 use diffuse_tensor::comm::{bucket_ranges, Communicator};
-use diffuse_tensor::ops::AdamWParams;
 use diffuse_tensor::gpu::GpuGraph;
+use diffuse_tensor::ops::AdamWParams;
 use diffuse_tensor::philox::PhiloxStep;
 use diffuse_tensor::{ops, Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
@@ -458,7 +458,8 @@ impl Trainer {
         let (x_t, eps) =
             self.diffusion.q_sample_with(&mb.x0, &mb.a, &mb.b, self.cfg.seed, step, first as u64 * per_sample)?;
         let target = self.diffusion.target_of_with(&mb.x0, &eps, &mb.a, &mb.b)?;
-        let mode = ForwardMode::train(self.cfg.seed ^ DROPOUT_SALT, idx).shard(first as u64).on_device(step_at, mb.labels_at);
+        let mode =
+            ForwardMode::train(self.cfg.seed ^ DROPOUT_SALT, idx).shard(first as u64).on_device(step_at, mb.labels_at);
         if self.model.null_class().is_some() && mb.labels.is_none() {
             return Err(Error::Config("a class-conditional model needs labelled data".into()));
         }

@@ -50,7 +50,13 @@ impl ClassEmbedding {
     }
 
     /// Accumulates the table's gradient (when it trains) from d temb [N, dim].
-    pub fn backward(&self, ps: &mut ParamStore, labels: &[usize], labels_at: Option<u64>, dtemb: &Tensor) -> Result<()> {
+    pub fn backward(
+        &self,
+        ps: &mut ParamStore,
+        labels: &[usize],
+        labels_at: Option<u64>,
+        dtemb: &Tensor,
+    ) -> Result<()> {
         if ps.is_trainable(self.table) {
             let g = ops::class_embedding_backward_at(dtemb, labels, self.num_classes + 1, labels_at)?;
             ps.accumulate_grad(self.table, g)?;

@@ -83,7 +83,8 @@ impl ResnetBlock {
         let (mut a2, n2) = self.norm2.forward(ps, &h2)?;
         if self.dropout_on(&mode) {
             let offset = mode.element_offset(&a2);
-            a2 = ops::dropout_forward_at(&a2, self.dropout, mode.seed, mode.philox_step(), self.dropout_stream, offset)?;
+            a2 =
+                ops::dropout_forward_at(&a2, self.dropout, mode.seed, mode.philox_step(), self.dropout_stream, offset)?;
         }
         let h3 = self.conv2.forward(ps, &a2)?;
         let y = match &self.nin_shortcut {

@@ -26,13 +26,7 @@ pub fn timestep_embedding(dev: &GpuDevice, t: &GpuStorage, n: usize, dim: usize)
 
 /// out [n, dim] = table [rows, dim] gathered by `labels` (floats, checked
 /// `< rows` by the caller).
-pub fn class_embedding(
-    dev: &GpuDevice,
-    table: &GpuStorage,
-    labels: u64,
-    n: usize,
-    dim: usize,
-) -> Result<GpuStorage> {
+pub fn class_embedding(dev: &GpuDevice, table: &GpuStorage, labels: u64, n: usize, dim: usize) -> Result<GpuStorage> {
     const OP: &str = "class_embedding";
     let total = n * dim;
     let out = alloc(dev, total)?;
@@ -69,7 +63,14 @@ pub fn class_embedding_backward(
             dev,
             &kernels::embedding::CLASS_EMBEDDING_BWD_F32,
             grid,
-            &[dtable.arg(), dout.arg(), KernelArg::Ptr(labels), int(OP, "n", n)?, int(OP, "dim", dim)?, int(OP, "rows", rows)?],
+            &[
+                dtable.arg(),
+                dout.arg(),
+                KernelArg::Ptr(labels),
+                int(OP, "n", n)?,
+                int(OP, "dim", dim)?,
+                int(OP, "rows", rows)?,
+            ],
         )?;
     }
     Ok(dtable)

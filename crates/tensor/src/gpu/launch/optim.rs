@@ -149,7 +149,9 @@ pub struct AdamWTensor<'a> {
 /// patterns per tensor (decay, beta1, beta2, step_size, bc2_sqrt, eps), the
 /// words a training graph's per-step scalars hold.
 pub fn adamw_consts_words(consts: impl Iterator<Item = AdamWConsts>) -> Vec<u64> {
-    consts.flat_map(|c| [c.decay, c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt, c.eps].map(f64::to_bits)).collect()
+    consts
+        .flat_map(|c| [c.decay, c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt, c.eps].map(f64::to_bits))
+        .collect()
 }
 
 /// AdamW over every tensor in one launch (`adamw_multi_f32`): each element
@@ -183,12 +185,7 @@ pub fn adamw_multi(dev: &GpuDevice, tensors: &[AdamWTensor<'_>], consts_at: Opti
 /// ema = d * ema + (1 - d) * param over every pair in one launch
 /// (`ema_multi_f32`), the bits of `ema_update` per tensor. With `dk_at` the
 /// kernel reads d and 1 - d (two f32, rounded as here) from device memory.
-pub fn ema_multi(
-    dev: &GpuDevice,
-    pairs: &[(&GpuStorage, &GpuStorage)],
-    decay: f64,
-    dk_at: Option<u64>,
-) -> Result<()> {
+pub fn ema_multi(dev: &GpuDevice, pairs: &[(&GpuStorage, &GpuStorage)], decay: f64, dk_at: Option<u64>) -> Result<()> {
     let lens: Vec<u64> = pairs.iter().map(|(e, _)| e.len() as u64).collect();
     let (first, chunks) = first_chunks(&lens)?;
     if chunks == 0 {
