@@ -1,7 +1,9 @@
 // dropout.cu — inverted dropout with the mask drawn from Philox:
 //   out[i] = keep(i) ? x[i] * scale : 0,
 //   keep(i) = (philox word (seed, step, stream, offset + i) >> 8) >= threshold
-//   (offset: the first element's global index, for a shard of a batch),
+//   (offset: the first element's global index, for a shard of a batch;
+//   step = *step_at when step_at is not null: a training graph's per-step
+//   scalars in device memory),
 //   threshold = round(p * 2^24) and scale = (float)(1 / (1 - p)) computed on
 //   the host (philox::dropout_threshold, f64 then f32, as the CPU).
 // The op is diagonal and linear, so backward is the same map on dy; the mask
@@ -9,7 +11,7 @@
 // Launch: one thread per Philox block of 4 elements, grid-stride; block 256,
 // grid min(ceil(ceil(n / 4) / 256), 8192).
 // CPU twin: crates/tensor/src/cpu/dropout.rs.
-// Versions: v2 (element offset).
+// Versions: v3 (step_at).
 #include "common.cuh"
 #include "philox.cuh"
 
@@ -33,13 +35,14 @@ __device__ __forceinline__ void dropout_apply(float* __restrict__ out, const flo
 
 extern "C" __global__ void dropout_fwd_f32(float* __restrict__ y, const float* __restrict__ x, unsigned long long n,
                                            unsigned long long seed, unsigned int step, unsigned int stream,
-                                           unsigned int threshold, float scale, unsigned long long offset) {
-    dropout_apply(y, x, n, seed, step, stream, threshold, scale, offset);
+                                           unsigned int threshold, float scale, unsigned long long offset,
+                                           const unsigned int* __restrict__ step_at) {
+    dropout_apply(y, x, n, seed, step_at ? *step_at : step, stream, threshold, scale, offset);
 }
 
 extern "C" __global__ void dropout_bwd_f32(float* __restrict__ dx, const float* __restrict__ dy,
                                            unsigned long long n, unsigned long long seed, unsigned int step,
                                            unsigned int stream, unsigned int threshold, float scale,
-                                           unsigned long long offset) {
-    dropout_apply(dx, dy, n, seed, step, stream, threshold, scale, offset);
+                                           unsigned long long offset, const unsigned int* __restrict__ step_at) {
+    dropout_apply(dx, dy, n, seed, step_at ? *step_at : step, stream, threshold, scale, offset);
 }

@@ -1,6 +1,8 @@
 // noise.cu — the forward diffusion step q(x_t | x_0) with eps drawn in the
 // kernel from Philox (nothing is read for the noise):
 //   noise_add_fwd  eps[i] = philox normal (seed, step, stream, offset + i),
+//                  step = *step_at when step_at is not null (a training
+//                  graph's per-step scalars in device memory), else `step`
 //                  x_t[i] = a[s] * x0[i] + b[s] * eps[i], s = i / per_sample
 //                  (offset: the first element's global index, so a shard of a
 //                  batch draws the batch's own noise; 0 for a whole batch)
@@ -17,7 +19,7 @@
 // Philox words are bit-identical; the f32 Box-Muller uses CUDA's logf/cosf/
 // sinf, within a few ulp of the CPU's (glibc's). Compiled with --fmad=false
 // (gpu/nvrtc_policy.rs): x_t = a x0 + b eps rounds twice, as on the CPU.
-// Versions: v2 (element offset).
+// Versions: v3 (step_at: the Philox step read from device memory).
 #include "common.cuh"
 #include "philox.cuh"
 
@@ -25,7 +27,9 @@ extern "C" __global__ void noise_add_fwd_f32(float* __restrict__ x_t, float* __r
                                              const float* __restrict__ x0, const float* __restrict__ a,
                                              const float* __restrict__ b, unsigned long long per_sample,
                                              unsigned long long total, unsigned long long seed, unsigned int step,
-                                             unsigned int stream, unsigned long long offset) {
+                                             unsigned int stream, unsigned long long offset,
+                                             const unsigned int* __restrict__ step_at) {
+    if (step_at) step = *step_at;
     // Global Philox blocks covering elements [offset, offset + total).
     const unsigned long long first = offset / 4;
     const unsigned long long blocks = (offset + total + 3) / 4 - first;

@@ -29,7 +29,8 @@
 // sum_squares) and cpu/elementwise.rs (chunked_sum_f64).
 // Versions: adamw/ema v2: one tensor per launch (adamw_step, ema_update) or
 // every tensor in one launch (adamw_multi, ema_multi, same element code);
-// global norm v1, all tensors in one launch; clip_grads v1; copy_multi v1.
+// ema_multi v3 (dk_at); global norm v1, all tensors in one launch;
+// clip_grads v1; copy_multi v1; copy_to_row v1.
 #include "common.cuh"
 
 // One element of AdamW, shared by the per-tensor and the multi-tensor
@@ -150,7 +151,10 @@ extern "C" __global__ void clip_grads_f32(const double* __restrict__ sumsq, unsi
 // bits are those of one launch per tensor. adamw_multi's consts hold 6
 // f64 bit patterns per tensor: decay, beta1, beta2, step_size, bc2_sqrt and
 // eps, as adamw_step_f32's arguments (per-tensor learning-rate factors
-// change decay and step_size). Launch: grid = total chunks, block 256.
+// change decay and step_size); a training graph points consts into its
+// per-step scalars (device memory written by one copy a step). ema_multi
+// takes d = dk_at[0], k = dk_at[1] when dk_at is not null (the per-step
+// scalars again), else the arguments. Launch: grid = total chunks, block 256.
 
 extern "C" __global__ void adamw_multi_f32(const unsigned long long* __restrict__ params,
                                            const unsigned long long* __restrict__ grads,
@@ -183,7 +187,11 @@ extern "C" __global__ void ema_multi_f32(const unsigned long long* __restrict__ 
                                          const unsigned long long* __restrict__ params,
                                          const unsigned long long* __restrict__ lens,
                                          const unsigned long long* __restrict__ first_chunk, float d, float k,
-                                         int count) {
+                                         int count, const float* __restrict__ dk_at) {
+    if (dk_at) {
+        d = dk_at[0];
+        k = dk_at[1];
+    }
     const unsigned long long c = blockIdx.x;
     const int t = chunk_owner(first_chunk, count, c);
     float* e = (float*)emas[t];
@@ -210,4 +218,18 @@ extern "C" __global__ void copy_multi_f32(const unsigned long long* __restrict__
     unsigned long long end = start + NORM_CHUNK;
     if (end > lens[t]) end = lens[t];
     for (unsigned long long i = start + threadIdx.x; i < end; i += blockDim.x) d[i] = s[i];
+}
+
+// ---- copy_to_row: dst[row * width + i] = src[i], i < width, with row =
+// *row_at read from device memory (a training graph's per-step scalars: the
+// step log's slot of this step); nothing is written when row >= rows. Exact.
+// Launch: 1-D grid-stride over width, block 256.
+extern "C" __global__ void copy_to_row_f32(float* __restrict__ dst, const float* __restrict__ src,
+                                           unsigned long long width, unsigned long long rows,
+                                           const unsigned long long* __restrict__ row_at) {
+    const unsigned long long row = *row_at;
+    if (row >= rows) return;
+    for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < width;
+         i += (unsigned long long)gridDim.x * blockDim.x)
+        dst[row * width + i] = src[i];
 }

@@ -11,7 +11,7 @@
 #       there (no Rust, no network): finds libcuda and libnvrtc, runs the
 #       self-test, verify-step on every test vector, one training step under
 #       compute-sanitizer (memcheck, racecheck, synccheck), bench kernels and
-#       bench step for both presets, and PyTorch's step (fp32, TF32, bf16
+#       bench step for both presets (eager and --graph), and PyTorch's step (fp32, TF32, bf16
 #       autocast, channels-last); writes OUT_DIR/report.json, report.md and
 #       logs.tar.gz within an 8-minute budget (per-step timeouts; what does
 #       not fit is reported as skipped).
@@ -272,11 +272,14 @@ run() {
         if ((has_bench_step)); then
             if ((dry)); then
                 plan "bench-step-$preset-cuda" "$D bench step --config $preset --batch-size $batch --device cuda"
+                plan "bench-step-graph-$preset-cuda" "$D bench step --config $preset --batch-size $batch --device cuda --graph --counters"
                 # a whole step on the emulator is the other tests' job: here,
                 # that the options the GPU run passes exist
-                [[ $preset == mnist ]] && step bench-step-options 20 "$D bench step --help > $O/logs/bench-step-help.txt && grep -q -- --config $O/logs/bench-step-help.txt && grep -q -- --batch-size $O/logs/bench-step-help.txt && grep -q -- --device $O/logs/bench-step-help.txt"
+                [[ $preset == mnist ]] && step bench-step-options 20 "$D bench step --help > $O/logs/bench-step-help.txt && grep -q -- --config $O/logs/bench-step-help.txt && grep -q -- --batch-size $O/logs/bench-step-help.txt && grep -q -- --device $O/logs/bench-step-help.txt && grep -q -- --graph $O/logs/bench-step-help.txt"
             else
                 step "bench-step-$preset-cuda" 60 "$D bench step --config $preset --batch-size $batch --device cuda > $O/bench-step-$preset.txt"
+                # the training step as a CUDA graph (train --graph): one cuGraphLaunch a step
+                step "bench-step-graph-$preset-cuda" 45 "$D bench step --config $preset --batch-size $batch --device cuda --graph --counters > $O/bench-step-graph-$preset.txt"
             fi
         else
             skip "bench-step-$preset" "this diffuse has no 'bench step' subcommand (issue 12 items 1-5 not merged in this build)"

@@ -85,7 +85,8 @@ fn steady_state_training_steps_make_no_allocation_and_sync_once_per_logged_step(
     assert!(s.launches > 100, "step 3: {s:?}");
     // flat buffers: the multi-tensor tables are not uploaded again; what
     // is left is the batch (one copy from a pinned buffer, prefetched),
-    // AdamW's per-step constants and the table of the step's gradients
+    // the step scalars (Philox steps, EMA factors, log row, AdamW's
+    // constants: one pinned copy) and the table of the step's gradients
     // (copied into the flat buffer in one launch)
     assert_eq!((s.htod, s.pinned_allocs, s.pinned_frees), (3, 0, 0), "step 3: {s:?}");
     // the gradients reach their flat buffer in one launch; the one device

@@ -117,6 +117,13 @@ pub struct TrainArgs {
     /// --device emu: that many emulated devices (0,1 is two).
     #[arg(long, value_name = "all|N,N,...")]
     pub gpus: Option<String>,
+    /// Run the training step as a CUDA graph (GPU devices): one step eager,
+    /// the next captured, every later one a replay after one copy of the
+    /// step's scalars; bit-identical to eager. Where a graph cannot hold the
+    /// step (gradient accumulation, several GPUs, the CPU) the run stays
+    /// eager and says why.
+    #[arg(long)]
+    pub graph: bool,
     /// Several machines: how many nodes run this same command (each with its --node-rank).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub nodes: usize,
@@ -306,6 +313,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
             println!("device: {device}");
             let mut trainer = Trainer::new(cfg, start, out, device)?;
             describe(&trainer);
+            if let Some(why) = a.graph.then(|| trainer.use_graph()).flatten() {
+                println!("note: {why}");
+            }
             trainer.run(&mut obs)?
         }
         Devices::Group { ranks, describe: what } => {
@@ -317,6 +327,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 );
             }
             println!("devices: {what}");
+            if a.graph {
+                println!("note: training without a CUDA graph: the all-reduce of several GPUs is not captured");
+            }
             train_ranks(cfg, start, out, ranks, &mut obs, &mut describe)?
         }
     };

@@ -9,6 +9,24 @@
 
 use rayon::prelude::*;
 
+/// The step of a Philox draw, and where a GPU kernel reads it instead: a
+/// training graph replays the same launches every step, so the step that
+/// changes between them sits in device memory (the per-step scalars) at
+/// address `at`, which the caller keeps alive and holding `value` while the
+/// kernels run. The CPU and launches without `at` use `value`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhiloxStep {
+    pub value: u32,
+    /// Device address of a u32 equal to `value` (None: passed by value).
+    pub at: Option<u64>,
+}
+
+impl From<u32> for PhiloxStep {
+    fn from(value: u32) -> Self {
+        PhiloxStep { value, at: None }
+    }
+}
+
 const M0: u32 = 0xD251_1F53;
 const M1: u32 = 0xCD9E_8D57;
 const W0: u32 = 0x9E37_79B9;

@@ -156,7 +156,7 @@ impl Diffusion {
         a: &Tensor,
         b: &Tensor,
         seed: u64,
-        step: u32,
+        step: impl Into<diffuse_tensor::philox::PhiloxStep>,
         offset: u64,
     ) -> Result<(Tensor, Tensor)> {
         let o = ops::noise_add_at(x0, a, b, seed, step, NOISE_STREAM, offset)?;

@@ -29,6 +29,7 @@ pub mod selftest;
 pub mod solvers;
 pub mod step_inputs;
 pub mod step_log;
+pub mod step_scalars;
 pub mod train;
 
 pub use data::{Batch, Dataset, DatasetKind, Loader, LoaderConfig, LoaderState};

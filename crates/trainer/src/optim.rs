@@ -37,6 +37,28 @@ impl AdamW {
     /// One update of every parameter that has a gradient, at learning rate
     /// `lr` times its factor (one launch for the whole model on a GPU).
     pub fn step(&mut self, store: &mut ParamStore, lr: f64) -> Result<()> {
+        self.step_at(store, lr, None)
+    }
+
+    /// The hyper-parameters of each trainable parameter at learning rate
+    /// `lr`, in order: what a step gives the parameters that have gradients
+    /// (all trainable ones in a training step).
+    pub fn hypers_for(&self, store: &ParamStore, lr: f64) -> Vec<AdamWParams> {
+        store
+            .ids()
+            .enumerate()
+            .filter(|&(_, id)| store.is_trainable(id))
+            .map(|(k, _)| AdamWParams { lr: lr * self.lr_scale[k], ..self.hyper })
+            .collect()
+    }
+
+    /// [`AdamW::step`] whose GPU kernel reads its constants at device
+    /// address `consts_at` (the step scalars, written with
+    /// `ops::adamw_consts_words(&self.hypers_for(store, lr), self.step + 1)`);
+    /// when the parameters with gradients are not the trainable ones, the
+    /// constants are uploaded instead.
+    pub fn step_at(&mut self, store: &mut ParamStore, lr: f64, consts_at: Option<u64>) -> Result<()> {
+        let expected = consts_at.map(|_| self.hypers_for(store, lr));
         self.step += 1;
         let (values, grads) = store.values_mut_and_grads();
         let (mut ps, mut gs, mut hs) = (Vec::new(), Vec::new(), Vec::new());
@@ -54,7 +76,8 @@ impl AdamW {
             vs.push(v);
             hs.push(AdamWParams { lr: lr * self.lr_scale[k], ..self.hyper });
         }
-        ops::adamw_step_many(&mut ps, &gs, &mut ms, &mut vs, &hs, self.step)?;
+        let consts_at = consts_at.filter(|_| expected.as_ref() == Some(&hs));
+        ops::adamw_step_many_at(&mut ps, &gs, &mut ms, &mut vs, &hs, self.step, consts_at)?;
         Ok(())
     }
 }
@@ -126,6 +149,13 @@ impl Ema {
     /// Averages the trainable parameters; a frozen one keeps its value (its
     /// average would be itself, but `d*p + (1-d)*p` need not round to p).
     pub fn update(&mut self, store: &ParamStore) -> Result<()> {
+        self.update_at(store, None)
+    }
+
+    /// [`Ema::update`] whose GPU kernel reads its two factors at device
+    /// address `dk_at` (the step scalars, holding
+    /// `ops::ema_factors(self.effective_decay())`).
+    pub fn update_at(&mut self, store: &ParamStore, dk_at: Option<u64>) -> Result<()> {
         let d = self.effective_decay();
         let (mut emas, mut params) = (Vec::new(), Vec::new());
         for (e, id) in self.values.iter_mut().zip(store.ids()) {
@@ -134,7 +164,7 @@ impl Ema {
                 params.push(store.value(id));
             }
         }
-        ops::ema_update_many(&mut emas, &params, d)?; // one launch on a GPU
+        ops::ema_update_many_at(&mut emas, &params, d, dk_at)?; // one launch on a GPU
         self.updates += 1;
         Ok(())
     }

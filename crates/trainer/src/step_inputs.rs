@@ -1,6 +1,7 @@
 //! What the host makes for one micro-batch — the images, their timesteps,
 //! the noise coefficients sqrt(abar_t) and sqrt(1 - abar_t) and the square
-//! roots of the loss weights — and how it reaches the device. On a GPU the
+//! roots of the loss weights, and for a class-conditional model the class
+//! labels after class dropout — and how it reaches the device. On a GPU the
 //! values are packed into one pinned host buffer and moved by ONE
 //! asynchronous copy into one fixed device buffer, whose views are the
 //! step's input tensors; the next micro-batch is prepared and its copy
@@ -16,7 +17,7 @@ use crate::diffusion::{Diffusion, TIMESTEP_STREAM};
 use crate::loss_weighting::LossWeighting;
 use crate::Result;
 use diffuse_tensor::gpu::{GpuStorage, PinnedBuffer};
-use diffuse_tensor::{ops, Device, Shape, Storage, Tensor};
+use diffuse_tensor::{ops, philox, Device, Shape, Storage, Tensor};
 
 /// One micro-batch's inputs on the training device.
 pub struct MicroBatch {
@@ -29,10 +30,40 @@ pub struct MicroBatch {
     /// sqrt of the loss weights (None without loss weighting).
     pub sqrt_w: Option<Tensor>,
     pub ts: Vec<usize>,
-    pub labels: Option<Vec<u8>>,
+    /// A class-conditional model's labels, each replaced by the null class
+    /// with probability `class_dropout` (None for an unconditional model).
+    pub labels: Option<Vec<usize>>,
+    /// Where they are on the GPU (f32, staged with the batch).
+    pub labels_at: Option<u64>,
     /// The batch index of this micro-batch's first sample (a data-parallel
     /// rank's shard starts there; 0 alone).
     pub first: usize,
+}
+
+/// Philox salt and stream of class dropout (apart from the noise, timesteps
+/// and dropout masks; see ARCHITECTURE.md).
+const CLASS_DROPOUT_SALT: u64 = 0xc1a5_5d40;
+const CLASS_DROPOUT_STREAM: u32 = 16;
+
+/// The class labels a micro-batch trains with: each replaced by "no class"
+/// (`null`) with probability `class_dropout`, a Philox draw per (seed,
+/// micro-batch, sample index in the whole batch): the same on every device
+/// and after a resume.
+fn dropped_labels(labels: &[u8], cfg: &TrainConfig, null: usize, idx: u32, first: usize) -> Vec<usize> {
+    let threshold = philox::dropout_threshold(cfg.class_dropout as f32);
+    labels
+        .iter()
+        .enumerate()
+        .map(|(j, &l)| {
+            let j = (first + j) as u64;
+            let word = philox::bits(cfg.seed ^ CLASS_DROPOUT_SALT, idx, CLASS_DROPOUT_STREAM, j);
+            if philox::keep(word, threshold) {
+                l as usize
+            } else {
+                null
+            }
+        })
+        .collect()
 }
 
 /// Which samples of each batch this trainer takes: `[rank * n / world,
@@ -51,7 +82,7 @@ struct HostValues {
     a: Vec<f64>,
     b: Vec<f64>,
     sqrt_w: Option<Vec<f64>>,
-    labels: Option<Vec<u8>>,
+    labels: Option<Vec<usize>>,
     first: usize,
     /// The loader's state before this batch (what a checkpoint saves while
     /// it is prefetched).
@@ -81,6 +112,11 @@ fn host_values(loader: &mut Loader, cfg: &TrainConfig, diffusion: &Diffusion, id
         ts.iter().map(|&t| w.weight(cfg.target, diffusion.abar(t as isize)).sqrt()).collect()
     });
     let shape = [ts.len(), batch.shape[1], batch.shape[2], batch.shape[3]];
+    // a conditional model's null class is its last embedding row
+    let labels = match cfg.model.is_conditional() {
+        true => labels.map(|l| dropped_labels(&l, cfg, cfg.model.num_classes, idx, first)),
+        false => None,
+    };
     HostValues { images, shape, ts, a, b, sqrt_w, labels, first, state: batch.state }
 }
 
@@ -96,10 +132,13 @@ struct Staging {
     /// Two pinned buffers used in turn: one is filled while the other's copy may still be queued.
     pinned: [PinnedBuffer; 2],
     turn: usize,
-    /// The fixed device buffer and its views: x0, t, a, b, sqrt_w.
+    /// The fixed device buffer and its views: x0, t, a, b, sqrt_w, labels.
     _whole: Tensor,
     views: Vec<Tensor>,
     offsets: Vec<usize>,
+    /// Which views hold sqrt_w and the labels.
+    sqrt_w_view: Option<usize>,
+    labels_view: Option<usize>,
     /// The micro-batch already copied into the device buffer.
     ready: Option<Ready>,
 }
@@ -107,7 +146,7 @@ struct Staging {
 struct Ready {
     idx: u32,
     ts: Vec<usize>,
-    labels: Option<Vec<u8>>,
+    labels: Option<Vec<usize>>,
     first: usize,
     state: LoaderState,
 }
@@ -121,7 +160,14 @@ impl StepInputs {
         let n = cfg.batch_size / shard.world;
         let mut shapes: Vec<Shape> = vec![vec![n, chw[0], chw[1], chw[2]].into()];
         shapes.extend([vec![n].into(), vec![n].into(), vec![n].into()]); // t, a, b
+        let mut sqrt_w_view = None;
         if cfg.loss_weighting != LossWeighting::None {
+            sqrt_w_view = Some(shapes.len());
+            shapes.push(vec![n].into());
+        }
+        let mut labels_view = None;
+        if cfg.model.is_conditional() {
+            labels_view = Some(shapes.len());
             shapes.push(vec![n].into());
         }
         let lens: Vec<usize> = shapes.iter().map(Shape::numel).collect();
@@ -130,7 +176,7 @@ impl StepInputs {
             return Ok(StepInputs { device: device.clone(), shard, staging: None });
         };
         let pinned = [PinnedBuffer::new(g, total)?, PinnedBuffer::new(g, total)?];
-        let staging = Staging { pinned, turn: 0, _whole: whole, views, offsets, ready: None };
+        let staging = Staging { pinned, turn: 0, _whole: whole, views, offsets, sqrt_w_view, labels_view, ready: None };
         Ok(StepInputs { device: device.clone(), shard, staging: Some(staging) })
     }
 
@@ -154,14 +200,19 @@ impl StepInputs {
         }
         let r = st.ready.take().ok_or_else(|| crate::Error::Config("no staged micro-batch".into()))?;
         let v = &st.views;
+        let labels_at = match (st.labels_view, &r.labels) {
+            (Some(k), Some(_)) => Some(gpu_ptr(&v[k])?),
+            _ => None,
+        };
         Ok(MicroBatch {
             x0: v[0].clone(),
             t: v[1].clone(),
             a: v[2].clone(),
             b: v[3].clone(),
-            sqrt_w: v.get(4).cloned(),
+            sqrt_w: st.sqrt_w_view.map(|k| v[k].clone()),
             ts: r.ts,
             labels: r.labels,
+            labels_at,
             first: r.first,
         })
     }
@@ -198,9 +249,14 @@ impl Staging {
             out[o[2] + k] = h.a[k] as f32;
             out[o[3] + k] = h.b[k] as f32;
         }
-        if let Some(sw) = &h.sqrt_w {
+        if let (Some(sw), Some(v)) = (&h.sqrt_w, self.sqrt_w_view) {
             for k in 0..n {
-                out[o[4] + k] = sw[k] as f32;
+                out[o[v] + k] = sw[k] as f32;
+            }
+        }
+        if let (Some(l), Some(v)) = (&h.labels, self.labels_view) {
+            for (k, &c) in l.iter().enumerate() {
+                out[o[v] + k] = c as f32; // exact below 2^24
             }
         }
         let Storage::Gpu(dst) = self._whole.storage() else {
@@ -223,5 +279,13 @@ fn on_cpu(h: HostValues, device: &Device) -> Result<MicroBatch> {
     let t = Tensor::from_vec(h.ts.iter().map(|&t| t as f32).collect::<Vec<_>>(), [h.ts.len()])?.to_device(device)?;
     let (a, b) = (per_sample(h.a)?, per_sample(h.b)?);
     let sqrt_w = h.sqrt_w.map(per_sample).transpose()?;
-    Ok(MicroBatch { x0, t, a, b, sqrt_w, ts: h.ts, labels: h.labels, first: h.first })
+    Ok(MicroBatch { x0, t, a, b, sqrt_w, ts: h.ts, labels: h.labels, labels_at: None, first: h.first })
+}
+
+/// The device address of a GPU tensor's first element.
+fn gpu_ptr(t: &Tensor) -> Result<u64> {
+    match t.storage() {
+        Storage::Gpu(g) => Ok(g.ptr()),
+        Storage::Cpu(_) => Err(crate::Error::Config("a staged input is not on the GPU".into())),
+    }
 }

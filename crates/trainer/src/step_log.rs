@@ -4,6 +4,10 @@
 //! device: the values go into one device buffer (a copy per loss, the norm
 //! written there by the clipping kernels) and one download reads every
 //! step since the last read. On the CPU the values are plain numbers.
+//! On a GPU a step writes its figures into one fixed row and one launch
+//! copies that row into the log's row for the step, read from the step
+//! scalars (`step_scalars`): the same launches every step, so a captured
+//! training graph logs each replay in its own row.
 
 use crate::optim::clip_grad_norm_unchecked;
 use crate::Result;
@@ -34,6 +38,8 @@ pub struct StepLog {
     width: usize,
     capacity: usize,
     buf: Option<Tensor>,
+    /// The current step's row (GPU), copied into `buf` when it closes.
+    row: Option<Tensor>,
     pending: Vec<Pending>,
     /// The step being recorded (CPU values).
     current: Vec<f64>,
@@ -44,11 +50,14 @@ impl StepLog {
     pub fn new(device: &Device, accum: usize, capacity: usize) -> Result<StepLog> {
         let capacity = capacity.max(1);
         let width = accum.next_multiple_of(2) + 2;
-        let buf = match device {
-            Device::Cpu => None,
-            Device::Gpu(_) => Some(Tensor::zeros([capacity * width], DType::F32, device)?),
+        let (buf, row) = match device {
+            Device::Cpu => (None, None),
+            Device::Gpu(_) => (
+                Some(Tensor::zeros([capacity * width], DType::F32, device)?),
+                Some(Tensor::zeros([width], DType::F32, device)?),
+            ),
         };
-        Ok(StepLog { accum, width, capacity, buf, pending: Vec::new(), current: Vec::new() })
+        Ok(StepLog { accum, width, capacity, buf, row, pending: Vec::new(), current: Vec::new() })
     }
 
     pub fn is_full(&self) -> bool {
@@ -59,29 +68,34 @@ impl StepLog {
         self.pending.is_empty()
     }
 
-    fn base(&self) -> usize {
-        self.pending.len() * self.width
+    /// The log's row of the step being recorded (what the step scalars hold).
+    pub fn next_row(&self) -> u64 {
+        self.pending.len() as u64
     }
 
     /// The loss (one element) of micro-batch `micro` of the current step.
     pub fn record_loss(&mut self, micro: usize, loss: &Tensor) -> Result<()> {
-        let base = self.base();
-        match &mut self.buf {
-            Some(buf) => ops::copy_into(buf, base + micro, loss)?,
+        match &mut self.row {
+            Some(row) => ops::copy_into(row, micro, loss)?,
             None => self.current.push(loss.scalar_f64()?),
         }
         Ok(())
     }
 
-    /// Global-norm clipping of the store's gradients, the norm kept for the log.
-    pub fn clip(&mut self, store: &mut ParamStore, max_norm: f64) -> Result<()> {
-        let slot = self.base() + self.accum.next_multiple_of(2);
-        match &mut self.buf {
-            Some(buf) => {
+    /// Global-norm clipping of the store's gradients, the norm kept for the
+    /// log; on a GPU the step's row is then copied into the log's row whose
+    /// index is the u64 at device address `row_at` ([`StepLog::next_row`]).
+    pub fn clip(&mut self, store: &mut ParamStore, max_norm: f64, row_at: Option<u64>) -> Result<()> {
+        let slot = self.accum.next_multiple_of(2);
+        match (&mut self.buf, &mut self.row) {
+            (Some(buf), Some(row)) => {
+                let row_at =
+                    row_at.ok_or_else(|| crate::Error::Config("a GPU step log needs the step scalars".into()))?;
                 let mut grads = store.grads_mut();
-                ops::clip_grad_norm_on_device(&mut grads, max_norm, buf, slot)?;
+                ops::clip_grad_norm_on_device(&mut grads, max_norm, row, slot)?;
+                ops::copy_to_row_at(buf, row, row_at)?;
             }
-            None => {
+            _ => {
                 let norm = clip_grad_norm_unchecked(store, max_norm)?;
                 let losses = std::mem::take(&mut self.current);
                 self.pending.push(Pending { step: 0, lr: 0.0, host: Some((losses, norm)) });
@@ -90,6 +104,12 @@ impl StepLog {
         }
         self.pending.push(Pending { step: 0, lr: 0.0, host: None });
         Ok(())
+    }
+
+    /// Records a step whose device work (losses, clipping, the row's copy)
+    /// was a replay of a captured graph.
+    pub fn replayed(&mut self) {
+        self.pending.push(Pending { step: 0, lr: 0.0, host: None });
     }
 
     /// Closes the step (after [`StepLog::clip`]).

@@ -24,12 +24,15 @@ use crate::plot::{save_loss_plot, PlotOptions};
 use crate::raster::ValueRange;
 use crate::run_lock::RunLock;
 use crate::sampler::{sample, SampleSpec, Sampler};
-use crate::step_inputs::StepInputs;
+use crate::step_inputs::{MicroBatch, StepInputs};
 use crate::step_log::{StepLog, StepRecord};
+use crate::step_scalars::{ScalarValues, StepScalars};
 use crate::{Error, Result};
 use diffuse_tensor::comm::{bucket_ranges, Communicator};
+use diffuse_tensor::gpu::GpuGraph;
 use diffuse_tensor::ops::AdamWParams;
-use diffuse_tensor::{philox, Device, Tensor};
+use diffuse_tensor::philox::PhiloxStep;
+use diffuse_tensor::{ops, Device, Tensor};
 use diffuse_unet::atomic_file::write_atomic;
 use diffuse_unet::{ForwardMode, UNet, UNetConfig};
 use std::io::Write;
@@ -119,11 +122,18 @@ const MAX_UNREAD_STEPS: u64 = 1024;
 
 /// Philox salt of the dropout masks, apart from the noise and timesteps.
 const DROPOUT_SALT: u64 = 0x5eed_d409;
-/// Class dropout draws from its own salted seed and stream (see ARCHITECTURE.md).
-const CLASS_DROPOUT_SALT: u64 = 0xc1a5_5d40;
-const CLASS_DROPOUT_STREAM: u32 = 16;
 /// Gradients are all-reduced in buckets of at most this many f32 (16 MiB).
 const BUCKET_ELEMS: usize = 1 << 22;
+
+/// Where a run is with its training graph.
+enum GraphState {
+    /// Eager steps.
+    Off,
+    /// The next step runs eagerly, the one after is captured.
+    Warmup,
+    Capture,
+    Replay(GpuGraph),
+}
 
 pub struct Trainer {
     pub cfg: TrainConfig,
@@ -145,6 +155,10 @@ pub struct Trainer {
     flat: Option<FlatState>,
     /// The micro-batches' inputs (pinned staging and prefetch on a GPU).
     inputs: StepInputs,
+    /// What changes between steps, in device memory (GPU only).
+    scalars: Option<StepScalars>,
+    /// Whether the steps run as a captured graph (`use_graph`).
+    graph: GraphState,
     /// Things the user should know about how the run was opened (an
     /// unverified or skipped checkpoint, removed temporary files).
     pub notes: Vec<String>,
@@ -312,8 +326,12 @@ impl Trainer {
         let log = StepLog::new(&device, cfg.grad_accum, cfg.log_every.clamp(1, MAX_UNREAD_STEPS) as usize)?;
         let chw = [cfg.model.in_ch, cfg.model.image_size, cfg.model.image_size];
         let inputs = StepInputs::new(&device, &cfg, chw, comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size())))?;
+        let adamw_tensors = model.params.ids().filter(|&id| model.params.is_trainable(id)).count();
+        let scalars = StepScalars::new(&device, cfg.grad_accum, adamw_tensors)?;
         Ok(Trainer {
             log,
+            scalars,
+            graph: GraphState::Off,
             last: None,
             flat,
             inputs,
@@ -359,48 +377,151 @@ impl Trainer {
     /// mean gradient, and every rank takes the same optimiser step.
     pub fn train_step(&mut self) -> Result<()> {
         let accum = self.cfg.grad_accum;
-        let (rank, world) = self.rank_and_world();
+        let (rank, _) = self.rank_and_world();
         check_injected_failure(rank, self.step + 1)?;
-        self.model.params.zero_grads();
-        for micro in 0..accum {
-            let idx = (self.step * accum as u64 + micro as u64) as u32;
-            let mb = self.inputs.take(idx, &mut self.loader, &self.cfg, &self.diffusion)?;
-            // this shard's noise, dropout masks and class dropout are the batch's own for its samples
-            let first = mb.first;
-            let per_sample = (mb.x0.numel() / mb.ts.len().max(1)) as u64;
-            let (x_t, eps) =
-                self.diffusion.q_sample_with(&mb.x0, &mb.a, &mb.b, self.cfg.seed, idx, first as u64 * per_sample)?;
-            let target = self.diffusion.target_of_with(&mb.x0, &eps, &mb.a, &mb.b)?;
-            let mode = ForwardMode::train(self.cfg.seed ^ DROPOUT_SALT, idx).shard(first as u64);
-            let labels = self.training_labels(mb.labels.as_deref(), idx, first)?;
-            let (pred, cache) = self.model.forward_train_cond(&x_t, &mb.t, labels.as_deref(), mode)?;
-            let dloss = 1.0 / (accum * world) as f64;
-            let (mut loss, dpred) = weighted_mse_sqrt(&pred, &target, mb.sqrt_w.as_ref(), dloss)?;
-            if let Some(c) = &self.comm {
-                // the loss itself is the shard's plain mean: the batch's is their mean
-                c.all_reduce_sum(&mut [&mut loss])?;
-                diffuse_tensor::ops::scale_in_place(&mut loss, 1.0 / world as f64)?;
-            }
-            self.log.record_loss(micro, &loss)?;
-            drop(pred);
-            self.model.backward(&cache, &dpred)?;
-            drop((mb, cache, target));
-            // the next micro-batch is loaded and its copy queued while the device works
-            self.inputs.prefetch(idx + 1, &mut self.loader, &self.cfg, &self.diffusion)?;
-        }
-        self.all_reduce_grads()?;
-        self.model.params.settle_grads()?; // into the flat gradient buffer (GPU)
-        self.log.clip(&mut self.model.params, self.cfg.grad_clip)?;
         let lr = warmup_lr(self.cfg.lr, self.cfg.warmup_steps, self.step + 1);
-        self.opt.step(&mut self.model.params, lr)?;
-        self.ema.update(&self.model.params)?;
-        self.model.params.zero_grads();
+        let first_idx = (self.step * accum as u64) as u32;
+        self.write_step_scalars(lr)?;
+        let graph = std::mem::replace(&mut self.graph, GraphState::Off);
+        self.graph = match graph {
+            GraphState::Replay(g) => {
+                drop(self.inputs.take(first_idx, &mut self.loader, &self.cfg, &self.diffusion)?);
+                g.replay()?;
+                self.opt.step += 1;
+                self.ema.updates += 1;
+                self.log.replayed();
+                GraphState::Replay(g)
+            }
+            GraphState::Capture => {
+                let g = self.scalars.as_ref().map(|s| s.gpu()).transpose()?;
+                let g = g.ok_or_else(|| Error::Config("a training graph needs a GPU".into()))?;
+                let mb = self.inputs.take(first_idx, &mut self.loader, &self.cfg, &self.diffusion)?;
+                self.model.params.zero_grads();
+                g.begin_capture()?;
+                let work = self.micro_batch(mb, first_idx, 0).and_then(|()| self.update(lr));
+                let graph = g.end_capture();
+                work?;
+                GraphState::Replay(graph?)
+            }
+            state => {
+                self.model.params.zero_grads();
+                for micro in 0..accum {
+                    let idx = first_idx + micro as u32;
+                    let mb = self.inputs.take(idx, &mut self.loader, &self.cfg, &self.diffusion)?;
+                    self.micro_batch(mb, idx, micro)?;
+                    // the next micro-batch is loaded and its copy queued while the device works
+                    if micro + 1 < accum {
+                        self.inputs.prefetch(idx + 1, &mut self.loader, &self.cfg, &self.diffusion)?;
+                    }
+                }
+                self.update(lr)?;
+                match state {
+                    GraphState::Warmup => GraphState::Capture,
+                    s => s,
+                }
+            }
+        };
+        // the next step's first micro-batch, queued behind this step's work
+        let next = first_idx + accum as u32;
+        self.inputs.prefetch(next, &mut self.loader, &self.cfg, &self.diffusion)?;
         self.step += 1;
         self.log.finish_step(self.step, lr);
         if self.log.is_full() {
             self.read_log()?;
         }
         Ok(())
+    }
+
+    /// Writes this step's scalars (Philox steps, EMA factors, log row,
+    /// AdamW constants) with one copy queued ahead of its work (GPU only).
+    fn write_step_scalars(&mut self, lr: f64) -> Result<()> {
+        let Some(sc) = self.scalars.as_mut() else { return Ok(()) };
+        let accum = self.cfg.grad_accum as u64;
+        let philox = (0..accum).map(|m| (self.step * accum + m) as u32).collect();
+        let hypers = self.opt.hypers_for(&self.model.params, lr);
+        sc.write(ScalarValues {
+            philox,
+            ema: ops::ema_factors(self.ema.effective_decay()),
+            log_row: self.log.next_row(),
+            adamw: ops::adamw_consts_words(&hypers, self.opt.step + 1),
+        })
+    }
+
+    /// The forward and backward of one micro-batch (its loss recorded).
+    fn micro_batch(&mut self, mb: MicroBatch, idx: u32, micro: usize) -> Result<()> {
+        let (accum, world) = (self.cfg.grad_accum, self.rank_and_world().1);
+        let step_at = self.scalars.as_ref().and_then(|s| s.philox_at(micro));
+        let step = PhiloxStep { value: idx, at: step_at };
+        // this shard's noise, dropout masks and class dropout are the batch's own for its samples
+        let first = mb.first;
+        let per_sample = (mb.x0.numel() / mb.ts.len().max(1)) as u64;
+        let (x_t, eps) =
+            self.diffusion.q_sample_with(&mb.x0, &mb.a, &mb.b, self.cfg.seed, step, first as u64 * per_sample)?;
+        let target = self.diffusion.target_of_with(&mb.x0, &eps, &mb.a, &mb.b)?;
+        let mode =
+            ForwardMode::train(self.cfg.seed ^ DROPOUT_SALT, idx).shard(first as u64).on_device(step_at, mb.labels_at);
+        if self.model.null_class().is_some() && mb.labels.is_none() {
+            return Err(Error::Config("a class-conditional model needs labelled data".into()));
+        }
+        let (pred, cache) = self.model.forward_train_cond(&x_t, &mb.t, mb.labels.as_deref(), mode)?;
+        let dloss = 1.0 / (accum * world) as f64;
+        let (mut loss, dpred) = weighted_mse_sqrt(&pred, &target, mb.sqrt_w.as_ref(), dloss)?;
+        if let Some(c) = &self.comm {
+            // the loss itself is the shard's plain mean: the batch's is their mean
+            c.all_reduce_sum(&mut [&mut loss])?;
+            diffuse_tensor::ops::scale_in_place(&mut loss, 1.0 / world as f64)?;
+        }
+        self.log.record_loss(micro, &loss)?;
+        drop(pred);
+        self.model.backward(&cache, &dpred)?;
+        drop((mb, cache, target));
+        Ok(())
+    }
+
+    /// The optimiser's half of a step: gradients summed over the ranks and
+    /// settled in their flat buffer, clipped, AdamW and the EMA.
+    fn update(&mut self, lr: f64) -> Result<()> {
+        self.all_reduce_grads()?;
+        self.model.params.settle_grads()?; // into the flat gradient buffer (GPU)
+        let row_at = self.scalars.as_ref().map(|s| s.log_row_at());
+        self.log.clip(&mut self.model.params, self.cfg.grad_clip, row_at)?;
+        let consts_at = self.scalars.as_ref().map(|s| s.adamw_at());
+        self.opt.step_at(&mut self.model.params, lr, consts_at)?;
+        self.ema.update_at(&self.model.params, self.scalars.as_ref().map(|s| s.ema_at()))?;
+        self.model.params.zero_grads();
+        Ok(())
+    }
+
+    /// Runs the following training steps as a CUDA graph (`train --graph`):
+    /// the next step runs eagerly (memory and tables settle), the one after
+    /// is captured, and every later step replays it after one copy of the
+    /// step scalars (and the batch's). Where a graph cannot hold the step,
+    /// the run stays eager and the returned line says why.
+    pub fn use_graph(&mut self) -> Option<String> {
+        let why = if self.scalars.is_none() {
+            Some("the CPU runs no graphs")
+        } else if self.cfg.grad_accum > 1 {
+            Some("gradient accumulation copies each micro-batch between its kernels")
+        } else if self.comm.is_some() {
+            Some("the all-reduce of several GPUs is not captured")
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Some(format!("training without a CUDA graph: {why}")),
+            None => {
+                self.graph = GraphState::Warmup;
+                None
+            }
+        }
+    }
+
+    /// Kernel launches inside the captured training graph, once there is one.
+    pub fn graph_launches(&self) -> Option<usize> {
+        match &self.graph {
+            GraphState::Replay(g) => Some(g.launches()),
+            _ => None,
+        }
     }
 
     /// Sums the gradients over the ranks, in buckets of whole tensors in
@@ -453,33 +574,6 @@ impl Trainer {
             self.last = Some(r);
         }
         Ok(self.last)
-    }
-
-    /// The class labels of a micro-batch of a conditional model, each
-    /// replaced by "no class" with probability `class_dropout` (a Philox draw
-    /// per (seed, micro-batch, sample): the same on every device and after a
-    /// resume); None for an unconditional model.
-    fn training_labels(&self, labels: Option<&[u8]>, idx: u32, first: usize) -> Result<Option<Vec<usize>>> {
-        let Some(null) = self.model.null_class() else {
-            return Ok(None);
-        };
-        let labels = labels.ok_or_else(|| Error::Config("a class-conditional model needs labelled data".into()))?;
-        let threshold = philox::dropout_threshold(self.cfg.class_dropout as f32);
-        Ok(Some(
-            labels
-                .iter()
-                .enumerate()
-                .map(|(j, &l)| {
-                    let j = (first + j) as u64; // the sample's index in the whole batch
-                    let word = philox::bits(self.cfg.seed ^ CLASS_DROPOUT_SALT, idx, CLASS_DROPOUT_STREAM, j);
-                    if philox::keep(word, threshold) {
-                        l as usize
-                    } else {
-                        null
-                    }
-                })
-                .collect(),
-        ))
     }
 
     fn state(&self) -> TrainState {

@@ -68,6 +68,8 @@ pub struct UNetCache {
     temb: TimeEmbeddingCache,
     /// The class labels of a conditional forward (the null class filled in).
     labels: Vec<usize>,
+    /// Where the GPU kernels read them (`ForwardMode::labels_at`).
+    labels_at: Option<u64>,
     temb_out: Tensor,
     silu_temb: Tensor,
     x: Tensor,
@@ -310,7 +312,7 @@ impl Arch {
         let train = mode.train;
         let (mut temb_out, temb_cache) = self.temb.forward(ps, t, train)?;
         if let Some(ce) = &self.class_emb {
-            temb_out = ops::add(&temb_out, &ce.forward(ps, labels)?)?;
+            temb_out = ops::add(&temb_out, &ce.forward(ps, labels, mode.labels_at)?)?;
         }
         let silu_temb = ops::silu_forward(&temb_out)?;
 
@@ -380,6 +382,7 @@ impl Arch {
             (true, Some(temb), Some(mid1), Some(mid_attn), Some(mid2)) => Some(UNetCache {
                 temb,
                 labels: labels.to_vec(),
+                labels_at: mode.labels_at,
                 temb_out,
                 silu_temb,
                 x: x.clone(),
@@ -504,7 +507,7 @@ impl Arch {
             let dsilu_temb = dsilu_temb.ok_or_else(|| UNetError::Config("no block used the time embedding".into()))?;
             let dtemb = ops::silu_backward(&dsilu_temb, &c.temb_out)?;
             if let Some(ce) = &self.class_emb {
-                ce.backward(ps, &c.labels, &dtemb)?;
+                ce.backward(ps, &c.labels, c.labels_at, &dtemb)?;
             }
             if ps.any_trainable_through(self.temb.last_param()) {
                 self.temb.backward(ps, &c.temb, &dtemb)?;

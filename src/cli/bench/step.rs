@@ -54,8 +54,9 @@ pub struct BenchStepArgs {
     /// ops apart), and print it as a table on stderr (CPU only).
     #[arg(long)]
     pub profile: bool,
-    /// Capture the step once as a graph after the warm-up and replay it
-    /// (GPU devices, `--mode sample`; a CUDA graph on a real GPU).
+    /// Capture the step once as a graph and replay it (GPU devices; a CUDA
+    /// graph on a real GPU): a sampling step after the warm-up, a training
+    /// step as `train --graph` does (at least two warm-up steps).
     #[arg(long)]
     pub graph: bool,
 }
@@ -117,7 +118,7 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
 
     // Kept alive for the steps below.
     let graph: Option<diffuse_tensor::gpu::GpuGraph>;
-    let mut trainer;
+    let mut trainer: Option<Trainer> = None;
     let model;
     let (x, t);
     let mut step: Step = match a.mode {
@@ -129,9 +130,14 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
             cfg.steps = u64::MAX / 2;
             cfg.checkpoint_every = 0;
             cfg.sample_every = 0;
-            trainer = Trainer::new(cfg, Start::Fresh, tmp.0.join("run"), device.clone())?;
-            Box::new(|| {
-                trainer.train_step()?;
+            let t = trainer.insert(Trainer::new(cfg, Start::Fresh, tmp.0.join("run"), device.clone())?);
+            if a.graph && !device.is_cpu() {
+                if let Some(why) = t.use_graph() {
+                    bail!("--graph: {why}");
+                }
+            }
+            Box::new(move || {
+                t.train_step()?;
                 Ok(())
             })
         }
@@ -147,17 +153,17 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         }
     };
 
-    for _ in 0..a.warmup {
+    // a training graph: one eager step, then the captured one
+    let warmup = if a.graph && a.mode == BenchMode::Train { a.warmup.max(2) } else { a.warmup };
+    for _ in 0..warmup {
         step()?;
         device.synchronize()?;
     }
     graph = match (a.graph, &device) {
         (false, _) => None,
         (true, Device::Cpu) => bail!("--graph needs a GPU device (emu or cuda)"),
-        (true, Device::Gpu(_)) if a.mode == BenchMode::Train => bail!(
-            "--graph captures sampling steps only (--mode sample): a training step still passes per-step values \
-             (Philox step, EMA decay, step-log slot) as kernel arguments"
-        ),
+        // the trainer captures its own step (after one eager step) and replays it
+        (true, Device::Gpu(_)) if a.mode == BenchMode::Train => None,
         (true, Device::Gpu(g)) => {
             g.begin_capture()?;
             let captured = step();
@@ -186,6 +192,9 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         }
     }
     diffuse_tensor::profile::set_enabled(false);
+    drop(step);
+    let launches_per_graph =
+        graph.as_ref().map(|g| g.launches()).or_else(|| trainer.as_ref().and_then(|t| t.graph_launches()));
     let op_times = diffuse_tensor::profile::take();
     let total: f64 = secs.iter().sum();
     secs.sort_by(f64::total_cmp);
@@ -200,7 +209,7 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         "median_s": median,
         "min_s": secs[0],
         "images_per_s": b as f64 / median,
-        "graph": graph.as_ref().map(|g| g.launches()),
+        "graph": launches_per_graph,
         "peak_rss_bytes": peak_rss_bytes(),
     });
     if a.counters {

@@ -145,6 +145,15 @@ impl CountedDriver {
         self.capturing().take()
     }
 
+    /// A copy to the device that is not part of a captured graph (a
+    /// constant table the graph reads, uploaded while it is captured; the
+    /// emulator copies at once). Counted as any copy to the device.
+    pub(crate) fn htod_outside_capture(&self, src: &[u8], dst: u64) -> Result<()> {
+        bump(&self.c.htod, 1);
+        bump(&self.c.htod_bytes, src.len() as u64);
+        self.inner.htod(src, dst)
+    }
+
     pub(crate) fn is_capturing(&self) -> bool {
         self.capturing().is_some()
     }

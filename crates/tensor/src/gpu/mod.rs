@@ -348,7 +348,13 @@ impl GpuDevice {
     /// ([`tables`]): the pointer and length tables of multi-tensor launches.
     /// Kernels only read it.
     pub fn constant_table(&self, values: &[u64]) -> Result<u64> {
-        self.tables().get(&self.inner.driver, &self.inner.pool, STREAM, values)
+        let native = *self.native_capture();
+        self.tables().get(&self.inner.driver, &self.inner.pool, STREAM, values, native)
+    }
+
+    /// Whether a graph is being captured on this device.
+    pub fn is_capturing(&self) -> bool {
+        self.inner.driver.is_capturing()
     }
 
     /// Constant tables cached on the device.
@@ -358,7 +364,7 @@ impl GpuDevice {
 
     /// Ends the capture: the graph of what was recorded since `begin_capture`.
     pub fn end_capture(&self) -> Result<GpuGraph> {
-        let tables = self.tables().end_capture();
+        let (tables, deferred) = self.tables().end_capture();
         let calls = self
             .inner
             .driver
@@ -370,6 +376,10 @@ impl GpuDevice {
             false => None,
         };
         let graph = GpuGraph { device: self.clone(), calls, memory, tables, native };
+        for (ptr, values) in &deferred {
+            // tables first asked for during a driver capture (see `tables`)
+            self.inner.driver.htod(bytemuck::cast_slice(values), *ptr)?;
+        }
         if graph.native.is_some() {
             // A driver graph recorded the work without running it; the
             // emulated capture ran it. Run it once so both end alike.

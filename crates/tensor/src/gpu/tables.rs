@@ -4,9 +4,14 @@
 //! so a steady-state step uploads none of them; tensors that moved simply
 //! miss and are uploaded again. Least recently used tables are given back
 //! beyond [`TableCache::CAPACITY`], except those a live graph reads.
+//! A table first asked for during a graph capture (the fresh gradients'
+//! pointers, which stay put while the graph lives) is not part of the
+//! graph's work: the emulator uploads it at once, outside the recording; a
+//! driver graph (CUDA), whose captured work has not run yet, gets it
+//! uploaded right after the capture ends, before its first launch.
 
 use super::pool::{Block, CachingAllocator, StreamId};
-use super::GpuDriver;
+use super::{CountedDriver, GpuDriver};
 use crate::Result;
 use std::collections::HashMap;
 
@@ -23,6 +28,8 @@ pub(crate) struct TableCache {
     clock: u64,
     /// While a graph is captured: the tables its launches read.
     captured: Option<Vec<u64>>,
+    /// Uploads of a driver capture, queued after it ends: (address, values).
+    deferred: Vec<(u64, Vec<u64>)>,
 }
 
 impl TableCache {
@@ -30,19 +37,29 @@ impl TableCache {
     pub const CAPACITY: usize = 64;
 
     /// The device address of a table holding `values` (uploaded on a miss).
+    /// `native`: a driver graph is being captured (see the module docs).
     pub fn get(
         &mut self,
-        driver: &dyn GpuDriver,
+        driver: &CountedDriver,
         pool: &CachingAllocator,
         stream: StreamId,
         values: &[u64],
+        native: bool,
     ) -> Result<u64> {
         self.clock += 1;
         let clock = self.clock;
         if !self.entries.contains_key(values) {
             self.evict(driver, pool, stream);
             let block = pool.alloc(driver, 8 * values.len().max(1), stream)?;
-            if let Err(e) = driver.htod(bytemuck::cast_slice(values), block.ptr) {
+            let uploaded = match (self.captured.is_some(), native) {
+                (false, _) => driver.htod(bytemuck::cast_slice(values), block.ptr),
+                (true, false) => driver.htod_outside_capture(bytemuck::cast_slice(values), block.ptr),
+                (true, true) => {
+                    self.deferred.push((block.ptr, values.to_vec()));
+                    Ok(())
+                }
+            };
+            if let Err(e) = uploaded {
                 pool.free(driver, block, stream);
                 return Err(e);
             }
@@ -75,9 +92,10 @@ impl TableCache {
         self.captured = Some(Vec::new());
     }
 
-    /// The tables the captured launches read (pinned until [`Self::unpin`]).
-    pub fn end_capture(&mut self) -> Vec<u64> {
-        self.captured.take().unwrap_or_default()
+    /// The tables the captured launches read (pinned until [`Self::unpin`])
+    /// and the uploads a driver graph needs before its first launch.
+    pub fn end_capture(&mut self) -> (Vec<u64>, Vec<(u64, Vec<u64>)>) {
+        (self.captured.take().unwrap_or_default(), std::mem::take(&mut self.deferred))
     }
 
     /// A graph that read these tables was dropped.

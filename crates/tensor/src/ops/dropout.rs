@@ -3,28 +3,45 @@
 
 use crate::cpu::dropout as kernels;
 use crate::gpu::launch;
+use crate::philox::PhiloxStep;
 use crate::{with_element, Result, Storage, Tensor, TensorError};
 
 /// y[i] = x[i] / (1 - p) where element i is kept, else 0; element i is kept
 /// iff `philox::keep(philox::bits(seed, step, stream, i), philox::dropout_threshold(p))`.
 pub fn dropout_forward(x: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
-    masked("dropout_forward", false, x, p, seed, step, stream, 0)
+    masked("dropout_forward", false, x, p, seed, step.into(), stream, 0)
 }
 
 /// [`dropout_forward`] of elements [offset, offset + len) of a larger
 /// tensor: a shard of a batch (data parallelism) keeps the batch's mask.
-pub fn dropout_forward_at(x: &Tensor, p: f32, seed: u64, step: u32, stream: u32, offset: u64) -> Result<Tensor> {
-    masked("dropout_forward", false, x, p, seed, step, stream, offset)
+/// A GPU kernel reads the step from device memory where `step.at` is set
+/// ([`PhiloxStep`]: training graphs).
+pub fn dropout_forward_at(
+    x: &Tensor,
+    p: f32,
+    seed: u64,
+    step: impl Into<PhiloxStep>,
+    stream: u32,
+    offset: u64,
+) -> Result<Tensor> {
+    masked("dropout_forward", false, x, p, seed, step.into(), stream, offset)
 }
 
 /// The backward of [`dropout_forward_at`].
-pub fn dropout_backward_at(dy: &Tensor, p: f32, seed: u64, step: u32, stream: u32, offset: u64) -> Result<Tensor> {
-    masked("dropout_backward", true, dy, p, seed, step, stream, offset)
+pub fn dropout_backward_at(
+    dy: &Tensor,
+    p: f32,
+    seed: u64,
+    step: impl Into<PhiloxStep>,
+    stream: u32,
+    offset: u64,
+) -> Result<Tensor> {
+    masked("dropout_backward", true, dy, p, seed, step.into(), stream, offset)
 }
 
 /// dx = dy masked and scaled exactly as the forward with the same arguments.
 pub fn dropout_backward(dy: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
-    masked("dropout_backward", true, dy, p, seed, step, stream, 0)
+    masked("dropout_backward", true, dy, p, seed, step.into(), stream, 0)
 }
 
 /// Forward and backward are the same diagonal map (its own adjoint).
@@ -35,7 +52,7 @@ fn masked(
     x: &Tensor,
     p: f32,
     seed: u64,
-    step: u32,
+    step: PhiloxStep,
     stream: u32,
     offset: u64,
 ) -> Result<Tensor> {
@@ -47,7 +64,7 @@ fn masked(
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut y = vec![T::default(); x.numel()];
-            kernels::apply_mask_at(x.cpu_slice::<T>()?, p, seed, step, stream, offset, &mut y);
+            kernels::apply_mask_at(x.cpu_slice::<T>()?, p, seed, step.value, stream, offset, &mut y);
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),
         Storage::Gpu(g) => {

@@ -56,6 +56,13 @@ fn labels_on(dev: &crate::gpu::GpuDevice, labels: &[usize]) -> Result<crate::gpu
 /// table [rows, dim], labels (N entries, each < rows) -> [N, dim]: row n is
 /// table row labels[n] (a learned class embedding, diffusers' `class_embedding`).
 pub fn class_embedding(table: &Tensor, labels: &[usize]) -> Result<Tensor> {
+    class_embedding_at(table, labels, None)
+}
+
+/// [`class_embedding`] whose GPU kernel reads the labels (as f32) at device
+/// address `labels_at` when set: a training graph's staged batch, which the
+/// caller filled with `labels` and keeps alive. The host still checks them.
+pub fn class_embedding_at(table: &Tensor, labels: &[usize], labels_at: Option<u64>) -> Result<Tensor> {
     let _timer = crate::profile::op("class_embedding");
     const OP: &str = "class_embedding";
     let &[rows, dim] = table.dims() else {
@@ -70,8 +77,12 @@ pub fn class_embedding(table: &Tensor, labels: &[usize]) -> Result<Tensor> {
             Ok(Tensor::from_cpu([n, dim].into(), out))
         }),
         Storage::Gpu(g) => {
-            let l = labels_on(g.device(), labels)?;
-            Ok(Tensor::from_gpu([n, dim].into(), launch::embedding::class_embedding(g.device(), g, &l, n, dim)?))
+            let uploaded = match labels_at {
+                Some(_) => None,
+                None => Some(labels_on(g.device(), labels)?),
+            };
+            let l = labels_at.or(uploaded.as_ref().map(|u| u.ptr())).unwrap_or(0);
+            Ok(Tensor::from_gpu([n, dim].into(), launch::embedding::class_embedding(g.device(), g, l, n, dim)?))
         }
     }
 }
@@ -79,6 +90,17 @@ pub fn class_embedding(table: &Tensor, labels: &[usize]) -> Result<Tensor> {
 /// d table [rows, dim] from dout [N, dim]: row k sums the rows of dout whose
 /// label is k, in increasing n (the same order on every device).
 pub fn class_embedding_backward(dout: &Tensor, labels: &[usize], rows: usize) -> Result<Tensor> {
+    class_embedding_backward_at(dout, labels, rows, None)
+}
+
+/// [`class_embedding_backward`] with the labels read at `labels_at` on a GPU
+/// (see [`class_embedding_at`]).
+pub fn class_embedding_backward_at(
+    dout: &Tensor,
+    labels: &[usize],
+    rows: usize,
+    labels_at: Option<u64>,
+) -> Result<Tensor> {
     let _timer = crate::profile::op("class_embedding_backward");
     const OP: &str = "class_embedding_backward";
     let &[n, dim] = dout.dims() else {
@@ -95,10 +117,14 @@ pub fn class_embedding_backward(dout: &Tensor, labels: &[usize], rows: usize) ->
             Ok(Tensor::from_cpu([rows, dim].into(), dtable))
         }),
         Storage::Gpu(g) => {
-            let l = labels_on(g.device(), labels)?;
+            let uploaded = match labels_at {
+                Some(_) => None,
+                None => Some(labels_on(g.device(), labels)?),
+            };
+            let l = labels_at.or(uploaded.as_ref().map(|u| u.ptr())).unwrap_or(0);
             Ok(Tensor::from_gpu(
                 [rows, dim].into(),
-                launch::embedding::class_embedding_backward(g.device(), g, &l, n, dim, rows)?,
+                launch::embedding::class_embedding_backward(g.device(), g, l, n, dim, rows)?,
             ))
         }
     }

@@ -4,6 +4,7 @@
 use super::{check_same, gpu_of};
 use crate::cpu::noise as kernels;
 use crate::gpu::launch;
+use crate::philox::PhiloxStep;
 use crate::{with_element, Result, Storage, Tensor, TensorError};
 
 /// The noised batch and the noise it was made with (the training target).
@@ -29,18 +30,21 @@ pub fn noise_add(
 
 /// [`noise_add`] with the noise of elements [offset, offset + len) of the
 /// draw: a shard of a batch (data parallelism) gets the batch's own noise.
+/// A GPU kernel reads the step from device memory where `step.at` is set
+/// ([`PhiloxStep`]: training graphs); the CPU uses its value.
 #[allow(clippy::too_many_arguments)]
 pub fn noise_add_at(
     x0: &Tensor,
     sqrt_abar: &Tensor,
     sqrt_one_minus_abar: &Tensor,
     seed: u64,
-    step: u32,
+    step: impl Into<PhiloxStep>,
     stream: u32,
     offset: u64,
 ) -> Result<NoiseAddOutput> {
     let _timer = crate::profile::op("noise_add");
     const OP: &str = "noise_add";
+    let step = step.into();
     check_same(OP, &[x0, sqrt_abar, sqrt_one_minus_abar])?;
     let n = batch_size(OP, x0)?;
     sqrt_abar.shape().expect(OP, &[n])?;
@@ -49,7 +53,7 @@ pub fn noise_add_at(
     match x0.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut eps = vec![T::default(); x0.numel()];
-            kernels::fill_normal_at(&mut eps, seed, step, stream, offset);
+            kernels::fill_normal_at(&mut eps, seed, step.value, stream, offset);
             let mut x_t = vec![T::default(); x0.numel()];
             let (a, b) = (sqrt_abar.cpu_slice::<T>()?, sqrt_one_minus_abar.cpu_slice::<T>()?);
             kernels::noise_mix(x0.cpu_slice::<T>()?, &eps, a, b, per_sample, &mut x_t);

@@ -213,6 +213,32 @@ pub fn adamw_step_many(
     hypers: &[AdamWParams],
     step: u64,
 ) -> Result<()> {
+    adamw_step_many_at(params, grads, m, v, hypers, step, None)
+}
+
+/// The constants [`adamw_step_many`] gives its GPU kernel for these
+/// hyper-parameters at `step`: 6 u64 words per tensor (f64 bit patterns).
+/// A training graph writes them into its per-step scalars each step.
+pub fn adamw_consts_words(hypers: &[AdamWParams], step: u64) -> Vec<u64> {
+    launch::optim::adamw_consts_words(
+        hypers.iter().map(|h| AdamWConsts::new(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, step)),
+    )
+}
+
+/// [`adamw_step_many`] whose GPU kernel reads its per-step constants at
+/// device address `consts_at` when set: the caller wrote
+/// [`adamw_consts_words`]`(hypers, step)` there (one copy a step) and keeps
+/// it alive; the host still checks `hypers`. Same bits.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_step_many_at(
+    params: &mut [&mut Tensor],
+    grads: &[&Tensor],
+    m: &mut [&mut Tensor],
+    v: &mut [&mut Tensor],
+    hypers: &[AdamWParams],
+    step: u64,
+    consts_at: Option<u64>,
+) -> Result<()> {
     let _timer = crate::profile::op("adamw_step_many");
     const OP: &str = "adamw_step_many";
     let n = params.len();
@@ -249,11 +275,24 @@ pub fn adamw_step_many(
             consts: AdamWConsts::new(h.lr, h.beta1, h.beta2, h.eps, h.weight_decay, step),
         });
     }
-    launch::optim::adamw_multi(&dev, &tensors)
+    launch::optim::adamw_multi(&dev, &tensors, consts_at)
 }
 
 /// [`ema_update`] of many tensors with one decay; one launch on one GPU.
 pub fn ema_update_many(emas: &mut [&mut Tensor], params: &[&Tensor], decay: f64) -> Result<()> {
+    ema_update_many_at(emas, params, decay, None)
+}
+
+/// The two f32 a GPU EMA kernel reads at `dk_at` ([`ema_update_many_at`]):
+/// decay and 1 - decay, each rounded to f32 as the CPU rounds them.
+pub fn ema_factors(decay: f64) -> [f32; 2] {
+    [decay as f32, (1.0 - decay) as f32]
+}
+
+/// [`ema_update_many`] whose GPU kernel reads its factors at device address
+/// `dk_at` when set: the caller wrote [`ema_factors`]`(decay)` there and
+/// keeps it alive (training graphs). Same bits.
+pub fn ema_update_many_at(emas: &mut [&mut Tensor], params: &[&Tensor], decay: f64, dk_at: Option<u64>) -> Result<()> {
     let _timer = crate::profile::op("ema_update_many");
     const OP: &str = "ema_update_many";
     if emas.len() != params.len() {
@@ -275,7 +314,7 @@ pub fn ema_update_many(emas: &mut [&mut Tensor], params: &[&Tensor], decay: f64)
     }
     let pairs: Vec<(&GpuStorage, &GpuStorage)> =
         emas.iter().zip(params).map(|(e, p)| Ok((gpu_of(OP, e)?, gpu_of(OP, p)?))).collect::<Result<_>>()?;
-    launch::optim::ema_multi(&dev, &pairs, decay)
+    launch::optim::ema_multi(&dev, &pairs, decay, dk_at)
 }
 
 /// The GPU all these tensors live on, if they all live on one.
@@ -283,4 +322,19 @@ fn one_gpu<'a>(mut ts: impl Iterator<Item = &'a Tensor>) -> Option<GpuDevice> {
     let Storage::Gpu(g) = ts.next()?.storage() else { return None };
     let dev = g.device().clone();
     ts.all(|t| matches!(t.storage(), Storage::Gpu(h) if h.device().same(&dev))).then_some(dev)
+}
+
+/// Copies `src` into row `row` of `dst` (rows of `src.numel()` elements),
+/// with `row` the u64 at device address `row_at`, which the caller keeps
+/// alive: a copy whose destination changes between a graph's replays (the
+/// step log's slot). Nothing is written when the row is past `dst`'s end.
+/// GPU tensors on one device.
+pub fn copy_to_row_at(dst: &mut Tensor, src: &Tensor, row_at: u64) -> Result<()> {
+    let _timer = crate::profile::op("copy_to_row_at");
+    const OP: &str = "copy_to_row_at";
+    check_same(OP, &[dst, src])?;
+    let s = gpu_of(OP, src)?.clone();
+    let d = gpu_of_mut(OP, dst)?;
+    d.make_unique()?;
+    launch::optim::copy_to_row(&d.device().clone(), d, &s, row_at)
 }

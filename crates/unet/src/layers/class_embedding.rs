@@ -44,14 +44,21 @@ impl ClassEmbedding {
     }
 
     /// [N, dim]: the table's rows for `labels`.
-    pub fn forward(&self, ps: &ParamStore, labels: &[usize]) -> Result<Tensor> {
-        Ok(ops::class_embedding(ps.value(self.table), labels)?)
+    /// `labels_at`: the labels (f32) in device memory (see `ForwardMode`).
+    pub fn forward(&self, ps: &ParamStore, labels: &[usize], labels_at: Option<u64>) -> Result<Tensor> {
+        Ok(ops::class_embedding_at(ps.value(self.table), labels, labels_at)?)
     }
 
     /// Accumulates the table's gradient (when it trains) from d temb [N, dim].
-    pub fn backward(&self, ps: &mut ParamStore, labels: &[usize], dtemb: &Tensor) -> Result<()> {
+    pub fn backward(
+        &self,
+        ps: &mut ParamStore,
+        labels: &[usize],
+        labels_at: Option<u64>,
+        dtemb: &Tensor,
+    ) -> Result<()> {
         if ps.is_trainable(self.table) {
-            let g = ops::class_embedding_backward(dtemb, labels, self.num_classes + 1)?;
+            let g = ops::class_embedding_backward_at(dtemb, labels, self.num_classes + 1, labels_at)?;
             ps.accumulate_grad(self.table, g)?;
         }
         Ok(())

@@ -34,14 +34,29 @@ pub struct ForwardMode {
     /// (data parallelism) draws the masks the whole batch would give its
     /// samples. 0 for a whole batch.
     pub first_sample: u64,
+    /// Where GPU kernels read the dropout step instead (device memory: a
+    /// training graph's per-step scalars, equal to `step`; None: `step`).
+    pub step_at: Option<u64>,
+    /// Where GPU kernels read the class labels (f32, the null class filled
+    /// in; a training graph's staged batch) instead of an upload per call.
+    pub labels_at: Option<u64>,
 }
 
 impl ForwardMode {
     pub fn inference() -> Self {
-        ForwardMode { train: false, seed: 0, step: 0, first_sample: 0 }
+        ForwardMode { train: false, seed: 0, step: 0, first_sample: 0, step_at: None, labels_at: None }
     }
     pub fn train(seed: u64, step: u32) -> Self {
-        ForwardMode { train: true, seed, step, first_sample: 0 }
+        ForwardMode { train: true, seed, step, first_sample: 0, step_at: None, labels_at: None }
+    }
+    /// This mode with the dropout step and the labels read from device
+    /// memory (see the fields).
+    pub fn on_device(self, step_at: Option<u64>, labels_at: Option<u64>) -> Self {
+        ForwardMode { step_at, labels_at, ..self }
+    }
+    /// The dropout masks' Philox step.
+    pub fn philox_step(&self) -> philox::PhiloxStep {
+        philox::PhiloxStep { value: self.step, at: self.step_at }
     }
     /// This mode for the shard of a batch that starts at sample `first`.
     pub fn shard(self, first: u64) -> Self {

@@ -83,7 +83,8 @@ impl ResnetBlock {
         let (mut a2, n2) = self.norm2.forward(ps, &h2)?;
         if self.dropout_on(&mode) {
             let offset = mode.element_offset(&a2);
-            a2 = ops::dropout_forward_at(&a2, self.dropout, mode.seed, mode.step, self.dropout_stream, offset)?;
+            a2 =
+                ops::dropout_forward_at(&a2, self.dropout, mode.seed, mode.philox_step(), self.dropout_stream, offset)?;
         }
         let h3 = self.conv2.forward(ps, &a2)?;
         let y = match &self.nin_shortcut {
@@ -113,7 +114,7 @@ impl ResnetBlock {
         let mut da2 = self.conv2.backward(ps, &c.a2, dy)?;
         if self.dropout_on(&c.mode) {
             let (m, offset) = (&c.mode, c.mode.element_offset(&da2));
-            da2 = ops::dropout_backward_at(&da2, self.dropout, m.seed, m.step, self.dropout_stream, offset)?;
+            da2 = ops::dropout_backward_at(&da2, self.dropout, m.seed, m.philox_step(), self.dropout_stream, offset)?;
         }
         let dh2 = self.norm2.backward(ps, &c.h2, &c.n2, &da2)?;
         drop(da2);

@@ -4,7 +4,8 @@
 use super::{alloc, grid_for, philox_blocks, run, u64_arg};
 use crate::gpu::kernels;
 use crate::gpu::{GpuDevice, GpuStorage, KernelArg};
-use crate::{philox, Result};
+use crate::philox::{self, PhiloxStep};
+use crate::Result;
 
 #[allow(clippy::too_many_arguments)]
 fn apply(
@@ -13,7 +14,7 @@ fn apply(
     x: &GpuStorage,
     p: f32,
     seed: u64,
-    step: u32,
+    step: PhiloxStep,
     stream: u32,
     offset: u64,
 ) -> Result<GpuStorage> {
@@ -27,11 +28,12 @@ fn apply(
             x.arg(),
             u64_arg(n),
             KernelArg::U64(seed),
-            KernelArg::U32(step),
+            KernelArg::U32(step.value),
             KernelArg::U32(stream),
             KernelArg::U32(threshold),
             KernelArg::F32(scale),
             KernelArg::U64(offset),
+            KernelArg::Ptr(step.at.unwrap_or(0)),
         ];
         run(dev, kernel, grid_for(philox_blocks(offset, n)), &args)?;
     }
@@ -46,7 +48,7 @@ pub fn dropout_forward(
     x: &GpuStorage,
     p: f32,
     seed: u64,
-    step: u32,
+    step: PhiloxStep,
     stream: u32,
     offset: u64,
 ) -> Result<GpuStorage> {
@@ -60,7 +62,7 @@ pub fn dropout_backward(
     dy: &GpuStorage,
     p: f32,
     seed: u64,
-    step: u32,
+    step: PhiloxStep,
     stream: u32,
     offset: u64,
 ) -> Result<GpuStorage> {

@@ -2,7 +2,7 @@
 
 use super::{alloc, int, run, BLOCK};
 use crate::gpu::kernels;
-use crate::gpu::{Dim3, GpuDevice, GpuStorage};
+use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
 use crate::Result;
 
 /// emb [n, dim] from the timesteps t [n] (as floats); `dim >= 2` is checked
@@ -26,13 +26,7 @@ pub fn timestep_embedding(dev: &GpuDevice, t: &GpuStorage, n: usize, dim: usize)
 
 /// out [n, dim] = table [rows, dim] gathered by `labels` (floats, checked
 /// `< rows` by the caller).
-pub fn class_embedding(
-    dev: &GpuDevice,
-    table: &GpuStorage,
-    labels: &GpuStorage,
-    n: usize,
-    dim: usize,
-) -> Result<GpuStorage> {
+pub fn class_embedding(dev: &GpuDevice, table: &GpuStorage, labels: u64, n: usize, dim: usize) -> Result<GpuStorage> {
     const OP: &str = "class_embedding";
     let total = n * dim;
     let out = alloc(dev, total)?;
@@ -43,7 +37,7 @@ pub fn class_embedding(
             dev,
             &kernels::embedding::CLASS_EMBEDDING_FWD_F32,
             grid,
-            &[out.arg(), table.arg(), labels.arg(), int(OP, "n", n)?, int(OP, "dim", dim)?],
+            &[out.arg(), table.arg(), KernelArg::Ptr(labels), int(OP, "n", n)?, int(OP, "dim", dim)?],
         )?;
     }
     Ok(out)
@@ -53,7 +47,7 @@ pub fn class_embedding(
 pub fn class_embedding_backward(
     dev: &GpuDevice,
     dout: &GpuStorage,
-    labels: &GpuStorage,
+    labels: u64,
     n: usize,
     dim: usize,
     rows: usize,
@@ -69,7 +63,14 @@ pub fn class_embedding_backward(
             dev,
             &kernels::embedding::CLASS_EMBEDDING_BWD_F32,
             grid,
-            &[dtable.arg(), dout.arg(), labels.arg(), int(OP, "n", n)?, int(OP, "dim", dim)?, int(OP, "rows", rows)?],
+            &[
+                dtable.arg(),
+                dout.arg(),
+                KernelArg::Ptr(labels),
+                int(OP, "n", n)?,
+                int(OP, "dim", dim)?,
+                int(OP, "rows", rows)?,
+            ],
         )?;
     }
     Ok(dtable)

@@ -4,11 +4,13 @@
 use super::{alloc, grid_for, philox_blocks, run, u64_arg};
 use crate::gpu::kernels;
 use crate::gpu::{GpuDevice, GpuStorage, KernelArg};
+use crate::philox::PhiloxStep;
 use crate::Result;
 
 /// (x_t, eps) with eps[i] = philox::normal(seed, step, stream, offset + i) and
 /// x_t = sqrt_abar[s] * x0 + sqrt_one_minus_abar[s] * eps, s = i / per_sample.
-/// x0 [N, ...] holds N * per_sample elements; the two scales are [N].
+/// x0 [N, ...] holds N * per_sample elements; the two scales are [N]. The
+/// kernel reads the step from `step.at` when set ([`PhiloxStep`]).
 #[allow(clippy::too_many_arguments)]
 pub fn noise_add(
     dev: &GpuDevice,
@@ -17,7 +19,7 @@ pub fn noise_add(
     sqrt_one_minus_abar: &GpuStorage,
     per_sample: usize,
     seed: u64,
-    step: u32,
+    step: PhiloxStep,
     stream: u32,
     offset: u64,
 ) -> Result<(GpuStorage, GpuStorage)> {
@@ -34,9 +36,10 @@ pub fn noise_add(
             u64_arg(per_sample),
             u64_arg(total),
             KernelArg::U64(seed),
-            KernelArg::U32(step),
+            KernelArg::U32(step.value),
             KernelArg::U32(stream),
             KernelArg::U64(offset),
+            KernelArg::Ptr(step.at.unwrap_or(0)),
         ];
         run(dev, &kernels::noise::NOISE_ADD_FWD_F32, grid_for(philox_blocks(offset, total)), &args)?;
     }

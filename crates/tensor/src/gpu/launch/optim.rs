@@ -145,9 +145,20 @@ pub struct AdamWTensor<'a> {
     pub consts: AdamWConsts,
 }
 
+/// The constants of `adamw_multi_f32` for these tensors: 6 f64 bit
+/// patterns per tensor (decay, beta1, beta2, step_size, bc2_sqrt, eps), the
+/// words a training graph's per-step scalars hold.
+pub fn adamw_consts_words(consts: impl Iterator<Item = AdamWConsts>) -> Vec<u64> {
+    consts
+        .flat_map(|c| [c.decay, c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt, c.eps].map(f64::to_bits))
+        .collect()
+}
+
 /// AdamW over every tensor in one launch (`adamw_multi_f32`): each element
-/// gets the bits `adamw_step` would give it.
-pub fn adamw_multi(dev: &GpuDevice, tensors: &[AdamWTensor<'_>]) -> Result<()> {
+/// gets the bits `adamw_step` would give it. The constants are uploaded, or
+/// read at `consts_at` (device memory the caller filled with
+/// [`adamw_consts_words`] of these tensors and keeps alive).
+pub fn adamw_multi(dev: &GpuDevice, tensors: &[AdamWTensor<'_>], consts_at: Option<u64>) -> Result<()> {
     let lens: Vec<u64> = tensors.iter().map(|t| t.param.len() as u64).collect();
     let (first, chunks) = first_chunks(&lens)?;
     if chunks == 0 {
@@ -158,22 +169,23 @@ pub fn adamw_multi(dev: &GpuDevice, tensors: &[AdamWTensor<'_>]) -> Result<()> {
     let (m, v) = (table(&|t| t.m.ptr())?, table(&|t| t.v.ptr())?);
     let (lens_d, first_d) = (dev.constant_table(&lens)?, dev.constant_table(&first)?);
     // each f64 constant exactly, as its bits (as adamw_step's arguments);
-    // they change every step (bias corrections, warmup): one upload
-    let mut consts = Vec::with_capacity(6 * tensors.len());
-    for t in tensors {
-        let c = &t.consts;
-        consts.extend([c.decay, c.beta1, c.beta2, c.step_size, c.bias_correction2_sqrt, c.eps].map(f64::to_bits));
-    }
-    let consts_d = upload_u64(dev, &consts)?;
+    // they change every step (bias corrections, warmup): one upload, or
+    // the caller's per-step scalars
+    let uploaded = match consts_at {
+        Some(_) => None,
+        None => Some(upload_u64(dev, &adamw_consts_words(tensors.iter().map(|t| t.consts)))?),
+    };
+    let consts_ptr = consts_at.or(uploaded.as_ref().map(|u| u.ptr())).unwrap_or(0);
     let count = KernelArg::I32(tensors.len() as i32);
     let ptr = KernelArg::Ptr;
-    let args = [ptr(p), ptr(g), ptr(m), ptr(v), ptr(lens_d), ptr(first_d), consts_d.arg(), count];
+    let args = [ptr(p), ptr(g), ptr(m), ptr(v), ptr(lens_d), ptr(first_d), ptr(consts_ptr), count];
     run(dev, &kernels::optim::ADAMW_MULTI_F32, Dim3::x(chunks), &args)
 }
 
 /// ema = d * ema + (1 - d) * param over every pair in one launch
-/// (`ema_multi_f32`), the bits of `ema_update` per tensor.
-pub fn ema_multi(dev: &GpuDevice, pairs: &[(&GpuStorage, &GpuStorage)], decay: f64) -> Result<()> {
+/// (`ema_multi_f32`), the bits of `ema_update` per tensor. With `dk_at` the
+/// kernel reads d and 1 - d (two f32, rounded as here) from device memory.
+pub fn ema_multi(dev: &GpuDevice, pairs: &[(&GpuStorage, &GpuStorage)], decay: f64, dk_at: Option<u64>) -> Result<()> {
     let lens: Vec<u64> = pairs.iter().map(|(e, _)| e.len() as u64).collect();
     let (first, chunks) = first_chunks(&lens)?;
     if chunks == 0 {
@@ -190,6 +202,7 @@ pub fn ema_multi(dev: &GpuDevice, pairs: &[(&GpuStorage, &GpuStorage)], decay: f
         KernelArg::F32(decay as f32),
         KernelArg::F32((1.0 - decay) as f32),
         KernelArg::I32(pairs.len() as i32),
+        KernelArg::Ptr(dk_at.unwrap_or(0)),
     ];
     run(dev, &kernels::optim::EMA_MULTI_F32, Dim3::x(chunks), &args)
 }
@@ -205,10 +218,33 @@ pub fn copy_multi(dev: &GpuDevice, pairs: &[(&GpuStorage, &GpuStorage)]) -> Resu
     let dsts = dev.constant_table(&pairs.iter().map(|(d, _)| d.ptr()).collect::<Vec<_>>())?;
     // The sources are fresh gradients wherever the allocator put them this
     // step: a per-call table (caching it would keep a block per pointer set
-    // and shift where the next step's gradients go).
-    let srcs = upload_u64(dev, &pairs.iter().map(|(_, s)| s.ptr()).collect::<Vec<_>>())?;
+    // and shift where the next step's gradients go). Under a graph capture
+    // they stay where they are for every replay (the graph holds its
+    // memory): a constant table, held by the graph.
+    let src_ptrs: Vec<u64> = pairs.iter().map(|(_, s)| s.ptr()).collect();
+    let uploaded = match dev.is_capturing() {
+        true => None,
+        false => Some(upload_u64(dev, &src_ptrs)?),
+    };
+    let srcs = match &uploaded {
+        Some(u) => u.ptr(),
+        None => dev.constant_table(&src_ptrs)?,
+    };
     let (lens_d, first_d) = (dev.constant_table(&lens)?, dev.constant_table(&first)?);
     let ptr = KernelArg::Ptr;
-    let args = [srcs.arg(), ptr(dsts), ptr(lens_d), ptr(first_d), KernelArg::I32(pairs.len() as i32)];
+    let args = [ptr(srcs), ptr(dsts), ptr(lens_d), ptr(first_d), KernelArg::I32(pairs.len() as i32)];
     run(dev, &kernels::optim::COPY_MULTI_F32, Dim3::x(chunks), &args)
+}
+
+/// dst[row * width ..][..width] = src with row = the u64 at device address
+/// `row_at` (`copy_to_row_f32`; nothing written when row >= dst.len() /
+/// width): a copy whose destination changes every step under a graph.
+pub fn copy_to_row(dev: &GpuDevice, dst: &GpuStorage, src: &GpuStorage, row_at: u64) -> Result<()> {
+    let width = src.len();
+    if width == 0 {
+        return Ok(());
+    }
+    let rows = dst.len() / width;
+    let args = [dst.arg(), src.arg(), u64_arg(width), u64_arg(rows), KernelArg::Ptr(row_at)];
+    run(dev, &kernels::optim::COPY_TO_ROW_F32, grid_for(width as u64), &args)
 }
