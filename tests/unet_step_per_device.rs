@@ -13,9 +13,9 @@
 mod common;
 
 use common::*;
-use diffuse_tensor::{ops, DType, Device, Tensor};
+use diffuse_tensor::{ops, DType, Device, Precision, Tensor};
 use diffuse_trainer::loss_weighting::weighted_mse;
-use diffuse_unet::verify::verify_step;
+use diffuse_unet::verify::{step_tolerance, verify_step, verify_step_with};
 use diffuse_unet::{ForwardMode, UNet, UNetConfig};
 
 const TOL: f64 = 1e-4;
@@ -34,6 +34,36 @@ fn tiny_test_vector_step(dut: &DeviceUnderTest) {
 }
 
 per_device!(tiny_test_vector_step, tiny_test_vector_step_cpu, tiny_test_vector_step_emu, tiny_test_vector_step_cuda);
+
+/// The tiny step with the convolutions' and linear layers' GEMM inputs
+/// rounded to tf32 and bf16 (tensor cores on a GPU, the rounding reference
+/// on the CPU) against PyTorch's f64 step: within `step_tolerance` (32 unit
+/// roundoffs), and visibly rounded (above fp32's error), so the reduced
+/// path did run.
+fn tiny_test_vector_step_reduced_precision(dut: &DeviceUnderTest) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/testvectors/unet_tiny_step.safetensors");
+    let bytes = std::fs::read(path).unwrap();
+    let mut r = Report::new("training", dut);
+    for p in [Precision::Tf32, Precision::Bf16] {
+        let e = verify_step_with(&bytes, &dut.device, DType::F32, p).unwrap();
+        let bound = step_tolerance(p);
+        log(&format!(
+            "per-device training on {} at {p}: tiny test vector: output {:.2e}, loss {:.2e}, worst grad {:.2e} ({}), \
+             bound {bound:.2e}",
+            dut.label, e.output, e.loss, e.worst_grad, e.worst_grad_name
+        ));
+        r.check_scalar(&format!("verify_step (tiny, {p}) max error"), "unet_tiny_step", e.max(), 0.0, bound);
+        assert!(e.max() < bound, "tiny test vector at {p} on {}: {e:?}", dut.label);
+        assert!(e.max() > 0.05 * p.input_unit_roundoff(), "no rounding visible at {p} on {}: {e:?}", dut.label);
+    }
+}
+
+per_device!(
+    tiny_test_vector_step_reduced_precision,
+    tiny_test_vector_step_reduced_precision_cpu,
+    tiny_test_vector_step_reduced_precision_emu,
+    tiny_test_vector_step_reduced_precision_cuda
+);
 
 /// The class-conditional tiny step (PyTorch vector with labels) on every device.
 fn tiny_conditional_test_vector_step(dut: &DeviceUnderTest) {

@@ -86,6 +86,11 @@ pub struct SampleArgs {
     /// Use the raw weights instead of the EMA weights.
     #[arg(long)]
     pub no_ema: bool,
+    /// Arithmetic of the convolutions and linear layers: fp32, tf32 or bf16
+    /// [default: the run's, else bf16 on GPUs of compute capability 8.0+,
+    /// else fp32].
+    #[arg(long, value_parser = super::train::parse_precision)]
+    pub precision: Option<diffuse_tensor::Precision>,
     /// Device to run on.
     #[arg(long, default_value = "auto")]
     pub device: DeviceSpec,
@@ -144,7 +149,10 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let file_len = std::fs::metadata(&ckpt.path).map(|m| m.len()).unwrap_or(0);
     let need = sampling_need(ckpt.model_config(), file_len, a.n, a.batch, device.is_cpu())?;
     MemoryBudget::global()?.check(format!("sampling {} images", a.n), &need)?;
-    let model = ckpt.load_model(&device, !a.no_ema)?;
+    let mut model = ckpt.load_model(&device, !a.no_ema)?;
+    if let Some(p) = a.precision {
+        model.params.set_precision(p);
+    }
     let tc = &ckpt.train_config;
     let diffusion = Diffusion::new(tc.schedule, tc.timesteps, tc.target)?;
     let spacing = match a.spacing {

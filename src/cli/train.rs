@@ -6,6 +6,7 @@ use super::signals::{signal_name, Interrupted, Interruptible, StopSignals};
 use super::{device::DeviceSpec, model_config::load_config, progress::Progress};
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
+use diffuse_tensor::Precision;
 use diffuse_trainer::config::{LoraConfig, LrScale, TrainConfig, DEFAULT_LORA_TARGETS};
 use diffuse_trainer::data_parallel::train_ranks;
 use diffuse_trainer::diffusion::{Schedule, Target};
@@ -98,6 +99,11 @@ pub struct TrainArgs {
     /// Training timesteps: uniform, or stratified (one per 1/batch of [0, T)).
     #[arg(long, value_parser = parse_timestep_sampling)]
     pub timestep_sampling: Option<TimestepSampling>,
+    /// Arithmetic of the convolutions and linear layers: fp32, tf32 or bf16
+    /// (tensor-core inputs, fp32 accumulation and weights) [default: bf16 on
+    /// GPUs of compute capability 8.0 and newer, else fp32].
+    #[arg(long, value_parser = parse_precision)]
+    pub precision: Option<Precision>,
     /// Dropout probability (overrides the model config).
     #[arg(long)]
     pub dropout: Option<f32>,
@@ -240,6 +246,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if let Some(s) = a.timestep_sampling {
         cfg.timestep_sampling = s;
     }
+    if a.precision.is_some() {
+        cfg.precision = a.precision;
+    }
     cfg.hflip |= a.hflip;
     cfg.labels = a.labels.clone();
     cfg.conditional = a.conditional;
@@ -370,6 +379,15 @@ fn describe(trainer: &Trainer) {
         trainer.loader.dataset().len(),
         trainer.out.display()
     );
+    let precision = trainer.model.params.precision();
+    if precision != Precision::Fp32 {
+        println!("precision: {precision} (tensor-core GEMM inputs; fp32 accumulation, weights and optimiser)");
+    }
+}
+
+/// `--precision` values: fp32, tf32 or bf16.
+pub fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
+    s.parse()
 }
 
 fn sanitize(s: &str) -> String {

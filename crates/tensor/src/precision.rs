@@ -55,6 +55,31 @@ impl Precision {
     }
 }
 
+impl Precision {
+    /// What a run uses when it is not told: bf16 on a GPU with bf16 tensor
+    /// cores (compute capability 8.0 and newer), fp32 on the CPU (whose
+    /// reduced-precision path is a slow reference), the emulator and older
+    /// GPUs.
+    pub fn default_for(device: &crate::Device) -> Precision {
+        match device {
+            crate::Device::Gpu(g) if g.compute_capability().is_some_and(|(major, _)| major >= 8) => Precision::Bf16,
+            _ => Precision::Fp32,
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "tf32" => Ok(Precision::Tf32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("precision is fp32, tf32 or bf16, not {s:?}")),
+        }
+    }
+}
+
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

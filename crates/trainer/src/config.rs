@@ -4,6 +4,7 @@
 use crate::diffusion::{Schedule, Target};
 use crate::loss_weighting::{LossWeighting, TimestepSampling};
 use crate::{Error, Result};
+use diffuse_tensor::Precision;
 use diffuse_unet::UNetConfig;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -36,6 +37,10 @@ pub struct TrainConfig {
     /// How training timesteps are drawn; older runs lack it: uniform.
     #[serde(default)]
     pub timestep_sampling: TimestepSampling,
+    /// The GEMMs' arithmetic (fp32, tf32, bf16 tensor-core inputs); None:
+    /// the device's default ([`Precision::default_for`]). Older runs lack it.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "precision_name")]
+    pub precision: Option<Precision>,
     pub seed: u64,
     pub hflip: bool,
     pub checkpoint_every: u64,
@@ -145,6 +150,7 @@ impl TrainConfig {
             target: Target::Eps,
             loss_weighting: LossWeighting::None,
             timestep_sampling: TimestepSampling::Uniform,
+            precision: None,
             seed: 0,
             hflip: false,
             checkpoint_every: 500,
@@ -231,5 +237,23 @@ impl TrainConfig {
 
     pub fn from_json(s: &str) -> Result<Self> {
         serde_json::from_str(s).map_err(|e| Error::Config(format!("cannot parse training config: {e}")))
+    }
+}
+
+/// A precision in a run's config.json as its name ("bf16").
+mod precision_name {
+    use diffuse_tensor::Precision;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &Option<Precision>, s: S) -> Result<S::Ok, S::Error> {
+        match p {
+            Some(p) => s.serialize_some(&p.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Precision>, D::Error> {
+        let name: Option<String> = Option::deserialize(d)?;
+        name.map(|n| n.parse().map_err(serde::de::Error::custom)).transpose()
     }
 }

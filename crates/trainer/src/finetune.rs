@@ -39,6 +39,7 @@ pub fn build_model(cfg: &TrainConfig, seed: u64, device: &Device) -> Result<UNet
         }
     };
     apply_trainable(&mut model, cfg)?;
+    model.params.set_precision(cfg.precision.unwrap_or_else(|| diffuse_tensor::Precision::default_for(device)));
     Ok(model)
 }
 

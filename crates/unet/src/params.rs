@@ -2,7 +2,7 @@
 //! state_dict name, with an optional accumulated gradient.
 
 use crate::{Result, UNetError};
-use diffuse_tensor::{ops, DType, Device, Tensor};
+use diffuse_tensor::{ops, DType, Device, Precision, Tensor};
 use std::collections::HashMap;
 
 /// Index of one parameter in its store.
@@ -22,6 +22,10 @@ pub struct ParamStore {
     /// ([`ParamStore::set_grad_buffers`]): a view into one flat allocation,
     /// None while it is the gradient in `grads` (or without buffers).
     grad_home: Vec<Option<Tensor>>,
+    /// The arithmetic of the convolutions' and linear layers' GEMMs (fp32,
+    /// or tensor-core inputs rounded to tf32 / bf16); a run setting, not
+    /// part of the model's file.
+    precision: Precision,
     /// True while `grads[i]` is the buffer taken from `grad_home[i]`.
     home_in_use: Vec<bool>,
 }
@@ -37,7 +41,17 @@ impl ParamStore {
             by_name: HashMap::new(),
             grad_home: Vec::new(),
             home_in_use: Vec::new(),
+            precision: Precision::Fp32,
         }
+    }
+
+    /// The precision the layers run their GEMMs at.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     pub(crate) fn add(&mut self, name: String, value: Tensor, adapter: bool) -> ParamId {

@@ -5,7 +5,7 @@
 
 use crate::io::{load_params, metadata, parse, view_to_tensor};
 use crate::{Result, UNet, UNetConfig, UNetError};
-use diffuse_tensor::{ops, DType, Device, Tensor};
+use diffuse_tensor::{ops, DType, Device, Precision, Tensor};
 use safetensors::SafeTensors;
 
 /// The worst errors of one step.
@@ -50,7 +50,33 @@ fn get(st: &SafeTensors<'_>, name: &str) -> Result<Tensor> {
 }
 
 /// Runs the file's training step on `device` in `dtype` and compares.
+/// The accepted relative error of a whole training step (output, loss and
+/// every gradient, each ||ours - f64|| / ||f64||) at a precision. fp32:
+/// float32 rounding through the model, measured at <= 6e-6 (mnist vector).
+/// Rounded GEMM inputs: one GEMM's relative error is about 2u (u = 2^-8 for
+/// bf16, 2^-11 for tf32; both operands rounded) and the ~60 GEMMs of a
+/// forward and backward compound it, mostly independently (~sqrt(60) * 2u
+/// ~ 16u). One gradient is worse conditioned: the output layer's bias
+/// gradient is the sum of the residual (prediction - noise) over every
+/// pixel, a cancelling sum whose relative error is the prediction's times
+/// ||r||_1 / |sum r|; a factor 2 for it gives the bound 32u: 1.25e-1
+/// (bf16), 1.56e-2 (tf32). Measured worst (CPU reference): tiny vector
+/// 7.6e-2 (bf16, ~19u) and 7.1e-3 (tf32, ~15u), both conv_out.bias; mnist
+/// vector 1.55e-2 (bf16) and 1.97e-3 (tf32), an attention projection.
+pub fn step_tolerance(p: Precision) -> f64 {
+    match p {
+        Precision::Fp32 => 1e-4,
+        _ => 32.0 * p.input_unit_roundoff(),
+    }
+}
+
 pub fn verify_step(bytes: &[u8], device: &Device, dtype: DType) -> Result<StepErrors> {
+    verify_step_with(bytes, device, dtype, Precision::Fp32)
+}
+
+/// [`verify_step`] with the convolutions' and linear layers' GEMMs at
+/// `precision` (tensor cores on a GPU, the rounding reference on the CPU).
+pub fn verify_step_with(bytes: &[u8], device: &Device, dtype: DType, precision: Precision) -> Result<StepErrors> {
     let meta = metadata(bytes)?;
     let cfg_json =
         meta.get("config").ok_or_else(|| UNetError::Safetensors("the file's metadata has no \"config\"".into()))?;
@@ -58,6 +84,7 @@ pub fn verify_step(bytes: &[u8], device: &Device, dtype: DType) -> Result<StepEr
     let st = parse(bytes)?;
     let mut model = UNet::new(config, 0, dtype, device)?;
     load_params(&mut model.params, &st, "param.")?;
+    model.params.set_precision(precision);
 
     let on = |t: Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_device(device)?) };
     let x_t = on(get(&st, "input.x_t")?)?;

@@ -47,6 +47,10 @@ pub struct BenchStepArgs {
     /// Untimed steps first (caches fill, kernels compile).
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    /// Arithmetic of the convolutions and linear layers: fp32, tf32 or bf16
+    /// [default: bf16 on GPUs of compute capability 8.0+, else fp32].
+    #[arg(long, value_parser = crate::cli::train::parse_precision)]
+    pub precision: Option<diffuse_tensor::Precision>,
     /// Add the driver calls of one steady-state step (GPU devices).
     #[arg(long)]
     pub counters: bool,
@@ -130,6 +134,7 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
             cfg.steps = u64::MAX / 2;
             cfg.checkpoint_every = 0;
             cfg.sample_every = 0;
+            cfg.precision = a.precision;
             let t = trainer.insert(Trainer::new(cfg, Start::Fresh, tmp.0.join("run"), device.clone())?);
             if a.graph && !device.is_cpu() {
                 if let Some(why) = t.use_graph() {
@@ -142,7 +147,9 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
             })
         }
         BenchMode::Sample => {
-            model = UNet::new(model_cfg.clone(), 0, diffuse_tensor::DType::F32, &device)?;
+            let mut m = UNet::new(model_cfg.clone(), 0, diffuse_tensor::DType::F32, &device)?;
+            m.params.set_precision(a.precision.unwrap_or_else(|| diffuse_tensor::Precision::default_for(&device)));
+            model = m;
             x = Tensor::randn([b, c, s, s], 1, 0, diffuse_tensor::DType::F32, &device)?;
             t = Tensor::from_vec((0..b).map(|i| (i * 97 % 1000) as f32).collect::<Vec<_>>(), [b])?
                 .to_device(&device)?;
@@ -203,6 +210,7 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
         "config": a.config,
         "mode": format!("{:?}", a.mode).to_lowercase(),
         "device": device.to_string(),
+        "precision": a.precision.unwrap_or_else(|| diffuse_tensor::Precision::default_for(&device)).to_string(),
         "batch_size": b,
         "threads": rayon::current_num_threads(),
         "steps": a.steps,

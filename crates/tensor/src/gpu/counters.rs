@@ -209,6 +209,9 @@ impl GpuDriver for CountedDriver {
     fn max_shared_bytes(&self) -> u32 {
         self.inner.max_shared_bytes()
     }
+    fn compute_capability(&self) -> Option<(u32, u32)> {
+        self.inner.compute_capability()
+    }
     fn alloc(&self, bytes: usize) -> Result<u64> {
         bump(&self.c.allocs, 1);
         self.inner.alloc(bytes)

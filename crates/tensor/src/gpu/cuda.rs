@@ -301,6 +301,7 @@ pub struct CudaDriver {
     stream: Arc<CudaStream>,
     label: String,
     target: NvrtcTarget,
+    capability: (u32, u32),
     max_dynamic_smem: u32,
     loaded: Mutex<Loaded>,
     /// Results of frees (from Drop), returned by the next fallible call.
@@ -342,6 +343,7 @@ impl CudaDriver {
             stream,
             label: format!("cuda:{ordinal} ({name}, sm_{major}{minor})"),
             target,
+            capability: (major.max(0) as u32, minor.max(0) as u32),
             max_dynamic_smem,
             loaded: Mutex::new(Loaded::default()),
             deferred: DeferredErrors::default(),
@@ -388,6 +390,10 @@ impl CudaDriver {
 impl GpuDriver for CudaDriver {
     fn name(&self) -> String {
         self.label.clone()
+    }
+
+    fn compute_capability(&self) -> Option<(u32, u32)> {
+        Some(self.capability)
     }
 
     fn alloc(&self, bytes: usize) -> Result<u64> {

@@ -95,6 +95,11 @@ pub trait GpuDriver: Send + Sync {
     /// maximum: 227 KiB on an H100, 163 KiB on an A100, 99 KiB on sm_86/89/120,
     /// 64 KiB on sm_75). Launch code picks tiles within it.
     fn max_shared_bytes(&self) -> u32;
+    /// The device's compute capability (major, minor); None for the
+    /// emulator, which has no tensor-core generation to choose by.
+    fn compute_capability(&self) -> Option<(u32, u32)> {
+        None
+    }
     /// The alignment every pointer handed to kernels keeps (cuMemAlloc's 256).
     fn alignment(&self) -> usize {
         256
@@ -258,6 +263,11 @@ impl GpuDevice {
 
     pub fn name(&self) -> String {
         self.inner.driver.name()
+    }
+
+    /// The device's compute capability (None for the emulator).
+    pub fn compute_capability(&self) -> Option<(u32, u32)> {
+        self.inner.driver.compute_capability()
     }
 
     /// The (counted) driver.

@@ -35,7 +35,13 @@ impl Conv2d {
     }
 
     pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<Tensor> {
-        let y = ops::conv2d_forward(x, ps.value(self.weight), Some(ps.value(self.bias)), &self.params)?;
+        let y = ops::conv2d_forward_with(
+            x,
+            ps.value(self.weight),
+            Some(ps.value(self.bias)),
+            &self.params,
+            ps.precision(),
+        )?;
         match &self.lora {
             Some(l) => l.add_to(ps, x, &y),
             None => Ok(y),
@@ -44,7 +50,8 @@ impl Conv2d {
 
     /// Accumulates dW and db (and the adapter's gradients); returns dx.
     pub fn backward(&self, ps: &mut ParamStore, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        let mut dx = ops::conv2d_backward_data(dy, ps.value(self.weight), x.shape(), &self.params)?;
+        let mut dx =
+            ops::conv2d_backward_data_with(dy, ps.value(self.weight), x.shape(), &self.params, ps.precision())?;
         if let Some(l) = &self.lora {
             if let Some(d) = l.backward(ps, x, dy, true)? {
                 ops::add_in_place(&mut dx, &d)?;
@@ -65,7 +72,8 @@ impl Conv2d {
 
     fn weight_grads(&self, ps: &mut ParamStore, x: &Tensor, dy: &Tensor) -> Result<()> {
         if ps.is_trainable(self.weight) {
-            let dw = ops::conv2d_backward_weight(dy, x, ps.value(self.weight).shape(), &self.params)?;
+            let dw =
+                ops::conv2d_backward_weight_with(dy, x, ps.value(self.weight).shape(), &self.params, ps.precision())?;
             ps.accumulate_grad(self.weight, dw)?;
         }
         if ps.is_trainable(self.bias) {
@@ -152,7 +160,7 @@ impl Linear {
     }
 
     pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<Tensor> {
-        Ok(ops::linear_forward(x, ps.value(self.weight), Some(ps.value(self.bias)))?)
+        Ok(ops::linear_forward_with(x, ps.value(self.weight), Some(ps.value(self.bias)), ps.precision())?)
     }
 
     pub fn is_frozen(&self, ps: &ParamStore) -> bool {
@@ -165,7 +173,7 @@ impl Linear {
 
     /// The op computes dx, dW and db in one pass; frozen parameters drop theirs.
     pub fn backward(&self, ps: &mut ParamStore, x: &Tensor, dy: &Tensor) -> Result<Tensor> {
-        let g = ops::linear_backward(dy, x, ps.value(self.weight))?;
+        let g = ops::linear_backward_with(dy, x, ps.value(self.weight), ps.precision())?;
         ps.accumulate_grad(self.weight, g.dw)?;
         ps.accumulate_grad(self.bias, g.db)?;
         Ok(g.dx)
