@@ -88,8 +88,11 @@ fn same_bits(a: &Path, b: &Path, what: &str) {
     }
 }
 
+// Not named `_emu`: fifteen emulated training steps through the CLI take
+// minutes, so scripts/test.sh runs this once (thread order forward), not in
+// each of its thread-order and no-reuse passes.
 #[test]
-fn a_graph_training_run_is_bit_identical_to_an_eager_one_and_resumes_emu() {
+fn a_graph_training_run_is_bit_identical_to_an_eager_one_and_resumes_on_the_emulator() {
     let d = tempfile::tempdir().unwrap();
     let config = d.path().join("small.json");
     std::fs::write(&config, SMALL).unwrap();
