@@ -5,11 +5,13 @@
 # the real-vs-real floor and pure noise beside them) and prints one markdown
 # table, recipes as rows, sampler x model calls as columns.
 #
-#   bash scripts/recipe-table.sh [--n N] [--out DIR] [--cases full|quick|demo] LABEL=RUN_DIR...
+#   bash scripts/recipe-table.sh [--n N] [--out DIR] [--cases full|quick|bars|demo] LABEL=RUN_DIR...
 #
 #   --cases full   DDIM, DPM-Solver++(2M), DPM-Solver++(2M) SDE (Karras spacing)
 #                  at 10, 20, 50 calls and Heun (Karras) at 9, 19, 49 (default)
 #   --cases quick  DDIM-50 (the old default) and each sampler at ~20 calls
+#   --cases bars   what issue 20's bars need: DDIM-50 (the old default) and
+#                  DPM-Solver++(2M) and its SDE variant at 20 calls
 #   --cases demo   the sampler mix of scripts/sampler-quality.sh
 #
 # Samples are seeded (--seed 0), so a rerun reproduces every figure; a case
@@ -32,7 +34,7 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 if [[ ${#RUNS[@]} -eq 0 ]]; then
-    echo "usage: bash scripts/recipe-table.sh [--n N] [--out DIR] [--cases full|quick|demo] LABEL=RUN_DIR..." >&2
+    echo "usage: bash scripts/recipe-table.sh [--n N] [--out DIR] [--cases full|quick|bars|demo] LABEL=RUN_DIR..." >&2
     exit 2
 fi
 BIN="${DIFFUSE:-target/release/diffuse}"
@@ -61,6 +63,10 @@ case "$SET" in
         "dpm++2m-20|--sampler dpm++2m --steps 20 --spacing karras"
         "dpm++2m-sde-20|--sampler dpm++2m-sde --steps 20 --spacing karras"
         "heun-19|--sampler heun --steps 10 --spacing karras") ;;
+    bars) CASES=(
+        "ddim-50|--sampler ddim --steps 50"
+        "dpm++2m-sde-20|--sampler dpm++2m-sde --steps 20 --spacing karras"
+        "dpm++2m-20|--sampler dpm++2m --steps 20 --spacing karras") ;;
     demo) CASES=(
         "ddim-50|--sampler ddim --steps 50" "ddim-20|--sampler ddim --steps 20" "ddim-10|--sampler ddim --steps 10"
         "dpm++2m-karras-10|--sampler dpm++2m --steps 10 --spacing karras"
@@ -69,7 +75,7 @@ case "$SET" in
         "dpm++2m-sde-karras-20|--sampler dpm++2m-sde --steps 20 --spacing karras"
         "heun-karras-9|--sampler heun --steps 5 --spacing karras"
         "heun-karras-19|--sampler heun --steps 10 --spacing karras") ;;
-    *) echo "recipe-table: --cases is full, quick or demo, not $SET" >&2; exit 2 ;;
+    *) echo "recipe-table: --cases is full, quick, bars or demo, not $SET" >&2; exit 2 ;;
 esac
 files=()
 for run in "${RUNS[@]}"; do
