@@ -210,7 +210,31 @@ fn the_sde_sampler_is_deterministic_per_seed_and_spacing_is_checked() {
     };
     assert_eq!(read("a.npy", "5"), read("b.npy", "5"));
     assert_ne!(read("a.npy", "5"), read("c.npy", "6"));
-    let err = fails(&["sample", "--device", "cpu", "--checkpoint", &run_s, "--out", &png, "--spacing", "karras"]);
+    // The default sampler is DPM-Solver++(2M) SDE, Karras spacing, 20 steps.
+    let sample_npy = |name: &str, extra: &[&str]| {
+        let npy = s(&d.path().join(name));
+        let mut args =
+            vec!["sample", "--device", "cpu", "--checkpoint", &run_s, "--n", "2", "--out", &png, "--npy", &npy];
+        args.extend_from_slice(extra);
+        let out = ok(&args);
+        assert!(out.contains("20 model calls per batch"), "{out}");
+        std::fs::read(d.path().join(name)).unwrap()
+    };
+    let explicit = ["--sampler", "dpm++2m-sde", "--steps", "20", "--spacing", "karras"];
+    assert_eq!(sample_npy("default.npy", &[]), sample_npy("explicit.npy", &explicit));
+    let err = fails(&[
+        "sample",
+        "--device",
+        "cpu",
+        "--checkpoint",
+        &run_s,
+        "--out",
+        &png,
+        "--sampler",
+        "ddim",
+        "--spacing",
+        "karras",
+    ]);
     assert!(err.contains("--spacing applies to"), "{err}");
     let err = fails(&[
         "sample",

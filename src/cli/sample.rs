@@ -30,6 +30,18 @@ pub enum SamplerKind {
     Heun,
 }
 
+impl SamplerKind {
+    /// Steps when `--steps` is not given: about 20 model calls for the
+    /// solvers (Heun calls the model twice a step), DDIM's customary 50.
+    fn default_steps(self) -> usize {
+        match self {
+            SamplerKind::Ddpm | SamplerKind::Ddim => 50,
+            SamplerKind::DpmPp2m | SamplerKind::DpmPp2mSde => 20,
+            SamplerKind::Heun => 10,
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 pub enum SpacingKind {
     /// Evenly spaced timesteps.
@@ -54,11 +66,14 @@ pub struct SampleArgs {
     /// Number of images.
     #[arg(long, default_value_t = 64)]
     pub n: usize,
-    #[arg(long, value_enum, default_value = "ddim")]
+    /// The sampler; the default is the best measured at 20 model calls
+    /// (BENCHMARKS.md, issue 20).
+    #[arg(long, value_enum, default_value = "dpm++2m-sde")]
     pub sampler: SamplerKind,
-    /// Steps of DDIM, DPM-Solver++ and Heun (DDPM always takes all T steps).
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
+    /// Steps of DDIM, DPM-Solver++ and Heun (DDPM always takes all T steps)
+    /// [default: 50 for ddim, 20 for dpm++2m and dpm++2m-sde, 10 for heun].
+    #[arg(long)]
+    pub steps: Option<usize>,
     /// Noise levels of dpm++2m, dpm++2m-sde and heun [default: karras].
     #[arg(long, value_enum)]
     pub spacing: Option<SpacingKind>,
@@ -87,8 +102,8 @@ pub struct SampleArgs {
     #[arg(long)]
     pub no_ema: bool,
     /// Arithmetic of the convolutions and linear layers: fp32, tf32 or bf16
-    /// [default: the run's, else bf16 on GPUs of compute capability 8.0+,
-    /// else fp32].
+    /// [default: the device's, whatever the run trained at: bf16 on GPUs of
+    /// compute capability 8.0+, else fp32].
     #[arg(long, value_parser = super::train::parse_precision)]
     pub precision: Option<diffuse_tensor::Precision>,
     /// Device to run on.
@@ -150,9 +165,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let need = sampling_need(ckpt.model_config(), file_len, a.n, a.batch, device.is_cpu())?;
     MemoryBudget::global()?.check(format!("sampling {} images", a.n), &need)?;
     let mut model = ckpt.load_model(&device, !a.no_ema)?;
-    if let Some(p) = a.precision {
-        model.params.set_precision(p);
-    }
+    // The device's default, not the run's: a bf16 run sampled on the CPU
+    // would otherwise take the slow rounding reference.
+    model.params.set_precision(a.precision.unwrap_or_else(|| diffuse_tensor::Precision::default_for(&device)));
     let tc = &ckpt.train_config;
     let diffusion = Diffusion::new(tc.schedule, tc.timesteps, tc.target)?;
     let spacing = match a.spacing {
@@ -163,6 +178,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if a.spacing.is_some() && matches!(a.sampler, SamplerKind::Ddpm | SamplerKind::Ddim) {
         bail!("--spacing applies to dpm++2m, dpm++2m-sde and heun only");
     }
+    let steps = a.steps.unwrap_or(a.sampler.default_steps());
     let sampler = match a.sampler {
         SamplerKind::Ddpm => Sampler::Ddpm {
             variance: match a.variance {
@@ -171,10 +187,10 @@ pub fn run(a: SampleArgs) -> Result<()> {
                 None => ckpt.sample_variance.unwrap_or(Variance::FixedLarge),
             },
         },
-        SamplerKind::Ddim => Sampler::Ddim { steps: a.steps, eta: a.eta },
-        SamplerKind::DpmPp2m => Sampler::DpmSolver { steps: a.steps, spacing, sde: false },
-        SamplerKind::DpmPp2mSde => Sampler::DpmSolver { steps: a.steps, spacing, sde: true },
-        SamplerKind::Heun => Sampler::Heun { steps: a.steps, spacing },
+        SamplerKind::Ddim => Sampler::Ddim { steps, eta: a.eta },
+        SamplerKind::DpmPp2m => Sampler::DpmSolver { steps, spacing, sde: false },
+        SamplerKind::DpmPp2mSde => Sampler::DpmSolver { steps, spacing, sde: true },
+        SamplerKind::Heun => Sampler::Heun { steps, spacing },
     };
     let calls = sampler.model_calls(&diffusion)?;
     let mut n = a.n;

@@ -93,7 +93,8 @@ pub struct TrainArgs {
     /// Regression target.
     #[arg(long, value_enum)]
     pub target: Option<TargetArg>,
-    /// Loss weighting: none, min-snr (gamma 5) or min-snr:GAMMA (Hang et al. 2023).
+    /// Loss weighting: none, min-snr (gamma 5) or min-snr:GAMMA (Hang et al. 2023)
+    /// [default: min-snr]
     #[arg(long, value_parser = parse_weighting)]
     pub loss_weighting: Option<LossWeighting>,
     /// Training timesteps: uniform, or stratified (one per 1/batch of [0, T)).

@@ -2,7 +2,7 @@
 //! writes to `config.json` in the run directory and into every checkpoint.
 
 use crate::diffusion::{Schedule, Target};
-use crate::loss_weighting::{LossWeighting, TimestepSampling};
+use crate::loss_weighting::{LossWeighting, TimestepSampling, DEFAULT_GAMMA};
 use crate::{Error, Result};
 use diffuse_tensor::Precision;
 use diffuse_unet::UNetConfig;
@@ -31,7 +31,8 @@ pub struct TrainConfig {
     pub schedule: Schedule,
     pub timesteps: usize,
     pub target: Target,
-    /// Per-image loss weight (min-SNR-gamma); older runs lack it: none.
+    /// Per-image loss weight; new runs default to min-SNR-5 (the best
+    /// measured recipe, BENCHMARKS.md issue 20); older runs lack it: none.
     #[serde(default)]
     pub loss_weighting: LossWeighting,
     /// How training timesteps are drawn; older runs lack it: uniform.
@@ -128,7 +129,8 @@ pub struct LoraConfig {
 pub const DEFAULT_LORA_TARGETS: [&str; 4] = ["*attn*.q", "*attn*.k", "*attn*.v", "*attn*.proj_out"];
 
 impl TrainConfig {
-    /// Defaults for a model config: the paper's optimiser, shorter warmup.
+    /// Defaults for a model config: the paper's optimiser, shorter warmup,
+    /// min-SNR-5 loss weighting.
     pub fn for_model(model: UNetConfig, data: PathBuf) -> Self {
         TrainConfig {
             model,
@@ -148,7 +150,7 @@ impl TrainConfig {
             schedule: Schedule::Linear,
             timesteps: 1000,
             target: Target::Eps,
-            loss_weighting: LossWeighting::None,
+            loss_weighting: LossWeighting::MinSnr { gamma: DEFAULT_GAMMA },
             timestep_sampling: TimestepSampling::Uniform,
             precision: None,
             seed: 0,
