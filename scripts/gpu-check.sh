@@ -265,9 +265,12 @@ run() {
         [[ $preset == cifar10 ]] && { batch=128; tpreset=cifar; }
         if ((dry)); then
             plan "bench-kernels-$preset-cuda" "$D bench kernels --device cuda --config $preset --json"
+            plan "bench-kernels-$preset-fp32-cuda" "$D bench kernels --device cuda --config $preset --precision fp32 --json"
             step "bench-kernels-$preset-emu" 120 "$D bench kernels --device emu --config $preset --json > $O/bench-kernels-$preset.jsonl"
         else
             step "bench-kernels-$preset-cuda" 90 "$D bench kernels --device cuda --config $preset --reps 10 --json > $O/bench-kernels-$preset.jsonl"
+            # the default above is bf16 tensor cores on sm_80+; the FP32 kernels beside them
+            step "bench-kernels-$preset-fp32-cuda" 60 "$D bench kernels --device cuda --config $preset --reps 5 --precision fp32 --json > $O/bench-kernels-$preset-fp32.jsonl"
         fi
         if ((has_bench_step)); then
             if ((dry)); then

@@ -49,6 +49,17 @@ fn kernel_bench_on_the_emulator_counts_launches() {
         assert!(k["time_us"].is_null(), "the emulator times nothing: {k}");
         assert!(k["counts"]["launches"].as_u64().is_some_and(|n| n >= 1), "{k}");
         assert!(k["h100_floor_us"].as_f64().is_some_and(|f| f > 0.0), "{k}");
+        // The bf16 tensor-core floor: lower for the conv and linear GEMMs
+        // that are compute-bound in FP32, the FP32 floor for every other op.
+        let (fp32, bf16) =
+            (k["h100_floor_us"].as_f64().unwrap_or(0.0), k["h100_bf16_floor_us"].as_f64().unwrap_or(-1.0));
+        let gemm = (k["op"] == "conv2d" && k["pass"] != "backward_bias") || k["op"] == "linear";
+        if gemm && k["bound"] == "compute" {
+            assert!(bf16 < fp32, "{k}");
+        } else if !gemm {
+            assert_eq!(bf16, fp32, "{k}");
+        }
+        assert!(bf16 > 0.0 && bf16 <= fp32, "{k}");
     }
     let conv = kernels.iter().find(|k| k["op"] == "conv2d" && k["pass"] == "forward").expect("a conv2d forward line");
     // one launch of one of the forward's tile shapes (wide, narrow or few, picked from the channels)
@@ -63,4 +74,23 @@ fn kernel_bench_on_the_emulator_counts_launches() {
     let est = &step["h100_estimate_us"];
     let (graph, eager) = (est["cuda_graph"].as_f64().unwrap_or(0.0), est["eager_no_alloc"].as_f64().unwrap_or(0.0));
     assert!(graph > 0.0 && eager >= graph, "{est}");
+    let (fp32, bf16) =
+        (step["h100_floor_sum_us"].as_f64().unwrap_or(0.0), step["h100_bf16_floor_sum_us"].as_f64().unwrap_or(0.0));
+    assert!(bf16 > 0.0 && bf16 < fp32, "{step}");
+    // --precision bf16 routes the GEMM passes to the tensor-core kernels.
+    let out = ok(&["bench", "kernels", "--device", "emu", "--config", "mnist", "--precision", "bf16", "--json"]);
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let tc_kernel = |op: &str, pass: &str, prefix: &str| {
+        let line = lines.iter().find(|l| l["op"] == op && l["pass"] == pass).expect("a line per pass");
+        assert_eq!(line["precision"], "bf16", "{line}");
+        let names =
+            line["counts"]["kernels"].as_object().map(|m| m.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
+        assert!(names.iter().any(|n| n.starts_with(prefix)), "{op} {pass}: {names:?}");
+    };
+    tc_kernel("conv2d", "forward", "conv2d_fwd_tc_bf16");
+    tc_kernel("conv2d", "backward_data", "conv2d_bwd_data_tc_bf16");
+    tc_kernel("conv2d", "backward_weight", "conv2d_bwd_weight_tc_bf16");
+    tc_kernel("linear", "forward", "linear_fwd_tc_bf16");
+    let norm = lines.iter().find(|l| l["op"] == "group_norm").expect("a group norm line");
+    assert_eq!(norm["precision"], "fp32", "{norm}");
 }

@@ -8,7 +8,7 @@
 
 use anyhow::Result;
 use diffuse_tensor::ops::{self, AdamWParams, Conv2dParams};
-use diffuse_tensor::{DType, Device, Tensor};
+use diffuse_tensor::{DType, Device, Precision, Tensor};
 use diffuse_unet::{Footprint, UNetConfig};
 use std::collections::BTreeMap;
 
@@ -155,6 +155,16 @@ impl Op {
         }
     }
 
+    /// Whether the pass has a tensor-core kernel (`--precision tf32|bf16`):
+    /// the convolutions' and linear layers' matrix products.
+    pub fn has_tensor_core_kernel(&self, pass: &str) -> bool {
+        match self {
+            Op::Conv { .. } => pass != "backward_bias",
+            Op::Linear { .. } => true,
+            _ => false,
+        }
+    }
+
     /// (FLOP, DRAM bytes) of one pass.
     pub fn cost(&self, pass: &str) -> (f64, f64) {
         let fwd = pass == "forward";
@@ -236,8 +246,15 @@ impl Op {
     /// A closure that runs `pass` once on `device`, its inputs made once:
     /// seeded normal values made on the CPU and copied to the device, or,
     /// when `seeded` is false (counting, where values do not matter), zeros
-    /// made on the device.
-    pub fn runner(&self, pass: &str, device: &Device, seeded: bool) -> Result<Box<dyn FnMut() -> Result<()>>> {
+    /// made on the device. `prec` is the arithmetic of the passes that have
+    /// a tensor-core kernel (the others ignore it).
+    pub fn runner(
+        &self,
+        pass: &str,
+        device: &Device,
+        seeded: bool,
+        prec: Precision,
+    ) -> Result<Box<dyn FnMut() -> Result<()>>> {
         let mut seed = 0u64;
         let mut input = |shape: &[usize]| -> Result<Tensor> {
             seed += 1;
@@ -255,9 +272,9 @@ impl Op {
                     (input(&[n, ci, side, side])?, input(&[co, ci, k, k])?, input(&[co])?, input(&[n, co, out, out])?);
                 Box::new(move || {
                     match pass.as_str() {
-                        "forward" => drop(ops::conv2d_forward(&x, &w, Some(&b), &p)?),
-                        "backward_data" => drop(ops::conv2d_backward_data(&dy, &w, x.shape(), &p)?),
-                        "backward_weight" => drop(ops::conv2d_backward_weight(&dy, &x, w.shape(), &p)?),
+                        "forward" => drop(ops::conv2d_forward_with(&x, &w, Some(&b), &p, prec)?),
+                        "backward_data" => drop(ops::conv2d_backward_data_with(&dy, &w, x.shape(), &p, prec)?),
+                        "backward_weight" => drop(ops::conv2d_backward_weight_with(&dy, &x, w.shape(), &p, prec)?),
                         _ => drop(ops::conv2d_backward_bias(&dy)?),
                     }
                     Ok(())
@@ -294,9 +311,9 @@ impl Op {
                     (input(&[rows, din])?, input(&[dout, din])?, input(&[dout])?, input(&[rows, dout])?);
                 Box::new(move || {
                     if pass == "forward" {
-                        drop(ops::linear_forward(&x, &w, Some(&b))?);
+                        drop(ops::linear_forward_with(&x, &w, Some(&b), prec)?);
                     } else {
-                        drop(ops::linear_backward(&dy, &x, &w)?);
+                        drop(ops::linear_backward_with(&dy, &x, &w, prec)?);
                     }
                     Ok(())
                 })

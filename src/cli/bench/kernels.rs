@@ -19,7 +19,7 @@ use crate::cli::device::DeviceSpec;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use diffuse_tensor::ops::AdamWParams;
-use diffuse_tensor::{ops, DType, Device, Tensor};
+use diffuse_tensor::{ops, DType, Device, Precision, Tensor};
 use diffuse_trainer::diffusion::{Diffusion, Schedule, Target};
 use diffuse_trainer::optim::{clip_grad_norm, AdamW, Ema};
 use diffuse_trainer::sampler::{self, Sampler, StepNoise};
@@ -83,6 +83,11 @@ pub struct KernelsArgs {
     /// One JSON object per kernel pass (and per preset) instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Arithmetic of the convolutions' and linear layers' passes: fp32, tf32
+    /// or bf16 (tensor cores) [default: bf16 on GPUs of compute capability
+    /// 8.0+, else fp32].
+    #[arg(long, value_parser = crate::cli::train::parse_precision)]
+    pub precision: Option<Precision>,
 }
 
 /// How a pass was measured.
@@ -121,10 +126,15 @@ pub fn run(a: KernelsArgs) -> Result<()> {
     };
     let device_name = if a.device == DeviceSpec::Emu { "emu".to_string() } else { device.to_string() };
     let peak = peaks::for_device_name(&device_name);
+    let precision = a.precision.unwrap_or_else(|| Precision::default_for(&device));
     let reps = a.reps.unwrap_or(if matches!(mode, Mode::Events) { 20 } else { 3 });
     let presets = a.config.map(|p| vec![p]).unwrap_or_else(|| vec![Preset::Mnist, Preset::Cifar10]);
     if !a.json {
-        println!("device {device_name}; timing: {}; peak: {}", mode.label(), peak_text(peak));
+        println!(
+            "device {device_name}; timing: {}; peak: {}; conv/linear at {precision}",
+            mode.label(),
+            peak_text(peak)
+        );
     }
     for preset in presets {
         let batch = a.batch_size.unwrap_or(preset.batch());
@@ -133,11 +143,12 @@ pub fn run(a: KernelsArgs) -> Result<()> {
         let h100 = peaks::h100();
         let mut measured_sum = 0.0;
         let mut h100_floor_sum = 0.0;
+        let mut h100_bf16_floor_sum = 0.0;
         if !a.json {
             println!("\n{} (batch {batch}): {} distinct ops", preset.name(), step_ops.len());
             println!(
-                "{:<22} {:<16} {:<34} {:>5} {:>10} {:>9} {:>9} {:>7} {:>9} {:>9}",
-                "op", "pass", "sizes", "/step", "time_us", "GFLOP/s", "GB/s", "%peak", "H100_us", "launches"
+                "{:<22} {:<16} {:<34} {:>5} {:>10} {:>9} {:>9} {:>7} {:>9} {:>9} {:>9}",
+                "op", "pass", "sizes", "/step", "time_us", "GFLOP/s", "GB/s", "%peak", "H100_us", "bf16_us", "launches"
             );
         }
         for (op, &count) in &step_ops {
@@ -145,8 +156,12 @@ pub fn run(a: KernelsArgs) -> Result<()> {
                 let (flops, bytes) = op.cost(pass);
                 let h100_floor = h100.floor_us(flops, bytes);
                 h100_floor_sum += h100_floor * f64::from(count);
+                // Passes without a tensor-core kernel keep their FP32 floor.
+                let h100_bf16_floor =
+                    if op.has_tensor_core_kernel(pass) { h100.bf16_floor_us(flops, bytes) } else { h100_floor };
+                h100_bf16_floor_sum += h100_bf16_floor * f64::from(count);
                 let mut runner = op
-                    .runner(pass, &device, !matches!(mode, Mode::Counted))
+                    .runner(pass, &device, !matches!(mode, Mode::Counted), precision)
                     .with_context(|| format!("{} {pass} {}", op.name(), op.sizes()))?;
                 let (time_us, counts) = match (&mode, &counter) {
                     (Mode::Counted, Some(c)) => {
@@ -159,7 +174,21 @@ pub fn run(a: KernelsArgs) -> Result<()> {
                 if let Some(t) = time_us {
                     measured_sum += t * f64::from(count);
                 }
-                let line = PassLine { preset, batch, op, pass, count, flops, bytes, time_us, peak, h100_floor, counts };
+                let line = PassLine {
+                    preset,
+                    batch,
+                    op,
+                    pass,
+                    count,
+                    flops,
+                    bytes,
+                    time_us,
+                    peak,
+                    h100_floor,
+                    h100_bf16_floor,
+                    precision,
+                    counts,
+                };
                 if a.json {
                     println!("{}", line.json(&device_name, &mode));
                 } else {
@@ -176,8 +205,10 @@ pub fn run(a: KernelsArgs) -> Result<()> {
             "batch": batch,
             "device": device_name,
             "timing": mode.label(),
+            "precision": precision.to_string(),
             "measured_kernel_sum_us": (!matches!(mode, Mode::Counted)).then_some(measured_sum),
             "h100_floor_sum_us": h100_floor_sum,
+            "h100_bf16_floor_sum_us": h100_bf16_floor_sum,
             "train_step": train.to_json(),
             "sample_step": sample.to_json(),
             "h100_estimate_us": {
@@ -196,7 +227,8 @@ pub fn run(a: KernelsArgs) -> Result<()> {
         } else {
             println!(
                 "{} step: {} launches, {} allocs, {} frees, {} host syncs per training step ({} launches per sampling step); \
-                 H100 floor {:.0} us, estimate {:.0} us now, {:.0} us eager without allocation, {:.0} us as a CUDA graph{}",
+                 H100 floor {:.0} us ({:.0} us with bf16 tensor cores), estimate {:.0} us now, {:.0} us eager without allocation, \
+                 {:.0} us as a CUDA graph{}",
                 preset.name(),
                 train.launches,
                 train.allocs,
@@ -204,6 +236,7 @@ pub fn run(a: KernelsArgs) -> Result<()> {
                 train.syncs + train.dtoh,
                 sample.launches,
                 h100_floor_sum,
+                h100_bf16_floor_sum,
                 est.current,
                 est.eager,
                 est.graph,
@@ -272,6 +305,10 @@ struct PassLine<'a> {
     time_us: Option<f64>,
     peak: Option<Peak>,
     h100_floor: f64,
+    /// The floor with the conv and linear GEMMs on bf16 tensor cores.
+    h100_bf16_floor: f64,
+    /// The arithmetic the pass ran at (only GEMM passes differ).
+    precision: Precision,
     counts: Option<Counts>,
 }
 
@@ -303,15 +340,17 @@ impl PassLine<'_> {
             "per_step": self.count,
             "device": device,
             "timing": mode.label(),
+            "precision": if self.op.has_tensor_core_kernel(self.pass) { self.precision } else { Precision::Fp32 }.to_string(),
             "time_us": self.time_us,
             "flop": self.flops,
             "bytes": self.bytes,
             "gflops": gflops,
             "gbps": gbps,
-            "peak": self.peak.map(|p| serde_json::json!({"gpu": p.gpu, "cc": format!("{}.{}", p.cc.0, p.cc.1), "fp32_tflops": p.fp32_tflops, "dram_tbps": p.dram_tbps})),
+            "peak": self.peak.map(|p| serde_json::json!({"gpu": p.gpu, "cc": format!("{}.{}", p.cc.0, p.cc.1), "fp32_tflops": p.fp32_tflops, "bf16_tflops": p.bf16_tflops, "dram_tbps": p.dram_tbps})),
             "pct_of_peak": pct,
             "bound": if bound.compute_bound(self.flops, self.bytes) { "compute" } else { "memory" },
             "h100_floor_us": self.h100_floor,
+            "h100_bf16_floor_us": self.h100_bf16_floor,
             "counts": self.counts.as_ref().map(Counts::to_json),
         })
     }
@@ -321,7 +360,7 @@ impl PassLine<'_> {
         let f = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
         let launches = self.counts.as_ref().map_or("-".to_string(), |c| c.launches.to_string());
         format!(
-            "{:<22} {:<16} {:<34} {:>5} {:>10} {:>9} {:>9} {:>7} {:>9.2} {:>9}",
+            "{:<22} {:<16} {:<34} {:>5} {:>10} {:>9} {:>9} {:>7} {:>9.2} {:>9.2} {:>9}",
             self.op.name(),
             self.pass,
             self.op.sizes(),
@@ -331,6 +370,7 @@ impl PassLine<'_> {
             f(gbps, 1),
             f(pct, 1),
             self.h100_floor,
+            self.h100_bf16_floor,
             launches
         )
     }
