@@ -35,6 +35,12 @@ pub fn linear_backward<T: Element>(
 /// Columns per parallel task of `column_sums`.
 const COLS_PER_TASK: usize = 64;
 
+/// `db = sum_rows dy` [d_out] alone (the reduced-precision path's bias
+/// gradient, from the unrounded dy).
+pub fn linear_backward_bias<T: Element>(dy: &[T], d: LinearDims, db: &mut [T]) {
+    column_sums(dy, d.n, d.d_out, db);
+}
+
 /// `out[j] = sum_i m[i, j]` over a row-major [rows, cols] matrix, in f64 and
 /// in row order (parallel over column blocks only, so the order is fixed).
 fn column_sums<T: Element>(m: &[T], rows: usize, cols: usize, out: &mut [T]) {

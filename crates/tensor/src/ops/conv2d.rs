@@ -5,8 +5,9 @@
 //! [`geom::ConvGeom`]; the CPU twin is `cpu/conv2d.rs` (im2col + gemm);
 //! tests are `crates/tensor/tests/conv2d.rs` (f64 oracle, finite differences,
 //! adjoint and determinism properties). The `_with` variants take a
-//! [`Precision`]: tf32 / bf16 run the tensor-core kernels on a GPU and the
-//! rounding oracle (`cpu/reduced.rs`) on the CPU (`tests/tensor_core.rs`).
+//! [`Precision`]: tf32 / bf16 run the tensor-core kernels on a GPU and, on
+//! the CPU, the f32 GEMM on inputs rounded the same way; both are held to
+//! the f64 rounding oracle (`cpu/reduced.rs`) in `tests/tensor_core.rs`.
 
 use super::{check_same, gpu_of};
 use crate::geom::ConvGeom;
@@ -95,14 +96,12 @@ fn geometry(op: &'static str, x: &Shape, w: &Shape, p: &Conv2dParams) -> Result<
     Ok(ConvGeom { n, ci, h, w: wd, co, kh, kw, stride: p.stride, pad_top: p.pad_top, pad_left: p.pad_left, ho, wo })
 }
 
-/// A CPU slice as the f32 values the tensor cores would read.
-pub(crate) fn f32s<T: Element>(v: &[T]) -> Vec<f32> {
-    v.iter().map(|&t| t.to_f32()).collect()
-}
-
-/// The oracle's f64 sums in the tensor's element type (one rounding).
-pub(crate) fn from_oracle<T: Element>(r: cpu::reduced::Rounded) -> Vec<T> {
-    r.value.into_iter().map(T::from_f64).collect()
+/// A CPU slice with each value rounded to `prec` as the tensor cores read
+/// it. Products of two such values are exact in f32, so the f32 GEMM that
+/// follows errs only in its sums, within the bound the tensor cores' f32
+/// accumulation is held to (`cpu::reduced` is the f64 oracle of both).
+pub(crate) fn rounded<T: Element>(prec: Precision, v: &[T]) -> Vec<T> {
+    v.iter().map(|&t| T::from_f64(f64::from(prec.round(t.to_f32())))).collect()
 }
 
 fn check_bias(op: &'static str, b: &Tensor, co: usize) -> Result<()> {
@@ -123,8 +122,8 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dPara
 }
 
 /// [`conv2d_forward`] with the GEMM inputs rounded to `prec` (tensor cores on
-/// a GPU; the rounding oracle `cpu::reduced` on the CPU). `Precision::Fp32`
-/// is exactly `conv2d_forward`.
+/// a GPU; on the CPU the inputs rounded the same way into the f32 GEMM).
+/// `Precision::Fp32` is exactly `conv2d_forward`.
 pub fn conv2d_forward_with(
     x: &Tensor,
     w: &Tensor,
@@ -148,15 +147,13 @@ pub fn conv2d_forward_with(
                 Some(b) => Some(b.cpu_slice::<T>()?),
                 None => None,
             };
-            let y = if prec == Precision::Fp32 {
-                let mut y = vec![T::default(); g.n * g.co * g.p()];
-                cpu::conv2d::conv2d_forward(&g, x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, bias, &mut y);
-                y
+            let mut y = vec![T::default(); g.n * g.co * g.p()];
+            let (xs, ws) = (x.cpu_slice::<T>()?, w.cpu_slice::<T>()?);
+            if prec == Precision::Fp32 {
+                cpu::conv2d::conv2d_forward(&g, xs, ws, bias, &mut y);
             } else {
-                let bias = bias.map(f32s);
-                let (xs, ws) = (f32s(x.cpu_slice::<T>()?), f32s(w.cpu_slice::<T>()?));
-                from_oracle::<T>(cpu::reduced::conv2d_forward(prec, &g, &xs, &ws, bias.as_deref()))
-            };
+                cpu::conv2d::conv2d_forward(&g, &rounded(prec, xs), &rounded(prec, ws), bias, &mut y);
+            }
             Ok(Tensor::from_cpu(Shape::new([g.n, g.co, g.ho, g.wo]), y))
         }),
         Storage::Gpu(xs) => {
@@ -191,14 +188,13 @@ pub fn conv2d_backward_data_with(
     check_dy(OP, dy, &g)?;
     match dy.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let dx = if prec == Precision::Fp32 {
-                let mut dx = vec![T::default(); x_shape.numel()];
-                cpu::conv2d::conv2d_backward_data(&g, dy.cpu_slice::<T>()?, w.cpu_slice::<T>()?, &mut dx);
-                dx
+            let mut dx = vec![T::default(); x_shape.numel()];
+            let (dys, ws) = (dy.cpu_slice::<T>()?, w.cpu_slice::<T>()?);
+            if prec == Precision::Fp32 {
+                cpu::conv2d::conv2d_backward_data(&g, dys, ws, &mut dx);
             } else {
-                let (dys, ws) = (f32s(dy.cpu_slice::<T>()?), f32s(w.cpu_slice::<T>()?));
-                from_oracle::<T>(cpu::reduced::conv2d_backward_data(prec, &g, &dys, &ws))
-            };
+                cpu::conv2d::conv2d_backward_data(&g, &rounded(prec, dys), &rounded(prec, ws), &mut dx);
+            }
             Ok(Tensor::from_cpu(x_shape.clone(), dx))
         }),
         Storage::Gpu(dys) => {
@@ -229,14 +225,13 @@ pub fn conv2d_backward_weight_with(
     check_dy(OP, dy, &g)?;
     match dy.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let dw = if prec == Precision::Fp32 {
-                let mut dw = vec![T::default(); w_shape.numel()];
-                cpu::conv2d::conv2d_backward_weight(&g, dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dw);
-                dw
+            let mut dw = vec![T::default(); w_shape.numel()];
+            let (dys, xs) = (dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?);
+            if prec == Precision::Fp32 {
+                cpu::conv2d::conv2d_backward_weight(&g, dys, xs, &mut dw);
             } else {
-                let (dys, xs) = (f32s(dy.cpu_slice::<T>()?), f32s(x.cpu_slice::<T>()?));
-                from_oracle::<T>(cpu::reduced::conv2d_backward_weight(prec, &g, &dys, &xs))
-            };
+                cpu::conv2d::conv2d_backward_weight(&g, &rounded(prec, dys), &rounded(prec, xs), &mut dw);
+            }
             Ok(Tensor::from_cpu(w_shape.clone(), dw))
         }),
         Storage::Gpu(dys) => {

@@ -1,7 +1,7 @@
 //! Fully connected layer, forward and backward: `y = x w^T + b` with
 //! `x` [N, In], `w` [Out, In] (PyTorch's layout), `b` [Out].
 
-use super::conv2d::{f32s, from_oracle};
+use super::conv2d::rounded;
 use super::{check_same, gpu_of};
 use crate::geom::LinearDims;
 use crate::gpu::launch;
@@ -31,7 +31,7 @@ pub fn linear_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tens
 }
 
 /// [`linear_forward`] with the GEMM inputs rounded to `prec` (tensor cores on
-/// a GPU; the rounding oracle `cpu::reduced` on the CPU). `Precision::Fp32`
+/// a GPU; on the CPU the inputs rounded the same way into the f32 GEMM). `Precision::Fp32`
 /// is exactly `linear_forward`.
 pub fn linear_forward_with(x: &Tensor, w: &Tensor, b: Option<&Tensor>, prec: Precision) -> Result<Tensor> {
     let _timer = crate::profile::op("linear_forward");
@@ -50,11 +50,11 @@ pub fn linear_forward_with(x: &Tensor, w: &Tensor, b: Option<&Tensor>, prec: Pre
                 Some(b) => Some(b.cpu_slice::<T>()?),
                 None => None,
             };
+            let (xs, ws) = (x.cpu_slice::<T>()?, w.cpu_slice::<T>()?);
             if prec == Precision::Fp32 {
-                cpu::linear::linear_forward(x.cpu_slice::<T>()?, w.cpu_slice::<T>()?, bias, d, &mut y);
+                cpu::linear::linear_forward(xs, ws, bias, d, &mut y);
             } else {
-                let (xs, ws, bias) = (f32s(x.cpu_slice::<T>()?), f32s(w.cpu_slice::<T>()?), bias.map(f32s));
-                y = from_oracle::<T>(cpu::reduced::linear_forward(prec, d, &xs, &ws, bias.as_deref()));
+                cpu::linear::linear_forward(&rounded(prec, xs), &rounded(prec, ws), bias, d, &mut y);
             }
             Ok(Tensor::from_cpu(Shape::new([d.n, d.d_out]), y))
         }),
@@ -89,19 +89,14 @@ pub fn linear_backward_with(dy: &Tensor, x: &Tensor, w: &Tensor, prec: Precision
             let mut dx = vec![T::default(); d.n * d.d_in];
             let mut dw = vec![T::default(); d.d_out * d.d_in];
             let mut db = vec![T::default(); d.d_out];
-            cpu::linear::linear_backward(
-                dy.cpu_slice::<T>()?,
-                x.cpu_slice::<T>()?,
-                w.cpu_slice::<T>()?,
-                d,
-                &mut dx,
-                &mut dw,
-                &mut db,
-            );
-            if prec != Precision::Fp32 {
-                let (dys, xs, ws) = (f32s(dy.cpu_slice::<T>()?), f32s(x.cpu_slice::<T>()?), f32s(w.cpu_slice::<T>()?));
-                dx = from_oracle::<T>(cpu::reduced::linear_backward_data(prec, d, &dys, &ws));
-                dw = from_oracle::<T>(cpu::reduced::linear_backward_weight(prec, d, &dys, &xs));
+            let (dys, xs, ws) = (dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, w.cpu_slice::<T>()?);
+            if prec == Precision::Fp32 {
+                cpu::linear::linear_backward(dys, xs, ws, d, &mut dx, &mut dw, &mut db);
+            } else {
+                let (rdy, rx, rw) = (rounded(prec, dys), rounded(prec, xs), rounded(prec, ws));
+                cpu::linear::linear_backward(&rdy, &rx, &rw, d, &mut dx, &mut dw, &mut db);
+                // the bias gradient is no GEMM: from the unrounded dy, as fp32's
+                cpu::linear::linear_backward_bias(dys, d, &mut db);
             }
             Ok(LinearGrads {
                 dx: Tensor::from_cpu(x.shape().clone(), dx),
