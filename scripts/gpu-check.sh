@@ -74,7 +74,7 @@ prepare() {
     mkdir -p "$tmp/testvectors" "$tmp/data"
     strip -o "$tmp/diffuse" "$target/$outdir/diffuse"
     cp "$root/scripts/gpu-check.sh" "$root/scripts/gpu-check/torch_gpu_step.py" "$root/scripts/gpu-check/report.py" "$tmp/"
-    cp "$root/scripts/gpu-check/multigpu_compare.py" "$tmp/"
+    cp "$root/scripts/gpu-check/multigpu_compare.py" "$root/scripts/gpu-check/curve_compare.py" "$tmp/"
     cp "$reference/ddpm_unet.py" "$tmp/"
     cp "$vectors"/*.safetensors "$tmp/testvectors/"
     # the vectors made here (the class-conditional step), not in ../shared
@@ -238,6 +238,18 @@ run() {
             step "verify-$vn-cuda" 60 "$D verify-step --device cuda $V >> $O/verify.jsonl"
         fi
     done
+
+    # -- bf16 training follows fp32 (tests/bf16_training_curve.rs on the
+    #    tensor cores): 300 tiny-mnist steps each, 50-step windows within 5%
+    local curve_cmd="train --config tiny-mnist --data $B/data/mnist10k --steps 300 --batch-size 8 --seed 0 --sample-every 0 --checkpoint-every 300 --log-every 1"
+    if ((dry)); then
+        plan bf16-curve-cuda "$D $curve_cmd --device cuda --precision bf16 ... and fp32; curve_compare.py"
+        # that the comparison runs: 4 CPU steps each, windows of 2
+        local short_cmd="train --config tiny-mnist --data $B/data/mnist10k --steps 4 --batch-size 2 --sample-every 0 --checkpoint-every 4 --log-every 1 --device cpu"
+        step bf16-curve-cpu-short 120 "$D $short_cmd --precision bf16 --out $O/curve-bf16 && $D $short_cmd --precision fp32 --out $O/curve-fp32 && python3 $B/curve_compare.py $O/curve-bf16 $O/curve-fp32 2 0.05 > $O/bf16-curve.json"
+    else
+        step bf16-curve-cuda 120 "$D $curve_cmd --device cuda --precision bf16 --out $O/curve-bf16 && $D $curve_cmd --device cuda --precision fp32 --out $O/curve-fp32 && python3 $B/curve_compare.py $O/curve-bf16 $O/curve-fp32 > $O/bf16-curve.json"
+    fi
 
     # -- one training step under compute-sanitizer (emulator in a dry run:
     #    its guard pages and hazard detector are the sanitizer's twins)
