@@ -222,33 +222,14 @@ fn the_sde_sampler_is_deterministic_per_seed_and_spacing_is_checked() {
     };
     let explicit = ["--sampler", "dpm++2m-sde", "--steps", "20", "--spacing", "karras"];
     assert_eq!(sample_npy("default.npy", &[]), sample_npy("explicit.npy", &explicit));
-    let err = fails(&[
-        "sample",
-        "--device",
-        "cpu",
-        "--checkpoint",
-        &run_s,
-        "--out",
-        &png,
-        "--sampler",
-        "ddim",
-        "--spacing",
-        "karras",
-    ]);
+    let refused = |extra: &[&str]| {
+        let mut args = vec!["sample", "--device", "cpu", "--checkpoint", &run_s, "--out", &png];
+        args.extend_from_slice(extra);
+        fails(&args)
+    };
+    let err = refused(&["--sampler", "ddim", "--spacing", "karras"]);
     assert!(err.contains("--spacing applies to"), "{err}");
-    let err = fails(&[
-        "sample",
-        "--device",
-        "cpu",
-        "--checkpoint",
-        &run_s,
-        "--out",
-        &png,
-        "--sampler",
-        "heun",
-        "--steps",
-        "1000",
-    ]);
+    let err = refused(&["--sampler", "heun", "--steps", "1000"]);
     assert!(err.contains("steps must be in 1..=999"), "{err}");
 }
 
