@@ -124,6 +124,123 @@ pub fn conv2d_forward(
     conv2d_forward_tiled(dev, x, w, b, g, ConvTile::for_rows(g.co))
 }
 
+/// One convolution pass's operands, whichever kernel runs it (a SIMT tile
+/// shape here, the tensor cores in `conv2d_tc.rs`): the output buffer, the
+/// kernel arguments, the GEMM extent the grid covers (columns x rows) and,
+/// for the weight gradient, the split-K partials in `out`.
+pub(crate) struct ConvPass {
+    pub out: GpuStorage,
+    pub args: Vec<KernelArg>,
+    pub cols: usize,
+    pub rows: usize,
+    splits: usize,
+    count: usize,
+}
+
+/// A pass to launch, or its (empty) result when there is nothing to compute.
+pub(crate) enum Prepared {
+    Done(GpuStorage),
+    Launch(ConvPass),
+}
+
+impl ConvPass {
+    /// y [n, co, ho, wo] = conv(x, w) (+ b): args (y, x, w, bias, has_bias, geometry).
+    pub(crate) fn forward(
+        op: &'static str,
+        dev: &GpuDevice,
+        x: &GpuStorage,
+        w: &GpuStorage,
+        b: Option<&GpuStorage>,
+        g: &ConvGeom,
+    ) -> Result<Prepared> {
+        let geo = geometry_args(op, g)?;
+        let y = alloc(dev, g.n * g.co * g.ho * g.wo)?;
+        if g.n * g.co * g.ho * g.wo == 0 {
+            return Ok(Prepared::Done(y));
+        }
+        let (bias, has) = match b {
+            Some(b) => (b.arg(), 1),
+            None => (KernelArg::Ptr(0), 0),
+        };
+        let mut args = vec![y.arg(), x.arg(), w.arg(), bias, KernelArg::I32(has)];
+        args.extend_from_slice(&geo);
+        Ok(Prepared::Launch(ConvPass { out: y, args, cols: g.n * g.ho * g.wo, rows: g.co, splits: 1, count: 0 }))
+    }
+
+    /// dx [n, ci, h, w] from dy and w: args (dx, dy, w, geometry).
+    pub(crate) fn backward_data(
+        op: &'static str,
+        dev: &GpuDevice,
+        dy: &GpuStorage,
+        w: &GpuStorage,
+        g: &ConvGeom,
+    ) -> Result<Prepared> {
+        let geo = geometry_args(op, g)?;
+        let dx = alloc(dev, g.n * g.ci * g.h * g.w)?;
+        if g.n * g.ci * g.h * g.w == 0 {
+            return Ok(Prepared::Done(dx));
+        }
+        let mut args = vec![dx.arg(), dy.arg(), w.arg()];
+        args.extend_from_slice(&geo);
+        Ok(Prepared::Launch(ConvPass { out: dx, args, cols: g.n * g.h * g.w, rows: g.ci, splits: 1, count: 0 }))
+    }
+
+    /// The split-K partials of dw [co, ci, kh, kw] from dy and x: args
+    /// (workspace of splits * |w|, dy, x, geometry, K per split).
+    pub(crate) fn backward_weight(
+        op: &'static str,
+        dev: &GpuDevice,
+        dy: &GpuStorage,
+        x: &GpuStorage,
+        g: &ConvGeom,
+    ) -> Result<Prepared> {
+        let geo = geometry_args(op, g)?;
+        let count = g.co * g.ci * g.kh * g.kw;
+        if count == 0 {
+            return Ok(Prepared::Done(alloc(dev, 0)?));
+        }
+        let (splits, per_split) = weight_grad_splits(g);
+        super::check_i32(op, "N*Ho*Wo per split", per_split)?;
+        let ws = alloc(dev, splits * count)?;
+        let mut args = vec![ws.arg(), dy.arg(), x.arg()];
+        args.extend_from_slice(&geo);
+        args.push(KernelArg::I32(per_split as i32));
+        Ok(Prepared::Launch(ConvPass { out: ws, args, cols: g.ci * g.kh * g.kw, rows: g.co, splits, count }))
+    }
+
+    /// The grid's z extent: the split-K splits (1 for the other passes).
+    pub(crate) fn grid_z(&self, op: &'static str) -> Result<u32> {
+        grid_dim_yz(op, "splits", self.splits)
+    }
+
+    /// The pass's result once its kernel ran: the weight gradient's splits
+    /// added in split order (`sum_splits`), the output as it is otherwise.
+    pub(crate) fn finish(self, dev: &GpuDevice, op: &'static str) -> Result<GpuStorage> {
+        if self.splits == 1 {
+            return Ok(self.out);
+        }
+        sum_splits(dev, op, &self.out, self.splits, self.count)
+    }
+}
+
+/// Runs a prepared pass with `kernel` on the tile grid of `tile`.
+fn run_tiled(
+    op: &'static str,
+    dev: &GpuDevice,
+    pass: Prepared,
+    kernel: &'static Kernel,
+    tile: ConvTile,
+) -> Result<GpuStorage> {
+    let pass = match pass {
+        Prepared::Done(out) => return Ok(out),
+        Prepared::Launch(p) => p,
+    };
+    let mut grid = tile.grid(op, pass.cols, pass.rows)?;
+    grid.z = pass.grid_z(op)?;
+    run(dev, kernel, grid, &pass.args)?;
+    pass.finish(dev, op)
+}
+
 /// [`conv2d_forward`] in a given tile shape (tests compare the shapes' bits).
 pub fn conv2d_forward_tiled(
     dev: &GpuDevice,
@@ -134,21 +251,9 @@ pub fn conv2d_forward_tiled(
     tile: ConvTile,
 ) -> Result<GpuStorage> {
     const OP: &str = "conv2d_forward";
-    let geo = geometry_args(OP, g)?;
-    let y = alloc(dev, g.n * g.co * g.ho * g.wo)?;
-    if g.n * g.co * g.ho * g.wo == 0 {
-        return Ok(y);
-    }
-    let (bias, has) = match b {
-        Some(b) => (b.arg(), 1),
-        None => (KernelArg::Ptr(0), 0),
-    };
-    let mut args = vec![y.arg(), x.arg(), w.arg(), bias, KernelArg::I32(has)];
-    args.extend_from_slice(&geo);
     use kernels::conv2d::{CONV2D_FWD_F32, CONV2D_FWD_FEW_F32, CONV2D_FWD_NARROW_F32};
     let kernel = tile.pick(&CONV2D_FWD_F32, &CONV2D_FWD_NARROW_F32, &CONV2D_FWD_FEW_F32);
-    run(dev, kernel, tile.grid(OP, g.n * g.ho * g.wo, g.co)?, &args)?;
-    Ok(y)
+    run_tiled(OP, dev, ConvPass::forward(OP, dev, x, w, b, g)?, kernel, tile)
 }
 
 /// dx [n, ci, h, w] from dy [n, co, ho, wo] and w, in the tile shape for Ci rows.
@@ -165,17 +270,9 @@ pub fn conv2d_backward_data_tiled(
     tile: ConvTile,
 ) -> Result<GpuStorage> {
     const OP: &str = "conv2d_backward_data";
-    let geo = geometry_args(OP, g)?;
-    let dx = alloc(dev, g.n * g.ci * g.h * g.w)?;
-    if g.n * g.ci * g.h * g.w == 0 {
-        return Ok(dx);
-    }
-    let mut args = vec![dx.arg(), dy.arg(), w.arg()];
-    args.extend_from_slice(&geo);
     use kernels::conv2d::{CONV2D_BWD_DATA_F32, CONV2D_BWD_DATA_FEW_F32, CONV2D_BWD_DATA_NARROW_F32};
     let kernel = tile.pick(&CONV2D_BWD_DATA_F32, &CONV2D_BWD_DATA_NARROW_F32, &CONV2D_BWD_DATA_FEW_F32);
-    run(dev, kernel, tile.grid(OP, g.n * g.h * g.w, g.ci)?, &args)?;
-    Ok(dx)
+    run_tiled(OP, dev, ConvPass::backward_data(OP, dev, dy, w, g)?, kernel, tile)
 }
 
 /// The split-K of the weight gradient: (splits, GEMM-K elements per split).
@@ -207,26 +304,9 @@ pub fn conv2d_backward_weight_tiled(
     tile: ConvTile,
 ) -> Result<GpuStorage> {
     const OP: &str = "conv2d_backward_weight";
-    let geo = geometry_args(OP, g)?;
-    let count = g.co * g.ci * g.kh * g.kw;
-    if count == 0 {
-        return alloc(dev, 0);
-    }
-    let (splits, per_split) = weight_grad_splits(g);
-    super::check_i32(OP, "N*Ho*Wo per split", per_split)?;
-    let ws = alloc(dev, splits * count)?;
-    let mut args = vec![ws.arg(), dy.arg(), x.arg()];
-    args.extend_from_slice(&geo);
-    args.push(KernelArg::I32(per_split as i32));
-    let mut grid = tile.grid(OP, g.ci * g.kh * g.kw, g.co)?;
-    grid.z = grid_dim_yz(OP, "splits", splits)?;
     use kernels::conv2d::{CONV2D_BWD_WEIGHT_F32, CONV2D_BWD_WEIGHT_FEW_F32, CONV2D_BWD_WEIGHT_NARROW_F32};
     let kernel = tile.pick(&CONV2D_BWD_WEIGHT_F32, &CONV2D_BWD_WEIGHT_NARROW_F32, &CONV2D_BWD_WEIGHT_FEW_F32);
-    run(dev, kernel, grid, &args)?;
-    if splits == 1 {
-        return Ok(ws);
-    }
-    sum_splits(dev, OP, &ws, splits, count)
+    run_tiled(OP, dev, ConvPass::backward_weight(OP, dev, dy, x, g)?, kernel, tile)
 }
 
 /// The split of the bias gradient: (splits, flattened (image, pixel) terms

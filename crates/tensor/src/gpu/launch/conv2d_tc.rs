@@ -6,12 +6,11 @@
 //!
 //! `Precision::Fp32` runs the SIMT kernels of `conv2d.rs` (today's path).
 
-use super::conv2d::{self, weight_grad_splits};
-use super::reduce::sum_splits;
-use super::{alloc, grid_dim_yz, run_shared};
+use super::conv2d::{self, ConvPass, Prepared};
+use super::{grid_dim_yz, run_shared};
 use crate::geom::ConvGeom;
 use crate::gpu::kernels::{self, Kernel};
-use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
+use crate::gpu::{Dim3, GpuDevice, GpuStorage};
 use crate::{Precision, Result, TensorError};
 
 /// Output tile (GEMM rows x columns) and block size of tc_gemm.cuh.
@@ -32,6 +31,18 @@ fn pick(p: Precision, bf16: &'static Kernel, tf32: &'static Kernel) -> &'static 
     }
 }
 
+/// Runs a prepared pass on the tensor-core tile: 64 x 64 outputs a block.
+fn run_tc(op: &'static str, dev: &GpuDevice, pass: Prepared, kernel: &'static Kernel) -> Result<GpuStorage> {
+    let pass = match pass {
+        Prepared::Done(out) => return Ok(out),
+        Prepared::Launch(p) => p,
+    };
+    let mut grid = grid(op, pass.cols, pass.rows)?;
+    grid.z = pass.grid_z(op)?;
+    run_shared(dev, kernel, grid, Dim3::x(THREADS), 0, &pass.args)?;
+    pass.finish(dev, op)
+}
+
 /// y [n, co, ho, wo] = conv(x, w) + b with the GEMM inputs rounded to `p`.
 pub fn conv2d_forward(
     dev: &GpuDevice,
@@ -45,21 +56,9 @@ pub fn conv2d_forward(
     if p == Precision::Fp32 {
         return conv2d::conv2d_forward(dev, x, w, b, g);
     }
-    let geo = conv2d::geometry_args(OP, g)?;
-    let y = alloc(dev, g.n * g.co * g.ho * g.wo)?;
-    if g.n * g.co * g.ho * g.wo == 0 {
-        return Ok(y);
-    }
-    let (bias, has) = match b {
-        Some(b) => (b.arg(), 1),
-        None => (KernelArg::Ptr(0), 0),
-    };
-    let mut args = vec![y.arg(), x.arg(), w.arg(), bias, KernelArg::I32(has)];
-    args.extend_from_slice(&geo);
     use kernels::conv2d_fwd_tc::{CONV2D_FWD_TC_BF16_F32, CONV2D_FWD_TC_TF32_F32};
     let kernel = pick(p, &CONV2D_FWD_TC_BF16_F32, &CONV2D_FWD_TC_TF32_F32);
-    run_shared(dev, kernel, grid(OP, g.n * g.ho * g.wo, g.co)?, Dim3::x(THREADS), 0, &args)?;
-    Ok(y)
+    run_tc(OP, dev, ConvPass::forward(OP, dev, x, w, b, g)?, kernel)
 }
 
 /// dx [n, ci, h, w] from dy [n, co, ho, wo] and w, GEMM inputs rounded to `p`.
@@ -74,17 +73,9 @@ pub fn conv2d_backward_data(
     if p == Precision::Fp32 {
         return conv2d::conv2d_backward_data(dev, dy, w, g);
     }
-    let geo = conv2d::geometry_args(OP, g)?;
-    let dx = alloc(dev, g.n * g.ci * g.h * g.w)?;
-    if g.n * g.ci * g.h * g.w == 0 {
-        return Ok(dx);
-    }
-    let mut args = vec![dx.arg(), dy.arg(), w.arg()];
-    args.extend_from_slice(&geo);
     use kernels::conv2d_bwd_data_tc::{CONV2D_BWD_DATA_TC_BF16_F32, CONV2D_BWD_DATA_TC_TF32_F32};
     let kernel = pick(p, &CONV2D_BWD_DATA_TC_BF16_F32, &CONV2D_BWD_DATA_TC_TF32_F32);
-    run_shared(dev, kernel, grid(OP, g.n * g.h * g.w, g.ci)?, Dim3::x(THREADS), 0, &args)?;
-    Ok(dx)
+    run_tc(OP, dev, ConvPass::backward_data(OP, dev, dy, w, g)?, kernel)
 }
 
 /// dw [co, ci, kh, kw] from dy and x, GEMM inputs rounded to `p`; split-K
@@ -100,24 +91,7 @@ pub fn conv2d_backward_weight(
     if p == Precision::Fp32 {
         return conv2d::conv2d_backward_weight(dev, dy, x, g);
     }
-    let geo = conv2d::geometry_args(OP, g)?;
-    let count = g.co * g.ci * g.kh * g.kw;
-    if count == 0 {
-        return alloc(dev, 0);
-    }
-    let (splits, per_split) = weight_grad_splits(g);
-    super::check_i32(OP, "N*Ho*Wo per split", per_split)?;
-    let ws = alloc(dev, splits * count)?;
-    let mut args = vec![ws.arg(), dy.arg(), x.arg()];
-    args.extend_from_slice(&geo);
-    args.push(KernelArg::I32(per_split as i32));
-    let mut grid = grid(OP, g.ci * g.kh * g.kw, g.co)?;
-    grid.z = grid_dim_yz(OP, "splits", splits)?;
     use kernels::conv2d_bwd_weight_tc::{CONV2D_BWD_WEIGHT_TC_BF16_F32, CONV2D_BWD_WEIGHT_TC_TF32_F32};
     let kernel = pick(p, &CONV2D_BWD_WEIGHT_TC_BF16_F32, &CONV2D_BWD_WEIGHT_TC_TF32_F32);
-    run_shared(dev, kernel, grid, Dim3::x(THREADS), 0, &args)?;
-    if splits == 1 {
-        return Ok(ws);
-    }
-    sum_splits(dev, OP, &ws, splits, count)
+    run_tc(OP, dev, ConvPass::backward_weight(OP, dev, dy, x, g)?, kernel)
 }

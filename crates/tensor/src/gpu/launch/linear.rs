@@ -2,9 +2,9 @@
 //! a split bias reduction.
 
 use super::reduce::{split_terms, sum_splits};
-use super::{alloc, grid_dim_yz, int, run, BLOCK};
+use super::{alloc, grid_dim_yz, int, run, run_shared, BLOCK};
 use crate::geom::LinearDims;
-use crate::gpu::kernels;
+use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
 use crate::Result;
 
@@ -24,6 +24,23 @@ pub(crate) fn gemm_grid(op: &'static str, m: usize, n: usize) -> Result<Dim3> {
     Ok(Dim3::new(n.div_ceil(TILE).max(1) as u32, grid_dim_yz(op, "rows / 64", m.div_ceil(TILE).max(1))?, 1))
 }
 
+/// The GEMM kernels of one arithmetic and the block they run in: linear.cu's
+/// FP32 SIMT kernels here, the tensor-core ones in `linear_tc.rs`. Both
+/// tile the output 64 x 64 and take the same arguments.
+pub(crate) struct GemmKernels {
+    pub forward: &'static Kernel,
+    pub backward_data: &'static Kernel,
+    pub backward_weight: &'static Kernel,
+    pub threads: u32,
+}
+
+const FP32: GemmKernels = GemmKernels {
+    forward: &kernels::linear::LINEAR_FWD_F32,
+    backward_data: &kernels::linear::LINEAR_BWD_DATA_F32,
+    backward_weight: &kernels::linear::LINEAR_BWD_WEIGHT_F32,
+    threads: BLOCK,
+};
+
 /// y [n, d_out] = x [n, d_in] w^T + b, w [d_out, d_in], b [d_out].
 pub fn linear_forward(
     dev: &GpuDevice,
@@ -31,6 +48,18 @@ pub fn linear_forward(
     w: &GpuStorage,
     b: Option<&GpuStorage>,
     d: LinearDims,
+) -> Result<GpuStorage> {
+    linear_forward_on(dev, x, w, b, d, &FP32)
+}
+
+/// [`linear_forward`] with the given kernels.
+pub(crate) fn linear_forward_on(
+    dev: &GpuDevice,
+    x: &GpuStorage,
+    w: &GpuStorage,
+    b: Option<&GpuStorage>,
+    d: LinearDims,
+    k: &GemmKernels,
 ) -> Result<GpuStorage> {
     const OP: &str = "linear_forward";
     let y = alloc(dev, d.n * d.d_out)?;
@@ -51,7 +80,7 @@ pub fn linear_forward(
         int(OP, "In", d.d_in)?,
         int(OP, "Out", d.d_out)?,
     ];
-    run(dev, &kernels::linear::LINEAR_FWD_F32, gemm_grid(OP, d.n, d.d_out)?, &args)?;
+    run_shared(dev, k.forward, gemm_grid(OP, d.n, d.d_out)?, Dim3::x(k.threads), 0, &args)?;
     Ok(y)
 }
 
@@ -63,25 +92,32 @@ pub fn linear_backward(
     w: &GpuStorage,
     d: LinearDims,
 ) -> Result<(GpuStorage, GpuStorage, GpuStorage)> {
+    linear_backward_on(dev, dy, x, w, d, &FP32)
+}
+
+/// [`linear_backward`] with the given GEMM kernels (the bias gradient, no
+/// GEMM, is the same split column sum in every arithmetic).
+pub(crate) fn linear_backward_on(
+    dev: &GpuDevice,
+    dy: &GpuStorage,
+    x: &GpuStorage,
+    w: &GpuStorage,
+    d: LinearDims,
+    k: &GemmKernels,
+) -> Result<(GpuStorage, GpuStorage, GpuStorage)> {
     const OP: &str = "linear_backward";
     let dx = alloc(dev, d.n * d.d_in)?;
     let dw = alloc(dev, d.d_out * d.d_in)?;
     let (n, di, dout) = (int(OP, "N", d.n)?, int(OP, "In", d.d_in)?, int(OP, "Out", d.d_out)?);
+    let block = Dim3::x(k.threads);
     if d.n > 0 && d.d_in > 0 {
-        run(
-            dev,
-            &kernels::linear::LINEAR_BWD_DATA_F32,
-            gemm_grid(OP, d.n, d.d_in)?,
-            &[dx.arg(), dy.arg(), w.arg(), n, di, dout],
-        )?;
+        let args = [dx.arg(), dy.arg(), w.arg(), n, di, dout];
+        run_shared(dev, k.backward_data, gemm_grid(OP, d.n, d.d_in)?, block, 0, &args)?;
     }
     if d.d_out > 0 && d.d_in > 0 {
-        run(
-            dev,
-            &kernels::linear::LINEAR_BWD_WEIGHT_F32,
-            gemm_grid(OP, d.d_out, d.d_in)?,
-            &[dw.arg(), dy.arg(), x.arg(), n, di, dout],
-        )?;
+        // with no rows, dw is the empty sum: the kernel writes its zeros
+        let args = [dw.arg(), dy.arg(), x.arg(), n, di, dout];
+        run_shared(dev, k.backward_weight, gemm_grid(OP, d.d_out, d.d_in)?, block, 0, &args)?;
     }
     let db = bias_grad(dev, dy, d)?;
     Ok((dx, dw, db))

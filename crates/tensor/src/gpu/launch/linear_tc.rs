@@ -4,18 +4,30 @@
 //! split column sum. `Precision::Fp32` runs `linear.rs` (today's path).
 
 use super::conv2d_tc::THREADS;
-use super::linear::{self, bias_grad, gemm_grid};
-use super::{alloc, int, run_shared};
+use super::linear::{self, GemmKernels};
 use crate::geom::LinearDims;
-use crate::gpu::kernels::{self, Kernel};
-use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
+use crate::gpu::kernels;
+use crate::gpu::{GpuDevice, GpuStorage};
 use crate::{Precision, Result};
 
-fn pick(p: Precision, bf16: &'static Kernel, tf32: &'static Kernel) -> &'static Kernel {
+/// The tensor-core kernels of `p` (bf16 or tf32).
+fn tc_kernels(p: Precision) -> GemmKernels {
+    use kernels::linear_bwd_tc::*;
+    use kernels::linear_fwd_tc::{LINEAR_FWD_TC_BF16_F32, LINEAR_FWD_TC_TF32_F32};
     if p == Precision::Bf16 {
-        bf16
+        GemmKernels {
+            forward: &LINEAR_FWD_TC_BF16_F32,
+            backward_data: &LINEAR_BWD_DATA_TC_BF16_F32,
+            backward_weight: &LINEAR_BWD_WEIGHT_TC_BF16_F32,
+            threads: THREADS,
+        }
     } else {
-        tf32
+        GemmKernels {
+            forward: &LINEAR_FWD_TC_TF32_F32,
+            backward_data: &LINEAR_BWD_DATA_TC_TF32_F32,
+            backward_weight: &LINEAR_BWD_WEIGHT_TC_TF32_F32,
+            threads: THREADS,
+        }
     }
 }
 
@@ -28,32 +40,10 @@ pub fn linear_forward(
     d: LinearDims,
     p: Precision,
 ) -> Result<GpuStorage> {
-    const OP: &str = "linear_forward";
     if p == Precision::Fp32 {
         return linear::linear_forward(dev, x, w, b, d);
     }
-    let y = alloc(dev, d.n * d.d_out)?;
-    if d.n == 0 || d.d_out == 0 {
-        return Ok(y);
-    }
-    let (bias, has) = match b {
-        Some(b) => (b.arg(), 1),
-        None => (KernelArg::Ptr(0), 0),
-    };
-    let args = [
-        y.arg(),
-        x.arg(),
-        w.arg(),
-        bias,
-        KernelArg::I32(has),
-        int(OP, "N", d.n)?,
-        int(OP, "In", d.d_in)?,
-        int(OP, "Out", d.d_out)?,
-    ];
-    use kernels::linear_fwd_tc::{LINEAR_FWD_TC_BF16_F32, LINEAR_FWD_TC_TF32_F32};
-    let kernel = pick(p, &LINEAR_FWD_TC_BF16_F32, &LINEAR_FWD_TC_TF32_F32);
-    run_shared(dev, kernel, gemm_grid(OP, d.n, d.d_out)?, Dim3::x(THREADS), 0, &args)?;
-    Ok(y)
+    linear::linear_forward_on(dev, x, w, b, d, &tc_kernels(p))
 }
 
 /// (dx = dy w, dw = dy^T x, db = column sums of dy), GEMM inputs rounded to `p`.
@@ -65,25 +55,8 @@ pub fn linear_backward(
     d: LinearDims,
     p: Precision,
 ) -> Result<(GpuStorage, GpuStorage, GpuStorage)> {
-    const OP: &str = "linear_backward";
     if p == Precision::Fp32 {
         return linear::linear_backward(dev, dy, x, w, d);
     }
-    let dx = alloc(dev, d.n * d.d_in)?;
-    let dw = alloc(dev, d.d_out * d.d_in)?;
-    let (n, di, dout) = (int(OP, "N", d.n)?, int(OP, "In", d.d_in)?, int(OP, "Out", d.d_out)?);
-    use kernels::linear_bwd_tc::*;
-    if d.n > 0 && d.d_in > 0 {
-        let kernel = pick(p, &LINEAR_BWD_DATA_TC_BF16_F32, &LINEAR_BWD_DATA_TC_TF32_F32);
-        let args = [dx.arg(), dy.arg(), w.arg(), n, di, dout];
-        run_shared(dev, kernel, gemm_grid(OP, d.n, d.d_in)?, Dim3::x(THREADS), 0, &args)?;
-    }
-    if d.d_out > 0 && d.d_in > 0 {
-        // with no rows, dw is the empty sum: the kernel writes its zeros
-        let kernel = pick(p, &LINEAR_BWD_WEIGHT_TC_BF16_F32, &LINEAR_BWD_WEIGHT_TC_TF32_F32);
-        let args = [dw.arg(), dy.arg(), x.arg(), n, di, dout];
-        run_shared(dev, kernel, gemm_grid(OP, d.d_out, d.d_in)?, Dim3::x(THREADS), 0, &args)?;
-    }
-    let db = bias_grad(dev, dy, d)?;
-    Ok((dx, dw, db))
+    linear::linear_backward_on(dev, dy, x, w, d, &tc_kernels(p))
 }
