@@ -146,9 +146,10 @@ struct LocalPending {
 impl PendingReduce for LocalPending {
     fn finish(self: Box<Self>, bucket: &mut [&mut Tensor]) -> Result<()> {
         let rank = self.rank;
-        let sum = self.answer.recv().map_err(|_| {
-            CommError::Device(format!("the communication thread of rank {rank} stopped"))
-        })??;
+        let sum = self
+            .answer
+            .recv()
+            .map_err(|_| CommError::Device(format!("the communication thread of rank {rank} stopped")))??;
         let want: usize = bucket.iter().map(|t| t.numel()).sum();
         if sum.len() != want {
             return Err(CommError::Device(format!(
