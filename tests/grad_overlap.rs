@@ -147,3 +147,35 @@ fn a_bucket_per_tensor_sums_the_same_bits_as_after_the_backward() {
         assert!(same_bits(&overlapped[rank], &after[rank]), "rank {rank}: overlapped vs after the backward");
     }
 }
+
+/// The figures of BENCHMARKS.md (not a check): when each bucket of the
+/// mnist preset starts, with the default 16 MiB buckets and with 1 MiB.
+/// `cargo test --release --test grad_overlap -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn print_the_bucket_starts_of_the_mnist_preset() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k");
+    for (mb, elems) in [(16.0, diffuse_trainer::grad_buckets::DEFAULT_BUCKET_ELEMS), (1.0, 1 << 18)] {
+        let mut cfg = TrainConfig::for_model(diffuse_unet::UNetConfig::mnist(), data.clone());
+        (cfg.batch_size, cfg.steps, cfg.checkpoint_every, cfg.sample_every) = (2, 1, 0, 0);
+        let d = tempfile::tempdir().unwrap();
+        let comms = local::group_with_timeout(2, std::time::Duration::from_secs(600));
+        let reports: Vec<OverlapReport> = std::thread::scope(|s| {
+            let hs: Vec<_> = comms
+                .into_iter()
+                .map(|c| {
+                    let (cfg, out) = (cfg.clone(), d.path().join("run"));
+                    s.spawn(move || {
+                        let c: Arc<dyn Communicator> = Arc::new(c);
+                        let mut t = Trainer::new_rank(cfg, Start::Fresh, out, Device::Cpu, Some(c)).unwrap();
+                        t.set_grad_buckets(elems, true);
+                        t.train_step().unwrap();
+                        t.overlap_report().cloned().unwrap()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        eprintln!("mnist preset, {mb} MiB buckets: {:?}", reports[0]);
+    }
+}

@@ -23,11 +23,14 @@ fn model() -> UNet {
     m
 }
 
+/// The gradients of parameters `first..` (up to the previous report) as
+/// reported: (index, values if present).
+type Report = (ParamId, Vec<(usize, Option<Vec<f32>>)>);
+
 /// Copies each report's newly final gradients.
 #[derive(Default)]
 struct Recorder {
-    /// (first, the gradients of `first..previous first` as reported)
-    reports: Vec<(ParamId, Vec<(usize, Option<Vec<f32>>)>)>,
+    reports: Vec<Report>,
     low: Option<usize>,
 }
 
