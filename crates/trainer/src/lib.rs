@@ -11,6 +11,7 @@ pub mod divergence;
 pub mod error;
 pub mod finetune;
 pub mod flat_state;
+pub mod grad_buckets;
 pub mod guidance;
 pub mod image_grid;
 pub mod loss_weighting;

@@ -138,18 +138,32 @@ impl TimestepSampling {
     /// The timesteps of a batch of n: a pure function of (seed, step) on
     /// Philox `stream`.
     pub fn draw(&self, timesteps: usize, n: usize, seed: u64, step: u32, stream: u32) -> Vec<usize> {
+        self.draw_part(timesteps, n, 0..n, seed, step, stream)
+    }
+
+    /// The timesteps of samples `part` of a batch of n: `draw(..)[part]`,
+    /// computed for those samples only (a data-parallel rank's shard).
+    pub fn draw_part(
+        &self,
+        timesteps: usize,
+        n: usize,
+        part: std::ops::Range<usize>,
+        seed: u64,
+        step: u32,
+        stream: u32,
+    ) -> Vec<usize> {
+        let part = part.start.min(n)..part.end.min(n);
         match self {
-            TimestepSampling::Uniform => (0..n as u64)
+            TimestepSampling::Uniform => (part.start as u64..part.end as u64)
                 .map(|i| (philox::bits(seed, step, stream, i) as u64 % timesteps as u64) as usize)
                 .collect(),
             TimestepSampling::Stratified => {
                 let u = philox::bits(seed, step, stream, 0) as f64 / 4294967296.0;
-                (0..n)
-                    .map(|i| {
-                        let f = (u + i as f64 / n as f64).fract();
-                        ((f * timesteps as f64) as usize).min(timesteps - 1)
-                    })
-                    .collect()
+                part.map(|i| {
+                    let f = (u + i as f64 / n as f64).fract();
+                    ((f * timesteps as f64) as usize).min(timesteps - 1)
+                })
+                .collect()
             }
         }
     }
@@ -160,6 +174,22 @@ mod tests {
     use super::*;
     use crate::diffusion::{Diffusion, Schedule};
     use diffuse_tensor::{DType, Device};
+
+    #[test]
+    fn a_part_of_the_timesteps_is_that_slice_of_the_whole_draw() {
+        for sampling in [TimestepSampling::Uniform, TimestepSampling::Stratified] {
+            for n in [1usize, 7, 12] {
+                let whole = sampling.draw(1000, n, 9, 3, 2);
+                for world in (1..=n).filter(|w| n % w == 0) {
+                    let local = n / world;
+                    let parts: Vec<usize> = (0..world)
+                        .flat_map(|r| sampling.draw_part(1000, n, r * local..(r + 1) * local, 9, 3, 2))
+                        .collect();
+                    assert_eq!(parts, whole, "{sampling:?} n {n} world {world}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn min_snr_weights_give_the_x0_weight_min_snr_gamma() {

@@ -89,23 +89,19 @@ struct HostValues {
     state: LoaderState,
 }
 
-/// The shard's values of the next batch. Every rank reads the whole batch
-/// (the same data order) and draws the whole batch's timesteps, then keeps
-/// its own samples, so a shard sees exactly what one device would.
+/// The shard's values of the next batch. Every rank follows the whole
+/// batch's data order but copies (and flips) only its own samples' images
+/// and draws only their timesteps, each the value of its index in the
+/// whole batch, so a shard sees exactly what one device would for those
+/// samples at 1/world of the host work.
 fn host_values(loader: &mut Loader, cfg: &TrainConfig, diffusion: &Diffusion, idx: u32, shard: Shard) -> HostValues {
-    let batch = loader.next_batch();
-    let n = batch.shape[0];
-    let ts_all = cfg.timestep_sampling.draw(diffusion.timesteps, n, cfg.seed, idx, TIMESTEP_STREAM);
+    let n = loader.config().batch_size;
     let local = n / shard.world.max(1);
     let first = shard.rank * local;
-    let per = batch.images.len() / n.max(1);
-    let (images, ts, labels) = if shard.world > 1 {
-        let images = batch.images[first * per..(first + local) * per].to_vec();
-        let labels = batch.labels.map(|l| l[first..first + local].to_vec());
-        (images, ts_all[first..first + local].to_vec(), labels)
-    } else {
-        (batch.images, ts_all, batch.labels)
-    };
+    let part = first..first + local;
+    let batch = loader.next_batch_part(part.clone());
+    let ts = cfg.timestep_sampling.draw_part(diffusion.timesteps, n, part, cfg.seed, idx, TIMESTEP_STREAM);
+    let (images, labels) = (batch.images, batch.labels);
     let (a, b) = diffusion.noise_coefficients(&ts);
     let sqrt_w = (cfg.loss_weighting != LossWeighting::None).then(|| {
         let w = cfg.loss_weighting;

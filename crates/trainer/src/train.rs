@@ -16,6 +16,7 @@ use crate::diffusion::Diffusion;
 use crate::divergence::LossWatch;
 use crate::finetune;
 use crate::flat_state::{flatten_training_state, FlatState};
+use crate::grad_buckets::{bucket_elems_from_env, GradBuckets, OverlapReport};
 use crate::image_grid::save_grid;
 use crate::loss_weighting::weighted_mse_sqrt;
 use crate::memory_budget::{self, MemoryBudget};
@@ -28,7 +29,7 @@ use crate::step_inputs::{MicroBatch, StepInputs};
 use crate::step_log::{StepLog, StepRecord};
 use crate::step_scalars::{ScalarValues, StepScalars};
 use crate::{Error, Result};
-use diffuse_tensor::comm::{bucket_ranges, Communicator};
+use diffuse_tensor::comm::Communicator;
 use diffuse_tensor::gpu::GpuGraph;
 use diffuse_tensor::ops::AdamWParams;
 use diffuse_tensor::philox::PhiloxStep;
@@ -122,8 +123,6 @@ const MAX_UNREAD_STEPS: u64 = 1024;
 
 /// Philox salt of the dropout masks, apart from the noise and timesteps.
 const DROPOUT_SALT: u64 = 0x5eed_d409;
-/// Gradients are all-reduced in buckets of at most this many f32 (16 MiB).
-const BUCKET_ELEMS: usize = 1 << 22;
 
 /// Where a run is with its training graph.
 enum GraphState {
@@ -164,6 +163,8 @@ pub struct Trainer {
     pub notes: Vec<String>,
     /// The data-parallel group this trainer is one rank of (None: alone).
     comm: Option<Arc<dyn Communicator>>,
+    /// Its gradient buckets, all-reduced while the backward goes on.
+    buckets: Option<GradBuckets>,
     /// Held by the rank that writes the run directory (rank 0).
     _lock: Option<RunLock>,
 }
@@ -328,7 +329,9 @@ impl Trainer {
         let inputs = StepInputs::new(&device, &cfg, chw, comm.as_ref().map_or((0, 1), |c| (c.rank(), c.world_size())))?;
         let adamw_tensors = model.params.ids().filter(|&id| model.params.is_trainable(id)).count();
         let scalars = StepScalars::new(&device, cfg.grad_accum, adamw_tensors)?;
+        let buckets = comm.clone().map(|c| GradBuckets::new(c, &model.params, bucket_elems_from_env(), true));
         Ok(Trainer {
+            buckets,
             log,
             scalars,
             graph: GraphState::Off,
@@ -368,13 +371,14 @@ impl Trainer {
     /// sample steps, and when it is full), which is also where a diverged
     /// step is reported.
     ///
-    /// In a data-parallel group every rank reads the whole global batch
-    /// (the same data order), keeps its shard of samples `[rank * b,
-    /// (rank + 1) * b)` with `b = batch / world`, and draws the noise,
-    /// timesteps, dropout masks and class dropout of those global sample
-    /// indices; its loss gradient is scaled by `1 / world`, so the sum of
-    /// the ranks' gradients (the bucketed all-reduce) is the global batch's
-    /// mean gradient, and every rank takes the same optimiser step.
+    /// In a data-parallel group every rank follows the global batch's data
+    /// order but loads only its shard of samples `[rank * b, (rank + 1) *
+    /// b)` with `b = batch / world`, and draws the noise, timesteps, dropout
+    /// masks and class dropout of those global sample indices; its loss
+    /// gradient is scaled by `1 / world`, so the sum of the ranks' gradients
+    /// (the bucketed all-reduce, started during the step's last backward:
+    /// `grad_buckets`) is the global batch's mean gradient, and every rank
+    /// takes the same optimiser step.
     pub fn train_step(&mut self) -> Result<()> {
         let accum = self.cfg.grad_accum;
         let (rank, _) = self.rank_and_world();
@@ -473,7 +477,15 @@ impl Trainer {
         }
         self.log.record_loss(micro, &loss)?;
         drop(pred);
-        self.model.backward(&cache, &dpred)?;
+        match self.buckets.as_mut().filter(|_| micro + 1 == accum) {
+            // the step's last backward starts each bucket once its gradients are final
+            Some(buckets) => {
+                if let Err(e) = self.model.backward_with(&cache, &dpred, buckets) {
+                    return Err(buckets.take_failure().map_or_else(|| e.into(), Error::Comm));
+                }
+            }
+            None => self.model.backward(&cache, &dpred)?,
+        }
         drop((mb, cache, target));
         Ok(())
     }
@@ -481,7 +493,9 @@ impl Trainer {
     /// The optimiser's half of a step: gradients summed over the ranks and
     /// settled in their flat buffer, clipped, AdamW and the EMA.
     fn update(&mut self, lr: f64) -> Result<()> {
-        self.all_reduce_grads()?;
+        if let Some(b) = &mut self.buckets {
+            b.finish(&mut self.model.params)?; // the sums over the ranks
+        }
         self.model.params.settle_grads()?; // into the flat gradient buffer (GPU)
         let row_at = self.scalars.as_ref().map(|s| s.log_row_at());
         self.log.clip(&mut self.model.params, self.cfg.grad_clip, row_at)?;
@@ -524,19 +538,19 @@ impl Trainer {
         }
     }
 
-    /// Sums the gradients over the ranks, in buckets of whole tensors in
-    /// registration order (a no-op alone). The backward is one call with no
-    /// per-layer hook yet, so the buckets follow it rather than overlap it.
-    fn all_reduce_grads(&mut self) -> Result<()> {
-        let Some(c) = &self.comm else {
-            return Ok(());
-        };
-        let mut grads = self.model.params.grads_mut();
-        let sizes: Vec<usize> = grads.iter().map(|g| g.numel()).collect();
-        for r in bucket_ranges(&sizes, BUCKET_ELEMS) {
-            c.all_reduce_sum(&mut grads[r])?;
+    /// Cuts the gradients into buckets of at most `max_elems` f32 (default
+    /// 16 MiB, or `DIFFUSE_BUCKET_MB`), started during the backward
+    /// (`overlap`, the default) or all after it; the sums are the same bits
+    /// either way. A no-op alone.
+    pub fn set_grad_buckets(&mut self, max_elems: usize, overlap: bool) {
+        if let Some(c) = &self.comm {
+            self.buckets = Some(GradBuckets::new(c.clone(), &self.model.params, max_elems.max(1), overlap));
         }
-        Ok(())
+    }
+
+    /// When each gradient bucket of the last step was started (None alone).
+    pub fn overlap_report(&self) -> Option<&OverlapReport> {
+        self.buckets.as_ref().map(GradBuckets::report)
     }
 
     /// Rank 0's answer to "stop here?", shared with every rank.

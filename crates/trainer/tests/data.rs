@@ -497,3 +497,28 @@ fn loader_argument_errors() {
     l.set_state(LoaderState { epoch: 3, position: 8 }).unwrap();
     assert_eq!(l.state(), LoaderState { epoch: 4, position: 0 });
 }
+
+#[test]
+fn the_parts_of_a_batch_are_its_slices_and_advance_as_the_whole_batch() {
+    // 13 images, batches of 6 (an epoch ends after 2), flips on: every part
+    // over several epochs is the slice of the whole batch, and the states agree
+    let cfg = LoaderConfig::new(6, 17).with_hflip(true);
+    let mut whole = Loader::new(toy(13), cfg.clone()).unwrap();
+    for world in [1usize, 2, 3, 6] {
+        let mut parts: Vec<Loader> = (0..world).map(|_| Loader::new(toy(13), cfg.clone()).unwrap()).collect();
+        whole.set_state(LoaderState::default()).unwrap();
+        for _ in 0..5 {
+            let b = whole.next_batch();
+            let local = 6 / world;
+            for (r, l) in parts.iter_mut().enumerate() {
+                let p = l.next_batch_part(r * local..(r + 1) * local);
+                let (lo, hi) = (r * local, (r + 1) * local);
+                assert_eq!(p.images, b.images[lo * 6..hi * 6], "world {world} rank {r}");
+                assert_eq!(p.labels.as_deref(), b.labels.as_ref().map(|l| &l[lo..hi]));
+                assert_eq!((p.indices.as_slice(), p.flipped.as_slice()), (&b.indices[lo..hi], &b.flipped[lo..hi]));
+                assert_eq!((p.state, p.shape), (b.state, [local, 1, 2, 3]));
+                assert_eq!(l.state(), whole.state());
+            }
+        }
+    }
+}

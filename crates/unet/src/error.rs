@@ -23,6 +23,10 @@ pub enum UNetError {
     #[error("safetensors: {0}")]
     Safetensors(String),
 
+    /// The gradient hook of `UNet::backward_with` stopped the backward.
+    #[error("the backward was stopped: {0}")]
+    GradHook(String),
+
     #[error("{path}: {source}")]
     Io { path: String, source: std::io::Error },
 }

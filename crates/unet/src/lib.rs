@@ -19,4 +19,4 @@ pub use error::{Result, UNetError};
 pub use footprint::Footprint;
 pub use layers::ForwardMode;
 pub use params::{ParamId, ParamStore};
-pub use unet::{UNet, UNetCache};
+pub use unet::{GradReady, UNet, UNetCache};

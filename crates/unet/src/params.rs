@@ -5,9 +5,16 @@ use crate::{Result, UNetError};
 use diffuse_tensor::{ops, DType, Device, Precision, Tensor};
 use std::collections::HashMap;
 
-/// Index of one parameter in its store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Index of one parameter in its store (ordered as registered).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ParamId(usize);
+
+impl ParamId {
+    /// The position in registration order.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
 
 pub struct ParamStore {
     names: Vec<String>,
@@ -231,6 +238,12 @@ impl ParamStore {
     /// Every gradient present, in registration order (for multi-tensor ops).
     pub fn grads_mut(&mut self) -> Vec<&mut Tensor> {
         self.grads.iter_mut().flatten().collect()
+    }
+
+    /// The gradients present of `ids`, in that order (an id twice counts once).
+    pub fn grads_of_mut(&mut self, ids: &[ParamId]) -> Vec<&mut Tensor> {
+        let mut slots: Vec<Option<&mut Tensor>> = self.grads.iter_mut().map(Option::as_mut).collect();
+        ids.iter().filter_map(|id| slots.get_mut(id.0).and_then(Option::take)).collect()
     }
 
     pub fn zero_grads(&mut self) {

@@ -226,8 +226,28 @@ impl UNet {
 
     /// Accumulates d loss / d param into the parameter store's gradients.
     pub fn backward(&mut self, cache: &UNetCache, dy: &Tensor) -> Result<()> {
-        self.arch.backward(&mut self.params, cache, dy)
+        self.arch.backward(&mut self.params, cache, dy, None)
     }
+
+    /// [`UNet::backward`] telling `hook`, after each layer's backward, which
+    /// gradients are now final (for an all-reduce that overlaps the rest of
+    /// the backward). Parameters whose layer the backward skips (frozen, or
+    /// below the lowest trainable layer) are never reported.
+    pub fn backward_with(&mut self, cache: &UNetCache, dy: &Tensor, hook: &mut dyn GradReady) -> Result<()> {
+        self.arch.backward(&mut self.params, cache, dy, Some(hook))
+    }
+}
+
+/// Told by [`UNet::backward_with`] which gradients are final as the
+/// backward goes. The backward visits the layers in the reverse of their
+/// registration order, and each layer's parameters get their whole
+/// gradient in that layer's backward (the time embedding, which every block
+/// reads, is one layer: its backward runs last, on the summed gradient).
+pub trait GradReady {
+    /// Every parameter registered at or after `first` has its final
+    /// gradient of this backward. An error stops the backward
+    /// ([`UNetError::GradHook`]).
+    fn grads_final_from(&mut self, ps: &mut ParamStore, first: ParamId) -> std::result::Result<(), String>;
 }
 
 impl Arch {
@@ -406,14 +426,28 @@ impl Arch {
     /// lowest layer that still trains (parameters are registered in forward
     /// order, so once none at or before a layer trains, the data gradient has
     /// nowhere left to go and the backward stops).
-    fn backward(&self, ps: &mut ParamStore, c: &UNetCache, dy: &Tensor) -> Result<()> {
+    fn backward(
+        &self,
+        ps: &mut ParamStore,
+        c: &UNetCache,
+        dy: &Tensor,
+        mut hook: Option<&mut dyn GradReady>,
+    ) -> Result<()> {
+        let mut done = |ps: &mut ParamStore, first: ParamId| -> Result<()> {
+            match hook.as_deref_mut() {
+                Some(h) => h.grads_final_from(ps, first).map_err(UNetError::GradHook),
+                None => Ok(()),
+            }
+        };
         if !ps.any_trainable_through(self.conv_out.last_param()) {
             return Ok(());
         }
         let temb_last = self.class_emb.as_ref().map(ClassEmbedding::last_param).unwrap_or(self.temb.last_param());
         let need_dtemb = ps.any_trainable_through(temb_last);
         let da = self.conv_out.backward(ps, &c.out_a, dy)?;
+        done(ps, self.conv_out.first_param())?;
         let mut dh = self.norm_out.backward(ps, &c.out_h, &c.out_norm, &da)?;
+        done(ps, self.norm_out.first_param())?;
         let mut dsilu_temb: Option<Tensor> = None;
         let mut add_temb = |d: Option<Tensor>| -> Result<()> {
             match (&mut dsilu_temb, d) {
@@ -437,6 +471,7 @@ impl Arch {
             if !ps.any_trainable_through(layer.last_param()) {
                 return Ok(());
             }
+            let first = layer.first_param();
             match (layer, step) {
                 (UpLayer::Up(u), UpStep::Up(upsampled)) => dh = u.backward(ps, upsampled, &dh)?,
                 (UpLayer::Block((block, attn)), UpStep::Block { res, attn: ac, h_channels, skip_index }) => {
@@ -451,6 +486,7 @@ impl Arch {
                 }
                 _ => return Err(UNetError::Config("up-path cache does not match the model".into())),
             }
+            done(ps, first)?;
         }
 
         if !ps.any_trainable_through(self.mid_block2.last_param()) {
@@ -458,9 +494,12 @@ impl Arch {
         }
         let (d, dt) = self.mid_block2.backward(ps, &c.mid2, &c.silu_temb, &dh, need_dtemb)?;
         add_temb(dt)?;
+        done(ps, self.mid_block2.first_param())?;
         let d = self.mid_attn.backward(ps, &c.mid_attn, &d)?;
+        done(ps, self.mid_attn.first_param())?;
         let (d, dt) = self.mid_block1.backward(ps, &c.mid1, &c.silu_temb, &d, need_dtemb)?;
         add_temb(dt)?;
+        done(ps, self.mid_block1.first_param())?;
 
         // The down path is a chain: step i maps skip i-1 to skip i, and every
         // skip also receives its up-path gradient.
@@ -497,20 +536,24 @@ impl Arch {
                 (DownLayer::Down(d), DownStep::Down(x)) => d.backward(ps, x, &g)?,
                 _ => return Err(UNetError::Config("down-path cache does not match the model".into())),
             };
+            done(ps, down_layers[i].first_param())?;
         }
         if let Some(ds) = dskips[0].take() {
             ops::add_in_place(&mut g, &ds)?;
         }
         self.conv_in.backward_params(ps, &c.x, &g)?;
+        done(ps, self.conv_in.first_param())?;
 
         if need_dtemb {
             let dsilu_temb = dsilu_temb.ok_or_else(|| UNetError::Config("no block used the time embedding".into()))?;
             let dtemb = ops::silu_backward(&dsilu_temb, &c.temb_out)?;
             if let Some(ce) = &self.class_emb {
                 ce.backward(ps, &c.labels, c.labels_at, &dtemb)?;
+                done(ps, ce.first_param())?;
             }
             if ps.any_trainable_through(self.temb.last_param()) {
                 self.temb.backward(ps, &c.temb, &dtemb)?;
+                done(ps, self.temb.first_param())?;
             }
         }
         Ok(())
@@ -539,6 +582,13 @@ impl UpLayer<'_> {
             UpLayer::Up(u) => u.last_param(),
         }
     }
+
+    fn first_param(&self) -> ParamId {
+        match self {
+            UpLayer::Block((block, _)) => block.first_param(),
+            UpLayer::Up(u) => u.first_param(),
+        }
+    }
 }
 
 impl DownLayer<'_> {
@@ -546,6 +596,13 @@ impl DownLayer<'_> {
         match self {
             DownLayer::Block(pair) => pair_last_param(pair),
             DownLayer::Down(d) => d.last_param(),
+        }
+    }
+
+    fn first_param(&self) -> ParamId {
+        match self {
+            DownLayer::Block((block, _)) => block.first_param(),
+            DownLayer::Down(d) => d.first_param(),
         }
     }
 }

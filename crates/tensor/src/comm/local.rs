@@ -5,10 +5,17 @@
 //! which thread came last) and publishes the result, which every rank
 //! copies back. A failure (`abort`, a timeout, a mismatch) is recorded in
 //! the shared state and wakes every waiting rank with it.
+//!
+//! Each rank's collectives run on a communication thread of its own (started
+//! at the first one), in the order the rank called them: a started
+//! all-reduce ([`Communicator::start_all_reduce_sum`]) waits for the other
+//! ranks and is summed there while the rank's thread goes on with its
+//! backward; a blocking call is a start and a wait.
 
-use super::{flatten, unflatten, CommError, Communicator, Result};
+use super::{flatten, unflatten, CommError, Communicator, PendingReduce, Result};
 use crate::Tensor;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -62,11 +69,31 @@ pub fn group_with_timeout(world: usize, timeout: Duration) -> Vec<LocalComm> {
         world,
         timeout,
     });
-    (0..world).map(|rank| LocalComm { rank, shared: shared.clone(), seq: AtomicU64::new(0) }).collect()
+    (0..world)
+        .map(|rank| LocalComm {
+            inner: Arc::new(RankEnd { rank, shared: shared.clone(), seq: AtomicU64::new(0) }),
+            worker: Mutex::new(None),
+        })
+        .collect()
 }
 
 /// One rank of a [`group`].
 pub struct LocalComm {
+    inner: Arc<RankEnd>,
+    /// The queue of the rank's communication thread (None before the first
+    /// collective). Dropping it ends the thread once its queue is done.
+    worker: Mutex<Option<Sender<Job>>>,
+}
+
+/// What the communication thread runs: one collective, answered on `reply`.
+struct Job {
+    op: Op,
+    data: Vec<f32>,
+    reply: Sender<Result<Arc<Vec<f32>>>>,
+}
+
+/// The rank's side of the shared state (used by its communication thread).
+struct RankEnd {
     rank: usize,
     shared: Arc<Shared>,
     /// Collectives this rank has entered.
@@ -74,6 +101,67 @@ pub struct LocalComm {
 }
 
 impl LocalComm {
+    /// Queues collective `op` on the rank's communication thread (started
+    /// here the first time); the answer comes on the returned receiver.
+    fn submit(&self, op: Op, data: Vec<f32>) -> Result<Receiver<Result<Arc<Vec<f32>>>>> {
+        let mut worker = self.worker.lock().unwrap_or_else(|p| p.into_inner());
+        if worker.is_none() {
+            let (tx, rx) = channel::<Job>();
+            let end = self.inner.clone();
+            std::thread::Builder::new()
+                .name(format!("comm-rank-{}", end.rank))
+                .spawn(move || {
+                    for job in rx {
+                        // the rank may have stopped waiting (an error): nobody to tell
+                        let _ = job.reply.send(end.collective(job.op, job.data));
+                    }
+                })
+                .map_err(|e| CommError::Device(format!("cannot start the communication thread: {e}")))?;
+            *worker = Some(tx);
+        }
+        let (reply, answer) = channel();
+        let queued = worker.as_ref().is_some_and(|w| w.send(Job { op, data, reply }).is_ok());
+        if !queued {
+            return Err(self.stopped());
+        }
+        Ok(answer)
+    }
+
+    /// Runs collective `op` (queued behind any started one) and waits for it.
+    fn run(&self, op: Op, data: Vec<f32>) -> Result<Arc<Vec<f32>>> {
+        self.submit(op, data)?.recv().map_err(|_| self.stopped())?
+    }
+
+    fn stopped(&self) -> CommError {
+        CommError::Device(format!("the communication thread of rank {} stopped", self.inner.rank))
+    }
+}
+
+/// An all-reduce queued on the communication thread.
+struct LocalPending {
+    answer: Receiver<Result<Arc<Vec<f32>>>>,
+    rank: usize,
+}
+
+impl PendingReduce for LocalPending {
+    fn finish(self: Box<Self>, bucket: &mut [&mut Tensor]) -> Result<()> {
+        let rank = self.rank;
+        let sum = self
+            .answer
+            .recv()
+            .map_err(|_| CommError::Device(format!("the communication thread of rank {rank} stopped")))??;
+        let want: usize = bucket.iter().map(|t| t.numel()).sum();
+        if sum.len() != want {
+            return Err(CommError::Device(format!(
+                "an all-reduce was started with {} values and finished with {want}",
+                sum.len()
+            )));
+        }
+        unflatten(bucket, &sum)
+    }
+}
+
+impl RankEnd {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A rank that panicked while holding the lock left consistent data
         // (slots are written whole); go on and let abort speak.
@@ -168,40 +256,45 @@ fn combine(seq: u64, slots: &[(Op, Vec<f32>)]) -> Result<Vec<f32>> {
 
 impl Communicator for LocalComm {
     fn rank(&self) -> usize {
-        self.rank
+        self.inner.rank
     }
 
     fn world_size(&self) -> usize {
-        self.shared.world
+        self.inner.shared.world
     }
 
     fn all_reduce_sum(&self, bucket: &mut [&mut Tensor]) -> Result<()> {
+        self.start_all_reduce_sum(bucket)?.finish(bucket)
+    }
+
+    fn start_all_reduce_sum(&self, bucket: &mut [&mut Tensor]) -> Result<Box<dyn PendingReduce>> {
         let data = flatten(bucket)?;
-        let sum = self.collective(Op::Sum, data)?;
-        unflatten(bucket, &sum)
+        let answer = self.submit(Op::Sum, data)?;
+        Ok(Box::new(LocalPending { answer, rank: self.inner.rank }))
     }
 
     fn broadcast(&self, bucket: &mut [&mut Tensor], root: usize) -> Result<()> {
-        let data = if self.rank == root { flatten(bucket)? } else { Vec::new() };
-        let got = self.collective(Op::Broadcast(root), data)?;
+        let rank = self.inner.rank;
+        let data = if rank == root { flatten(bucket)? } else { Vec::new() };
+        let got = self.run(Op::Broadcast(root), data)?;
         let want: usize = bucket.iter().map(|t| t.numel()).sum();
         if got.len() != want {
             let e = CommError::Mismatch {
-                seq: self.seq.load(Ordering::Relaxed) - 1,
-                detail: format!("rank {root} broadcast {} values, rank {} expected {want}", got.len(), self.rank),
+                seq: self.inner.seq.load(Ordering::Relaxed) - 1,
+                detail: format!("rank {root} broadcast {} values, rank {rank} expected {want}", got.len()),
             };
-            return Err(self.fail(&mut self.lock(), e));
+            return Err(self.inner.fail(&mut self.inner.lock(), e));
         }
         unflatten(bucket, &got)
     }
 
     fn barrier(&self) -> Result<()> {
-        self.collective(Op::Barrier, Vec::new()).map(drop)
+        self.run(Op::Barrier, Vec::new()).map(drop)
     }
 
     fn abort(&self, reason: &str) {
-        let mut st = self.lock();
-        self.fail(&mut st, CommError::PeerFailed { rank: self.rank, reason: reason.to_string() });
+        let mut st = self.inner.lock();
+        self.inner.fail(&mut st, CommError::PeerFailed { rank: self.inner.rank, reason: reason.to_string() });
     }
 }
 
@@ -253,6 +346,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A started all-reduce completes while its rank's own thread is busy
+    /// elsewhere: rank 1 starts, then blocks until rank 0 has its sum, which
+    /// needs rank 1's part. A blocking start would deadlock here (and fail
+    /// by the receive's timeout).
+    #[test]
+    fn a_started_all_reduce_runs_while_its_rank_does_other_work() {
+        let mut comms = group_with_timeout(2, Duration::from_secs(20)).into_iter();
+        let (c0, c1) = (comms.next().expect("rank 0"), comms.next().expect("rank 1"));
+        let (to_rank0, started) = channel::<()>();
+        let (to_rank1, summed) = channel::<Vec<f32>>();
+        let wait = Duration::from_secs(10);
+        let (r0, r1) = std::thread::scope(|s| {
+            let h0 = s.spawn(move || {
+                let mut t = Tensor::from_vec(values(0, 37), [37]).expect("tensor");
+                started.recv_timeout(wait).expect("rank 1 started its all-reduce");
+                c0.all_reduce_sum(&mut [&mut t]).expect("all-reduce");
+                to_rank1.send(t.to_vec_f32().expect("host")).expect("send");
+                t.to_vec_f32().expect("host")
+            });
+            let h1 = s.spawn(move || {
+                let mut t = Tensor::from_vec(values(1, 37), [37]).expect("tensor");
+                let pending = c1.start_all_reduce_sum(&mut [&mut t]).expect("start");
+                to_rank0.send(()).expect("send");
+                // "the backward": blocked until rank 0 holds the sum
+                let seen = summed.recv_timeout(wait).expect("rank 0 summed");
+                pending.finish(&mut [&mut t]).expect("finish");
+                assert_eq!(seen, t.to_vec_f32().expect("host"));
+                t.to_vec_f32().expect("host")
+            });
+            (h0.join().expect("rank 0"), h1.join().expect("rank 1"))
+        });
+        let want: Vec<f32> = values(0, 37).iter().zip(values(1, 37)).map(|(a, b)| a + b).collect();
+        assert_eq!((r0, r1), (want.clone(), want));
     }
 
     #[test]

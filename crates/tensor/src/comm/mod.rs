@@ -58,6 +58,18 @@ pub trait Communicator: Send + Sync {
     /// every rank ends with the same values). The tensors are one bucket:
     /// one collective for all of them.
     fn all_reduce_sum(&self, bucket: &mut [&mut Tensor]) -> Result<()>;
+    /// Starts [`Communicator::all_reduce_sum`] of a bucket and returns at
+    /// once, so that the caller goes on (the backward) while the sum runs:
+    /// on a thread of its own in-process, on the device's communication
+    /// stream with NCCL. The bucket's tensors must not change until
+    /// [`PendingReduce::finish`] is given the same tensors, which writes the
+    /// sums there (on a GPU: the compute stream waits for them there). The
+    /// result has the bits `all_reduce_sum` would give. The default runs the
+    /// sum now.
+    fn start_all_reduce_sum(&self, bucket: &mut [&mut Tensor]) -> Result<Box<dyn PendingReduce>> {
+        self.all_reduce_sum(bucket)?;
+        Ok(Box::new(Finished))
+    }
     /// Replaces each tensor by `root`'s.
     fn broadcast(&self, bucket: &mut [&mut Tensor], root: usize) -> Result<()>;
     /// Returns once every rank has called it.
@@ -65,6 +77,22 @@ pub trait Communicator: Send + Sync {
     /// This rank has failed: every rank's pending and later collectives
     /// return [`CommError::PeerFailed`] with `reason` (no rank hangs).
     fn abort(&self, reason: &str);
+}
+
+/// An all-reduce in flight ([`Communicator::start_all_reduce_sum`]).
+pub trait PendingReduce: Send {
+    /// Waits for the sums and writes them into `bucket` (the tensors the
+    /// all-reduce was started with, in the same order).
+    fn finish(self: Box<Self>, bucket: &mut [&mut Tensor]) -> Result<()>;
+}
+
+/// An all-reduce that already wrote its result.
+struct Finished;
+
+impl PendingReduce for Finished {
+    fn finish(self: Box<Self>, _bucket: &mut [&mut Tensor]) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// The timeout of every wait of a collective: `DIFFUSE_COMM_TIMEOUT_S`

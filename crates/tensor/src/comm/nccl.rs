@@ -6,17 +6,22 @@
 //! then `libnccl.so`, through the dynamic loader's search path
 //! (`scripts/cuda-env.sh` adds the wheel's directory).
 //!
-//! Collectives are queued on the device's own stream (the one every kernel
-//! and copy of that device uses), so they are ordered after the backward
-//! that wrote the gradients and before the optimiser that reads them, with
-//! no host synchronisation. A bucket is one NCCL group (one fused launch).
+//! Blocking collectives are queued on the device's own stream (the one every
+//! kernel and copy of that device uses), so they are ordered after the work
+//! that wrote their tensors and before the work that reads them, with no
+//! host synchronisation. A started all-reduce (a gradient bucket during the
+//! backward) runs on the device's communication stream instead: that stream
+//! waits on an event recorded where the bucket became ready on the compute
+//! stream, and `finish` makes the compute stream wait on an event after the
+//! all-reduce, so the backward's next kernels run beside it and the
+//! optimiser runs after it. A bucket is one NCCL group (one fused launch).
 //! NCCL's sum order is fixed by its algorithm and topology, not by rank:
 //! run to run it is deterministic for one machine and configuration.
 //!
 //! Not exercised in CI (no GPU): the in-process communicator and the
 //! rendezvous are; `scripts/gpu-check.sh` runs this one on a multi-GPU host.
 
-use super::{CommError, Communicator, Result};
+use super::{CommError, Communicator, PendingReduce, Result};
 use crate::gpu::GpuDevice;
 use crate::{Storage, Tensor};
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -230,9 +235,14 @@ impl NcclComm {
         Ok(out)
     }
 
-    fn grouped(&self, what: &str, ptrs: &[(u64, usize)], call: impl Fn(u64, usize, Stream) -> c_int) -> Result<()> {
+    fn grouped(
+        &self,
+        what: &str,
+        ptrs: &[(u64, usize)],
+        stream: Stream,
+        call: impl Fn(u64, usize, Stream) -> c_int,
+    ) -> Result<()> {
         let l = lib()?;
-        let stream = self.stream()?;
         // SAFETY: group calls bracket the bucket's collectives.
         check(l, "ncclGroupStart", unsafe { (l.group_start)() })?;
         let mut first_err = Ok(());
@@ -247,6 +257,29 @@ impl NcclComm {
     }
 }
 
+impl NcclComm {
+    /// The in-place sum of each (pointer, length) over the ranks, queued on `stream`.
+    fn all_reduce_on(&self, ptrs: &[(u64, usize)], stream: Stream) -> Result<()> {
+        let l = lib()?;
+        self.grouped("ncclAllReduce", ptrs, stream, |p, n, s| {
+            // SAFETY: in place on n f32 of device memory this tensor owns.
+            unsafe { (l.all_reduce)(p as *const c_void, p as *mut c_void, n, NCCL_FLOAT32, NCCL_SUM, self.comm, s) }
+        })
+    }
+}
+
+/// An all-reduce queued on the communication stream.
+struct NcclPending {
+    device: GpuDevice,
+}
+
+impl PendingReduce for NcclPending {
+    fn finish(self: Box<Self>, _bucket: &mut [&mut Tensor]) -> Result<()> {
+        // the sums are in place: later work on the compute stream waits for them
+        Ok(self.device.driver().compute_after_comm()?)
+    }
+}
+
 impl Communicator for NcclComm {
     fn rank(&self) -> usize {
         self.rank
@@ -258,18 +291,23 @@ impl Communicator for NcclComm {
 
     fn all_reduce_sum(&self, bucket: &mut [&mut Tensor]) -> Result<()> {
         let ptrs = self.pointers(bucket)?;
-        let l = lib()?;
-        self.grouped("ncclAllReduce", &ptrs, |p, n, s| {
-            // SAFETY: in place on n f32 of device memory this tensor owns.
-            unsafe { (l.all_reduce)(p as *const c_void, p as *mut c_void, n, NCCL_FLOAT32, NCCL_SUM, self.comm, s) }
-        })
+        self.all_reduce_on(&ptrs, self.stream()?)
+    }
+
+    fn start_all_reduce_sum(&self, bucket: &mut [&mut Tensor]) -> Result<Box<dyn PendingReduce>> {
+        // made unique on the compute stream, before the event the communication stream waits on
+        let ptrs = self.pointers(bucket)?;
+        let comm_stream = self.device.driver().comm_stream_after_compute()?;
+        let stream = comm_stream.ok_or_else(|| CommError::Nccl("not a CUDA device".into()))? as Stream;
+        self.all_reduce_on(&ptrs, stream)?;
+        Ok(Box::new(NcclPending { device: self.device.clone() }))
     }
 
     fn broadcast(&self, bucket: &mut [&mut Tensor], root: usize) -> Result<()> {
         let ptrs = self.pointers(bucket)?;
         let l = lib()?;
         let root = c_int::try_from(root).map_err(|_| CommError::Nccl("root out of range".into()))?;
-        self.grouped("ncclBroadcast", &ptrs, |p, n, s| {
+        self.grouped("ncclBroadcast", &ptrs, self.stream()?, |p, n, s| {
             // SAFETY: in place on n f32 of device memory this tensor owns.
             unsafe { (l.broadcast)(p as *const c_void, p as *mut c_void, n, NCCL_FLOAT32, root, self.comm, s) }
         })

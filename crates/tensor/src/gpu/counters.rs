@@ -271,6 +271,12 @@ impl GpuDriver for CountedDriver {
     fn bind_cuda_stream(&self) -> Result<Option<usize>> {
         self.inner.bind_cuda_stream()
     }
+    fn comm_stream_after_compute(&self) -> Result<Option<usize>> {
+        self.inner.comm_stream_after_compute()
+    }
+    fn compute_after_comm(&self) -> Result<()> {
+        self.inner.compute_after_comm()
+    }
 
     fn host_alloc(&self, bytes: usize) -> Result<u64> {
         bump(&self.c.pinned_allocs, 1);

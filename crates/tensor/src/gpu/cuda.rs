@@ -299,6 +299,9 @@ pub struct CudaDriver {
     ctx: Arc<CudaContext>,
     /// The device's stream: every launch and copy is ordered on it.
     stream: Arc<CudaStream>,
+    /// The communication stream (NCCL's all-reduces beside the backward),
+    /// made at first use.
+    comm_stream: OnceLock<Arc<CudaStream>>,
     label: String,
     target: NvrtcTarget,
     capability: (u32, u32),
@@ -341,6 +344,7 @@ impl CudaDriver {
         Ok(CudaDriver {
             ctx,
             stream,
+            comm_stream: OnceLock::new(),
             label: format!("cuda:{ordinal} ({name}, sm_{major}{minor})"),
             target,
             capability: (major.max(0) as u32, minor.max(0) as u32),
@@ -530,6 +534,26 @@ impl GpuDriver for CudaDriver {
     fn bind_cuda_stream(&self) -> Result<Option<usize>> {
         self.bind()?;
         Ok(Some(self.stream.cu_stream() as usize))
+    }
+
+    fn comm_stream_after_compute(&self) -> Result<Option<usize>> {
+        self.bind()?;
+        let comm = match self.comm_stream.get() {
+            Some(s) => s,
+            None => {
+                let s = self.ctx.new_stream().map_err(|e| drv("creating the communication stream", e))?;
+                self.comm_stream.get_or_init(|| s)
+            }
+        };
+        // an event on the compute stream, waited for by the communication stream
+        comm.join(&self.stream).map_err(|e| drv("ordering the communication stream after the compute stream", e))?;
+        Ok(Some(comm.cu_stream() as usize))
+    }
+
+    fn compute_after_comm(&self) -> Result<()> {
+        let Some(comm) = self.comm_stream.get() else { return Ok(()) };
+        self.bind()?;
+        self.stream.join(comm).map_err(|e| drv("ordering the compute stream after the communication stream", e))
     }
 
     fn host_alloc(&self, bytes: usize) -> Result<u64> {

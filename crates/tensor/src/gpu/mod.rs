@@ -117,6 +117,19 @@ pub trait GpuDriver: Send + Sync {
     fn bind_cuda_stream(&self) -> Result<Option<usize>> {
         Ok(None)
     }
+    /// A real CUDA device: queues on its communication stream (a second
+    /// stream, made at first use) a wait for an event recorded after the
+    /// work queued so far on the compute stream, binds the context and
+    /// returns that stream, where NCCL then runs beside later kernels. None
+    /// on the emulator (everything has run already).
+    fn comm_stream_after_compute(&self) -> Result<Option<usize>> {
+        Ok(None)
+    }
+    /// Makes the compute stream wait (an event, no host wait) for the work
+    /// queued so far on the communication stream; a no-op without one.
+    fn compute_after_comm(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Page-locked host memory of `bytes` (cuMemHostAlloc), which copies to
     /// the device read asynchronously; its host address. The emulator

@@ -226,17 +226,26 @@ impl Loader {
 
     /// The next batch; advances the state.
     pub fn next_batch(&mut self) -> Batch {
+        self.next_batch_part(0..self.config.batch_size)
+    }
+
+    /// Samples `part` of the next batch (a data-parallel rank's shard): the
+    /// values `next_batch` gives for them, with only their images copied
+    /// and flipped; advances the state past the whole batch.
+    pub fn next_batch_part(&mut self, part: std::ops::Range<usize>) -> Batch {
         self.ensure_perm();
         let b = self.config.batch_size;
+        let part = part.start.min(b)..part.end.min(b).max(part.start.min(b));
         let per = self.dataset.image_len();
         let (c, h, w) = self.dataset.dims();
         let start = self.state;
         let pos = start.position as usize;
-        let indices: Vec<usize> = self.perm[pos..pos + b].to_vec();
-        let flipped: Vec<bool> = (0..b)
+        let indices: Vec<usize> = self.perm[pos + part.start..pos + part.end].to_vec();
+        let flipped: Vec<bool> = part
+            .clone()
             .map(|k| self.config.hflip && flip_decision(self.config.seed, start.epoch, (pos + k) as u64))
             .collect();
-        let mut images = Vec::with_capacity(b * per);
+        let mut images = Vec::with_capacity(part.len() * per);
         for (&i, &flip) in indices.iter().zip(&flipped) {
             let img = self.dataset.image(i);
             if flip {
@@ -250,7 +259,7 @@ impl Loader {
         let labels = self.dataset.labels().map(|l| indices.iter().map(|&i| l[i]).collect());
         self.state.position += b as u64;
         self.normalise();
-        Batch { images, labels, indices, flipped, state: start, shape: [b, c, h, w] }
+        Batch { images, labels, indices, flipped, state: start, shape: [part.len(), c, h, w] }
     }
 }
 

@@ -60,6 +60,10 @@ impl AttnBlock {
         Ok((y, cache))
     }
 
+    pub fn first_param(&self) -> ParamId {
+        self.norm.first_param()
+    }
+
     pub fn last_param(&self) -> ParamId {
         self.proj_out.last_param()
     }

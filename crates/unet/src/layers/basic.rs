@@ -86,6 +86,11 @@ impl Conv2d {
     pub fn last_param(&self) -> ParamId {
         self.lora.as_ref().map(|l| l.b).unwrap_or(self.bias)
     }
+
+    /// The first parameter registered for this layer.
+    pub fn first_param(&self) -> ParamId {
+        self.weight
+    }
 }
 
 /// GroupNorm with eps 1e-6, per-channel affine, optionally followed by SiLU
@@ -112,6 +117,11 @@ impl GroupNormCache {
 }
 
 impl GroupNorm {
+    /// The first parameter registered for this layer.
+    pub fn first_param(&self) -> ParamId {
+        self.weight
+    }
+
     pub fn new(b: &mut Builder, name: &str, channels: usize, groups: usize, silu: bool) -> Result<Self> {
         let weight = b.constant(format!("{name}.weight"), vec![channels], 1.0)?;
         let bias = b.constant(format!("{name}.bias"), vec![channels], 0.0)?;
@@ -153,6 +163,11 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// The first parameter registered for this layer.
+    pub fn first_param(&self) -> ParamId {
+        self.weight
+    }
+
     pub fn new(b: &mut Builder, name: &str, fan_in: usize, fan_out: usize) -> Result<Self> {
         let weight = b.xavier(format!("{name}.weight"), vec![fan_out, fan_in], fan_in, fan_out, 1.0)?;
         let bias = b.constant(format!("{name}.bias"), vec![fan_out], 0.0)?;

@@ -26,6 +26,10 @@ impl ClassEmbedding {
         self.num_classes
     }
 
+    pub fn first_param(&self) -> ParamId {
+        self.table
+    }
+
     pub fn last_param(&self) -> ParamId {
         self.table
     }

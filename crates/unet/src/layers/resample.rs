@@ -20,6 +20,10 @@ impl Downsample {
         self.conv.forward(ps, x)
     }
 
+    pub fn first_param(&self) -> ParamId {
+        self.conv.first_param()
+    }
+
     pub fn last_param(&self) -> ParamId {
         self.conv.last_param()
     }
@@ -44,6 +48,10 @@ impl Upsample {
     pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let u = ops::upsample_nearest2x_forward(x)?;
         Ok((self.conv.forward(ps, &u)?, u))
+    }
+
+    pub fn first_param(&self) -> ParamId {
+        self.conv.first_param()
     }
 
     pub fn last_param(&self) -> ParamId {

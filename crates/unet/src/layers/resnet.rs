@@ -95,6 +95,11 @@ impl ResnetBlock {
         Ok((y, cache))
     }
 
+    /// The first parameter this block registered.
+    pub fn first_param(&self) -> ParamId {
+        self.norm1.first_param()
+    }
+
     /// The last parameter this block registered (see `ParamStore::any_trainable_through`).
     pub fn last_param(&self) -> ParamId {
         self.nin_shortcut.as_ref().unwrap_or(&self.conv2).last_param()

@@ -40,6 +40,10 @@ impl TimeEmbedding {
         Ok((temb, cache))
     }
 
+    pub fn first_param(&self) -> ParamId {
+        self.dense0.first_param()
+    }
+
     pub fn last_param(&self) -> ParamId {
         self.dense1.last_param()
     }
