@@ -78,8 +78,8 @@ impl EmuDriver {
 
     /// A compute-stream operation on `[dst, dst + bytes)` (checked against
     /// the copy stream's queue).
-    fn compute_range(&self, what: &str, dst: u64, bytes: usize) -> Result<()> {
-        self.streams().compute_op(&[(dst, dst + bytes as u64)], || what.to_string())
+    fn compute_range(&self, what: &'static str, dst: u64, bytes: usize) -> Result<()> {
+        self.streams().compute_op(&[(dst, dst + bytes as u64)], what)
     }
 
     /// Runs copies the copy stream's queue released, in order.
@@ -139,7 +139,7 @@ impl GpuDriver for EmuDriver {
 
     fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
         self.deferred.take()?;
-        let what = || "a device-to-device copy".to_string();
+        let what = "a device-to-device copy";
         self.streams().compute_op(&[(src, src + bytes as u64), (dst, dst + bytes as u64)], what)?;
         self.emu.dtod(src, dst, bytes).map_err(mem_err)
     }
@@ -168,7 +168,7 @@ impl GpuDriver for EmuDriver {
                     })
                     .collect(),
             };
-            st.compute_op(&ranges, || format!("launch of {}", l.kernel.name))?;
+            st.compute_op(&ranges, l.kernel.name)?;
         }
         let args: Vec<diffuse_emu::Arg> = l
             .args
@@ -193,6 +193,18 @@ impl GpuDriver for EmuDriver {
         self.deferred.take()?; // launches are synchronous; queued copies run now
         let copies = self.streams().synchronize();
         self.run_copies(copies)
+    }
+
+    fn host_alloc(&self, bytes: usize) -> Result<u64> {
+        let layout = super::host_layout(bytes)?;
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        if p.is_null() {
+            return Err(TensorError::Cuda(format!("out of host memory allocating {bytes} pinned bytes")));
+        }
+        // copy-stream copies read pinned memory: from now on the streams are checked
+        self.streams().track();
+        Ok(p as u64)
     }
 
     unsafe fn htod_async(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {

@@ -20,8 +20,9 @@
 //! What compute work touches is known by its pointer arguments: a launch
 //! is taken to touch its pointers' allocations from the pointer on; memory
 //! reached through pointers stored in device memory (the multi-tensor
-//! tables) is not seen. Nothing is tracked until the copy stream is first
-//! used, so other work pays nothing.
+//! tables) is not seen. Nothing is tracked until pinned host memory (the
+//! only source a copy-stream copy may read) is first allocated, so other
+//! work pays nothing.
 
 use crate::{Result, TensorError};
 use std::collections::{HashMap, VecDeque};
@@ -40,7 +41,7 @@ struct Touch {
     seq: u64,
     lo: u64,
     hi: u64,
-    what: String,
+    what: &'static str,
 }
 
 /// What an event stands for: the work queued on its stream before it.
@@ -54,7 +55,7 @@ enum Event {
 
 /// Keeps the touch log bounded when the copy stream never waits (a bug that
 /// the next copy into touched memory reports anyway).
-const MAX_TOUCHES: usize = 1 << 20;
+const MAX_TOUCHES: usize = 1 << 16;
 
 #[derive(Default)]
 pub(crate) struct Streams {
@@ -76,9 +77,15 @@ fn overlaps(lo: u64, hi: u64, p: &Pending) -> bool {
 }
 
 impl Streams {
-    /// A compute operation touching `ranges` (each `[lo, hi)`), described
-    /// by `what`; an error when a queued copy writes any of them.
-    pub(crate) fn compute_op(&mut self, ranges: &[(u64, u64)], what: impl Fn() -> String) -> Result<()> {
+    /// Starts tracking (pinned memory exists, so copy-stream copies may follow).
+    pub(crate) fn track(&mut self) {
+        self.used = true;
+    }
+
+    /// A compute operation touching `ranges` (each `[lo, hi)`): a kernel's
+    /// name or what the copy or memset is; an error when a queued copy
+    /// writes any of them.
+    pub(crate) fn compute_op(&mut self, ranges: &[(u64, u64)], what: &'static str) -> Result<()> {
         if !self.used {
             return Ok(());
         }
@@ -87,7 +94,7 @@ impl Streams {
                 return Err(TensorError::Cuda(format!(
                     "emulator streams: {} touches [{lo:#x}, {hi:#x}) while copy #{} into [{:#x}, {:#x}) is still \
                      queued on the copy stream: the compute stream did not wait on an event recorded after that copy",
-                    what(),
+                    what,
                     p.seq,
                     p.dst,
                     p.dst + p.bytes as u64
@@ -97,9 +104,8 @@ impl Streams {
         self.compute_ops += 1;
         let seq = self.compute_ops;
         if !ranges.is_empty() {
-            let what = what();
             for &(lo, hi) in ranges {
-                self.touches.push_back(Touch { seq, lo, hi, what: what.clone() });
+                self.touches.push_back(Touch { seq, lo, hi, what });
             }
             while self.touches.len() > MAX_TOUCHES {
                 self.touches.pop_front();
@@ -113,7 +119,7 @@ impl Streams {
     pub(crate) fn queue_copy(&mut self, src: u64, dst: u64, bytes: usize) -> Result<()> {
         self.used = true;
         let p = Pending { seq: self.copies_queued + 1, src, dst, bytes };
-        if let Some(t) = self.touches.iter().find(|t| t.seq > self.copy_waited_for && overlaps(t.lo, t.hi, &p)) {
+        if let Some(t) = self.touches.iter().rev().find(|t| t.seq > self.copy_waited_for && overlaps(t.lo, t.hi, &p)) {
             return Err(TensorError::Cuda(format!(
                 "emulator streams: copy #{} into [{dst:#x}, {:#x}) on the copy stream may overwrite memory that {} \
                  (compute operation #{}) has not read yet: the copy stream did not wait on an event recorded after it",
@@ -145,9 +151,10 @@ impl Streams {
     }
 
     fn event(&self, id: u64) -> Result<Event> {
-        self.events.get(&id).copied().ok_or_else(|| {
-            TensorError::Cuda(format!("emulator streams: event {id} was not recorded or is destroyed"))
-        })
+        self.events
+            .get(&id)
+            .copied()
+            .ok_or_else(|| TensorError::Cuda(format!("emulator streams: event {id} was not recorded or is destroyed")))
     }
 
     /// The copies that must run before work waiting on `event` (the copy

@@ -19,8 +19,8 @@ pub mod occupancy;
 pub mod pinned;
 pub mod pool;
 pub mod sources;
-pub mod upload;
 mod tables;
+pub mod upload;
 
 pub use counters::{CountedDriver, DriverCounts};
 pub use graph::GpuGraph;
