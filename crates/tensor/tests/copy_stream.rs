@@ -122,7 +122,9 @@ fn a_queued_copy_reads_its_source_when_it_runs_emu() {
 fn upload_slots_deliver_every_batch_while_the_other_slot_is_read_emu() {
     let (emu, g) = emu(env_mode());
     let n = 2053;
-    let mut slots = UploadSlots::new([g.zeros_f32(n).unwrap(), g.zeros_f32(n).unwrap()]).unwrap();
+    let _tracked = PinnedBuffer::new(&g, 1).unwrap(); // the emulator checks the streams from here on
+    let (a, b) = (g.zeros_f32(n).unwrap(), g.zeros_f32(n).unwrap()); // memsets on the compute stream
+    let mut slots = UploadSlots::new([a, b]).unwrap(); // the first copies wait for them
     let steps = 7usize;
     let outs: Vec<GpuStorage> = (0..steps).map(|_| g.zeros_f32(n).unwrap()).collect();
     let batch = |k: usize| values(n, 100 + k as u32);

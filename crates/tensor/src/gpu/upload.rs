@@ -46,8 +46,13 @@ impl UploadSlots {
             return Err(TensorError::invalid("upload slots", "two buffers of one length on one device"));
         }
         let device = a.device().clone();
+        // The buffers come from the compute stream's allocator (maybe reused
+        // blocks, maybe just zeroed there): the first copy into each waits
+        // for the compute work queued so far.
         let slot = |dst: GpuStorage| -> Result<Slot> {
-            Ok(Slot { pinned: PinnedBuffer::new(&device, dst.len())?, dst, copied: None, released: None })
+            let pinned = PinnedBuffer::new(&device, dst.len())?;
+            let released = Some(device.driver().event_record_on(Stream::Compute)?);
+            Ok(Slot { pinned, dst, copied: None, released })
         };
         Ok(UploadSlots { slots: [slot(a)?, slot(b)?], device, next: 0, in_use: None })
     }
