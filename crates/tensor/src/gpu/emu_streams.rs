@@ -122,7 +122,7 @@ impl Streams {
         if let Some(t) = self.touches.iter().rev().find(|t| t.seq > self.copy_waited_for && overlaps(t.lo, t.hi, &p)) {
             return Err(TensorError::Cuda(format!(
                 "emulator streams: copy #{} into [{dst:#x}, {:#x}) on the copy stream may overwrite memory that {} \
-                 (compute operation #{}) has not read yet: the copy stream did not wait on an event recorded after it",
+                 (compute operation #{}) may still be using: the copy stream did not wait on an event recorded after it",
                 p.seq,
                 dst + bytes as u64,
                 t.what,
