@@ -121,8 +121,10 @@ fn a_graph_training_run_is_bit_identical_to_an_eager_one_and_resumes_on_the_emul
 }
 
 /// Once captured, a training step is one graph launch after two copies to
-/// the device (the step scalars and the batch): no kernel launch of its
-/// own, no allocation, free or synchronisation.
+/// the device (the step scalars, and the next batch on the copy stream)
+/// and one device copy (this step's batch from its slot into the buffer
+/// the graph reads): no kernel launch of its own, no allocation, free or
+/// synchronisation.
 #[test]
 fn a_replayed_training_step_is_one_graph_launch_and_two_copies_emu() {
     use diffuse_trainer::config::TrainConfig;
@@ -145,8 +147,9 @@ fn a_replayed_training_step_is_one_graph_launch_and_two_copies_emu() {
     let c0 = counts();
     t.train_step().unwrap(); // step 3: a replay
     let s = counts() - c0;
-    assert_eq!((s.allocs, s.frees, s.host_syncs, s.dtoh, s.dtod, s.memsets), (0, 0, 0, 0, 0, 0), "{s:?}");
-    assert_eq!((s.graph_launches, s.launches, s.htod), (1, 0, 2), "{s:?}");
+    assert_eq!((s.allocs, s.frees, s.host_syncs, s.dtoh, s.memsets), (0, 0, 0, 0, 0), "{s:?}");
+    assert_eq!((s.graph_launches, s.launches, s.htod, s.dtod), (1, 0, 2, 1), "{s:?}");
+    assert_eq!((s.copy_stream_copies, s.stream_waits), (1, 2), "{s:?}");
     eprintln!("replayed training step ({launches} kernels inside): {s:?}");
     t.train_step().unwrap();
     let last = t.read_log().unwrap().expect("logged");

@@ -92,6 +92,10 @@ fn steady_state_training_steps_make_no_allocation_and_sync_once_per_logged_step(
     // the gradients reach their flat buffer in one launch; the one device
     // copy is the loss into the step log
     assert_eq!(s.dtod, 1, "step 3: {s:?}");
+    // the next batch's copy runs on the copy stream beside the step: the
+    // compute stream waits on its event, the copy stream on the one after
+    // the kernels that last read its slot
+    assert_eq!((s.copy_stream_copies, s.stream_waits), (1, 2), "step 3: {s:?}");
     eprintln!("steady-state step: {s:?}");
     let s = c2 - c1;
     assert_eq!((s.allocs, s.frees, s.host_syncs, s.dtoh), (0, 0, 1, 1), "step 4 and its log read: {s:?}");

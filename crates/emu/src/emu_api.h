@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define EMU_API_VERSION 5u
+#define EMU_API_VERSION 6u
 
 // Kernel parameter kinds, deduced from the C++ parameter types.
 enum {
@@ -87,6 +87,10 @@ typedef struct EmuApi {
     // The live allocation containing addr: its pointer and size; 0 if none.
     int (*alloc_info)(uint64_t addr, uint64_t* base, uint64_t* bytes);
     uint64_t (*live_allocations)(void);
+    // Makes [ptr, ptr + n) inside a live allocation a guard gap: filled with
+    // the canary and checked, like the slack around the buffer, after every
+    // launch touching the allocation and at its free.
+    int (*guard_gap)(uint64_t ptr, size_t n, char* err, size_t errlen);
 } EmuApi;
 
 #ifdef __cplusplus

@@ -259,7 +259,7 @@ fn as_bytes_mut<T: Plain>(v: &mut [T]) -> &mut [u8] {
 mod ffi {
     use std::ffi::{c_char, c_int, c_void};
 
-    pub const API_VERSION: u32 = 5;
+    pub const API_VERSION: u32 = 6;
 
     #[repr(C)]
     pub struct KernelDesc {
@@ -307,6 +307,7 @@ mod ffi {
         pub launch: unsafe extern "C" fn(*const Launch, *mut c_char, usize) -> c_int,
         pub alloc_info: unsafe extern "C" fn(u64, *mut u64, *mut u64) -> c_int,
         pub live_allocations: unsafe extern "C" fn() -> u64,
+        pub guard_gap: unsafe extern "C" fn(u64, usize, *mut c_char, usize) -> c_int,
     }
 }
 
@@ -657,6 +658,12 @@ impl Emulator {
         // SAFETY: a lookup writing two integers.
         let ok = unsafe { (self.rt.api.alloc_info)(addr, &mut b, &mut n) };
         (ok != 0).then_some((b, n as usize))
+    }
+    /// Makes `bytes` bytes from `ptr` (inside a live allocation) a guard
+    /// gap: canary-filled, and a launch that writes into it (or a free
+    /// finding it written) is an error naming the allocation and offset.
+    pub fn guard_gap(&self, ptr: u64, bytes: usize) -> Result<()> {
+        call!(self.rt.api.guard_gap, ptr, bytes)
     }
     /// Live device allocations in the whole process.
     pub fn live_allocations(&self) -> u64 {

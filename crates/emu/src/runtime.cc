@@ -117,6 +117,9 @@ struct Alloc {
     size_t data_len;
     bool freed;
     uint64_t* shadow = nullptr;  // the hazard detector's, one word per 4 data bytes (made on first use)
+    // Guard gaps inside the buffer ([from, to), canary-filled): the space
+    // between the views of a flat buffer (api_guard_gap).
+    std::vector<std::pair<uintptr_t, uintptr_t>> gaps;
 };
 
 struct Memory {
@@ -144,7 +147,21 @@ std::string check_canary(const Alloc& a) {
         if (*(unsigned char*)(p - 1) != canary_byte(p - 1))
             return strf("the %zu bytes past the end of device allocation 0x%lx (%zu bytes) were overwritten",
                         (size_t)(p - end), (unsigned long)a.ptr, a.bytes);
+    for (const auto& [from, to] : a.gaps)
+        for (uintptr_t p = from; p < to; ++p)
+            if (*(unsigned char*)p != canary_byte(p))
+                return strf("the guard gap at bytes [%zu, %zu) of device allocation 0x%lx (%zu bytes), between two "
+                            "views, was overwritten at byte %zu (a view's neighbour wrote past its end)",
+                            (size_t)(from - a.ptr), (size_t)(to - a.ptr), (unsigned long)a.ptr, a.bytes,
+                            (size_t)(p - a.ptr));
     return "";
+}
+
+// Restores the canaries of the slack and the guard gaps.
+void refill_canary(const Alloc& a) {
+    fill_canary(a.data, a.ptr);
+    fill_canary(a.ptr + a.bytes, a.data + a.data_len);
+    for (const auto& [from, to] : a.gaps) fill_canary(from, to);
 }
 
 // The live allocation whose region contains addr (caller holds g_mem->mu).
@@ -1134,6 +1151,18 @@ uint64_t api_live_allocations() {
     std::lock_guard<std::mutex> g(g_mem->mu);
     return g_mem->live.size();
 }
+int api_guard_gap(uint64_t ptr, size_t n, char* err, size_t errlen) {
+    std::lock_guard<std::mutex> g(g_mem->mu);
+    const Alloc* f = find_region(ptr);
+    if (!f || ptr < f->ptr || ptr + n > f->ptr + f->bytes) {
+        set_err(err, errlen, "guard gap: [0x%lx, +%zu) is not inside a live device allocation", (unsigned long)ptr, n);
+        return EMU_ERR_MEMORY;
+    }
+    Alloc& a = g_mem->live[f->region];
+    a.gaps.emplace_back(ptr, ptr + n);
+    fill_canary(ptr, ptr + n);
+    return EMU_OK;
+}
 
 const char* kind_name(uint32_t k) {
     switch (k) {
@@ -1271,8 +1300,7 @@ int api_launch(const EmuLaunch* l, char* err, size_t errlen) {
     for (const Alloc& a : touched) {
         std::string c = check_canary(a);
         if (!c.empty()) {
-            fill_canary(a.data, a.ptr);
-            fill_canary(a.ptr + a.bytes, a.data + a.data_len);
+            refill_canary(a);
             set_err(err, errlen, "%s: out-of-bounds write found after the launch: %s", k->name, c.c_str());
             return EMU_ERR_FAULT;
         }
@@ -1300,6 +1328,7 @@ EmuApi g_api = {
     api_launch,
     api_alloc_info,
     api_live_allocations,
+    api_guard_gap,
 };
 
 }  // namespace

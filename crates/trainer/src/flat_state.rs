@@ -11,7 +11,8 @@ use diffuse_tensor::{ops, Device, Shape, Tensor};
 use diffuse_unet::ParamStore;
 
 /// The flat buffers (each a view of its whole allocation; the model's
-/// tensors are views into them). Padding between views is zero.
+/// tensors are views into them). Padding between views is zero, or a
+/// canary-filled guard gap in the emulator's no-reuse mode.
 pub struct FlatState {
     pub params: Tensor,
     pub grads: Tensor,

@@ -2,21 +2,24 @@
 //! the noise coefficients sqrt(abar_t) and sqrt(1 - abar_t) and the square
 //! roots of the loss weights, and for a class-conditional model the class
 //! labels after class dropout — and how it reaches the device. On a GPU the
-//! values are packed into one pinned host buffer and moved by ONE
-//! asynchronous copy into one fixed device buffer, whose views are the
-//! step's input tensors; the next micro-batch is prepared and its copy
-//! queued as soon as the current one's kernels are queued, so the host
-//! loads and packs while the device computes (the copy itself is queued on
-//! the device's one stream behind the current step: a batch is well under a
-//! MiB, microseconds of DMA). The values are those the CPU path computes,
-//! rounded to f32 the same way, so the bits of a step do not change.
+//! values are packed into pinned host memory and moved by ONE asynchronous
+//! copy on the device's copy stream into one of two device buffers (slots,
+//! `gpu::UploadSlots`), whose views are the step's input tensors: the next
+//! micro-batch is prepared and its copy queued as soon as the current one's
+//! kernels are queued, so the host loads and packs, and the copy runs,
+//! while the device computes. Events order the copy after the kernels that
+//! last read its slot and the kernels after the copy. A training graph
+//! reads one fixed buffer instead: each step's slot is copied into it on
+//! the compute stream (one device-to-device copy, outside the graph) before
+//! the replay. The values are those the CPU path computes, rounded to f32
+//! the same way, so the bits of a step do not change.
 
 use crate::config::TrainConfig;
 use crate::data::{Loader, LoaderState};
 use crate::diffusion::{Diffusion, TIMESTEP_STREAM};
 use crate::loss_weighting::LossWeighting;
 use crate::Result;
-use diffuse_tensor::gpu::{GpuStorage, PinnedBuffer};
+use diffuse_tensor::gpu::{GpuStorage, UploadSlots};
 use diffuse_tensor::{ops, philox, Device, Shape, Storage, Tensor};
 
 /// One micro-batch's inputs on the training device.
@@ -125,26 +128,39 @@ pub struct StepInputs {
 }
 
 struct Staging {
-    /// Two pinned buffers used in turn: one is filled while the other's copy may still be queued.
-    pinned: [PinnedBuffer; 2],
-    turn: usize,
-    /// The fixed device buffer and its views: x0, t, a, b, sqrt_w, labels.
-    _whole: Tensor,
-    views: Vec<Tensor>,
+    /// Two device buffers filled in turn on the copy stream: one is read by
+    /// the current step while the next batch is copied into the other.
+    slots: UploadSlots,
+    /// Each slot's views: x0, t, a, b, sqrt_w, labels (and the whole buffer).
+    views: [Vec<Tensor>; 2],
+    /// For a training graph: one buffer every step's slot is copied into
+    /// (on the compute stream), so the captured kernels read one address;
+    /// its whole storage and views.
+    fixed: Option<(GpuStorage, Vec<Tensor>)>,
     offsets: Vec<usize>,
     /// Which views hold sqrt_w and the labels.
     sqrt_w_view: Option<usize>,
     labels_view: Option<usize>,
-    /// The micro-batch already copied into the device buffer.
+    /// The micro-batch already copied (or queued) into a slot.
     ready: Option<Ready>,
+    shapes: Vec<Shape>,
 }
 
 struct Ready {
     idx: u32,
+    slot: usize,
     ts: Vec<usize>,
     labels: Option<Vec<usize>>,
     first: usize,
     state: LoaderState,
+}
+
+/// The storage of a flat GPU tensor.
+fn gpu_storage(t: &Tensor) -> Result<GpuStorage> {
+    match t.storage() {
+        Storage::Gpu(g) => Ok(g.clone()),
+        Storage::Cpu(_) => Err(crate::Error::Config("a staging buffer is not on the GPU".into())),
+    }
 }
 
 impl StepInputs {
@@ -152,7 +168,9 @@ impl StepInputs {
     /// `rank_world.0` of `rank_world.1` (its shard of each batch).
     pub fn new(device: &Device, cfg: &TrainConfig, chw: [usize; 3], rank_world: (usize, usize)) -> Result<StepInputs> {
         let shard = Shard { rank: rank_world.0, world: rank_world.1.max(1) };
-        let Device::Gpu(g) = device else { return Ok(StepInputs { device: device.clone(), shard, staging: None }) };
+        if device.is_cpu() {
+            return Ok(StepInputs { device: device.clone(), shard, staging: None });
+        }
         let n = cfg.batch_size / shard.world;
         let mut shapes: Vec<Shape> = vec![vec![n, chw[0], chw[1], chw[2]].into()];
         shapes.extend([vec![n].into(), vec![n].into(), vec![n].into()]); // t, a, b
@@ -167,13 +185,39 @@ impl StepInputs {
             shapes.push(vec![n].into());
         }
         let lens: Vec<usize> = shapes.iter().map(Shape::numel).collect();
-        let (offsets, total) = GpuStorage::view_offsets(&lens);
-        let Some((whole, views)) = ops::flat_zeros(&shapes, device)? else {
+        // packed: each slot is written by one whole copy
+        let (offsets, _) = GpuStorage::view_offsets(&lens);
+        let (Some((whole_a, views_a)), Some((whole_b, views_b))) =
+            (ops::flat_zeros_packed(&shapes, device)?, ops::flat_zeros_packed(&shapes, device)?)
+        else {
             return Ok(StepInputs { device: device.clone(), shard, staging: None });
         };
-        let pinned = [PinnedBuffer::new(g, total)?, PinnedBuffer::new(g, total)?];
-        let staging = Staging { pinned, turn: 0, _whole: whole, views, offsets, sqrt_w_view, labels_view, ready: None };
+        let slots = UploadSlots::new([gpu_storage(&whole_a)?, gpu_storage(&whole_b)?])?;
+        let staging = Staging {
+            slots,
+            views: [views_a, views_b],
+            fixed: None,
+            offsets,
+            sqrt_w_view,
+            labels_view,
+            ready: None,
+            shapes,
+        };
         Ok(StepInputs { device: device.clone(), shard, staging: Some(staging) })
+    }
+
+    /// Makes every later micro-batch's tensors views of ONE fixed device
+    /// buffer (a captured training graph reads them there): each staged
+    /// slot is copied into it on the compute stream when taken. A no-op on
+    /// the CPU or when already on.
+    pub fn use_fixed_buffer(&mut self) -> Result<()> {
+        let Some(st) = self.staging.as_mut() else { return Ok(()) };
+        if st.fixed.is_none() {
+            if let Some((whole, views)) = ops::flat_zeros_packed(&st.shapes, &self.device)? {
+                st.fixed = Some((gpu_storage(&whole)?, views));
+            }
+        }
+        Ok(())
     }
 
     /// The inputs of micro-batch `idx` (the prefetched ones when they are
@@ -195,7 +239,17 @@ impl StepInputs {
             st.stage(idx, host_values(loader, cfg, diffusion, idx, self.shard))?;
         }
         let r = st.ready.take().ok_or_else(|| crate::Error::Config("no staged micro-batch".into()))?;
-        let v = &st.views;
+        // the compute stream waits for the slot's copy before any kernel reads it
+        let slot = st.slots.acquire(r.slot)?;
+        let v = match &st.fixed {
+            None => &st.views[r.slot],
+            Some((fixed, views)) => {
+                let d = fixed.device().driver();
+                d.dtod(slot.ptr(), fixed.ptr(), 4 * slot.len().min(fixed.len()))?;
+                st.slots.release()?; // that copy was the slot's one reader
+                views
+            }
+        };
         let labels_at = match (st.labels_view, &r.labels) {
             (Some(k), Some(_)) => Some(gpu_ptr(&v[k])?),
             _ => None,
@@ -233,33 +287,28 @@ impl StepInputs {
 
 impl Staging {
     fn stage(&mut self, idx: u32, h: HostValues) -> Result<()> {
-        let buf = &mut self.pinned[self.turn];
-        self.turn ^= 1;
-        let total = buf.len();
-        let out = buf.write()?;
         let o = &self.offsets;
-        let n = h.ts.len();
-        out[o[0]..o[0] + h.images.len()].copy_from_slice(&h.images);
-        for (k, &t) in h.ts.iter().enumerate() {
-            out[o[1] + k] = t as f32;
-            out[o[2] + k] = h.a[k] as f32;
-            out[o[3] + k] = h.b[k] as f32;
-        }
-        if let (Some(sw), Some(v)) = (&h.sqrt_w, self.sqrt_w_view) {
-            for k in 0..n {
-                out[o[v] + k] = sw[k] as f32;
+        let (sqrt_w_view, labels_view) = (self.sqrt_w_view, self.labels_view);
+        let slot = self.slots.send(|out| {
+            let n = h.ts.len();
+            out[o[0]..o[0] + h.images.len()].copy_from_slice(&h.images);
+            for (k, &t) in h.ts.iter().enumerate() {
+                out[o[1] + k] = t as f32;
+                out[o[2] + k] = h.a[k] as f32;
+                out[o[3] + k] = h.b[k] as f32;
             }
-        }
-        if let (Some(l), Some(v)) = (&h.labels, self.labels_view) {
-            for (k, &c) in l.iter().enumerate() {
-                out[o[v] + k] = c as f32; // exact below 2^24
+            if let (Some(sw), Some(v)) = (&h.sqrt_w, sqrt_w_view) {
+                for k in 0..n {
+                    out[o[v] + k] = sw[k] as f32;
+                }
             }
-        }
-        let Storage::Gpu(dst) = self._whole.storage() else {
-            return Err(crate::Error::Config("staging buffer is not on the GPU".into()));
-        };
-        buf.copy_to(total, dst, 0)?;
-        self.ready = Some(Ready { idx, ts: h.ts, labels: h.labels, first: h.first, state: h.state });
+            if let (Some(l), Some(v)) = (&h.labels, labels_view) {
+                for (k, &c) in l.iter().enumerate() {
+                    out[o[v] + k] = c as f32; // exact below 2^24
+                }
+            }
+        })?;
+        self.ready = Some(Ready { idx, slot, ts: h.ts, labels: h.labels, first: h.first, state: h.state });
         Ok(())
     }
 }

@@ -425,7 +425,7 @@ impl Trainer {
                 }
             }
         };
-        // the next step's first micro-batch, queued behind this step's work
+        // the next step's first micro-batch: its copy runs on the copy stream beside this step's work
         let next = first_idx + accum as u32;
         self.inputs.prefetch(next, &mut self.loader, &self.cfg, &self.diffusion)?;
         self.step += 1;
@@ -520,6 +520,11 @@ impl Trainer {
             Some("the all-reduce of several GPUs is not captured")
         } else {
             None
+        };
+        let why = match why {
+            Some(why) => Some(why.to_string()),
+            // the graph reads the batch at one address: each step's slot is copied there
+            None => self.inputs.use_fixed_buffer().err().map(|e| e.to_string()),
         };
         match why {
             Some(why) => Some(format!("training without a CUDA graph: {why}")),

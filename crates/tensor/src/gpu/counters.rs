@@ -4,7 +4,7 @@
 //! launches, copies, memsets and host synchronisations a step costs.
 
 use super::graph::Recorded;
-use super::{GpuDriver, Launch};
+use super::{GpuDriver, Launch, Stream};
 use crate::{Result, TensorError};
 use std::ops::Sub;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +43,11 @@ pub struct DriverCounts {
     pub event_waits: u64,
     /// Graph launches (one per replay; the launches inside are not counted).
     pub graph_launches: u64,
+    /// Copies to the device queued on the copy stream (also counted in
+    /// `htod`): the uploads that overlap the compute stream's kernels.
+    pub copy_stream_copies: u64,
+    /// Device-side waits of one stream on another's event (cuStreamWaitEvent).
+    pub stream_waits: u64,
 }
 
 impl Sub for DriverCounts {
@@ -64,13 +69,15 @@ impl Sub for DriverCounts {
             pinned_frees: self.pinned_frees - o.pinned_frees,
             event_waits: self.event_waits - o.event_waits,
             graph_launches: self.graph_launches - o.graph_launches,
+            copy_stream_copies: self.copy_stream_copies - o.copy_stream_copies,
+            stream_waits: self.stream_waits - o.stream_waits,
         }
     }
 }
 
 impl DriverCounts {
     /// `(name, value)` pairs in a fixed order (for JSON and tables).
-    pub fn fields(&self) -> [(&'static str, u64); 14] {
+    pub fn fields(&self) -> [(&'static str, u64); 16] {
         [
             ("allocs", self.allocs),
             ("frees", self.frees),
@@ -86,6 +93,8 @@ impl DriverCounts {
             ("pinned_frees", self.pinned_frees),
             ("event_waits", self.event_waits),
             ("graph_launches", self.graph_launches),
+            ("copy_stream_copies", self.copy_stream_copies),
+            ("stream_waits", self.stream_waits),
         ]
     }
 }
@@ -106,6 +115,8 @@ struct Counters {
     pinned_frees: AtomicU64,
     event_waits: AtomicU64,
     graph_launches: AtomicU64,
+    copy_stream_copies: AtomicU64,
+    stream_waits: AtomicU64,
 }
 
 fn bump(c: &AtomicU64, by: u64) {
@@ -189,6 +200,8 @@ impl CountedDriver {
             pinned_frees: l(&c.pinned_frees),
             event_waits: l(&c.event_waits),
             graph_launches: l(&c.graph_launches),
+            copy_stream_copies: l(&c.copy_stream_copies),
+            stream_waits: l(&c.stream_waits),
         }
     }
 
@@ -265,6 +278,12 @@ impl GpuDriver for CountedDriver {
     fn poison(&self, ptr: u64, bytes: usize) {
         self.inner.poison(ptr, bytes)
     }
+    fn has_guard_gaps(&self) -> bool {
+        self.inner.has_guard_gaps()
+    }
+    fn guard_gap(&self, ptr: u64, bytes: usize) -> Result<()> {
+        self.inner.guard_gap(ptr, bytes)
+    }
     fn mem_info(&self) -> Option<(usize, usize)> {
         self.inner.mem_info()
     }
@@ -294,8 +313,28 @@ impl GpuDriver for CountedDriver {
         // SAFETY: forwarded contract.
         unsafe { self.inner.htod_async(src, dst, bytes) }
     }
+    unsafe fn htod_async_on(&self, stream: Stream, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        self.refuse_host_copy("a copy to the device")?;
+        bump(&self.c.htod, 1);
+        bump(&self.c.htod_bytes, bytes as u64);
+        if stream == Stream::Copy {
+            bump(&self.c.copy_stream_copies, 1);
+        }
+        // SAFETY: forwarded contract.
+        unsafe { self.inner.htod_async_on(stream, src, dst, bytes) }
+    }
     fn event_record(&self) -> Result<u64> {
         self.inner.event_record()
+    }
+    fn event_record_on(&self, stream: Stream) -> Result<u64> {
+        self.inner.event_record_on(stream)
+    }
+    fn stream_wait_event(&self, stream: Stream, event: u64) -> Result<()> {
+        // an emulated graph replays launches and copies only: a wait
+        // recorded into it would be lost, so it belongs before the capture
+        self.refuse_host_copy("a stream wait")?;
+        bump(&self.c.stream_waits, 1);
+        self.inner.stream_wait_event(stream, event)
     }
     fn event_wait(&self, event: u64) -> Result<()> {
         bump(&self.c.event_waits, 1);

@@ -10,17 +10,19 @@
 //!
 //! Memory is plain `cuMemAlloc` behind the device's caching allocator
 //! (`gpu::pool`); kernels are loaded as cudarc `CudaModule`/`CudaFunction`s
-//! and launched through cudarc's launch builder on the device's one
-//! non-blocking stream, where copies and memsets are queued too
+//! and launched through cudarc's launch builder on the device's compute
+//! stream (non-blocking), where copies and memsets are queued too
 //! (`cuMemcpy*Async`), so a copy after a launch sees its results; only a
 //! copy to the host and `synchronize` make the host wait, and launch errors
-//! surface there.
+//! surface there. A second non-blocking stream, the copy stream, carries
+//! the next batch's upload beside the step's kernels; events
+//! (`cuEventRecord` + `cuStreamWaitEvent`) order it with the compute stream.
 
 use super::debug::DeferredErrors;
 use super::kernel_cache::{CacheKey, KernelCache};
 use super::kernels::Kernel;
 use super::sources::{self, KernelFile};
-use super::{GpuDevice, GpuDriver, KernelArg, Launch};
+use super::{GpuDevice, GpuDriver, KernelArg, Launch, Stream};
 use crate::{Device, Result, TensorError};
 use cudarc::driver::{
     result as cu, sys as cusys, CudaContext, CudaFunction, CudaModule, CudaStream, DriverError, LaunchConfig,
@@ -297,11 +299,15 @@ struct Loaded {
 /// One CUDA device through the driver API.
 pub struct CudaDriver {
     ctx: Arc<CudaContext>,
-    /// The device's stream: every launch and copy is ordered on it.
+    /// The device's compute stream: every launch and copy is ordered on it,
+    /// except the uploads queued on `copy_stream`.
     stream: Arc<CudaStream>,
     /// The communication stream (NCCL's all-reduces beside the backward),
     /// made at first use.
     comm_stream: OnceLock<Arc<CudaStream>>,
+    /// The copy stream (non-blocking): the next batch's upload runs here
+    /// while the compute stream runs the current step; events order the two.
+    copy_stream: Arc<CudaStream>,
     label: String,
     target: NvrtcTarget,
     capability: (u32, u32),
@@ -341,10 +347,12 @@ impl CudaDriver {
         // The device's one stream (non-blocking): kernels and copies are
         // queued on it in order; the host waits only in dtoh and synchronize.
         let stream = ctx.new_stream().map_err(|e| drv("creating the stream", e))?;
+        let copy_stream = ctx.new_stream().map_err(|e| drv("creating the copy stream", e))?;
         Ok(CudaDriver {
             ctx,
             stream,
             comm_stream: OnceLock::new(),
+            copy_stream,
             label: format!("cuda:{ordinal} ({name}, sm_{major}{minor})"),
             target,
             capability: (major.max(0) as u32, minor.max(0) as u32),
@@ -352,6 +360,14 @@ impl CudaDriver {
             loaded: Mutex::new(Loaded::default()),
             deferred: DeferredErrors::default(),
         })
+    }
+
+    /// The CUstream of one of the device's streams.
+    fn cu_stream(&self, stream: Stream) -> cusys::CUstream {
+        match stream {
+            Stream::Compute => self.stream.cu_stream(),
+            Stream::Copy => self.copy_stream.cu_stream(),
+        }
     }
 
     /// Binds the context to this thread; first returns any error a free
@@ -575,28 +591,52 @@ impl GpuDriver for CudaDriver {
     }
 
     unsafe fn htod_async(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { self.htod_async_on(Stream::Compute, src, dst, bytes) }
+    }
+
+    unsafe fn htod_async_on(&self, stream: Stream, src: u64, dst: u64, bytes: usize) -> Result<()> {
         if bytes == 0 {
             return Ok(());
         }
         self.bind()?;
         // SAFETY: the caller's contract: `src` is pinned, holds `bytes` bytes
-        // and is not written before an event recorded after this copy completes.
+        // and is not written before an event recorded after this copy
+        // completes; work on the other stream touching `dst` is ordered by events.
         unsafe {
-            cusys::cuMemcpyHtoDAsync_v2(dst, src as *const std::ffi::c_void, bytes, self.stream.cu_stream()).result()
+            cusys::cuMemcpyHtoDAsync_v2(dst, src as *const std::ffi::c_void, bytes, self.cu_stream(stream)).result()
         }
         .map_err(|e| drv("asynchronous copy to the device", e))
     }
 
     fn event_record(&self) -> Result<u64> {
+        self.event_record_on(Stream::Compute)
+    }
+
+    fn event_record_on(&self, stream: Stream) -> Result<u64> {
         self.bind()?;
         let ev = cu::event::create(cusys::CUevent_flags::CU_EVENT_DEFAULT).map_err(|e| drv("cuEventCreate", e))?;
-        // SAFETY: a fresh event and the device's live stream.
-        if let Err(e) = unsafe { cu::event::record(ev, self.stream.cu_stream()) } {
+        // SAFETY: a fresh event and one of the device's live streams.
+        if let Err(e) = unsafe { cu::event::record(ev, self.cu_stream(stream)) } {
             // SAFETY: created above, destroyed once.
             let _ = unsafe { cu::event::destroy(ev) };
             return Err(drv("cuEventRecord", e));
         }
         Ok(ev as u64)
+    }
+
+    fn stream_wait_event(&self, stream: Stream, event: u64) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `event` came from event_record_on and is not destroyed yet
+        // (a recorded event may be destroyed while a wait on it is queued).
+        unsafe {
+            cu::stream::wait_event(
+                self.cu_stream(stream),
+                event as cusys::CUevent,
+                cusys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(|e| drv("cuStreamWaitEvent", e))
     }
 
     fn event_wait(&self, event: u64) -> Result<()> {

@@ -12,12 +12,15 @@
 //! [`emu_device_with_order`]).
 //!
 //! Launches are synchronous: a launch returns when the grid has finished,
-//! with its error if it had one.
+//! with its error if it had one. The copy stream is not: its copies wait
+//! and run as late as events allow, and a missing event wait between it
+//! and the kernels is an error ([`super::emu_streams`]).
 
 use super::debug::DeferredErrors;
-use super::{GpuDevice, GpuDriver, KernelArg, Launch};
+use super::emu_streams::Streams;
+use super::{GpuDevice, GpuDriver, KernelArg, Launch, Stream};
 use crate::{Device, Result, TensorError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use diffuse_emu::{EmuError, Emulator, ThreadOrder};
 
@@ -26,6 +29,8 @@ pub struct EmuDriver {
     emu: Emulator,
     /// Errors of frees (from Drop), returned by the next fallible call.
     deferred: DeferredErrors,
+    /// The copy stream's queue and the events between the streams.
+    streams: Mutex<Streams>,
 }
 
 fn mem_err(e: EmuError) -> TensorError {
@@ -37,7 +42,7 @@ impl EmuDriver {
     /// forward).
     pub fn new() -> Result<EmuDriver> {
         let emu = Emulator::new().map_err(|e| TensorError::Cuda(e.to_string()))?;
-        Ok(EmuDriver { emu, deferred: DeferredErrors::default() })
+        Ok(EmuDriver { emu, deferred: DeferredErrors::default(), streams: Mutex::default() })
     }
 
     /// A driver whose blocks may have at most `bytes` of dynamic shared
@@ -61,6 +66,33 @@ impl EmuDriver {
     pub fn emulator(&self) -> &Emulator {
         &self.emu
     }
+
+    fn streams(&self) -> MutexGuard<'_, Streams> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Copies queued on the copy stream that have not run yet.
+    pub fn queued_copies(&self) -> usize {
+        self.streams().queued()
+    }
+
+    /// A compute-stream operation on `[dst, dst + bytes)` (checked against
+    /// the copy stream's queue).
+    fn compute_range(&self, what: &'static str, dst: u64, bytes: usize) -> Result<()> {
+        self.streams().compute_op(&[(dst, dst + bytes as u64)], what)
+    }
+
+    /// Runs copies the copy stream's queue released, in order.
+    fn run_copies(&self, copies: Vec<(u64, u64, usize)>) -> Result<()> {
+        for (src, dst, bytes) in copies {
+            // SAFETY: htod_async_on's contract: the pinned source holds
+            // `bytes` and stays allocated until an event after the copy has
+            // been waited on, which is what runs it here.
+            let src = unsafe { std::slice::from_raw_parts(src as *const u8, bytes) };
+            self.emu.htod(src, dst).map_err(mem_err)?;
+        }
+        Ok(())
+    }
 }
 
 impl GpuDriver for EmuDriver {
@@ -74,6 +106,11 @@ impl GpuDriver for EmuDriver {
     }
 
     fn free(&self, ptr: u64) {
+        // cuMemFree synchronises the device: queued copies run first
+        let copies = self.streams().synchronize();
+        if let Err(e) = self.run_copies(copies) {
+            self.deferred.record(format!("emulator free({ptr:#x}): a queued copy: {e}"));
+        }
         if let Err(e) = self.emu.free(ptr) {
             // Free runs from Drop and cannot fail, but an overrun its canary
             // check found must not go unnoticed.
@@ -83,26 +120,56 @@ impl GpuDriver for EmuDriver {
 
     fn htod(&self, src: &[u8], dst: u64) -> Result<()> {
         self.deferred.take()?;
+        self.compute_range("a copy to the device", dst, src.len())?;
         self.emu.htod(src, dst).map_err(mem_err)
     }
 
     fn dtoh(&self, src: u64, dst: &mut [u8]) -> Result<()> {
         self.deferred.take()?;
+        self.compute_range("a copy to the host", src, dst.len())?;
+        // the host waits for the compute stream: copies queued later follow it
+        let mut st = self.streams();
+        let ev = st.record_compute();
+        let copies = st.host_wait(ev);
+        st.destroy(ev);
+        drop(st);
+        self.run_copies(copies?)?;
         self.emu.dtoh(src, dst).map_err(mem_err)
     }
 
     fn dtod(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
         self.deferred.take()?;
+        let what = "a device-to-device copy";
+        self.streams().compute_op(&[(src, src + bytes as u64), (dst, dst + bytes as u64)], what)?;
         self.emu.dtod(src, dst, bytes).map_err(mem_err)
     }
 
     fn memset_zero(&self, dst: u64, bytes: usize) -> Result<()> {
         self.deferred.take()?;
+        self.compute_range("a memset", dst, bytes)?;
         self.emu.memset(dst, 0, bytes).map_err(mem_err)
     }
 
     fn launch(&self, l: &Launch<'_>) -> Result<()> {
         self.deferred.take()?;
+        {
+            let mut st = self.streams();
+            // a kernel may touch its pointers' allocations from the pointer on
+            let ranges: Vec<(u64, u64)> = match st.tracking() {
+                false => Vec::new(),
+                true => l
+                    .args
+                    .iter()
+                    .filter_map(|a| match *a {
+                        KernelArg::Ptr(p) if p != 0 => {
+                            Some((p, self.emu.alloc_info(p).map_or(p + 1, |(b, n)| (b + n as u64).max(p + 1))))
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            };
+            st.compute_op(&ranges, l.kernel.name)?;
+        }
         let args: Vec<diffuse_emu::Arg> = l
             .args
             .iter()
@@ -123,7 +190,67 @@ impl GpuDriver for EmuDriver {
     }
 
     fn synchronize(&self) -> Result<()> {
-        self.deferred.take() // launches and copies are synchronous
+        self.deferred.take()?; // launches are synchronous; queued copies run now
+        let copies = self.streams().synchronize();
+        self.run_copies(copies)
+    }
+
+    fn host_alloc(&self, bytes: usize) -> Result<u64> {
+        let layout = super::host_layout(bytes)?;
+        // SAFETY: the layout has a non-zero size.
+        let p = unsafe { std::alloc::alloc_zeroed(layout) };
+        if p.is_null() {
+            return Err(TensorError::Cuda(format!("out of host memory allocating {bytes} pinned bytes")));
+        }
+        // copy-stream copies read pinned memory: from now on the streams are checked
+        self.streams().track();
+        Ok(p as u64)
+    }
+
+    unsafe fn htod_async(&self, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        self.deferred.take()?;
+        self.compute_range("a copy to the device", dst, bytes)?;
+        // SAFETY: the caller's contract; the compute stream copies at once.
+        let src = unsafe { std::slice::from_raw_parts(src as *const u8, bytes) };
+        self.emu.htod(src, dst).map_err(mem_err)
+    }
+
+    unsafe fn htod_async_on(&self, stream: Stream, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        match stream {
+            // SAFETY: the caller's contract.
+            Stream::Compute => unsafe { self.htod_async(src, dst, bytes) },
+            Stream::Copy => {
+                self.deferred.take()?;
+                self.streams().queue_copy(src, dst, bytes)
+            }
+        }
+    }
+
+    fn event_record(&self) -> Result<u64> {
+        self.event_record_on(Stream::Compute)
+    }
+
+    fn event_record_on(&self, stream: Stream) -> Result<u64> {
+        let mut st = self.streams();
+        Ok(match stream {
+            Stream::Compute => st.record_compute(),
+            Stream::Copy => st.record_copy(),
+        })
+    }
+
+    fn event_wait(&self, event: u64) -> Result<()> {
+        let copies = self.streams().host_wait(event)?;
+        self.run_copies(copies)
+    }
+
+    fn stream_wait_event(&self, stream: Stream, event: u64) -> Result<()> {
+        self.deferred.take()?;
+        let copies = self.streams().stream_wait(stream == Stream::Copy, event)?;
+        self.run_copies(copies)
+    }
+
+    fn event_destroy(&self, event: u64) {
+        self.streams().destroy(event);
     }
 
     fn max_shared_bytes(&self) -> u32 {
@@ -134,6 +261,14 @@ impl GpuDriver for EmuDriver {
     /// against the guard page behind it.
     fn alignment(&self) -> usize {
         16
+    }
+
+    fn has_guard_gaps(&self) -> bool {
+        true
+    }
+
+    fn guard_gap(&self, ptr: u64, bytes: usize) -> Result<()> {
+        self.emu.guard_gap(ptr, bytes).map_err(mem_err)
     }
 
     fn poison(&self, ptr: u64, bytes: usize) {

@@ -9,6 +9,7 @@ pub mod counters;
 pub mod cuda;
 pub mod debug;
 pub mod emu;
+mod emu_streams;
 pub mod graph;
 pub mod kernel_cache;
 pub mod kernels;
@@ -19,11 +20,13 @@ pub mod pinned;
 pub mod pool;
 pub mod sources;
 mod tables;
+pub mod upload;
 
 pub use counters::{CountedDriver, DriverCounts};
 pub use graph::GpuGraph;
 pub use pinned::PinnedBuffer;
 pub use pool::{AllocConfig, AllocMode, PoolStats, StreamId};
+pub use upload::UploadSlots;
 
 use crate::Result;
 use std::fmt;
@@ -104,6 +107,17 @@ pub trait GpuDriver: Send + Sync {
     fn alignment(&self) -> usize {
         256
     }
+    /// Whether the driver can guard gaps inside an allocation (the emulator).
+    fn has_guard_gaps(&self) -> bool {
+        false
+    }
+    /// Makes `bytes` from `ptr` (inside one allocation, between two views of
+    /// a flat buffer) a guard gap: a kernel writing there is a launch error
+    /// (the emulator's canary, checked after every launch and at the free).
+    /// A no-op elsewhere.
+    fn guard_gap(&self, _ptr: u64, _bytes: usize) -> Result<()> {
+        Ok(())
+    }
     /// Marks reused memory as unwritten (the emulator fills it with NaN, as
     /// fresh memory); a no-op on a real GPU. Not a counted driver call.
     fn poison(&self, _ptr: u64, _bytes: usize) {}
@@ -163,11 +177,37 @@ pub trait GpuDriver: Send + Sync {
         // SAFETY: the caller's contract.
         self.htod(unsafe { std::slice::from_raw_parts(src as *const u8, bytes) }, dst)
     }
+    /// Queues a copy of `bytes` from host memory at `src` (from `host_alloc`)
+    /// to `dst` on `stream`. On the copy stream it runs beside the compute
+    /// stream's kernels, ordered with them only by events
+    /// ([`GpuDriver::event_record_on`], [`GpuDriver::stream_wait_event`]).
+    /// A driver with one stream queues it there.
+    ///
+    /// # Safety
+    /// As [`GpuDriver::htod_async`]; and no queued work reads or writes
+    /// `dst` unless ordered with this copy by an event.
+    unsafe fn htod_async_on(&self, stream: Stream, src: u64, dst: u64, bytes: usize) -> Result<()> {
+        let _ = stream;
+        // SAFETY: the caller's contract.
+        unsafe { self.htod_async(src, dst, bytes) }
+    }
     /// Records an event after the work queued so far (cuEventRecord on the
-    /// stream); an id for `event_wait`/`event_elapsed_ms`/`event_destroy`.
-    /// The emulator runs everything at once: its events are complete.
+    /// compute stream); an id for `event_wait`/`event_elapsed_ms`/`event_destroy`.
+    /// The emulator runs kernels at once: its compute events are complete.
     fn event_record(&self) -> Result<u64> {
         Ok(0)
+    }
+    /// Records an event after the work queued so far on `stream`.
+    fn event_record_on(&self, stream: Stream) -> Result<u64> {
+        let _ = stream;
+        self.event_record()
+    }
+    /// Makes `stream` wait, on the device, until `event`'s work has run
+    /// (cuStreamWaitEvent); the host returns at once. A no-op where one
+    /// stream orders everything.
+    fn stream_wait_event(&self, stream: Stream, event: u64) -> Result<()> {
+        let _ = (stream, event);
+        Ok(())
     }
     /// Waits on the host until the event's work has run (cuEventSynchronize).
     fn event_wait(&self, _event: u64) -> Result<()> {
@@ -196,6 +236,15 @@ pub trait GpuDriver: Send + Sync {
         Err(crate::TensorError::Cuda("this driver has no graphs of its own".into()))
     }
     fn graph_destroy(&self, _exec: u64) {}
+}
+
+/// The streams of a device: kernels, and the copies ordered with them, run
+/// on `Compute`; `Copy` carries the uploads that overlap them (the next
+/// batch), ordered with `Compute` by events only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Compute,
+    Copy,
 }
 
 /// The layout of `host_alloc`'s ordinary memory: page-aligned, at least a byte.
@@ -304,6 +353,24 @@ impl GpuDevice {
 
     pub fn alloc_config(&self) -> AllocConfig {
         self.inner.pool.config()
+    }
+
+    /// Elements of guard gap after each view of a flat buffer: in the
+    /// emulator's no-reuse mode (`DIFFUSE_GPU_ALLOC=direct`, where every
+    /// buffer is its own allocation and its guard pages catch overruns and
+    /// use-after-free) [`VIEW_ALIGN`], so an overrun from one view into its
+    /// neighbour is caught too; 0 elsewhere (no memory spent on gaps).
+    pub fn view_gap(&self) -> usize {
+        match self.alloc_config().mode == AllocMode::Direct && self.inner.driver.has_guard_gaps() {
+            true => VIEW_ALIGN,
+            false => 0,
+        }
+    }
+
+    /// Offsets and total length of views of `lens` elements in a flat
+    /// buffer on this device ([`GpuStorage::views`] places them there).
+    pub fn view_layout(&self, lens: &[usize]) -> (Vec<usize>, usize) {
+        GpuStorage::view_offsets_with_gap(lens, self.view_gap())
     }
 
     /// Waits for every queued kernel and copy; cached memory then becomes
@@ -523,27 +590,53 @@ impl GpuStorage {
     }
 
     /// Element offsets of tensors of `lens` elements placed one after the
-    /// other, each at a multiple of [`VIEW_ALIGN`]; and the total length.
+    /// other, each at a multiple of [`VIEW_ALIGN`]; and the total length
+    /// (the packed layout, no guard gaps).
     pub fn view_offsets(lens: &[usize]) -> (Vec<usize>, usize) {
+        Self::view_offsets_with_gap(lens, 0)
+    }
+
+    /// As [`GpuStorage::view_offsets`] with at least `gap` elements after
+    /// every view (see [`GpuDevice::view_gap`]).
+    pub fn view_offsets_with_gap(lens: &[usize], gap: usize) -> (Vec<usize>, usize) {
         let mut offsets = Vec::with_capacity(lens.len());
         let mut end = 0usize;
         for &n in lens {
             offsets.push(end);
-            end = (end + n).next_multiple_of(VIEW_ALIGN);
+            end = (end + n + gap).next_multiple_of(VIEW_ALIGN);
         }
         (offsets, end)
     }
 
     /// Views of `lens` elements each into this (non-view) storage, at
-    /// [`GpuStorage::view_offsets`], plus a view of the whole buffer; errors
-    /// when they do not fit. The views alias the storage by design.
+    /// [`GpuDevice::view_layout`], plus a view of the whole buffer; errors
+    /// when they do not fit. The views alias the storage by design. Where
+    /// the device guards views, the space after each is made a guard gap.
     pub fn views(&self, lens: &[usize]) -> crate::Result<(GpuStorage, Vec<GpuStorage>)> {
-        let (offsets, total) = Self::view_offsets(lens);
+        self.views_with_gap(lens, self.device().view_gap())
+    }
+
+    /// Views packed with no guard gaps, for a buffer written as a whole (a
+    /// staging buffer filled by one copy, which would overwrite the gaps).
+    pub fn views_packed(&self, lens: &[usize]) -> crate::Result<(GpuStorage, Vec<GpuStorage>)> {
+        self.views_with_gap(lens, 0)
+    }
+
+    fn views_with_gap(&self, lens: &[usize], gap: usize) -> crate::Result<(GpuStorage, Vec<GpuStorage>)> {
+        let (offsets, total) = Self::view_offsets_with_gap(lens, gap);
         if self.view.is_some() || total > self.len {
             return Err(crate::TensorError::invalid(
                 "views",
                 format!("{total} elements of views do not fit a buffer of {} elements", self.len),
             ));
+        }
+        if gap > 0 {
+            // from each view's end to the next view (or the end of the views)
+            let ends = offsets.iter().skip(1).copied().chain([total]);
+            for ((&o, &n), next) in offsets.iter().zip(lens).zip(ends) {
+                let from = self.ptr() + 4 * (o + n) as u64;
+                self.device().driver().guard_gap(from, 4 * (next - o - n))?;
+            }
         }
         let view = |offset, len| GpuStorage { buf: self.buf.clone(), offset, len, view: Some(Arc::new(())) };
         Ok((view(0, self.len), offsets.iter().zip(lens).map(|(&o, &n)| view(o, n)).collect()))

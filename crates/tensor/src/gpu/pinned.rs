@@ -5,7 +5,7 @@
 //! real wait: the copy was queued a step earlier). Allocations, frees and
 //! those waits are counted in [`DriverCounts`](super::DriverCounts).
 
-use super::{GpuDevice, GpuStorage};
+use super::{GpuDevice, GpuStorage, Stream};
 use crate::{Result, TensorError};
 
 /// `len` f32 of pinned host memory on one device's driver.
@@ -47,6 +47,13 @@ impl PinnedBuffer {
     /// `offset` on; returns at once (the host may write again after the
     /// next [`PinnedBuffer::write`], which waits for this copy).
     pub fn copy_to(&mut self, n: usize, dst: &GpuStorage, offset: usize) -> Result<()> {
+        self.copy_to_on(Stream::Compute, n, dst, offset)
+    }
+
+    /// As [`PinnedBuffer::copy_to`], queued on `stream`. On the copy stream
+    /// the caller orders it with the kernels that touch `dst` by events
+    /// (see [`UploadSlots`](super::UploadSlots)).
+    pub fn copy_to_on(&mut self, stream: Stream, n: usize, dst: &GpuStorage, offset: usize) -> Result<()> {
         if n > self.len || offset.checked_add(n).is_none_or(|end| end > dst.len()) {
             return Err(TensorError::invalid(
                 "pinned copy",
@@ -63,9 +70,10 @@ impl PinnedBuffer {
         self.wait()?;
         let d = self.device.driver();
         // SAFETY: the buffer holds n f32; it is not written before the event
-        // recorded below has completed (write() waits for it).
-        unsafe { d.htod_async(self.ptr, dst.ptr() + 4 * offset as u64, 4 * n)? };
-        self.pending = Some(d.event_record()?);
+        // recorded below has completed (write() waits for it); work touching
+        // `dst` on the other stream is the caller's to order.
+        unsafe { d.htod_async_on(stream, self.ptr, dst.ptr() + 4 * offset as u64, 4 * n)? };
+        self.pending = Some(d.event_record_on(stream)?);
         Ok(())
     }
 

@@ -1,10 +1,12 @@
 //! Flat buffers: the tensors of a model (parameters, gradients, optimiser
 //! moments, EMA) placed as views into ONE device allocation each, every view
-//! 256-byte aligned ([`GpuStorage::view_offsets`]). One allocation means one
-//! pointer per model for a multi-tensor kernel, one buffer for an
-//! all-reduce, and pointers that never change, so the tables of the
-//! multi-tensor launches are uploaded once. CPU tensors are left as they
-//! are (their results are the same either way).
+//! 256-byte aligned ([`GpuDevice::view_layout`](crate::gpu::GpuDevice::view_layout)).
+//! One allocation means one pointer per model for a multi-tensor kernel,
+//! one buffer for an all-reduce, and pointers that never change, so the
+//! tables of the multi-tensor launches are uploaded once. In the emulator's
+//! no-reuse mode a guard gap follows every view, so an overrun into a
+//! neighbour is a launch error. CPU tensors are left as they are (their
+//! results are the same either way).
 
 use super::{check_same, check_same_shape, copy_into, gpu_of, gpu_of_mut};
 use crate::gpu::launch;
@@ -22,7 +24,7 @@ pub fn flatten(tensors: &mut [&mut Tensor]) -> Result<Option<Tensor>> {
     let dev = g.device().clone();
     check_same(OP, &tensors.iter().map(|t| &**t).collect::<Vec<_>>())?;
     let lens: Vec<usize> = tensors.iter().map(|t| t.numel()).collect();
-    let (_, total) = GpuStorage::view_offsets(&lens);
+    let (_, total) = dev.view_layout(&lens);
     let base = dev.zeros_f32(total)?;
     let (whole, views) = base.views(&lens)?;
     for (t, view) in tensors.iter_mut().zip(views) {
@@ -38,11 +40,27 @@ pub fn flatten(tensors: &mut [&mut Tensor]) -> Result<Option<Tensor>> {
 /// Zeroed views of `shapes` into one new flat allocation on `device`, and
 /// the flat tensor; None on the CPU (the caller keeps separate tensors).
 pub fn flat_zeros(shapes: &[Shape], device: &crate::Device) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+    flat_zeros_with(shapes, device, false)
+}
+
+/// As [`flat_zeros`], packed with no guard gaps between the views: for a
+/// buffer written as a whole (a staging buffer filled by one copy).
+pub fn flat_zeros_packed(shapes: &[Shape], device: &crate::Device) -> Result<Option<(Tensor, Vec<Tensor>)>> {
+    flat_zeros_with(shapes, device, true)
+}
+
+fn flat_zeros_with(shapes: &[Shape], device: &crate::Device, packed: bool) -> Result<Option<(Tensor, Vec<Tensor>)>> {
     let crate::Device::Gpu(dev) = device else { return Ok(None) };
     let lens: Vec<usize> = shapes.iter().map(Shape::numel).collect();
-    let (_, total) = GpuStorage::view_offsets(&lens);
+    let (_, total) = match packed {
+        true => GpuStorage::view_offsets(&lens),
+        false => dev.view_layout(&lens),
+    };
     let base = dev.zeros_f32(total)?;
-    let (whole, views) = base.views(&lens)?;
+    let (whole, views) = match packed {
+        true => base.views_packed(&lens)?,
+        false => base.views(&lens)?,
+    };
     let views = shapes.iter().zip(views).map(|(s, v)| Tensor::from_gpu(s.clone(), v)).collect();
     Ok(Some((Tensor::from_gpu(Shape::from(vec![total]), whole), views)))
 }
