@@ -47,12 +47,13 @@
 //!   gamma_{2T+4}(u) + 4u T + 2 u R (R the score range); log l adds 2 ulp,
 //!   the final add u |lse|: together lse_err;
 //! - p = exp(x - lse): |ln p_kernel - ln p_oracle| <= dx + lse_err (forward;
-//!   the backward gets the forward's f32 lse and only dx applies)
-//!   + u |x - lse| (the subtraction) + 4u (expf), times 1.01 for the
+//!   the backward gets the forward's f32 lse and only dx applies), plus
+//!   u |x - lse| (the subtraction) and 4u (expf), times 1.01 for the
 //!   exponential's curvature: a relative interval around the oracle's p;
 //! - ds = scale p (dp - D): dp a wmma sum over C (blockwise bound), D the
 //!   f64 row dot rounded to f32 (u |D|), the subtraction and the two
 //!   products one rounding each: an absolute interval around the oracle's ds.
+//!
 //! Every f32 value inside an interval [lo, hi] rounds (monotonically) to a
 //! value between round(lo) and round(hi). The oracle uses round(its own
 //! value), also in there; so where the interval holds no rounding boundary

@@ -257,10 +257,13 @@ fn attention_scale(c: usize) -> f64 {
     (c as f64).sqrt().recip() as f32 as f64
 }
 
-/// (the oracle's operand, the width of the interval the kernel's rounded
-/// operand lies in) for the exact value `x` and the interval `lo..=hi` that
+/// An operand the kernel computes itself: (the oracle's rounded value, the
+/// width of the interval the kernel's rounded value lies in).
+type Operand = (f64, f64);
+
+/// The [`Operand`] for the exact value `x` and the interval `lo..=hi` that
 /// holds the kernel's f32 value. fp32 rounds nothing: the operand is `x`.
-fn kernel_operand(p: Precision, x: f64, lo: f64, hi: f64) -> (f64, f64) {
+fn kernel_operand(p: Precision, x: f64, lo: f64, hi: f64) -> Operand {
     match p {
         Precision::Fp32 => (x, hi - lo),
         _ => {
@@ -328,7 +331,7 @@ fn scaled_scores(p: Precision, c: usize, n: usize, sc: f64, q: &[f64], k: &[f64]
 /// `ks` as the kernels do, with sum |terms|, the slack and the
 /// accumulation bound of `wmma_dot` (its partial sums widened by the slack
 /// so far, which the kernel's operands may add).
-fn weighted_sums(c: usize, n: usize, ks: usize, w: &[(f64, f64)], y: &[f64], transpose: bool) -> Bounded {
+fn weighted_sums(c: usize, n: usize, ks: usize, w: &[Operand], y: &[f64], transpose: bool) -> Bounded {
     let at = |a: usize, b: usize| if transpose { w[b * n + a] } else { w[a * n + b] };
     let g = gamma(ks, U_ACC);
     let cells: Vec<[f64; 4]> = (0..c * n)
@@ -389,7 +392,7 @@ pub fn attention_forward(p: Precision, d: AttentionDims, q: &[f32], k: &[f32], v
     for item in 0..d.b {
         let r = item * c * n..(item + 1) * c * n;
         let (x, dx) = scaled_scores(p, c, n, sc, &qr[r.clone()], &kr[r.clone()]);
-        let mut w = vec![(0.0, 0.0); n * n];
+        let mut w: Vec<Operand> = vec![(0.0, 0.0); n * n];
         for i in 0..n {
             let (xs, dxs) = (&x[i * n..(i + 1) * n], &dx[i * n..(i + 1) * n]);
             let m = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -437,7 +440,7 @@ pub fn attention_backward(
         let (x, dx) = scaled_scores(p, c, n, sc, &qr[r.clone()], &kr[r.clone()]);
         // dp as scores of dout and v (unscaled: sc = 1 and no product rounding)
         let (dor_i, vr_i) = (&dor[r.clone()], &vr[r.clone()]);
-        let terms: Vec<((f64, f64), (f64, f64))> = (0..n * n)
+        let terms: Vec<(Operand, Operand)> = (0..n * n)
             .into_par_iter()
             .map(|e| {
                 let (i, j) = (e / n, e % n);
@@ -465,7 +468,7 @@ pub fn attention_backward(
                 )
             })
             .collect();
-        let (wp, wds): (Vec<(f64, f64)>, Vec<(f64, f64)>) = terms.into_iter().unzip();
+        let (wp, wds): (Vec<Operand>, Vec<Operand>) = terms.into_iter().unzip();
         append(&mut b.dv, weighted_sums(c, n, ks, &wp, dor_i, true));
         append(&mut b.dk, weighted_sums(c, n, ks, &wds, &qr[r.clone()], true));
         append(&mut b.dq, weighted_sums(c, n, ks, &wds, &kr[r], false));
