@@ -49,11 +49,12 @@ fn kernel_bench_on_the_emulator_counts_launches() {
         assert!(k["time_us"].is_null(), "the emulator times nothing: {k}");
         assert!(k["counts"]["launches"].as_u64().is_some_and(|n| n >= 1), "{k}");
         assert!(k["h100_floor_us"].as_f64().is_some_and(|f| f > 0.0), "{k}");
-        // The bf16 tensor-core floor: lower for the conv and linear GEMMs
+        // The bf16 tensor-core floor: lower for the conv, linear and attention GEMMs
         // that are compute-bound in FP32, the FP32 floor for every other op.
         let (fp32, bf16) =
             (k["h100_floor_us"].as_f64().unwrap_or(0.0), k["h100_bf16_floor_us"].as_f64().unwrap_or(-1.0));
-        let gemm = (k["op"] == "conv2d" && k["pass"] != "backward_bias") || k["op"] == "linear";
+        let gemm =
+            (k["op"] == "conv2d" && k["pass"] != "backward_bias") || k["op"] == "linear" || k["op"] == "attention";
         if gemm && k["bound"] == "compute" {
             assert!(bf16 < fp32, "{k}");
         } else if !gemm {
@@ -91,6 +92,8 @@ fn kernel_bench_on_the_emulator_counts_launches() {
     tc_kernel("conv2d", "backward_data", "conv2d_bwd_data_tc_bf16");
     tc_kernel("conv2d", "backward_weight", "conv2d_bwd_weight_tc_bf16");
     tc_kernel("linear", "forward", "linear_fwd_tc_bf16");
+    tc_kernel("attention", "forward", "attention_fwd_tc_bf16");
+    tc_kernel("attention", "backward", "attention_bwd_dkdv_tc_bf16");
     let norm = lines.iter().find(|l| l["op"] == "group_norm").expect("a group norm line");
     assert_eq!(norm["precision"], "fp32", "{norm}");
 }

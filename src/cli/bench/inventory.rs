@@ -156,11 +156,11 @@ impl Op {
     }
 
     /// Whether the pass has a tensor-core kernel (`--precision tf32|bf16`):
-    /// the convolutions' and linear layers' matrix products.
+    /// the matrix products of the convolutions, linear layers and attention.
     pub fn has_tensor_core_kernel(&self, pass: &str) -> bool {
         match self {
             Op::Conv { .. } => pass != "backward_bias",
-            Op::Linear { .. } => true,
+            Op::Linear { .. } | Op::Attention { .. } => true,
             _ => false,
         }
     }
@@ -296,12 +296,12 @@ impl Op {
             Op::Attention { n, c, tokens } => {
                 let s = [n, c, tokens];
                 let (q, k, v, dout) = (input(&s)?, input(&s)?, input(&s)?, input(&s)?);
-                let f = ops::attention_forward(&q, &k, &v)?;
+                let f = ops::attention_forward_with(&q, &k, &v, prec)?;
                 Box::new(move || {
                     if pass == "forward" {
-                        drop(ops::attention_forward(&q, &k, &v)?);
+                        drop(ops::attention_forward_with(&q, &k, &v, prec)?);
                     } else {
-                        drop(ops::attention_backward(&dout, &q, &k, &v, &f.out, &f.lse)?);
+                        drop(ops::attention_backward_with(&dout, &q, &k, &v, &f.out, &f.lse, prec)?);
                     }
                     Ok(())
                 })

@@ -6,7 +6,8 @@
 //! calculator). `scripts/occupancy.sh` prints the table of KERNELS.md and
 //! `tests/occupancy.rs` checks that table against this code.
 
-use super::launch::{attention, conv2d_tc, BLOCK};
+use super::launch::{attention, attention_tc, conv2d_tc, BLOCK};
+use crate::Precision;
 
 /// The per-SM limits of one architecture.
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +97,9 @@ pub fn block_threads(kernel: &str) -> u32 {
 /// attention with `c` channels (only the attention kernels have any).
 pub fn dynamic_smem(kernel: &str, c: usize, sm: &SmLimits) -> u32 {
     let budget = attention::smem_budget(sm.smem_per_block);
+    if kernel.starts_with("attention_") && kernel.contains("_tc_") {
+        return attention_tc_smem(kernel, c, budget);
+    }
     let (Some(bq), Some(t)) = (attention::forward_tile(c, budget), attention::backward_tile(c, budget)) else {
         return 0;
     };
@@ -106,6 +110,23 @@ pub fn dynamic_smem(kernel: &str, c: usize, sm: &SmLimits) -> u32 {
         "attention_bwd_dq_f32" => dq as u32,
         _ => 0,
     }
+}
+
+/// The tensor-core attention's dynamic shared memory (its tiles depend on
+/// the precision in the kernel's name).
+fn attention_tc_smem(kernel: &str, c: usize, budget: usize) -> u32 {
+    let p = if kernel.contains("_bf16_") { Precision::Bf16 } else { Precision::Tf32 };
+    let bytes = if kernel.starts_with("attention_fwd_") {
+        attention_tc::forward_tile(p, c, budget).map(|t| attention_tc::fwd_smem(p, c, t))
+    } else {
+        let t = attention_tc::backward_tile(p, c, budget);
+        if kernel.starts_with("attention_bwd_dkdv_") {
+            t.map(|t| attention_tc::dkdv_smem(p, c, t))
+        } else {
+            t.map(|t| attention_tc::dq_smem(p, c, t))
+        }
+    };
+    bytes.unwrap_or(0) as u32
 }
 
 /// One kernel line of a `check-kernels.sh` table: (name, registers, static

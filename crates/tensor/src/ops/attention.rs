@@ -2,11 +2,16 @@
 //! forward and backward. q, k, v are [B, C, N] (channel-major, as a 1x1 conv
 //! in NCHW produces them): `s_ij = C^-0.5 sum_c q[c,i] k[c,j]`,
 //! `p_ij = softmax_j(s_ij)`, `out[c,i] = sum_j p_ij v[c,j]`.
+//!
+//! [`Precision`]: tf32 / bf16 run the matrix products on tensor cores on a
+//! GPU (kernels/attention_tc.cu) and the rounding oracle `cpu::reduced` on
+//! the CPU; fp32 is the SIMT kernels / CPU reference, unchanged.
 
+use super::conv2d::f32s;
 use super::{check_same, gpu_of};
 use crate::geom::AttentionDims;
 use crate::gpu::launch;
-use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
+use crate::{cpu, with_element, Element, Precision, Result, Shape, Storage, Tensor, TensorError};
 
 #[derive(Clone, Debug)]
 pub struct AttentionOutput {
@@ -41,6 +46,13 @@ fn check_qkv(op: &'static str, q: &Tensor, others: &[(&'static str, &Tensor)]) -
 
 /// Attention output and the per-query log-sum-exp the backward needs.
 pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<AttentionOutput> {
+    attention_forward_with(q, k, v, Precision::Fp32)
+}
+
+/// [`attention_forward`] with the matrix products' inputs (q, k, v and the
+/// softmax weights) rounded to `prec`; `Precision::Fp32` is exactly
+/// `attention_forward`.
+pub fn attention_forward_with(q: &Tensor, k: &Tensor, v: &Tensor, prec: Precision) -> Result<AttentionOutput> {
     let _timer = crate::profile::op("attention_forward");
     const OP: &str = "attention_forward";
     let d = check_qkv(OP, q, &[("k", k), ("v", v)])?;
@@ -49,7 +61,13 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Attention
             let mut out = vec![T::default(); q.numel()];
             let mut lse = vec![T::default(); d.b * d.n];
             let (qs, ks, vs) = (q.cpu_slice::<T>()?, k.cpu_slice::<T>()?, v.cpu_slice::<T>()?);
-            cpu::attention::attention_forward(qs, ks, vs, d, &mut out, &mut lse);
+            if prec == Precision::Fp32 {
+                cpu::attention::attention_forward(qs, ks, vs, d, &mut out, &mut lse);
+            } else {
+                let f = cpu::reduced::attention_forward(prec, d, &f32s(qs), &f32s(ks), &f32s(vs));
+                out = f.out.value.into_iter().map(T::from_f64).collect();
+                lse = f.lse.into_iter().map(T::from_f64).collect();
+            }
             Ok(AttentionOutput {
                 out: Tensor::from_cpu(q.shape().clone(), out),
                 lse: Tensor::from_cpu(Shape::new([d.b, d.n]), lse),
@@ -57,7 +75,7 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Attention
         }),
         Storage::Gpu(qs) => {
             let (ks, vs) = (gpu_of(OP, k)?, gpu_of(OP, v)?);
-            let (out, lse) = launch::attention::attention_forward(qs.device(), qs, ks, vs, d)?;
+            let (out, lse) = launch::attention_tc::attention_forward(qs.device(), qs, ks, vs, d, prec)?;
             Ok(AttentionOutput {
                 out: Tensor::from_gpu(q.shape().clone(), out),
                 lse: Tensor::from_gpu(Shape::new([d.b, d.n]), lse),
@@ -75,6 +93,20 @@ pub fn attention_backward(
     out: &Tensor,
     lse: &Tensor,
 ) -> Result<AttentionGrads> {
+    attention_backward_with(dout, q, k, v, out, lse, Precision::Fp32)
+}
+
+/// [`attention_backward`] with the matrix products' inputs (q, k, v, dout,
+/// the weights and the score gradients) rounded to `prec`.
+pub fn attention_backward_with(
+    dout: &Tensor,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    prec: Precision,
+) -> Result<AttentionGrads> {
     let _timer = crate::profile::op("attention_backward");
     const OP: &str = "attention_backward";
     let d = check_qkv(OP, q, &[("k", k), ("v", v), ("dout", dout), ("out", out)])?;
@@ -86,18 +118,25 @@ pub fn attention_backward(
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let (mut dq, mut dk, mut dv) =
                 (vec![T::default(); q.numel()], vec![T::default(); q.numel()], vec![T::default(); q.numel()]);
-            cpu::attention::attention_backward(
-                dout.cpu_slice::<T>()?,
-                q.cpu_slice::<T>()?,
-                k.cpu_slice::<T>()?,
-                v.cpu_slice::<T>()?,
-                out.cpu_slice::<T>()?,
-                lse.cpu_slice::<T>()?,
-                d,
-                &mut dq,
-                &mut dk,
-                &mut dv,
-            );
+            let (ds, qs, ks, vs) =
+                (dout.cpu_slice::<T>()?, q.cpu_slice::<T>()?, k.cpu_slice::<T>()?, v.cpu_slice::<T>()?);
+            let (os, ls) = (out.cpu_slice::<T>()?, lse.cpu_slice::<T>()?);
+            if prec == Precision::Fp32 {
+                cpu::attention::attention_backward(ds, qs, ks, vs, os, ls, d, &mut dq, &mut dk, &mut dv);
+            } else {
+                let g = cpu::reduced::attention_backward(
+                    prec,
+                    d,
+                    &f32s(ds),
+                    &f32s(qs),
+                    &f32s(ks),
+                    &f32s(vs),
+                    &f32s(os),
+                    &f32s(ls),
+                );
+                let back = |b: cpu::reduced::Bounded| b.value.into_iter().map(T::from_f64).collect::<Vec<T>>();
+                (dq, dk, dv) = (back(g.dq), back(g.dk), back(g.dv));
+            }
             let shape = q.shape().clone();
             Ok(AttentionGrads {
                 dq: Tensor::from_cpu(shape.clone(), dq),
@@ -106,7 +145,7 @@ pub fn attention_backward(
             })
         }),
         Storage::Gpu(qs) => {
-            let (dq, dk, dv) = launch::attention::attention_backward(
+            let (dq, dk, dv) = launch::attention_tc::attention_backward(
                 qs.device(),
                 gpu_of(OP, dout)?,
                 qs,
@@ -115,6 +154,7 @@ pub fn attention_backward(
                 gpu_of(OP, out)?,
                 gpu_of(OP, lse)?,
                 d,
+                prec,
             )?;
             let shape = q.shape().clone();
             Ok(AttentionGrads {

@@ -96,6 +96,11 @@ fn geometry(op: &'static str, x: &Shape, w: &Shape, p: &Conv2dParams) -> Result<
     Ok(ConvGeom { n, ci, h, w: wd, co, kh, kw, stride: p.stride, pad_top: p.pad_top, pad_left: p.pad_left, ho, wo })
 }
 
+/// A CPU slice as f32 values (the reduced-precision oracle's input).
+pub(crate) fn f32s<T: Element>(v: &[T]) -> Vec<f32> {
+    v.iter().map(|&t| t.to_f32()).collect()
+}
+
 /// A CPU slice with each value rounded to `prec` as the tensor cores read
 /// it. Products of two such values are exact in f32, so the f32 GEMM that
 /// follows errs only in its sums, within the bound the tensor cores' f32

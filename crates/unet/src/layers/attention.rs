@@ -1,5 +1,7 @@
 //! AttnBlock: x + proj_out(attention(q(h), k(h), v(h))) with h = norm(x);
-//! single head over the H*W positions, scale C^-0.5.
+//! single head over the H*W positions, scale C^-0.5. The attention's
+//! matrix products run at the run's precision (`ParamStore::precision`),
+//! as the convolutions do.
 
 use super::{Builder, Conv2d, GroupNorm, GroupNormCache};
 use crate::params::{ParamId, ParamStore};
@@ -53,7 +55,7 @@ impl AttnBlock {
         let q = self.q.forward(ps, &h)?.reshape(tokens)?;
         let k = self.k.forward(ps, &h)?.reshape(tokens)?;
         let v = self.v.forward(ps, &h)?.reshape(tokens)?;
-        let att = ops::attention_forward(&q, &k, &v)?;
+        let att = ops::attention_forward_with(&q, &k, &v, ps.precision())?;
         let out = att.out.reshape([n, c, hh, ww])?;
         let y = ops::add(x, &self.proj_out.forward(ps, &out)?)?;
         let cache = train.then(|| AttnCache { x: x.clone(), n: nc, h, q, k, v, out, lse: att.lse });
@@ -73,7 +75,7 @@ impl AttnBlock {
         let tokens = c.q.dims().to_vec();
         let dout = self.proj_out.backward(ps, &c.out, dy)?.reshape(tokens)?;
         let out_tokens = c.out.clone().reshape(c.q.dims().to_vec())?;
-        let g = ops::attention_backward(&dout, &c.q, &c.k, &c.v, &out_tokens, &c.lse)?;
+        let g = ops::attention_backward_with(&dout, &c.q, &c.k, &c.v, &out_tokens, &c.lse, ps.precision())?;
         let mut dh = self.q.backward(ps, &c.h, &g.dq.reshape(img.clone())?)?;
         ops::add_in_place(&mut dh, &self.k.backward(ps, &c.h, &g.dk.reshape(img.clone())?)?)?;
         ops::add_in_place(&mut dh, &self.v.backward(ps, &c.h, &g.dv.reshape(img)?)?)?;

@@ -14,6 +14,7 @@
 //! | `conv2d_tc.rs` | conv2d_fwd_tc.cu, conv2d_bwd_data_tc.cu, conv2d_bwd_weight_tc.cu (tensor cores) |
 //! | `group_norm.rs` | group_norm.cu |
 //! | `attention.rs` | attention.cu |
+//! | `attention_tc.rs` | attention_tc.cu (tensor cores; attention.cu's row dot) |
 //! | `linear.rs` | linear.cu |
 //! | `linear_tc.rs` | linear_fwd_tc.cu, linear_bwd_tc.cu (tensor cores) |
 //! | `silu.rs` | silu.cu |
@@ -28,6 +29,7 @@
 //! | `reduce.rs` | reduce.cu (second pass of the split reductions) |
 
 pub mod attention;
+pub mod attention_tc;
 pub mod conv2d;
 pub mod conv2d_tc;
 pub mod dropout;
