@@ -60,10 +60,10 @@ fn get(st: &SafeTensors<'_>, name: &str) -> Result<Tensor> {
 /// gradient is the sum of the residual (prediction - noise) over every
 /// pixel, a cancelling sum whose relative error is the prediction's times
 /// ||r||_1 / |sum r|; a factor 2 for it gives the bound 32u: 1.25e-1
-/// (bf16), 1.56e-2 (tf32). Measured worst (CPU reference, attention's
-/// products rounded too): tiny vector 6.95e-2 (bf16, ~18u) and 8.9e-3
-/// (tf32, ~18u), both conv_out.bias; mnist vector (before attention was
-/// rounded) 1.55e-2 (bf16) and 1.97e-3 (tf32), an attention projection.
+/// (bf16), 1.56e-2 (tf32). Measured worst (CPU, every product rounded,
+/// attention's too): tiny vector 6.51e-2 (bf16, ~17u) and 9.85e-3 (tf32,
+/// ~20u), both conv_out.bias; mnist vector 1.93e-2 (bf16) and 2.22e-3
+/// (tf32), an attention projection.
 pub fn step_tolerance(p: Precision) -> f64 {
     match p {
         Precision::Fp32 => 1e-4,
