@@ -178,7 +178,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if a.spacing.is_some() && matches!(a.sampler, SamplerKind::Ddpm | SamplerKind::Ddim) {
         bail!("--spacing applies to dpm++2m, dpm++2m-sde and heun only");
     }
-    let steps = a.steps.unwrap_or(a.sampler.default_steps());
+    // a default never asks for more steps than a short diffusion has
+    let steps = a.steps.unwrap_or_else(|| a.sampler.default_steps().min(tc.timesteps.saturating_sub(1).max(1)));
     let sampler = match a.sampler {
         SamplerKind::Ddpm => Sampler::Ddpm {
             variance: match a.variance {
