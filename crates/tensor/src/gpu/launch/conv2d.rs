@@ -7,7 +7,7 @@
 //! stride, pad_top, pad_left).
 
 use super::reduce::{split_terms, sum_splits};
-use super::{alloc, grid_dim_yz, int, run};
+use super::{alloc, grid_dim_yz, int, run, run_shared, BLOCK};
 use crate::geom::ConvGeom;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
@@ -223,6 +223,29 @@ impl ConvPass {
     }
 }
 
+impl Prepared {
+    /// Runs the pass with `kernel` in blocks of `block` on the grid `grid_xy`
+    /// gives for its GEMM extent (columns, rows), the splits in z, and
+    /// finishes it; a pass with nothing to compute returns its result.
+    pub(crate) fn launch(
+        self,
+        op: &'static str,
+        dev: &GpuDevice,
+        kernel: &'static Kernel,
+        block: Dim3,
+        grid_xy: impl FnOnce(usize, usize) -> Result<Dim3>,
+    ) -> Result<GpuStorage> {
+        let pass = match self {
+            Prepared::Done(out) => return Ok(out),
+            Prepared::Launch(p) => p,
+        };
+        let mut grid = grid_xy(pass.cols, pass.rows)?;
+        grid.z = pass.grid_z(op)?;
+        run_shared(dev, kernel, grid, block, 0, &pass.args)?;
+        pass.finish(dev, op)
+    }
+}
+
 /// Runs a prepared pass with `kernel` on the tile grid of `tile`.
 fn run_tiled(
     op: &'static str,
@@ -231,14 +254,7 @@ fn run_tiled(
     kernel: &'static Kernel,
     tile: ConvTile,
 ) -> Result<GpuStorage> {
-    let pass = match pass {
-        Prepared::Done(out) => return Ok(out),
-        Prepared::Launch(p) => p,
-    };
-    let mut grid = tile.grid(op, pass.cols, pass.rows)?;
-    grid.z = pass.grid_z(op)?;
-    run(dev, kernel, grid, &pass.args)?;
-    pass.finish(dev, op)
+    pass.launch(op, dev, kernel, Dim3::x(BLOCK), |cols, rows| tile.grid(op, cols, rows))
 }
 
 /// [`conv2d_forward`] in a given tile shape (tests compare the shapes' bits).

@@ -7,7 +7,7 @@
 //! `Precision::Fp32` runs the SIMT kernels of `conv2d.rs` (today's path).
 
 use super::conv2d::{self, ConvPass, Prepared};
-use super::{grid_dim_yz, run_shared};
+use super::grid_dim_yz;
 use crate::geom::ConvGeom;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::{Dim3, GpuDevice, GpuStorage};
@@ -33,14 +33,7 @@ fn pick(p: Precision, bf16: &'static Kernel, tf32: &'static Kernel) -> &'static 
 
 /// Runs a prepared pass on the tensor-core tile: 64 x 64 outputs a block.
 fn run_tc(op: &'static str, dev: &GpuDevice, pass: Prepared, kernel: &'static Kernel) -> Result<GpuStorage> {
-    let pass = match pass {
-        Prepared::Done(out) => return Ok(out),
-        Prepared::Launch(p) => p,
-    };
-    let mut grid = grid(op, pass.cols, pass.rows)?;
-    grid.z = pass.grid_z(op)?;
-    run_shared(dev, kernel, grid, Dim3::x(THREADS), 0, &pass.args)?;
-    pass.finish(dev, op)
+    pass.launch(op, dev, kernel, Dim3::x(THREADS), |cols, rows| grid(op, cols, rows))
 }
 
 /// y [n, co, ho, wo] = conv(x, w) + b with the GEMM inputs rounded to `p`.
