@@ -52,7 +52,25 @@ enum Command {
     Bench(cli::bench::BenchArgs),
 }
 
+/// Keeps freed tensor buffers inside the process (glibc's allocator): a
+/// step frees and reallocates the same large activations, and by default
+/// each one goes back to the kernel and returns as fresh zeroed pages (page
+/// faults and page clearing, 5-10% of a CPU sampling step). Peak resident
+/// memory stays the same (measured: the mnist training step's 532 MB).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets the allocator's tuning parameters; it runs
+    // first in main, before any other thread exists. A value it rejects
+    // leaves the default in place, which is only slower.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     let result = set_memory_budget(cli.memory_limit.as_deref()).and_then(|()| match cli.command {
         Command::Train(a) => cli::train::run(a),

@@ -68,7 +68,7 @@ pub const LANES_X8: usize = 8;
 /// `out[word][j]` = word `word` of block `first_block + j`: the same numbers
 /// as eight [`block_bits`] calls, computed lane-wise so the compiler can use
 /// SIMD multiplies (dropout masks draw one block per four elements).
-#[inline]
+#[inline(always)]
 pub fn block_bits_x8(seed: u64, step: u32, stream: u32, first_block: u64) -> [[u32; LANES_X8]; 4] {
     let mut c0 = [0u32; LANES_X8];
     let mut c1 = [0u32; LANES_X8];

@@ -260,8 +260,18 @@ fn gather_shifted<T: Element>(
     }
     for oy in rows {
         let row = &mut dst[oy * wo..][..wo];
-        row[..xs.start].fill(T::zero());
-        row[xs.end..].fill(T::zero());
+        zero_few(&mut row[..xs.start]);
+        zero_few(&mut row[xs.end..]);
+    }
+}
+
+/// Zeroes a slice of a few elements (a row's padding columns: at most the
+/// kernel width) with plain stores; `fill` would call memset once per row.
+#[inline(always)]
+fn zero_few<T: Element>(v: &mut [T]) {
+    for x in v.iter_mut() {
+        // Opaque to the loop-idiom pass, which would turn this loop into memset.
+        *x = std::hint::black_box(T::zero());
     }
 }
 
@@ -321,22 +331,57 @@ fn images_to_matrix<T: Element>(src: &[T], c: usize, p: usize, nb: usize, dst: &
     }
 }
 
-/// The inverse of `images_to_matrix`, adding `bias[ch]` on the way.
-fn matrix_to_images<T: Element>(src: &[T], c: usize, p: usize, nb: usize, bias: Option<&[T]>, dst: &mut [T]) {
+/// The inverse of `images_to_matrix`.
+fn matrix_to_images<T: Element>(src: &[T], c: usize, p: usize, nb: usize, dst: &mut [T]) {
     for img in 0..nb {
         for ch in 0..c {
-            let (s, d) = (&src[ch * nb * p + img * p..][..p], &mut dst[(img * c + ch) * p..][..p]);
-            match bias {
-                Some(b) => d.iter_mut().zip(s).for_each(|(d, &s)| *d = s + b[ch]),
-                None => d.copy_from_slice(s),
-            }
+            dst[(img * c + ch) * p..][..p].copy_from_slice(&src[ch * nb * p + img * p..][..p]);
         }
     }
 }
 
-fn add_bias<T: Element>(y: &mut [T], bias: &[T], p: usize) {
-    for (plane, &b) in y.chunks_exact_mut(p).zip(bias.iter().cycle()) {
-        plane.iter_mut().for_each(|v| *v += b);
+/// What the forward adds to the product, per output plane, in this order:
+/// `y = ((conv + bias[c]) + sample_bias[n, c]) + residual[n, c, :, :]`. The
+/// same order as the separate ops (`add_channel_bias`, then `add`), so fusing
+/// them changes no bit; here each image is finished while it is in cache.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a, T> {
+    /// `[Co]`.
+    pub bias: Option<&'a [T]>,
+    /// `[N, Co]`: one value per image and channel (a time-embedding projection).
+    pub sample_bias: Option<&'a [T]>,
+    /// `[N, Co, Ho, Wo]`: a residual connection.
+    pub residual: Option<&'a [T]>,
+}
+
+impl<'a, T: Element> Epilogue<'a, T> {
+    pub fn bias(bias: Option<&'a [T]>) -> Self {
+        Epilogue { bias, sample_bias: None, residual: None }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bias.is_none() && self.sample_bias.is_none() && self.residual.is_none()
+    }
+
+    /// Applies the adds to the images `first..first + y.len() / (co * p)`.
+    fn apply(&self, g: &ConvGeom, first: usize, y: &mut [T]) {
+        if self.is_empty() {
+            return;
+        }
+        let (co, p) = (g.co, g.p());
+        for (i, plane) in y.chunks_exact_mut(p).enumerate() {
+            let (img, ch) = (first + i / co, i % co);
+            let sb = self.sample_bias.map(|s| s[img * co + ch]);
+            match (self.bias.map(|b| b[ch]), sb) {
+                (Some(b), Some(s)) => plane.iter_mut().for_each(|v| *v = (*v + b) + s),
+                (Some(b), None) => plane.iter_mut().for_each(|v| *v += b),
+                (None, Some(s)) => plane.iter_mut().for_each(|v| *v += s),
+                (None, None) => {}
+            }
+            if let Some(r) = self.residual {
+                plane.iter_mut().zip(&r[(img * co + ch) * p..][..p]).for_each(|(v, &r)| *v += r);
+            }
+        }
     }
 }
 
@@ -344,26 +389,28 @@ fn add_bias<T: Element>(y: &mut [T], bias: &[T], p: usize) {
 
 /// `y [N, Co, Ho, Wo] = conv(x [N, Ci, H, W], w [Co, Ci, KH, KW]) + bias [Co]`.
 pub fn conv2d_forward<T: Element>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T]) {
+    conv2d_forward_epilogue(g, x, w, &Epilogue::bias(bias), y)
+}
+
+/// `y = conv(x, w)` finished by `epi` (see [`Epilogue`]).
+pub fn conv2d_forward_epilogue<T: Element>(g: &ConvGeom, x: &[T], w: &[T], epi: &Epilogue<'_, T>, y: &mut [T]) {
     let (nb, xi, yi) = (g.images_per_group(), g.in_image(), g.out_image());
     if yi == 0 || g.n == 0 {
         return;
     }
     y[..g.n * yi].par_chunks_mut(nb * yi).enumerate().for_each(|(grp, y)| {
         let cnt = y.len() / yi;
-        forward_group(g, &x[grp * nb * xi..][..cnt * xi], w, bias, y, cnt);
+        forward_group(g, &x[grp * nb * xi..][..cnt * xi], w, y, cnt);
+        epi.apply(g, grp * nb, y);
     });
 }
 
-/// `y = W [Co x K] * col [K x nb*P] + bias` for one group of images.
-fn forward_group<T: Element>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>, y: &mut [T], nb: usize) {
+/// `y = W [Co x K] * col [K x nb*P]` for one group of images.
+fn forward_group<T: Element>(g: &ConvGeom, x: &[T], w: &[T], y: &mut [T], nb: usize) {
     let (k, p, cols) = (g.k(), g.p(), nb * g.p());
     let wm = MatRef::row_major(w, g.co, k);
     if nb == 1 && g.is_pointwise() {
-        matmul(wm, MatRef::row_major(x, k, p), y, false, Threads::Serial);
-        if let Some(b) = bias {
-            add_bias(y, b, p);
-        }
-        return;
+        return matmul(wm, MatRef::row_major(x, k, p), y, false, Threads::Serial);
     }
     let out_len = if nb == 1 { 0 } else { g.co * cols };
     with_scratch::<T, _>(k * cols + out_len, |buf| {
@@ -373,12 +420,9 @@ fn forward_group<T: Element>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>,
         if nb == 1 {
             // One image: the gemm output already is the NCHW image.
             matmul(wm, col, y, false, Threads::Serial);
-            if let Some(b) = bias {
-                add_bias(y, b, p);
-            }
         } else {
             matmul(wm, col, out, false, Threads::Serial);
-            matrix_to_images(out, g.co, p, nb, bias, y);
+            matrix_to_images(out, g.co, p, nb, y);
         }
     });
 }

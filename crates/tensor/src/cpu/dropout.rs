@@ -5,6 +5,7 @@
 //! and a CUDA kernel draws the identical mask.
 
 use super::elementwise::PAR_CHUNK;
+use super::simd::widest;
 use crate::{philox, Element};
 use rayon::prelude::*;
 
@@ -29,12 +30,24 @@ pub fn apply_mask_at<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: 
         let start = offset + (c * CHUNK) as u64;
         if start.is_multiple_of(4) {
             // whole Philox blocks (one per four elements), eight drawn at once
-            for (g, (og, xg)) in o.chunks_mut(GROUP).zip(x.chunks(GROUP)).enumerate() {
-                let words = philox::block_bits_x8(seed, step, stream, start / 4 + (g * philox::LANES_X8) as u64);
-                for (e, (o, &x)) in og.iter_mut().zip(xg).enumerate() {
-                    *o = mask(words[e % 4][e / 4], x);
-                }
-            }
+            widest(
+                #[inline(always)]
+                || {
+                    for (g, (og, xg)) in o.chunks_mut(GROUP).zip(x.chunks(GROUP)).enumerate() {
+                        let words =
+                            philox::block_bits_x8(seed, step, stream, start / 4 + (g * philox::LANES_X8) as u64);
+                        // Element order (word w of block j is element 4j + w), so
+                        // that the masking loop below is a plain vector loop.
+                        let mut flat = [0u32; GROUP];
+                        for (e, f) in flat.iter_mut().enumerate() {
+                            *f = words[e % 4][e / 4];
+                        }
+                        for ((o, &x), &word) in og.iter_mut().zip(xg).zip(&flat) {
+                            *o = mask(word, x);
+                        }
+                    }
+                },
+            );
         } else {
             // a shard starting inside a block: element by element
             let mut block = (u64::MAX, [0u32; 4]);

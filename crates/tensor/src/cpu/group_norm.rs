@@ -10,6 +10,7 @@
 
 // The branch-free exp of softmax, which lets the fused SiLU loops vectorise.
 use super::attention::exp;
+use super::simd::widest;
 use crate::geom::GroupNormDims;
 use crate::Element;
 use rayon::prelude::*;
@@ -32,13 +33,13 @@ fn silu_grad<T: Element>(z: T) -> T {
 const LANES: usize = 8;
 
 /// Combines lane accumulators in a fixed pairwise order.
-#[inline]
+#[inline(always)]
 fn combine(acc: &[f64; LANES]) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
 /// Sum of `f(x)` over `xs`, in f64.
-#[inline]
+#[inline(always)]
 fn lane_sum<T: Element>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
     let mut acc = [0f64; LANES];
     let mut chunks = xs.chunks_exact(LANES);
@@ -53,6 +54,7 @@ fn lane_sum<T: Element>(xs: &[T], f: impl Fn(f64) -> f64) -> f64 {
 
 /// Mean and 1/sqrt(var + eps) of one slab, by two passes (the second sums
 /// squared deviations, so a large mean does not cancel the variance away).
+#[inline(always)]
 fn slab_stats<T: Element>(x: &[T], eps: f64) -> (f64, f64) {
     let len = x.len() as f64;
     let mean = lane_sum(x, |v| v) / len;
@@ -64,6 +66,7 @@ fn slab_stats<T: Element>(x: &[T], eps: f64) -> (f64, f64) {
 /// in f64; the per-element map runs in `T` (as the CUDA kernel does), with
 /// `(x - mean)` formed first, so the only error a large mean adds is the
 /// rounding of the mean itself to `T` (|mean| * 2^-24 in f32).
+#[inline(always)]
 fn forward_slab<T: Element>(
     x: &[T],
     gamma: &[T],
@@ -114,7 +117,11 @@ pub fn group_norm_forward<T: Element>(
         .enumerate()
         .for_each(|(s, ((y, x), (m, r)))| {
             let c0 = (s % d.groups) * cpg;
-            let (mu, rs) = forward_slab(x, &gamma[c0..c0 + cpg], &beta[c0..c0 + cpg], d.hw, eps, fuse_silu, y);
+            let (g, b) = (&gamma[c0..c0 + cpg], &beta[c0..c0 + cpg]);
+            let (mu, rs) = widest(
+                #[inline(always)]
+                || forward_slab(x, g, b, d.hw, eps, fuse_silu, y),
+            );
             *m = T::from_f64(mu);
             *r = T::from_f64(rs);
         });
@@ -139,6 +146,7 @@ impl<T: Element> SlabStats<T> {
 /// (recomputing the pre-SiLU value exactly as the forward did, when fused)
 /// and returns per channel (sum dz * xhat, sum dz) into `pg`, `pb`.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 fn slab_dz<T: Element>(
     dy: &[T],
     x: &[T],
@@ -167,6 +175,7 @@ fn slab_dz<T: Element>(
 
 /// (sum dz * xhat, sum dz) over one channel, summed in f64. Kept apart from
 /// the loop that writes dz so both loops stay simple enough to vectorise.
+#[inline(always)]
 fn dz_sums<T: Element>(dz: &[T], x: &[T], st: &SlabStats<T>) -> (f64, f64) {
     let (mut sg, mut sb) = ([0f64; LANES], [0f64; LANES]);
     for (dzs, xs) in dz.chunks_exact(LANES).zip(x.chunks_exact(LANES)) {
@@ -189,6 +198,7 @@ fn dz_sums<T: Element>(dz: &[T], x: &[T], st: &SlabStats<T>) -> (f64, f64) {
 /// `dx = rstd * (gamma dz - mean(gamma dz) - xhat * mean(gamma dz xhat))`,
 /// the slab's means in f64 and the per-element map in `T`, in this order so
 /// that a group of one value gets exactly zero (gamma dz cancels itself).
+#[inline(always)]
 fn slab_dx<T: Element>(x: &[T], gamma: &[T], st: &SlabStats<T>, hw: usize, pg: &[f64], pb: &[f64], dx: &mut [T]) {
     let len = x.len() as f64;
     let mean_dxhat: f64 = gamma.iter().zip(pb).map(|(&g, &s)| g.to_f64() * s).sum::<f64>() / len;
@@ -231,8 +241,13 @@ pub fn group_norm_backward<T: Element>(
                 let c0 = (s % d.groups) * cpg;
                 let (g, b) = (&gamma[c0..c0 + cpg], &beta[c0..c0 + cpg]);
                 let st = SlabStats::new(mean[s], rstd[s]);
-                slab_dz(dy, x, g, b, &st, d.hw, fuse_silu, dx, pg, pb);
-                slab_dx(x, g, &st, d.hw, pg, pb, dx);
+                widest(
+                    #[inline(always)]
+                    || {
+                        slab_dz(dy, x, g, b, &st, d.hw, fuse_silu, dx, pg, pb);
+                        slab_dx(x, g, &st, d.hw, pg, pb, dx);
+                    },
+                );
             });
     }
     reduce_over_images(&pg, d, dgamma);

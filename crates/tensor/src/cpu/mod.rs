@@ -18,6 +18,7 @@ pub mod optim;
 pub mod reduced;
 pub mod sampling;
 pub mod silu;
+pub mod simd;
 
 /// Fixed work-chunk size for parallel reductions, independent of the thread
 /// count so results are bit-identical on any machine.

@@ -136,28 +136,60 @@ pub fn conv2d_forward_with(
     p: &Conv2dParams,
     prec: Precision,
 ) -> Result<Tensor> {
+    conv2d_forward_fused(x, w, b, p, prec, ConvEpilogue::default())
+}
+
+/// What [`conv2d_forward_fused`] adds to the convolution before returning it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConvEpilogue<'a> {
+    /// `[N, Co]`, added to every pixel of image n's channel c after the bias
+    /// (a time-embedding projection): `add_channel_bias` fused.
+    pub sample_bias: Option<&'a Tensor>,
+    /// `[N, Co, Ho, Wo]`, added last (a residual connection): `add` fused.
+    pub residual: Option<&'a Tensor>,
+}
+
+/// `((conv(x, w) + b[c]) + sample_bias[n, c]) + residual`: the same values,
+/// bit for bit, as [`conv2d_forward_with`] followed by [`add_channel_bias`]
+/// and [`add`](super::add), without the two extra passes over the output
+/// (the CPU finishes each image while it is in cache; a GPU runs the adds as
+/// their own kernels).
+pub fn conv2d_forward_fused(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    p: &Conv2dParams,
+    prec: Precision,
+    epi: ConvEpilogue<'_>,
+) -> Result<Tensor> {
     let _timer = crate::profile::op("conv2d_forward");
     const OP: &str = "conv2d_forward";
-    match b {
-        Some(b) => check_same(OP, &[x, w, b])?,
-        None => check_same(OP, &[x, w])?,
-    }
+    let mut all = vec![x, w];
+    all.extend(b.iter().chain(&epi.sample_bias).chain(&epi.residual).copied());
+    check_same(OP, &all)?;
     let g = geometry(OP, x.shape(), w.shape(), p)?;
     if let Some(b) = b {
         check_bias(OP, b, g.co)?;
     }
+    if let Some(sb) = epi.sample_bias {
+        sb.shape().expect(OP, &[g.n, g.co])?;
+    }
+    if let Some(r) = epi.residual {
+        r.shape().expect(OP, &[g.n, g.co, g.ho, g.wo])?;
+    }
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let bias = match b {
-                Some(b) => Some(b.cpu_slice::<T>()?),
-                None => None,
+            let cpu_epi = cpu::conv2d::Epilogue {
+                bias: b.map(|t| t.cpu_slice::<T>()).transpose()?,
+                sample_bias: epi.sample_bias.map(|t| t.cpu_slice::<T>()).transpose()?,
+                residual: epi.residual.map(|t| t.cpu_slice::<T>()).transpose()?,
             };
             let mut y = vec![T::default(); g.n * g.co * g.p()];
             let (xs, ws) = (x.cpu_slice::<T>()?, w.cpu_slice::<T>()?);
             if prec == Precision::Fp32 {
-                cpu::conv2d::conv2d_forward(&g, xs, ws, bias, &mut y);
+                cpu::conv2d::conv2d_forward_epilogue(&g, xs, ws, &cpu_epi, &mut y);
             } else {
-                cpu::conv2d::conv2d_forward(&g, &rounded(prec, xs), &rounded(prec, ws), bias, &mut y);
+                cpu::conv2d::conv2d_forward_epilogue(&g, &rounded(prec, xs), &rounded(prec, ws), &cpu_epi, &mut y);
             }
             Ok(Tensor::from_cpu(Shape::new([g.n, g.co, g.ho, g.wo]), y))
         }),
@@ -167,7 +199,14 @@ pub fn conv2d_forward_with(
                 None => None,
             };
             let y = launch::conv2d_tc::conv2d_forward(xs.device(), xs, gpu_of(OP, w)?, bias, &g, prec)?;
-            Ok(Tensor::from_gpu(Shape::new([g.n, g.co, g.ho, g.wo]), y))
+            let mut y = Tensor::from_gpu(Shape::new([g.n, g.co, g.ho, g.wo]), y);
+            if let Some(sb) = epi.sample_bias {
+                y = super::add_channel_bias(&y, sb)?;
+            }
+            if let Some(r) = epi.residual {
+                y = super::add(&y, r)?;
+            }
+            Ok(y)
         }
     }
 }

@@ -6,7 +6,7 @@
 use super::{Builder, Conv2d, GroupNorm, GroupNormCache};
 use crate::params::{ParamId, ParamStore};
 use crate::Result;
-use diffuse_tensor::ops::{self, Conv2dParams};
+use diffuse_tensor::ops::{self, Conv2dParams, ConvEpilogue};
 use diffuse_tensor::Tensor;
 
 pub struct AttnBlock {
@@ -57,7 +57,7 @@ impl AttnBlock {
         let v = self.v.forward(ps, &h)?.reshape(tokens)?;
         let att = ops::attention_forward_with(&q, &k, &v, ps.precision())?;
         let out = att.out.reshape([n, c, hh, ww])?;
-        let y = ops::add(x, &self.proj_out.forward(ps, &out)?)?;
+        let y = self.proj_out.forward_fused(ps, &out, ConvEpilogue { sample_bias: None, residual: Some(x) })?;
         let cache = train.then(|| AttnCache { x: x.clone(), n: nc, h, q, k, v, out, lse: att.lse });
         Ok((y, cache))
     }

@@ -4,7 +4,7 @@
 use super::{Builder, LoraAdapter};
 use crate::params::{ParamId, ParamStore};
 use crate::Result;
-use diffuse_tensor::ops::{self, Conv2dParams};
+use diffuse_tensor::ops::{self, Conv2dParams, ConvEpilogue};
 use diffuse_tensor::Tensor;
 
 pub struct Conv2d {
@@ -35,17 +35,25 @@ impl Conv2d {
     }
 
     pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<Tensor> {
-        let y = ops::conv2d_forward_with(
-            x,
-            ps.value(self.weight),
-            Some(ps.value(self.bias)),
-            &self.params,
-            ps.precision(),
-        )?;
-        match &self.lora {
-            Some(l) => l.add_to(ps, x, &y),
-            None => Ok(y),
+        self.forward_fused(ps, x, ConvEpilogue::default())
+    }
+
+    /// The conv followed by `epi`'s adds (see `ops::conv2d_forward_fused`).
+    /// With a LoRA adapter the adapter's output comes first, as the separate
+    /// ops would order it.
+    pub fn forward_fused(&self, ps: &ParamStore, x: &Tensor, epi: ConvEpilogue<'_>) -> Result<Tensor> {
+        let (w, b, prec) = (ps.value(self.weight), Some(ps.value(self.bias)), ps.precision());
+        let Some(l) = &self.lora else {
+            return Ok(ops::conv2d_forward_fused(x, w, b, &self.params, prec, epi)?);
+        };
+        let mut y = l.add_to(ps, x, &ops::conv2d_forward_with(x, w, b, &self.params, prec)?)?;
+        if let Some(sb) = epi.sample_bias {
+            y = ops::add_channel_bias(&y, sb)?;
         }
+        if let Some(r) = epi.residual {
+            y = ops::add(&y, r)?;
+        }
+        Ok(y)
     }
 
     /// Accumulates dW and db (and the adapter's gradients); returns dx.

@@ -5,7 +5,7 @@
 use super::{Builder, Conv2d, ForwardMode, GroupNorm, GroupNormCache, Linear};
 use crate::params::{ParamId, ParamStore};
 use crate::Result;
-use diffuse_tensor::ops::{self, Conv2dParams};
+use diffuse_tensor::ops::{self, Conv2dParams, ConvEpilogue};
 use diffuse_tensor::Tensor;
 
 pub struct ResnetBlock {
@@ -76,21 +76,19 @@ impl ResnetBlock {
         mode: ForwardMode,
     ) -> Result<(Tensor, Option<ResCache>)> {
         let (a1, n1) = self.norm1.forward(ps, x)?;
-        let h1 = self.conv1.forward(ps, &a1)?;
         let tp = self.temb_proj.forward(ps, silu_temb)?;
-        let h2 = ops::add_channel_bias(&h1, &tp)?;
-        drop(h1);
+        let h2 = self.conv1.forward_fused(ps, &a1, ConvEpilogue { sample_bias: Some(&tp), residual: None })?;
         let (mut a2, n2) = self.norm2.forward(ps, &h2)?;
         if self.dropout_on(&mode) {
             let offset = mode.element_offset(&a2);
             a2 =
                 ops::dropout_forward_at(&a2, self.dropout, mode.seed, mode.philox_step(), self.dropout_stream, offset)?;
         }
-        let h3 = self.conv2.forward(ps, &a2)?;
-        let y = match &self.nin_shortcut {
-            Some(nin) => ops::add(&nin.forward(ps, x)?, &h3)?,
-            None => ops::add(x, &h3)?,
+        let shortcut = match &self.nin_shortcut {
+            Some(nin) => nin.forward(ps, x)?,
+            None => x.clone(),
         };
+        let y = self.conv2.forward_fused(ps, &a2, ConvEpilogue { sample_bias: None, residual: Some(&shortcut) })?;
         let cache = mode.train.then(|| ResCache { x: x.clone(), n1, a1, h2, n2, a2, mode });
         Ok((y, cache))
     }
