@@ -45,15 +45,19 @@ pub trait Element:
 
 impl Element for f32 {
     const DTYPE: DType = DType::F32;
+    #[inline(always)]
     fn from_f64(v: f64) -> Self {
         v as f32
     }
+    #[inline(always)]
     fn to_f64(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
     fn from_f32(v: f32) -> Self {
         v
     }
+    #[inline(always)]
     fn to_f32(self) -> f32 {
         self
     }
@@ -76,15 +80,19 @@ impl Element for f32 {
 
 impl Element for f64 {
     const DTYPE: DType = DType::F64;
+    #[inline(always)]
     fn from_f64(v: f64) -> Self {
         v
     }
+    #[inline(always)]
     fn to_f64(self) -> f64 {
         self
     }
+    #[inline(always)]
     fn from_f32(v: f32) -> Self {
         v as f64
     }
+    #[inline(always)]
     fn to_f32(self) -> f32 {
         self as f32
     }

@@ -5,7 +5,7 @@
 mod common;
 use common::*;
 use diffuse_tensor::ops::{self, Conv2dParams};
-use diffuse_tensor::{Shape, Tensor};
+use diffuse_tensor::{Precision, Shape, Tensor};
 use proptest::prelude::*;
 
 // ------------------------------------------------------------------ cases
@@ -511,6 +511,94 @@ per_device!(
     conv2d_checks_shapes_and_devices_before_dispatch_cpu,
     conv2d_checks_shapes_and_devices_before_dispatch_emu,
     conv2d_checks_shapes_and_devices_before_dispatch_cuda
+);
+
+// ------------------------------------------------- the fused epilogue
+
+/// `conv2d_forward_fused` is the separate ops (conv with bias, then
+/// `add_channel_bias`, then `add`) bit for bit, with every combination of
+/// adds, on awkward shapes: several images per gemm (small planes), one per
+/// gemm (28x28), stride 2, 1x1, f32 and f64; and on a device as on the CPU.
+fn fused_epilogue_is_the_separate_ops(dut: &DeviceUnderTest) {
+    let dev = &dut.device;
+    let mut rng = TensorRng::new(13);
+    let cases = [
+        (5, 3, 7, 5, 3, Conv2dParams::same(3)),
+        (3, 7, 5, 28, 3, Conv2dParams::same(3)),
+        (4, 6, 9, 9, 3, Conv2dParams::down2()),
+        (3, 11, 4, 7, 1, Conv2dParams::same(1)),
+    ];
+    for (n, ci, co, hw, k, p) in cases {
+        let x = on(&rng.tensor(&[n, ci, hw, hw]), dev);
+        let w = on(&rng.tensor(&[co, ci, k, k]), dev);
+        let b = on(&rng.tensor(&[co]), dev);
+        let y = ops::conv2d_forward(&x, &w, Some(&b), &p).unwrap();
+        let sb = on(&rng.tensor(&[n, co]), dev);
+        let res = on(&rng.tensor(y.dims()), dev);
+        for (with_bias, with_sb, with_res) in
+            [(true, true, true), (true, true, false), (true, false, true), (false, true, true), (false, false, false)]
+        {
+            let bias = with_bias.then_some(&b);
+            let mut want = ops::conv2d_forward(&x, &w, bias, &p).unwrap();
+            if with_sb {
+                want = ops::add_channel_bias(&want, &sb).unwrap();
+            }
+            if with_res {
+                want = ops::add(&res, &want).unwrap();
+            }
+            let epi = ops::ConvEpilogue { sample_bias: with_sb.then_some(&sb), residual: with_res.then_some(&res) };
+            let got = ops::conv2d_forward_fused(&x, &w, bias, &p, Precision::Fp32, epi).unwrap();
+            let what = format!(
+                "N{n} Ci{ci} Co{co} {hw}x{hw} k{k} bias {with_bias} sample bias {with_sb} residual {with_res} on {}",
+                dut.label
+            );
+            assert_eq!(got.dims(), want.dims(), "{what}");
+            assert_eq!(f32_bits(&got), f32_bits(&want), "{what}: fused differs from the separate ops");
+        }
+        let e = ops::conv2d_forward_fused(
+            &x,
+            &w,
+            Some(&b),
+            &p,
+            Precision::Fp32,
+            ops::ConvEpilogue { sample_bias: Some(&b), residual: None },
+        );
+        assert!(e.unwrap_err().to_string().contains(&format!("[{n}, {co}]")), "sample bias shape on {}", dut.label);
+        let wrong = on(&rng.tensor(&[n, co, y.dims()[2] + 1, y.dims()[3]]), dev);
+        let e = ops::conv2d_forward_fused(
+            &x,
+            &w,
+            Some(&b),
+            &p,
+            Precision::Fp32,
+            ops::ConvEpilogue { sample_bias: None, residual: Some(&wrong) },
+        );
+        assert!(e.is_err(), "a residual of the wrong shape is an error on {}", dut.label);
+    }
+    // f64 on the CPU: the same identity.
+    let c = Case { n: 3, ci: 5, co: 4, h: 6, w: 7, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 5 };
+    let (x, w, b, r) = c.data();
+    let (xt, wt, bt, rt) = (t64(&x, &c.x_dims()), t64(&w, &c.w_dims()), t64(&b, &[c.co]), t64(&r, &c.y_dims()));
+    let sb = t64(&r[..c.n * c.co], &[c.n, c.co]);
+    let want =
+        ops::add(&rt, &ops::add_channel_bias(&ops::conv2d_forward(&xt, &wt, Some(&bt), &c.p).unwrap(), &sb).unwrap())
+            .unwrap();
+    let epi = ops::ConvEpilogue { sample_bias: Some(&sb), residual: Some(&rt) };
+    let got = ops::conv2d_forward_fused(&xt, &wt, Some(&bt), &c.p, Precision::Fp32, epi).unwrap();
+    let to_bits = |t: &Tensor| v64(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(to_bits(&got), to_bits(&want), "f64 fused differs from the separate ops");
+}
+
+/// The bits of an f32 tensor (read back from any device).
+fn f32_bits(t: &Tensor) -> Vec<u32> {
+    v64(t).iter().map(|&v| (v as f32).to_bits()).collect()
+}
+
+per_device!(
+    fused_epilogue_is_the_separate_ops,
+    fused_epilogue_is_the_separate_ops_cpu,
+    fused_epilogue_is_the_separate_ops_emu,
+    fused_epilogue_is_the_separate_ops_cuda
 );
 
 // ----------------------------------------- tile shapes give the same bits

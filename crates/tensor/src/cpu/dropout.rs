@@ -24,7 +24,10 @@ pub fn apply_mask<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: u32
 pub fn apply_mask_at<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: u32, offset: u64, out: &mut [T]) {
     let threshold = philox::dropout_threshold(p);
     let scale = T::from_f64(1.0 / (1.0 - p as f64));
-    let mask = |word: u32, x: T| if philox::keep(word, threshold) { x * scale } else { T::zero() };
+    // `move`: captured by value, the threshold and scale stay in registers
+    // (by reference, every store through `out` might change them, which
+    // keeps the masking loop scalar).
+    let mask = move |word: u32, x: T| if philox::keep(word, threshold) { x * scale } else { T::zero() };
     const GROUP: usize = 4 * philox::LANES_X8; // elements of eight Philox blocks
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, x))| {
         let start = offset + (c * CHUNK) as u64;
