@@ -3,6 +3,7 @@
 
 use crate::storage::CpuStorage;
 use std::fmt::Debug;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
@@ -63,18 +64,18 @@ impl Element for f32 {
     }
     fn slice(s: &CpuStorage) -> Option<&[Self]> {
         match s {
-            CpuStorage::F32(v) => Some(v),
+            CpuStorage::F32(v) => Some(v.as_slice()),
             _ => None,
         }
     }
     fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
         match s {
-            CpuStorage::F32(v) => Some(v),
+            CpuStorage::F32(v) => Some(Arc::make_mut(v).as_mut_slice()),
             _ => None,
         }
     }
     fn wrap(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::F32(v)
+        CpuStorage::F32(Arc::new(v))
     }
 }
 
@@ -98,17 +99,17 @@ impl Element for f64 {
     }
     fn slice(s: &CpuStorage) -> Option<&[Self]> {
         match s {
-            CpuStorage::F64(v) => Some(v),
+            CpuStorage::F64(v) => Some(v.as_slice()),
             _ => None,
         }
     }
     fn slice_mut(s: &mut CpuStorage) -> Option<&mut [Self]> {
         match s {
-            CpuStorage::F64(v) => Some(v),
+            CpuStorage::F64(v) => Some(Arc::make_mut(v).as_mut_slice()),
             _ => None,
         }
     }
     fn wrap(v: Vec<Self>) -> CpuStorage {
-        CpuStorage::F64(v)
+        CpuStorage::F64(Arc::new(v))
     }
 }

@@ -3,11 +3,16 @@
 
 use crate::gpu::GpuStorage;
 use crate::DType;
+use std::sync::Arc;
 
+/// Host elements behind an `Arc`: cloning a tensor shares its buffer (a
+/// layer's cache holds its input without a copy) and the first write
+/// through a shared buffer copies it (`Element::slice_mut`), as GPU storage
+/// does.
 #[derive(Clone, Debug)]
 pub enum CpuStorage {
-    F32(Vec<f32>),
-    F64(Vec<f64>),
+    F32(Arc<Vec<f32>>),
+    F64(Arc<Vec<f64>>),
 }
 
 impl CpuStorage {
@@ -31,8 +36,8 @@ impl CpuStorage {
 
     pub fn zeros(dtype: DType, n: usize) -> Self {
         match dtype {
-            DType::F32 => CpuStorage::F32(vec![0.0; n]),
-            DType::F64 => CpuStorage::F64(vec![0.0; n]),
+            DType::F32 => CpuStorage::F32(Arc::new(vec![0.0; n])),
+            DType::F64 => CpuStorage::F64(Arc::new(vec![0.0; n])),
         }
     }
 }

@@ -147,7 +147,7 @@ impl Tensor {
     /// The elements as f32, copied from wherever they live.
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         match &self.storage {
-            Storage::Cpu(CpuStorage::F32(v)) => Ok(v.clone()),
+            Storage::Cpu(CpuStorage::F32(v)) => Ok(v.to_vec()),
             Storage::Cpu(CpuStorage::F64(v)) => Ok(v.iter().map(|&x| x as f32).collect()),
             Storage::Gpu(g) => g.download_f32(),
         }
@@ -157,7 +157,7 @@ impl Tensor {
     pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
         match &self.storage {
             Storage::Cpu(CpuStorage::F32(v)) => Ok(v.iter().map(|&x| x as f64).collect()),
-            Storage::Cpu(CpuStorage::F64(v)) => Ok(v.clone()),
+            Storage::Cpu(CpuStorage::F64(v)) => Ok(v.to_vec()),
             Storage::Gpu(g) => Ok(g.download_f32()?.into_iter().map(f64::from).collect()),
         }
     }

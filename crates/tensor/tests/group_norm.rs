@@ -380,6 +380,59 @@ per_device!(
     group_norm_forward_and_backward_cuda
 );
 
+fn f64_of(t: &Tensor) -> Tensor {
+    t.to_dtype(diffuse_tensor::DType::F64).unwrap()
+}
+
+/// `group_norm_apply` rebuilds the forward's output from the saved
+/// statistics bit for bit (what the U-Net's residual blocks rely on to drop
+/// their first norm's output on the CPU), in f32 and f64, with and without
+/// SiLU, on awkward shapes with a large mean; and refuses bad statistics and
+/// GPU tensors with an error.
+#[test]
+fn apply_rebuilds_the_forward_output_bit_for_bit() {
+    let mut rng = TensorRng::new(22);
+    let cases: &[(&[usize], usize)] = &[(&[3, 12, 7, 5], 4), (&[2, 32, 28, 28], 8), (&[5, 7], 7), (&[1, 13, 3, 3], 1)];
+    for &(shape, groups) in cases {
+        for fuse in [false, true] {
+            let c = shape[1];
+            let x = rng.tensor_in(shape, 40.0, 44.0);
+            let gamma = rng.tensor_in(&[c], 0.5, 1.5);
+            let beta = rng.tensor_in(&[c], -0.5, 0.5);
+            for (x, gamma, beta) in
+                [(x.clone(), gamma.clone(), beta.clone()), (f64_of(&x), f64_of(&gamma), f64_of(&beta))]
+            {
+                let f = ops::group_norm_forward(&x, &gamma, &beta, groups, 1e-6, fuse).unwrap();
+                let y = ops::group_norm_apply(&x, &gamma, &beta, &f.mean, &f.rstd, groups, fuse).unwrap();
+                let bits = |t: &Tensor| v64(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&y), bits(&f.y), "{shape:?} G{groups} silu={fuse} {:?}", x.dtype());
+                let wrong = Tensor::zeros(vec![shape[0], groups + 1], x.dtype(), &x.device()).unwrap();
+                let e = ops::group_norm_apply(&x, &gamma, &beta, &wrong, &f.rstd, groups, fuse).unwrap_err();
+                assert!(e.to_string().contains(&format!("[{}, {groups}]", shape[0])), "{e}");
+            }
+        }
+    }
+}
+
+/// On the CPU apply runs; on a GPU it is an error naming why (GPU layers keep
+/// the forward's output).
+fn apply_is_cpu_only(dut: &DeviceUnderTest) {
+    let mut rng = TensorRng::new(23);
+    let dev = &dut.device;
+    let x = on(&rng.tensor(&[2, 4, 3, 3]), dev);
+    let (g, b) = (on(&rng.tensor(&[4]), dev), on(&rng.tensor(&[4]), dev));
+    let f = ops::group_norm_forward(&x, &g, &b, 2, 1e-6, true).unwrap();
+    let y = ops::group_norm_apply(&x, &g, &b, &f.mean, &f.rstd, 2, true);
+    if dev.is_cpu() {
+        assert_eq!(v64(&y.unwrap()), v64(&f.y));
+    } else {
+        let e = y.unwrap_err().to_string();
+        assert!(e.contains("CPU only"), "{} : {e}", dut.label);
+    }
+}
+
+per_device!(apply_is_cpu_only, apply_is_cpu_only_cpu, apply_is_cpu_only_emu, apply_is_cpu_only_cuda);
+
 /// dgamma, dbeta (split over the images) and dx give the same bits in every
 /// thread order of the emulator.
 #[test]

@@ -138,9 +138,11 @@ impl<'a> Walk<'a> {
         if cin != cout {
             self.conv(cin, cout, 1, side);
         }
-        // Cache: x and a1 (cin), h2 and a2 (cout), both norms' statistics.
+        // Cache (host memory, the CPU path): x (cin), h2 and a2 (cout), both
+        // norms' statistics; a1 = silu(norm1(x)) is rebuilt in the backward
+        // (a GPU keeps it: one more cin map there, in device memory).
         let (xin, xout) = (self.map(cin, side), self.map(cout, side));
-        self.cache += 2 * xin + 2 * xout + n1 + n2;
+        self.cache += xin + 2 * xout + n1 + n2;
     }
 
     fn attention(&mut self, c: u128, side: u128) {

@@ -68,9 +68,9 @@ fn slab_stats<T: Element>(x: &[T], eps: f64) -> (f64, f64) {
 }
 
 /// Normalises one slab into `y` and returns its (mean, rstd). The sums are
-/// in f64; the per-element map runs in `T` (as the CUDA kernel does), with
-/// `(x - mean)` formed first, so the only error a large mean adds is the
-/// rounding of the mean itself to `T` (|mean| * 2^-24 in f32).
+/// in f64; the per-element map runs in `T` (as the CUDA kernel does) from the
+/// statistics rounded to `T`, the values saved for the backward, so that
+/// [`group_norm_apply`] recomputes `y` from them bit for bit.
 #[inline(always)]
 fn forward_slab<T: Element>(
     x: &[T],
@@ -82,9 +82,27 @@ fn forward_slab<T: Element>(
     y: &mut [T],
 ) -> (f64, f64) {
     let (mean, rstd) = slab_stats(x, eps);
-    let m = T::from_f64(mean);
+    normalize_slab(x, gamma, beta, hw, T::from_f64(mean), T::from_f64(rstd), fuse_silu, y);
+    (mean, rstd)
+}
+
+/// `y = silu?((x - mean) * (rstd * gamma_c) + beta_c)` over one slab, in `T`,
+/// with `(x - mean)` formed first, so the only error a large mean adds is
+/// the rounding of the mean itself to `T` (|mean| * 2^-24 in f32).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn normalize_slab<T: Element>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    hw: usize,
+    m: T,
+    rstd: T,
+    fuse_silu: bool,
+    y: &mut [T],
+) {
     for ((xc, yc), (&g, &b)) in x.chunks_exact(hw).zip(y.chunks_exact_mut(hw)).zip(gamma.iter().zip(beta)) {
-        let a = T::from_f64(rstd * g.to_f64());
+        let a = rstd * g;
         if fuse_silu {
             for (y, &x) in yc.iter_mut().zip(xc) {
                 *y = silu((x - m) * a + b);
@@ -95,7 +113,34 @@ fn forward_slab<T: Element>(
             }
         }
     }
-    (mean, rstd)
+}
+
+/// The forward's output from its saved statistics, bit for bit: what a
+/// layer that does not keep its normalised output recomputes in the
+/// backward (the U-Net's first norm of each residual block on the CPU).
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_apply<T: Element>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    mean: &[T],
+    rstd: &[T],
+    d: GroupNormDims,
+    fuse_silu: bool,
+    y: &mut [T],
+) {
+    let (slab, cpg) = (d.slab(), d.channels_per_group());
+    if slab == 0 {
+        return;
+    }
+    y.par_chunks_mut(slab).zip(x.par_chunks(slab)).enumerate().for_each(|(s, (y, x))| {
+        let c0 = (s % d.groups) * cpg;
+        let (g, b) = (&gamma[c0..c0 + cpg], &beta[c0..c0 + cpg]);
+        widest(
+            #[inline(always)]
+            || normalize_slab(x, g, b, d.hw, mean[s], rstd[s], fuse_silu, y),
+        );
+    });
 }
 
 /// Forward over all slabs. `gamma`, `beta` have `c` elements; `mean`, `rstd`

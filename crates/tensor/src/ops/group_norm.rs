@@ -106,6 +106,47 @@ pub fn group_norm_forward(
     }
 }
 
+/// The output of [`group_norm_forward`] recomputed from its saved `mean` and
+/// `rstd` ([N, G]), bit for bit, without the statistics passes: lets a layer
+/// drop its normalised output after the forward and rebuild it in the
+/// backward (less memory for one elementwise pass). CPU tensors only: on a
+/// GPU the U-Net keeps the forward's output, and this returns an error.
+pub fn group_norm_apply(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    groups: usize,
+    fuse_silu: bool,
+) -> Result<Tensor> {
+    let _timer = crate::profile::op("group_norm_apply");
+    const OP: &str = "group_norm_apply";
+    let d = check_input(OP, x, gamma, beta, groups)?;
+    check_same(OP, &[x, mean, rstd])?;
+    mean.shape().expect(OP, &[d.n, d.groups])?;
+    rstd.shape().expect(OP, &[d.n, d.groups])?;
+    match x.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut y = vec![T::default(); x.numel()];
+            cpu::group_norm::group_norm_apply(
+                x.cpu_slice::<T>()?,
+                gamma.cpu_slice::<T>()?,
+                beta.cpu_slice::<T>()?,
+                mean.cpu_slice::<T>()?,
+                rstd.cpu_slice::<T>()?,
+                d,
+                fuse_silu,
+                &mut y,
+            );
+            Ok(Tensor::from_cpu(x.shape().clone(), y))
+        }),
+        Storage::Gpu(_) => {
+            Err(TensorError::invalid(OP, "runs on the CPU only (GPU layers keep group_norm_forward's output instead)"))
+        }
+    }
+}
+
 /// Gradients of group norm given `dy` (shaped like `x`) and the forward's
 /// saved `mean`, `rstd` ([N, G]). `beta` is needed to recompute the pre-SiLU
 /// value when `fuse_silu`.

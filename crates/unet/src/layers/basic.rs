@@ -148,6 +148,20 @@ impl GroupNorm {
         Ok((o.y, GroupNormCache { mean: o.mean, rstd: o.rstd }))
     }
 
+    /// The forward's output rebuilt from `x` and the saved statistics, bit
+    /// for bit (CPU only; see `ops::group_norm_apply`).
+    pub fn recompute(&self, ps: &ParamStore, x: &Tensor, cache: &GroupNormCache) -> Result<Tensor> {
+        Ok(ops::group_norm_apply(
+            x,
+            ps.value(self.weight),
+            ps.value(self.bias),
+            &cache.mean,
+            &cache.rstd,
+            self.groups,
+            self.silu,
+        )?)
+    }
+
     pub fn backward(&self, ps: &mut ParamStore, x: &Tensor, cache: &GroupNormCache, dy: &Tensor) -> Result<Tensor> {
         let g = ops::group_norm_backward(
             dy,

@@ -23,7 +23,10 @@ pub struct ResnetBlock {
 pub struct ResCache {
     x: Tensor,
     n1: GroupNormCache,
-    a1: Tensor,
+    /// silu(norm1(x)), conv1's input: kept on a GPU; on the CPU rebuilt from
+    /// `x` and `n1` in the backward (one elementwise pass for the memory of
+    /// every block's widest activation).
+    a1: Option<Tensor>,
     h2: Tensor,
     n2: GroupNormCache,
     a2: Tensor,
@@ -32,7 +35,8 @@ pub struct ResCache {
 
 impl ResCache {
     pub fn tensors(&self) -> Vec<&Tensor> {
-        let mut v = vec![&self.x, &self.a1, &self.h2, &self.a2];
+        let mut v = vec![&self.x, &self.h2, &self.a2];
+        v.extend(&self.a1);
         v.extend(self.n1.tensors());
         v.extend(self.n2.tensors());
         v
@@ -89,6 +93,7 @@ impl ResnetBlock {
             None => x.clone(),
         };
         let y = self.conv2.forward_fused(ps, &a2, ConvEpilogue { sample_bias: None, residual: Some(&shortcut) })?;
+        let a1 = (!x.device().is_cpu()).then_some(a1);
         let cache = mode.train.then(|| ResCache { x: x.clone(), n1, a1, h2, n2, a2, mode });
         Ok((y, cache))
     }
@@ -127,7 +132,10 @@ impl ResnetBlock {
         } else {
             None
         };
-        let da1 = self.conv1.backward(ps, &c.a1, &dh2)?;
+        let da1 = match &c.a1 {
+            Some(a1) => self.conv1.backward(ps, a1, &dh2)?,
+            None => self.conv1.backward(ps, &self.norm1.recompute(ps, &c.x, &c.n1)?, &dh2)?,
+        };
         let mut dx = self.norm1.backward(ps, &c.x, &c.n1, &da1)?;
         match &self.nin_shortcut {
             Some(nin) => ops::add_in_place(&mut dx, &nin.backward(ps, &c.x, dy)?)?,
