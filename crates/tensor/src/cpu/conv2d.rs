@@ -19,6 +19,7 @@
 //! thread count.
 
 use super::gemm::{matmul, MatRef, Threads};
+use super::simd::widest;
 use crate::geom::ConvGeom;
 use crate::Element;
 use rayon::prelude::*;
@@ -580,19 +581,25 @@ fn sum_partials<T: Element>(partials: &[T], len: usize, out: &mut [T]) {
 /// per channel in image order (parallel over channels only).
 pub fn conv2d_backward_bias<T: Element>(n: usize, co: usize, p: usize, dy: &[T], db: &mut [T]) {
     db[..co].par_iter_mut().enumerate().for_each(|(o, db)| {
-        let acc: f64 = (0..n).map(|img| sum_f64(&dy[(img * co + o) * p..][..p])).sum();
+        let acc: f64 = widest(
+            #[inline(always)]
+            || (0..n).map(|img| sum_f64(&dy[(img * co + o) * p..][..p])).sum(),
+        );
         *db = <T as Element>::from_f64(acc);
     });
 }
 
 /// The sum of `v` in f64, over 8 interleaved lanes added in a fixed order
-/// (one running sum would wait on every add's latency).
+/// (one running sum would wait on every add's latency). The lanes pass
+/// through `black_box` before they are combined so that the compiler keeps
+/// the loop one 8-lane vector add (see `cpu/group_norm.rs`).
+#[inline(always)]
 fn sum_f64<T: Element>(v: &[T]) -> f64 {
     let mut lanes = [0f64; 8];
-    let chunks = v.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().map(|&x| Element::to_f64(x)).sum();
+    let (chunks, rest) = v.as_chunks::<8>();
+    let tail: f64 = rest.iter().map(|&x| Element::to_f64(x)).sum();
     for c in chunks {
         lanes.iter_mut().zip(c).for_each(|(l, &x)| *l += Element::to_f64(x));
     }
-    lanes.iter().sum::<f64>() + tail
+    std::hint::black_box(lanes).iter().sum::<f64>() + tail
 }
