@@ -106,6 +106,16 @@ pub fn group_norm_forward(
     }
 }
 
+/// The forward's saved statistics must be [N, G].
+fn check_stats(op: &'static str, d: GroupNormDims, mean: &Tensor, rstd: &Tensor) -> Result<()> {
+    for (name, t) in [("mean", mean), ("rstd", rstd)] {
+        if t.dims() != [d.n, d.groups] {
+            return Err(TensorError::shape(op, format!("{name} of shape [{}, {}]", d.n, d.groups), t.shape()));
+        }
+    }
+    Ok(())
+}
+
 /// The output of [`group_norm_forward`] recomputed from its saved `mean` and
 /// `rstd` ([N, G]), bit for bit, without the statistics passes: lets a layer
 /// drop its normalised output after the forward and rebuild it in the
@@ -124,8 +134,7 @@ pub fn group_norm_apply(
     const OP: &str = "group_norm_apply";
     let d = check_input(OP, x, gamma, beta, groups)?;
     check_same(OP, &[x, mean, rstd])?;
-    mean.shape().expect(OP, &[d.n, d.groups])?;
-    rstd.shape().expect(OP, &[d.n, d.groups])?;
+    check_stats(OP, d, mean, rstd)?;
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut y = vec![T::default(); x.numel()];
@@ -168,11 +177,7 @@ pub fn group_norm_backward(
     if dy.shape() != x.shape() {
         return Err(TensorError::shape(OP, format!("dy shaped like x {}", x.shape()), dy.shape()));
     }
-    for (name, t) in [("mean", mean), ("rstd", rstd)] {
-        if t.dims() != [d.n, d.groups] {
-            return Err(TensorError::shape(OP, format!("{name} of shape [{}, {}]", d.n, d.groups), t.shape()));
-        }
-    }
+    check_stats(OP, d, mean, rstd)?;
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut dx = vec![T::default(); x.numel()];
