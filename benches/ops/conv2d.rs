@@ -6,6 +6,7 @@
 use super::common::{group, randn};
 use criterion::{Criterion, Throughput};
 use diffuse_tensor::ops::{self, Conv2dParams};
+use diffuse_tensor::Precision;
 use std::hint::black_box;
 
 struct Case {
@@ -48,6 +49,15 @@ pub fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Elements(flops));
         g.bench_function("forward", |bch| {
             bch.iter(|| ops::conv2d_forward(black_box(&x), black_box(&w), Some(&bias), &case.p).expect("forward"))
+        });
+        // The residual block's conv: bias, per-image time-embedding term and residual added per image.
+        let sample_bias = randn(&[case.b, case.co], 5);
+        let epi = ops::ConvEpilogue { sample_bias: Some(&sample_bias), residual: Some(&dy) };
+        g.bench_function("forward_fused", |bch| {
+            bch.iter(|| {
+                ops::conv2d_forward_fused(black_box(&x), black_box(&w), Some(&bias), &case.p, Precision::Fp32, epi)
+                    .expect("forward fused")
+            })
         });
         g.bench_function("backward_data", |bch| {
             bch.iter(|| ops::conv2d_backward_data(black_box(&dy), black_box(&w), x.shape(), &case.p).expect("bwd data"))

@@ -19,6 +19,11 @@ pub fn bench(c: &mut Criterion) {
         g.bench_function("forward", |bch| {
             bch.iter(|| ops::group_norm_forward(black_box(&x), &gamma, &beta, groups, 1e-6, silu).expect("forward"))
         });
+        g.bench_function("apply", |bch| {
+            bch.iter(|| {
+                ops::group_norm_apply(black_box(&x), &gamma, &beta, &f.mean, &f.rstd, groups, silu).expect("apply")
+            })
+        });
         g.bench_function("backward", |bch| {
             bch.iter(|| {
                 ops::group_norm_backward(black_box(&dy), &x, &gamma, &beta, &f.mean, &f.rstd, groups, silu)
