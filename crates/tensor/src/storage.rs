@@ -42,6 +42,25 @@ impl CpuStorage {
     }
 }
 
+impl Drop for CpuStorage {
+    /// The last owner of a buffer hands it to `cpu::recycle` for the next
+    /// output of its length.
+    fn drop(&mut self) {
+        match self {
+            CpuStorage::F32(v) => {
+                if let Some(v) = Arc::get_mut(v) {
+                    crate::cpu::recycle::recycle(std::mem::take(v));
+                }
+            }
+            CpuStorage::F64(v) => {
+                if let Some(v) = Arc::get_mut(v) {
+                    crate::cpu::recycle::recycle(std::mem::take(v));
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Storage {
     Cpu(CpuStorage),

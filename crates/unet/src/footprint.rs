@@ -138,11 +138,12 @@ impl<'a> Walk<'a> {
         if cin != cout {
             self.conv(cin, cout, 1, side);
         }
-        // Cache (host memory, the CPU path): x (cin), h2 and a2 (cout), both
-        // norms' statistics; a1 = silu(norm1(x)) is rebuilt in the backward
-        // (a GPU keeps it: one more cin map there, in device memory).
+        // Cache (host memory, the CPU path): x (cin), h2 (cout), both norms'
+        // statistics; a1 = silu(norm1(x)) and a2 = dropout(silu(norm2(h2)))
+        // are rebuilt in the backward (a GPU keeps them: one more cin and
+        // cout map there, in device memory).
         let (xin, xout) = (self.map(cin, side), self.map(cout, side));
-        self.cache += xin + 2 * xout + n1 + n2;
+        self.cache += xin + xout + n1 + n2;
     }
 
     fn attention(&mut self, c: u128, side: u128) {

@@ -15,6 +15,7 @@ pub mod linear;
 pub mod loss;
 pub mod noise;
 pub mod optim;
+pub mod recycle;
 pub mod reduced;
 pub mod sampling;
 pub mod silu;

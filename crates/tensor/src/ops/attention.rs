@@ -58,7 +58,7 @@ pub fn attention_forward_with(q: &Tensor, k: &Tensor, v: &Tensor, prec: Precisio
     let d = check_qkv(OP, q, &[("k", k), ("v", v)])?;
     match q.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut out = vec![T::default(); q.numel()];
+            let mut out = crate::cpu::recycle::output::<T>(q.numel());
             let mut lse = vec![T::default(); d.b * d.n];
             let (qs, ks, vs) = (q.cpu_slice::<T>()?, k.cpu_slice::<T>()?, v.cpu_slice::<T>()?);
             if prec == Precision::Fp32 {
@@ -116,8 +116,11 @@ pub fn attention_backward_with(
     }
     match q.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let (mut dq, mut dk, mut dv) =
-                (vec![T::default(); q.numel()], vec![T::default(); q.numel()], vec![T::default(); q.numel()]);
+            let (mut dq, mut dk, mut dv) = (
+                crate::cpu::recycle::output::<T>(q.numel()),
+                crate::cpu::recycle::output::<T>(q.numel()),
+                crate::cpu::recycle::output::<T>(q.numel()),
+            );
             let (ds, qs, ks, vs) =
                 (dout.cpu_slice::<T>()?, q.cpu_slice::<T>()?, k.cpu_slice::<T>()?, v.cpu_slice::<T>()?);
             let (os, ls) = (out.cpu_slice::<T>()?, lse.cpu_slice::<T>()?);
@@ -173,7 +176,7 @@ pub fn attention_weights(q: &Tensor, k: &Tensor) -> Result<Tensor> {
     let d = check_qkv(OP, q, &[("k", k)])?;
     match q.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut p = vec![T::default(); d.b * d.n * d.n];
+            let mut p = crate::cpu::recycle::output::<T>(d.b * d.n * d.n);
             cpu::attention::attention_weights(q.cpu_slice::<T>()?, k.cpu_slice::<T>()?, d, &mut p);
             Ok(Tensor::from_cpu(Shape::new([d.b, d.n, d.n]), p))
         }),

@@ -184,7 +184,7 @@ pub fn conv2d_forward_fused(
                 sample_bias: epi.sample_bias.map(|t| t.cpu_slice::<T>()).transpose()?,
                 residual: epi.residual.map(|t| t.cpu_slice::<T>()).transpose()?,
             };
-            let mut y = vec![T::default(); g.n * g.co * g.p()];
+            let mut y = crate::cpu::recycle::output::<T>(g.n * g.co * g.p());
             let (xs, ws) = (x.cpu_slice::<T>()?, w.cpu_slice::<T>()?);
             if prec == Precision::Fp32 {
                 cpu::conv2d::conv2d_forward_epilogue(&g, xs, ws, &cpu_epi, &mut y);
@@ -232,7 +232,7 @@ pub fn conv2d_backward_data_with(
     check_dy(OP, dy, &g)?;
     match dy.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut dx = vec![T::default(); x_shape.numel()];
+            let mut dx = crate::cpu::recycle::output::<T>(x_shape.numel());
             let (dys, ws) = (dy.cpu_slice::<T>()?, w.cpu_slice::<T>()?);
             if prec == Precision::Fp32 {
                 cpu::conv2d::conv2d_backward_data(&g, dys, ws, &mut dx);
@@ -269,7 +269,7 @@ pub fn conv2d_backward_weight_with(
     check_dy(OP, dy, &g)?;
     match dy.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut dw = vec![T::default(); w_shape.numel()];
+            let mut dw = crate::cpu::recycle::output::<T>(w_shape.numel());
             let (dys, xs) = (dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?);
             if prec == Precision::Fp32 {
                 cpu::conv2d::conv2d_backward_weight(&g, dys, xs, &mut dw);

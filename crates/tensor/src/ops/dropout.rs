@@ -63,7 +63,7 @@ fn masked(
     }
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut y = vec![T::default(); x.numel()];
+            let mut y = crate::cpu::recycle::output::<T>(x.numel());
             kernels::apply_mask_at(x.cpu_slice::<T>()?, p, seed, step.value, stream, offset, &mut y);
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),

@@ -39,7 +39,7 @@ pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
     let _timer = crate::profile::op("scale");
     match x.storage() {
         Storage::Cpu(st) => with_element!(st.dtype(), T, {
-            let mut out = vec![T::default(); x.numel()];
+            let mut out = crate::cpu::recycle::output::<T>(x.numel());
             kernels::scale(x.cpu_slice::<T>()?, s, &mut out);
             Ok(Tensor::from_cpu(x.shape().clone(), out))
         }),
@@ -86,7 +86,7 @@ fn binary(op: &'static str, a: &Tensor, b: &Tensor, kind: Binary) -> Result<Tens
     check_same_shape(op, a, b)?;
     match a.storage() {
         Storage::Cpu(st) => with_element!(st.dtype(), T, {
-            let mut out = vec![T::default(); a.numel()];
+            let mut out = crate::cpu::recycle::output::<T>(a.numel());
             kernels::binary(kind, a.cpu_slice::<T>()?, b.cpu_slice::<T>()?, &mut out);
             Ok(Tensor::from_cpu(a.shape().clone(), out))
         }),

@@ -72,7 +72,7 @@ pub fn group_norm_forward(
     }
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut y = vec![T::default(); x.numel()];
+            let mut y = crate::cpu::recycle::output::<T>(x.numel());
             let mut mean = vec![T::default(); d.slabs()];
             let mut rstd = vec![T::default(); d.slabs()];
             cpu::group_norm::group_norm_forward(
@@ -137,7 +137,7 @@ pub fn group_norm_apply(
     check_stats(OP, d, mean, rstd)?;
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut y = vec![T::default(); x.numel()];
+            let mut y = crate::cpu::recycle::output::<T>(x.numel());
             cpu::group_norm::group_norm_apply(
                 x.cpu_slice::<T>()?,
                 gamma.cpu_slice::<T>()?,
@@ -180,7 +180,7 @@ pub fn group_norm_backward(
     check_stats(OP, d, mean, rstd)?;
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut dx = vec![T::default(); x.numel()];
+            let mut dx = crate::cpu::recycle::output::<T>(x.numel());
             let mut dgamma = vec![T::default(); d.c];
             let mut dbeta = vec![T::default(); d.c];
             cpu::group_norm::group_norm_backward(

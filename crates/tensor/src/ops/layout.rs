@@ -13,7 +13,7 @@ pub fn upsample_nearest2x_forward(x: &Tensor) -> Result<Tensor> {
     let (n, c, h, w) = x.shape().nchw("upsample_nearest2x_forward")?;
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut y = vec![T::default(); x.numel() * 4];
+            let mut y = crate::cpu::recycle::output::<T>(x.numel() * 4);
             kernels::upsample_nearest2x_forward(x.cpu_slice::<T>()?, h, w, &mut y);
             Ok(Tensor::from_cpu([n, c, 2 * h, 2 * w].into(), y))
         }),
@@ -35,7 +35,7 @@ pub fn upsample_nearest2x_backward(dy: &Tensor) -> Result<Tensor> {
     let (h, w) = (h2 / 2, w2 / 2);
     match dy.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut dx = vec![T::default(); n * c * h * w];
+            let mut dx = crate::cpu::recycle::output::<T>(n * c * h * w);
             kernels::upsample_nearest2x_backward(dy.cpu_slice::<T>()?, h, w, &mut dx);
             Ok(Tensor::from_cpu([n, c, h, w].into(), dx))
         }),
@@ -58,7 +58,7 @@ pub fn concat_channels(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     }
     match a.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut out = vec![T::default(); a.numel() + b.numel()];
+            let mut out = crate::cpu::recycle::output::<T>(a.numel() + b.numel());
             kernels::concat_channels(a.cpu_slice::<T>()?, ca * h * w, b.cpu_slice::<T>()?, cb * h * w, &mut out);
             Ok(Tensor::from_cpu([n, ca + cb, h, w].into(), out))
         }),
@@ -80,8 +80,8 @@ pub fn split_channels(d: &Tensor, ca: usize) -> Result<(Tensor, Tensor)> {
     let cb = c - ca;
     match d.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut a = vec![T::default(); n * ca * h * w];
-            let mut b = vec![T::default(); n * cb * h * w];
+            let mut a = crate::cpu::recycle::output::<T>(n * ca * h * w);
+            let mut b = crate::cpu::recycle::output::<T>(n * cb * h * w);
             kernels::split_channels(d.cpu_slice::<T>()?, ca * h * w, cb * h * w, &mut a, &mut b);
             Ok((Tensor::from_cpu([n, ca, h, w].into(), a), Tensor::from_cpu([n, cb, h, w].into(), b)))
         }),
@@ -101,7 +101,7 @@ pub fn add_channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
     bias.shape().expect(OP, &[n, c])?;
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut y = vec![T::default(); x.numel()];
+            let mut y = crate::cpu::recycle::output::<T>(x.numel());
             kernels::add_channel_bias(x.cpu_slice::<T>()?, bias.cpu_slice::<T>()?, h * w, &mut y);
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),

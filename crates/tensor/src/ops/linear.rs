@@ -45,7 +45,7 @@ pub fn linear_forward_with(x: &Tensor, w: &Tensor, b: Option<&Tensor>, prec: Pre
     }
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut y = vec![T::default(); d.n * d.d_out];
+            let mut y = crate::cpu::recycle::output::<T>(d.n * d.d_out);
             let bias = match b {
                 Some(b) => Some(b.cpu_slice::<T>()?),
                 None => None,
@@ -86,7 +86,7 @@ pub fn linear_backward_with(dy: &Tensor, x: &Tensor, w: &Tensor, prec: Precision
     }
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut dx = vec![T::default(); d.n * d.d_in];
+            let mut dx = crate::cpu::recycle::output::<T>(d.n * d.d_in);
             let mut dw = vec![T::default(); d.d_out * d.d_in];
             let mut db = vec![T::default(); d.d_out];
             let (dys, xs, ws) = (dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, w.cpu_slice::<T>()?);

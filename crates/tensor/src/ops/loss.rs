@@ -29,7 +29,7 @@ pub fn mse_loss_backward(pred: &Tensor, target: &Tensor, dloss: f64) -> Result<T
     check_operands(OP, pred, target)?;
     match pred.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut dpred = vec![T::default(); pred.numel()];
+            let mut dpred = crate::cpu::recycle::output::<T>(pred.numel());
             kernels::mse_loss_backward(pred.cpu_slice::<T>()?, target.cpu_slice::<T>()?, dloss, &mut dpred);
             Ok(Tensor::from_cpu(pred.shape().clone(), dpred))
         }),

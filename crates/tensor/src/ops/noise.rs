@@ -52,9 +52,9 @@ pub fn noise_add_at(
     let per_sample = x0.numel() / n.max(1);
     match x0.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut eps = vec![T::default(); x0.numel()];
+            let mut eps = crate::cpu::recycle::output::<T>(x0.numel());
             kernels::fill_normal_at(&mut eps, seed, step.value, stream, offset);
-            let mut x_t = vec![T::default(); x0.numel()];
+            let mut x_t = crate::cpu::recycle::output::<T>(x0.numel());
             let (a, b) = (sqrt_abar.cpu_slice::<T>()?, sqrt_one_minus_abar.cpu_slice::<T>()?);
             kernels::noise_mix(x0.cpu_slice::<T>()?, &eps, a, b, per_sample, &mut x_t);
             Ok(NoiseAddOutput {
@@ -83,7 +83,7 @@ pub fn noise_add_backward(dx_t: &Tensor, sqrt_abar: &Tensor) -> Result<Tensor> {
     let per_sample = dx_t.numel() / n.max(1);
     match dx_t.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut dx0 = vec![T::default(); dx_t.numel()];
+            let mut dx0 = crate::cpu::recycle::output::<T>(dx_t.numel());
             kernels::noise_add_backward(dx_t.cpu_slice::<T>()?, sqrt_abar.cpu_slice::<T>()?, per_sample, &mut dx0);
             Ok(Tensor::from_cpu(dx_t.shape().clone(), dx0))
         }),

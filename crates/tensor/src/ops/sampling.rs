@@ -15,9 +15,12 @@ pub fn scale_per_sample(x: &Tensor, s: &Tensor) -> Result<Tensor> {
     }
     match x.storage() {
         Storage::Cpu(st) => with_element!(st.dtype(), T, {
-            let mut y = vec![T::default(); x.numel()];
+            let mut y = crate::cpu::recycle::output::<T>(x.numel());
             if n > 0 {
                 cpu::sampling::scale_per_sample(x.cpu_slice::<T>()?, s.cpu_slice::<T>()?, &mut y);
+            } else {
+                // no samples: zeros, as the GPU gives
+                y.fill(T::from_f64(0.0));
             }
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),
@@ -42,7 +45,7 @@ pub fn clamp(x: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
     }
     match x.storage() {
         Storage::Cpu(st) => with_element!(st.dtype(), T, {
-            let mut y = vec![T::default(); x.numel()];
+            let mut y = crate::cpu::recycle::output::<T>(x.numel());
             cpu::sampling::clamp(x.cpu_slice::<T>()?, T::from_f64(lo), T::from_f64(hi), &mut y);
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),

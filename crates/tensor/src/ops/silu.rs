@@ -10,7 +10,7 @@ pub fn silu_forward(x: &Tensor) -> Result<Tensor> {
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let xs = x.cpu_slice::<T>()?;
-            let mut y = vec![T::default(); xs.len()];
+            let mut y = crate::cpu::recycle::output::<T>(xs.len());
             cpu::silu::silu_forward(xs, &mut y);
             Ok(Tensor::from_cpu(x.shape().clone(), y))
         }),
@@ -25,7 +25,7 @@ pub fn silu_backward(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
     check_same_shape("silu_backward", x, dy)?;
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut dx = vec![T::default(); x.numel()];
+            let mut dx = crate::cpu::recycle::output::<T>(x.numel());
             cpu::silu::silu_backward(dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dx);
             Ok(Tensor::from_cpu(x.shape().clone(), dx))
         }),

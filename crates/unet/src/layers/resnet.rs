@@ -29,14 +29,18 @@ pub struct ResCache {
     a1: Option<Tensor>,
     h2: Tensor,
     n2: GroupNormCache,
-    a2: Tensor,
+    /// dropout(silu(norm2(h2))), conv2's input: kept on a GPU; on the CPU
+    /// rebuilt from `h2`, `n2` and the dropout's Philox coordinates (the
+    /// same mask, bit for bit) when the backward reaches conv2.
+    a2: Option<Tensor>,
     mode: ForwardMode,
 }
 
 impl ResCache {
     pub fn tensors(&self) -> Vec<&Tensor> {
-        let mut v = vec![&self.x, &self.h2, &self.a2];
+        let mut v = vec![&self.x, &self.h2];
         v.extend(&self.a1);
+        v.extend(&self.a2);
         v.extend(self.n1.tensors());
         v.extend(self.n2.tensors());
         v
@@ -93,7 +97,8 @@ impl ResnetBlock {
             None => x.clone(),
         };
         let y = self.conv2.forward_fused(ps, &a2, ConvEpilogue { sample_bias: None, residual: Some(&shortcut) })?;
-        let a1 = (!x.device().is_cpu()).then_some(a1);
+        let on_gpu = !x.device().is_cpu();
+        let (a1, a2) = (on_gpu.then_some(a1), on_gpu.then_some(a2));
         let cache = mode.train.then(|| ResCache { x: x.clone(), n1, a1, h2, n2, a2, mode });
         Ok((y, cache))
     }
@@ -108,6 +113,18 @@ impl ResnetBlock {
         self.nin_shortcut.as_ref().unwrap_or(&self.conv2).last_param()
     }
 
+    /// conv2's input as the forward made it: silu(norm2(h2)) from the saved
+    /// statistics, then the dropout mask drawn again at the same Philox
+    /// coordinates (bit for bit: `ops::group_norm_apply`, `ops::dropout_forward_at`).
+    fn rebuild_a2(&self, ps: &ParamStore, c: &ResCache) -> Result<Tensor> {
+        let a = self.norm2.recompute(ps, &c.h2, &c.n2)?;
+        if !self.dropout_on(&c.mode) {
+            return Ok(a);
+        }
+        let (m, offset) = (&c.mode, c.mode.element_offset(&a));
+        Ok(ops::dropout_forward_at(&a, self.dropout, m.seed, m.philox_step(), self.dropout_stream, offset)?)
+    }
+
     /// Returns (dx, d silu_temb); accumulates every trainable parameter's
     /// gradient. `need_dtemb` false (the time embedding is frozen) with a
     /// frozen temb_proj skips temb_proj's backward and returns no d silu_temb.
@@ -119,7 +136,10 @@ impl ResnetBlock {
         dy: &Tensor,
         need_dtemb: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let mut da2 = self.conv2.backward(ps, &c.a2, dy)?;
+        let mut da2 = match &c.a2 {
+            Some(a2) => self.conv2.backward(ps, a2, dy)?,
+            None => self.conv2.backward(ps, &self.rebuild_a2(ps, c)?, dy)?,
+        };
         if self.dropout_on(&c.mode) {
             let (m, offset) = (&c.mode, c.mode.element_offset(&da2));
             da2 = ops::dropout_backward_at(&da2, self.dropout, m.seed, m.philox_step(), self.dropout_stream, offset)?;
