@@ -215,15 +215,17 @@ impl<'a> Walk<'a> {
                 }
             }
             if i != 0 {
-                // Upsample: caches the upsampled input of its conv.
-                side *= 2;
+                // Upsample: on the CPU caches the map before upsampling (a
+                // GPU keeps its conv's input, four times as large).
                 self.cache += self.map(cin, side);
+                side *= 2;
                 self.conv(cin, cin, 3, side);
             }
         }
-        // norm_out (cache: its input, output and statistics), conv_out.
+        // norm_out (cache: its input and statistics; the CPU rebuilds its
+        // output in the backward, a GPU keeps it), conv_out.
         let n = self.group_norm(cin);
-        self.cache += 2 * self.map(cin, side) + n;
+        self.cache += self.map(cin, side) + n;
         self.conv(cin, in_ch, 3, side);
         Footprint {
             params: to_u64(self.params),

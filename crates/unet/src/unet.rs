@@ -54,13 +54,12 @@ enum DownStep {
 enum UpStep {
     /// `h_channels`: how many channels of the concatenated input came from h
     /// (the rest is the skip `skip_index`).
-    Block {
-        res: ResCache,
-        attn: Option<AttnCache>,
-        h_channels: usize,
-        skip_index: usize,
-    },
+    Block { res: ResCache, attn: Option<AttnCache>, h_channels: usize, skip_index: usize },
+    /// An upsampling layer, with its conv's input (a GPU keeps it).
     Up(Tensor),
+    /// An upsampling layer with the map before upsampling (the CPU keeps a
+    /// quarter of the memory and upsamples again in the backward).
+    UpFrom(Tensor),
 }
 
 /// Everything a training forward keeps for the backward.
@@ -80,7 +79,8 @@ pub struct UNetCache {
     up: Vec<UpStep>,
     out_h: Tensor,
     out_norm: GroupNormCache,
-    out_a: Tensor,
+    /// silu(norm_out(out_h)), conv_out's input: kept on a GPU, rebuilt on the CPU.
+    out_a: Option<Tensor>,
 }
 
 impl UNetCache {
@@ -92,7 +92,8 @@ impl UNetCache {
     }
 
     fn tensors(&self) -> Vec<&Tensor> {
-        let mut v: Vec<&Tensor> = vec![&self.temb_out, &self.silu_temb, &self.x, &self.out_h, &self.out_a];
+        let mut v: Vec<&Tensor> = vec![&self.temb_out, &self.silu_temb, &self.x, &self.out_h];
+        v.extend(&self.out_a);
         v.extend(self.out_norm.tensors());
         v.extend(self.temb.tensors());
         for s in &self.down {
@@ -117,7 +118,7 @@ impl UNetCache {
                         v.extend(a.tensors());
                     }
                 }
-                UpStep::Up(u) => v.push(u),
+                UpStep::Up(u) | UpStep::UpFrom(u) => v.push(u),
             }
         }
         v
@@ -375,7 +376,13 @@ impl Arch {
                 let skip = hs.pop().ok_or_else(|| UNetError::Config("skip connections ran out".into()))?;
                 let h_channels = h.dims()[1];
                 let cat = ops::concat_channels(&h, &skip)?;
-                let (mut hn, rc) = block.forward(ps, &cat, &silu_temb, mode)?;
+                let (mut hn, mut rc) = block.forward(ps, &cat, &silu_temb, mode)?;
+                if let (Some(rc), true) = (&mut rc, cat.device().is_cpu()) {
+                    // The cache keeps h and the skip (which the down path's
+                    // cache holds anyway) instead of their concatenation.
+                    rc.keep_input_as_concat(h.clone(), skip)?;
+                }
+                drop(cat);
                 let mut ac = None;
                 if let Some(attn) = attn {
                     let (h2, c) = attn.forward(ps, &hn, train)?;
@@ -390,7 +397,7 @@ impl Arch {
             if let Some(Resample::Up(u)) = &level.resample {
                 let (hn, upsampled) = u.forward(ps, &h)?;
                 if train {
-                    up_steps.push(UpStep::Up(upsampled));
+                    up_steps.push(if h.device().is_cpu() { UpStep::UpFrom(h.clone()) } else { UpStep::Up(upsampled) });
                 }
                 h = hn;
             }
@@ -413,7 +420,7 @@ impl Arch {
                 up: up_steps,
                 out_h: h,
                 out_norm,
-                out_a,
+                out_a: (!out_a.device().is_cpu()).then_some(out_a),
             }),
             _ => None,
         };
@@ -444,7 +451,10 @@ impl Arch {
         }
         let temb_last = self.class_emb.as_ref().map(ClassEmbedding::last_param).unwrap_or(self.temb.last_param());
         let need_dtemb = ps.any_trainable_through(temb_last);
-        let da = self.conv_out.backward(ps, &c.out_a, dy)?;
+        let da = match &c.out_a {
+            Some(a) => self.conv_out.backward(ps, a, dy)?,
+            None => self.conv_out.backward(ps, &self.norm_out.recompute(ps, &c.out_h, &c.out_norm)?, dy)?,
+        };
         done(ps, self.conv_out.first_param())?;
         let mut dh = self.norm_out.backward(ps, &c.out_h, &c.out_norm, &da)?;
         done(ps, self.norm_out.first_param())?;
@@ -474,6 +484,9 @@ impl Arch {
             let first = layer.first_param();
             match (layer, step) {
                 (UpLayer::Up(u), UpStep::Up(upsampled)) => dh = u.backward(ps, upsampled, &dh)?,
+                (UpLayer::Up(u), UpStep::UpFrom(x)) => {
+                    dh = u.backward(ps, &ops::upsample_nearest2x_forward(x)?, &dh)?;
+                }
                 (UpLayer::Block((block, attn)), UpStep::Block { res, attn: ac, h_channels, skip_index }) => {
                     if let (Some(attn), Some(ac)) = (attn, ac) {
                         dh = attn.backward(ps, ac, &dh)?;

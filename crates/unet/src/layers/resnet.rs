@@ -7,6 +7,7 @@ use crate::params::{ParamId, ParamStore};
 use crate::Result;
 use diffuse_tensor::ops::{self, Conv2dParams, ConvEpilogue};
 use diffuse_tensor::Tensor;
+use std::borrow::Cow;
 
 pub struct ResnetBlock {
     norm1: GroupNorm,
@@ -19,9 +20,16 @@ pub struct ResnetBlock {
     dropout_stream: u32,
 }
 
+/// The block's input as a cache holds it.
+enum Input {
+    Whole(Tensor),
+    /// The two tensors it was concatenated from along channels.
+    Concat(Tensor, Tensor),
+}
+
 /// What the block's backward needs. `x` is the block's input.
 pub struct ResCache {
-    x: Tensor,
+    x: Input,
     n1: GroupNormCache,
     /// silu(norm1(x)), conv1's input: kept on a GPU; on the CPU rebuilt from
     /// `x` and `n1` in the backward (one elementwise pass for the memory of
@@ -38,12 +46,41 @@ pub struct ResCache {
 
 impl ResCache {
     pub fn tensors(&self) -> Vec<&Tensor> {
-        let mut v = vec![&self.x, &self.h2];
+        let mut v = match &self.x {
+            Input::Whole(x) => vec![x],
+            Input::Concat(a, b) => vec![a, b],
+        };
+        v.push(&self.h2);
         v.extend(&self.a1);
         v.extend(&self.a2);
         v.extend(self.n1.tensors());
         v.extend(self.n2.tensors());
         v
+    }
+
+    /// Keeps the block's input as the two tensors it was concatenated from
+    /// (an up block's hidden state and its skip connection, which the down
+    /// path's cache holds anyway), so that the concatenated copy is freed
+    /// after the forward; the backward concatenates them again.
+    pub fn keep_input_as_concat(&mut self, a: Tensor, b: Tensor) -> Result<()> {
+        let (da, db) = (a.dims(), b.dims());
+        let fits = matches!(&self.x, Input::Whole(x) if x.dims().len() == 4 && da.len() == 4 && db.len() == 4
+            && x.dims()[1] == da[1] + db[1]
+            && [x.dims()[0], x.dims()[2], x.dims()[3]] == [da[0], da[2], da[3]]
+            && [da[0], da[2], da[3]] == [db[0], db[2], db[3]]);
+        if !fits {
+            return Err(crate::UNetError::Config("a block's input is not the concatenation of these tensors".into()));
+        }
+        self.x = Input::Concat(a, b);
+        Ok(())
+    }
+
+    /// The block's input.
+    fn input(&self) -> Result<Cow<'_, Tensor>> {
+        Ok(match &self.x {
+            Input::Whole(x) => Cow::Borrowed(x),
+            Input::Concat(a, b) => Cow::Owned(ops::concat_channels(a, b)?),
+        })
     }
 }
 
@@ -99,7 +136,7 @@ impl ResnetBlock {
         let y = self.conv2.forward_fused(ps, &a2, ConvEpilogue { sample_bias: None, residual: Some(&shortcut) })?;
         let on_gpu = !x.device().is_cpu();
         let (a1, a2) = (on_gpu.then_some(a1), on_gpu.then_some(a2));
-        let cache = mode.train.then(|| ResCache { x: x.clone(), n1, a1, h2, n2, a2, mode });
+        let cache = mode.train.then(|| ResCache { x: Input::Whole(x.clone()), n1, a1, h2, n2, a2, mode });
         Ok((y, cache))
     }
 
@@ -152,13 +189,14 @@ impl ResnetBlock {
         } else {
             None
         };
+        let x = c.input()?;
         let da1 = match &c.a1 {
             Some(a1) => self.conv1.backward(ps, a1, &dh2)?,
-            None => self.conv1.backward(ps, &self.norm1.recompute(ps, &c.x, &c.n1)?, &dh2)?,
+            None => self.conv1.backward(ps, &self.norm1.recompute(ps, &x, &c.n1)?, &dh2)?,
         };
-        let mut dx = self.norm1.backward(ps, &c.x, &c.n1, &da1)?;
+        let mut dx = self.norm1.backward(ps, &x, &c.n1, &da1)?;
         match &self.nin_shortcut {
-            Some(nin) => ops::add_in_place(&mut dx, &nin.backward(ps, &c.x, dy)?)?,
+            Some(nin) => ops::add_in_place(&mut dx, &nin.backward(ps, &x, dy)?)?,
             None => ops::add_in_place(&mut dx, dy)?,
         }
         Ok((dx, dsilu_temb.filter(|_| need_dtemb)))
