@@ -33,6 +33,9 @@ fn cases() -> Vec<Case> {
             p: Conv2dParams::down2(),
         },
         Case { name: "conv2d_1x1 B64 64->128 14x14", b: 64, ci: 64, co: 128, hw: 14, k: 1, p: Conv2dParams::same(1) },
+        // The cifar10 preset's widest levels at its bench batch.
+        Case { name: "conv2d_3x3 B8 128->128 32x32", b: 8, ci: 128, co: 128, hw: 32, k: 3, p: Conv2dParams::same(3) },
+        Case { name: "conv2d_3x3 B8 256->256 16x16", b: 8, ci: 256, co: 256, hw: 16, k: 3, p: Conv2dParams::same(3) },
     ]
 }
 
