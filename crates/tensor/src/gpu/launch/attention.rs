@@ -13,7 +13,7 @@
 
 use super::{alloc, grid_dim_yz, int, run, run_shared, BLOCK};
 use crate::geom::AttentionDims;
-use crate::gpu::kernels;
+use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
 use crate::{Result, TensorError};
 
@@ -62,9 +62,97 @@ pub fn shared_bytes(c: usize, forward_tile: usize, backward_tile: usize) -> (usi
     (fwd_smem(c, forward_tile), dkdv_smem(c, backward_tile), dq_smem(c, backward_tile))
 }
 
-fn scale(c: usize) -> KernelArg {
-    // C^-0.5 in f64, rounded to f32 (the CPU's T::from_f64)
+/// The softmax scale C^-0.5, in f64 rounded to f32 (the CPU's T::from_f64);
+/// every attention kernel, fp32 or tensor-core, gets the same value.
+pub(super) fn scale(c: usize) -> KernelArg {
     KernelArg::F32((c as f64).sqrt().recip() as f32)
+}
+
+/// A forward kernel with its block size, query tile and shared memory: the
+/// fp32 kernel and the tensor-core ones take the same arguments.
+pub(super) struct ForwardLaunch {
+    pub kernel: &'static Kernel,
+    pub threads: u32,
+    pub tile: usize,
+    pub shared_bytes: usize,
+}
+
+/// Runs a forward kernel: (out [b, c, n], lse [b, n]). The caller has
+/// handled the empty cases (b * n == 0, c == 0).
+pub(super) fn launch_forward(
+    op: &'static str,
+    dev: &GpuDevice,
+    f: &ForwardLaunch,
+    (q, k, v): (&GpuStorage, &GpuStorage, &GpuStorage),
+    d: AttentionDims,
+) -> Result<(GpuStorage, GpuStorage)> {
+    let out = alloc(dev, d.b * d.c * d.n)?;
+    let lse = alloc(dev, d.b * d.n)?;
+    let grid = Dim3::new(d.n.div_ceil(f.tile) as u32, grid_dim_yz(op, "batch", d.b)?, 1);
+    let args = [
+        out.arg(),
+        lse.arg(),
+        q.arg(),
+        k.arg(),
+        v.arg(),
+        int(op, "C", d.c)?,
+        int(op, "N", d.n)?,
+        scale(d.c),
+        KernelArg::I32(f.tile as i32),
+    ];
+    run_shared(dev, f.kernel, grid, Dim3::x(f.threads), f.shared_bytes as u32, &args)?;
+    Ok((out, lse))
+}
+
+/// The two backward kernels (dk/dv, then dq) with their block size, tile
+/// and shared memory.
+pub(super) struct BackwardLaunch {
+    pub dkdv: &'static Kernel,
+    pub dq: &'static Kernel,
+    pub threads: u32,
+    pub tile: usize,
+    pub dkdv_bytes: usize,
+    pub dq_bytes: usize,
+}
+
+/// The forward's tensors the backward reads, besides dout.
+pub(super) struct Saved<'a> {
+    pub q: &'a GpuStorage,
+    pub k: &'a GpuStorage,
+    pub v: &'a GpuStorage,
+    pub out: &'a GpuStorage,
+    pub lse: &'a GpuStorage,
+}
+
+/// Runs a backward: the f64 row dot D = rowsum(dout * out) [b, n], then the
+/// dk/dv and dq kernels. Returns (dq, dk, dv); the caller has handled
+/// b * c * n == 0 and checked the index ranges.
+pub(super) fn launch_backward(
+    op: &'static str,
+    dev: &GpuDevice,
+    f: &BackwardLaunch,
+    dout: &GpuStorage,
+    s: &Saved<'_>,
+    d: AttentionDims,
+) -> Result<(GpuStorage, GpuStorage, GpuStorage)> {
+    let len = d.b * d.c * d.n;
+    let (c, n, b) = (int(op, "C", d.c)?, int(op, "N", d.n)?, int(op, "B", d.b)?);
+    let (dq, dk, dv) = (alloc(dev, len)?, alloc(dev, len)?, alloc(dev, len)?);
+    let dvec = alloc(dev, d.b * d.n)?;
+    run(
+        dev,
+        &kernels::attention::ATTENTION_BWD_ROWDOT_F32,
+        Dim3::x((d.b * d.n).div_ceil(BLOCK as usize) as u32),
+        &[dvec.arg(), dout.arg(), s.out.arg(), b, c, n],
+    )?;
+    let grid = Dim3::new(d.n.div_ceil(f.tile) as u32, grid_dim_yz(op, "batch", d.b)?, 1);
+    let tile = KernelArg::I32(f.tile as i32);
+    let (q, k, v, lse) = (s.q.arg(), s.k.arg(), s.v.arg(), s.lse.arg());
+    let args = [dk.arg(), dv.arg(), dout.arg(), q, k, v, lse, dvec.arg(), c, n, scale(d.c), tile];
+    run_shared(dev, f.dkdv, grid, Dim3::x(f.threads), f.dkdv_bytes as u32, &args)?;
+    let args = [dq.arg(), dout.arg(), q, k, v, lse, dvec.arg(), c, n, scale(d.c), tile];
+    run_shared(dev, f.dq, grid, Dim3::x(f.threads), f.dq_bytes as u32, &args)?;
+    Ok((dq, dk, dv))
 }
 
 fn too_wide(op: &'static str, c: usize, budget: usize) -> TensorError {
@@ -83,33 +171,25 @@ pub fn attention_forward(
     d: AttentionDims,
 ) -> Result<(GpuStorage, GpuStorage)> {
     const OP: &str = "attention_forward";
-    let out = alloc(dev, d.b * d.c * d.n)?;
-    let lse = alloc(dev, d.b * d.n)?;
     if d.b * d.n == 0 {
-        return Ok((out, lse));
+        return Ok((alloc(dev, d.b * d.c * d.n)?, alloc(dev, d.b * d.n)?));
     }
     if d.c == 0 {
         // no channels: out is empty and every score is 0, lse = ln(n), as the CPU
+        let (out, lse) = (alloc(dev, 0)?, alloc(dev, d.b * d.n)?);
         dev.driver().htod(bytemuck::cast_slice(&vec![(d.n as f32).ln(); d.b * d.n]), lse.ptr())?;
         return Ok((out, lse));
     }
     super::check_i32(OP, "C*N", d.c * d.n)?;
     let budget = smem_budget(dev.max_shared_bytes());
     let bq = forward_tile(d.c, budget).ok_or_else(|| too_wide(OP, d.c, budget))?;
-    let grid = Dim3::new(d.n.div_ceil(bq) as u32, grid_dim_yz(OP, "batch", d.b)?, 1);
-    let args = [
-        out.arg(),
-        lse.arg(),
-        q.arg(),
-        k.arg(),
-        v.arg(),
-        int(OP, "C", d.c)?,
-        int(OP, "N", d.n)?,
-        scale(d.c),
-        KernelArg::I32(bq as i32),
-    ];
-    run_shared(dev, &kernels::attention::ATTENTION_FWD_F32, grid, Dim3::x(BLOCK), fwd_smem(d.c, bq) as u32, &args)?;
-    Ok((out, lse))
+    let launch = ForwardLaunch {
+        kernel: &kernels::attention::ATTENTION_FWD_F32,
+        threads: BLOCK,
+        tile: bq,
+        shared_bytes: fwd_smem(d.c, bq),
+    };
+    launch_forward(OP, dev, &launch, (q, k, v), d)
 }
 
 /// (dq, dk, dv), each [b, c, n], from dout and the forward's q, k, v, out,
@@ -127,37 +207,22 @@ pub fn attention_backward(
 ) -> Result<(GpuStorage, GpuStorage, GpuStorage)> {
     const OP: &str = "attention_backward";
     let len = d.b * d.c * d.n;
-    let (dq, dk, dv) = (alloc(dev, len)?, alloc(dev, len)?, alloc(dev, len)?);
     if len == 0 {
-        return Ok((dq, dk, dv));
+        return Ok((alloc(dev, len)?, alloc(dev, len)?, alloc(dev, len)?));
     }
     super::check_i32(OP, "C*N", d.c * d.n)?;
     super::check_i32(OP, "B*N", d.b * d.n)?;
     let budget = smem_budget(dev.max_shared_bytes());
     let t = backward_tile(d.c, budget).ok_or_else(|| too_wide(OP, d.c, budget))?;
-    let (c, n, b) = (int(OP, "C", d.c)?, int(OP, "N", d.n)?, int(OP, "B", d.b)?);
-    let dvec = alloc(dev, d.b * d.n)?;
-    run(
-        dev,
-        &kernels::attention::ATTENTION_BWD_ROWDOT_F32,
-        Dim3::x((d.b * d.n).div_ceil(BLOCK as usize) as u32),
-        &[dvec.arg(), dout.arg(), out.arg(), b, c, n],
-    )?;
-    let grid = Dim3::new(d.n.div_ceil(t) as u32, grid_dim_yz(OP, "batch", d.b)?, 1);
-    let tile = KernelArg::I32(t as i32);
-    let args =
-        [dk.arg(), dv.arg(), dout.arg(), q.arg(), k.arg(), v.arg(), lse.arg(), dvec.arg(), c, n, scale(d.c), tile];
-    run_shared(
-        dev,
-        &kernels::attention::ATTENTION_BWD_DKDV_F32,
-        grid,
-        Dim3::x(BLOCK),
-        dkdv_smem(d.c, t) as u32,
-        &args,
-    )?;
-    let args = [dq.arg(), dout.arg(), q.arg(), k.arg(), v.arg(), lse.arg(), dvec.arg(), c, n, scale(d.c), tile];
-    run_shared(dev, &kernels::attention::ATTENTION_BWD_DQ_F32, grid, Dim3::x(BLOCK), dq_smem(d.c, t) as u32, &args)?;
-    Ok((dq, dk, dv))
+    let launch = BackwardLaunch {
+        dkdv: &kernels::attention::ATTENTION_BWD_DKDV_F32,
+        dq: &kernels::attention::ATTENTION_BWD_DQ_F32,
+        threads: BLOCK,
+        tile: t,
+        dkdv_bytes: dkdv_smem(d.c, t),
+        dq_bytes: dq_smem(d.c, t),
+    };
+    launch_backward(OP, dev, &launch, dout, &Saved { q, k, v, out, lse }, d)
 }
 
 /// The softmax weights p [b, n, n] (runs the forward for the lse first).

@@ -8,11 +8,12 @@
 //! from 0 to n whatever the tile. `Precision::Fp32` runs `attention.rs`
 //! (today's kernels, bit for bit).
 
-use super::attention::{self as fp32, smem_budget};
-use super::{alloc, grid_dim_yz, int, run, run_shared, BLOCK};
+use super::attention::{
+    self as fp32, launch_backward, launch_forward, smem_budget, BackwardLaunch, ForwardLaunch, Saved,
+};
 use crate::geom::AttentionDims;
 use crate::gpu::kernels::{self, Kernel};
-use crate::gpu::{Dim3, GpuDevice, GpuStorage, KernelArg};
+use crate::gpu::{GpuDevice, GpuStorage};
 use crate::{Precision, Result, TensorError};
 
 /// Threads of a block (4 warps).
@@ -88,11 +89,6 @@ fn pick(p: Precision, bf16: &'static Kernel, tf32: &'static Kernel) -> &'static 
     }
 }
 
-fn scale(c: usize) -> KernelArg {
-    // C^-0.5 in f64, rounded to f32, as attention.rs (and the oracle)
-    KernelArg::F32((c as f64).sqrt().recip() as f32)
-}
-
 fn too_wide(op: &'static str, p: Precision, c: usize, budget: usize) -> TensorError {
     TensorError::invalid(
         op,
@@ -121,24 +117,14 @@ pub fn attention_forward(
     super::check_i32(OP, "C*N", d.c.next_multiple_of(16) * d.n.next_multiple_of(BKV))?;
     let budget = smem_budget(dev.max_shared_bytes());
     let bq = forward_tile(p, d.c, budget).ok_or_else(|| too_wide(OP, p, d.c, budget))?;
-    let out = alloc(dev, d.b * d.c * d.n)?;
-    let lse = alloc(dev, d.b * d.n)?;
-    let grid = Dim3::new(d.n.div_ceil(bq) as u32, grid_dim_yz(OP, "batch", d.b)?, 1);
-    let args = [
-        out.arg(),
-        lse.arg(),
-        q.arg(),
-        k.arg(),
-        v.arg(),
-        int(OP, "C", d.c)?,
-        int(OP, "N", d.n)?,
-        scale(d.c),
-        KernelArg::I32(bq as i32),
-    ];
     use kernels::attention_tc::{ATTENTION_FWD_TC_BF16_F32, ATTENTION_FWD_TC_TF32_F32};
-    let kernel = pick(p, &ATTENTION_FWD_TC_BF16_F32, &ATTENTION_FWD_TC_TF32_F32);
-    run_shared(dev, kernel, grid, Dim3::x(THREADS), fwd_smem(p, d.c, bq) as u32, &args)?;
-    Ok((out, lse))
+    let launch = ForwardLaunch {
+        kernel: pick(p, &ATTENTION_FWD_TC_BF16_F32, &ATTENTION_FWD_TC_TF32_F32),
+        threads: THREADS,
+        tile: bq,
+        shared_bytes: fwd_smem(p, d.c, bq),
+    };
+    launch_forward(OP, dev, &launch, (q, k, v), d)
 }
 
 /// (dq, dk, dv), each [b, c, n], with the products on tensor cores at `p`.
@@ -163,26 +149,16 @@ pub fn attention_backward(
     super::check_i32(OP, "B*N", d.b * d.n)?;
     let budget = smem_budget(dev.max_shared_bytes());
     let t = backward_tile(p, d.c, budget).ok_or_else(|| too_wide(OP, p, d.c, budget))?;
-    let (c, n, b) = (int(OP, "C", d.c)?, int(OP, "N", d.n)?, int(OP, "B", d.b)?);
-    let (dq, dk, dv) = (alloc(dev, len)?, alloc(dev, len)?, alloc(dev, len)?);
-    let dvec = alloc(dev, d.b * d.n)?;
-    run(
-        dev,
-        &kernels::attention::ATTENTION_BWD_ROWDOT_F32,
-        Dim3::x((d.b * d.n).div_ceil(BLOCK as usize) as u32),
-        &[dvec.arg(), dout.arg(), out.arg(), b, c, n],
-    )?;
-    let grid = Dim3::new(d.n.div_ceil(t) as u32, grid_dim_yz(OP, "batch", d.b)?, 1);
-    let tile = KernelArg::I32(t as i32);
     use kernels::attention_tc::*;
-    let kernel = pick(p, &ATTENTION_BWD_DKDV_TC_BF16_F32, &ATTENTION_BWD_DKDV_TC_TF32_F32);
-    let args =
-        [dk.arg(), dv.arg(), dout.arg(), q.arg(), k.arg(), v.arg(), lse.arg(), dvec.arg(), c, n, scale(d.c), tile];
-    run_shared(dev, kernel, grid, Dim3::x(THREADS), dkdv_smem(p, d.c, t) as u32, &args)?;
-    let kernel = pick(p, &ATTENTION_BWD_DQ_TC_BF16_F32, &ATTENTION_BWD_DQ_TC_TF32_F32);
-    let args = [dq.arg(), dout.arg(), q.arg(), k.arg(), v.arg(), lse.arg(), dvec.arg(), c, n, scale(d.c), tile];
-    run_shared(dev, kernel, grid, Dim3::x(THREADS), dq_smem(p, d.c, t) as u32, &args)?;
-    Ok((dq, dk, dv))
+    let launch = BackwardLaunch {
+        dkdv: pick(p, &ATTENTION_BWD_DKDV_TC_BF16_F32, &ATTENTION_BWD_DKDV_TC_TF32_F32),
+        dq: pick(p, &ATTENTION_BWD_DQ_TC_BF16_F32, &ATTENTION_BWD_DQ_TC_TF32_F32),
+        threads: THREADS,
+        tile: t,
+        dkdv_bytes: dkdv_smem(p, d.c, t),
+        dq_bytes: dq_smem(p, d.c, t),
+    };
+    launch_backward(OP, dev, &launch, dout, &Saved { q, k, v, out, lse }, d)
 }
 
 #[cfg(test)]
