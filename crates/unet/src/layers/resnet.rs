@@ -62,12 +62,11 @@ impl ResCache {
     /// (an up block's hidden state and its skip connection, which the down
     /// path's cache holds anyway), so that the concatenated copy is freed
     /// after the forward; the backward concatenates them again.
-    pub fn keep_input_as_concat(&mut self, a: Tensor, b: Tensor) -> Result<()> {
-        let (da, db) = (a.dims(), b.dims());
-        let fits = matches!(&self.x, Input::Whole(x) if x.dims().len() == 4 && da.len() == 4 && db.len() == 4
-            && x.dims()[1] == da[1] + db[1]
-            && [x.dims()[0], x.dims()[2], x.dims()[3]] == [da[0], da[2], da[3]]
-            && [da[0], da[2], da[3]] == [db[0], db[2], db[3]]);
+    pub(crate) fn keep_input_as_concat(&mut self, a: Tensor, b: Tensor) -> Result<()> {
+        // Batch and spatial sizes are checked by the backward's concat_channels.
+        let channels = |t: &Tensor| t.dims().get(1).copied();
+        let fits = matches!(&self.x, Input::Whole(x)
+            if channels(x).is_some() && channels(x) == channels(&a).zip(channels(&b)).map(|(ca, cb)| ca + cb));
         if !fits {
             return Err(crate::UNetError::Config("a block's input is not the concatenation of these tensors".into()));
         }
