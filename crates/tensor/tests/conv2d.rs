@@ -298,6 +298,42 @@ fn large_batches_match_oracles() {
     }
 }
 
+/// The f32 3x3 stride-1 convs with at least 128 channels each way take the
+/// Winograd F(2x2, 3x3) path (`cpu/conv2d/winograd.rs`): forward and stride-1
+/// data gradient where a tile row fills 16 lanes, the weight gradient always.
+/// Held to the same oracles and bound as the direct path, on channel counts
+/// that are not multiples of 16, a second partial block of tiles per row,
+/// odd output sizes and asymmetric padding; and bit-identical across thread
+/// counts.
+#[test]
+fn winograd_sized_convs_match_oracles() {
+    let cases = [
+        Case { n: 1, ci: 128, co: 137, h: 33, w: 35, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 31 },
+        Case { n: 1, ci: 131, co: 128, h: 31, w: 32, kh: 3, kw: 3, p: pads(1, 2, 0, 0, 2), seed: 32 },
+        // 8 tiles a row: the weight gradient only.
+        Case { n: 3, ci: 128, co: 128, h: 15, w: 16, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 33 },
+    ];
+    for c in cases {
+        let (x, w, b, r) = c.data();
+        let what = |op: &str| format!("{op} {c:?}");
+        let (ax, aw, ab, ar) = (abs(&x), abs(&w), abs(&b), abs(&r));
+        let run = || (fwd(t32, &c, &x, &w, Some(&b)), bwd_data(t32, &c, &r, &w), bwd_weight(t32, &c, &r, &x));
+        let (y, dx, dw) = run();
+        let scale = oracle_forward(&c, &ax, &aw, Some(&ab));
+        assert_close_scaled(&what("forward"), &y, &oracle_forward(&c, &x, &w, Some(&b)), &scale, 1e-5);
+        let scale = oracle_backward_data(&c, &ar, &aw);
+        assert_close_scaled(&what("backward data"), &dx, &oracle_backward_data(&c, &r, &w), &scale, 1e-5);
+        let scale = oracle_backward_weight(&c, &ar, &ax);
+        assert_close_scaled(&what("backward weight"), &dw, &oracle_backward_weight(&c, &r, &x), &scale, 1e-5);
+        let bits = |v: &(Vec<f64>, Vec<f64>, Vec<f64>)| {
+            [&v.0, &v.1, &v.2].map(|t| t.iter().map(|f| f.to_bits()).collect::<Vec<u64>>())
+        };
+        let first = bits(&(y, dx, dw));
+        assert!(first == bits(&in_pool(1, run)), "1-thread pool differs ({c:?})");
+        assert!(first == bits(&in_pool(3, run)), "3-thread pool differs ({c:?})");
+    }
+}
+
 #[test]
 fn known_values_3x3_same() {
     // All-ones 3x3 kernel on a 3x3 input counts each pixel's in-bounds neighbours' sum.

@@ -12,6 +12,12 @@
 //! - backward weight: `dW = dY * col^T` (computed as `dW^T` when `K >= Co`),
 //!   summed over images.
 //!
+//! The f32 3x3 stride-1 convs with 128 or more channels each way go through
+//! Winograd F(2x2, 3x3) instead (`conv2d/winograd.rs`: 16 gemms of the
+//! transformed tiles, 2.25x fewer multiplies): the weight gradient always,
+//! the forward (and so the stride-1 data gradient) where a row of tiles
+//! fills a vector. Below that size the direct path measured faster.
+//!
 //! Small planes share one gemm so its N dimension stays large. Work is
 //! parallel over image groups, each gemm serial inside; the weight gradient
 //! sums per-slot partials (a fixed slot count) in slot order, and the bias
@@ -26,6 +32,8 @@ use rayon::prelude::*;
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::ops::Range;
+
+mod winograd;
 
 /// Columns one gemm should see. Small planes (the 7x7 of a downsampling
 /// conv) are batched up to this; larger ones go one image per gemm, which
@@ -395,6 +403,9 @@ pub fn conv2d_forward<T: Element>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&
 
 /// `y = conv(x, w)` finished by `epi` (see [`Epilogue`]).
 pub fn conv2d_forward_epilogue<T: Element>(g: &ConvGeom, x: &[T], w: &[T], epi: &Epilogue<'_, T>, y: &mut [T]) {
+    if winograd::applies_forward::<T>(g) {
+        return winograd::forward(g, x, w, epi, y);
+    }
     let (nb, xi, yi) = (g.images_per_group(), g.in_image(), g.out_image());
     if yi == 0 || g.n == 0 {
         return;
@@ -486,6 +497,9 @@ fn backward_data_group<T: Element>(g: &ConvGeom, dy: &[T], w: &[T], dx: &mut [T]
 /// at most `MAX_WEIGHT_SLOTS` contiguous slots; each slot accumulates its
 /// images in order, and the slots are summed in slot order.
 pub fn conv2d_backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &mut [T]) {
+    if winograd::applies_weight::<T>(g) {
+        return winograd::backward_weight(g, dy, x, dw);
+    }
     let wlen = g.co * g.k();
     dw[..wlen].fill(T::zero());
     if g.n == 0 || wlen == 0 {

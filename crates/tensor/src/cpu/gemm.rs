@@ -42,16 +42,31 @@ pub enum Threads {
 /// `a.rows x b.cols`. Panics only on a caller's internal bug (mismatched
 /// views), never on user data: ops check shapes before they get here.
 pub fn matmul<T: Element>(a: MatRef<'_, T>, b: MatRef<'_, T>, c: &mut [T], accumulate: bool, threads: Threads) {
+    matmul_strided(a, b, c, b.cols, accumulate, threads)
+}
+
+/// [`matmul`] with `c`'s rows `c_rs` elements apart (`c_rs >= b.cols`):
+/// row `r` of the product is `c[r * c_rs..][..b.cols]`, and the elements
+/// between rows are left alone.
+pub fn matmul_strided<T: Element>(
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    c: &mut [T],
+    c_rs: usize,
+    accumulate: bool,
+    threads: Threads,
+) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions");
     assert!(a.fits() && b.fits(), "matmul: view out of bounds");
-    assert!(c.len() >= m * n, "matmul: output too small");
+    assert!(c_rs >= n, "matmul: output rows overlap");
     if m == 0 || n == 0 {
         return;
     }
+    assert!(c.len() >= (m - 1) * c_rs + n, "matmul: output too small");
     if k == 0 {
         if !accumulate {
-            c[..m * n].iter_mut().for_each(|x| *x = T::zero());
+            c.chunks_mut(c_rs).take(m).for_each(|row| row[..n].iter_mut().for_each(|x| *x = T::zero()));
         }
         return;
     }
@@ -60,7 +75,8 @@ pub fn matmul<T: Element>(a: MatRef<'_, T>, b: MatRef<'_, T>, c: &mut [T], accum
         Threads::Rayon => gemm::Parallelism::Rayon(0),
     };
     // SAFETY: every view was checked to lie inside its slice above, the
-    // output slice holds m * n elements, and the slices do not overlap
+    // output slice holds rows of n elements c_rs apart (c_rs >= n, so they
+    // are distinct), and the slices do not overlap
     // (`c` is a unique borrow).
     unsafe {
         gemm::gemm(
@@ -69,7 +85,7 @@ pub fn matmul<T: Element>(a: MatRef<'_, T>, b: MatRef<'_, T>, c: &mut [T], accum
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            c_rs as isize,
             accumulate,
             a.data.as_ptr(),
             a.cs as isize,
