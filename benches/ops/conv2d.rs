@@ -36,6 +36,8 @@ fn cases() -> Vec<Case> {
         // The cifar10 preset's widest levels at its bench batch.
         Case { name: "conv2d_3x3 B8 128->128 32x32", b: 8, ci: 128, co: 128, hw: 32, k: 3, p: Conv2dParams::same(3) },
         Case { name: "conv2d_3x3 B8 256->256 16x16", b: 8, ci: 256, co: 256, hw: 16, k: 3, p: Conv2dParams::same(3) },
+        Case { name: "conv2d_3x3 B8 256->256 8x8", b: 8, ci: 256, co: 256, hw: 8, k: 3, p: Conv2dParams::same(3) },
+        Case { name: "conv2d_3x3 B8 256->256 4x4", b: 8, ci: 256, co: 256, hw: 4, k: 3, p: Conv2dParams::same(3) },
     ]
 }
 
