@@ -36,7 +36,7 @@
 
 use super::super::gemm::matmul_strided;
 use super::super::simd::widest;
-use super::{matmul, sum_partials, with_scratch, Epilogue, MatRef, Threads, MAX_WEIGHT_SLOTS};
+use super::{matmul, sum_partials, with_scratch, Epilogue, MatRef, Threads};
 use crate::geom::ConvGeom;
 use crate::Element;
 use rayon::prelude::*;
@@ -46,6 +46,13 @@ use std::ops::Range;
 /// Tiles one group of gemms sees: about one 28x28 image, so that the
 /// transformed input and output (16 Ci T and 16 Co T values) stay in L2.
 const TARGET_TILES: usize = 196;
+
+/// Most partial weight gradients (16 Co Ci values each) alive at once: a
+/// fixed number, never the thread count, so the summation order is the same
+/// everywhere. Fewer than the direct path's 16, since each is 16/9 the size
+/// and summing them is memory-bound (at 8 slots a 32x32 batch of 8 measured
+/// slower than the direct path).
+const WEIGHT_SLOTS: usize = 4;
 
 /// Fewest input and output channels for which the transforms pay off: they
 /// cost O(C) per tile against the gemms' O(C^2), and measured on this
@@ -425,7 +432,7 @@ fn forward_group<T: Element>(g: &ConvGeom, tiles: Tiles, u: &[T], x: &[T], y: &m
 // ---------------------------------------------------------- backward weight
 
 /// `dw = sum over images of the weight gradient`, for a conv that [`applies_weight`]:
-/// images in at most `MAX_WEIGHT_SLOTS` contiguous slots, each accumulating
+/// images in at most `WEIGHT_SLOTS` contiguous slots, each accumulating
 /// `dU` in image order, the slots summed in slot order, then `G^T dU G`.
 pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &mut [T]) {
     let (ulen, wlen) = (16 * g.co * g.ci, g.co * g.ci * 9);
@@ -435,7 +442,7 @@ pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &
     }
     let tiles = Tiles::of(g);
     let nb = tiles.images_per_group(g.n);
-    let per_slot = g.n.div_ceil(nb).div_ceil(MAX_WEIGHT_SLOTS) * nb;
+    let per_slot = g.n.div_ceil(nb).div_ceil(WEIGHT_SLOTS) * nb;
     let slots = g.n.div_ceil(per_slot);
     let mut partials = vec![T::zero(); slots * ulen];
     partials.par_chunks_mut(ulen).enumerate().for_each(|(s, part)| {
