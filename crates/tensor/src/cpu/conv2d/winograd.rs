@@ -62,8 +62,9 @@ const MIN_CHANNELS: usize = 128;
 
 /// Fewest tiles per tile row for the forward: a row of tiles is one block of
 /// `LANES`, so narrower images waste lanes, and at 16x16 (8 tiles a row) the
-/// direct forward measured faster. The weight gradient pays off regardless,
-/// since the direct one's gemm has a short inner dimension (9 Ci) there.
+/// direct forward measured faster. The weight gradient pays off regardless:
+/// the direct one's gemm sums over the pixels of a few images, a short inner
+/// dimension for its 9 Ci x Co output, where here it is 16 Co x Ci over tiles.
 const MIN_FORWARD_TILE_ROW: usize = LANES;
 
 fn is_3x3_stride_1<T: Element>(g: &ConvGeom) -> bool {
@@ -106,7 +107,7 @@ impl Tiles {
 
 // ------------------------------------------------------------ transforms
 
-/// Channels one transform step handles at once (one AVX-512 register of f32).
+/// Tiles one transform step handles at once (one AVX-512 register of f32).
 const LANES: usize = 16;
 
 type Lanes<T> = [T; LANES];
@@ -236,6 +237,9 @@ fn split_plane<T: Element>(g: &ConvGeom, tiles: Tiles, src: &[T], even: &mut [T]
             let js = valid(first);
             dst[..js.start].fill(T::zero());
             dst[js.end..].fill(T::zero());
+            if js.is_empty() {
+                continue; // (a zero-width input: only padding)
+            }
             let src0 = 2 * js.start + first - pl;
             for (d, s) in dst[js.clone()].iter_mut().zip(row[src0..].iter().step_by(2)) {
                 *d = *s;
@@ -574,6 +578,9 @@ mod tests {
             (1, 16, 33, (5, 37), (2, 0, 0, 2)),
             (2, 8, 8, (3, 4), (0, 0, 0, 0)),
             (1, 20, 4, (31, 34), (0, 2, 1, 1)),
+            // Only padding: an input with no columns, or no rows.
+            (1, 4, 4, (3, 0), (1, 1, 2, 2)),
+            (2, 4, 3, (0, 5), (2, 2, 1, 1)),
         ];
         for (k, &(n, ci, co, hw, pads)) in shapes.iter().enumerate() {
             let g = geom(n, ci, co, hw, pads);
