@@ -174,3 +174,24 @@ fn lora_runs_store_only_adapters_refuse_a_wrong_base_and_merge_into_a_plain_chec
     ]);
     assert!(e.contains("--lora-targets \"*atn*.q\" matches no parameter"), "{e}");
 }
+
+/// The weights of a run predict its target under its schedule: fine-tuning
+/// keeps the checkpoint's noise process unless the flags name another.
+#[test]
+fn fine_tuning_keeps_the_checkpoints_noise_process_unless_told_otherwise() {
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base");
+    train(&base, 2, &["--target", "v", "--schedule", "cosine", "--timesteps", "500"]);
+    let base_s = s(&base);
+    let noise = |run: &Path| {
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+        (cfg["target"].to_string(), cfg["schedule"].to_string(), cfg["timesteps"].as_u64())
+    };
+    let kept = d.path().join("kept");
+    train(&kept, 1, &["--init-from", &base_s]);
+    assert_eq!(noise(&kept), ("\"v\"".into(), "\"cosine\"".into(), Some(500)));
+    let told = d.path().join("told");
+    train(&told, 1, &["--init-from", &base_s, "--target", "eps", "--timesteps", "1000"]);
+    assert_eq!(noise(&told), ("\"eps\"".into(), "\"cosine\"".into(), Some(1000)));
+}

@@ -11,7 +11,7 @@ use diffuse_trainer::config::{LoraConfig, LrScale, TrainConfig, DEFAULT_LORA_TAR
 use diffuse_trainer::data_parallel::train_ranks;
 use diffuse_trainer::diffusion::{Schedule, Target};
 use diffuse_trainer::loss_weighting::{LossWeighting, TimestepSampling};
-use diffuse_trainer::train::{Resume, Start, Trainer};
+use diffuse_trainer::train::{NoiseChoice, Resume, Start, Trainer};
 use std::path::PathBuf;
 
 /// The model preset when `--config` is not given.
@@ -84,13 +84,13 @@ pub struct TrainArgs {
     pub grad_clip: Option<f64>,
     #[arg(long)]
     pub ema_decay: Option<f64>,
-    /// Noise schedule.
+    /// Noise schedule [default: linear; with --init-from, the checkpoint's]
     #[arg(long, value_enum)]
     pub schedule: Option<ScheduleArg>,
-    /// Diffusion steps T.
+    /// Diffusion steps T [default: 1000; with --init-from, the checkpoint's]
     #[arg(long)]
     pub timesteps: Option<usize>,
-    /// Regression target.
+    /// Regression target [default: eps; with --init-from, the checkpoint's]
     #[arg(long, value_enum)]
     pub target: Option<TargetArg>,
     /// Loss weighting: none, min-snr (gamma 5) or min-snr:GAMMA (Hang et al. 2023)
@@ -299,6 +299,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 checkpoint: i.clone(),
                 model: a.config.is_some().then(|| cfg.model.clone()),
                 dropout: a.dropout,
+                noise: NoiseChoice {
+                    schedule: a.schedule.map(Into::into),
+                    timesteps: a.timesteps,
+                    target: a.target.map(Into::into),
+                },
             },
             a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-finetune", sanitize(config_name)))),
         ),

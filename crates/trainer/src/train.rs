@@ -80,7 +80,19 @@ pub enum Start {
         model: Option<UNetConfig>,
         /// A new dropout probability.
         dropout: Option<f32>,
+        /// The noise process the user asked for; what is None is the
+        /// checkpoint's (its model learnt that schedule, T and target).
+        noise: NoiseChoice,
     },
+}
+
+/// Explicit choices of the noise process (`--schedule`, `--timesteps`,
+/// `--target`); None keeps what the run or checkpoint has.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoiseChoice {
+    pub schedule: Option<crate::diffusion::Schedule>,
+    pub timesteps: Option<usize>,
+    pub target: Option<crate::diffusion::Target>,
 }
 
 /// How to resume: the run's own settings win, except for these.
@@ -226,7 +238,14 @@ impl Trainer {
                 ..c.train_config.clone()
             };
         }
-        if let (Start::FineTune { model, dropout, .. }, Some(c)) = (&start, &ckpt) {
+        if let (Start::FineTune { model, dropout, noise, .. }, Some(c)) = (&start, &ckpt) {
+            // The weights predict the checkpoint's target under its schedule:
+            // training them on another would silently start over.
+            let base = &c.train_config;
+            cfg.schedule = noise.schedule.unwrap_or(base.schedule);
+            cfg.timesteps = noise.timesteps.unwrap_or(base.timesteps);
+            cfg.target = noise.target.unwrap_or(base.target);
+            cfg.sample_ddim_steps = cfg.sample_ddim_steps.min(cfg.timesteps);
             // Fine-tuning keeps the checkpoint's architecture; only dropout may change.
             let mut m = c.model_config().clone();
             if let Some(want) = model {
