@@ -64,12 +64,9 @@ impl ConvGeom {
             && self.wo == self.w
     }
 
-    /// Images per gemm: about `TARGET_COLS` columns, with the batch split
-    /// into equal groups (depends on the shape only, never on threads).
+    /// Images per gemm: about `TARGET_COLS` columns.
     fn images_per_group(&self) -> usize {
-        let want = (TARGET_COLS / self.p().max(1)).clamp(1, self.n.max(1));
-        let groups = self.n.div_ceil(want).max(1);
-        self.n.div_ceil(groups).max(1)
+        images_per_group(self.n, self.p(), TARGET_COLS)
     }
 
     /// For stride 1 with padding inside the kernel: the conv whose forward is
@@ -94,6 +91,23 @@ impl ConvGeom {
             ..*self
         })
     }
+}
+
+/// Images per group of a batch of `n`: about `target` units of work at
+/// `per_image` each, the batch split into equal groups (the shape decides,
+/// never the thread count).
+fn images_per_group(n: usize, per_image: usize, target: usize) -> usize {
+    let want = (target / per_image.max(1)).clamp(1, n.max(1));
+    let groups = n.div_ceil(want).max(1);
+    n.div_ceil(groups).max(1)
+}
+
+/// The images of each weight-gradient slot: contiguous runs of whole groups
+/// of `nb`, at most `max_slots` runs (a fixed number, so the slots' sum has
+/// the same order on every machine).
+fn weight_slots(n: usize, nb: usize, max_slots: usize) -> Vec<Range<usize>> {
+    let per_slot = n.div_ceil(nb).div_ceil(max_slots) * nb;
+    (0..n.div_ceil(per_slot)).map(|s| s * per_slot..((s + 1) * per_slot).min(n)).collect()
 }
 
 // ---------------------------------------------------------------- scratch
@@ -506,13 +520,9 @@ pub fn conv2d_backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &
         return;
     }
     let nb = g.images_per_group();
-    let per_slot = g.n.div_ceil(nb).div_ceil(MAX_WEIGHT_SLOTS) * nb;
-    let slots = g.n.div_ceil(per_slot);
-    let mut partials = vec![T::zero(); slots * wlen];
-    partials.par_chunks_mut(wlen).enumerate().for_each(|(s, part)| {
-        let imgs = s * per_slot..((s + 1) * per_slot).min(g.n);
-        weight_slot(g, dy, x, imgs, nb, part);
-    });
+    let slots = weight_slots(g.n, nb, MAX_WEIGHT_SLOTS);
+    let mut partials = vec![T::zero(); slots.len() * wlen];
+    partials.par_chunks_mut(wlen).zip(slots).for_each(|(part, imgs)| weight_slot(g, dy, x, imgs, nb, part));
     if g.weight_transposed() {
         let mut sum = vec![T::zero(); wlen];
         sum_partials(&partials, wlen, &mut sum);

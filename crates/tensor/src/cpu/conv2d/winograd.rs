@@ -36,7 +36,7 @@
 
 use super::super::gemm::matmul_strided;
 use super::super::simd::widest;
-use super::{matmul, sum_partials, with_scratch, Epilogue, MatRef, Threads};
+use super::{images_per_group, matmul, sum_partials, weight_slots, with_scratch, Epilogue, MatRef, Threads};
 use crate::geom::ConvGeom;
 use crate::Element;
 use rayon::prelude::*;
@@ -97,11 +97,9 @@ impl Tiles {
         self.th * self.tw
     }
 
-    /// Images per group: about `TARGET_TILES` tiles, the batch split into equal groups.
+    /// Images per group: about `TARGET_TILES` tiles.
     fn images_per_group(&self, n: usize) -> usize {
-        let want = (TARGET_TILES / self.per_image().max(1)).clamp(1, n.max(1));
-        let groups = n.div_ceil(want).max(1);
-        n.div_ceil(groups).max(1)
+        images_per_group(n, self.per_image(), TARGET_TILES)
     }
 }
 
@@ -446,13 +444,9 @@ pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &
     }
     let tiles = Tiles::of(g);
     let nb = tiles.images_per_group(g.n);
-    let per_slot = g.n.div_ceil(nb).div_ceil(WEIGHT_SLOTS) * nb;
-    let slots = g.n.div_ceil(per_slot);
-    let mut partials = vec![T::zero(); slots * ulen];
-    partials.par_chunks_mut(ulen).enumerate().for_each(|(s, part)| {
-        let imgs = s * per_slot..((s + 1) * per_slot).min(g.n);
-        weight_slot(g, tiles, dy, x, imgs, nb, part);
-    });
+    let slots = weight_slots(g.n, nb, WEIGHT_SLOTS);
+    let mut partials = vec![T::zero(); slots.len() * ulen];
+    partials.par_chunks_mut(ulen).zip(slots).for_each(|(part, imgs)| weight_slot(g, tiles, dy, x, imgs, nb, part));
     let mut du = vec![T::zero(); ulen];
     sum_partials(&partials, ulen, &mut du);
     untransform_kernels(g, &du, dw);
