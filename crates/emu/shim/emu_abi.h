@@ -87,6 +87,9 @@ uint64_t emu_warp_op(int op, unsigned int mask, uint64_t value, int b, int width
 // the values of all 32 lanes: out[l] is lane l's value, 0 for a lane that
 // does not exist, has exited or is not in the mask.
 void emu_warp_gather(int op, unsigned int mask, uint64_t value, uint64_t out[32]);
+// After a gather: the warp's 256-float scratch; *first = 1 for the first
+// lane to ask (it computes what the scratch holds), 0 for the rest.
+float* emu_warp_wmma_scratch(int* first);
 void emu_nanosleep(unsigned int ns);
 __attribute__((noreturn)) void emu_trap(const char* what, const char* file, int line);
 #ifdef __cplusplus

@@ -298,6 +298,14 @@ struct Worker {
     RaceWorker race;
     // values of the last completed emu_warp_gather, per warp and lane
     uint64_t gathered[kMaxThreads];
+    // per warp: a number no other completed gather on this worker had (the
+    // worker's count of gathers), and the wmma scratch tagged with the
+    // gather it was computed for (emu_warp_wmma_scratch)
+    uint64_t gathers_done = 0;
+    bool static_shared_poisoned = false;  // in this launch (run_block)
+    uint64_t gather_id[kMaxThreads / 32] = {};
+    uint64_t wmma_tag[kMaxThreads / 32] = {};
+    float wmma_tile[kMaxThreads / 32][256];
 };
 
 struct Job {
@@ -509,6 +517,22 @@ bool resolve_warps(Worker* w, uint32_t first_warp = 0, uint32_t end_warp = UINT3
                 if (fg.state != F_WARP || fg.op != f0.op || fg.mask != f0.mask) complete = false;
             }
             if (!complete) continue;
+            if (f0.op >= EMU_OP_WMMA_LOAD && f0.op <= EMU_OP_WMMA_MMA) {
+                // a gather (the wmma calls): the values go to w->gathered
+                for (uint32_t g = 0; g < 32; ++g) {
+                    const bool in = group >> g & 1;
+                    w->gathered[base + g] = in ? w->fibers[base + g].value : 0;
+                    if (in) {
+                        w->fibers[base + g].result = 0;
+                        w->fibers[base + g].state = F_READY;
+                    }
+                }
+                w->gather_id[wi] = ++w->gathers_done;
+                race_warp_sync(w, wi);
+                done |= group;
+                progress = true;
+                continue;
+            }
             // compute the results
             uint64_t agg_and = ~0ull, agg_or = 0, agg_xor = 0, agg_add = 0;
             uint64_t agg_minu = ~0ull, agg_maxu = 0;
@@ -590,12 +614,10 @@ bool resolve_warps(Worker* w, uint32_t first_warp = 0, uint32_t end_warp = UINT3
                     case EMU_OP_REDUCE_AND: r = (uint32_t)agg_and; break;
                     case EMU_OP_REDUCE_OR: r = (uint32_t)agg_or; break;
                     case EMU_OP_REDUCE_XOR: r = (uint32_t)agg_xor; break;
-                    default: break;  // gathers: the values go to w->gathered
+                    default: break;
                 }
                 fg.result = r;
             }
-            if (f0.op >= EMU_OP_WMMA_LOAD && f0.op <= EMU_OP_WMMA_MMA)
-                for (uint32_t g = 0; g < 32; ++g) w->gathered[base + g] = (group >> g & 1) ? w->fibers[base + g].value : 0;
             for (uint32_t g = 0; g < 32; ++g)
                 if (group >> g & 1) w->fibers[base + g].state = F_READY;
             race_warp_sync(w, wi);
@@ -812,9 +834,14 @@ void run_block(Worker* w, uint64_t b) {
     const uint32_t bx = j->block[0], by = j->block[1];
     const uint32_t n = w->n;
     // poison shared memory (static: only for kernels whose file declares some;
-    // it is every kernel's static shared memory at once)
-    if (w->tls_block && w->tls_memsz > w->tls_filesz && (j->k->flags & EMU_FLAG_STATIC_SHARED))
+    // it is every kernel's static shared memory at once, ~0.5 MB, so with the
+    // hazard detector off only a worker's first block of a launch pays it:
+    // later blocks start from the earlier blocks' values, not from poison)
+    if (w->tls_block && w->tls_memsz > w->tls_filesz && (j->k->flags & EMU_FLAG_STATIC_SHARED) &&
+        (j->checks || !w->static_shared_poisoned)) {
         memset(w->tls_block + w->tls_filesz, kPoison, w->tls_memsz - w->tls_filesz);
+        w->static_shared_poisoned = true;
+    }
     if (w->dyn && j->shared) memset(w->dyn, kPoison, w->dyn_guard ? round_up(j->shared, kPage) : j->shared);
     for (uint32_t i = 0; i < n; ++i) {
         EmuFiberPublic* cb = fiber_cb(w, i);
@@ -907,6 +934,7 @@ void run_job(Worker* w, Job* j) {
             w->dyn_open = open;
         }
     }
+    w->static_shared_poisoned = false;
     RaceWorker& r = w->race;
     r.checks = j->checks;
     r.launch_tag = j->launch_tag << 48;
@@ -1377,6 +1405,20 @@ extern "C" void emu_warp_gather(int op, unsigned int mask, uint64_t value, uint6
     const EmuFiberPublic* self = emu_self();
     Worker* w = worker_of(self);
     memcpy(out, &w->gathered[self->linear & ~31u], 32 * sizeof(uint64_t));
+}
+
+// The calling warp's 256-float scratch for the gather it last completed:
+// *first is 1 for the first lane to ask after that gather (it fills the
+// scratch), 0 for the others. Lanes cannot reach the warp's next gather
+// before all have arrived at it, so the scratch stays this gather's until
+// every lane has read it (wmma::mma_sync computes the warp's tile once).
+extern "C" float* emu_warp_wmma_scratch(int* first) {
+    const EmuFiberPublic* self = emu_self();
+    Worker* w = worker_of(self);
+    const uint32_t wi = self->linear >> 5;
+    *first = w->wmma_tag[wi] != w->gather_id[wi];
+    w->wmma_tag[wi] = w->gather_id[wi];
+    return w->wmma_tile[wi];
 }
 
 extern "C" void emu_nanosleep(unsigned int) {

@@ -13,8 +13,10 @@
 // same call with the same pointer, ldm and layout, or the launch fails;
 // each lane then loads or stores only its own elements, so the hazard
 // detector sees the real per-lane accesses. mma_sync exchanges the lanes'
-// fragments by address (one gather), computes each lane's elements of
-// D = A B + C, and writes them after a second collective, so D may alias C.
+// fragments by address (one gather); the first lane to resume computes the
+// warp's whole D = A B + C into a per-warp scratch of the runtime
+// (emu_warp_wmma_scratch) before any other lane resumes, and every lane
+// copies its elements out, so D may alias C.
 //
 // Numerics: inputs are taken exactly as stored (bf16 / half values, or tf32
 // values in a float, whose 13 low mantissa bits must be zero: a kernel that
@@ -188,6 +190,34 @@ static inline float emu_wmma_elem(const Frag* const lanes[32], int r, int c) {
     return emu_wmma_input(lanes[idx & 31u]->x[idx >> 5]);
 }
 
+// D = A B + C for the whole 16 x 16 tile, into d (row-major), from the 32
+// lanes' fragments: the inputs converted to float once, then for each
+// element the K products added to C in k order, each sum rounded to float
+// (the loops run over j innermost so they vectorise; the order of each
+// element's sum is unchanged). Reads of the lanes' fragments are register
+// traffic on a GPU, not memory the hazard detector models.
+template <int M, int N, int K, class FA, class FB, class FC>
+__attribute__((no_sanitize_thread)) static void emu_wmma_tile(float* d, const FA* const la[32],
+                                                              const FB* const lb[32], const FC* const lc[32]) {
+    float a[M][K], b[K][N];
+    for (int i = 0; i < M; ++i)
+        for (int k = 0; k < K; ++k) a[i][k] = emu_wmma_elem<FA>(la, i, k);
+    for (int k = 0; k < K; ++k)
+        for (int j = 0; j < N; ++j) b[k][j] = emu_wmma_elem<FB>(lb, k, j);
+    for (int i = 0; i < M; ++i) {
+        float acc[N];
+        for (int j = 0; j < N; ++j) {  // C is float: taken as it is
+            const unsigned idx = (unsigned)(i * N + j);
+            acc[j] = lc[idx & 31u]->x[idx >> 5];
+        }
+        for (int k = 0; k < K; ++k) {
+            const float aik = a[i][k];
+            for (int j = 0; j < N; ++j) acc[j] += aik * b[k][j];
+        }
+        for (int j = 0; j < N; ++j) d[i * N + j] = acc[j];
+    }
+}
+
 template <int M, int N, int K, class T, class LA, class LB>
 static inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
                             const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
@@ -201,29 +231,28 @@ static inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const frag
     } mine = {&a, &b, &c};
     uint64_t all[32];
     emu_warp_gather(EMU_OP_WMMA_MMA, 0xffffffffu, (uint64_t)(uintptr_t)&mine, all);
-    const FA* la[32];
-    const FB* lb[32];
-    const FC* lc[32];
-    for (int l = 0; l < 32; ++l) {
-        if (all[l] == 0) emu_trap("wmma::mma_sync: all 32 lanes of the warp must take part", __FILE__, __LINE__);
-        const Operands* o = (const Operands*)(uintptr_t)all[l];
-        la[l] = o->a;
-        lb[l] = o->b;
-        lc[l] = o->c;
+    int first = 0;
+    float* tile = emu_warp_wmma_scratch(&first);
+    if (first) {
+        // The first lane to resume computes the warp's tile once, while
+        // every lane's operands are still as they were at the gather.
+        const FA* la[32];
+        const FB* lb[32];
+        const FC* lc[32];
+        for (int l = 0; l < 32; ++l) {
+            if (all[l] == 0) emu_trap("wmma::mma_sync: all 32 lanes of the warp must take part", __FILE__, __LINE__);
+            const Operands* o = (const Operands*)(uintptr_t)all[l];
+            la[l] = o->a;
+            lb[l] = o->b;
+            lc[l] = o->c;
+        }
+        emu_wmma_tile<M, N, K>(tile, la, lb, lc);
     }
+    // No second collective before D is written (D may be C, A's or B's
+    // storage): fibers switch only at synchronisation points, so the first
+    // lane read every operand before any other lane resumed.
     const unsigned lane = emu_self()->linear & 31u;
-    float out[FC::num_elements];
-    for (int e = 0; e < FC::num_elements; ++e) {
-        const unsigned idx = (unsigned)e * 32u + lane;
-        const int i = (int)(idx / N), j = (int)(idx % N);
-        float acc = lc[lane]->x[e];  // C(i, j) is this lane's own element e
-        for (int k = 0; k < K; ++k) acc += emu_wmma_elem<FA>(la, i, k) * emu_wmma_elem<FB>(lb, k, j);
-        out[e] = acc;
-    }
-    // Every lane has read every other lane's operands before any lane
-    // writes D (which may be C, A's or B's storage in another lane's view).
-    __syncwarp();
-    for (int e = 0; e < FC::num_elements; ++e) d.x[e] = out[e];
+    for (int e = 0; e < FC::num_elements; ++e) d.x[e] = tile[(unsigned)e * 32u + lane];
 }
 
 #undef EMU_WMMA_CHECK
