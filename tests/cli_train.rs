@@ -221,7 +221,12 @@ fn the_sde_sampler_is_deterministic_per_seed_and_spacing_is_checked() {
         std::fs::read(d.path().join(name)).unwrap()
     };
     let explicit = ["--sampler", "dpm++2m-sde", "--steps", "20", "--spacing", "karras"];
-    assert_eq!(sample_npy("default.npy", &[]), sample_npy("explicit.npy", &explicit));
+    let default = sample_npy("default.npy", &[]);
+    assert_eq!(default, sample_npy("explicit.npy", &explicit));
+    // The ramp's top: the default cap (160) is above this linear schedule's
+    // top (157), so it changes nothing; a lower one moves every level.
+    assert_eq!(default, sample_npy("uncapped.npy", &["--sigma-max", "inf"]));
+    assert_ne!(default, sample_npy("capped.npy", &["--sigma-max", "20"]));
     let refused = |extra: &[&str]| {
         let mut args = vec!["sample", "--device", "cpu", "--checkpoint", &run_s, "--out", &png];
         args.extend_from_slice(extra);
@@ -229,6 +234,12 @@ fn the_sde_sampler_is_deterministic_per_seed_and_spacing_is_checked() {
     };
     let err = refused(&["--sampler", "ddim", "--spacing", "karras"]);
     assert!(err.contains("--spacing applies to"), "{err}");
+    let err = refused(&["--sampler", "ddim", "--sigma-max", "80"]);
+    assert!(err.contains("--sigma-max applies to"), "{err}");
+    let err = refused(&["--spacing", "uniform", "--sigma-max", "80"]);
+    assert!(err.contains("--sigma-max applies to"), "{err}");
+    let err = refused(&["--sigma-max", "0"]);
+    assert!(err.contains("sigma_max must be above"), "{err}");
     let err = refused(&["--sampler", "heun", "--steps", "1000"]);
     assert!(err.contains("steps must be in 1..=999"), "{err}");
 }

@@ -8,7 +8,7 @@ use diffuse_trainer::checkpoint::Checkpoint;
 use diffuse_trainer::diffusion::Diffusion;
 use diffuse_trainer::image_grid::{save_grid, save_trajectory};
 use diffuse_trainer::memory_budget::{sampling_need, MemoryBudget};
-use diffuse_trainer::noise_levels::Spacing;
+use diffuse_trainer::noise_levels::{NoiseLevels, Spacing};
 use diffuse_trainer::npy::save_npy;
 use diffuse_trainer::raster::ValueRange;
 use diffuse_trainer::sampler::{sample, SampleSpec, Sampler, Variance};
@@ -77,6 +77,12 @@ pub struct SampleArgs {
     /// Noise levels of dpm++2m, dpm++2m-sde and heun [default: karras].
     #[arg(long, value_enum)]
     pub spacing: Option<SpacingKind>,
+    /// Highest noise level of the karras and logsnr spacings: the ramp
+    /// starts at the smaller of this and the schedule's top (`inf`: the
+    /// schedule's top, as diffusers) [default: 160, which only a cosine
+    /// schedule's 2.0e4 exceeds].
+    #[arg(long)]
+    pub sigma_max: Option<f64>,
     /// DDIM eta: 0 is deterministic, 1 is DDPM-like.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
@@ -178,6 +184,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if a.spacing.is_some() && matches!(a.sampler, SamplerKind::Ddpm | SamplerKind::Ddim) {
         bail!("--spacing applies to dpm++2m, dpm++2m-sde and heun only");
     }
+    if a.sigma_max.is_some()
+        && (matches!(a.sampler, SamplerKind::Ddpm | SamplerKind::Ddim) || spacing == Spacing::Uniform)
+    {
+        bail!("--sigma-max applies to the karras and logsnr spacings of dpm++2m, dpm++2m-sde and heun only");
+    }
     // a default never asks for more steps than a short diffusion has
     let steps = a.steps.unwrap_or_else(|| a.sampler.default_steps().min(tc.timesteps.saturating_sub(1).max(1)));
     let sampler = match a.sampler {
@@ -194,6 +205,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
         SamplerKind::Heun => Sampler::Heun { steps, spacing },
     };
     let calls = sampler.model_calls(&diffusion)?;
+    if let Some(sigma_max) = a.sigma_max {
+        NoiseLevels::new(&diffusion).sigmas_up_to(spacing, steps, sigma_max).context("--sigma-max")?;
+    }
     let mut n = a.n;
     let mut per_row = None;
     let labels = match &a.class {
@@ -209,6 +223,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
     spec.batch = a.batch;
     spec.labels = labels;
     spec.guidance = a.guidance;
+    if let Some(sigma_max) = a.sigma_max {
+        spec.sigma_max = sigma_max;
+    }
     if a.trajectory.is_some() {
         spec.trajectory = a.n.min(8);
     }

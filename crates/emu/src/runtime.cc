@@ -298,11 +298,11 @@ struct Worker {
     RaceWorker race;
     // values of the last completed emu_warp_gather, per warp and lane
     uint64_t gathered[kMaxThreads];
+    bool static_shared_poisoned = false;  // in this launch (run_block)
     // per warp: a number no other completed gather on this worker had (the
     // worker's count of gathers), and the wmma scratch tagged with the
     // gather it was computed for (emu_warp_wmma_scratch)
     uint64_t gathers_done = 0;
-    bool static_shared_poisoned = false;  // in this launch (run_block)
     uint64_t gather_id[kMaxThreads / 32] = {};
     uint64_t wmma_tag[kMaxThreads / 32] = {};
     float wmma_tile[kMaxThreads / 32][256];

@@ -35,6 +35,14 @@ impl std::str::FromStr for Spacing {
 /// Karras et al.'s rho.
 const KARRAS_RHO: f64 = 7.0;
 
+/// Where samplers start the Karras and log-SNR ramps unless told otherwise:
+/// the schedule's own top level, capped here. The data lie in [-1, 1], so
+/// at sigma = 160 they are under 1% of x_t's scale and a noisier level adds
+/// nothing; the linear schedule's top (157 at T = 1000) is below the cap,
+/// the cosine schedule's (2.0e4) is not, and a ramp from there spends a
+/// few-step sampler's levels where no digit forms (BENCHMARKS.md, issue 20).
+pub const DEFAULT_SIGMA_MAX: f64 = 160.0;
+
 #[derive(Clone, Debug)]
 pub struct NoiseLevels {
     /// ln sigma_t for t = 0..T, strictly increasing.
@@ -87,15 +95,29 @@ impl NoiseLevels {
     }
 
     /// The noise levels a `steps`-step sampler visits: `steps` levels from
-    /// sigma_max down, then 0 (the clean image).
+    /// sigma_max down, then 0 (the clean image). The full range of the
+    /// schedule, as diffusers' schedulers; samplers use [`Self::sigmas_up_to`].
     pub fn sigmas(&self, spacing: Spacing, steps: usize) -> Result<Vec<f64>> {
+        self.sigmas_up_to(spacing, steps, f64::INFINITY)
+    }
+
+    /// [`Self::sigmas`] with the Karras and log-SNR ramps starting at
+    /// min(`sigma_max`, the schedule's top) instead of the top (uniform
+    /// spacing visits timesteps and ignores it; `f64::INFINITY`: the top).
+    pub fn sigmas_up_to(&self, spacing: Spacing, steps: usize, sigma_max: f64) -> Result<Vec<f64>> {
         let t_max = self.timesteps() - 1;
         if steps == 0 || steps > t_max {
             return Err(Error::Config(format!("steps must be in 1..={t_max}, got {steps}")));
         }
+        if sigma_max.is_nan() || sigma_max <= self.sigma_min() {
+            return Err(Error::Config(format!(
+                "sigma_max must be above the schedule's smallest noise level {:.3e}, got {sigma_max}",
+                self.sigma_min()
+            )));
+        }
         // ramp[i] = i / (steps - 1): 0 at sigma_max, 1 at sigma_min.
         let ramp = |i: usize| if steps == 1 { 0.0 } else { i as f64 / (steps - 1) as f64 };
-        let (lo, hi) = (self.log_sigmas[0], self.log_sigmas[t_max]);
+        let (lo, hi) = (self.log_sigmas[0], self.log_sigmas[t_max].min(sigma_max.ln()));
         let mut s: Vec<f64> = match spacing {
             Spacing::Uniform => {
                 // numpy's linspace(0, T - 1, steps + 1).round() (ties to even),
@@ -174,6 +196,30 @@ mod tests {
         let s = l.sigmas(Spacing::Uniform, 6).unwrap();
         let want: Vec<f64> = [999, 832, 666, 500, 333, 166].iter().map(|&t| l.sigma_at(t as f64)).collect();
         assert_eq!(&s[..6], &want[..]);
+        // Capped ramps: the cap replaces the top, the rest of the ramp follows.
+        let c = levels(Schedule::Cosine);
+        assert!(c.sigma_max() > 1e4, "{}", c.sigma_max());
+        for spacing in [Spacing::LogSnr, Spacing::Karras] {
+            let capped = c.sigmas_up_to(spacing, 10, DEFAULT_SIGMA_MAX).unwrap();
+            assert!((capped[0] / DEFAULT_SIGMA_MAX - 1.0).abs() < 1e-12, "{capped:?}");
+            assert!((capped[9] / c.sigma_min() - 1.0).abs() < 1e-12);
+            assert!(capped.windows(2).all(|p| p[0] > p[1]), "{capped:?}");
+            // above the top (the linear schedule's 157) the cap changes nothing
+            assert_eq!(l.sigmas_up_to(spacing, 10, DEFAULT_SIGMA_MAX).unwrap(), l.sigmas(spacing, 10).unwrap());
+            assert!(c.sigmas_up_to(spacing, 10, c.sigma_min() / 2.0).is_err());
+            assert!(c.sigmas_up_to(spacing, 10, f64::NAN).is_err());
+        }
+        let k = c.sigmas_up_to(Spacing::Karras, 5, 80.0).unwrap();
+        let want: Vec<f64> = (0..5)
+            .map(|i| {
+                let (a, b) = (80f64.powf(1.0 / 7.0), c.sigma_min().powf(1.0 / 7.0));
+                (a + i as f64 / 4.0 * (b - a)).powi(7)
+            })
+            .collect();
+        for (x, y) in k.iter().zip(&want) {
+            assert!((x / y - 1.0).abs() < 1e-12, "{k:?} vs {want:?}");
+        }
+        assert_eq!(c.sigmas_up_to(Spacing::Uniform, 6, 80.0).unwrap(), c.sigmas(Spacing::Uniform, 6).unwrap());
         // Log-SNR spacing: equal ratios.
         let s = l.sigmas(Spacing::LogSnr, 5).unwrap();
         let r: Vec<f64> = s[..5].windows(2).map(|p| p[0] / p[1]).collect();

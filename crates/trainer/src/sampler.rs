@@ -10,7 +10,7 @@
 use crate::diffusion::Diffusion;
 use crate::guidance::{self, Conditioning};
 use crate::memory_budget::MemoryBudget;
-use crate::noise_levels::{NoiseLevels, Spacing};
+use crate::noise_levels::{NoiseLevels, Spacing, DEFAULT_SIGMA_MAX};
 use crate::solvers::{self, Denoiser, NoiseSource};
 use crate::{Error, Result};
 use diffuse_tensor::{ops, DType, Tensor};
@@ -84,6 +84,9 @@ pub struct SampleSpec {
     pub labels: Option<Vec<usize>>,
     /// Classifier-free guidance scale w (1: plain conditional).
     pub guidance: f64,
+    /// Top of the Karras / log-SNR ramps of DPM-Solver++ and Heun: the
+    /// schedule's top level capped at this (`f64::INFINITY`: uncapped).
+    pub sigma_max: f64,
 }
 
 impl SampleSpec {
@@ -98,6 +101,7 @@ impl SampleSpec {
             clip_x0: true,
             labels: None,
             guidance: 1.0,
+            sigma_max: DEFAULT_SIGMA_MAX,
         }
     }
 }
@@ -236,6 +240,7 @@ fn sample_levels(
     d: &Diffusion,
     sampler: Sampler,
     clip_x0: bool,
+    sigma_max: f64,
     x_t: &Tensor,
     seed: u64,
     cond: Conditioning<'_>,
@@ -254,13 +259,13 @@ fn sample_levels(
     };
     match sampler {
         Sampler::DpmSolver { steps, spacing, sde } => {
-            let sigmas = levels.sigmas(spacing, steps)?;
+            let sigmas = levels.sigmas_up_to(spacing, steps, sigma_max)?;
             let mut noise = PhiloxNoise { seed };
             let src: Option<&mut dyn NoiseSource> = if sde { Some(&mut noise) } else { None };
             solvers::dpmpp_2m(&mut den, src, x_t, &sigmas, observe)
         }
         Sampler::Heun { steps, spacing } => {
-            let sigmas = levels.sigmas(spacing, steps)?;
+            let sigmas = levels.sigmas_up_to(spacing, steps, sigma_max)?;
             solvers::heun(&mut den, x_t, &sigmas, observe)
         }
         _ => sampler.per_timestep_only().map(|_| x_t.clone()),
@@ -315,7 +320,7 @@ pub fn sample(
         if !per_timestep {
             let mut frames = Vec::new();
             let record = (keep > 0).then_some((&mut frames, record_every));
-            x = sample_levels(model, d, spec.sampler, spec.clip_x0, &x, seed, cond, record, || {
+            x = sample_levels(model, d, spec.sampler, spec.clip_x0, spec.sigma_max, &x, seed, cond, record, || {
                 calls += 1;
                 on_step(calls, total_calls);
             })?;
@@ -537,7 +542,19 @@ mod tests {
                     // Same start, other step noise: only the SDE noise differs.
                     let x_t = Tensor::randn([2, 1, 8, 8], 9, INIT_STREAM, DType::F32, &dev).unwrap();
                     let run = |seed| {
-                        sample_levels(&model, &d, sampler, true, &x_t, seed, Conditioning::NONE, None, || {}).unwrap()
+                        sample_levels(
+                            &model,
+                            &d,
+                            sampler,
+                            true,
+                            f64::INFINITY,
+                            &x_t,
+                            seed,
+                            Conditioning::NONE,
+                            None,
+                            || {},
+                        )
+                        .unwrap()
                     };
                     assert_ne!(run(1).to_vec_f32().unwrap(), run(2).to_vec_f32().unwrap());
                 }
