@@ -7,7 +7,7 @@
 #     PyTorch vectors, trainer end to end, every kernel compiled by NVRTC for
 #     compute_80 and compute_90 (PTX) and sm_80 and sm_90 (CUBIN), every per-device test on the CPU and on the
 #     CUDA emulator in forward thread order, 300 bf16 training steps on the
-#     emulated tensor cores against the CPU's fp32 run (~5 minutes); the
+#     emulated tensor cores against the CPU's fp32 run (~7 minutes); the
 #     _cuda ones show as ignored without a GPU);
 #  3. reruns the emulator's per-device tests (names ending in _emu) with its
 #     threads in reverse, in a seeded shuffled order and in the two

@@ -125,7 +125,7 @@ fn a_bf16_run_follows_the_fp32_loss_curve_over_300_steps() {
 }
 
 /// Measured: worst window 0.88% apart (steps 251-300; 0.78% in 151-200); 297
-/// of the 300 losses differ. ~5 minutes on 2 cores.
+/// of the 300 losses differ. ~7 minutes on 2 cores (412-413 s in CI).
 #[test]
 fn a_bf16_run_on_the_emulated_tensor_cores_follows_the_fp32_loss_curve_over_300_steps() {
     let d = tempfile::tempdir().unwrap();
