@@ -13,6 +13,9 @@
 // shared memory only (crates/tensor/src/gpu/launch/conv2d_tc.rs).
 // CPU twin: crates/tensor/src/cpu/reduced.rs conv2d_forward (the rounding
 // oracle); fp32 twin: conv2d.cu / cpu/conv2d.rs.
+// conv2d_fwd_tc_bf16in_f32 reads x stored in bf16 (an activation kept in
+// bf16 between layers): the same values as the f32 x rounded while staged,
+// so the same bits out as conv2d_fwd_tc_bf16_f32.
 // Version 1: gathers divide per element (no Digits3 stepping yet), one
 // shared stage (no double buffering).
 #include "tc_gemm.cuh"
@@ -23,15 +26,16 @@ struct ConvFwdA {  // A(o, k) = w[o * K + k]
     __device__ __forceinline__ float at(int m, int k) const { return w[(long long)m * K + k]; }
 };
 
-struct ConvFwdB {  // this thread's im2col column q = (img, oy, ox)
-    const float* xi;  // x + img * Ci * H * W
+template <class X>  // x's element type: float, or __nv_bfloat16
+struct ConvFwdB {     // this thread's im2col column q = (img, oy, ox)
+    const X* xi;      // x + img * Ci * H * W
     int iy0, ix0, h, wd, khw, kw;
     bool ok;
     __device__ __forceinline__ float at(int k) const {
         if (!ok) return 0.0f;
         const int c = k / khw, r = k - c * khw, ky = r / kw, kx = r - ky * kw;
         const int iy = iy0 + ky, ix = ix0 + kx;
-        return iy >= 0 && iy < h && ix >= 0 && ix < wd ? xi[((long long)c * h + iy) * wd + ix] : 0.0f;
+        return iy >= 0 && iy < h && ix >= 0 && ix < wd ? tc_load(xi[((long long)c * h + iy) * wd + ix]) : 0.0f;
     }
 };
 
@@ -45,14 +49,14 @@ struct ConvFwdOut {
     }
 };
 
-template <class P>
-__device__ __forceinline__ void conv2d_fwd_tc(float* __restrict__ y, const float* __restrict__ x,
+template <class P, class X>
+__device__ __forceinline__ void conv2d_fwd_tc(float* __restrict__ y, const X* __restrict__ x,
                                               const float* __restrict__ w, const float* __restrict__ b, int has_bias,
                                               int n, int ci, int h, int wd, int co, int kh, int kw, int stride,
                                               int pad_top, int pad_left, int ho, int wo) {
     const int khw = kh * kw, K = ci * khw, howo = ho * wo, Q = n * howo;
     const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
-    ConvFwdB gb;
+    ConvFwdB<X> gb;
     const int q = n0 + tc_b_column();
     gb.ok = q < Q;
     const int img = gb.ok ? q / howo : 0, p = q - img * howo, oy = p / wo, ox = p - oy * wo;
@@ -72,12 +76,19 @@ extern "C" __global__ void __launch_bounds__(128) conv2d_fwd_tc_bf16_f32(float* 
                                               const float* __restrict__ w, const float* __restrict__ b, int has_bias,
                                               int n, int ci, int h, int wd, int co, int kh, int kw, int stride,
                                               int pad_top, int pad_left, int ho, int wo) {
-    conv2d_fwd_tc<TcBf16>(y, x, w, b, has_bias, n, ci, h, wd, co, kh, kw, stride, pad_top, pad_left, ho, wo);
+    conv2d_fwd_tc<TcBf16, float>(y, x, w, b, has_bias, n, ci, h, wd, co, kh, kw, stride, pad_top, pad_left, ho, wo);
 }
 
 extern "C" __global__ void __launch_bounds__(128) conv2d_fwd_tc_tf32_f32(float* __restrict__ y, const float* __restrict__ x,
                                               const float* __restrict__ w, const float* __restrict__ b, int has_bias,
                                               int n, int ci, int h, int wd, int co, int kh, int kw, int stride,
                                               int pad_top, int pad_left, int ho, int wo) {
-    conv2d_fwd_tc<TcTf32>(y, x, w, b, has_bias, n, ci, h, wd, co, kh, kw, stride, pad_top, pad_left, ho, wo);
+    conv2d_fwd_tc<TcTf32, float>(y, x, w, b, has_bias, n, ci, h, wd, co, kh, kw, stride, pad_top, pad_left, ho, wo);
+}
+
+extern "C" __global__ void __launch_bounds__(128) conv2d_fwd_tc_bf16in_f32(float* __restrict__ y, const __nv_bfloat16* __restrict__ x,
+                                              const float* __restrict__ w, const float* __restrict__ b, int has_bias,
+                                              int n, int ci, int h, int wd, int co, int kh, int kw, int stride,
+                                              int pad_top, int pad_left, int ho, int wo) {
+    conv2d_fwd_tc<TcBf16, __nv_bfloat16>(y, x, w, b, has_bias, n, ci, h, wd, co, kh, kw, stride, pad_top, pad_left, ho, wo);
 }

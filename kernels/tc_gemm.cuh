@@ -57,6 +57,11 @@ struct TcTf32 {
     }
 };
 
+// An operand element as f32: a bf16-stored activation widens exactly, so
+// staging it rounds to the same bf16 (or tf32) as its f32 original would.
+__device__ __forceinline__ float tc_load(float v) { return v; }
+__device__ __forceinline__ float tc_load(__nv_bfloat16 v) { return __bfloat162float(v); }
+
 // The B column (within the tile) this thread stages: fixed for the kernel.
 __device__ __forceinline__ int tc_b_column() { return threadIdx.x & (TC_BN - 1); }
 

@@ -252,3 +252,59 @@ fn weighted_loss(dut: &DeviceUnderTest) {
 }
 
 per_device!(weighted_loss, weighted_loss_cpu, weighted_loss_emu, weighted_loss_cuda);
+
+/// bf16 activation storage (issue 13): a bf16 training step with the
+/// convolutions' bf16-only inputs kept in bf16 gives the same bits (output,
+/// loss, every gradient) as with them kept in f32, and its cache is smaller
+/// by exactly half of what those tensors took in f32. On the CPU the
+/// setting changes nothing (no bf16 storage; the CPU rebuilds them anyway).
+fn bf16_activations_change_memory_not_bits(dut: &DeviceUnderTest) {
+    let device = &dut.device;
+    let mut rng = TensorRng::new(152);
+    let x = on(&rng.tensor(&[2, 1, 8, 8]), device);
+    let t = on(&Tensor::from_vec(vec![3f32, 811.0], [2]).unwrap(), device);
+    let noise = on(&rng.tensor_in(&[2, 1, 8, 8], -2.0, 2.0), device);
+    let run = |keep: bool| {
+        let config = UNetConfig { dropout: 0.1, ..UNetConfig::tiny() };
+        let mut model = UNet::new(config, 5, DType::F32, device).unwrap();
+        model.params.set_precision(Precision::Bf16);
+        model.params.set_bf16_activations(keep);
+        let (eps, cache) = model.forward_train(&x, &t, ForwardMode::train(99, 4)).unwrap();
+        let loss = ops::mse_loss_forward(&eps, &noise).unwrap();
+        model.params.zero_grads();
+        model.backward(&cache, &ops::mse_loss_backward(&eps, &noise, 1.0).unwrap()).unwrap();
+        let mut all = vec![eps.to_vec_f32().unwrap(), loss.to_vec_f32().unwrap()];
+        all.extend(model.params.ids().map(|id| model.params.grad(id).unwrap().to_vec_f32().unwrap()));
+        (all, cache.bytes(), cache.bytes_of(DType::BF16))
+    };
+    let (on_bits, on_bytes, bf16_bytes) = run(true);
+    let (off_bits, off_bytes, off_bf16) = run(false);
+    assert_eq!(off_bf16, 0, "bf16 tensors in the cache with bf16 activations off");
+    for (i, (a, b)) in on_bits.iter().zip(&off_bits).enumerate() {
+        assert!(
+            a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "output {i} (0 eps, 1 loss, then the gradients) differs with bf16 activations on {}",
+            dut.label
+        );
+    }
+    if dut.is_cpu() {
+        assert_eq!((bf16_bytes, on_bytes), (0, off_bytes), "the CPU cache changed");
+        log("bf16 activations on the CPU: no bf16 storage, the same cache and bits");
+        return;
+    }
+    assert!(bf16_bytes > 0, "no activation was kept in bf16 on {}", dut.label);
+    // each bf16 tensor took twice its bytes in f32
+    assert_eq!(off_bytes - on_bytes, bf16_bytes, "cache {off_bytes} -> {on_bytes} bytes, bf16 part {bf16_bytes}");
+    log(&format!(
+        "bf16 activations on {}: the same bits; training cache {off_bytes} -> {on_bytes} bytes ({:.1}% less)",
+        dut.label,
+        100.0 * (off_bytes - on_bytes) as f64 / off_bytes as f64
+    ));
+}
+
+per_device!(
+    bf16_activations_change_memory_not_bits,
+    bf16_activations_change_memory_not_bits_cpu,
+    bf16_activations_change_memory_not_bits_emu,
+    bf16_activations_change_memory_not_bits_cuda
+);

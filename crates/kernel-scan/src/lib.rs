@@ -21,8 +21,10 @@ pub struct Kernel {
 /// What a kernel parameter is, as far as argument passing goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParamKind {
-    /// Any pointer (device memory).
+    /// A pointer (device memory) to anything but bf16.
     Ptr,
+    /// A pointer to `__nv_bfloat16` (a bf16 tensor's buffer).
+    PtrBf16,
     I32,
     U32,
     I64,
@@ -39,6 +41,7 @@ impl ParamKind {
     pub fn variant(&self) -> &'static str {
         match self {
             ParamKind::Ptr => "Ptr",
+            ParamKind::PtrBf16 => "PtrBf16",
             ParamKind::I32 => "I32",
             ParamKind::U32 => "U32",
             ParamKind::I64 => "I64",
@@ -379,7 +382,8 @@ fn split_params(toks: &[Tok]) -> Vec<Vec<&Tok>> {
 
 fn kind_of(param: &[&Tok]) -> ParamKind {
     if param.iter().any(|t| matches!(t, Tok::Punct('*') | Tok::Punct('['))) {
-        return ParamKind::Ptr;
+        let bf16 = param.iter().any(|t| is_ident(t, "__nv_bfloat16"));
+        return if bf16 { ParamKind::PtrBf16 } else { ParamKind::Ptr };
     }
     let words: Vec<&str> = param
         .iter()
@@ -433,6 +437,12 @@ mod tests {
         assert!(f.static_shared);
         assert_eq!(f.warnings.len(), 1, "{:?}", f.warnings);
         assert!(f.warnings[0].contains("not_extern"));
+    }
+
+    #[test]
+    fn bf16_pointers_are_their_own_kind() {
+        let f = scan_source("extern \"C\" __global__ void k(float* y, const __nv_bfloat16* __restrict__ x, int n) {}");
+        assert_eq!(f.kernels[0].param_kinds, [ParamKind::Ptr, ParamKind::PtrBf16, ParamKind::I32]);
     }
 
     #[test]

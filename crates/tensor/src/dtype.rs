@@ -1,5 +1,8 @@
 //! Element types. Models train in f32; the CPU backend also runs every op in
 //! f64 so that finite-difference checks of whole layers are exact enough.
+//! bf16 is a storage type of GPU tensors only: activations whose only
+//! readers are bf16 tensor-core products (which round their inputs to bf16
+//! anyway) are kept in half the memory; no CPU kernel takes it.
 
 use crate::storage::CpuStorage;
 use std::fmt::Debug;
@@ -9,6 +12,8 @@ use std::sync::Arc;
 pub enum DType {
     F32,
     F64,
+    /// bfloat16 (GPU storage only; see the module comment).
+    BF16,
 }
 
 impl DType {
@@ -16,6 +21,7 @@ impl DType {
         match self {
             DType::F32 => 4,
             DType::F64 => 8,
+            DType::BF16 => 2,
         }
     }
 }

@@ -43,6 +43,16 @@ impl TensorError {
         TensorError::InvalidArgument { op, msg: msg.into() }
     }
 
+    /// A bf16 tensor reached host code: bf16 is GPU storage only.
+    #[doc(hidden)]
+    pub fn bf16_on_cpu() -> Self {
+        TensorError::Unsupported {
+            op: "bf16",
+            device: "cpu".into(),
+            why: "bf16 tensors live on GPUs only (the CPU reference rounds to bf16 through Precision::Bf16)".into(),
+        }
+    }
+
     pub(crate) fn shape(op: &'static str, expected: impl Into<String>, got: &Shape) -> Self {
         TensorError::ShapeMismatch { op, expected: expected.into(), got: got.clone() }
     }

@@ -43,6 +43,8 @@ macro_rules! with_element {
                 type $T = f64;
                 $body
             }
+            // CpuStorage has no bf16 variant: a host buffer never reports it.
+            $crate::DType::BF16 => return Err($crate::TensorError::bf16_on_cpu()),
         }
     };
 }

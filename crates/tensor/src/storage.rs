@@ -1,5 +1,6 @@
 //! Where a tensor's elements live: host memory (f32 or f64) or a GPU buffer
-//! (f32), as candle splits its CPU and CUDA storage.
+//! (f32, or bf16 for activations only tensor cores read), as candle splits
+//! its CPU and CUDA storage.
 
 use crate::gpu::GpuStorage;
 use crate::DType;
@@ -34,10 +35,11 @@ impl CpuStorage {
         self.len() == 0
     }
 
-    pub fn zeros(dtype: DType, n: usize) -> Self {
+    pub fn zeros(dtype: DType, n: usize) -> crate::Result<Self> {
         match dtype {
-            DType::F32 => CpuStorage::F32(Arc::new(vec![0.0; n])),
-            DType::F64 => CpuStorage::F64(Arc::new(vec![0.0; n])),
+            DType::F32 => Ok(CpuStorage::F32(Arc::new(vec![0.0; n]))),
+            DType::F64 => Ok(CpuStorage::F64(Arc::new(vec![0.0; n]))),
+            DType::BF16 => Err(crate::TensorError::bf16_on_cpu()),
         }
     }
 }
@@ -71,7 +73,7 @@ impl Storage {
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
-            Storage::Gpu(_) => DType::F32,
+            Storage::Gpu(g) => g.dtype(),
         }
     }
 }

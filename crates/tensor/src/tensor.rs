@@ -41,7 +41,12 @@ impl Tensor {
         let shape = shape.into();
         let n = shape.numel();
         match device {
-            Device::Cpu => Ok(Tensor { shape, storage: Storage::Cpu(CpuStorage::zeros(dtype, n)) }),
+            Device::Cpu => Ok(Tensor { shape, storage: Storage::Cpu(CpuStorage::zeros(dtype, n)?) }),
+            Device::Gpu(g) if dtype == DType::BF16 => {
+                let s = g.alloc_bf16(n)?;
+                g.driver().memset_zero(s.ptr(), n * 2)?; // +0.0 in bf16 is all zero bits too
+                Ok(Tensor::from_gpu(shape, s))
+            }
             Device::Gpu(g) => {
                 check_gpu_dtype("zeros", dtype, g)?;
                 Ok(Tensor::from_gpu(shape, g.zeros_f32(n)?))
@@ -53,10 +58,10 @@ impl Tensor {
         let shape = shape.into();
         let n = shape.numel();
         let t = match dtype {
-            DType::F32 => Tensor::from_cpu(shape, vec![value as f32; n]),
+            DType::F32 | DType::BF16 => Tensor::from_cpu(shape, vec![value as f32; n]),
             DType::F64 => Tensor::from_cpu(shape, vec![value; n]),
         };
-        t.to_device(device)
+        t.to_device(device)?.to_dtype(dtype)
     }
 
     /// Standard normal samples: element i is `philox::normal(seed, 0, stream, i)`,
@@ -67,10 +72,10 @@ impl Tensor {
         let mut v = vec![0f32; n];
         philox::fill_normal(&mut v, seed, 0, stream);
         let t = match dtype {
-            DType::F32 => Tensor::from_cpu(shape, v),
+            DType::F32 | DType::BF16 => Tensor::from_cpu(shape, v),
             DType::F64 => Tensor::from_cpu(shape, v.into_iter().map(f64::from).collect()),
         };
-        t.to_device(device)
+        t.to_device(device)?.to_dtype(dtype)
     }
 
     pub fn shape(&self) -> &Shape {
@@ -144,7 +149,8 @@ impl Tensor {
         }
     }
 
-    /// The elements as f32, copied from wherever they live.
+    /// The elements as f32, copied from wherever they live (bf16 widened,
+    /// exactly).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         match &self.storage {
             Storage::Cpu(CpuStorage::F32(v)) => Ok(v.to_vec()),
@@ -179,15 +185,19 @@ impl Tensor {
                 let v = self.to_vec_f32()?;
                 Ok(Tensor::from_gpu(self.shape.clone(), d.upload_f32(&v)?))
             }
+            // a bf16 tensor comes to the host as f32 (widened exactly: the
+            // host has no bf16 storage)
             (Storage::Gpu(g), Device::Cpu) => Ok(Tensor::from_cpu(self.shape.clone(), g.download_f32()?)),
-            (Storage::Gpu(_), Device::Gpu(d)) => {
+            (Storage::Gpu(g), Device::Gpu(d)) => {
                 let v = self.to_vec_f32()?;
-                Ok(Tensor::from_gpu(self.shape.clone(), d.upload_f32(&v)?))
+                Tensor::from_gpu(self.shape.clone(), d.upload_f32(&v)?).to_dtype(g.dtype())
             }
         }
     }
 
-    /// A copy in another element type (CPU only: GPU tensors are f32).
+    /// A copy in another element type: f32 <-> f64 on the CPU, f32 <-> bf16
+    /// on a GPU (to bf16 rounds to nearest even, as the tensor cores'
+    /// input conversion does; to f32 is exact). See [`crate::ops::cast`].
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if self.dtype() == dtype {
             return Ok(self.clone());
@@ -195,11 +205,8 @@ impl Tensor {
         match (&self.storage, dtype) {
             (Storage::Cpu(_), DType::F32) => Ok(Tensor::from_cpu(self.shape.clone(), self.to_vec_f32()?)),
             (Storage::Cpu(_), DType::F64) => Ok(Tensor::from_cpu(self.shape.clone(), self.to_vec_f64()?)),
-            (Storage::Gpu(g), _) => Err(TensorError::Unsupported {
-                op: "to_dtype",
-                device: g.device().name(),
-                why: "GPU tensors are f32".into(),
-            }),
+            (Storage::Cpu(_), DType::BF16) => Err(TensorError::bf16_on_cpu()),
+            (Storage::Gpu(_), _) => crate::ops::cast(self, dtype),
         }
     }
 }
@@ -208,6 +215,10 @@ pub(crate) fn check_gpu_dtype(op: &'static str, dtype: DType, dev: &crate::gpu::
     if dtype == DType::F32 {
         Ok(())
     } else {
-        Err(TensorError::Unsupported { op, device: dev.name(), why: format!("GPU tensors are f32, not {dtype:?}") })
+        Err(TensorError::Unsupported {
+            op,
+            device: dev.name(),
+            why: format!("GPU tensors are f32 (or bf16 through to_dtype), not {dtype:?}"),
+        })
     }
 }

@@ -428,3 +428,69 @@ per_device!(
     precision_setting_routes_conv_and_linear_emu,
     precision_setting_routes_conv_and_linear_cuda
 );
+
+/// An input stored in bf16 (a training cache's activation, `to_dtype`)
+/// gives the convolution's forward and weight gradient the same bits as its
+/// f32 original at bf16 precision: the `_bf16in` kernels widen exactly what
+/// the f32 kernels round to while staging. Bit identity can fail: a tile
+/// index or an element size wrong in the bf16 gather moves or mixes values.
+fn bf16_stored_input_gives_the_same_bits(dut: &DeviceUnderTest) {
+    use diffuse_tensor::ops;
+    use diffuse_tensor::DType;
+    if dut.is_cpu() {
+        log("bf16-stored conv input: no bf16 storage on the CPU");
+        return;
+    }
+    let mut rng = TensorRng::new(35);
+    let (s3, s1, d2) = (Conv2dParams::same(3), Conv2dParams::same(1), Conv2dParams::down2());
+    // cases()'s shapes (conv_in, residual, 1x1 skips, downsample, conv_out)
+    // and a 96-channel residual conv
+    let shapes = [
+        (2, 3, 32, 9, 7, 3, s3),
+        (1, 32, 32, 6, 6, 3, s3),
+        (2, 13, 70, 5, 7, 1, s1),
+        (2, 32, 32, 9, 9, 3, d2),
+        (1, 5, 7, 8, 6, 3, d2),
+        (3, 32, 3, 7, 5, 3, s3),
+        (3, 96, 40, 6, 5, 3, s3),
+    ];
+    for (n, ci, co, h, w, k, p) in shapes {
+        let g = geom(n, ci, co, h, w, k, p);
+        let t = |n: usize, s: &[usize], rng: &mut TensorRng| {
+            on(&Tensor::from_vec(rng.vec(n, -1.0, 1.0), s.to_vec()).unwrap(), &dut.device)
+        };
+        let x = t(g.n * g.ci * g.h * g.w, &[g.n, g.ci, g.h, g.w], &mut rng);
+        let w = t(g.co * g.ci * g.kh * g.kw, &[g.co, g.ci, g.kh, g.kw], &mut rng);
+        let b = t(g.co, &[g.co], &mut rng);
+        let dy = t(g.n * g.co * g.ho * g.wo, &[g.n, g.co, g.ho, g.wo], &mut rng);
+        let xh = x.to_dtype(DType::BF16).unwrap();
+        let bf = Precision::Bf16;
+        let pairs = [
+            (
+                ops::conv2d_forward_with(&xh, &w, Some(&b), &p, bf).unwrap(),
+                ops::conv2d_forward_with(&x, &w, Some(&b), &p, bf).unwrap(),
+            ),
+            (
+                ops::conv2d_backward_weight_with(&dy, &xh, w.shape(), &p, bf).unwrap(),
+                ops::conv2d_backward_weight_with(&dy, &x, w.shape(), &p, bf).unwrap(),
+            ),
+        ];
+        for (pass, (got, want)) in pairs.iter().enumerate() {
+            let (got, want) = (got.to_vec_f32().unwrap(), want.to_vec_f32().unwrap());
+            assert!(
+                got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "pass {pass} ({}) {g:?} on {}: bf16-stored x differs from f32 x",
+                ["forward", "weight gradient"][pass],
+                dut.label
+            );
+        }
+    }
+    log(&format!("bf16-stored conv input on {}: forward and weight gradient bit-identical to f32 input", dut.label));
+}
+
+per_device!(
+    bf16_stored_input_gives_the_same_bits,
+    bf16_stored_input_gives_the_same_bits_cpu,
+    bf16_stored_input_gives_the_same_bits_emu,
+    bf16_stored_input_gives_the_same_bits_cuda
+);

@@ -33,6 +33,9 @@ pub struct ParamStore {
     /// or tensor-core inputs rounded to tf32 / bf16); a run setting, not
     /// part of the model's file.
     precision: Precision,
+    /// Whether a GPU training cache keeps the activations only bf16 tensor
+    /// cores read in bf16 (at `Precision::Bf16`; on by default).
+    bf16_activations: bool,
     /// True while `grads[i]` is the buffer taken from `grad_home[i]`.
     home_in_use: Vec<bool>,
 }
@@ -49,6 +52,7 @@ impl ParamStore {
             grad_home: Vec::new(),
             home_in_use: Vec::new(),
             precision: Precision::Fp32,
+            bf16_activations: true,
         }
     }
 
@@ -59,6 +63,19 @@ impl ParamStore {
 
     pub fn set_precision(&mut self, precision: Precision) {
         self.precision = precision;
+    }
+
+    /// Whether training caches on a GPU keep bf16-only activations (the
+    /// inputs of convolutions without a LoRA adapter) in bf16: true at
+    /// `Precision::Bf16` unless turned off with [`Self::set_bf16_activations`].
+    /// The results are the same bits either way; only the memory differs.
+    pub fn keeps_bf16_activations(&self) -> bool {
+        self.precision == Precision::Bf16 && self.bf16_activations
+    }
+
+    /// Turns bf16 activation storage on (the default) or off.
+    pub fn set_bf16_activations(&mut self, on: bool) {
+        self.bf16_activations = on;
     }
 
     pub(crate) fn add(&mut self, name: String, value: Tensor, adapter: bool) -> ParamId {

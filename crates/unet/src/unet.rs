@@ -55,7 +55,8 @@ enum UpStep {
     /// `h_channels`: how many channels of the concatenated input came from h
     /// (the rest is the skip `skip_index`).
     Block { res: ResCache, attn: Option<AttnCache>, h_channels: usize, skip_index: usize },
-    /// An upsampling layer, with its conv's input (a GPU keeps it).
+    /// An upsampling layer, with its conv's input (a GPU keeps it; bf16 at
+    /// bf16 precision).
     Up(Tensor),
     /// An upsampling layer with the map before upsampling (the CPU keeps a
     /// quarter of the memory and upsamples again in the backward).
@@ -79,7 +80,8 @@ pub struct UNetCache {
     up: Vec<UpStep>,
     out_h: Tensor,
     out_norm: GroupNormCache,
-    /// silu(norm_out(out_h)), conv_out's input: kept on a GPU, rebuilt on the CPU.
+    /// silu(norm_out(out_h)), conv_out's input: kept on a GPU (bf16 at bf16
+    /// precision), rebuilt on the CPU.
     out_a: Option<Tensor>,
 }
 
@@ -89,6 +91,12 @@ impl UNetCache {
         // Counted by the tensors' element counts; every cached tensor is
         // reachable from `tensors()`.
         self.tensors().iter().map(|t| t.numel() * t.dtype().size_in_bytes()).sum()
+    }
+
+    /// Bytes of the cached tensors stored as `dtype` (bf16: the activations
+    /// a bf16 GPU run keeps at half size, `ParamStore::keeps_bf16_activations`).
+    pub fn bytes_of(&self, dtype: DType) -> usize {
+        self.tensors().iter().filter(|t| t.dtype() == dtype).map(|t| t.numel() * dtype.size_in_bytes()).sum()
     }
 
     fn tensors(&self) -> Vec<&Tensor> {
@@ -395,7 +403,7 @@ impl Arch {
                 h = hn;
             }
             if let Some(Resample::Up(u)) = &level.resample {
-                let (hn, upsampled) = u.forward(ps, &h)?;
+                let (hn, upsampled) = u.forward(ps, &h, train)?;
                 if train {
                     up_steps.push(if h.device().is_cpu() { UpStep::UpFrom(h.clone()) } else { UpStep::Up(upsampled) });
                 }
@@ -404,6 +412,7 @@ impl Arch {
         }
 
         let (out_a, out_norm) = self.norm_out.forward(ps, &h)?;
+        let out_a = if train { self.conv_out.cacheable_input(ps, out_a)? } else { out_a };
         let y = self.conv_out.forward(ps, &out_a)?;
         let cache = match (train, temb_cache, mid1, mid_attn, mid2) {
             (true, Some(temb), Some(mid1), Some(mid_attn), Some(mid2)) => Some(UNetCache {

@@ -51,6 +51,11 @@ pub struct BenchStepArgs {
     /// [default: bf16 on GPUs of compute capability 8.0+, else fp32].
     #[arg(long, value_parser = crate::cli::train::parse_precision)]
     pub precision: Option<diffuse_tensor::Precision>,
+    /// At bf16 on a GPU, keep every activation of the training cache in f32
+    /// (by default the convolutions' bf16-only inputs are kept in bf16, the
+    /// same bits in half the memory): to measure what that saves.
+    #[arg(long)]
+    pub f32_activations: bool,
     /// Add the driver calls of one steady-state step (GPU devices).
     #[arg(long)]
     pub counters: bool,
@@ -136,6 +141,7 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
             cfg.sample_every = 0;
             cfg.precision = a.precision;
             let t = trainer.insert(Trainer::new(cfg, Start::Fresh, tmp.0.join("run"), device.clone())?);
+            t.model.params.set_bf16_activations(!a.f32_activations);
             if a.graph && !device.is_cpu() {
                 if let Some(why) = t.use_graph() {
                     bail!("--graph: {why}");
@@ -206,11 +212,17 @@ pub fn run(a: BenchStepArgs) -> Result<()> {
     let total: f64 = secs.iter().sum();
     secs.sort_by(f64::total_cmp);
     let median = secs[secs.len() / 2];
+    let precision = a.precision.unwrap_or_else(|| diffuse_tensor::Precision::default_for(&device));
+    let bf16_activations = !device.is_cpu()
+        && a.mode == BenchMode::Train
+        && precision == diffuse_tensor::Precision::Bf16
+        && !a.f32_activations;
     let mut line = serde_json::json!({
         "config": a.config,
         "mode": format!("{:?}", a.mode).to_lowercase(),
         "device": device.to_string(),
-        "precision": a.precision.unwrap_or_else(|| diffuse_tensor::Precision::default_for(&device)).to_string(),
+        "precision": precision.to_string(),
+        "bf16_activations": bf16_activations,
         "batch_size": b,
         "threads": rayon::current_num_threads(),
         "steps": a.steps,

@@ -127,6 +127,9 @@ pub(crate) fn unflatten(bucket: &mut [&mut Tensor], data: &[f32]) -> Result<()> 
 
 fn write_f32(t: &mut Tensor, data: &[f32]) -> Result<()> {
     if let Storage::Gpu(g) = t.storage_mut() {
+        if g.dtype() != DType::F32 {
+            return Err(crate::TensorError::DTypeMismatch { op: "all_reduce", a: g.dtype(), b: DType::F32 }.into());
+        }
         g.make_unique()?;
         g.device().driver().htod(bytemuck::cast_slice(data), g.ptr())?;
         return Ok(());
@@ -138,6 +141,7 @@ fn write_f32(t: &mut Tensor, data: &[f32]) -> Result<()> {
                 *d = s as f64;
             }
         }
+        DType::BF16 => return Err(crate::TensorError::bf16_on_cpu().into()),
     }
     Ok(())
 }

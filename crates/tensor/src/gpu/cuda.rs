@@ -517,7 +517,7 @@ impl GpuDriver for CudaDriver {
         let mut builder = self.stream.launch_builder(&func.f);
         for a in l.args {
             match a {
-                KernelArg::Ptr(p) | KernelArg::U64(p) => builder.arg(p),
+                KernelArg::Ptr(p) | KernelArg::PtrBf16(p) | KernelArg::U64(p) => builder.arg(p),
                 KernelArg::I32(i) => builder.arg(i),
                 KernelArg::U32(u) => builder.arg(u),
                 KernelArg::F32(f) => builder.arg(f),

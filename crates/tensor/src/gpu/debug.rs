@@ -32,6 +32,7 @@ pub fn sync_launches_from_env() -> bool {
 fn arg_value(a: &KernelArg) -> String {
     match a {
         KernelArg::Ptr(p) => format!("{p:#x}"),
+        KernelArg::PtrBf16(p) => format!("{p:#x} (bf16)"),
         KernelArg::I32(v) => v.to_string(),
         KernelArg::U32(v) => v.to_string(),
         KernelArg::U64(v) => v.to_string(),

@@ -161,7 +161,7 @@ impl GpuDriver for EmuDriver {
                     .args
                     .iter()
                     .filter_map(|a| match *a {
-                        KernelArg::Ptr(p) if p != 0 => {
+                        KernelArg::Ptr(p) | KernelArg::PtrBf16(p) if p != 0 => {
                             Some((p, self.emu.alloc_info(p).map_or(p + 1, |(b, n)| (b + n as u64).max(p + 1))))
                         }
                         _ => None,
@@ -174,7 +174,7 @@ impl GpuDriver for EmuDriver {
             .args
             .iter()
             .map(|a| match *a {
-                KernelArg::Ptr(p) => diffuse_emu::Arg::Ptr(p),
+                KernelArg::Ptr(p) | KernelArg::PtrBf16(p) => diffuse_emu::Arg::Ptr(p),
                 KernelArg::I32(v) => diffuse_emu::Arg::I32(v),
                 KernelArg::U32(v) => diffuse_emu::Arg::U32(v),
                 KernelArg::U64(v) => diffuse_emu::Arg::U64(v),

@@ -13,8 +13,10 @@ use std::fmt;
 /// The kind of a kernel parameter, from its CUDA C type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArgKind {
-    /// Any pointer: a device address.
+    /// A pointer (a device address) to anything but bf16.
     Ptr,
+    /// A pointer to `__nv_bfloat16`: only a bf16 tensor's buffer is accepted.
+    PtrBf16,
     I32,
     U32,
     I64,
@@ -62,11 +64,19 @@ impl Kernel {
                 (arg, p.kind),
                 (_, ArgKind::Other)
                     | (KernelArg::Ptr(_), ArgKind::Ptr)
+                    | (KernelArg::PtrBf16(_), ArgKind::PtrBf16)
                     | (KernelArg::I32(_), ArgKind::I32)
                     | (KernelArg::U32(_), ArgKind::U32)
                     | (KernelArg::U64(_), ArgKind::U64 | ArgKind::I64)
                     | (KernelArg::F32(_), ArgKind::F32)
             );
+            if let (KernelArg::PtrBf16(_), ArgKind::Ptr) = (arg, p.kind) {
+                return bad(format!(
+                    "argument {i} (`{}`) is a bf16 tensor where the kernel reads f32: bf16 storage feeds only \
+                     the bf16 tensor-core products; convert it with to_dtype(DType::F32) first",
+                    p.name
+                ));
+            }
             if !ok {
                 return bad(format!("argument {i} (`{}`) is {:?}, the parameter is {:?}", p.name, arg, p.kind));
             }
@@ -88,10 +98,10 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), n, "a kernel name is defined twice");
-        // the element type written: f32, or u32 for the raw Philox words
+        // the element type written: f32, u32 for the raw Philox words, bf16
         assert!(
-            names.iter().all(|k| k.ends_with("_f32") || k.ends_with("_u32")),
-            "kernel names are <op>_<pass>_f32 (or _u32)"
+            names.iter().all(|k| k.ends_with("_f32") || k.ends_with("_u32") || k.ends_with("_bf16")),
+            "kernel names are <op>_<pass>_f32 (or _u32, _bf16)"
         );
         for k in ALL {
             assert!(k.params.iter().all(|p| p.kind != ArgKind::Other), "{k}: a parameter of unknown kind");

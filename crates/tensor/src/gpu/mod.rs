@@ -28,7 +28,7 @@ pub use pinned::PinnedBuffer;
 pub use pool::{AllocConfig, AllocMode, PoolStats, StreamId};
 pub use upload::UploadSlots;
 
-use crate::Result;
+use crate::{DType, Result};
 use std::fmt;
 use std::sync::Arc;
 
@@ -54,6 +54,10 @@ impl Dim3 {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum KernelArg {
     Ptr(u64),
+    /// The buffer of a bf16 tensor: passes only where the kernel's
+    /// parameter is a `__nv_bfloat16*`, so a bf16 tensor never reaches an
+    /// f32 kernel (nor an f32 tensor a bf16 parameter).
+    PtrBf16(u64),
     I32(i32),
     U32(u32),
     U64(u64),
@@ -63,7 +67,7 @@ pub enum KernelArg {
 impl KernelArg {
     pub fn size(&self) -> usize {
         match self {
-            KernelArg::Ptr(_) | KernelArg::U64(_) => 8,
+            KernelArg::Ptr(_) | KernelArg::PtrBf16(_) | KernelArg::U64(_) => 8,
             KernelArg::I32(_) | KernelArg::U32(_) | KernelArg::F32(_) => 4,
         }
     }
@@ -388,12 +392,29 @@ impl GpuDevice {
 
     /// A buffer of `len` f32 elements; its contents are unspecified.
     pub fn alloc_f32(&self, len: usize) -> Result<GpuStorage> {
-        let bytes = len.max(1) * 4;
+        self.alloc(len, DType::F32)
+    }
+
+    /// A buffer of `len` bf16 elements; its contents are unspecified.
+    pub fn alloc_bf16(&self, len: usize) -> Result<GpuStorage> {
+        self.alloc(len, DType::BF16)
+    }
+
+    fn alloc(&self, len: usize, dtype: DType) -> Result<GpuStorage> {
+        if dtype == DType::F64 {
+            return Err(crate::TensorError::Unsupported {
+                op: "alloc",
+                device: self.name(),
+                why: "GPU tensors are f32 or bf16, not f64".into(),
+            });
+        }
+        // whole 4-byte words, so an odd bf16 length ends on a word too
+        let bytes = (len.max(1) * dtype.size_in_bytes()).next_multiple_of(4);
         let block = self.inner.pool.alloc(&self.inner.driver, bytes, STREAM)?;
         let ptr = block.ptr;
         let graph = self.capture().clone();
         let buf = Arc::new(GpuBuffer { ptr, bytes, block: Some(block), graph, device: self.clone() });
-        Ok(GpuStorage { buf, offset: 0, len, view: None })
+        Ok(GpuStorage { buf, offset: 0, len, dtype, view: None })
     }
 
     pub fn zeros_f32(&self, len: usize) -> Result<GpuStorage> {
@@ -565,8 +586,8 @@ impl Drop for GpuBuffer {
     }
 }
 
-/// The storage of a GPU tensor: `len` f32 elements in one buffer, from
-/// element `offset` on. A view ([`GpuStorage::views`]) is one of several
+/// The storage of a GPU tensor: `len` f32 (or bf16) elements in one buffer,
+/// from element `offset` on. A view ([`GpuStorage::views`]) is one of several
 /// tensors placed in one flat buffer (the parameters, gradients, moments
 /// and EMA of a model): it is written in place while no clone of that view
 /// exists, whatever the other views of the buffer do.
@@ -575,6 +596,8 @@ pub struct GpuStorage {
     buf: Arc<GpuBuffer>,
     offset: usize,
     len: usize,
+    /// F32, or BF16 (views are always f32).
+    dtype: DType,
     /// Some for a view: its clones share this token (and not the buffer's
     /// count) to decide whether an in-place write must copy.
     view: Option<Arc<()>>,
@@ -586,7 +609,11 @@ pub const VIEW_ALIGN: usize = 64;
 
 impl GpuStorage {
     pub fn ptr(&self) -> u64 {
-        self.buf.ptr + 4 * self.offset as u64
+        self.buf.ptr + (self.dtype.size_in_bytes() * self.offset) as u64
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
     }
 
     /// Element offsets of tensors of `lens` elements placed one after the
@@ -624,7 +651,7 @@ impl GpuStorage {
 
     fn views_with_gap(&self, lens: &[usize], gap: usize) -> crate::Result<(GpuStorage, Vec<GpuStorage>)> {
         let (offsets, total) = Self::view_offsets_with_gap(lens, gap);
-        if self.view.is_some() || total > self.len {
+        if self.view.is_some() || total > self.len || self.dtype != DType::F32 {
             return Err(crate::TensorError::invalid(
                 "views",
                 format!("{total} elements of views do not fit a buffer of {} elements", self.len),
@@ -638,7 +665,13 @@ impl GpuStorage {
                 self.device().driver().guard_gap(from, 4 * (next - o - n))?;
             }
         }
-        let view = |offset, len| GpuStorage { buf: self.buf.clone(), offset, len, view: Some(Arc::new(())) };
+        let view = |offset, len| GpuStorage {
+            buf: self.buf.clone(),
+            offset,
+            len,
+            dtype: DType::F32,
+            view: Some(Arc::new(())),
+        };
         Ok((view(0, self.len), offsets.iter().zip(lens).map(|(&o, &n)| view(o, n)).collect()))
     }
 
@@ -655,20 +688,38 @@ impl GpuStorage {
     pub fn device(&self) -> &GpuDevice {
         &self.buf.device
     }
+    /// The kernel argument: a bf16 buffer passes only as a `__nv_bfloat16*`.
     pub fn arg(&self) -> KernelArg {
-        KernelArg::Ptr(self.ptr())
+        match self.dtype {
+            DType::BF16 => KernelArg::PtrBf16(self.ptr()),
+            _ => KernelArg::Ptr(self.ptr()),
+        }
     }
 
+    /// The elements as f32 (a bf16 buffer widened, exactly).
     pub fn download_f32(&self) -> Result<Vec<f32>> {
+        if self.dtype == DType::BF16 {
+            return Ok(self.download_bf16()?.into_iter().map(half::bf16::to_f32).collect());
+        }
         let mut out = vec![0f32; self.len];
+        self.buf.device.driver().dtoh(self.ptr(), bytemuck::cast_slice_mut(&mut out))?;
+        Ok(out)
+    }
+
+    /// The elements of a bf16 buffer as stored.
+    pub fn download_bf16(&self) -> Result<Vec<half::bf16>> {
+        if self.dtype != DType::BF16 {
+            return Err(crate::TensorError::DTypeMismatch { op: "download_bf16", a: self.dtype, b: DType::BF16 });
+        }
+        let mut out = vec![half::bf16::ZERO; self.len];
         self.buf.device.driver().dtoh(self.ptr(), bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
     }
 
     /// A copy in a new buffer (tensors own their storage; writes never alias).
     pub fn deep_copy(&self) -> Result<GpuStorage> {
-        let s = self.buf.device.alloc_f32(self.len)?;
-        self.buf.device.driver().dtod(self.ptr(), s.ptr(), self.len * 4)?;
+        let s = self.buf.device.alloc(self.len, self.dtype)?;
+        self.buf.device.driver().dtod(self.ptr(), s.ptr(), self.len * self.dtype.size_in_bytes())?;
         Ok(s)
     }
 }
@@ -677,8 +728,9 @@ impl fmt::Debug for GpuStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "GpuStorage({} f32 at {} on {}, {} bytes)",
+            "GpuStorage({} {:?} at {} on {}, {} bytes)",
             self.len,
+            self.dtype,
             self.offset,
             self.buf.device.name(),
             self.buf.bytes

@@ -9,7 +9,7 @@
 //! the CPU, the f32 GEMM on inputs rounded the same way; both are held to
 //! the f64 rounding oracle (`cpu/reduced.rs`) in `tests/tensor_core.rs`.
 
-use super::{check_same, gpu_of};
+use super::{check_same, check_same_bf16_input, gpu_of};
 use crate::geom::ConvGeom;
 use crate::gpu::launch;
 use crate::{cpu, with_element, Element, Precision, Result, Shape, Storage, Tensor, TensorError};
@@ -128,7 +128,10 @@ pub fn conv2d_forward(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv2dPara
 
 /// [`conv2d_forward`] with the GEMM inputs rounded to `prec` (tensor cores on
 /// a GPU; on the CPU the inputs rounded the same way into the f32 GEMM).
-/// `Precision::Fp32` is exactly `conv2d_forward`.
+/// `Precision::Fp32` is exactly `conv2d_forward`. On a GPU at
+/// `Precision::Bf16`, `x` may be stored in bf16 (the same result, bit for
+/// bit, as its f32 original: see `launch::conv2d_tc`); so may
+/// [`conv2d_backward_weight_with`]'s.
 pub fn conv2d_forward_with(
     x: &Tensor,
     w: &Tensor,
@@ -164,9 +167,9 @@ pub fn conv2d_forward_fused(
 ) -> Result<Tensor> {
     let _timer = crate::profile::op("conv2d_forward");
     const OP: &str = "conv2d_forward";
-    let mut all = vec![x, w];
-    all.extend(b.iter().chain(&epi.sample_bias).chain(&epi.residual).copied());
-    check_same(OP, &all)?;
+    let mut rest = vec![w];
+    rest.extend(b.iter().chain(&epi.sample_bias).chain(&epi.residual).copied());
+    check_same_bf16_input(OP, x, &rest)?;
     let g = geometry(OP, x.shape(), w.shape(), p)?;
     if let Some(b) = b {
         check_bias(OP, b, g.co)?;
@@ -264,7 +267,7 @@ pub fn conv2d_backward_weight_with(
 ) -> Result<Tensor> {
     let _timer = crate::profile::op("conv2d_backward_weight");
     const OP: &str = "conv2d_backward_weight";
-    check_same(OP, &[dy, x])?;
+    check_same_bf16_input(OP, x, &[dy])?;
     let g = geometry(OP, x.shape(), w_shape, p)?;
     check_dy(OP, dy, &g)?;
     match dy.storage() {

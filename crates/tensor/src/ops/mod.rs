@@ -3,6 +3,7 @@
 //! Backward functions are explicit; there is no tape.
 
 pub mod attention;
+pub mod cast;
 pub mod conv2d;
 pub mod dropout;
 pub mod elementwise;
@@ -18,6 +19,7 @@ pub mod sampling;
 pub mod silu;
 
 pub use attention::*;
+pub use cast::*;
 pub use conv2d::*;
 pub use dropout::*;
 pub use elementwise::*;
@@ -49,6 +51,22 @@ pub(crate) fn check_same(op: &'static str, ts: &[&Tensor]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// As [`check_same`] over `x` and `rest`, except that `x` may be a bf16
+/// GPU tensor beside f32 ones: an activation kept in bf16 for a tensor-core
+/// product (the launch code checks the precision).
+pub(crate) fn check_same_bf16_input(op: &'static str, x: &Tensor, rest: &[&Tensor]) -> Result<()> {
+    check_same(op, rest)?;
+    let Some(first) = rest.first() else { return Ok(()) };
+    if x.dtype() == crate::DType::BF16 && first.dtype() == crate::DType::F32 {
+        let (a, b) = (first.device(), x.device());
+        if !a.same(&b) {
+            return Err(TensorError::DeviceMismatch { op, a: a.to_string(), b: b.to_string() });
+        }
+        return Ok(());
+    }
+    check_same(op, &[x, first])
 }
 
 /// Error unless `a` and `b` have the same shape.

@@ -5,7 +5,7 @@ use super::{Builder, LoraAdapter};
 use crate::params::{ParamId, ParamStore};
 use crate::Result;
 use diffuse_tensor::ops::{self, Conv2dParams, ConvEpilogue};
-use diffuse_tensor::Tensor;
+use diffuse_tensor::{DType, Tensor};
 
 pub struct Conv2d {
     pub weight: ParamId,
@@ -93,6 +93,17 @@ impl Conv2d {
     /// The last parameter registered for this layer (its adapter's B, if any).
     pub fn last_param(&self) -> ParamId {
         self.lora.as_ref().map(|l| l.b).unwrap_or(self.bias)
+    }
+
+    /// `x`, this layer's input, as a training cache should keep it: in bf16
+    /// on a GPU when the store keeps bf16 activations and nothing but this
+    /// layer's bf16 tensor-core products reads it (no LoRA adapter, whose
+    /// products take f32). The forward then reads the bf16 copy too: the
+    /// values the tensor cores would have rounded `x` to, so the same bits.
+    pub fn cacheable_input(&self, ps: &ParamStore, x: Tensor) -> Result<Tensor> {
+        let keep_bf16 =
+            ps.keeps_bf16_activations() && self.lora.is_none() && !x.device().is_cpu() && x.dtype() == DType::F32;
+        Ok(if keep_bf16 { x.to_dtype(DType::BF16)? } else { x })
     }
 
     /// The first parameter registered for this layer.

@@ -44,9 +44,11 @@ impl Upsample {
     }
 
     /// Returns the output and the upsampled input (the conv's input, which
-    /// the backward needs).
-    pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<(Tensor, Tensor)> {
+    /// the backward needs; in bf16 in a bf16 GPU training cache, see
+    /// `Conv2d::cacheable_input`).
+    pub fn forward(&self, ps: &ParamStore, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
         let u = ops::upsample_nearest2x_forward(x)?;
+        let u = if train { self.conv.cacheable_input(ps, u)? } else { u };
         Ok((self.conv.forward(ps, &u)?, u))
     }
 

@@ -31,13 +31,15 @@ enum Input {
 pub struct ResCache {
     x: Input,
     n1: GroupNormCache,
-    /// silu(norm1(x)), conv1's input: kept on a GPU; on the CPU rebuilt from
-    /// `x` and `n1` in the backward (one elementwise pass for the memory of
+    /// silu(norm1(x)), conv1's input: kept on a GPU (in bf16 at bf16
+    /// precision: `Conv2d::cacheable_input`); on the CPU rebuilt from `x`
+    /// and `n1` in the backward (one elementwise pass for the memory of
     /// every block's widest activation).
     a1: Option<Tensor>,
     h2: Tensor,
     n2: GroupNormCache,
-    /// dropout(silu(norm2(h2))), conv2's input: kept on a GPU; on the CPU
+    /// dropout(silu(norm2(h2))), conv2's input: kept on a GPU (bf16 as a1);
+    /// on the CPU
     /// rebuilt from `h2`, `n2` and the dropout's Philox coordinates (the
     /// same mask, bit for bit) when the backward reaches conv2.
     a2: Option<Tensor>,
@@ -120,6 +122,7 @@ impl ResnetBlock {
         mode: ForwardMode,
     ) -> Result<(Tensor, Option<ResCache>)> {
         let (a1, n1) = self.norm1.forward(ps, x)?;
+        let a1 = if mode.train { self.conv1.cacheable_input(ps, a1)? } else { a1 };
         let tp = self.temb_proj.forward(ps, silu_temb)?;
         let h2 = self.conv1.forward_fused(ps, &a1, ConvEpilogue { sample_bias: Some(&tp), residual: None })?;
         let (mut a2, n2) = self.norm2.forward(ps, &h2)?;
@@ -128,6 +131,7 @@ impl ResnetBlock {
             a2 =
                 ops::dropout_forward_at(&a2, self.dropout, mode.seed, mode.philox_step(), self.dropout_stream, offset)?;
         }
+        let a2 = if mode.train { self.conv2.cacheable_input(ps, a2)? } else { a2 };
         let shortcut = match &self.nin_shortcut {
             Some(nin) => nin.forward(ps, x)?,
             None => x.clone(),

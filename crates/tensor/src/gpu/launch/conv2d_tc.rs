@@ -5,13 +5,17 @@
 //! step, so the same splits), its partials added by `sum_splits`.
 //!
 //! `Precision::Fp32` runs the SIMT kernels of `conv2d.rs` (today's path).
+//! An input `x` stored in bf16 (forward and weight gradient) runs the
+//! `_bf16in` kernels, at `Precision::Bf16` only: its values are already what
+//! the bf16 tensor cores would round an f32 `x` to, so the bits out are the
+//! same.
 
 use super::conv2d::{self, ConvPass, Prepared};
 use super::grid_dim_yz;
 use crate::geom::ConvGeom;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::{Dim3, GpuDevice, GpuStorage};
-use crate::{Precision, Result, TensorError};
+use crate::{DType, Precision, Result, TensorError};
 
 /// Output tile (GEMM rows x columns) and block size of tc_gemm.cuh.
 const TILE: usize = 64;
@@ -31,6 +35,18 @@ fn pick(p: Precision, bf16: &'static Kernel, tf32: &'static Kernel) -> &'static 
     }
 }
 
+/// Errors unless a bf16-stored `x` meets the bf16 tensor cores.
+fn check_bf16_input(op: &'static str, x: &GpuStorage, p: Precision) -> Result<bool> {
+    match (x.dtype(), p) {
+        (DType::BF16, Precision::Bf16) => Ok(true),
+        (DType::BF16, _) => Err(TensorError::invalid(
+            op,
+            format!("a bf16 input needs precision bf16 (the {p:?} kernels read f32); convert it to f32 first"),
+        )),
+        _ => Ok(false),
+    }
+}
+
 /// Runs a prepared pass on the tensor-core tile: 64 x 64 outputs a block.
 fn run_tc(op: &'static str, dev: &GpuDevice, pass: Prepared, kernel: &'static Kernel) -> Result<GpuStorage> {
     pass.launch(op, dev, kernel, Dim3::x(THREADS), |cols, rows| grid(op, cols, rows))
@@ -46,11 +62,13 @@ pub fn conv2d_forward(
     p: Precision,
 ) -> Result<GpuStorage> {
     const OP: &str = "conv2d_forward";
+    let bf16_x = check_bf16_input(OP, x, p)?;
     if p == Precision::Fp32 {
         return conv2d::conv2d_forward(dev, x, w, b, g);
     }
-    use kernels::conv2d_fwd_tc::{CONV2D_FWD_TC_BF16_F32, CONV2D_FWD_TC_TF32_F32};
-    let kernel = pick(p, &CONV2D_FWD_TC_BF16_F32, &CONV2D_FWD_TC_TF32_F32);
+    use kernels::conv2d_fwd_tc::{CONV2D_FWD_TC_BF16IN_F32, CONV2D_FWD_TC_BF16_F32, CONV2D_FWD_TC_TF32_F32};
+    let kernel =
+        if bf16_x { &CONV2D_FWD_TC_BF16IN_F32 } else { pick(p, &CONV2D_FWD_TC_BF16_F32, &CONV2D_FWD_TC_TF32_F32) };
     run_tc(OP, dev, ConvPass::forward(OP, dev, x, w, b, g)?, kernel)
 }
 
@@ -81,10 +99,17 @@ pub fn conv2d_backward_weight(
     p: Precision,
 ) -> Result<GpuStorage> {
     const OP: &str = "conv2d_backward_weight";
+    let bf16_x = check_bf16_input(OP, x, p)?;
     if p == Precision::Fp32 {
         return conv2d::conv2d_backward_weight(dev, dy, x, g);
     }
-    use kernels::conv2d_bwd_weight_tc::{CONV2D_BWD_WEIGHT_TC_BF16_F32, CONV2D_BWD_WEIGHT_TC_TF32_F32};
-    let kernel = pick(p, &CONV2D_BWD_WEIGHT_TC_BF16_F32, &CONV2D_BWD_WEIGHT_TC_TF32_F32);
+    use kernels::conv2d_bwd_weight_tc::{
+        CONV2D_BWD_WEIGHT_TC_BF16IN_F32, CONV2D_BWD_WEIGHT_TC_BF16_F32, CONV2D_BWD_WEIGHT_TC_TF32_F32,
+    };
+    let kernel = if bf16_x {
+        &CONV2D_BWD_WEIGHT_TC_BF16IN_F32
+    } else {
+        pick(p, &CONV2D_BWD_WEIGHT_TC_BF16_F32, &CONV2D_BWD_WEIGHT_TC_TF32_F32)
+    };
     run_tc(OP, dev, ConvPass::backward_weight(OP, dev, dy, x, g)?, kernel)
 }

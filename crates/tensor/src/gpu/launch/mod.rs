@@ -10,6 +10,7 @@
 //!
 //! | file | kernels (kernels/*.cu) |
 //! | --- | --- |
+//! | `cast.rs` | cast.cu (f32 <-> bf16 storage) |
 //! | `conv2d.rs` | conv2d.cu |
 //! | `conv2d_tc.rs` | conv2d_fwd_tc.cu, conv2d_bwd_data_tc.cu, conv2d_bwd_weight_tc.cu (tensor cores) |
 //! | `group_norm.rs` | group_norm.cu |
@@ -30,6 +31,7 @@
 
 pub mod attention;
 pub mod attention_tc;
+pub mod cast;
 pub mod conv2d;
 pub mod conv2d_tc;
 pub mod dropout;
