@@ -18,6 +18,7 @@
 /// Files compiled with `--fmad=false`.
 pub const NO_FMA_CONTRACTION: &[&str] = &[
     "attention_tc.cu",
+    "cast.cu",
     "conv2d_bwd_data_tc.cu",
     "conv2d_bwd_weight_tc.cu",
     "conv2d_fwd_tc.cu",
