@@ -52,6 +52,10 @@ impl AttnBlock {
         let (n, c, hh, ww) = x.shape().nchw("AttnBlock")?;
         let tokens = [n, c, hh * ww];
         let (h, nc) = self.norm.forward(ps, x)?;
+        // h is read by the q, k and v convolutions only: a bf16 cache keeps
+        // it in bf16 when none of them has a LoRA adapter
+        let bf16_only = [&self.q, &self.k, &self.v].iter().all(|c| c.lora.is_none());
+        let h = if train && bf16_only { self.q.cacheable_input(ps, h)? } else { h };
         let q = self.q.forward(ps, &h)?.reshape(tokens)?;
         let k = self.k.forward(ps, &h)?.reshape(tokens)?;
         let v = self.v.forward(ps, &h)?.reshape(tokens)?;
