@@ -54,6 +54,8 @@
 // attention_backward (the same roundings, f64 sums, each output with its
 // error bound ingredients); bounds derived in crates/tensor/tests/attention_tc.rs.
 // fp32 twin: attention.cu / cpu/attention.rs.
+// The _bf16in kernels read q, k, v stored in bf16 (widened exactly while
+// staged, so rounded to themselves): the bits of the _bf16 kernels.
 // Version 1: one-stage staging, no register-resident accumulators (the
 // f32 tiles round-trip through shared memory at every key / query tile).
 #include "common.cuh"
@@ -74,16 +76,18 @@ __device__ __forceinline__ unsigned char* att_tc_take(unsigned char*& at, long l
 
 // dst[cc][j] (ld) = rounded src[cc, col0 + j] of one item's [c, n] matrix,
 // zero past c (up to cp) and past n (up to tile). Two adjacent j per
-// thread, one store: a 4-byte word of bf16 pairs has one writer.
-template <class P>
-__device__ __forceinline__ void att_tc_stage(typename P::S* dst, int ld, const float* __restrict__ src, int c,
+// thread, one store: a 4-byte word of bf16 pairs has one writer. src is
+// f32, or bf16 (X = __nv_bfloat16: q, k, v kept in bf16, widened exactly
+// by tc_load and so rounded to themselves).
+template <class P, class X>
+__device__ __forceinline__ void att_tc_stage(typename P::S* dst, int ld, const X* __restrict__ src, int c,
                                              int cp, int n, int tile, int col0) {
     const int half = tile >> 1;
     for (int e = threadIdx.x; e < cp * half; e += blockDim.x) {
         const int cc = e / half, j = (e - cc * half) * 2;
         const bool row = cc < c;
-        const float x0 = (row && col0 + j < n) ? src[(long long)cc * n + col0 + j] : 0.0f;
-        const float x1 = (row && col0 + j + 1 < n) ? src[(long long)cc * n + col0 + j + 1] : 0.0f;
+        const float x0 = (row && col0 + j < n) ? tc_load(src[(long long)cc * n + col0 + j]) : 0.0f;
+        const float x1 = (row && col0 + j + 1 < n) ? tc_load(src[(long long)cc * n + col0 + j + 1]) : 0.0f;
         P::store2(dst + cc * ld + j, x0, x1);
     }
 }
@@ -143,10 +147,10 @@ __device__ __forceinline__ void att_tc_write(float* __restrict__ dst, const floa
     }
 }
 
-template <class P>
+template <class P, class X>  // X: q, k, v's element type (float, or __nv_bfloat16)
 __device__ __forceinline__ void attention_fwd_tc(float* smem, float* __restrict__ out, float* __restrict__ lse,
-                                                 const float* __restrict__ q, const float* __restrict__ k,
-                                                 const float* __restrict__ v, int c, int n, float scale, int bq) {
+                                                 const X* __restrict__ q, const X* __restrict__ k,
+                                                 const X* __restrict__ v, int c, int n, float scale, int bq) {
     typedef typename P::S S;
     const int cp = att_tc_pad16(c), lq = bq + 8, lk = ATT_TC_BKV + 8, ls = ATT_TC_BKV + 4, lo = bq + 4;
     const int es = (int)sizeof(S);
@@ -225,10 +229,10 @@ __device__ __forceinline__ void att_tc_pds(float& p, float& ds, bool valid, floa
     ds = valid ? scale * p * (dp - d) : 0.0f;
 }
 
-template <class P>
+template <class P, class X>
 __device__ __forceinline__ void attention_bwd_dkdv_tc(float* smem, float* __restrict__ dk, float* __restrict__ dv,
-                                                      const float* __restrict__ dout, const float* __restrict__ q,
-                                                      const float* __restrict__ k, const float* __restrict__ v,
+                                                      const float* __restrict__ dout, const X* __restrict__ q,
+                                                      const X* __restrict__ k, const X* __restrict__ v,
                                                       const float* __restrict__ lse, const float* __restrict__ dvec,
                                                       int c, int n, float scale, int T) {
     typedef typename P::S S;
@@ -287,10 +291,10 @@ __device__ __forceinline__ void attention_bwd_dkdv_tc(float* smem, float* __rest
     att_tc_write(dv + base, dVs, lf, c, n, T, j0);
 }
 
-template <class P>
+template <class P, class X>
 __device__ __forceinline__ void attention_bwd_dq_tc(float* smem, float* __restrict__ dq, const float* __restrict__ dout,
-                                                    const float* __restrict__ q, const float* __restrict__ k,
-                                                    const float* __restrict__ v, const float* __restrict__ lse,
+                                                    const X* __restrict__ q, const X* __restrict__ k,
+                                                    const X* __restrict__ v, const float* __restrict__ lse,
                                                     const float* __restrict__ dvec, int c, int n, float scale, int T) {
     typedef typename P::S S;
     const int cp = att_tc_pad16(c), lt = T + 8, lf = T + 4, es = (int)sizeof(S);
@@ -344,14 +348,14 @@ extern "C" __global__ void __launch_bounds__(128) attention_fwd_tc_bf16_f32(floa
                               const float* __restrict__ k, const float* __restrict__ v, int c, int n, float scale,
                               int bq) {
     extern __shared__ float smem[];
-    attention_fwd_tc<TcBf16>(smem, out, lse, q, k, v, c, n, scale, bq);
+    attention_fwd_tc<TcBf16, float>(smem, out, lse, q, k, v, c, n, scale, bq);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attention_fwd_tc_tf32_f32(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q,
                               const float* __restrict__ k, const float* __restrict__ v, int c, int n, float scale,
                               int bq) {
     extern __shared__ float smem[];
-    attention_fwd_tc<TcTf32>(smem, out, lse, q, k, v, c, n, scale, bq);
+    attention_fwd_tc<TcTf32, float>(smem, out, lse, q, k, v, c, n, scale, bq);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attention_bwd_dkdv_tc_bf16_f32(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
@@ -359,7 +363,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_bwd_dkdv_tc_bf16_f32
                                    const float* __restrict__ v, const float* __restrict__ lse,
                                    const float* __restrict__ dvec, int c, int n, float scale, int t) {
     extern __shared__ float smem[];
-    attention_bwd_dkdv_tc<TcBf16>(smem, dk, dv, dout, q, k, v, lse, dvec, c, n, scale, t);
+    attention_bwd_dkdv_tc<TcBf16, float>(smem, dk, dv, dout, q, k, v, lse, dvec, c, n, scale, t);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attention_bwd_dkdv_tc_tf32_f32(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
@@ -367,7 +371,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_bwd_dkdv_tc_tf32_f32
                                    const float* __restrict__ v, const float* __restrict__ lse,
                                    const float* __restrict__ dvec, int c, int n, float scale, int t) {
     extern __shared__ float smem[];
-    attention_bwd_dkdv_tc<TcTf32>(smem, dk, dv, dout, q, k, v, lse, dvec, c, n, scale, t);
+    attention_bwd_dkdv_tc<TcTf32, float>(smem, dk, dv, dout, q, k, v, lse, dvec, c, n, scale, t);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc_bf16_f32(float* __restrict__ dq, const float* __restrict__ dout, const float* __restrict__ q,
@@ -375,7 +379,7 @@ extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc_bf16_f32(f
                                  const float* __restrict__ lse, const float* __restrict__ dvec, int c, int n,
                                  float scale, int t) {
     extern __shared__ float smem[];
-    attention_bwd_dq_tc<TcBf16>(smem, dq, dout, q, k, v, lse, dvec, c, n, scale, t);
+    attention_bwd_dq_tc<TcBf16, float>(smem, dq, dout, q, k, v, lse, dvec, c, n, scale, t);
 }
 
 extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc_tf32_f32(float* __restrict__ dq, const float* __restrict__ dout, const float* __restrict__ q,
@@ -383,5 +387,30 @@ extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc_tf32_f32(f
                                  const float* __restrict__ lse, const float* __restrict__ dvec, int c, int n,
                                  float scale, int t) {
     extern __shared__ float smem[];
-    attention_bwd_dq_tc<TcTf32>(smem, dq, dout, q, k, v, lse, dvec, c, n, scale, t);
+    attention_bwd_dq_tc<TcTf32, float>(smem, dq, dout, q, k, v, lse, dvec, c, n, scale, t);
+}
+
+// q, k, v stored in bf16 (a bf16 training cache keeps them so): the same
+// bits as the _bf16_f32 kernels on their f32 originals.
+extern "C" __global__ void __launch_bounds__(128) attention_fwd_tc_bf16in_f32(float* __restrict__ out, float* __restrict__ lse, const __nv_bfloat16* __restrict__ q,
+                              const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v, int c, int n, float scale,
+                              int bq) {
+    extern __shared__ float smem[];
+    attention_fwd_tc<TcBf16, __nv_bfloat16>(smem, out, lse, q, k, v, c, n, scale, bq);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_bwd_dkdv_tc_bf16in_f32(float* __restrict__ dk, float* __restrict__ dv, const float* __restrict__ dout,
+                                   const __nv_bfloat16* __restrict__ q, const __nv_bfloat16* __restrict__ k,
+                                   const __nv_bfloat16* __restrict__ v, const float* __restrict__ lse,
+                                   const float* __restrict__ dvec, int c, int n, float scale, int t) {
+    extern __shared__ float smem[];
+    attention_bwd_dkdv_tc<TcBf16, __nv_bfloat16>(smem, dk, dv, dout, q, k, v, lse, dvec, c, n, scale, t);
+}
+
+extern "C" __global__ void __launch_bounds__(128) attention_bwd_dq_tc_bf16in_f32(float* __restrict__ dq, const float* __restrict__ dout, const __nv_bfloat16* __restrict__ q,
+                                 const __nv_bfloat16* __restrict__ k, const __nv_bfloat16* __restrict__ v,
+                                 const float* __restrict__ lse, const float* __restrict__ dvec, int c, int n,
+                                 float scale, int t) {
+    extern __shared__ float smem[];
+    attention_bwd_dq_tc<TcBf16, __nv_bfloat16>(smem, dq, dout, q, k, v, lse, dvec, c, n, scale, t);
 }

@@ -425,3 +425,57 @@ per_device!(
     precision_setting_routes_attention_emu,
     precision_setting_routes_attention_cuda
 );
+
+/// q, k, v stored in bf16 (a bf16 training cache keeps them so) give the
+/// forward (out, lse) and the backward (dq, dk, dv) the same bits as their
+/// f32 originals at bf16 precision: the `_bf16in` kernels widen exactly
+/// what the `_bf16` ones round while staging. And they are refused at
+/// other precisions.
+fn bf16_stored_qkv_gives_the_same_bits(dut: &DeviceUnderTest) {
+    use diffuse_tensor::DType;
+    if dut.is_cpu() {
+        log("bf16-stored q, k, v: no bf16 storage on the CPU");
+        return;
+    }
+    let bits = |t: &Tensor| t.to_vec_f32().unwrap().into_iter().map(f32::to_bits).collect::<Vec<u32>>();
+    let bf = Precision::Bf16;
+    for (si, &shape) in SHAPES.iter().enumerate() {
+        let x = Inputs::new(shape, 70 + si as u64);
+        let d = x.d;
+        let up = |v: &[f32]| on(&Tensor::from_vec(v.to_vec(), [d.b, d.c, d.n]).unwrap(), &dut.device);
+        let (q, k, v, dout) = (up(&x.q), up(&x.k), up(&x.v), up(&x.dout));
+        let h = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let (qh, kh, vh) = (h(&q), h(&k), h(&v));
+        let f = ops::attention_forward_with(&q, &k, &v, bf).unwrap();
+        let fh = ops::attention_forward_with(&qh, &kh, &vh, bf).unwrap();
+        let g = ops::attention_backward_with(&dout, &q, &k, &v, &f.out, &f.lse, bf).unwrap();
+        let gh = ops::attention_backward_with(&dout, &qh, &kh, &vh, &fh.out, &fh.lse, bf).unwrap();
+        let pairs = [(&f.out, &fh.out), (&f.lse, &fh.lse), (&g.dq, &gh.dq), (&g.dk, &gh.dk), (&g.dv, &gh.dv)];
+        for (i, (a, b)) in pairs.into_iter().enumerate() {
+            let what = ["out", "lse", "dq", "dk", "dv"][i];
+            assert_eq!(bits(a), bits(b), "{what} {shape:?} on {}: bf16-stored q, k, v differ from f32", dut.label);
+        }
+    }
+    let x = Inputs::new((1, 16, 9), 79);
+    let up = |v: &[f32]| on(&Tensor::from_vec(v.to_vec(), [1, 16, 9]).unwrap(), &dut.device).to_dtype(DType::BF16);
+    let (qh, kh, vh) = (up(&x.q).unwrap(), up(&x.k).unwrap(), up(&x.v).unwrap());
+    for p in [Precision::Fp32, Precision::Tf32] {
+        let e = ops::attention_forward_with(&qh, &kh, &vh, p).unwrap_err().to_string();
+        assert!(e.contains("bf16 q, k, v need precision bf16"), "{p}: {e}");
+    }
+    let e = ops::attention_forward_with(
+        &qh,
+        &kh,
+        &on(&Tensor::from_vec(x.v.clone(), [1, 16, 9]).unwrap(), &dut.device),
+        bf,
+    );
+    assert!(e.unwrap_err().to_string().contains("dtype mismatch"));
+    log(&format!("bf16-stored q, k, v on {}: out, lse, dq, dk, dv bit-identical to f32 q, k, v", dut.label));
+}
+
+per_device!(
+    bf16_stored_qkv_gives_the_same_bits,
+    bf16_stored_qkv_gives_the_same_bits_cpu,
+    bf16_stored_qkv_gives_the_same_bits_emu,
+    bf16_stored_qkv_gives_the_same_bits_cuda
+);

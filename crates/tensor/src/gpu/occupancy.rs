@@ -115,7 +115,7 @@ pub fn dynamic_smem(kernel: &str, c: usize, sm: &SmLimits) -> u32 {
 /// The tensor-core attention's dynamic shared memory (its tiles depend on
 /// the precision in the kernel's name).
 fn attention_tc_smem(kernel: &str, c: usize, budget: usize) -> u32 {
-    let p = if kernel.contains("_bf16_") { Precision::Bf16 } else { Precision::Tf32 };
+    let p = if kernel.contains("_tc_bf16") { Precision::Bf16 } else { Precision::Tf32 };
     let bytes = if kernel.starts_with("attention_fwd_") {
         attention_tc::forward_tile(p, c, budget).map(|t| attention_tc::fwd_smem(p, c, t))
     } else {

@@ -8,7 +8,7 @@
 //! the CPU; fp32 is the SIMT kernels / CPU reference, unchanged.
 
 use super::conv2d::f32s;
-use super::{check_same, gpu_of};
+use super::{check_same, check_same_bf16_input, gpu_of};
 use crate::geom::AttentionDims;
 use crate::gpu::launch;
 use crate::{cpu, with_element, Element, Precision, Result, Shape, Storage, Tensor, TensorError};
@@ -51,7 +51,9 @@ pub fn attention_forward(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Attention
 
 /// [`attention_forward`] with the matrix products' inputs (q, k, v and the
 /// softmax weights) rounded to `prec`; `Precision::Fp32` is exactly
-/// `attention_forward`.
+/// `attention_forward`. On a GPU at `Precision::Bf16`, q, k and v may be
+/// stored in bf16 (all three; so may the backward's): the same bits as
+/// their f32 originals.
 pub fn attention_forward_with(q: &Tensor, k: &Tensor, v: &Tensor, prec: Precision) -> Result<AttentionOutput> {
     let _timer = crate::profile::op("attention_forward");
     const OP: &str = "attention_forward";
@@ -109,8 +111,13 @@ pub fn attention_backward_with(
 ) -> Result<AttentionGrads> {
     let _timer = crate::profile::op("attention_backward");
     const OP: &str = "attention_backward";
-    let d = check_qkv(OP, q, &[("k", k), ("v", v), ("dout", dout), ("out", out)])?;
-    check_same(OP, &[q, lse])?;
+    // q, k, v may be stored in bf16 (a bf16 training cache), beside f32 dout, out and lse
+    let d = check_qkv(OP, q, &[("k", k), ("v", v)])?;
+    check_qkv(OP, dout, &[("out", out)])?;
+    if dout.shape() != q.shape() {
+        return Err(TensorError::shape(OP, format!("dout shaped like q {}", q.shape()), dout.shape()));
+    }
+    check_same_bf16_input(OP, q, &[dout, lse])?;
     if lse.dims() != [d.b, d.n] {
         return Err(TensorError::shape(OP, format!("lse of shape [{}, {}]", d.b, d.n), lse.shape()));
     }

@@ -7,7 +7,7 @@ use super::{Builder, Conv2d, GroupNorm, GroupNormCache};
 use crate::params::{ParamId, ParamStore};
 use crate::Result;
 use diffuse_tensor::ops::{self, Conv2dParams, ConvEpilogue};
-use diffuse_tensor::Tensor;
+use diffuse_tensor::{DType, Tensor};
 
 pub struct AttnBlock {
     norm: GroupNorm,
@@ -59,6 +59,11 @@ impl AttnBlock {
         let q = self.q.forward(ps, &h)?.reshape(tokens)?;
         let k = self.k.forward(ps, &h)?.reshape(tokens)?;
         let v = self.v.forward(ps, &h)?.reshape(tokens)?;
+        // q, k, v are read by the attention's tensor-core products only
+        let (q, k, v) = match train && ps.keeps_bf16_activations() && !x.device().is_cpu() {
+            true => (q.to_dtype(DType::BF16)?, k.to_dtype(DType::BF16)?, v.to_dtype(DType::BF16)?),
+            false => (q, k, v),
+        };
         let att = ops::attention_forward_with(&q, &k, &v, ps.precision())?;
         let out = att.out.reshape([n, c, hh, ww])?;
         let y = self.proj_out.forward_fused(ps, &out, ConvEpilogue { sample_bias: None, residual: Some(x) })?;

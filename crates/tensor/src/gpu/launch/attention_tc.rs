@@ -14,7 +14,7 @@ use super::attention::{
 use crate::geom::AttentionDims;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::{GpuDevice, GpuStorage};
-use crate::{Precision, Result, TensorError};
+use crate::{DType, Precision, Result, TensorError};
 
 /// Threads of a block (4 warps).
 pub const THREADS: u32 = 128;
@@ -89,6 +89,19 @@ fn pick(p: Precision, bf16: &'static Kernel, tf32: &'static Kernel) -> &'static 
     }
 }
 
+/// Whether q, k, v are stored in bf16 (the ops check they share a dtype);
+/// an error unless they meet the bf16 tensor cores.
+fn bf16_qkv(op: &'static str, q: &GpuStorage, p: Precision) -> Result<bool> {
+    match (q.dtype(), p) {
+        (DType::BF16, Precision::Bf16) => Ok(true),
+        (DType::BF16, _) => Err(TensorError::invalid(
+            op,
+            format!("bf16 q, k, v need precision bf16 (the {p:?} kernels read f32); convert them to f32 first"),
+        )),
+        _ => Ok(false),
+    }
+}
+
 fn too_wide(op: &'static str, p: Precision, c: usize, budget: usize) -> TensorError {
     TensorError::invalid(
         op,
@@ -109,6 +122,7 @@ pub fn attention_forward(
     p: Precision,
 ) -> Result<(GpuStorage, GpuStorage)> {
     const OP: &str = "attention_forward";
+    let bf16_in = bf16_qkv(OP, q, p)?;
     if p == Precision::Fp32 || d.b * d.n == 0 || d.c == 0 {
         // fp32, or nothing for a tensor core to multiply (the fp32 path's
         // special cases: empty outputs, lse = ln n)
@@ -117,9 +131,13 @@ pub fn attention_forward(
     super::check_i32(OP, "C*N", d.c.next_multiple_of(16) * d.n.next_multiple_of(BKV))?;
     let budget = smem_budget(dev.max_shared_bytes());
     let bq = forward_tile(p, d.c, budget).ok_or_else(|| too_wide(OP, p, d.c, budget))?;
-    use kernels::attention_tc::{ATTENTION_FWD_TC_BF16_F32, ATTENTION_FWD_TC_TF32_F32};
+    use kernels::attention_tc::{ATTENTION_FWD_TC_BF16IN_F32, ATTENTION_FWD_TC_BF16_F32, ATTENTION_FWD_TC_TF32_F32};
     let launch = ForwardLaunch {
-        kernel: pick(p, &ATTENTION_FWD_TC_BF16_F32, &ATTENTION_FWD_TC_TF32_F32),
+        kernel: if bf16_in {
+            &ATTENTION_FWD_TC_BF16IN_F32
+        } else {
+            pick(p, &ATTENTION_FWD_TC_BF16_F32, &ATTENTION_FWD_TC_TF32_F32)
+        },
         threads: THREADS,
         tile: bq,
         shared_bytes: fwd_smem(p, d.c, bq),
@@ -141,6 +159,7 @@ pub fn attention_backward(
     p: Precision,
 ) -> Result<(GpuStorage, GpuStorage, GpuStorage)> {
     const OP: &str = "attention_backward";
+    let bf16_in = bf16_qkv(OP, q, p)?;
     let len = d.b * d.c * d.n;
     if p == Precision::Fp32 || len == 0 {
         return fp32::attention_backward(dev, dout, q, k, v, out, lse, d);
@@ -151,8 +170,14 @@ pub fn attention_backward(
     let t = backward_tile(p, d.c, budget).ok_or_else(|| too_wide(OP, p, d.c, budget))?;
     use kernels::attention_tc::*;
     let launch = BackwardLaunch {
-        dkdv: pick(p, &ATTENTION_BWD_DKDV_TC_BF16_F32, &ATTENTION_BWD_DKDV_TC_TF32_F32),
-        dq: pick(p, &ATTENTION_BWD_DQ_TC_BF16_F32, &ATTENTION_BWD_DQ_TC_TF32_F32),
+        dkdv: match bf16_in {
+            true => &ATTENTION_BWD_DKDV_TC_BF16IN_F32,
+            false => pick(p, &ATTENTION_BWD_DKDV_TC_BF16_F32, &ATTENTION_BWD_DKDV_TC_TF32_F32),
+        },
+        dq: match bf16_in {
+            true => &ATTENTION_BWD_DQ_TC_BF16IN_F32,
+            false => pick(p, &ATTENTION_BWD_DQ_TC_BF16_F32, &ATTENTION_BWD_DQ_TC_TF32_F32),
+        },
         threads: THREADS,
         tile: t,
         dkdv_bytes: dkdv_smem(p, d.c, t),
