@@ -461,7 +461,7 @@ fn bf16_stored_qkv_gives_the_same_bits(dut: &DeviceUnderTest) {
     let (qh, kh, vh) = (up(&x.q).unwrap(), up(&x.k).unwrap(), up(&x.v).unwrap());
     for p in [Precision::Fp32, Precision::Tf32] {
         let e = ops::attention_forward_with(&qh, &kh, &vh, p).unwrap_err().to_string();
-        assert!(e.contains("bf16 q, k, v need precision bf16"), "{p}: {e}");
+        assert!(e.contains("q, k, v: bf16 storage needs precision bf16"), "{p}: {e}");
     }
     let e = ops::attention_forward_with(
         &qh,

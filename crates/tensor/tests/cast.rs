@@ -128,7 +128,7 @@ fn bf16_tensors_stay_out_of_f32_code(dut: &DeviceUnderTest) {
     let p = Conv2dParams::same(3);
     for prec in [Precision::Fp32, Precision::Tf32] {
         let e = ops::conv2d_forward_with(&xh, &w, None, &p, prec).unwrap_err().to_string();
-        assert!(e.contains("a bf16 input needs precision bf16"), "{prec}: {e}");
+        assert!(e.contains("x: bf16 storage needs precision bf16"), "{prec}: {e}");
     }
     // the weight stays f32: a bf16 weight is not an input the kernels take
     let e = ops::conv2d_forward_with(&x, &w.to_dtype(DType::BF16).unwrap(), None, &p, Precision::Bf16).unwrap_err();

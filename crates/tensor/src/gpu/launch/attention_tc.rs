@@ -14,7 +14,7 @@ use super::attention::{
 use crate::geom::AttentionDims;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::{GpuDevice, GpuStorage};
-use crate::{DType, Precision, Result, TensorError};
+use crate::{Precision, Result, TensorError};
 
 /// Threads of a block (4 warps).
 pub const THREADS: u32 = 128;
@@ -89,19 +89,6 @@ fn pick(p: Precision, bf16: &'static Kernel, tf32: &'static Kernel) -> &'static 
     }
 }
 
-/// Whether q, k, v are stored in bf16 (the ops check they share a dtype);
-/// an error unless they meet the bf16 tensor cores.
-fn bf16_qkv(op: &'static str, q: &GpuStorage, p: Precision) -> Result<bool> {
-    match (q.dtype(), p) {
-        (DType::BF16, Precision::Bf16) => Ok(true),
-        (DType::BF16, _) => Err(TensorError::invalid(
-            op,
-            format!("bf16 q, k, v need precision bf16 (the {p:?} kernels read f32); convert them to f32 first"),
-        )),
-        _ => Ok(false),
-    }
-}
-
 fn too_wide(op: &'static str, p: Precision, c: usize, budget: usize) -> TensorError {
     TensorError::invalid(
         op,
@@ -122,7 +109,7 @@ pub fn attention_forward(
     p: Precision,
 ) -> Result<(GpuStorage, GpuStorage)> {
     const OP: &str = "attention_forward";
-    let bf16_in = bf16_qkv(OP, q, p)?;
+    let bf16_in = super::bf16_input(OP, "q, k, v", q, p)?; // the ops check k, v share q's dtype
     if p == Precision::Fp32 || d.b * d.n == 0 || d.c == 0 {
         // fp32, or nothing for a tensor core to multiply (the fp32 path's
         // special cases: empty outputs, lse = ln n)
@@ -159,7 +146,7 @@ pub fn attention_backward(
     p: Precision,
 ) -> Result<(GpuStorage, GpuStorage, GpuStorage)> {
     const OP: &str = "attention_backward";
-    let bf16_in = bf16_qkv(OP, q, p)?;
+    let bf16_in = super::bf16_input(OP, "q, k, v", q, p)?; // the ops check k, v share q's dtype
     let len = d.b * d.c * d.n;
     if p == Precision::Fp32 || len == 0 {
         return fp32::attention_backward(dev, dout, q, k, v, out, lse, d);

@@ -15,7 +15,7 @@ use super::grid_dim_yz;
 use crate::geom::ConvGeom;
 use crate::gpu::kernels::{self, Kernel};
 use crate::gpu::{Dim3, GpuDevice, GpuStorage};
-use crate::{DType, Precision, Result, TensorError};
+use crate::{Precision, Result, TensorError};
 
 /// Output tile (GEMM rows x columns) and block size of tc_gemm.cuh.
 const TILE: usize = 64;
@@ -35,18 +35,6 @@ fn pick(p: Precision, bf16: &'static Kernel, tf32: &'static Kernel) -> &'static 
     }
 }
 
-/// Errors unless a bf16-stored `x` meets the bf16 tensor cores.
-fn check_bf16_input(op: &'static str, x: &GpuStorage, p: Precision) -> Result<bool> {
-    match (x.dtype(), p) {
-        (DType::BF16, Precision::Bf16) => Ok(true),
-        (DType::BF16, _) => Err(TensorError::invalid(
-            op,
-            format!("a bf16 input needs precision bf16 (the {p:?} kernels read f32); convert it to f32 first"),
-        )),
-        _ => Ok(false),
-    }
-}
-
 /// Runs a prepared pass on the tensor-core tile: 64 x 64 outputs a block.
 fn run_tc(op: &'static str, dev: &GpuDevice, pass: Prepared, kernel: &'static Kernel) -> Result<GpuStorage> {
     pass.launch(op, dev, kernel, Dim3::x(THREADS), |cols, rows| grid(op, cols, rows))
@@ -62,7 +50,7 @@ pub fn conv2d_forward(
     p: Precision,
 ) -> Result<GpuStorage> {
     const OP: &str = "conv2d_forward";
-    let bf16_x = check_bf16_input(OP, x, p)?;
+    let bf16_x = super::bf16_input(OP, "x", x, p)?;
     if p == Precision::Fp32 {
         return conv2d::conv2d_forward(dev, x, w, b, g);
     }
@@ -99,7 +87,7 @@ pub fn conv2d_backward_weight(
     p: Precision,
 ) -> Result<GpuStorage> {
     const OP: &str = "conv2d_backward_weight";
-    let bf16_x = check_bf16_input(OP, x, p)?;
+    let bf16_x = super::bf16_input(OP, "x", x, p)?;
     if p == Precision::Fp32 {
         return conv2d::conv2d_backward_weight(dev, dy, x, g);
     }

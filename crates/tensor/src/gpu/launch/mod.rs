@@ -110,6 +110,20 @@ pub(crate) fn grid_dim_yz(op: &'static str, what: &str, v: usize) -> Result<u32>
     Ok(v as u32)
 }
 
+/// Whether `x` (an input named `what`) is stored in bf16; an error unless
+/// it then meets the bf16 tensor cores, whose `_bf16in` kernels are the
+/// only ones that read bf16.
+pub(crate) fn bf16_input(op: &'static str, what: &str, x: &GpuStorage, p: crate::Precision) -> Result<bool> {
+    match (x.dtype(), p) {
+        (crate::DType::BF16, crate::Precision::Bf16) => Ok(true),
+        (crate::DType::BF16, _) => Err(TensorError::invalid(
+            op,
+            format!("{what}: bf16 storage needs precision bf16 (the {p} kernels read f32); convert to f32 first"),
+        )),
+        _ => Ok(false),
+    }
+}
+
 /// Storage for `len` f32 elements on `dev`.
 pub(crate) fn alloc(dev: &GpuDevice, len: usize) -> Result<GpuStorage> {
     dev.alloc_f32(len)
