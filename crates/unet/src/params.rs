@@ -66,7 +66,8 @@ impl ParamStore {
     }
 
     /// Whether training caches on a GPU keep bf16-only activations (the
-    /// inputs of convolutions without a LoRA adapter) in bf16: true at
+    /// inputs of convolutions without a LoRA adapter, the attention's q, k,
+    /// v) in bf16: true at
     /// `Precision::Bf16` unless turned off with [`Self::set_bf16_activations`].
     /// The results are the same bits either way; only the memory differs.
     pub fn keeps_bf16_activations(&self) -> bool {
