@@ -1,7 +1,7 @@
 //! `diffuse selftest` and `diffuse bench kernels` from the command line:
 //! the quick self-test passes on the emulator and the CPU, a missing GPU is
-//! one clear error, and the kernel benchmark's JSON lines carry the counts
-//! the emulator gives.
+//! one clear error, the kernel benchmark's JSON lines carry the counts the
+//! emulator gives, and `bench step` reports bf16 activation storage.
 
 mod cli_common;
 
@@ -96,4 +96,25 @@ fn kernel_bench_on_the_emulator_counts_launches() {
     tc_kernel("attention", "backward", "attention_bwd_dkdv_tc_bf16");
     let norm = lines.iter().find(|l| l["op"] == "group_norm").expect("a group norm line");
     assert_eq!(norm["precision"], "fp32", "{norm}");
+}
+
+/// `bench step --precision bf16` on the emulator keeps the bf16-only
+/// activations in bf16 (issue 13): the JSON line says so, and the step's
+/// peak device memory is below the same step with `--f32-activations`.
+#[test]
+fn bench_step_reports_bf16_activation_storage() {
+    let run = |extra: &[&str]| {
+        let mut args = vec!["bench", "step", "--config", "tiny-mnist", "--batch-size", "2", "--device", "emu"];
+        args.extend(["--precision", "bf16", "--steps", "1", "--warmup", "0", "--counters"]);
+        args.extend(extra);
+        let o = cli_common::command(&args).env("DIFFUSE_EMU_RACECHECK", "0").output().expect("run diffuse");
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(o.status.success(), "bench step {extra:?} failed:\n{out}\n{}", String::from_utf8_lossy(&o.stderr));
+        let line: serde_json::Value = serde_json::from_str(out.lines().last().expect("a JSON line")).expect("JSON");
+        (line["bf16_activations"].clone(), line["counters"]["pool_peak_reserved_bytes"].as_u64().expect("peak"))
+    };
+    let (on, peak_on) = run(&[]);
+    let (off, peak_off) = run(&["--f32-activations"]);
+    assert_eq!((on, off), (serde_json::Value::Bool(true), serde_json::Value::Bool(false)));
+    assert!(peak_on < peak_off, "bf16 activations {peak_on} B, f32 {peak_off} B");
 }
