@@ -12,7 +12,14 @@ fn quick_selftest_passes_on_the_emulator() {
     let o = diffuse(&["selftest", "--device", "emu", "--quick"]);
     let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
     assert!(o.status.success(), "selftest failed:\n{out}\n{err}");
-    for op in ["conv2d_backward_weight", "attention_backward dq", "adamw_step m", "unet backward", "sampler"] {
+    for op in [
+        "conv2d_backward_weight",
+        "attention_backward dq",
+        "conv2d_forward, bf16 x",
+        "adamw_step m",
+        "unet backward",
+        "sampler",
+    ] {
         assert!(out.contains(op), "no row for {op}:\n{out}");
     }
     assert!(out.lines().skip(1).all(|l| l.ends_with("pass") || l.contains("pass")), "{out}");

@@ -143,6 +143,7 @@ const FAMILIES: &[(&str, Family)] = &[
     ("conv2d", ops::conv2d),
     ("group_norm", ops::group_norm),
     ("attention", ops::attention),
+    ("bf16 storage", ops::bf16_storage),
     ("layout", ops::layout),
     ("embedding", ops::embedding),
     ("dropout", ops::dropout),

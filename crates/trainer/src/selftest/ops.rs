@@ -451,3 +451,60 @@ pub fn empty_tensors(c: &mut Checker, _: &Options) -> Result<()> {
     c.check_scalar("global_l2_norm", "two empty tensors", ops::global_l2_norm(&[&xg, &acc])?, 0.0, 1e-300);
     Ok(())
 }
+
+/// bf16 storage (GPU only: the host has none). The cast against the CPU's
+/// bf16 rounding (`Precision::round`), bit for bit; the tensor-core
+/// convolution and attention given bf16-stored inputs against the same ops
+/// on the f32 originals at bf16 precision, bit for bit (what a bf16 training
+/// cache relies on; `tests/tensor_core.rs`, `tests/attention_tc.rs`).
+pub fn bf16_storage(c: &mut Checker, o: &Options) -> Result<()> {
+    use diffuse_tensor::Precision;
+    // the bf16 tensor cores need sm_80 (the emulator reports no capability)
+    let tensor_cores = match c.device() {
+        Device::Gpu(g) => g.compute_capability().is_none_or(|(major, _)| major >= 8),
+        Device::Cpu => false,
+    };
+    if !tensor_cores {
+        return Ok(());
+    }
+    let mut rng = TensorRng::new(41);
+    for n in lengths(o) {
+        let x = rng.tensor_in(&[n], -4.0, 4.0)?;
+        let want: Vec<f32> = x.to_vec_f32()?.into_iter().map(|v| Precision::Bf16.round(v)).collect();
+        let got = c.on(&x)?.to_dtype(DType::BF16)?;
+        c.check_exact("cast to bf16", &format!("len {n}"), &got, &Tensor::from_vec(want, [n])?)?;
+    }
+    let bf = Precision::Bf16;
+    let (s3, s1, d2) = (Conv2dParams::same(3), Conv2dParams::same(1), Conv2dParams::down2());
+    for (n, ci, co, h, w_, k, p) in [(2, 13, 35, 9, 7, 3, s3), (1, 40, 17, 8, 10, 3, d2), (3, 70, 7, 3, 5, 1, s1)] {
+        let case = format!("N{n} Ci{ci} Co{co} {h}x{w_} k{k}");
+        let x = c.on(&rng.tensor(&[n, ci, h, w_])?)?;
+        let (w, b) = (c.on(&rng.tensor(&[co, ci, k, k])?)?, c.on(&rng.tensor(&[co])?)?);
+        let xh = x.to_dtype(DType::BF16)?;
+        let y = ops::conv2d_forward_with(&x, &w, Some(&b), &p, bf)?;
+        let yh = ops::conv2d_forward_with(&xh, &w, Some(&b), &p, bf)?;
+        c.check_exact("conv2d_forward, bf16 x", &case, &yh, &y.to_device(&Device::Cpu)?)?;
+        let dy = c.on(&rng.tensor(y.dims())?)?;
+        let dw = ops::conv2d_backward_weight_with(&dy, &x, w.shape(), &p, bf)?;
+        let dwh = ops::conv2d_backward_weight_with(&dy, &xh, w.shape(), &p, bf)?;
+        c.check_exact("conv2d_backward_weight, bf16 x", &case, &dwh, &dw.to_device(&Device::Cpu)?)?;
+    }
+    for (b, ch, n) in [(2, 13, 37), (1, 64, 49)] {
+        let case = format!("B{b} C{ch} N{n}");
+        let shape = [b, ch, n];
+        let (q, k, v) = (rng.tensor_in(&shape, -2.0, 2.0)?, rng.tensor_in(&shape, -2.0, 2.0)?, rng.tensor(&shape)?);
+        let (q, k, v, dout) = (c.on(&q)?, c.on(&k)?, c.on(&v)?, c.on(&rng.tensor(&shape)?)?);
+        let h = |t: &Tensor| t.to_dtype(DType::BF16);
+        let (qh, kh, vh) = (h(&q)?, h(&k)?, h(&v)?);
+        let f = ops::attention_forward_with(&q, &k, &v, bf)?;
+        let fh = ops::attention_forward_with(&qh, &kh, &vh, bf)?;
+        let g = ops::attention_backward_with(&dout, &q, &k, &v, &f.out, &f.lse, bf)?;
+        let gh = ops::attention_backward_with(&dout, &qh, &kh, &vh, &fh.out, &fh.lse, bf)?;
+        let cpu = |t: &Tensor| t.to_device(&Device::Cpu);
+        c.check_exact("attention_forward out, bf16 q/k/v", &case, &fh.out, &cpu(&f.out)?)?;
+        c.check_exact("attention_backward dq, bf16 q/k/v", &case, &gh.dq, &cpu(&g.dq)?)?;
+        c.check_exact("attention_backward dk, bf16 q/k/v", &case, &gh.dk, &cpu(&g.dk)?)?;
+        c.check_exact("attention_backward dv, bf16 q/k/v", &case, &gh.dv, &cpu(&g.dv)?)?;
+    }
+    Ok(())
+}
