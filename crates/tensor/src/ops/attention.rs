@@ -113,11 +113,12 @@ pub fn attention_backward_with(
     const OP: &str = "attention_backward";
     // q, k, v may be stored in bf16 (a bf16 training cache), beside f32 dout, out and lse
     let d = check_qkv(OP, q, &[("k", k), ("v", v)])?;
-    check_qkv(OP, dout, &[("out", out)])?;
-    if dout.shape() != q.shape() {
-        return Err(TensorError::shape(OP, format!("dout shaped like q {}", q.shape()), dout.shape()));
+    for (name, t) in [("dout", dout), ("out", out)] {
+        if t.shape() != q.shape() {
+            return Err(TensorError::shape(OP, format!("{name} shaped like q {}", q.shape()), t.shape()));
+        }
     }
-    check_same_bf16_input(OP, q, &[dout, lse])?;
+    check_same_bf16_input(OP, q, &[dout, out, lse])?;
     if lse.dims() != [d.b, d.n] {
         return Err(TensorError::shape(OP, format!("lse of shape [{}, {}]", d.b, d.n), lse.shape()));
     }
