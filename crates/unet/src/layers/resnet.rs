@@ -39,9 +39,9 @@ pub struct ResCache {
     h2: Tensor,
     n2: GroupNormCache,
     /// dropout(silu(norm2(h2))), conv2's input: kept on a GPU (bf16 as a1);
-    /// on the CPU
-    /// rebuilt from `h2`, `n2` and the dropout's Philox coordinates (the
-    /// same mask, bit for bit) when the backward reaches conv2.
+    /// on the CPU rebuilt from `h2`, `n2` and the dropout's Philox
+    /// coordinates (the same mask, bit for bit) when the backward reaches
+    /// conv2.
     a2: Option<Tensor>,
     mode: ForwardMode,
 }
