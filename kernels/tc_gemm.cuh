@@ -1,7 +1,7 @@
 // tc_gemm.cuh — the tensor-core GEMM tile shared by kernels/*_tc.cu:
 // C[m0:m0+64, n0:n0+64] = sum over k in [kbeg, kend) of A(m, k) B(k, n),
-// A and B read from f32 tensors through gather functors (implicit GEMM: no
-// im2col in global memory), rounded to the tensor core's input precision
+// A and B read from f32 (or bf16, `tc_load`) tensors through gather
+// functors (implicit GEMM: no im2col in global memory), rounded to the tensor core's input precision
 // while staged in shared memory, multiplied with nvcuda::wmma, accumulated
 // in f32, and handed to an output functor element by element.
 //
