@@ -28,17 +28,17 @@ pub fn apply_mask_at<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: 
     // (by reference, every store through `out` might change them, which
     // keeps the masking loop scalar).
     let mask = move |word: u32, x: T| if philox::keep(word, threshold) { x * scale } else { T::zero() };
-    const GROUP: usize = 4 * philox::LANES_X8; // elements of eight Philox blocks
+    const GROUP: usize = 4 * philox::WIDE_LANES; // elements of one wide draw of Philox blocks
     out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, x))| {
         let start = offset + (c * CHUNK) as u64;
         if start.is_multiple_of(4) {
-            // whole Philox blocks (one per four elements), eight drawn at once
+            // whole Philox blocks (one per four elements), WIDE_LANES drawn at once
             widest(
                 #[inline(always)]
                 || {
                     for (g, (og, xg)) in o.chunks_mut(GROUP).zip(x.chunks(GROUP)).enumerate() {
                         let words =
-                            philox::block_bits_x8(seed, step, stream, start / 4 + (g * philox::LANES_X8) as u64);
+                            philox::block_bits_wide(seed, step, stream, start / 4 + (g * philox::WIDE_LANES) as u64);
                         // Element order (word w of block j is element 4j + w), so
                         // that the masking loop below is a plain vector loop.
                         let mut flat = [0u32; GROUP];
