@@ -23,6 +23,7 @@ fn cases() -> Vec<Case> {
     vec![
         Case { name: "conv2d_3x3 B64 64->64 14x14", b: 64, ci: 64, co: 64, hw: 14, k: 3, p: Conv2dParams::same(3) },
         Case { name: "conv2d_3x3 B64 32->32 28x28", b: 64, ci: 32, co: 32, hw: 28, k: 3, p: Conv2dParams::same(3) },
+        Case { name: "conv2d_3x3 B64 64->64 7x7", b: 64, ci: 64, co: 64, hw: 7, k: 3, p: Conv2dParams::same(3) },
         Case {
             name: "conv2d_3x3s2 B64 64->64 14x14 (down)",
             b: 64,

@@ -12,11 +12,13 @@
 //! - backward weight: `dW = dY * col^T` (computed as `dW^T` when `K >= Co`),
 //!   summed over images.
 //!
-//! The f32 3x3 stride-1 convs with 128 or more channels each way go through
-//! Winograd F(2x2, 3x3) instead (`conv2d/winograd.rs`: 16 gemms of the
-//! transformed tiles, 2.25x fewer multiplies): the weight gradient always,
-//! the forward (and so the stride-1 data gradient) where a row of tiles
-//! fills a vector. Below that size the direct path measured faster.
+//! The f32 3x3 stride-1 convs with 16 or more channels each way go through
+//! Winograd instead: F(4, 3) down the columns for the forward (and so the
+//! stride-1 data gradient) and the weight gradient (`conv2d/winograd_1d.rs`:
+//! 6 gemms with a 3 Ci inner dimension, 2x fewer multiplies), except the
+//! weight gradient with 128 or more channels each way, which takes
+//! F(2x2, 3x3) (`conv2d/winograd.rs`: 16 gemms over tiles, 2.25x fewer).
+//! The first and last convs (1-3 channels) stay direct.
 //!
 //! Small planes share one gemm so its N dimension stays large. Work is
 //! parallel over image groups, each gemm serial inside; the weight gradient
@@ -34,6 +36,7 @@ use std::cell::RefCell;
 use std::ops::Range;
 
 mod winograd;
+mod winograd_1d;
 
 /// Columns one gemm should see. Small planes (the 7x7 of a downsampling
 /// conv) are batched up to this; larger ones go one image per gemm, which
@@ -115,13 +118,33 @@ fn weight_slots(n: usize, nb: usize, max_slots: usize) -> Vec<Range<usize>> {
 thread_local! {
     static SCRATCH_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SCRATCH_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+    static PARTIALS_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PARTIALS_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
 }
+
+type Cell<U> = std::thread::LocalKey<RefCell<Vec<U>>>;
 
 /// Runs `f` on a per-thread buffer of `len` elements that is kept between
 /// calls (it only grows: each thread holds the largest im2col it has seen),
 /// so the hot loops neither allocate nor fault in fresh pages. The contents
 /// are garbage: callers overwrite what they read.
 fn with_scratch<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    with_buffer(&SCRATCH_F32, &SCRATCH_F64, len, f)
+}
+
+/// [`with_scratch`] for the weight gradients' per-slot partials, held by the
+/// calling thread while the workers use their own scratch (each slot's first
+/// product overwrites its partial, so garbage is fine here too).
+fn with_partials<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+    with_buffer(&PARTIALS_F32, &PARTIALS_F64, len, f)
+}
+
+fn with_buffer<T: Element, R>(
+    f32s: &'static Cell<f32>,
+    f64s: &'static Cell<f64>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
     fn run<U: Element, T: Element, R>(cell: &RefCell<Vec<U>>, len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
         // Busy only if a nested rayon job re-entered this thread: fall back.
         let Ok(mut guard) = cell.try_borrow_mut() else {
@@ -138,9 +161,9 @@ fn with_scratch<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
         }
     }
     if TypeId::of::<T>() == TypeId::of::<f32>() {
-        SCRATCH_F32.with(|c| run::<f32, T, R>(c, len, f))
+        f32s.with(|c| run::<f32, T, R>(c, len, f))
     } else {
-        SCRATCH_F64.with(|c| run::<f64, T, R>(c, len, f))
+        f64s.with(|c| run::<f64, T, R>(c, len, f))
     }
 }
 
@@ -417,8 +440,8 @@ pub fn conv2d_forward<T: Element>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&
 
 /// `y = conv(x, w)` finished by `epi` (see [`Epilogue`]).
 pub fn conv2d_forward_epilogue<T: Element>(g: &ConvGeom, x: &[T], w: &[T], epi: &Epilogue<'_, T>, y: &mut [T]) {
-    if winograd::applies_forward::<T>(g) {
-        return winograd::forward(g, x, w, epi, y);
+    if winograd_1d::applies::<T>(g) {
+        return winograd_1d::forward(g, x, w, epi, y);
     }
     let (nb, xi, yi) = (g.images_per_group(), g.in_image(), g.out_image());
     if yi == 0 || g.n == 0 {
@@ -514,6 +537,9 @@ pub fn conv2d_backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &
     if winograd::applies_weight::<T>(g) {
         return winograd::backward_weight(g, dy, x, dw);
     }
+    if winograd_1d::applies::<T>(g) {
+        return winograd_1d::backward_weight(g, dy, x, dw);
+    }
     let wlen = g.co * g.k();
     dw[..wlen].fill(T::zero());
     if g.n == 0 || wlen == 0 {
@@ -521,15 +547,16 @@ pub fn conv2d_backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &
     }
     let nb = g.images_per_group();
     let slots = weight_slots(g.n, nb, MAX_WEIGHT_SLOTS);
-    let mut partials = vec![T::zero(); slots.len() * wlen];
-    partials.par_chunks_mut(wlen).zip(slots).for_each(|(part, imgs)| weight_slot(g, dy, x, imgs, nb, part));
-    if g.weight_transposed() {
-        let mut sum = vec![T::zero(); wlen];
-        sum_partials(&partials, wlen, &mut sum);
-        transpose(&sum, g.k(), g.co, dw);
-    } else {
-        sum_partials(&partials, wlen, dw);
-    }
+    with_partials(slots.len() * wlen, |partials: &mut [T]| {
+        partials.par_chunks_mut(wlen).zip(slots).for_each(|(part, imgs)| weight_slot(g, dy, x, imgs, nb, part));
+        if g.weight_transposed() {
+            let mut sum = vec![T::zero(); wlen];
+            sum_partials(partials, wlen, &mut sum);
+            transpose(&sum, g.k(), g.co, dw);
+        } else {
+            sum_partials(partials, wlen, dw);
+        }
+    });
 }
 
 impl ConvGeom {

@@ -1,20 +1,20 @@
-//! Winograd F(2x2, 3x3) for the f32 3x3 stride-1 convolutions (Lavin & Gray,
-//! "Fast Algorithms for Convolutional Neural Networks", 2016): each 2x2 block
-//! of outputs (a tile) is `A^T [(G g G^T) ⊙ (B^T d B)] A` for the tile's 4x4
-//! input patch `d` and each 3x3 kernel `g`, so the 36 multiplies per tile and
-//! channel pair of a direct convolution become 16, done as 16 gemms (one per
-//! element ξ of the 4x4 transformed tile) with the channels as the inner
-//! dimension:
+//! Winograd F(2x2, 3x3) for the weight gradient of the f32 3x3 stride-1
+//! convolutions with 128 or more channels each way (Lavin & Gray, "Fast
+//! Algorithms for Convolutional Neural Networks", 2016). The forward of such
+//! a conv is `A^T [(G g G^T) ⊙ (B^T d B)] A` per 2x2 block of outputs (a
+//! tile), for the tile's 4x4 input patch `d` and each 3x3 kernel `g`: 16
+//! multiplies per tile and channel pair instead of 36. Differentiating it,
+//! `dU_ξ [Co x Ci] = sum over tiles of D_ξ [Co x T] * V_ξ^T` (one gemm per
+//! element ξ of the 4x4 transformed tile) with `V = B^T d B` per tile and
+//! input channel and `D = A dY A^T` per output tile (zero past the output's
+//! edge), then `dW = G^T dU G` per kernel. The gemms' inner dimension is the
+//! number of tiles, not 9 Ci.
 //!
-//! - forward:         `M_ξ [Co x T] = U_ξ [Co x Ci] * V_ξ [Ci x T]`, with
-//!   `U = G g G^T` per kernel and `V = B^T d B` per tile and input channel;
-//!   the outputs are `A^T M A`, cut to the output size;
-//! - backward data:   the parent's stride-1 path is the forward conv of dy with
-//!   the flipped, transposed kernel, so it comes here too;
-//! - backward weight: differentiating the forward, `dU_ξ [Co x Ci] = sum over
-//!   tiles of D_ξ [Co x T] * V_ξ^T` with `D = A dY A^T` per output tile (zero
-//!   past the output's edge), then `dW = G^T dU G` per kernel. The inner
-//!   dimension is the number of tiles, not 9 Ci.
+//! The forward (and so the stride-1 data gradient) of these convs goes
+//! through `winograd_1d.rs` instead, which measured faster at every size the
+//! presets have (128 channels at 32x32: 6.3 ms against 8.8 ms, batch 8); at
+//! the weight gradient this 2-D form is faster from 256 channels at 16x16 and
+//! below 8x8, level at 128 channels at 32x32 (BENCHMARKS.md, 2026-12-01).
 //!
 //! The transforms' coefficients are 0, ±1 and ±1/2, so they add rounding but
 //! no scaling error; `crates/tensor/tests/conv2d.rs` holds the results to the
@@ -34,9 +34,8 @@
 // read like the formulas they implement.
 #![allow(clippy::needless_range_loop)]
 
-use super::super::gemm::matmul_strided;
 use super::super::simd::widest;
-use super::{images_per_group, matmul, sum_partials, weight_slots, with_scratch, Epilogue, MatRef, Threads};
+use super::{images_per_group, matmul, sum_partials, weight_slots, with_partials, with_scratch, MatRef, Threads};
 use crate::geom::ConvGeom;
 use crate::Element;
 use rayon::prelude::*;
@@ -55,25 +54,13 @@ const TARGET_TILES: usize = 196;
 const WEIGHT_SLOTS: usize = 4;
 
 /// Fewest input and output channels for which the transforms pay off: they
-/// cost O(C) per tile against the gemms' O(C^2), and measured on this
-/// project's CPU bench host (`benches/ops/conv2d.rs`, 2 threads, AVX-512)
-/// the direct path still wins at 32 and 64 channels.
+/// cost O(C) per tile against the gemms' O(C^2), and at 32 and 64 channels
+/// the direct path, and now the 1-D F(4, 3), measured faster
+/// (`benches/ops/conv2d.rs`, 2 threads, AVX-512).
 const MIN_CHANNELS: usize = 128;
-
-/// Fewest tiles per tile row for the forward: a row of tiles is one block of
-/// `LANES`, so narrower images waste lanes, and at 16x16 (8 tiles a row) the
-/// direct forward measured faster. The weight gradient pays off regardless:
-/// the direct one's gemm sums over the pixels of a few images, a short inner
-/// dimension for its 9 Ci x Co output, where here it is 16 Co x Ci over tiles.
-const MIN_FORWARD_TILE_ROW: usize = LANES;
 
 fn is_3x3_stride_1<T: Element>(g: &ConvGeom) -> bool {
     TypeId::of::<T>() == TypeId::of::<f32>() && g.kh == 3 && g.kw == 3 && g.stride == 1 && g.ho > 0 && g.wo > 0
-}
-
-/// Whether the forward (and the stride-1 backward data, a forward) runs here.
-pub(super) fn applies_forward<T: Element>(g: &ConvGeom) -> bool {
-    is_3x3_stride_1::<T>(g) && g.ci >= MIN_CHANNELS && g.co >= MIN_CHANNELS && Tiles::of(g).tw >= MIN_FORWARD_TILE_ROW
 }
 
 /// Whether the weight gradient runs here.
@@ -125,15 +112,6 @@ fn bt4<T: Element>(x: [&Lanes<T>; 4], out: &mut [Lanes<T>; 4]) {
     }
 }
 
-/// `A^T x`, `A^T = [1 1 1 0; 0 1 -1 -1]`.
-#[inline(always)]
-fn at4<T: Element>(x: [&Lanes<T>; 4], out: &mut [Lanes<T>; 2]) {
-    for i in 0..LANES {
-        out[0][i] = x[0][i] + x[1][i] + x[2][i];
-        out[1][i] = x[1][i] - x[2][i] - x[3][i];
-    }
-}
-
 /// `A x`, `A = [1 0; 1 1; 1 -1; 0 -1]`.
 #[inline(always)]
 fn a2<T: Element>(x: [&Lanes<T>; 2], out: &mut [Lanes<T>; 4]) {
@@ -145,30 +123,8 @@ fn a2<T: Element>(x: [&Lanes<T>; 2], out: &mut [Lanes<T>; 4]) {
     }
 }
 
-/// `U[ξ][o][c] = (G w[o][c] G^T)[ξ]` with `G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]`.
-fn transform_kernels<T: Element>(g: &ConvGeom, w: &[T]) -> Vec<T> {
-    let half = T::from_f64(0.5);
-    let (co, ci) = (g.co, g.ci);
-    let g4 = |a: T, b: T, c: T| [a, (a + b + c) * half, (a - b + c) * half, c];
-    let mut u = vec![T::zero(); 16 * co * ci];
-    for o in 0..co {
-        for c in 0..ci {
-            let k = &w[(o * ci + c) * 9..][..9];
-            // G k: 4 rows of 3, column by column; then each row times G^T.
-            let cols = [g4(k[0], k[3], k[6]), g4(k[1], k[4], k[7]), g4(k[2], k[5], k[8])];
-            for a in 0..4 {
-                let row = g4(cols[0][a], cols[1][a], cols[2][a]);
-                for (b, &v) in row.iter().enumerate() {
-                    u[((4 * a + b) * co + o) * ci + c] = v;
-                }
-            }
-        }
-    }
-    u
-}
-
-/// `dW[o][c] = G^T dU[o][c] G` (`dU` as `[ξ][o][c]`): the adjoint of
-/// `transform_kernels`.
+/// `dW[o][c] = G^T dU[o][c] G` (`dU` as `[ξ][o][c]`), with
+/// `G = [1 0 0; ½ ½ ½; ½ -½ ½; 0 0 1]` (the forward's `U = G w G^T`).
 fn untransform_kernels<T: Element>(g: &ConvGeom, du: &[T], dw: &mut [T]) {
     let half = T::from_f64(0.5);
     let (co, ci) = (g.co, g.ci);
@@ -296,55 +252,6 @@ fn transform_inputs<T: Element>(
     }
 }
 
-/// `y = A^T M A` per tile, cut to `ho x wo`: `m` as `[ξ][co][t]`, `y` the
-/// `nb` output images.
-#[inline(always)]
-fn transform_outputs<T: Element>(g: &ConvGeom, tiles: Tiles, m: &[T], nb: usize, rows: Rows, y: &mut [T]) {
-    let mut mt = [[T::zero(); LANES]; 16];
-    let mut cols = [[[T::zero(); LANES]; 2]; 4];
-    let mut q = [[T::zero(); LANES]; 2];
-    let mut line = [T::zero(); 2 * LANES];
-    for img in 0..nb {
-        for o in 0..g.co {
-            let plane = &mut y[(img * g.co + o) * g.p()..][..g.p()];
-            for ty in 0..tiles.th {
-                let t0 = img * tiles.per_image() + ty * tiles.tw;
-                let mut tx0 = 0;
-                while tx0 < tiles.tw {
-                    for (xi, lanes) in mt.iter_mut().enumerate() {
-                        lanes.copy_from_slice(&m[(xi * g.co + o) * rows.stride + t0 + tx0..][..LANES]);
-                    }
-                    // cols[b][r] = (A^T m)[r][b]; then A over each row r.
-                    for (b, col) in cols.iter_mut().enumerate() {
-                        at4([&mt[b], &mt[4 + b], &mt[8 + b], &mt[12 + b]], col);
-                    }
-                    for r in 0..2 {
-                        let oy = 2 * ty + r;
-                        if oy >= g.ho {
-                            break;
-                        }
-                        at4([&cols[0][r], &cols[1][r], &cols[2][r], &cols[3][r]], &mut q);
-                        for j in 0..LANES {
-                            line[2 * j] = q[0][j];
-                            line[2 * j + 1] = q[1][j];
-                        }
-                        let n = (2 * LANES).min(g.wo - 2 * tx0);
-                        let dst = &mut plane[oy * g.wo + 2 * tx0..][..n];
-                        if n == 2 * LANES {
-                            dst.copy_from_slice(&line);
-                        } else {
-                            for (d, &v) in dst.iter_mut().zip(&line[..n]) {
-                                *d = v;
-                            }
-                        }
-                    }
-                    tx0 += LANES;
-                }
-            }
-        }
-    }
-}
-
 /// `D[ξ][o][t] = (A dY A^T)[ξ]` per output tile (zero past the output's
 /// edge): `d` as `[ξ][co][t]`.
 #[inline(always)]
@@ -391,46 +298,6 @@ fn split_len(tiles: Tiles) -> usize {
     2 * (2 * tiles.th + 2) * (tiles.tw + 1 + LANES)
 }
 
-// ------------------------------------------------------------------ forward
-
-/// `y = conv(x, w)` finished by `epi`, for a conv that [`applies_forward`].
-pub(super) fn forward<T: Element>(g: &ConvGeom, x: &[T], w: &[T], epi: &Epilogue<'_, T>, y: &mut [T]) {
-    let (xi, yi) = (g.ci * g.h * g.w, g.co * g.p());
-    if yi == 0 || g.n == 0 {
-        return;
-    }
-    let tiles = Tiles::of(g);
-    let nb = tiles.images_per_group(g.n);
-    let u = transform_kernels(g, w);
-    y[..g.n * yi].par_chunks_mut(nb * yi).enumerate().for_each(|(grp, y)| {
-        let cnt = y.len() / yi;
-        forward_group(g, tiles, &u, &x[grp * nb * xi..][..cnt * xi], y, cnt);
-        epi.apply(g, grp * nb, y);
-    });
-}
-
-fn forward_group<T: Element>(g: &ConvGeom, tiles: Tiles, u: &[T], x: &[T], y: &mut [T], nb: usize) {
-    let rows = Rows::new(nb * tiles.per_image());
-    let (vlen, mlen) = (rows.len(g.ci), rows.len(g.co));
-    with_scratch::<T, _>(vlen + mlen + split_len(tiles), |buf| {
-        let (v, rest) = buf.split_at_mut(vlen);
-        let (m, split) = rest.split_at_mut(mlen);
-        widest(
-            #[inline(always)]
-            || transform_inputs(g, tiles, x, nb, rows, v, split),
-        );
-        for xi in 0..16 {
-            let uk = MatRef::row_major(&u[xi * g.co * g.ci..][..g.co * g.ci], g.co, g.ci);
-            let vk = MatRef { data: &v[xi * g.ci * rows.stride..], rows: g.ci, cols: rows.t, rs: rows.stride, cs: 1 };
-            matmul_strided(uk, vk, &mut m[xi * g.co * rows.stride..], rows.stride, false, Threads::Serial);
-        }
-        widest(
-            #[inline(always)]
-            || transform_outputs(g, tiles, m, nb, rows, y),
-        );
-    });
-}
-
 // ---------------------------------------------------------- backward weight
 
 /// `dw = sum over images of the weight gradient`, for a conv that [`applies_weight`]:
@@ -445,11 +312,12 @@ pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &
     let tiles = Tiles::of(g);
     let nb = tiles.images_per_group(g.n);
     let slots = weight_slots(g.n, nb, WEIGHT_SLOTS);
-    let mut partials = vec![T::zero(); slots.len() * ulen];
-    partials.par_chunks_mut(ulen).zip(slots).for_each(|(part, imgs)| weight_slot(g, tiles, dy, x, imgs, nb, part));
-    let mut du = vec![T::zero(); ulen];
-    sum_partials(&partials, ulen, &mut du);
-    untransform_kernels(g, &du, dw);
+    with_partials(slots.len() * ulen, |partials: &mut [T]| {
+        partials.par_chunks_mut(ulen).zip(slots).for_each(|(part, imgs)| weight_slot(g, tiles, dy, x, imgs, nb, part));
+        let mut du = vec![T::zero(); ulen];
+        sum_partials(partials, ulen, &mut du);
+        untransform_kernels(g, &du, dw);
+    });
 }
 
 /// Accumulates `dU` (`[ξ][co][ci]`) of the images `imgs` into `part`, `nb`
@@ -564,7 +432,7 @@ mod tests {
     }
 
     #[test]
-    fn forward_and_weight_gradient_match_f64_loops_at_any_size() {
+    fn weight_gradient_matches_f64_loops_at_any_size() {
         let shapes = [
             (1, 1, 1, (1, 1), (1, 1, 1, 1)),
             (2, 3, 5, (7, 7), (1, 1, 1, 1)),
@@ -578,22 +446,16 @@ mod tests {
         ];
         for (k, &(n, ci, co, hw, pads)) in shapes.iter().enumerate() {
             let g = geom(n, ci, co, hw, pads);
-            let (x, w) = (values(n * ci * g.h * g.w, 1 + k as u64), values(co * ci * 9, 50 + k as u64));
+            let x = values(n * ci * g.h * g.w, 1 + k as u64);
             let dy = values(n * co * g.p(), 99 + k as u64);
-            let mut y = vec![f32::NAN; n * co * g.p()];
-            forward(&g, &x, &w, &Epilogue::bias(None), &mut y);
             let mut dw = vec![f32::NAN; co * ci * 9];
             backward_weight(&g, &dy, &x, &mut dw);
 
-            let (mut want_y, mut scale_y) = (vec![0f64; y.len()], vec![0f64; y.len()]);
             let (mut want_dw, mut scale_dw) = (vec![0f64; dw.len()], vec![0f64; dw.len()]);
             terms(&g, |yi, xi, wi| {
-                want_y[yi] += x[xi] as f64 * w[wi] as f64;
-                scale_y[yi] += (x[xi] as f64 * w[wi] as f64).abs();
                 want_dw[wi] += dy[yi] as f64 * x[xi] as f64;
                 scale_dw[wi] += (dy[yi] as f64 * x[xi] as f64).abs();
             });
-            assert_close(&format!("forward {g:?}"), &y, &want_y, &scale_y, 1e-5);
             assert_close(&format!("weight gradient {g:?}"), &dw, &want_dw, &scale_dw, 1e-5);
         }
     }

@@ -1,0 +1,595 @@
+//! Winograd F(4, 3) down the columns for the f32 3x3 stride-1 convolutions
+//! with 16 or more channels each way: every such forward (and so stride-1
+//! data gradient), and the weight gradient below 128 channels (above, the
+//! 2-D F(2x2, 3x3) of `winograd.rs` takes it). At the MNIST model's 32-64
+//! channels the 2-D transform's inner dimension (Ci) is too short to pay,
+//! and this one keeps 3 Ci.
+//!
+//! Each column of outputs is cut into tiles of 4 rows; a tile's 4 outputs
+//! through one kernel column are `A^T [(G g) ⊙ (B^T d)]` for the kernel
+//! column's 3 taps `g` and the 6 input rows `d` over the tile: 6 multiplies
+//! instead of 12. The kernel columns (the horizontal taps) stay a sum, which
+//! is the gemm's inner dimension together with the input channels, as in the
+//! direct path's im2col but 3 taps long instead of 9:
+//!
+//! - forward:         `M_ξ [Co x N] = U_ξ [Co x 3Ci] * V_ξ [3Ci x N]` with
+//!   `U_ξ[o][(c, kx)] = (G w[o][c][:][kx])[ξ]` and `V_ξ[(c, kx)][(img, ty,
+//!   ox)] = (B^T d)[ξ]` for the padded input rows `4 ty .. 4 ty + 6` of
+//!   channel `c` at column `ox + kx`; output rows `4 ty .. 4 ty + 4` are
+//!   `A^T M[.., (img, ty, ox)]`, cut to `Ho`;
+//! - backward data:   the parent's stride-1 path is the forward conv of dy with
+//!   the flipped, transposed kernel, so it comes here too;
+//! - backward weight: differentiating the forward, `dU_ξ^T [3Ci x Co] = sum
+//!   over groups of V_ξ * D_ξ^T [N x Co]` with `D = A dY` per output tile
+//!   (zero past the output's last row), then `dW = G^T dU`.
+//!
+//! Per output, 3 Ci x 6/4 multiplies instead of 9 Ci: 2x fewer, with a 3
+//! Ci-long inner dimension. Every transform runs along rows of the NCHW
+//! planes, so nothing is transposed: the rows of `V` for the 3 horizontal
+//! taps are the transformed padded rows shifted by 0, 1 and 2 columns.
+//!
+//! `B^T` has integer coefficients (up to 5), `A^T` powers of two up to 8 and
+//! `G` sixths and 24ths (applied in f64 and rounded once): more rounding
+//! than the direct path, held by `crates/tensor/tests/conv2d.rs` to the same
+//! f64 oracles and bounds. f64 stays on the direct path.
+//!
+//! Work is split by image groups of about `TARGET_COLUMNS` gemm columns (the
+//! shape decides, never the thread count), and the weight gradient sums
+//! per-slot partials in slot order, so results are bit-identical for any
+//! thread count.
+
+use super::super::gemm::{matmul, MatRef, Threads};
+use super::super::simd::widest;
+use super::{images_per_group, sum_partials, weight_slots, with_partials, with_scratch, zero_few, Epilogue};
+use crate::geom::ConvGeom;
+use crate::Element;
+use rayon::prelude::*;
+use std::any::TypeId;
+use std::ops::Range;
+
+/// Gemm columns (output positions) one group sees. Measured on Zen 4 at
+/// 64, 128, 196, 392 and 784 (the conv benches' shapes, one-off runs): 64 is
+/// fastest or level everywhere, mostly from keeping both cores busy through
+/// the small layers (the gemm's rate drops only ~6% from 1,024 columns to 64).
+const TARGET_COLUMNS: usize = 64;
+
+/// Most partial weight gradients (18 Co Ci values each) alive at once: a
+/// fixed number, never the thread count, so the summation order is the same
+/// everywhere.
+const WEIGHT_SLOTS: usize = 8;
+
+/// Fewest input and output channels: below this the gemm's dimensions are too
+/// thin for the transforms to pay (the first and last convs, 1-3 channels).
+const MIN_CHANNELS: usize = 16;
+
+/// Transformed points per tile (`F(4, 3)`: 4 outputs + 3 taps - 1).
+const XI: usize = 6;
+
+/// Runs `$body` for `$at` over `0..$len` in blocks of `$w` elements, `$w`
+/// a constant (16, 8, 4 or 1: the widest that fits), the last block moved
+/// back to end at `$len` (overlapping the one before: the transforms are
+/// elementwise, so an element computed twice gets the same bits). Plain
+/// loops over 6 inputs and 4-6 outputs are not vectorised (too many runtime
+/// alias checks); blocks through local arrays are.
+macro_rules! for_blocks {
+    ($len:expr, |$at:ident, $w:ident| $body:block) => {{
+        let len: usize = $len;
+        if len >= 16 {
+            const $w: usize = 16;
+            let mut start = 0;
+            loop {
+                let $at = start.min(len - $w);
+                $body
+                if $at + $w >= len {
+                    break;
+                }
+                start += $w;
+            }
+        } else if len >= 8 {
+            const $w: usize = 8;
+            for $at in [0, len - $w] {
+                $body
+            }
+        } else if len >= 4 {
+            const $w: usize = 4;
+            for $at in [0, len - $w] {
+                $body
+            }
+        } else {
+            const $w: usize = 1;
+            for $at in 0..len {
+                $body
+            }
+        }
+    }};
+}
+
+/// `N` values from `src[at..]` as an array.
+#[inline(always)]
+fn load<T: Element, const N: usize>(src: &[T], at: usize) -> [T; N] {
+    let mut a = [T::zero(); N];
+    a.copy_from_slice(&src[at..at + N]);
+    a
+}
+
+/// Whether a conv runs here (forward, stride-1 data gradient and weight
+/// gradient alike).
+pub(super) fn applies<T: Element>(g: &ConvGeom) -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>()
+        && g.kh == 3
+        && g.kw == 3
+        && g.stride == 1
+        && g.ho > 0
+        && g.wo > 0
+        && g.ci >= MIN_CHANNELS
+        && g.co >= MIN_CHANNELS
+}
+
+/// The tiling of one image: `ty` tiles of 4 output rows; the padded input
+/// plane is `4 ty + 2` rows of `pw = Wo + 2` (that is `W + pad_left +
+/// pad_right`) columns.
+#[derive(Clone, Copy)]
+struct Tiles {
+    ty: usize,
+    pw: usize,
+}
+
+impl Tiles {
+    fn of(g: &ConvGeom) -> Self {
+        Tiles { ty: g.ho.div_ceil(4), pw: g.wo + 2 }
+    }
+
+    fn padded_rows(&self) -> usize {
+        4 * self.ty + 2
+    }
+
+    /// Gemm columns of one image: `(ty, ox)`.
+    fn columns(&self, g: &ConvGeom) -> usize {
+        self.ty * g.wo
+    }
+
+    fn images_per_group(&self, g: &ConvGeom) -> usize {
+        images_per_group(g.n, self.columns(g), TARGET_COLUMNS)
+    }
+}
+
+// ------------------------------------------------------------ transforms
+
+/// `G` of F(4, 3) (Lavin & Gray 2016): `U = G g` for a kernel column `g`.
+const G: [[f64; 3]; XI] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// `U_ξ[o][(c, kx)] = (G w[o][c][:][kx])[ξ]`, as `[ξ][co][3 ci]`, in f64
+/// rounded once.
+fn transform_kernels<T: Element>(g: &ConvGeom, w: &[T]) -> Vec<T> {
+    let (co, ci) = (g.co, g.ci);
+    let mut u = vec![T::zero(); XI * co * 3 * ci];
+    for o in 0..co {
+        for c in 0..ci {
+            let k = &w[(o * ci + c) * 9..][..9];
+            for kx in 0..3 {
+                for (xi, row) in G.iter().enumerate() {
+                    let v: f64 = (0..3).map(|ky| row[ky] * k[ky * 3 + kx].to_f64()).sum();
+                    u[(xi * co + o) * 3 * ci + c * 3 + kx] = T::from_f64(v);
+                }
+            }
+        }
+    }
+    u
+}
+
+/// `dW[o][c][:][kx] = G^T dU[.., o, (c, kx)]` (`dU` as `[ξ][3 ci][co]`): the
+/// adjoint of `transform_kernels`.
+fn untransform_kernels<T: Element>(g: &ConvGeom, du: &[T], dw: &mut [T]) {
+    let (co, ci) = (g.co, g.ci);
+    for o in 0..co {
+        for c in 0..ci {
+            let k = &mut dw[(o * ci + c) * 9..][..9];
+            for kx in 0..3 {
+                for ky in 0..3 {
+                    let v: f64 = (0..XI).map(|xi| G[xi][ky] * du[(xi * 3 * ci + c * 3 + kx) * co + o].to_f64()).sum();
+                    k[ky * 3 + kx] = T::from_f64(v);
+                }
+            }
+        }
+    }
+}
+
+/// `dst = src` for short runs (a row of a small plane): whole vectors, the
+/// last one overlapping the one before, instead of a `memcpy` call per run.
+#[inline(always)]
+fn copy_run<T: Element>(dst: &mut [T], src: &[T]) {
+    let n = dst.len();
+    let src = &src[..n];
+    macro_rules! by {
+        ($w:literal) => {{
+            let mut at = 0;
+            while at + $w < n {
+                dst[at..at + $w].copy_from_slice(&src[at..at + $w]);
+                at += $w;
+            }
+            dst[n - $w..].copy_from_slice(&src[n - $w..]);
+        }};
+    }
+    if n >= 16 {
+        by!(16)
+    } else if n >= 8 {
+        by!(8)
+    } else if n >= 4 {
+        by!(4)
+    } else {
+        dst.copy_from_slice(src);
+    }
+}
+
+/// One channel's plane zero-padded: `4 ty + 2` rows of `pw`,
+/// `p[py][px] = x[py - pad_top][px - pad_left]`.
+#[inline(always)]
+fn pad_plane<T: Element>(g: &ConvGeom, tiles: Tiles, src: &[T], p: &mut [T]) {
+    let pw = tiles.pw;
+    for (py, row) in p[..tiles.padded_rows() * pw].chunks_exact_mut(pw).enumerate() {
+        let iy = py as isize - g.pad_top as isize;
+        if iy < 0 || iy >= g.h as isize || g.w == 0 {
+            row.fill(T::zero());
+            continue;
+        }
+        zero_few(&mut row[..g.pad_left]);
+        zero_few(&mut row[g.pad_left + g.w..]);
+        copy_run(&mut row[g.pad_left..][..g.w], &src[iy as usize * g.w..][..g.w]);
+    }
+}
+
+/// `V_ξ[(c, kx)][(img, ty, ox)] = (B^T d)[ξ]` for the `nb` images of `x`,
+/// `d` the padded rows `4 ty .. 4 ty + 6` at column `ox + kx`; `v` as
+/// `[ξ][3 ci][n]`, `n` columns:
+///
+/// `B^T = [4 0 -5 0 1 0; 0 -4 -4 1 1 0; 0 4 -4 -1 1 0;
+///         0 -2 -1 2 1 0; 0 2 -1 -2 1 0; 0 4 0 -5 0 1]`.
+#[inline(always)]
+fn transform_inputs<T: Element>(g: &ConvGeom, tiles: Tiles, x: &[T], nb: usize, n: usize, v: &mut [T], buf: &mut [T]) {
+    let (pw, plane) = (tiles.pw, g.h * g.w);
+    let (p, t) = buf.split_at_mut(tiles.padded_rows() * pw);
+    let t = &mut t[..XI * pw];
+    let (four, five, two) = (T::from_f64(4.0), T::from_f64(5.0), T::from_f64(2.0));
+    let vl = 3 * g.ci * n;
+    for img in 0..nb {
+        for c in 0..g.ci {
+            pad_plane(g, tiles, &x[(img * g.ci + c) * plane..][..plane], p);
+            for ty in 0..tiles.ty {
+                let d = &p[4 * ty * pw..][..6 * pw];
+                let (d0, d1, d2) = (&d[..pw], &d[pw..2 * pw], &d[2 * pw..3 * pw]);
+                let (d3, d4, d5) = (&d[3 * pw..4 * pw], &d[4 * pw..5 * pw], &d[5 * pw..]);
+                for_blocks!(pw, |at, W| {
+                    let (d0, d1, d2) = (load::<T, W>(d0, at), load::<T, W>(d1, at), load::<T, W>(d2, at));
+                    let (d3, d4, d5) = (load::<T, W>(d3, at), load::<T, W>(d4, at), load::<T, W>(d5, at));
+                    let mut out = [[T::zero(); W]; XI];
+                    for i in 0..W {
+                        out[0][i] = (four * d0[i] - five * d2[i]) + d4[i];
+                        out[1][i] = (d3[i] + d4[i]) - four * (d1[i] + d2[i]);
+                        out[2][i] = four * (d1[i] - d2[i]) + (d4[i] - d3[i]);
+                        out[3][i] = two * (d3[i] - d1[i]) + (d4[i] - d2[i]);
+                        out[4][i] = two * (d1[i] - d3[i]) + (d4[i] - d2[i]);
+                        out[5][i] = (four * d1[i] - five * d3[i]) + d5[i];
+                    }
+                    for (row, o) in t.chunks_exact_mut(pw).zip(&out) {
+                        row[at..at + W].copy_from_slice(o);
+                    }
+                });
+                let col = (img * tiles.ty + ty) * g.wo;
+                for (xi, tx) in t.chunks_exact(pw).enumerate() {
+                    for kx in 0..3 {
+                        let row = xi * vl + (c * 3 + kx) * n + col;
+                        copy_run(&mut v[row..][..g.wo], &tx[kx..]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `y[img][o][4 ty + j][ox] = (A^T M[.., o, (img, ty, ox)])[j]` cut to `Ho`
+/// rows, `m` as `[ξ][co][n]`:
+/// `A^T = [1 1 1 1 1 0; 0 1 -1 2 -2 0; 0 1 1 4 4 0; 0 1 -1 8 -8 1]`.
+#[inline(always)]
+fn transform_outputs<T: Element>(g: &ConvGeom, tiles: Tiles, m: &[T], nb: usize, n: usize, y: &mut [T]) {
+    let (wo, ml) = (g.wo, g.co * n);
+    let (two, four, eight) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0));
+    for img in 0..nb {
+        for o in 0..g.co {
+            let out = &mut y[(img * g.co + o) * g.p()..][..g.p()];
+            for ty in 0..tiles.ty {
+                let col = o * n + (img * tiles.ty + ty) * wo;
+                let mx = |xi: usize| &m[xi * ml + col..][..wo];
+                let (m0, m1, m2, m3, m4, m5) = (mx(0), mx(1), mx(2), mx(3), mx(4), mx(5));
+                let live = (g.ho - 4 * ty).min(4);
+                let block = &mut out[4 * ty * wo..][..live * wo];
+                for_blocks!(wo, |at, W| {
+                    let (m0, m1, m2) = (load::<T, W>(m0, at), load::<T, W>(m1, at), load::<T, W>(m2, at));
+                    let (m3, m4, m5) = (load::<T, W>(m3, at), load::<T, W>(m4, at), load::<T, W>(m5, at));
+                    let mut rows = [[T::zero(); W]; 4];
+                    for i in 0..W {
+                        let (s12, d12) = (m1[i] + m2[i], m1[i] - m2[i]);
+                        let (s34, d34) = (m3[i] + m4[i], m3[i] - m4[i]);
+                        rows[0][i] = (m0[i] + s12) + s34;
+                        rows[1][i] = d12 + two * d34;
+                        rows[2][i] = s12 + four * s34;
+                        rows[3][i] = (d12 + eight * d34) + m5[i];
+                    }
+                    // (The last tile of a height that is not a multiple of 4 keeps `live` rows.)
+                    for (dst, r) in block.chunks_exact_mut(wo).zip(&rows) {
+                        dst[at..at + W].copy_from_slice(r);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// `D_ξ[o][(img, ty, ox)] = (A e)[ξ]`, `e` the output gradients of rows
+/// `4 ty .. 4 ty + 4` at column `ox` (zero past the last row); `d` as
+/// `[ξ][co][n]`:
+/// `A = [1 0 0 0; 1 1 1 1; 1 -1 1 -1; 1 2 4 8; 1 -2 4 -8; 0 0 0 1]`.
+#[inline(always)]
+fn transform_output_grads<T: Element>(g: &ConvGeom, tiles: Tiles, dy: &[T], nb: usize, n: usize, d: &mut [T]) {
+    let (wo, dl) = (g.wo, g.co * n);
+    let (two, four, eight) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0));
+    for img in 0..nb {
+        for o in 0..g.co {
+            let plane = &dy[(img * g.co + o) * g.p()..][..g.p()];
+            for ty in 0..tiles.ty {
+                let col = o * n + (img * tiles.ty + ty) * wo;
+                let (d0, rest) = d.split_at_mut(dl);
+                let (d1, rest) = rest.split_at_mut(dl);
+                let (d2, rest) = rest.split_at_mut(dl);
+                let (d3, rest) = rest.split_at_mut(dl);
+                let (d4, d5) = rest.split_at_mut(dl);
+                let (d0, d1, d2) = (&mut d0[col..][..wo], &mut d1[col..][..wo], &mut d2[col..][..wo]);
+                let (d3, d4, d5) = (&mut d3[col..][..wo], &mut d4[col..][..wo], &mut d5[col..][..wo]);
+                let live = (g.ho - 4 * ty).min(4);
+                let rows = &plane[4 * ty * wo..][..live * wo];
+                for_blocks!(wo, |at, W| {
+                    // e[j]: output row 4 ty + j, zero past the last row.
+                    let mut e = [[T::zero(); W]; 4];
+                    for (ej, r) in e.iter_mut().zip(rows.chunks_exact(wo)) {
+                        *ej = load::<T, W>(r, at);
+                    }
+                    let mut out = [[T::zero(); W]; XI];
+                    for i in 0..W {
+                        let (s02, s13) = (e[0][i] + e[2][i], e[1][i] + e[3][i]);
+                        let (f02, f13) = (e[0][i] + four * e[2][i], two * e[1][i] + eight * e[3][i]);
+                        out[0][i] = e[0][i];
+                        out[1][i] = s02 + s13;
+                        out[2][i] = s02 - s13;
+                        out[3][i] = f02 + f13;
+                        out[4][i] = f02 - f13;
+                        out[5][i] = e[3][i];
+                    }
+                    for (dst, o) in [&mut *d0, &mut *d1, &mut *d2, &mut *d3, &mut *d4, &mut *d5].into_iter().zip(&out) {
+                        dst[at..at + W].copy_from_slice(o);
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// Scratch for `transform_inputs`: one padded plane and one tile's 6
+/// transformed rows.
+fn plane_len(tiles: Tiles) -> usize {
+    (tiles.padded_rows() + XI) * tiles.pw
+}
+
+// ------------------------------------------------------------------ forward
+
+/// `y = conv(x, w)` finished by `epi`, for a conv that [`applies`].
+pub(super) fn forward<T: Element>(g: &ConvGeom, x: &[T], w: &[T], epi: &Epilogue<'_, T>, y: &mut [T]) {
+    let (xi, yi) = (g.ci * g.h * g.w, g.co * g.p());
+    if yi == 0 || g.n == 0 {
+        return;
+    }
+    let tiles = Tiles::of(g);
+    let nb = tiles.images_per_group(g);
+    let u = transform_kernels(g, w);
+    y[..g.n * yi].par_chunks_mut(nb * yi).enumerate().for_each(|(grp, y)| {
+        let cnt = y.len() / yi;
+        forward_group(g, tiles, &u, &x[grp * nb * xi..][..cnt * xi], y, cnt);
+        epi.apply(g, grp * nb, y);
+    });
+}
+
+fn forward_group<T: Element>(g: &ConvGeom, tiles: Tiles, u: &[T], x: &[T], y: &mut [T], nb: usize) {
+    let n = nb * tiles.columns(g);
+    let (vl, ml, ul) = (3 * g.ci * n, g.co * n, g.co * 3 * g.ci);
+    with_scratch::<T, _>(XI * vl + XI * ml + plane_len(tiles), |buf| {
+        let (v, rest) = buf.split_at_mut(XI * vl);
+        let (m, scratch) = rest.split_at_mut(XI * ml);
+        widest(
+            #[inline(always)]
+            || transform_inputs(g, tiles, x, nb, n, v, scratch),
+        );
+        for xi in 0..XI {
+            let uk = MatRef::row_major(&u[xi * ul..][..ul], g.co, 3 * g.ci);
+            let vk = MatRef::row_major(&v[xi * vl..][..vl], 3 * g.ci, n);
+            matmul(uk, vk, &mut m[xi * ml..][..ml], false, Threads::Serial);
+        }
+        widest(
+            #[inline(always)]
+            || transform_outputs(g, tiles, m, nb, n, y),
+        );
+    });
+}
+
+// ---------------------------------------------------------- backward weight
+
+/// `dw = sum over images of the weight gradient`, for a conv that
+/// [`applies`]: images in at most `WEIGHT_SLOTS` contiguous slots, each
+/// accumulating `dU` in image order, the slots summed in slot order, then
+/// `G^T dU`.
+pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &mut [T]) {
+    let (ulen, wlen) = (XI * g.co * 3 * g.ci, g.co * g.ci * 9);
+    if g.n == 0 || wlen == 0 {
+        dw[..wlen].fill(T::zero());
+        return;
+    }
+    let tiles = Tiles::of(g);
+    let nb = tiles.images_per_group(g);
+    let slots = weight_slots(g.n, nb, WEIGHT_SLOTS);
+    with_partials(slots.len() * ulen, |partials: &mut [T]| {
+        partials.par_chunks_mut(ulen).zip(slots).for_each(|(part, imgs)| weight_slot(g, tiles, dy, x, imgs, nb, part));
+        let mut du = vec![T::zero(); ulen];
+        sum_partials(partials, ulen, &mut du);
+        untransform_kernels(g, &du, dw);
+    });
+}
+
+/// Accumulates `dU` (as `[ξ][3 ci][co]`) of the images `imgs` into `part`, `nb`
+/// images per group of gemms.
+fn weight_slot<T: Element>(
+    g: &ConvGeom,
+    tiles: Tiles,
+    dy: &[T],
+    x: &[T],
+    imgs: Range<usize>,
+    nb: usize,
+    part: &mut [T],
+) {
+    let (xi, yi) = (g.ci * g.h * g.w, g.co * g.p());
+    let ul = g.co * 3 * g.ci;
+    let mut start = imgs.start;
+    while start < imgs.end {
+        let cnt = nb.min(imgs.end - start);
+        let n = cnt * tiles.columns(g);
+        let (vl, dl) = (3 * g.ci * n, g.co * n);
+        let (dy, x) = (&dy[start * yi..][..cnt * yi], &x[start * xi..][..cnt * xi]);
+        let acc = start > imgs.start;
+        with_scratch::<T, _>(XI * vl + XI * dl + plane_len(tiles), |buf| {
+            let (v, rest) = buf.split_at_mut(XI * vl);
+            let (d, scratch) = rest.split_at_mut(XI * dl);
+            widest(
+                #[inline(always)]
+                || {
+                    transform_inputs(g, tiles, x, cnt, n, v, scratch);
+                    transform_output_grads(g, tiles, dy, cnt, n, d);
+                },
+            );
+            for xi in 0..XI {
+                // dU_ξ^T [3ci x co] (+)= V_ξ [3ci x n] * D_ξ^T [n x co]: the
+                // longer side as the gemm's M packs the shorter operand.
+                let vk = MatRef::row_major(&v[xi * vl..][..vl], 3 * g.ci, n);
+                let dk = MatRef::row_major_t(&d[xi * dl..][..dl], g.co, n);
+                matmul(vk, dk, &mut part[xi * ul..][..ul], acc, Threads::Serial);
+            }
+        });
+        start += cnt;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The transforms at any channel count and padding (the ops route only
+    //! 16 channels and up here; `tests/conv2d.rs` checks those through the
+    //! public ops), against naive f64 loops.
+    use super::*;
+
+    fn geom(
+        n: usize,
+        ci: usize,
+        co: usize,
+        (h, w): (usize, usize),
+        (pt, pb, pl, pr): (usize, usize, usize, usize),
+    ) -> ConvGeom {
+        let (ho, wo) = (h + pt + pb - 2, w + pl + pr - 2);
+        ConvGeom { n, ci, h, w, co, kh: 3, kw: 3, stride: 1, pad_top: pt, pad_left: pl, ho, wo }
+    }
+
+    /// Deterministic values in [-1, 1).
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Calls `f(y index, x index, w index)` for every product of the conv.
+    fn terms(g: &ConvGeom, mut f: impl FnMut(usize, usize, usize)) {
+        for n in 0..g.n {
+            for o in 0..g.co {
+                for oy in 0..g.ho {
+                    for ox in 0..g.wo {
+                        for c in 0..g.ci {
+                            for i in 0..3 {
+                                for j in 0..3 {
+                                    let iy = (oy + i) as isize - g.pad_top as isize;
+                                    let ix = (ox + j) as isize - g.pad_left as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                                        let xi = ((n * g.ci + c) * g.h + iy as usize) * g.w + ix as usize;
+                                        let yi = ((n * g.co + o) * g.ho + oy) * g.wo + ox;
+                                        f(yi, xi, (o * g.ci + c) * 9 + i * 3 + j);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// |got - want| <= tol * sum |terms| for every element.
+    fn assert_close(what: &str, got: &[f32], want: &[f64], scale: &[f64], tol: f64) {
+        let mut worst = 0f64;
+        for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+            let err = (g as f64 - w).abs() / s.max(1e-30);
+            assert!(err <= tol, "{what}[{i}]: {g} vs {w} (scale {s})");
+            worst = worst.max(err);
+        }
+        eprintln!("{what}: worst error {worst:.2e} of the terms' magnitude");
+    }
+
+    #[test]
+    fn forward_and_weight_gradient_match_f64_loops_at_any_size() {
+        let shapes = [
+            (1, 1, 1, (1, 1), (1, 1, 1, 1)),
+            (2, 3, 5, (7, 7), (1, 1, 1, 1)),
+            (3, 17, 9, (14, 13), (1, 1, 1, 1)),
+            (1, 16, 33, (5, 37), (2, 0, 0, 2)),
+            (2, 8, 8, (3, 4), (0, 0, 0, 0)),
+            (1, 20, 4, (31, 34), (0, 2, 1, 1)),
+            (5, 32, 32, (7, 7), (1, 1, 1, 1)),
+            // Only padding: an input with no columns, or no rows.
+            (1, 4, 4, (3, 0), (1, 1, 2, 2)),
+            (2, 4, 3, (0, 5), (2, 2, 1, 1)),
+        ];
+        for (k, &(n, ci, co, hw, pads)) in shapes.iter().enumerate() {
+            let g = geom(n, ci, co, hw, pads);
+            let (x, w) = (values(n * ci * g.h * g.w, 1 + k as u64), values(co * ci * 9, 50 + k as u64));
+            let dy = values(n * co * g.p(), 99 + k as u64);
+            let mut y = vec![f32::NAN; n * co * g.p()];
+            forward(&g, &x, &w, &Epilogue::bias(None), &mut y);
+            let mut dw = vec![f32::NAN; co * ci * 9];
+            backward_weight(&g, &dy, &x, &mut dw);
+
+            let (mut want_y, mut scale_y) = (vec![0f64; y.len()], vec![0f64; y.len()]);
+            let (mut want_dw, mut scale_dw) = (vec![0f64; dw.len()], vec![0f64; dw.len()]);
+            terms(&g, |yi, xi, wi| {
+                want_y[yi] += x[xi] as f64 * w[wi] as f64;
+                scale_y[yi] += (x[xi] as f64 * w[wi] as f64).abs();
+                want_dw[wi] += dy[yi] as f64 * x[xi] as f64;
+                scale_dw[wi] += (dy[yi] as f64 * x[xi] as f64).abs();
+            });
+            assert_close(&format!("forward {g:?}"), &y, &want_y, &scale_y, 1e-5);
+            assert_close(&format!("weight gradient {g:?}"), &dw, &want_dw, &scale_dw, 1e-5);
+        }
+    }
+}
