@@ -69,7 +69,7 @@ pub const WIDE_LANES: usize = 16;
 /// The words of the blocks `first_block..first_block + WIDE_LANES`, as
 /// `out[word][j]` = word `word` of block `first_block + j`: the same numbers
 /// as that many [`block_bits`] calls, computed lane-wise so the compiler can
-/// use SIMD multiplies (dropout masks draw one block per four elements).
+/// use SIMD multiplies (dropout masks draw one block per eight elements).
 #[inline(always)]
 pub fn block_bits_wide(seed: u64, step: u32, stream: u32, first_block: u64) -> [[u32; WIDE_LANES]; 4] {
     let mut c0 = [0u32; WIDE_LANES];
@@ -147,8 +147,9 @@ pub fn bits(seed: u64, step: u32, stream: u32, i: u64) -> u32 {
     block_bits(seed, step, stream, i / 4)[(i % 4) as usize]
 }
 
-/// Dropout keeps element i when its 24-bit uniform is at least `p`; an
-/// integer comparison so every device draws the identical mask.
+/// A 24-bit keep test (class-label dropout, one word per image): keep when
+/// `word >> 8` is at least `round(p * 2^24)`; an integer comparison so every
+/// device draws the identical mask.
 #[inline]
 pub fn dropout_threshold(p: f32) -> u32 {
     (p as f64 * 16_777_216.0).round() as u32
@@ -157,6 +158,37 @@ pub fn dropout_threshold(p: f32) -> u32 {
 #[inline(always)]
 pub fn keep(word: u32, threshold: u32) -> bool {
     (word >> 8) >= threshold
+}
+
+/// Elements one Philox block serves in a dropout mask: 16 bits each, so
+/// the generator (10 rounds a block) costs half of what a word an element
+/// did, and p is resolved to 2^-16.
+pub const MASK_ELEMENTS_PER_BLOCK: u64 = 8;
+
+/// The 16 mask bits of element `i`: half `i % 2` (low half first) of word
+/// `(i / 2) % 4` of block `i / 8`.
+#[inline]
+pub fn mask_bits(seed: u64, step: u32, stream: u32, i: u64) -> u32 {
+    let word = block_bits(seed, step, stream, i / MASK_ELEMENTS_PER_BLOCK)[((i / 2) % 4) as usize];
+    half_bits(word, i % 2)
+}
+
+/// Half `h` (0: low, 1: high) of a word, as 16 bits.
+#[inline(always)]
+pub fn half_bits(word: u32, h: u64) -> u32 {
+    (word >> (16 * h)) & 0xffff
+}
+
+/// Dropout keeps element i when its 16 mask bits are at least
+/// `round(p * 2^16)` (see [`keep_mask`]).
+#[inline]
+pub fn mask_threshold(p: f32) -> u32 {
+    (p as f64 * 65_536.0).round() as u32
+}
+
+#[inline(always)]
+pub fn keep_mask(bits16: u32, threshold: u32) -> bool {
+    bits16 >= threshold
 }
 
 #[cfg(test)]

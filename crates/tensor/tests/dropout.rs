@@ -17,10 +17,10 @@ fn one_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 fn oracle_dropout(x: &[f64], p: f32, seed: u64, step: u32, stream: u32) -> Vec<f64> {
-    let threshold = philox::dropout_threshold(p);
+    let threshold = philox::mask_threshold(p);
     let mut y = vec![0.0; x.len()];
     for i in 0..x.len() {
-        if philox::keep(philox::bits(seed, step, stream, i as u64), threshold) {
+        if philox::keep_mask(philox::mask_bits(seed, step, stream, i as u64), threshold) {
             y[i] = x[i] / (1.0 - p as f64);
         }
     }

@@ -7,7 +7,7 @@ use crate::philox::PhiloxStep;
 use crate::{with_element, Result, Storage, Tensor, TensorError};
 
 /// y[i] = x[i] / (1 - p) where element i is kept, else 0; element i is kept
-/// iff `philox::keep(philox::bits(seed, step, stream, i), philox::dropout_threshold(p))`.
+/// iff `philox::keep_mask(philox::mask_bits(seed, step, stream, i), philox::mask_threshold(p))`.
 pub fn dropout_forward(x: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
     masked("dropout_forward", false, x, p, seed, step.into(), stream, 0)
 }

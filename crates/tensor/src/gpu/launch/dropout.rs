@@ -1,7 +1,7 @@
 //! Launch code of kernels/dropout.cu. The mask is regenerated from
 //! (seed, step, stream) in both passes, never stored.
 
-use super::{alloc, grid_for, philox_blocks, run, u64_arg};
+use super::{alloc, grid_for, run, u64_arg};
 use crate::gpu::kernels;
 use crate::gpu::{GpuDevice, GpuStorage, KernelArg};
 use crate::philox::{self, PhiloxStep};
@@ -21,7 +21,7 @@ fn apply(
     let n = x.len();
     let out = alloc(dev, n)?;
     if n > 0 {
-        let threshold = philox::dropout_threshold(p);
+        let threshold = philox::mask_threshold(p);
         let scale = (1.0 / (1.0 - p as f64)) as f32;
         let args = [
             out.arg(),
@@ -35,7 +35,9 @@ fn apply(
             KernelArg::U64(offset),
             KernelArg::Ptr(step.at.unwrap_or(0)),
         ];
-        run(dev, kernel, grid_for(philox_blocks(offset, n)), &args)?;
+        let per = philox::MASK_ELEMENTS_PER_BLOCK;
+        let blocks = (offset + n as u64).div_ceil(per) - offset / per;
+        run(dev, kernel, grid_for(blocks), &args)?;
     }
     Ok(out)
 }

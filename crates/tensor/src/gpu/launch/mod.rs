@@ -65,7 +65,8 @@ pub(crate) fn grid_for(items: u64) -> Dim3 {
 }
 
 /// The Philox blocks (4 elements each) that cover elements
-/// [offset, offset + n): one thread each in the noise and dropout kernels.
+/// [offset, offset + n): one thread each in the noise kernel (dropout's
+/// blocks serve 8 elements: `launch/dropout.rs`).
 pub(crate) fn philox_blocks(offset: u64, n: usize) -> u64 {
     (offset + n as u64).div_ceil(4) - offset / 4
 }
