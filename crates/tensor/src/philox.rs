@@ -141,7 +141,8 @@ pub fn fill_normal(out: &mut [f32], seed: u64, step: u32, stream: u32) {
     });
 }
 
-/// The raw word for element `i` (lane i % 4 of block i / 4), used for masks.
+/// The raw word for element `i` (lane i % 4 of block i / 4): timesteps,
+/// initialisation, stroke masks and class-label dropout draw from it.
 #[inline]
 pub fn bits(seed: u64, step: u32, stream: u32, i: u64) -> u32 {
     block_bits(seed, step, stream, i / 4)[(i % 4) as usize]
@@ -195,6 +196,20 @@ pub fn keep_mask(bits16: u32, threshold: u32) -> bool {
 mod tests {
     use super::*;
 
+    /// Dropout's 16-bit layout pinned to the Random123 known answer of block
+    /// 0 (seed 0, counter 0): elements 0-7 are the low then high halves of
+    /// its words 0-3, and element 8 starts block 1.
+    #[test]
+    fn mask_bits_are_the_halves_of_the_block_words() {
+        let want = [0xe8d5, 0x6627, 0xc58d, 0xe169, 0xac4c, 0xbc57, 0xdbd8, 0x9b00];
+        for (i, &w) in want.iter().enumerate() {
+            assert_eq!(mask_bits(0, 0, 0, i as u64), w, "element {i}");
+        }
+        assert_eq!(mask_bits(0, 0, 0, 8), block_bits(0, 0, 0, 1)[0] & 0xffff);
+        assert_eq!(mask_threshold(0.1), 6554);
+        assert!(keep_mask(6554, 6554) && !keep_mask(6553, 6554));
+    }
+
     // Known answers published with Random123 (kat_vectors, philox4x32_10).
     #[test]
     fn wide_blocks_equal_single_blocks() {
@@ -202,8 +217,8 @@ mod tests {
         for (seed, step, stream, first) in
             [(0u64, 0u32, 0u32, 0u64), (0x9E37_79B9_7F4A_7C15, 7, 3, 12_345), (42, 1, 16, (1u64 << 32) - 3)]
         {
-            let x8 = block_bits_wide(seed, step, stream, first);
-            for (w, words) in x8.iter().enumerate() {
+            let wide = block_bits_wide(seed, step, stream, first);
+            for (w, words) in wide.iter().enumerate() {
                 for (j, &got) in words.iter().enumerate() {
                     let single = block_bits(seed, step, stream, first + j as u64);
                     assert_eq!(got, single[w], "seed {seed} first {first} block {j} word {w}");
