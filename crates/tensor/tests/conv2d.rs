@@ -298,21 +298,10 @@ fn large_batches_match_oracles() {
     }
 }
 
-/// The f32 3x3 stride-1 convs with at least 128 channels each way take the
-/// Winograd F(2x2, 3x3) path for the weight gradient
-/// (`cpu/conv2d/winograd.rs`; their forward and data gradient take the 1-D
-/// F(4, 3) below). Held to the same oracles and bound as the direct path, on
-/// channel counts that are not multiples of 16, a second partial block of
-/// tiles per row, odd output sizes and asymmetric padding; and bit-identical
-/// across thread counts.
-#[test]
-fn winograd_sized_convs_match_oracles() {
-    let cases = [
-        Case { n: 1, ci: 128, co: 137, h: 33, w: 35, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 31 },
-        Case { n: 1, ci: 131, co: 128, h: 31, w: 32, kh: 3, kw: 3, p: pads(1, 2, 0, 0, 2), seed: 32 },
-        // 8 tiles a row.
-        Case { n: 3, ci: 128, co: 128, h: 15, w: 16, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 33 },
-    ];
+/// The f32 forward, data gradient and weight gradient of each case against
+/// the f64 oracles (bound 1e-5 of the products' magnitudes), and the same
+/// bits on 1 and 3 threads: the check every fast f32 path is held to.
+fn check_f32_paths(cases: &[Case]) {
     for c in cases {
         let (x, w, b, r) = c.data();
         let what = |op: &str| format!("{op} {c:?}");
@@ -334,6 +323,24 @@ fn winograd_sized_convs_match_oracles() {
     }
 }
 
+/// The f32 3x3 stride-1 convs with at least 128 channels each way take the
+/// Winograd F(2x2, 3x3) path for the weight gradient
+/// (`cpu/conv2d/winograd.rs`; their forward and data gradient take the 1-D
+/// F(4, 3) below). Held to the same oracles and bound as the direct path, on
+/// channel counts that are not multiples of 16, a second partial block of
+/// tiles per row, odd output sizes and asymmetric padding; and bit-identical
+/// across thread counts.
+#[test]
+fn winograd_sized_convs_match_oracles() {
+    let cases = [
+        Case { n: 1, ci: 128, co: 137, h: 33, w: 35, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 31 },
+        Case { n: 1, ci: 131, co: 128, h: 31, w: 32, kh: 3, kw: 3, p: pads(1, 2, 0, 0, 2), seed: 32 },
+        // 8 tiles a row.
+        Case { n: 3, ci: 128, co: 128, h: 15, w: 16, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 33 },
+    ];
+    check_f32_paths(&cases);
+}
+
 /// The f32 3x3 stride-1 convs with at least 16 channels each way take the
 /// Winograd F(4, 3) path (`cpu/conv2d/winograd_1d.rs`): every forward and
 /// stride-1 data gradient, and the weight gradient below 128 channels. Held
@@ -351,25 +358,7 @@ fn winograd_1d_sized_convs_match_oracles() {
         Case { n: 2, ci: 24, co: 16, h: 11, w: 37, kh: 3, kw: 3, p: pads(1, 0, 2, 1, 0), seed: 44 },
         Case { n: 1, ci: 16, co: 18, h: 4, w: 12, kh: 3, kw: 3, p: pads(1, 0, 0, 0, 0), seed: 45 },
     ];
-    for c in cases {
-        let (x, w, b, r) = c.data();
-        let what = |op: &str| format!("{op} {c:?}");
-        let (ax, aw, ab, ar) = (abs(&x), abs(&w), abs(&b), abs(&r));
-        let run = || (fwd(t32, &c, &x, &w, Some(&b)), bwd_data(t32, &c, &r, &w), bwd_weight(t32, &c, &r, &x));
-        let (y, dx, dw) = run();
-        let scale = oracle_forward(&c, &ax, &aw, Some(&ab));
-        assert_close_scaled(&what("forward"), &y, &oracle_forward(&c, &x, &w, Some(&b)), &scale, 1e-5);
-        let scale = oracle_backward_data(&c, &ar, &aw);
-        assert_close_scaled(&what("backward data"), &dx, &oracle_backward_data(&c, &r, &w), &scale, 1e-5);
-        let scale = oracle_backward_weight(&c, &ar, &ax);
-        assert_close_scaled(&what("backward weight"), &dw, &oracle_backward_weight(&c, &r, &x), &scale, 1e-5);
-        let bits = |v: &(Vec<f64>, Vec<f64>, Vec<f64>)| {
-            [&v.0, &v.1, &v.2].map(|t| t.iter().map(|f| f.to_bits()).collect::<Vec<u64>>())
-        };
-        let first = bits(&(y, dx, dw));
-        assert!(first == bits(&in_pool(1, run)), "1-thread pool differs ({c:?})");
-        assert!(first == bits(&in_pool(3, run)), "3-thread pool differs ({c:?})");
-    }
+    check_f32_paths(&cases);
 }
 
 #[test]
