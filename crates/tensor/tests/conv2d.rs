@@ -306,14 +306,14 @@ fn check_f32_paths(cases: &[Case]) {
         let (x, w, b, r) = c.data();
         let what = |op: &str| format!("{op} {c:?}");
         let (ax, aw, ab, ar) = (abs(&x), abs(&w), abs(&b), abs(&r));
-        let run = || (fwd(t32, &c, &x, &w, Some(&b)), bwd_data(t32, &c, &r, &w), bwd_weight(t32, &c, &r, &x));
+        let run = || (fwd(t32, c, &x, &w, Some(&b)), bwd_data(t32, c, &r, &w), bwd_weight(t32, c, &r, &x));
         let (y, dx, dw) = run();
-        let scale = oracle_forward(&c, &ax, &aw, Some(&ab));
-        assert_close_scaled(&what("forward"), &y, &oracle_forward(&c, &x, &w, Some(&b)), &scale, 1e-5);
-        let scale = oracle_backward_data(&c, &ar, &aw);
-        assert_close_scaled(&what("backward data"), &dx, &oracle_backward_data(&c, &r, &w), &scale, 1e-5);
-        let scale = oracle_backward_weight(&c, &ar, &ax);
-        assert_close_scaled(&what("backward weight"), &dw, &oracle_backward_weight(&c, &r, &x), &scale, 1e-5);
+        let scale = oracle_forward(c, &ax, &aw, Some(&ab));
+        assert_close_scaled(&what("forward"), &y, &oracle_forward(c, &x, &w, Some(&b)), &scale, 1e-5);
+        let scale = oracle_backward_data(c, &ar, &aw);
+        assert_close_scaled(&what("backward data"), &dx, &oracle_backward_data(c, &r, &w), &scale, 1e-5);
+        let scale = oracle_backward_weight(c, &ar, &ax);
+        assert_close_scaled(&what("backward weight"), &dw, &oracle_backward_weight(c, &r, &x), &scale, 1e-5);
         let bits = |v: &(Vec<f64>, Vec<f64>, Vec<f64>)| {
             [&v.0, &v.1, &v.2].map(|t| t.iter().map(|f| f.to_bits()).collect::<Vec<u64>>())
         };
