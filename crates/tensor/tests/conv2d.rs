@@ -323,27 +323,28 @@ fn check_f32_paths(cases: &[Case]) {
     }
 }
 
-/// The f32 3x3 stride-1 convs with at least 128 channels each way take the
-/// Winograd F(2x2, 3x3) path for the weight gradient
-/// (`cpu/conv2d/winograd.rs`; their forward and data gradient take the 1-D
-/// F(4, 3) below). Held to the same oracles and bound as the direct path, on
-/// channel counts that are not multiples of 16, a second partial block of
-/// tiles per row, odd output sizes and asymmetric padding; and bit-identical
-/// across thread counts.
+/// The f32 3x3 stride-1 convs with at least 128 channels each way and 384
+/// both together take the Winograd F(4x4, 3x3) path
+/// (`cpu/conv2d/winograd_2d.rs`), forward, data gradient and weight gradient.
+/// Held to the same oracles and bound as the direct path, on channel counts
+/// that are not multiples of 16, output sizes cut in every tile (21 rows, 35
+/// and 18 columns), overlapping blocks of tiles along a row, asymmetric
+/// padding, and a batch cut into two chunks; and bit-identical across thread
+/// counts.
 #[test]
-fn winograd_sized_convs_match_oracles() {
+fn winograd_2d_sized_convs_match_oracles() {
     let cases = [
-        Case { n: 1, ci: 128, co: 137, h: 33, w: 35, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 31 },
-        Case { n: 1, ci: 131, co: 128, h: 31, w: 32, kh: 3, kw: 3, p: pads(1, 2, 0, 0, 2), seed: 32 },
-        // 8 tiles a row.
-        Case { n: 3, ci: 128, co: 128, h: 15, w: 16, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 33 },
+        Case { n: 1, ci: 256, co: 137, h: 21, w: 35, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 31 },
+        Case { n: 1, ci: 131, co: 256, h: 14, w: 18, kh: 3, kw: 3, p: pads(1, 2, 0, 0, 2), seed: 32 },
+        // 130 one-tile images: two chunks of 65.
+        Case { n: 130, ci: 128, co: 256, h: 2, w: 2, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 33 },
     ];
     check_f32_paths(&cases);
 }
 
 /// The f32 3x3 stride-1 convs with at least 16 channels each way take the
-/// Winograd F(4, 3) path (`cpu/conv2d/winograd_1d.rs`): every forward and
-/// stride-1 data gradient, and the weight gradient below 128 channels. Held
+/// Winograd F(4, 3) path (`cpu/conv2d/winograd_1d.rs`) unless the 2-D one
+/// above takes them: forward, stride-1 data gradient and weight gradient. Held
 /// to the same oracles and bound as the direct path on channel counts that
 /// are not multiples of 16, output heights of every residue mod 4 (the last
 /// tile cut), widths that take each block width of the transforms (1-3, 4-7,
@@ -357,6 +358,8 @@ fn winograd_1d_sized_convs_match_oracles() {
         Case { n: 37, ci: 16, co: 20, h: 7, w: 7, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 43 },
         Case { n: 2, ci: 24, co: 16, h: 11, w: 37, kh: 3, kw: 3, p: pads(1, 0, 2, 1, 0), seed: 44 },
         Case { n: 1, ci: 16, co: 18, h: 4, w: 12, kh: 3, kw: 3, p: pads(1, 0, 0, 0, 0), seed: 45 },
+        // 128 channels each way stay here.
+        Case { n: 3, ci: 128, co: 128, h: 15, w: 16, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 46 },
     ];
     check_f32_paths(&cases);
 }

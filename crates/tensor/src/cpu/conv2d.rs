@@ -13,18 +13,19 @@
 //!   summed over images.
 //!
 //! The f32 3x3 stride-1 convs with 16 or more channels each way go through
-//! Winograd instead: F(4, 3) down the columns for the forward (and so the
-//! stride-1 data gradient) and the weight gradient (`conv2d/winograd_1d.rs`:
-//! 6 gemms with a 3 Ci inner dimension, 2x fewer multiplies), except the
-//! weight gradient with 128 or more channels each way, which takes
-//! F(2x2, 3x3) (`conv2d/winograd.rs`: 16 gemms over tiles, 2.25x fewer).
-//! The first and last convs (1-3 channels) stay direct.
+//! Winograd instead, forward (and so the stride-1 data gradient) and weight
+//! gradient alike: F(4x4, 3x3) from 128 channels each way and 384 both
+//! together (`conv2d/winograd_2d.rs`: 36 gemms over the tiles with a Ci inner
+//! dimension, 4x fewer multiplies), else F(4, 3) down the columns
+//! (`conv2d/winograd_1d.rs`: 6 gemms with a 3 Ci inner dimension, 2x
+//! fewer). The first and last convs (1-3 channels) stay direct.
 //!
 //! Small planes share one gemm so its N dimension stays large. Work is
 //! parallel over image groups, each gemm serial inside; the weight gradient
-//! sums per-slot partials (a fixed slot count) in slot order, and the bias
-//! gradient sums per channel, so every result is bit-identical for any rayon
-//! thread count.
+//! sums per-slot partials (a fixed slot count) in slot order (the 2-D
+//! Winograd form accumulates per point over chunks in order instead), and the
+//! bias gradient sums per channel, so every result is bit-identical for any
+//! rayon thread count.
 
 use super::gemm::{matmul, MatRef, Threads};
 use super::simd::widest;
@@ -35,8 +36,10 @@ use std::any::{Any, TypeId};
 use std::cell::RefCell;
 use std::ops::Range;
 
-mod winograd;
+#[macro_use]
+mod blocks;
 mod winograd_1d;
+mod winograd_2d;
 
 /// Columns one gemm should see. Small planes (the 7x7 of a downsampling
 /// conv) are batched up to this; larger ones go one image per gemm, which
@@ -416,17 +419,22 @@ impl<'a, T: Element> Epilogue<'a, T> {
         }
         let (co, p) = (g.co, g.p());
         for (i, plane) in y.chunks_exact_mut(p).enumerate() {
-            let (img, ch) = (first + i / co, i % co);
-            let sb = self.sample_bias.map(|s| s[img * co + ch]);
-            match (self.bias.map(|b| b[ch]), sb) {
-                (Some(b), Some(s)) => plane.iter_mut().for_each(|v| *v = (*v + b) + s),
-                (Some(b), None) => plane.iter_mut().for_each(|v| *v += b),
-                (None, Some(s)) => plane.iter_mut().for_each(|v| *v += s),
-                (None, None) => {}
-            }
-            if let Some(r) = self.residual {
-                plane.iter_mut().zip(&r[(img * co + ch) * p..][..p]).for_each(|(v, &r)| *v += r);
-            }
+            self.apply_plane(g, first + i / co, i % co, plane);
+        }
+    }
+
+    /// Applies the adds to the plane of image `img`, channel `ch`.
+    fn apply_plane(&self, g: &ConvGeom, img: usize, ch: usize, plane: &mut [T]) {
+        let (co, p) = (g.co, g.p());
+        let sb = self.sample_bias.map(|s| s[img * co + ch]);
+        match (self.bias.map(|b| b[ch]), sb) {
+            (Some(b), Some(s)) => plane.iter_mut().for_each(|v| *v = (*v + b) + s),
+            (Some(b), None) => plane.iter_mut().for_each(|v| *v += b),
+            (None, Some(s)) => plane.iter_mut().for_each(|v| *v += s),
+            (None, None) => {}
+        }
+        if let Some(r) = self.residual {
+            plane.iter_mut().zip(&r[(img * co + ch) * p..][..p]).for_each(|(v, &r)| *v += r);
         }
     }
 }
@@ -440,6 +448,9 @@ pub fn conv2d_forward<T: Element>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&
 
 /// `y = conv(x, w)` finished by `epi` (see [`Epilogue`]).
 pub fn conv2d_forward_epilogue<T: Element>(g: &ConvGeom, x: &[T], w: &[T], epi: &Epilogue<'_, T>, y: &mut [T]) {
+    if winograd_2d::applies::<T>(g) {
+        return winograd_2d::forward(g, x, w, epi, y);
+    }
     if winograd_1d::applies::<T>(g) {
         return winograd_1d::forward(g, x, w, epi, y);
     }
@@ -534,8 +545,8 @@ fn backward_data_group<T: Element>(g: &ConvGeom, dy: &[T], w: &[T], dx: &mut [T]
 /// at most `MAX_WEIGHT_SLOTS` contiguous slots; each slot accumulates its
 /// images in order, and the slots are summed in slot order.
 pub fn conv2d_backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &mut [T]) {
-    if winograd::applies_weight::<T>(g) {
-        return winograd::backward_weight(g, dy, x, dw);
+    if winograd_2d::applies::<T>(g) {
+        return winograd_2d::backward_weight(g, dy, x, dw);
     }
     if winograd_1d::applies::<T>(g) {
         return winograd_1d::backward_weight(g, dy, x, dw);

@@ -25,6 +25,11 @@ impl<'a, T> MatRef<'a, T> {
         MatRef { data, rows: cols, cols: rows, rs: 1, cs: cols }
     }
 
+    /// The same matrix transposed (no copy).
+    pub fn transposed(self) -> Self {
+        MatRef { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+
     fn fits(&self) -> bool {
         self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
     }

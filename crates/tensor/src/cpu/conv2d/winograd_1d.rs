@@ -1,9 +1,9 @@
 //! Winograd F(4, 3) down the columns for the f32 3x3 stride-1 convolutions
-//! with 16 or more channels each way: every such forward (and so stride-1
-//! data gradient), and the weight gradient below 128 channels (above, the
-//! 2-D F(2x2, 3x3) of `winograd.rs` takes it). At the MNIST model's 32-64
-//! channels the 2-D transform's inner dimension (Ci) is too short to pay,
-//! and this one keeps 3 Ci.
+//! with 16 or more channels each way that the 2-D F(4x4, 3x3) of
+//! `winograd_2d.rs` does not take (below 128 channels, and 128 -> 128): the
+//! forward (and so the stride-1 data gradient) and the weight gradient. At
+//! the MNIST model's 32-64 channels the 2-D transform's inner dimension (Ci)
+//! is too short to pay, and this one keeps 3 Ci.
 //!
 //! Each column of outputs is cut into tiles of 4 rows; a tile's 4 outputs
 //! through one kernel column are `A^T [(G g) ⊙ (B^T d)]` for the kernel
@@ -40,6 +40,7 @@
 
 use super::super::gemm::{matmul, MatRef, Threads};
 use super::super::simd::widest;
+use super::blocks::{copy_run, load};
 use super::{images_per_group, sum_partials, weight_slots, with_partials, with_scratch, zero_few, Epilogue};
 use crate::geom::ConvGeom;
 use crate::Element;
@@ -64,53 +65,6 @@ const MIN_CHANNELS: usize = 16;
 
 /// Transformed points per tile (`F(4, 3)`: 4 outputs + 3 taps - 1).
 const XI: usize = 6;
-
-/// Runs `$body` for `$at` over `0..$len` in blocks of `$w` elements, `$w`
-/// a constant (16, 8, 4 or 1: the widest that fits), the last block moved
-/// back to end at `$len` (overlapping the one before: the transforms are
-/// elementwise, so an element computed twice gets the same bits). Plain
-/// loops over 6 inputs and 4-6 outputs are not vectorised (too many runtime
-/// alias checks); blocks through local arrays are.
-macro_rules! for_blocks {
-    ($len:expr, |$at:ident, $w:ident| $body:block) => {{
-        let len: usize = $len;
-        if len >= 16 {
-            const $w: usize = 16;
-            let mut start = 0;
-            loop {
-                let $at = start.min(len - $w);
-                $body
-                if $at + $w >= len {
-                    break;
-                }
-                start += $w;
-            }
-        } else if len >= 8 {
-            const $w: usize = 8;
-            for $at in [0, len - $w] {
-                $body
-            }
-        } else if len >= 4 {
-            const $w: usize = 4;
-            for $at in [0, len - $w] {
-                $body
-            }
-        } else {
-            const $w: usize = 1;
-            for $at in 0..len {
-                $body
-            }
-        }
-    }};
-}
-
-/// `N` values from `src[at..]` as an array.
-#[inline(always)]
-fn load<T: Element, const N: usize>(src: &[T], at: usize) -> [T; N] {
-    let mut a = [T::zero(); N];
-    a.copy_from_slice(&src[at..at + N]);
-    a
-}
 
 /// Whether a conv runs here (forward, stride-1 data gradient and weight
 /// gradient alike).
@@ -198,33 +152,6 @@ fn untransform_kernels<T: Element>(g: &ConvGeom, du: &[T], dw: &mut [T]) {
                 }
             }
         }
-    }
-}
-
-/// `dst = src` for short runs (a row of a small plane): whole vectors, the
-/// last one overlapping the one before, instead of a `memcpy` call per run.
-#[inline(always)]
-fn copy_run<T: Element>(dst: &mut [T], src: &[T]) {
-    let n = dst.len();
-    let src = &src[..n];
-    macro_rules! by {
-        ($w:literal) => {{
-            let mut at = 0;
-            while at + $w < n {
-                dst[at..at + $w].copy_from_slice(&src[at..at + $w]);
-                at += $w;
-            }
-            dst[n - $w..].copy_from_slice(&src[n - $w..]);
-        }};
-    }
-    if n >= 16 {
-        by!(16)
-    } else if n >= 8 {
-        by!(8)
-    } else if n >= 4 {
-        by!(4)
-    } else {
-        dst.copy_from_slice(src);
     }
 }
 
