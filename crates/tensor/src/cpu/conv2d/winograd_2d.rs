@@ -65,8 +65,10 @@ const MIN_CHANNELS_BOTH: usize = 384;
 const MIN_TILES: usize = 8;
 
 /// Tiles one chunk covers: its transformed inputs (36 Ci per tile) and
-/// products (36 Co per tile) are the pass's working set.
-const TARGET_TILES: usize = 128;
+/// products (36 Co per tile) are the pass's working set, held between calls.
+/// 64 measured faster than 128 on the CIFAR-10 step (1.16 against 1.21 s,
+/// batch 8) and 12 MB smaller; 32 level with 64.
+const TARGET_TILES: usize = 64;
 
 /// Whether a conv runs here (forward, stride-1 data gradient and weight
 /// gradient alike).
