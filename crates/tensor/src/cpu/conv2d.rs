@@ -38,6 +38,7 @@ use std::ops::Range;
 
 #[macro_use]
 mod blocks;
+mod f43;
 mod winograd_1d;
 mod winograd_2d;
 

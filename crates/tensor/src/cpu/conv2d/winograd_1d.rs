@@ -41,6 +41,7 @@
 use super::super::gemm::{matmul, MatRef, Threads};
 use super::super::simd::widest;
 use super::blocks::{copy_run, load};
+use super::f43::{a6, at4, bt6};
 use super::{images_per_group, sum_partials, weight_slots, with_partials, with_scratch, zero_few, Epilogue};
 use crate::geom::ConvGeom;
 use crate::Element;
@@ -183,7 +184,6 @@ fn transform_inputs<T: Element>(g: &ConvGeom, tiles: Tiles, x: &[T], nb: usize, 
     let (pw, plane) = (tiles.pw, g.h * g.w);
     let (p, t) = buf.split_at_mut(tiles.padded_rows() * pw);
     let t = &mut t[..XI * pw];
-    let (four, five, two) = (T::from_f64(4.0), T::from_f64(5.0), T::from_f64(2.0));
     let vl = 3 * g.ci * n;
     for img in 0..nb {
         for c in 0..g.ci {
@@ -195,15 +195,7 @@ fn transform_inputs<T: Element>(g: &ConvGeom, tiles: Tiles, x: &[T], nb: usize, 
                 for_blocks!(pw, |at, W| {
                     let (d0, d1, d2) = (load::<T, W>(d0, at), load::<T, W>(d1, at), load::<T, W>(d2, at));
                     let (d3, d4, d5) = (load::<T, W>(d3, at), load::<T, W>(d4, at), load::<T, W>(d5, at));
-                    let mut out = [[T::zero(); W]; XI];
-                    for i in 0..W {
-                        out[0][i] = (four * d0[i] - five * d2[i]) + d4[i];
-                        out[1][i] = (d3[i] + d4[i]) - four * (d1[i] + d2[i]);
-                        out[2][i] = four * (d1[i] - d2[i]) + (d4[i] - d3[i]);
-                        out[3][i] = two * (d3[i] - d1[i]) + (d4[i] - d2[i]);
-                        out[4][i] = two * (d1[i] - d3[i]) + (d4[i] - d2[i]);
-                        out[5][i] = (four * d1[i] - five * d3[i]) + d5[i];
-                    }
+                    let out = bt6(&[d0, d1, d2, d3, d4, d5]);
                     for (row, o) in t.chunks_exact_mut(pw).zip(&out) {
                         row[at..at + W].copy_from_slice(o);
                     }
@@ -226,7 +218,6 @@ fn transform_inputs<T: Element>(g: &ConvGeom, tiles: Tiles, x: &[T], nb: usize, 
 #[inline(always)]
 fn transform_outputs<T: Element>(g: &ConvGeom, tiles: Tiles, m: &[T], nb: usize, n: usize, y: &mut [T]) {
     let (wo, ml) = (g.wo, g.co * n);
-    let (two, four, eight) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0));
     for img in 0..nb {
         for o in 0..g.co {
             let out = &mut y[(img * g.co + o) * g.p()..][..g.p()];
@@ -239,15 +230,7 @@ fn transform_outputs<T: Element>(g: &ConvGeom, tiles: Tiles, m: &[T], nb: usize,
                 for_blocks!(wo, |at, W| {
                     let (m0, m1, m2) = (load::<T, W>(m0, at), load::<T, W>(m1, at), load::<T, W>(m2, at));
                     let (m3, m4, m5) = (load::<T, W>(m3, at), load::<T, W>(m4, at), load::<T, W>(m5, at));
-                    let mut rows = [[T::zero(); W]; 4];
-                    for i in 0..W {
-                        let (s12, d12) = (m1[i] + m2[i], m1[i] - m2[i]);
-                        let (s34, d34) = (m3[i] + m4[i], m3[i] - m4[i]);
-                        rows[0][i] = (m0[i] + s12) + s34;
-                        rows[1][i] = d12 + two * d34;
-                        rows[2][i] = s12 + four * s34;
-                        rows[3][i] = (d12 + eight * d34) + m5[i];
-                    }
+                    let rows = at4(&[m0, m1, m2, m3, m4, m5]);
                     // (The last tile of a height that is not a multiple of 4 keeps `live` rows.)
                     for (dst, r) in block.chunks_exact_mut(wo).zip(&rows) {
                         dst[at..at + W].copy_from_slice(r);
@@ -265,7 +248,6 @@ fn transform_outputs<T: Element>(g: &ConvGeom, tiles: Tiles, m: &[T], nb: usize,
 #[inline(always)]
 fn transform_output_grads<T: Element>(g: &ConvGeom, tiles: Tiles, dy: &[T], nb: usize, n: usize, d: &mut [T]) {
     let (wo, dl) = (g.wo, g.co * n);
-    let (two, four, eight) = (T::from_f64(2.0), T::from_f64(4.0), T::from_f64(8.0));
     for img in 0..nb {
         for o in 0..g.co {
             let plane = &dy[(img * g.co + o) * g.p()..][..g.p()];
@@ -286,17 +268,7 @@ fn transform_output_grads<T: Element>(g: &ConvGeom, tiles: Tiles, dy: &[T], nb: 
                     for (ej, r) in e.iter_mut().zip(rows.chunks_exact(wo)) {
                         *ej = load::<T, W>(r, at);
                     }
-                    let mut out = [[T::zero(); W]; XI];
-                    for i in 0..W {
-                        let (s02, s13) = (e[0][i] + e[2][i], e[1][i] + e[3][i]);
-                        let (f02, f13) = (e[0][i] + four * e[2][i], two * e[1][i] + eight * e[3][i]);
-                        out[0][i] = e[0][i];
-                        out[1][i] = s02 + s13;
-                        out[2][i] = s02 - s13;
-                        out[3][i] = f02 + f13;
-                        out[4][i] = f02 - f13;
-                        out[5][i] = e[3][i];
-                    }
+                    let out = a6(&e);
                     for (dst, o) in [&mut *d0, &mut *d1, &mut *d2, &mut *d3, &mut *d4, &mut *d5].into_iter().zip(&out) {
                         dst[at..at + W].copy_from_slice(o);
                     }
