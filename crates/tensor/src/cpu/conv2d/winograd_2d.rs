@@ -110,8 +110,8 @@ impl Tiles {
 
 /// The stride for rows of `len` values: the next odd multiple of 16 (64
 /// bytes). The transforms touch 36 rows at once and the gemms pack rows
-/// whole; power-of-two strides (128 channels of 128 tiles) put them all in
-/// the same cache sets, which measured the passes 3x slower.
+/// whole; power-of-two strides (128 channels of 128 tiles) would put them
+/// all in the same cache sets.
 fn skew(len: usize) -> usize {
     let lines = len.div_ceil(16);
     16 * (lines | 1)
