@@ -41,6 +41,8 @@ mod blocks;
 mod f43;
 mod winograd_1d;
 mod winograd_2d;
+#[cfg(test)]
+mod winograd_tests;
 
 /// Columns one gemm should see. Small planes (the 7x7 of a downsampling
 /// conv) are batched up to this; larger ones go one image per gemm, which

@@ -544,95 +544,14 @@ pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &
 
 #[cfg(test)]
 mod tests {
-    //! The transforms at any size and padding (the ops route only 128
-    //! channels and up here; `tests/conv2d.rs` checks those through the
-    //! public ops), against naive f64 loops.
-    use super::*;
-
-    fn geom(
-        n: usize,
-        ci: usize,
-        co: usize,
-        (h, w): (usize, usize),
-        (pt, pb, pl, pr): (usize, usize, usize, usize),
-    ) -> ConvGeom {
-        let (ho, wo) = (h + pt + pb - 2, w + pl + pr - 2);
-        ConvGeom { n, ci, h, w, co, kh: 3, kw: 3, stride: 1, pad_top: pt, pad_left: pl, ho, wo }
-    }
-
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use super::super::winograd_tests::{check_against_f64_loops, SHAPES};
+    use super::{backward_weight, forward};
 
     #[test]
     fn forward_and_weight_gradient_match_f64_loops_at_any_size() {
-        let shapes = [
-            (1, 1, 1, (1, 1), (1, 1, 1, 1)),
-            (2, 3, 5, (7, 7), (1, 1, 1, 1)),
-            (3, 17, 9, (14, 13), (1, 1, 1, 1)),
-            (1, 16, 33, (5, 37), (2, 0, 0, 2)),
-            (2, 8, 8, (3, 4), (0, 0, 0, 0)),
-            (1, 20, 4, (31, 34), (0, 2, 1, 1)),
-            (5, 32, 32, (8, 8), (1, 1, 1, 1)),
-            // 36 tiles an image: chunks of 3, 3 and 3 images.
-            (9, 3, 5, (22, 22), (1, 1, 1, 1)),
-            (1, 4, 4, (3, 0), (1, 1, 2, 2)),
-            (2, 4, 3, (0, 5), (2, 2, 1, 1)),
-        ];
-        for (k, &(n, ci, co, hw, pads)) in shapes.iter().enumerate() {
-            let g = geom(n, ci, co, hw, pads);
-            let (x, w) = (values(n * ci * g.h * g.w, 1 + k as u64), values(co * ci * 9, 50 + k as u64));
-            let dy = values(n * co * g.p(), 99 + k as u64);
-            let mut y = vec![f32::NAN; n * co * g.p()];
-            forward(&g, &x, &w, &Epilogue::bias(None), &mut y);
-            let mut dw = vec![f32::NAN; co * ci * 9];
-            backward_weight(&g, &dy, &x, &mut dw);
-
-            let (mut want_y, mut scale_y) = (vec![0f64; y.len()], vec![0f64; y.len()]);
-            let (mut want_dw, mut scale_dw) = (vec![0f64; dw.len()], vec![0f64; dw.len()]);
-            for img in 0..n {
-                for o in 0..co {
-                    for c in 0..ci {
-                        for oy in 0..g.ho {
-                            for ox in 0..g.wo {
-                                for ky in 0..3 {
-                                    for kx in 0..3 {
-                                        let iy = (oy + ky) as isize - g.pad_top as isize;
-                                        let ix = (ox + kx) as isize - g.pad_left as isize;
-                                        if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
-                                            continue;
-                                        }
-                                        let xi = ((img * ci + c) * g.h + iy as usize) * g.w + ix as usize;
-                                        let wi = (o * ci + c) * 9 + ky * 3 + kx;
-                                        let yi = ((img * co + o) * g.ho + oy) * g.wo + ox;
-                                        let (xv, wv, dv) = (x[xi] as f64, w[wi] as f64, dy[yi] as f64);
-                                        want_y[yi] += xv * wv;
-                                        scale_y[yi] += (xv * wv).abs();
-                                        want_dw[wi] += dv * xv;
-                                        scale_dw[wi] += (dv * xv).abs();
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            let check = |what: &str, got: &[f32], want: &[f64], scale: &[f64]| {
-                for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
-                    let err = (g as f64 - w).abs();
-                    assert!(err <= 1e-5 * s.max(1e-30), "{what} [{i}]: {g} against {w} (scale {s})");
-                }
-            };
-            check(&format!("forward {g:?}"), &y, &want_y, &scale_y);
-            check(&format!("weight gradient {g:?}"), &dw, &want_dw, &scale_dw);
-        }
+        // 36 tiles an image: nine chunks of one image (a chunk holds about 64 tiles).
+        let chunked = (9, 3, 5, (22, 22), (1, 1, 1, 1));
+        let shapes: Vec<_> = SHAPES.iter().copied().chain([chunked]).collect();
+        check_against_f64_loops(&shapes, forward, backward_weight);
     }
 }
