@@ -1,9 +1,18 @@
-//! Helpers of the Winograd transforms (`winograd_1d.rs`, `winograd_2d.rs`):
-//! elementwise loops written as whole blocks of lanes, which LLVM
-//! vectorises where plain loops over several slices are not (too many
-//! runtime alias checks).
+//! Helpers of the Winograd paths (`winograd_1d.rs`, `winograd_2d.rs`): which
+//! convs they take, and elementwise loops written as whole blocks of lanes,
+//! which LLVM vectorises where plain loops over several slices are not (too
+//! many runtime alias checks).
 
+use crate::geom::ConvGeom;
 use crate::Element;
+use std::any::TypeId;
+
+/// Whether a conv has the shape both Winograd paths take: f32, 3x3, stride
+/// 1, a non-empty output (f64 stays on the direct path: it is the reference
+/// of the reference tests).
+pub(super) fn is_f32_3x3_stride_1<T: Element>(g: &ConvGeom) -> bool {
+    TypeId::of::<T>() == TypeId::of::<f32>() && g.kh == 3 && g.kw == 3 && g.stride == 1 && g.ho > 0 && g.wo > 0
+}
 
 /// Runs `$body` for `$at` over `0..$len` in blocks of `$w` elements, `$w`
 /// a constant (16, 8, 4 or 1: the widest that fits), the last block moved

@@ -40,13 +40,12 @@
 
 use super::super::gemm::{matmul, MatRef, Threads};
 use super::super::simd::widest;
-use super::blocks::{copy_run, load};
+use super::blocks::{copy_run, is_f32_3x3_stride_1, load};
 use super::f43::{a6, at4, bt6};
 use super::{images_per_group, sum_partials, weight_slots, with_partials, with_scratch, zero_few, Epilogue};
 use crate::geom::ConvGeom;
 use crate::Element;
 use rayon::prelude::*;
-use std::any::TypeId;
 use std::ops::Range;
 
 /// Gemm columns (output positions) one group sees. Measured on Zen 4 at
@@ -70,14 +69,7 @@ const XI: usize = 6;
 /// Whether a conv runs here (forward, stride-1 data gradient and weight
 /// gradient alike).
 pub(super) fn applies<T: Element>(g: &ConvGeom) -> bool {
-    TypeId::of::<T>() == TypeId::of::<f32>()
-        && g.kh == 3
-        && g.kw == 3
-        && g.stride == 1
-        && g.ho > 0
-        && g.wo > 0
-        && g.ci >= MIN_CHANNELS
-        && g.co >= MIN_CHANNELS
+    is_f32_3x3_stride_1::<T>(g) && g.ci >= MIN_CHANNELS && g.co >= MIN_CHANNELS
 }
 
 /// The tiling of one image: `ty` tiles of 4 output rows; the padded input

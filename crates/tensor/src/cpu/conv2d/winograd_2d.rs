@@ -42,13 +42,12 @@
 
 use super::super::gemm::{matmul_strided, MatRef, Threads};
 use super::super::simd::widest;
-use super::blocks::{copy_run, load};
+use super::blocks::{copy_run, is_f32_3x3_stride_1, load};
 use super::f43::{a6, at4, bt6};
 use super::{images_per_group, with_partials, with_scratch, zero_few, Epilogue};
 use crate::geom::ConvGeom;
 use crate::Element;
 use rayon::prelude::*;
-use std::any::TypeId;
 
 /// Points of the transformed 6x6 tile, `ξ = 6a + b`.
 const XI: usize = 36;
@@ -74,12 +73,7 @@ const TARGET_TILES: usize = 64;
 /// Whether a conv runs here (forward, stride-1 data gradient and weight
 /// gradient alike).
 pub(super) fn applies<T: Element>(g: &ConvGeom) -> bool {
-    TypeId::of::<T>() == TypeId::of::<f32>()
-        && g.kh == 3
-        && g.kw == 3
-        && g.stride == 1
-        && g.ho > 0
-        && g.wo > 0
+    is_f32_3x3_stride_1::<T>(g)
         && g.ci >= MIN_CHANNELS
         && g.co >= MIN_CHANNELS
         && g.ci + g.co >= MIN_CHANNELS_BOTH
