@@ -329,14 +329,14 @@ fn check_f32_paths(cases: &[Case]) {
 /// Held to the same oracles and bound as the direct path, on channel counts
 /// that are not multiples of 16, output sizes cut in every tile (21 rows, 35
 /// and 18 columns), overlapping blocks of tiles along a row, asymmetric
-/// padding, and a batch cut into two chunks; and bit-identical across thread
+/// padding, and a batch cut into three chunks; and bit-identical across thread
 /// counts.
 #[test]
 fn winograd_2d_sized_convs_match_oracles() {
     let cases = [
         Case { n: 1, ci: 256, co: 137, h: 21, w: 35, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 31 },
         Case { n: 1, ci: 131, co: 256, h: 14, w: 18, kh: 3, kw: 3, p: pads(1, 2, 0, 0, 2), seed: 32 },
-        // 130 one-tile images: two chunks of 65.
+        // 130 one-tile images: chunks of 44, 44 and 42.
         Case { n: 130, ci: 128, co: 256, h: 2, w: 2, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 33 },
     ];
     check_f32_paths(&cases);
