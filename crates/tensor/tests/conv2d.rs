@@ -327,7 +327,7 @@ fn check_f32_paths(cases: &[Case]) {
 /// both together take the Winograd F(4x4, 3x3) path
 /// (`cpu/conv2d/winograd_2d.rs`), forward, data gradient and weight gradient.
 /// Held to the same oracles and bound as the direct path, on channel counts
-/// that are not multiples of 16, output sizes cut in every tile (21 rows, 35
+/// that are not multiples of 16, output sizes that cut the last tile (21 rows, 35
 /// and 18 columns), overlapping blocks of tiles along a row, asymmetric
 /// padding, and a batch cut into three chunks; and bit-identical across thread
 /// counts.
