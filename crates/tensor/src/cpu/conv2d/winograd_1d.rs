@@ -1,7 +1,8 @@
 //! Winograd F(4, 3) down the columns for the f32 3x3 stride-1 convolutions
 //! with 16 or more channels each way that the 2-D F(4x4, 3x3) of
-//! `winograd_2d.rs` does not take (below 128 channels, and 128 -> 128): the
-//! forward (and so the stride-1 data gradient) and the weight gradient. At
+//! `winograd_2d.rs` does not take (below 128 channels either way, or below
+//! 384 both together, as 128 -> 128): the forward (and so the stride-1 data
+//! gradient) and the weight gradient. At
 //! the MNIST model's 32-64 channels the 2-D transform's inner dimension (Ci)
 //! is too short to pay, and this one keeps 3 Ci.
 //!
