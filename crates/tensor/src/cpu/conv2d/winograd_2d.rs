@@ -1,7 +1,7 @@
 //! Winograd F(4x4, 3x3) for the f32 3x3 stride-1 convolutions with 128 or
-//! more channels each way and enough tiles to pay for the kernel transforms
-//! (the CIFAR-10 model's 32x32 and 16x16 levels): forward, so the stride-1
-//! data gradient, and weight gradient. It is F(4, 3) of `winograd_1d.rs`
+//! more channels each way and 384 or more both together (the CIFAR-10
+//! model's, from 32x32 down to 4x4, but 128 -> 128): forward, so the
+//! stride-1 data gradient, and weight gradient. It is F(4, 3) of `winograd_1d.rs`
 //! applied along both axes (Lavin & Gray, "Fast Algorithms for Convolutional
 //! Neural Networks", 2016): a tile of 4x4 outputs is
 //! `A^T [(G g G^T) ⊙ (B^T d B)] A` for the tile's 6x6 input patch `d` and each
@@ -61,7 +61,7 @@ const MIN_CHANNELS_BOTH: usize = 384;
 
 /// Fewest tiles in the batch: each call transforms all `Co x Ci` kernels,
 /// which only pays over enough tiles (at 8, 256 channels at 4x4 and batch 8,
-/// it still measured 1.4-2.5x faster than the 1-D form).
+/// it still measured 1.1-2.2x faster than the 1-D form).
 const MIN_TILES: usize = 8;
 
 /// Tiles one chunk covers: its transformed inputs (36 Ci per tile) and
