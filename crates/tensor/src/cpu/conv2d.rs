@@ -138,9 +138,11 @@ fn with_scratch<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     with_buffer(&SCRATCH_F32, &SCRATCH_F64, len, f)
 }
 
-/// [`with_scratch`] for the weight gradients' per-slot partials, held by the
-/// calling thread while the workers use their own scratch (each slot's first
-/// product overwrites its partial, so garbage is fine here too).
+/// [`with_scratch`] for what the calling thread holds while the workers use
+/// their own scratch: the weight gradients' per-slot partials (each slot's
+/// first product overwrites its partial, so garbage is fine here too), and
+/// the 2-D Winograd path's transformed kernels and chunk buffers (each pass
+/// writes what the next reads).
 fn with_partials<T: Element, R>(len: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
     with_buffer(&PARTIALS_F32, &PARTIALS_F64, len, f)
 }
