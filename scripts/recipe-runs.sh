@@ -82,8 +82,12 @@ ckpt() { printf '%s/%s/checkpoints/ckpt-%08d.safetensors' "$RUNS" "$1" "$2"; }
 
 for label in "${LABELS[@]}"; do
     dir="$RUNS/$label"
-    if [[ -f "$(ckpt "$label" "$STEPS")" ]]; then
-        echo "== $label: reached $STEPS steps" >&2
+    newest=$(compgen -G "$dir/checkpoints/ckpt-*.safetensors" | sort | tail -n 1 || true)
+    newest=${newest##*/ckpt-}
+    newest=${newest%.safetensors}
+    newest=$((10#${newest:-0}))
+    if (( newest >= STEPS )); then
+        echo "== $label: reached $STEPS steps (newest checkpoint: step $newest)" >&2
         continue
     fi
     start=$(date +%s)
@@ -105,8 +109,14 @@ for at in "${AT[@]}"; do
     for label in "${LABELS[@]}"; do
         c="$(ckpt "$label" "$at")"
         if [[ ! -f "$c" ]]; then
-            echo "recipe-runs: $c is missing (was the run made with fewer checkpoints kept?)" >&2
-            exit 1
+            # A run extended after its table was made may have pruned the
+            # checkpoint; its samples are still there and are reused.
+            if compgen -G "$RUNS/table-$at/$label/*.npy" > /dev/null; then
+                echo "recipe-runs: $c is gone; reusing the samples in $RUNS/table-$at/$label" >&2
+            else
+                echo "recipe-runs: $c is missing (was the run made with fewer checkpoints kept?)" >&2
+                exit 1
+            fi
         fi
         args+=("$label=$c")
     done

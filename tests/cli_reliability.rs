@@ -377,6 +377,23 @@ fn resume_without_steps_continues_to_the_runs_own_target() {
 }
 
 #[test]
+fn resume_with_fewer_steps_than_done_says_it_trains_nothing_and_leaves_the_run_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let run_dir = d.path().join("run");
+    ok(&refs(&train_args(&run_dir, &["--steps", "3", "--checkpoint-every", "0"])));
+    let before = tensors(&ckpt(&run_dir, 3));
+    let rows = metrics(&run_dir);
+    let out = ok(&refs(&resume_args(&run_dir, &["--steps", "2"])));
+    assert!(out.contains("note: --steps 2 is below the checkpoint's step 3"), "{out}");
+    assert!(out.contains("no steps to train: the run is at step 3 of 3"), "{out}");
+    assert!(out.contains("done: the run had already reached step 3; nothing trained"), "{out}");
+    assert!(!out.contains("NaN"), "{out}");
+    assert_eq!(checkpoints(&run_dir), vec![ckpt(&run_dir, 3)]);
+    assert_eq!(tensors(&ckpt(&run_dir, 3)), before);
+    assert_eq!(metrics(&run_dir), rows);
+}
+
+#[test]
 fn resume_removes_temporary_files_and_keeps_earlier_metrics_rows_byte_for_byte() {
     let d = tempfile::tempdir().unwrap();
     let run_dir = d.path().join("run");

@@ -25,8 +25,10 @@ impl Observer for Progress {
             );
             bar.set_position(first);
             self.bar = Some(bar);
-        } else {
+        } else if first < total {
             println!("training steps {}..{}", first + 1, total);
+        } else {
+            println!("no steps to train: the run is at step {first} of {total}");
         }
     }
 

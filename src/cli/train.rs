@@ -362,12 +362,17 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         .into());
     }
-    println!(
-        "done: {} steps, last loss {:.5}, run directory {}",
-        summary.steps_done,
-        summary.last_loss,
-        summary.out.display()
-    );
+    match summary.last_loss {
+        Some(loss) => {
+            println!("done: {} steps, last loss {loss:.5}, run directory {}", summary.steps_done, summary.out.display())
+        }
+        None => println!(
+            "done: the run had already reached step {}; nothing trained (pass a larger --steps to go on), \
+             run directory {}",
+            summary.steps_done,
+            summary.out.display()
+        ),
+    }
     Ok(())
 }
 

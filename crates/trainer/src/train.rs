@@ -121,7 +121,9 @@ impl Resume {
 pub struct RunSummary {
     pub out: PathBuf,
     pub steps_done: u64,
-    pub last_loss: f64,
+    /// The last step's loss; none when this call trained no step (a resume
+    /// of a run that had already reached its step count).
+    pub last_loss: Option<f64>,
     pub last_checkpoint: Option<PathBuf>,
     /// The observer asked to stop before the last step (a signal).
     pub interrupted: bool,
@@ -231,6 +233,14 @@ impl Trainer {
             // The run's own settings win; only the length, the data's
             // location and the divergence factor may change.
             let steps = r.steps.unwrap_or(c.train_config.steps);
+            if steps < c.state.step {
+                // A run never goes back: say so rather than quietly keep the larger count.
+                notes.push(format!(
+                    "--steps {steps} is below the checkpoint's step {}: the run keeps its {} steps \
+                     (to train from an earlier point, resume that checkpoint's file)",
+                    c.state.step, c.state.step
+                ));
+            }
             cfg = TrainConfig {
                 steps: steps.max(c.state.step),
                 data: r.data.clone().unwrap_or_else(|| c.train_config.data.clone()),
@@ -772,7 +782,7 @@ impl Trainer {
         Ok(RunSummary {
             out: self.out.clone(),
             steps_done: self.step,
-            last_loss: self.last.map_or(f64::NAN, |r| r.loss),
+            last_loss: self.last.map(|r| r.loss),
             last_checkpoint: last_ckpt,
             interrupted,
             steps_total: self.cfg.steps,
