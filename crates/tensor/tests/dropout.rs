@@ -80,6 +80,34 @@ fn large_results_are_bit_identical_across_runs_and_thread_counts() {
 }
 
 #[test]
+fn a_kept_mask_gives_the_drawn_masks_values_bit_for_bit() {
+    // Against the per-element oracle (forward) and the mask drawn again
+    // (backward): sizes of one element, inside one 64-bit word, several
+    // Philox chunks that are not a multiple of 64, and shard offsets on and
+    // off a Philox block (the element-by-element path).
+    let mut rng = TestRng::new(2026);
+    for (len, offset, p) in
+        [(1, 0, 0.5f32), (61, 0, 0.1), (61, 3, 0.1), (40_003, 0, 0.3), (40_003, 13, 0.3), (33_000, 8, 0.9)]
+    {
+        let x = t32(&round32(rng.vec(len)), &[len]);
+        let dy = t32(&round32(rng.vec(len)), &[len]);
+        let (y, mask) = ops::dropout_forward_keeping_mask(&x, p, 9, 4, 2, offset).unwrap();
+        let mask = mask.expect("a CPU forward keeps its mask");
+        let drawn = ops::dropout_forward_at(&x, p, 9, 4, 2, offset).unwrap();
+        assert_eq!(y.to_vec_f32().unwrap(), drawn.to_vec_f32().unwrap(), "forward, {len} at {offset}");
+        let again = ops::dropout_backward_at(&dy, p, 9, 4, 2, offset).unwrap().to_vec_f32().unwrap();
+        let kept = ops::dropout_backward_with_mask(&dy, &mask).unwrap().to_vec_f32().unwrap();
+        assert_eq!(kept, again, "backward, {len} at {offset}");
+        let zeros = kept.iter().filter(|&&v| v == 0.0).count() as f64 / len as f64;
+        assert!(len < 1000 || (zeros - p as f64).abs() < 0.02, "dropped {zeros} for p = {p}");
+        assert_eq!(kept, one_thread(|| ops::dropout_backward_with_mask(&dy, &mask).unwrap().to_vec_f32().unwrap()));
+    }
+    let (_, mask) = ops::dropout_forward_keeping_mask(&t32(&[1.0; 6], &[6]), 0.5, 0, 0, 0, 0).unwrap();
+    let err = ops::dropout_backward_with_mask(&t32(&[1.0; 7], &[7]), &mask.unwrap()).unwrap_err().to_string();
+    assert!(err.contains("gradient of 7 elements for a mask of 6"), "{err}");
+}
+
+#[test]
 fn dropout_edge_probabilities_and_rate() {
     let n = 100_000;
     let x = t32(&vec![1.0; n], &[n]);
@@ -98,6 +126,7 @@ fn bad_arguments_are_errors() {
     for p in [1.0f32, 1.5, -0.1, f32::NAN] {
         assert!(ops::dropout_forward(&x, p, 0, 0, 0).is_err(), "p = {p}");
         assert!(ops::dropout_backward(&x, p, 0, 0, 0).is_err(), "p = {p}");
+        assert!(ops::dropout_forward_keeping_mask(&x, p, 0, 0, 0, 0).is_err(), "p = {p}");
     }
 }
 

@@ -16,6 +16,9 @@ const PER_BLOCK: usize = philox::MASK_ELEMENTS_PER_BLOCK as usize;
 /// Elements per rayon task: whole Philox blocks.
 const CHUNK: usize = PAR_CHUNK / PER_BLOCK * PER_BLOCK;
 
+/// Elements of one wide draw of Philox blocks.
+const GROUP: usize = PER_BLOCK * philox::WIDE_LANES;
+
 /// out[i] = keep(i) ? x[i] * scale : 0. Forward and backward are both this:
 /// the op is linear and diagonal, so it is its own adjoint.
 pub fn apply_mask<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: u32, out: &mut [T]) {
@@ -25,14 +28,83 @@ pub fn apply_mask<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: u32
 /// [`apply_mask`] with the mask words of elements [offset, offset + len)
 /// (a shard of a batch keeps the batch's own mask).
 pub fn apply_mask_at<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: u32, offset: u64, out: &mut [T]) {
+    mask_at(x, p, seed, step, stream, offset, out, None);
+}
+
+/// Words of keep bits [`apply_mask_at`] writes for `len` elements.
+pub fn keep_words(len: usize) -> usize {
+    len.div_ceil(64)
+}
+
+/// [`apply_mask_at`] that also writes the keep bits (bit `i % 64` of word
+/// `i / 64` set iff element i is kept; `keep_words(len)` words), so that a
+/// backward can apply the same mask ([`apply_keep_bits`]) without drawing it again.
+#[allow(clippy::too_many_arguments)]
+pub fn apply_mask_keeping_bits<T: Element>(
+    x: &[T],
+    p: f32,
+    seed: u64,
+    step: u32,
+    stream: u32,
+    offset: u64,
+    out: &mut [T],
+    keep: &mut [u64],
+) {
+    mask_at(x, p, seed, step, stream, offset, out, Some(keep));
+}
+
+/// out[i] = keep bit i ? dy[i] / (1 - p) : 0: the backward of a forward that
+/// wrote `keep` ([`apply_mask_keeping_bits`]); the same values as drawing the
+/// mask again.
+pub fn apply_keep_bits<T: Element>(dy: &[T], p: f32, keep: &[u64], out: &mut [T]) {
+    let scale = T::from_f64(1.0 / (1.0 - p as f64));
+    out.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK)).zip(keep.par_chunks(CHUNK / 64)).for_each(|((o, dy), keep)| {
+        widest(
+            #[inline(always)]
+            || {
+                for ((o, dy), &word) in o.chunks_mut(64).zip(dy.chunks(64)).zip(keep) {
+                    for (e, (o, &d)) in o.iter_mut().zip(dy).enumerate() {
+                        *o = if (word >> e) & 1 != 0 { d * scale } else { T::zero() };
+                    }
+                }
+            },
+        );
+    });
+}
+
+/// The keep bits of 64 mask words (fewer at the end of a chunk).
+#[inline(always)]
+fn pack_keep(words: &[u32], threshold: u32) -> u64 {
+    words.iter().enumerate().fold(0u64, |acc, (e, &w)| acc | (u64::from(philox::keep_mask(w, threshold)) << e))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mask_at<T: Element>(
+    x: &[T],
+    p: f32,
+    seed: u64,
+    step: u32,
+    stream: u32,
+    offset: u64,
+    out: &mut [T],
+    keep: Option<&mut [u64]>,
+) {
+    const { assert!(CHUNK % 64 == 0 && GROUP % 64 == 0) };
     let threshold = philox::mask_threshold(p);
     let scale = T::from_f64(1.0 / (1.0 - p as f64));
     // `move`: captured by value, the threshold and scale stay in registers
     // (by reference, every store through `out` might change them, which
     // keeps the masking loop scalar).
     let mask = move |bits: u32, x: T| if philox::keep_mask(bits, threshold) { x * scale } else { T::zero() };
-    const GROUP: usize = PER_BLOCK * philox::WIDE_LANES; // elements of one wide draw of Philox blocks
-    out.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).enumerate().for_each(|(c, (o, x))| {
+    // Chunks of CHUNK elements own CHUNK / 64 keep words (none when not asked).
+    let mut no_keep = [];
+    let (keep, keep_chunk) = match keep {
+        Some(k) => (k, CHUNK / 64),
+        None => (&mut no_keep[..], 0),
+    };
+    let keep_chunks = keep.chunks_mut(keep_chunk.max(1)).map(Some).chain(std::iter::repeat_with(|| None));
+    let tasks: Vec<_> = out.chunks_mut(CHUNK).zip(x.chunks(CHUNK)).zip(keep_chunks).enumerate().collect();
+    tasks.into_par_iter().for_each(|(c, ((o, x), mut keep))| {
         let start = offset + (c * CHUNK) as u64;
         if start.is_multiple_of(PER_BLOCK as u64) {
             // whole Philox blocks (one per eight elements), WIDE_LANES drawn at once
@@ -52,6 +124,12 @@ pub fn apply_mask_at<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: 
                         for ((o, &x), &word) in og.iter_mut().zip(xg).zip(&flat) {
                             *o = mask(word, x);
                         }
+                        if let Some(k) = keep.as_deref_mut() {
+                            let flat = &flat[..og.len()];
+                            for (w, words) in k[g * GROUP / 64..].iter_mut().zip(flat.chunks(64)) {
+                                *w = pack_keep(words, threshold);
+                            }
+                        }
                     }
                 },
             );
@@ -59,12 +137,19 @@ pub fn apply_mask_at<T: Element>(x: &[T], p: f32, seed: u64, step: u32, stream: 
             // a shard starting inside a block: element by element
             let per = PER_BLOCK as u64;
             let mut block = (u64::MAX, [0u32; 4]);
+            if let Some(k) = keep.as_deref_mut() {
+                k.fill(0);
+            }
             for (k, (o, &x)) in o.iter_mut().zip(x).enumerate() {
                 let g = start + k as u64;
                 if block.0 != g / per {
                     block = (g / per, philox::block_bits(seed, step, stream, g / per));
                 }
-                *o = mask(philox::half_bits(block.1[((g % per) / 2) as usize], g % 2), x);
+                let bits = philox::half_bits(block.1[((g % per) / 2) as usize], g % 2);
+                *o = mask(bits, x);
+                if let Some(words) = keep.as_deref_mut() {
+                    words[k / 64] |= u64::from(philox::keep_mask(bits, threshold)) << (k % 64);
+                }
             }
         }
     });

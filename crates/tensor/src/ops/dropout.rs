@@ -39,6 +39,68 @@ pub fn dropout_backward_at(
     masked("dropout_backward", true, dy, p, seed, step.into(), stream, offset)
 }
 
+/// The keep mask a CPU dropout forward drew, one bit an element: a backward
+/// right after it ([`dropout_backward_with_mask`]) applies it instead of
+/// drawing the Philox words again (the same values, without the draw).
+pub struct DropoutMask {
+    keep: Vec<u64>,
+    len: usize,
+    p: f32,
+}
+
+/// [`dropout_forward_at`] that also returns the keep mask where it is cheap
+/// to keep (on the CPU; `None` on a GPU, whose backward draws it again).
+pub fn dropout_forward_keeping_mask(
+    x: &Tensor,
+    p: f32,
+    seed: u64,
+    step: impl Into<PhiloxStep>,
+    stream: u32,
+    offset: u64,
+) -> Result<(Tensor, Option<DropoutMask>)> {
+    let Storage::Cpu(s) = x.storage() else {
+        return Ok((dropout_forward_at(x, p, seed, step, stream, offset)?, None));
+    };
+    let _timer = crate::profile::op("dropout_forward");
+    check_probability("dropout_forward", p)?;
+    let step = step.into();
+    with_element!(s.dtype(), T, {
+        let mut y = crate::cpu::recycle::output::<T>(x.numel());
+        let mut keep = vec![0u64; kernels::keep_words(x.numel())];
+        kernels::apply_mask_keeping_bits(x.cpu_slice::<T>()?, p, seed, step.value, stream, offset, &mut y, &mut keep);
+        Ok((Tensor::from_cpu(x.shape().clone(), y), Some(DropoutMask { keep, len: x.numel(), p })))
+    })
+}
+
+/// The backward of the forward that returned `mask`: dy masked and scaled
+/// by it. A CPU tensor of the forward's size.
+pub fn dropout_backward_with_mask(dy: &Tensor, mask: &DropoutMask) -> Result<Tensor> {
+    const OP: &str = "dropout_backward";
+    let _timer = crate::profile::op(OP);
+    if dy.numel() != mask.len {
+        return Err(TensorError::invalid(
+            OP,
+            format!("gradient of {} elements for a mask of {}", dy.numel(), mask.len),
+        ));
+    }
+    let Storage::Cpu(s) = dy.storage() else {
+        return Err(TensorError::invalid(OP, "a kept dropout mask applies to CPU tensors only"));
+    };
+    with_element!(s.dtype(), T, {
+        let mut dx = crate::cpu::recycle::output::<T>(dy.numel());
+        kernels::apply_keep_bits(dy.cpu_slice::<T>()?, mask.p, &mask.keep, &mut dx);
+        Ok(Tensor::from_cpu(dy.shape().clone(), dx))
+    })
+}
+
+fn check_probability(op: &'static str, p: f32) -> Result<()> {
+    // `contains` is false for NaN too
+    if !(0.0..1.0).contains(&p) {
+        return Err(TensorError::invalid(op, format!("dropout probability must be in [0, 1), got {p}")));
+    }
+    Ok(())
+}
+
 /// dx = dy masked and scaled exactly as the forward with the same arguments.
 pub fn dropout_backward(dy: &Tensor, p: f32, seed: u64, step: u32, stream: u32) -> Result<Tensor> {
     masked("dropout_backward", true, dy, p, seed, step.into(), stream, 0)
@@ -57,10 +119,7 @@ fn masked(
     offset: u64,
 ) -> Result<Tensor> {
     let _timer = crate::profile::op(op);
-    // `contains` is false for NaN too
-    if !(0.0..1.0).contains(&p) {
-        return Err(TensorError::invalid(op, format!("dropout probability must be in [0, 1), got {p}")));
-    }
+    check_probability(op, p)?;
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut y = crate::cpu::recycle::output::<T>(x.numel());

@@ -156,13 +156,14 @@ impl ResnetBlock {
     /// conv2's input as the forward made it: silu(norm2(h2)) from the saved
     /// statistics, then the dropout mask drawn again at the same Philox
     /// coordinates (bit for bit: `ops::group_norm_apply`, `ops::dropout_forward_at`).
-    fn rebuild_a2(&self, ps: &ParamStore, c: &ResCache) -> Result<Tensor> {
+    /// Also the drawn mask, when kept (CPU), for the dropout's backward.
+    fn rebuild_a2(&self, ps: &ParamStore, c: &ResCache) -> Result<(Tensor, Option<ops::DropoutMask>)> {
         let a = self.norm2.recompute(ps, &c.h2, &c.n2)?;
         if !self.dropout_on(&c.mode) {
-            return Ok(a);
+            return Ok((a, None));
         }
         let (m, offset) = (&c.mode, c.mode.element_offset(&a));
-        Ok(ops::dropout_forward_at(&a, self.dropout, m.seed, m.philox_step(), self.dropout_stream, offset)?)
+        Ok(ops::dropout_forward_keeping_mask(&a, self.dropout, m.seed, m.philox_step(), self.dropout_stream, offset)?)
     }
 
     /// Returns (dx, d silu_temb); accumulates every trainable parameter's
@@ -176,13 +177,22 @@ impl ResnetBlock {
         dy: &Tensor,
         need_dtemb: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let mut da2 = match &c.a2 {
-            Some(a2) => self.conv2.backward(ps, a2, dy)?,
-            None => self.conv2.backward(ps, &self.rebuild_a2(ps, c)?, dy)?,
+        let (mut da2, mask) = match &c.a2 {
+            Some(a2) => (self.conv2.backward(ps, a2, dy)?, None),
+            None => {
+                let (a2, mask) = self.rebuild_a2(ps, c)?;
+                (self.conv2.backward(ps, &a2, dy)?, mask)
+            }
         };
         if self.dropout_on(&c.mode) {
-            let (m, offset) = (&c.mode, c.mode.element_offset(&da2));
-            da2 = ops::dropout_backward_at(&da2, self.dropout, m.seed, m.philox_step(), self.dropout_stream, offset)?;
+            da2 = match &mask {
+                // the rebuild's mask (one bit an element) saves drawing it a third time
+                Some(mask) => ops::dropout_backward_with_mask(&da2, mask)?,
+                None => {
+                    let (m, offset) = (&c.mode, c.mode.element_offset(&da2));
+                    ops::dropout_backward_at(&da2, self.dropout, m.seed, m.philox_step(), self.dropout_stream, offset)?
+                }
+            };
         }
         let dh2 = self.norm2.backward(ps, &c.h2, &c.n2, &da2)?;
         drop(da2);
