@@ -89,7 +89,7 @@ fn mask_at<T: Element>(
     out: &mut [T],
     keep: Option<&mut [u64]>,
 ) {
-    const { assert!(CHUNK % 64 == 0 && GROUP % 64 == 0) };
+    const { assert!(CHUNK.is_multiple_of(64) && GROUP.is_multiple_of(64)) };
     let threshold = philox::mask_threshold(p);
     let scale = T::from_f64(1.0 / (1.0 - p as f64));
     // `move`: captured by value, the threshold and scale stay in registers
