@@ -320,7 +320,55 @@ fn check_f32_paths(cases: &[Case]) {
         let first = bits(&(y, dx, dw));
         assert!(first == bits(&in_pool(1, run)), "1-thread pool differs ({c:?})");
         assert!(first == bits(&in_pool(3, run)), "3-thread pool differs ({c:?})");
+        check_weight_and_bias_in_one_call(t32, c);
     }
+}
+
+fn bwd_weight_and_bias(mk: Mk, c: &Case, dy: &[f64], x: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let (dw, db) = ops::conv2d_backward_weight_and_bias_with(
+        &mk(dy, &c.y_dims()),
+        &mk(x, &c.x_dims()),
+        &Shape::new(c.w_dims()),
+        &c.p,
+        Precision::Fp32,
+    )
+    .unwrap();
+    (v64(&dw), v64(&db))
+}
+
+/// `conv2d_backward_weight_and_bias_with` (the bias summed inside the weight
+/// gradient's pass over dy) gives the bits of the two separate calls, on any
+/// thread count, and db the f64 oracle's value.
+fn check_weight_and_bias_in_one_call(mk: Mk, c: &Case) {
+    let (x, _, _, r) = c.data();
+    let bits = |v: &[f64]| v.iter().map(|f| f.to_bits()).collect::<Vec<u64>>();
+    let (dw, db) = bwd_weight_and_bias(mk, c, &r, &x);
+    assert_eq!(bits(&dw), bits(&bwd_weight(mk, c, &r, &x)), "dw of the joint call {c:?}");
+    assert_eq!(bits(&db), bits(&bwd_bias(mk, c, &r)), "db of the joint call {c:?}");
+    let scale = oracle_backward_bias(c, &abs(&r));
+    assert_close_scaled(&format!("joint bias {c:?}"), &db, &oracle_backward_bias(c, &r), &scale, 1e-6);
+    for threads in [1, 3] {
+        let (dw1, db1) = in_pool(threads, || bwd_weight_and_bias(mk, c, &r, &x));
+        assert!(bits(&dw1) == bits(&dw) && bits(&db1) == bits(&db), "{threads}-thread pool differs ({c:?})");
+    }
+}
+
+/// The joint weight-and-bias call on the paths that sum the bias apart (the
+/// direct one: strided, 1x1, few channels, f64) as well.
+#[test]
+fn weight_and_bias_in_one_call_equal_the_two_calls_on_every_path() {
+    let cases = [
+        Case { n: 3, ci: 5, co: 7, h: 9, w: 11, kh: 3, kw: 3, p: pads(2, 1, 1, 1, 1), seed: 61 },
+        Case { n: 4, ci: 19, co: 13, h: 6, w: 5, kh: 1, kw: 1, p: Conv2dParams::same(1), seed: 62 },
+        Case { n: 2, ci: 3, co: 9, h: 8, w: 7, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 63 },
+    ];
+    for c in &cases {
+        check_weight_and_bias_in_one_call(t32, c);
+        check_weight_and_bias_in_one_call(t64, c);
+    }
+    // f64 at a Winograd-sized shape stays on the direct path
+    let c = Case { n: 3, ci: 16, co: 17, h: 13, w: 2, kh: 3, kw: 3, p: Conv2dParams::same(3), seed: 64 };
+    check_weight_and_bias_in_one_call(t64, &c);
 }
 
 /// The f32 3x3 stride-1 convs with at least 128 channels each way and 384

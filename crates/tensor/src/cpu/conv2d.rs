@@ -551,10 +551,12 @@ fn backward_data_group<T: Element>(g: &ConvGeom, dy: &[T], w: &[T], dx: &mut [T]
 /// images in order, and the slots are summed in slot order.
 pub fn conv2d_backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &mut [T]) {
     if winograd_2d::applies::<T>(g) {
-        return winograd_2d::backward_weight(g, dy, x, dw);
+        winograd_2d::backward_weight(g, dy, x, dw, false);
+        return;
     }
     if winograd_1d::applies::<T>(g) {
-        return winograd_1d::backward_weight(g, dy, x, dw);
+        winograd_1d::backward_weight(g, dy, x, dw, false);
+        return;
     }
     let wlen = g.co * g.k();
     dw[..wlen].fill(T::zero());
@@ -644,6 +646,49 @@ fn sum_partials<T: Element>(partials: &[T], len: usize, out: &mut [T]) {
 
 // ------------------------------------------------------------ backward bias
 
+/// [`conv2d_backward_weight`] and [`conv2d_backward_bias`] together. The
+/// Winograd paths sum each dy plane while their dy transform has it in cache,
+/// so dy is read from memory once instead of twice; the sums and their order
+/// are `conv2d_backward_bias`'s, so `db` is bit-identical to it.
+pub fn conv2d_backward_weight_and_bias<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &mut [T], db: &mut [T]) {
+    let sums = if winograd_2d::applies::<T>(g) {
+        winograd_2d::backward_weight(g, dy, x, dw, true)
+    } else if winograd_1d::applies::<T>(g) {
+        winograd_1d::backward_weight(g, dy, x, dw, true)
+    } else {
+        conv2d_backward_weight(g, dy, x, dw);
+        return conv2d_backward_bias(g.n, g.co, g.p(), dy, db);
+    };
+    // `sums[o * n + img]`: each path fills them all when asked
+    debug_assert_eq!(sums.len(), g.n * g.co);
+    db[..g.co].iter_mut().enumerate().for_each(|(o, db)| {
+        let acc: f64 = sums[o * g.n..][..g.n].iter().sum();
+        *db = <T as Element>::from_f64(acc);
+    });
+}
+
+/// Each dy plane's [`sum_f64`], in memory order (`[img][o]` for `cnt * co`
+/// planes of `p`): the bias gradient's terms.
+#[inline(always)]
+fn plane_sums<T: Element>(dy: &[T], planes: usize, p: usize) -> Vec<f64> {
+    if p == 0 {
+        return vec![0.0; planes];
+    }
+    dy[..planes * p].chunks_exact(p).map(sum_f64).collect()
+}
+
+/// `sums[o * n + img]`, the layout `conv2d_backward_weight_and_bias` reads,
+/// from sums in `[img][o]` order.
+fn by_channel(sums: &[f64], n: usize, co: usize) -> Vec<f64> {
+    let mut out = vec![0.0; n * co];
+    for (img, row) in sums.chunks_exact(co.max(1)).enumerate().take(n) {
+        for (o, &v) in row.iter().enumerate() {
+            out[o * n + img] = v;
+        }
+    }
+    out
+}
+
 /// `db[o] = sum over images and pixels of dy[img, o, :]`, accumulated in f64
 /// per channel in image order (parallel over channels only).
 pub fn conv2d_backward_bias<T: Element>(n: usize, co: usize, p: usize, dy: &[T], db: &mut [T]) {
@@ -661,7 +706,7 @@ pub fn conv2d_backward_bias<T: Element>(n: usize, co: usize, p: usize, dy: &[T],
 /// through `black_box` before they are combined so that the compiler keeps
 /// the loop one 8-lane vector add (see `cpu/group_norm.rs`).
 #[inline(always)]
-fn sum_f64<T: Element>(v: &[T]) -> f64 {
+pub(super) fn sum_f64<T: Element>(v: &[T]) -> f64 {
     let mut lanes = [0f64; 8];
     let (chunks, rest) = v.as_chunks::<8>();
     let tail: f64 = rest.iter().map(|&x| Element::to_f64(x)).sum();

@@ -288,6 +288,33 @@ pub fn conv2d_backward_weight_with(
     }
 }
 
+/// ([`conv2d_backward_weight_with`], [`conv2d_backward_bias`]) in one call:
+/// on the CPU in f32 the Winograd paths take the bias sums while their dy
+/// transform has dy in cache (bit-identical to the separate call; profiled as
+/// the weight gradient). Elsewhere it is the two calls.
+pub fn conv2d_backward_weight_and_bias_with(
+    dy: &Tensor,
+    x: &Tensor,
+    w_shape: &Shape,
+    p: &Conv2dParams,
+    prec: Precision,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "conv2d_backward_weight";
+    let (Storage::Cpu(s), Precision::Fp32) = (dy.storage(), prec) else {
+        return Ok((conv2d_backward_weight_with(dy, x, w_shape, p, prec)?, conv2d_backward_bias(dy)?));
+    };
+    let _timer = crate::profile::op(OP);
+    check_same_bf16_input(OP, x, &[dy])?;
+    let g = geometry(OP, x.shape(), w_shape, p)?;
+    check_dy(OP, dy, &g)?;
+    with_element!(s.dtype(), T, {
+        let mut dw = crate::cpu::recycle::output::<T>(w_shape.numel());
+        let mut db = vec![T::default(); g.co];
+        cpu::conv2d::conv2d_backward_weight_and_bias(&g, dy.cpu_slice::<T>()?, x.cpu_slice::<T>()?, &mut dw, &mut db);
+        Ok((Tensor::from_cpu(w_shape.clone(), dw), Tensor::from_cpu(Shape::new([g.co]), db)))
+    })
+}
+
 /// db[o] = sum over n, y, x of dy[n, o, y, x]: dy [N, Co, Ho, Wo] -> db [Co].
 pub fn conv2d_backward_bias(dy: &Tensor) -> Result<Tensor> {
     let _timer = crate::profile::op("conv2d_backward_bias");

@@ -79,6 +79,13 @@ impl Conv2d {
     }
 
     fn weight_grads(&self, ps: &mut ParamStore, x: &Tensor, dy: &Tensor) -> Result<()> {
+        if ps.is_trainable(self.weight) && ps.is_trainable(self.bias) {
+            // one pass over dy for both on the CPU
+            let w_shape = ps.value(self.weight).shape().clone();
+            let (dw, db) = ops::conv2d_backward_weight_and_bias_with(dy, x, &w_shape, &self.params, ps.precision())?;
+            ps.accumulate_grad(self.weight, dw)?;
+            return ps.accumulate_grad(self.bias, db);
+        }
         if ps.is_trainable(self.weight) {
             let dw =
                 ops::conv2d_backward_weight_with(dy, x, ps.value(self.weight).shape(), &self.params, ps.precision())?;

@@ -43,7 +43,10 @@ use super::super::gemm::{matmul, MatRef, Threads};
 use super::super::simd::widest;
 use super::blocks::{copy_run, is_f32_3x3_stride_1, load};
 use super::f43::{a6, at4, bt6};
-use super::{images_per_group, sum_partials, weight_slots, with_partials, with_scratch, zero_few, Epilogue};
+use super::{
+    by_channel, images_per_group, plane_sums, sum_partials, weight_slots, with_partials, with_scratch, zero_few,
+    Epilogue,
+};
 use crate::geom::ConvGeom;
 use crate::Element;
 use rayon::prelude::*;
@@ -322,26 +325,38 @@ fn forward_group<T: Element>(g: &ConvGeom, tiles: Tiles, u: &[T], x: &[T], y: &m
 /// `dw = sum over images of the weight gradient`, for a conv that
 /// [`applies`]: images in at most `WEIGHT_SLOTS` contiguous slots, each
 /// accumulating `dU` in image order, the slots summed in slot order, then
-/// `G^T dU`.
-pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &mut [T]) {
+/// `G^T dU`. With `bias_terms`, also each dy plane's f64 sum as
+/// `[o * n + img]` (taken while the group's dy is in cache); else none.
+pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &mut [T], bias_terms: bool) -> Vec<f64> {
     let (ulen, wlen) = (XI * g.co * 3 * g.ci, g.co * g.ci * 9);
     if g.n == 0 || wlen == 0 {
         dw[..wlen].fill(T::zero());
-        return;
+        return if bias_terms { by_channel(&plane_sums(dy, g.n * g.co, g.p()), g.n, g.co) } else { Vec::new() };
     }
     let tiles = Tiles::of(g);
     let nb = tiles.images_per_group(g);
     let slots = weight_slots(g.n, nb, WEIGHT_SLOTS);
     with_partials(slots.len() * ulen, |partials: &mut [T]| {
-        partials.par_chunks_mut(ulen).zip(slots).for_each(|(part, imgs)| weight_slot(g, tiles, dy, x, imgs, nb, part));
+        let sums: Vec<Vec<f64>> = partials
+            .par_chunks_mut(ulen)
+            .zip(slots)
+            .map(|(part, imgs)| weight_slot(g, tiles, dy, x, imgs, nb, part, bias_terms))
+            .collect();
         let mut du = vec![T::zero(); ulen];
         sum_partials(partials, ulen, &mut du);
         untransform_kernels(g, &du, dw);
-    });
+        if bias_terms {
+            by_channel(&sums.concat(), g.n, g.co)
+        } else {
+            Vec::new()
+        }
+    })
 }
 
 /// Accumulates `dU` (as `[ξ][3 ci][co]`) of the images `imgs` into `part`, `nb`
-/// images per group of gemms.
+/// images per group of gemms; with `bias_terms`, returns their dy planes'
+/// sums (`[img][o]`).
+#[allow(clippy::too_many_arguments)]
 fn weight_slot<T: Element>(
     g: &ConvGeom,
     tiles: Tiles,
@@ -350,9 +365,11 @@ fn weight_slot<T: Element>(
     imgs: Range<usize>,
     nb: usize,
     part: &mut [T],
-) {
+    bias_terms: bool,
+) -> Vec<f64> {
     let (xi, yi) = (g.ci * g.h * g.w, g.co * g.p());
     let ul = g.co * 3 * g.ci;
+    let mut sums = Vec::with_capacity(if bias_terms { imgs.len() * g.co } else { 0 });
     let mut start = imgs.start;
     while start < imgs.end {
         let cnt = nb.min(imgs.end - start);
@@ -368,6 +385,9 @@ fn weight_slot<T: Element>(
                 || {
                     transform_inputs(g, tiles, x, cnt, n, v, scratch);
                     transform_output_grads(g, tiles, dy, cnt, n, d);
+                    if bias_terms {
+                        sums.extend(plane_sums(dy, cnt * g.co, g.p()));
+                    }
                 },
             );
             for xi in 0..XI {
@@ -380,6 +400,7 @@ fn weight_slot<T: Element>(
         });
         start += cnt;
     }
+    sums
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ use super::super::gemm::{matmul_strided, MatRef, Threads};
 use super::super::simd::widest;
 use super::blocks::{copy_run, is_f32_3x3_stride_1, load};
 use super::f43::{a6, at4, bt6};
-use super::{images_per_group, with_partials, with_scratch, zero_few, Epilogue};
+use super::{by_channel, images_per_group, plane_sums, with_partials, with_scratch, zero_few, Epilogue};
 use crate::geom::ConvGeom;
 use crate::Element;
 use rayon::prelude::*;
@@ -496,13 +496,14 @@ pub(super) fn forward<T: Element>(g: &ConvGeom, x: &[T], w: &[T], epi: &Epilogue
 /// `dw = sum over images of the weight gradient`, for a conv that
 /// [`applies`]: each `dU_ξ` accumulated over the chunks in order by its own
 /// gemm, then `G^T dU G`.
-pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &mut [T]) {
+pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &mut [T], bias_terms: bool) -> Vec<f64> {
     let (xi, yi) = (g.ci * g.h * g.w, g.co * g.p());
     let wlen = g.co * g.ci * 9;
     if g.n == 0 || wlen == 0 {
         dw[..wlen].fill(T::zero());
-        return;
+        return if bias_terms { by_channel(&plane_sums(dy, g.n * g.co, g.p()), g.n, g.co) } else { Vec::new() };
     }
+    let mut sums = vec![0.0; if bias_terms { g.n * g.co } else { 0 }];
     let tiles = Tiles::of(g);
     let nb = tiles.images_per_chunk(g.n);
     let most = Rows::new(nb * tiles.per_image());
@@ -517,14 +518,26 @@ pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &
             let layout = ch.layout;
             transform_inputs(ch, &x[start * xi..][..cnt * xi], v);
             let dy = &dy[start * yi..][..cnt * yi];
-            d[..g.co * layout.chan].par_chunks_mut(layout.chan).enumerate().for_each(|(o, dc)| {
-                with_scratch::<T, _>(out_len, |ph| {
-                    widest(
-                        #[inline(always)]
-                        || transform_output_grad_channel(ch, dy, o, dc, ph),
-                    )
+            let chunk_sums: Vec<Vec<f64>> = d[..g.co * layout.chan]
+                .par_chunks_mut(layout.chan)
+                .enumerate()
+                .map(|(o, dc)| {
+                    with_scratch::<T, _>(out_len, |ph| {
+                        widest(
+                            #[inline(always)]
+                            || {
+                                transform_output_grad_channel(ch, dy, o, dc, ph);
+                                // channel o's planes of this chunk, while in cache
+                                let planes = dy.chunks_exact(g.p()).skip(o).step_by(g.co);
+                                planes.take(if bias_terms { cnt } else { 0 }).map(super::sum_f64).collect()
+                            },
+                        )
+                    })
                 })
-            });
+                .collect();
+            for (o, s) in chunk_sums.iter().enumerate().filter(|_| bias_terms) {
+                sums[o * g.n + start..][..cnt].copy_from_slice(s);
+            }
             let (v, d) = (&*v, &*d);
             // dU_ξ [co x ci] (+)= D_ξ [co x n] * V_ξ^T [n x ci].
             du.par_chunks_mut(gradient_stride(g)).enumerate().for_each(|(k, duk)| {
@@ -534,6 +547,7 @@ pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &
         }
         untransform_kernels(g, du, dw);
     });
+    sums
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], scale: &[f64], tol: f64) 
 
 /// A path's entry points, as the harness calls them.
 pub(super) type Forward = fn(&ConvGeom, &[f32], &[f32], &Epilogue<'_, f32>, &mut [f32]);
-pub(super) type BackwardWeight = fn(&ConvGeom, &[f32], &[f32], &mut [f32]);
+pub(super) type BackwardWeight = fn(&ConvGeom, &[f32], &[f32], &mut [f32], bool) -> Vec<f64>;
 
 /// A test conv: `(n, ci, co, (h, w), (top, bottom, left, right) padding)`.
 pub(super) type Shape = (usize, usize, usize, (usize, usize), (usize, usize, usize, usize));
@@ -98,7 +98,22 @@ pub(super) fn check_against_f64_loops(shapes: &[Shape], forward: Forward, backwa
         let mut y = vec![f32::NAN; n * co * g.p()];
         forward(&g, &x, &w, &Epilogue::bias(None), &mut y);
         let mut dw = vec![f32::NAN; co * ci * 9];
-        backward_weight(&g, &dy, &x, &mut dw);
+        assert!(backward_weight(&g, &dy, &x, &mut dw, false).is_empty(), "bias terms when not asked");
+        let mut dw_again = vec![f32::NAN; co * ci * 9];
+        let sums = backward_weight(&g, &dy, &x, &mut dw_again, true);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&dw), bits(&dw_again), "the bias terms change dw {g:?}");
+        // The bias terms: each dy plane's sum, as [o * n + img].
+        let p = g.p();
+        let want: Vec<f64> =
+            (0..co * n).map(|k| dy[((k % n) * co + k / n) * p..][..p].iter().map(|&v| v as f64).sum()).collect();
+        let scale: Vec<f64> = (0..co * n)
+            .map(|k| dy[((k % n) * co + k / n) * p..][..p].iter().map(|&v| (v as f64).abs()).sum())
+            .collect();
+        assert_eq!(sums.len(), want.len(), "bias terms {g:?}");
+        for (k, ((&s, &w), &a)) in sums.iter().zip(&want).zip(&scale).enumerate() {
+            assert!((s - w).abs() <= 1e-12 * a.max(1e-30), "bias term {k} {g:?}: {s} vs {w}");
+        }
 
         let (mut want_y, mut scale_y) = (vec![0f64; y.len()], vec![0f64; y.len()]);
         let (mut want_dw, mut scale_dw) = (vec![0f64; dw.len()], vec![0f64; dw.len()]);
