@@ -78,6 +78,7 @@ fn pack_keep(words: &[u32], threshold: u32) -> u64 {
     words.iter().enumerate().fold(0u64, |acc, (e, &w)| acc | (u64::from(philox::keep_mask(w, threshold)) << e))
 }
 
+/// The masking of [`apply_mask_at`], writing the keep bits too when given.
 #[allow(clippy::too_many_arguments)]
 fn mask_at<T: Element>(
     x: &[T],
