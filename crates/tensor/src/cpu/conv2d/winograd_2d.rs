@@ -535,8 +535,10 @@ pub(super) fn backward_weight<T: Element>(g: &ConvGeom, dy: &[T], x: &[T], dw: &
                     })
                 })
                 .collect();
-            for (o, s) in chunk_sums.iter().enumerate().filter(|_| bias_terms) {
-                sums[o * g.n + start..][..cnt].copy_from_slice(s);
+            if bias_terms {
+                for (o, s) in chunk_sums.iter().enumerate() {
+                    sums[o * g.n + start..][..cnt].copy_from_slice(s);
+                }
             }
             let (v, d) = (&*v, &*d);
             // dU_ξ [co x ci] (+)= D_ξ [co x n] * V_ξ^T [n x ci].
