@@ -12,10 +12,6 @@ fn round32(v: Vec<f64>) -> Vec<f64> {
     v.into_iter().map(|x| x as f32 as f64).collect()
 }
 
-fn one_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(f)
-}
-
 fn oracle_dropout(x: &[f64], p: f32, seed: u64, step: u32, stream: u32) -> Vec<f64> {
     let threshold = philox::mask_threshold(p);
     let mut y = vec![0.0; x.len()];

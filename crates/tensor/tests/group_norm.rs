@@ -463,3 +463,76 @@ fn backward_is_bit_identical_across_thread_orders() {
         assert!(run(*o) == first, "thread order {o} changes the bits");
     }
 }
+
+/// Group norm with the dropout fused into its pass gives exactly what the
+/// two ops give one after the other: the forward (statistics too) and the
+/// backward's rebuild with its kept mask, in f32 and f64, with and without
+/// SiLU, on slabs and planes that are not multiples of a Philox block
+/// (8 elements) or a keep word (64), across the 16,384-element task
+/// boundary, and at mask offsets on and off a keep word (the rebuild's
+/// unfused fallback); bit-identical on one thread.
+#[test]
+fn dropout_fused_into_group_norm_matches_the_two_ops() {
+    use diffuse_tensor::ops::DropoutAt;
+    let mut rng = TensorRng::new(31);
+    let bits = |t: &Tensor| v64(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let cases: &[(&[usize], usize)] = &[(&[3, 6, 7, 5], 3), (&[2, 8, 40, 41], 4), (&[5, 7], 7), (&[2, 12, 3, 3], 6)];
+    for (k, &(shape, groups)) in cases.iter().enumerate() {
+        for (fuse, offset, p) in [(true, 0u64, 0.1f32), (false, 5, 0.3), (true, 192, 0.5), (true, 37 * 64 + 9, 0.1)] {
+            let c = shape[1];
+            let x = rng.tensor_in(shape, -3.0, 5.0);
+            let gamma = rng.tensor_in(&[c], 0.5, 1.5);
+            let beta = rng.tensor_in(&[c], -0.5, 0.5);
+            let dy = rng.tensor(shape);
+            let dr = DropoutAt { p, seed: 77 + k as u64, step: 3.into(), stream: 5, offset };
+            for (x, gamma, beta, dy) in [
+                (x.clone(), gamma.clone(), beta.clone(), dy.clone()),
+                (f64_of(&x), f64_of(&gamma), f64_of(&beta), f64_of(&dy)),
+            ] {
+                let what = format!("{shape:?} G{groups} silu={fuse} offset {offset} {:?}", x.dtype());
+                let plain = ops::group_norm_forward(&x, &gamma, &beta, groups, EPS, fuse).unwrap();
+                let want = dr.forward(&plain.y).unwrap();
+                let fused = ops::group_norm_forward_dropout(&x, &gamma, &beta, groups, EPS, fuse, &dr).unwrap();
+                assert_eq!(bits(&fused.y), bits(&want), "forward, {what}");
+                assert_eq!(bits(&fused.mean), bits(&plain.mean), "{what}");
+                assert_eq!(bits(&fused.rstd), bits(&plain.rstd), "{what}");
+                let (rebuilt, mask) = ops::group_norm_apply_dropout_keeping_mask(
+                    &x,
+                    &gamma,
+                    &beta,
+                    &plain.mean,
+                    &plain.rstd,
+                    groups,
+                    fuse,
+                    &dr,
+                )
+                .unwrap();
+                assert_eq!(bits(&rebuilt), bits(&want), "rebuild, {what}");
+                let masked = ops::dropout_backward_with_mask(&dy, &mask).unwrap();
+                let drawn = ops::dropout_backward_at(&dy, p, dr.seed, dr.step, dr.stream, offset).unwrap();
+                assert_eq!(bits(&masked), bits(&drawn), "kept mask, {what}");
+                let one = one_thread(|| {
+                    let f = ops::group_norm_forward_dropout(&x, &gamma, &beta, groups, EPS, fuse, &dr).unwrap();
+                    let r = ops::group_norm_apply_dropout_keeping_mask(
+                        &x,
+                        &gamma,
+                        &beta,
+                        &plain.mean,
+                        &plain.rstd,
+                        groups,
+                        fuse,
+                        &dr,
+                    )
+                    .unwrap();
+                    (bits(&f.y), bits(&r.0))
+                });
+                assert_eq!(one, (bits(&want), bits(&want)), "one thread, {what}");
+            }
+        }
+    }
+    let x = rng.tensor(&[2, 4, 3, 3]);
+    let (g, b) = (rng.tensor(&[4]), rng.tensor(&[4]));
+    let bad = DropoutAt { p: 1.0, seed: 0, step: 0.into(), stream: 0, offset: 0 };
+    let e = ops::group_norm_forward_dropout(&x, &g, &b, 2, EPS, true, &bad).unwrap_err().to_string();
+    assert!(e.contains("dropout probability must be in [0, 1)"), "{e}");
+}

@@ -10,10 +10,6 @@ fn round32(v: Vec<f64>) -> Vec<f64> {
     v.into_iter().map(|x| x as f32 as f64).collect()
 }
 
-fn one_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(f)
-}
-
 fn oracle_mse(p: &[f64], t: &[f64]) -> f64 {
     let mut s = 0.0;
     for i in 0..p.len() {

@@ -12,10 +12,6 @@ fn round32(v: Vec<f64>) -> Vec<f64> {
     v.into_iter().map(|x| x as f32 as f64).collect()
 }
 
-fn one_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(f)
-}
-
 /// (x_t, eps) with eps[i] = philox::normal(seed, step, stream, i), one draw per element.
 fn oracle_noise(x0: &[f64], a: &[f64], b: &[f64], seed: u64, step: u32, stream: u32) -> (Vec<f64>, Vec<f64>) {
     let per = x0.len() / a.len();

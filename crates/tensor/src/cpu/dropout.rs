@@ -13,8 +13,8 @@ use rayon::prelude::*;
 /// Elements a Philox block serves.
 const PER_BLOCK: usize = philox::MASK_ELEMENTS_PER_BLOCK as usize;
 
-/// Elements per rayon task: whole Philox blocks.
-const CHUNK: usize = PAR_CHUNK / PER_BLOCK * PER_BLOCK;
+/// Elements per rayon task: whole Philox blocks, whole keep words.
+pub(crate) const CHUNK: usize = PAR_CHUNK / PER_BLOCK * PER_BLOCK;
 
 /// Elements of one wide draw of Philox blocks.
 const GROUP: usize = PER_BLOCK * philox::WIDE_LANES;
@@ -72,6 +72,73 @@ pub fn apply_keep_bits<T: Element>(dy: &[T], p: f32, keep: &[u64], out: &mut [T]
     });
 }
 
+/// The 16 mask bits of the GROUP elements served by blocks
+/// `first_block..first_block + WIDE_LANES`, in element order (half h of word
+/// w of block j is element 8j + 2w + h), so that a masking loop over them is
+/// a plain vector loop.
+#[inline(always)]
+fn group_bits(seed: u64, step: u32, stream: u32, first_block: u64) -> [u32; GROUP] {
+    let words = philox::block_bits_wide(seed, step, stream, first_block);
+    let mut flat = [0u32; GROUP];
+    for (e, f) in flat.iter_mut().enumerate() {
+        *f = philox::half_bits(words[(e % PER_BLOCK) / 2][e / PER_BLOCK], (e % 2) as u64);
+    }
+    flat
+}
+
+/// Packs the keep bits of `bits` (a group's mask bits, from a multiple of 64)
+/// into `keep`, 64 a word.
+#[inline(always)]
+fn write_keep(bits: &[u32], threshold: u32, keep: &mut [u64]) {
+    for (w, words) in keep.iter_mut().zip(bits.chunks(64)) {
+        *w = pack_keep(words, threshold);
+    }
+}
+
+/// Where a masking pass draws its mask: (seed, step, stream) and the
+/// dropout probability.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MaskArgs {
+    pub p: f32,
+    pub seed: u64,
+    pub step: u32,
+    pub stream: u32,
+}
+
+/// `y[k]` masked in place as element `start + k` of the tensor, with the
+/// values [`apply_mask_at`] gives that element, for any `start`: what a
+/// fused pass (group norm + dropout) runs on the range it just wrote, while
+/// it is in cache. With `keep`, also writes the range's keep bits as
+/// [`apply_mask_keeping_bits`] does; `start` must then be a multiple of 64.
+/// Serial: callers run it inside their own parallel tasks.
+#[inline(always)]
+pub fn mask_in_place<T: Element>(y: &mut [T], a: MaskArgs, start: u64, keep: Option<&mut [u64]>) {
+    let threshold = philox::mask_threshold(a.p);
+    let scale = T::from_f64(1.0 / (1.0 - a.p as f64));
+    let mask = move |bits: u32, v: T| if philox::keep_mask(bits, threshold) { v * scale } else { T::zero() };
+    let per = PER_BLOCK as u64;
+    // Elements up to the first block boundary, one block's words.
+    let head = (((per - start % per) % per) as usize).min(y.len());
+    if head > 0 {
+        let block = philox::block_bits(a.seed, a.step, a.stream, start / per);
+        for (k, v) in y[..head].iter_mut().enumerate() {
+            let g = start + k as u64;
+            *v = mask(philox::half_bits(block[((g % per) / 2) as usize], g % 2), *v);
+        }
+    }
+    let first = (start + head as u64) / per;
+    let mut keep = keep.inspect(|_| assert!(start.is_multiple_of(64), "keep bits need a start on a word"));
+    for (g, yg) in y[head..].chunks_mut(GROUP).enumerate() {
+        let flat = group_bits(a.seed, a.step, a.stream, first + (g * philox::WIDE_LANES) as u64);
+        for (v, &bits) in yg.iter_mut().zip(&flat) {
+            *v = mask(bits, *v);
+        }
+        if let Some(k) = keep.as_deref_mut() {
+            write_keep(&flat[..yg.len()], threshold, &mut k[g * GROUP / 64..]);
+        }
+    }
+}
+
 /// The keep bits of 64 mask words (fewer at the end of a chunk).
 #[inline(always)]
 fn pack_keep(words: &[u32], threshold: u32) -> u64 {
@@ -114,22 +181,12 @@ fn mask_at<T: Element>(
                 || {
                     for (g, (og, xg)) in o.chunks_mut(GROUP).zip(x.chunks(GROUP)).enumerate() {
                         let first = start / PER_BLOCK as u64 + (g * philox::WIDE_LANES) as u64;
-                        let words = philox::block_bits_wide(seed, step, stream, first);
-                        // Element order (half h of word w of block j is element
-                        // 8j + 2w + h), so that the masking loop below is a plain
-                        // vector loop.
-                        let mut flat = [0u32; GROUP];
-                        for (e, f) in flat.iter_mut().enumerate() {
-                            *f = philox::half_bits(words[(e % PER_BLOCK) / 2][e / PER_BLOCK], (e % 2) as u64);
-                        }
+                        let flat = group_bits(seed, step, stream, first);
                         for ((o, &x), &word) in og.iter_mut().zip(xg).zip(&flat) {
                             *o = mask(word, x);
                         }
                         if let Some(k) = keep.as_deref_mut() {
-                            let flat = &flat[..og.len()];
-                            for (w, words) in k[g * GROUP / 64..].iter_mut().zip(flat.chunks(64)) {
-                                *w = pack_keep(words, threshold);
-                            }
+                            write_keep(&flat[..og.len()], threshold, &mut k[g * GROUP / 64..]);
                         }
                     }
                 },

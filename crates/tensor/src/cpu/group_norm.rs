@@ -10,6 +10,7 @@
 
 // The branch-free exp of softmax, which lets the fused SiLU loops vectorise.
 use super::attention::exp;
+use super::dropout::{self, MaskArgs};
 use super::simd::widest;
 use crate::geom::GroupNormDims;
 use crate::Element;
@@ -129,22 +130,88 @@ pub fn group_norm_apply<T: Element>(
     fuse_silu: bool,
     y: &mut [T],
 ) {
-    let (slab, cpg) = (d.slab(), d.channels_per_group());
-    if slab == 0 {
+    apply_in_chunks(x, gamma, beta, mean, rstd, d, fuse_silu, None, y);
+}
+
+/// [`group_norm_apply`] followed by dropout in the same pass, bit for bit
+/// the values of `dropout::apply_mask_keeping_bits` on its output (element
+/// i of `y` is element `offset + i` of the mask), writing the keep bits
+/// (`dropout::keep_words(y.len())` words) too. `offset` must be a multiple
+/// of 64 (whole keep words per task).
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_apply_dropout<T: Element>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    mean: &[T],
+    rstd: &[T],
+    d: GroupNormDims,
+    fuse_silu: bool,
+    mask: MaskArgs,
+    offset: u64,
+    y: &mut [T],
+    keep: &mut [u64],
+) {
+    assert!(offset.is_multiple_of(64), "group_norm_apply_dropout: offset {offset} is not on a keep word");
+    apply_in_chunks(x, gamma, beta, mean, rstd, d, fuse_silu, Some((mask, offset, keep)), y);
+}
+
+/// The elementwise map of the forward over fixed chunks of elements (not
+/// slabs: the statistics are known, and a chunk of whole Philox blocks and
+/// keep words can be masked where it lies in cache).
+#[allow(clippy::too_many_arguments)]
+fn apply_in_chunks<T: Element>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    mean: &[T],
+    rstd: &[T],
+    d: GroupNormDims,
+    fuse_silu: bool,
+    dropout: Option<(MaskArgs, u64, &mut [u64])>,
+    y: &mut [T],
+) {
+    const CHUNK: usize = dropout::CHUNK;
+    let cpg = d.channels_per_group();
+    if d.slab() == 0 {
         return;
     }
-    y.par_chunks_mut(slab).zip(x.par_chunks(slab)).enumerate().for_each(|(s, (y, x))| {
-        let c0 = (s % d.groups) * cpg;
-        let (g, b) = (&gamma[c0..c0 + cpg], &beta[c0..c0 + cpg]);
+    let (mask, offset, keep) = match dropout {
+        Some((m, o, k)) => (Some(m), o, k),
+        None => (None, 0, &mut [][..]),
+    };
+    let keep_chunk = if mask.is_some() { CHUNK / 64 } else { 0 };
+    let keep_chunks = keep.chunks_mut(keep_chunk.max(1)).map(Some).chain(std::iter::repeat_with(|| None));
+    let tasks: Vec<_> = y.chunks_mut(CHUNK).zip(x.chunks(CHUNK)).zip(keep_chunks).enumerate().collect();
+    tasks.into_par_iter().for_each(|(ci, ((y, x), keep))| {
         widest(
             #[inline(always)]
-            || normalize_slab(x, g, b, d.hw, mean[s], rstd[s], fuse_silu, y),
+            || {
+                // One channel plane (or the part of it in this chunk) at a time.
+                let mut i = ci * CHUNK;
+                let (mut xs, mut ys) = (x, &mut y[..]);
+                while !xs.is_empty() {
+                    let plane = i / d.hw;
+                    let len = ((plane + 1) * d.hw - i).min(xs.len());
+                    let (c, n) = (plane % d.c, plane / d.c);
+                    let s = n * d.groups + c / cpg;
+                    let (xp, rest_x) = xs.split_at(len);
+                    let (yp, rest_y) = std::mem::take(&mut ys).split_at_mut(len);
+                    normalize_slab(xp, &gamma[c..c + 1], &beta[c..c + 1], len, mean[s], rstd[s], fuse_silu, yp);
+                    (xs, ys, i) = (rest_x, rest_y, i + len);
+                }
+                if let Some(m) = mask {
+                    dropout::mask_in_place(y, m, offset + (ci * CHUNK) as u64, keep);
+                }
+            },
         );
     });
 }
 
 /// Forward over all slabs. `gamma`, `beta` have `c` elements; `mean`, `rstd`
-/// have `n * groups`.
+/// have `n * groups`. With `dropout` (mask arguments and the mask index of
+/// `y[0]`), each slab is masked as soon as it is written, with the values of
+/// `dropout::apply_mask_at` on the output.
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_forward<T: Element>(
     x: &[T],
@@ -153,6 +220,7 @@ pub fn group_norm_forward<T: Element>(
     d: GroupNormDims,
     eps: f64,
     fuse_silu: bool,
+    dropout: Option<(MaskArgs, u64)>,
     y: &mut [T],
     mean: &mut [T],
     rstd: &mut [T],
@@ -170,7 +238,13 @@ pub fn group_norm_forward<T: Element>(
             let (g, b) = (&gamma[c0..c0 + cpg], &beta[c0..c0 + cpg]);
             let (mu, rs) = widest(
                 #[inline(always)]
-                || forward_slab(x, g, b, d.hw, eps, fuse_silu, y),
+                || {
+                    let stats = forward_slab(x, g, b, d.hw, eps, fuse_silu, y);
+                    if let Some((mask, offset)) = dropout {
+                        dropout::mask_in_place(y, mask, offset + (s * slab) as u64, None);
+                    }
+                    stats
+                },
             );
             *m = T::from_f64(mu);
             *r = T::from_f64(rs);

@@ -39,6 +39,37 @@ pub fn dropout_backward_at(
     masked("dropout_backward", true, dy, p, seed, step.into(), stream, offset)
 }
 
+/// Where a dropout draws its mask: its probability, the Philox coordinates
+/// and the mask index of the tensor's first element (as the arguments of
+/// [`dropout_forward_at`]), for the ops that fuse a dropout into their pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutAt {
+    pub p: f32,
+    pub seed: u64,
+    pub step: PhiloxStep,
+    pub stream: u32,
+    pub offset: u64,
+}
+
+impl DropoutAt {
+    /// Checks the probability (an error names `op`) and returns the CPU
+    /// masking arguments.
+    pub(crate) fn cpu_args(&self, op: &'static str) -> Result<kernels::MaskArgs> {
+        check_probability(op, self.p)?;
+        Ok(kernels::MaskArgs { p: self.p, seed: self.seed, step: self.step.value, stream: self.stream })
+    }
+
+    /// [`dropout_forward_at`] with these arguments.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        dropout_forward_at(x, self.p, self.seed, self.step, self.stream, self.offset)
+    }
+
+    /// [`dropout_forward_keeping_mask`] with these arguments.
+    pub fn forward_keeping_mask(&self, x: &Tensor) -> Result<(Tensor, Option<DropoutMask>)> {
+        dropout_forward_keeping_mask(x, self.p, self.seed, self.step, self.stream, self.offset)
+    }
+}
+
 /// The keep mask a CPU dropout forward drew, one bit an element: a backward
 /// right after it ([`dropout_backward_with_mask`]) applies it instead of
 /// drawing the Philox words again (the same values, without the draw).
@@ -46,6 +77,14 @@ pub struct DropoutMask {
     keep: Vec<u64>,
     len: usize,
     p: f32,
+}
+
+impl DropoutMask {
+    /// A mask of `len` elements from its keep bits (`cpu::dropout::keep_words(len)` words).
+    pub(crate) fn from_keep_bits(keep: Vec<u64>, len: usize, p: f32) -> Self {
+        debug_assert_eq!(keep.len(), kernels::keep_words(len));
+        DropoutMask { keep, len, p }
+    }
 }
 
 /// [`dropout_forward_at`] that also returns the keep mask where it is cheap

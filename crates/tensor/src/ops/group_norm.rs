@@ -2,7 +2,7 @@
 //! `y = silu?((x - mean_g) * rstd_g * gamma_c + beta_c)`, `rstd = 1/sqrt(var + eps)`
 //! with the biased variance of each (image, group).
 
-use super::{check_same, gpu_of};
+use super::{check_same, gpu_of, DropoutAt, DropoutMask};
 use crate::geom::GroupNormDims;
 use crate::gpu::launch;
 use crate::{cpu, with_element, Result, Shape, Storage, Tensor, TensorError};
@@ -64,6 +64,34 @@ pub fn group_norm_forward(
     eps: f64,
     fuse_silu: bool,
 ) -> Result<GroupNormOutput> {
+    forward(x, gamma, beta, groups, eps, fuse_silu, None)
+}
+
+/// [`group_norm_forward`] whose output `y` then goes through
+/// `dropout.forward` (the same values, bit for bit); the statistics are
+/// those of the group norm. On the CPU both run in one pass (each slab is
+/// masked while it is in cache); on a GPU as the two ops.
+pub fn group_norm_forward_dropout(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    fuse_silu: bool,
+    dropout: &DropoutAt,
+) -> Result<GroupNormOutput> {
+    forward(x, gamma, beta, groups, eps, fuse_silu, Some(dropout))
+}
+
+fn forward(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    groups: usize,
+    eps: f64,
+    fuse_silu: bool,
+    dropout: Option<&DropoutAt>,
+) -> Result<GroupNormOutput> {
     let _timer = crate::profile::op("group_norm_forward");
     const OP: &str = "group_norm_forward";
     let d = check_input(OP, x, gamma, beta, groups)?;
@@ -72,6 +100,7 @@ pub fn group_norm_forward(
     }
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mask = dropout.map(|dr| Ok::<_, TensorError>((dr.cpu_args(OP)?, dr.offset))).transpose()?;
             let mut y = crate::cpu::recycle::output::<T>(x.numel());
             let mut mean = vec![T::default(); d.slabs()];
             let mut rstd = vec![T::default(); d.slabs()];
@@ -82,6 +111,7 @@ pub fn group_norm_forward(
                 d,
                 eps,
                 fuse_silu,
+                mask,
                 &mut y,
                 &mut mean,
                 &mut rstd,
@@ -97,8 +127,12 @@ pub fn group_norm_forward(
             let (gs, bs) = (gpu_of(OP, gamma)?, gpu_of(OP, beta)?);
             let (y, mean, rstd) = launch::group_norm::group_norm_forward(xs.device(), xs, gs, bs, d, eps, fuse_silu)?;
             let stats = Shape::new([d.n, d.groups]);
+            let y = Tensor::from_gpu(x.shape().clone(), y);
             Ok(GroupNormOutput {
-                y: Tensor::from_gpu(x.shape().clone(), y),
+                y: match dropout {
+                    Some(dr) => dr.forward(&y)?,
+                    None => y,
+                },
                 mean: Tensor::from_gpu(stats.clone(), mean),
                 rstd: Tensor::from_gpu(stats, rstd),
             })
@@ -149,6 +183,62 @@ pub fn group_norm_apply(
                 &mut y,
             );
             Ok(Tensor::from_cpu(x.shape().clone(), y))
+        }),
+        Storage::Gpu(_) => {
+            Err(TensorError::invalid(OP, "runs on the CPU only (GPU layers keep group_norm_forward's output instead)"))
+        }
+    }
+}
+
+/// [`group_norm_apply`] then `dropout.forward_keeping_mask` on its output,
+/// in one pass where the mask's offset is a multiple of 64 (whole keep
+/// words per task; otherwise as the two ops): the same values and mask, bit
+/// for bit. CPU tensors only, as `group_norm_apply`.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_apply_dropout_keeping_mask(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    groups: usize,
+    fuse_silu: bool,
+    dropout: &DropoutAt,
+) -> Result<(Tensor, DropoutMask)> {
+    const OP: &str = "group_norm_apply";
+    let unfused = |y: Tensor| -> Result<(Tensor, DropoutMask)> {
+        match dropout.forward_keeping_mask(&y)? {
+            (y, Some(mask)) => Ok((y, mask)),
+            (_, None) => Err(TensorError::invalid(OP, "runs on the CPU only")),
+        }
+    };
+    if !dropout.offset.is_multiple_of(64) {
+        return unfused(group_norm_apply(x, gamma, beta, mean, rstd, groups, fuse_silu)?);
+    }
+    let _timer = crate::profile::op(OP);
+    let d = check_input(OP, x, gamma, beta, groups)?;
+    check_same(OP, &[x, mean, rstd])?;
+    check_stats(OP, d, mean, rstd)?;
+    let args = dropout.cpu_args(OP)?;
+    match x.storage() {
+        Storage::Cpu(s) => with_element!(s.dtype(), T, {
+            let mut y = crate::cpu::recycle::output::<T>(x.numel());
+            let mut keep = vec![0u64; cpu::dropout::keep_words(x.numel())];
+            cpu::group_norm::group_norm_apply_dropout(
+                x.cpu_slice::<T>()?,
+                gamma.cpu_slice::<T>()?,
+                beta.cpu_slice::<T>()?,
+                mean.cpu_slice::<T>()?,
+                rstd.cpu_slice::<T>()?,
+                d,
+                fuse_silu,
+                args,
+                dropout.offset,
+                &mut y,
+                &mut keep,
+            );
+            let mask = DropoutMask::from_keep_bits(keep, x.numel(), dropout.p);
+            Ok((Tensor::from_cpu(x.shape().clone(), y), mask))
         }),
         Storage::Gpu(_) => {
             Err(TensorError::invalid(OP, "runs on the CPU only (GPU layers keep group_norm_forward's output instead)"))

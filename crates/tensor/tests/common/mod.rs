@@ -155,6 +155,12 @@ pub fn bits_in_child(name: &str, threads: usize) -> String {
     hash.unwrap_or_else(|| panic!("child printed no hash: {stdout}"))
 }
 
+/// `f` run on a one-thread rayon pool (results must not depend on the
+/// thread count).
+pub fn one_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("a one-thread pool").install(f)
+}
+
 /// FNV-1a over the f32 bits of some tensors.
 pub fn bits_hash(ts: &[&Tensor]) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64;

@@ -4,7 +4,7 @@
 use super::{Builder, LoraAdapter};
 use crate::params::{ParamId, ParamStore};
 use crate::Result;
-use diffuse_tensor::ops::{self, Conv2dParams, ConvEpilogue};
+use diffuse_tensor::ops::{self, Conv2dParams, ConvEpilogue, DropoutAt, DropoutMask};
 use diffuse_tensor::{DType, Tensor};
 
 pub struct Conv2d {
@@ -164,6 +164,47 @@ impl GroupNorm {
             self.silu,
         )?;
         Ok((o.y, GroupNormCache { mean: o.mean, rstd: o.rstd }))
+    }
+
+    /// [`GroupNorm::forward`] with its output then dropped out as `dropout`
+    /// draws it (one pass on the CPU: `ops::group_norm_forward_dropout`).
+    pub fn forward_dropout(
+        &self,
+        ps: &ParamStore,
+        x: &Tensor,
+        dropout: &DropoutAt,
+    ) -> Result<(Tensor, GroupNormCache)> {
+        let o = ops::group_norm_forward_dropout(
+            x,
+            ps.value(self.weight),
+            ps.value(self.bias),
+            self.groups,
+            GROUP_NORM_EPS,
+            self.silu,
+            dropout,
+        )?;
+        Ok((o.y, GroupNormCache { mean: o.mean, rstd: o.rstd }))
+    }
+
+    /// The output of [`GroupNorm::forward_dropout`] rebuilt as `recompute`
+    /// does, bit for bit, with the dropout's keep mask (CPU only).
+    pub fn recompute_dropout(
+        &self,
+        ps: &ParamStore,
+        x: &Tensor,
+        cache: &GroupNormCache,
+        dropout: &DropoutAt,
+    ) -> Result<(Tensor, DropoutMask)> {
+        Ok(ops::group_norm_apply_dropout_keeping_mask(
+            x,
+            ps.value(self.weight),
+            ps.value(self.bias),
+            &cache.mean,
+            &cache.rstd,
+            self.groups,
+            self.silu,
+            dropout,
+        )?)
     }
 
     /// The forward's output rebuilt from `x` and the saved statistics, bit

@@ -5,7 +5,7 @@
 use super::{Builder, Conv2d, ForwardMode, GroupNorm, GroupNormCache, Linear};
 use crate::params::{ParamId, ParamStore};
 use crate::Result;
-use diffuse_tensor::ops::{self, Conv2dParams, ConvEpilogue};
+use diffuse_tensor::ops::{self, Conv2dParams, ConvEpilogue, DropoutAt};
 use diffuse_tensor::Tensor;
 use std::borrow::Cow;
 
@@ -113,6 +113,18 @@ impl ResnetBlock {
         mode.train && self.dropout > 0.0
     }
 
+    /// The dropout on conv2's input `a` (or a tensor of its shape) in this
+    /// mode, when it is on.
+    fn dropout_at(&self, mode: &ForwardMode, a: &Tensor) -> Option<DropoutAt> {
+        self.dropout_on(mode).then(|| DropoutAt {
+            p: self.dropout,
+            seed: mode.seed,
+            step: mode.philox_step(),
+            stream: self.dropout_stream,
+            offset: mode.element_offset(a),
+        })
+    }
+
     /// `silu_temb` is silu(temb), computed once for all blocks by the U-Net.
     pub fn forward(
         &self,
@@ -125,12 +137,11 @@ impl ResnetBlock {
         let a1 = if mode.train { self.conv1.cacheable_input(ps, a1)? } else { a1 };
         let tp = self.temb_proj.forward(ps, silu_temb)?;
         let h2 = self.conv1.forward_fused(ps, &a1, ConvEpilogue { sample_bias: Some(&tp), residual: None })?;
-        let (mut a2, n2) = self.norm2.forward(ps, &h2)?;
-        if self.dropout_on(&mode) {
-            let offset = mode.element_offset(&a2);
-            a2 =
-                ops::dropout_forward_at(&a2, self.dropout, mode.seed, mode.philox_step(), self.dropout_stream, offset)?;
-        }
+        // a2 has h2's shape; dropout runs in group norm's pass
+        let (a2, n2) = match self.dropout_at(&mode, &h2) {
+            Some(dropout) => self.norm2.forward_dropout(ps, &h2, &dropout)?,
+            None => self.norm2.forward(ps, &h2)?,
+        };
         let a2 = if mode.train { self.conv2.cacheable_input(ps, a2)? } else { a2 };
         let shortcut = match &self.nin_shortcut {
             Some(nin) => nin.forward(ps, x)?,
@@ -154,16 +165,17 @@ impl ResnetBlock {
     }
 
     /// conv2's input as the forward made it: silu(norm2(h2)) from the saved
-    /// statistics, then the dropout mask drawn again at the same Philox
-    /// coordinates (bit for bit: `ops::group_norm_apply`, `ops::dropout_forward_at`).
-    /// Also the drawn mask, when kept (CPU), for the dropout's backward.
+    /// statistics with the dropout mask drawn again at the same Philox
+    /// coordinates, in one pass (bit for bit: `ops::group_norm_apply_dropout_keeping_mask`).
+    /// Also the drawn mask, for the dropout's backward.
     fn rebuild_a2(&self, ps: &ParamStore, c: &ResCache) -> Result<(Tensor, Option<ops::DropoutMask>)> {
-        let a = self.norm2.recompute(ps, &c.h2, &c.n2)?;
-        if !self.dropout_on(&c.mode) {
-            return Ok((a, None));
+        match self.dropout_at(&c.mode, &c.h2) {
+            Some(dropout) => {
+                let (a, mask) = self.norm2.recompute_dropout(ps, &c.h2, &c.n2, &dropout)?;
+                Ok((a, Some(mask)))
+            }
+            None => Ok((self.norm2.recompute(ps, &c.h2, &c.n2)?, None)),
         }
-        let (m, offset) = (&c.mode, c.mode.element_offset(&a));
-        Ok(ops::dropout_forward_keeping_mask(&a, self.dropout, m.seed, m.philox_step(), self.dropout_stream, offset)?)
     }
 
     /// Returns (dx, d silu_temb); accumulates every trainable parameter's
