@@ -492,40 +492,21 @@ fn dropout_fused_into_group_norm_matches_the_two_ops() {
                 let what = format!("{shape:?} G{groups} silu={fuse} offset {offset} {:?}", x.dtype());
                 let plain = ops::group_norm_forward(&x, &gamma, &beta, groups, EPS, fuse).unwrap();
                 let want = dr.forward(&plain.y).unwrap();
-                let fused = ops::group_norm_forward_dropout(&x, &gamma, &beta, groups, EPS, fuse, &dr).unwrap();
-                assert_eq!(bits(&fused.y), bits(&want), "forward, {what}");
-                assert_eq!(bits(&fused.mean), bits(&plain.mean), "{what}");
-                assert_eq!(bits(&fused.rstd), bits(&plain.rstd), "{what}");
-                let (rebuilt, mask) = ops::group_norm_apply_dropout_keeping_mask(
-                    &x,
-                    &gamma,
-                    &beta,
-                    &plain.mean,
-                    &plain.rstd,
-                    groups,
-                    fuse,
-                    &dr,
-                )
-                .unwrap();
+                let fused = || ops::group_norm_forward_dropout(&x, &gamma, &beta, groups, EPS, fuse, &dr).unwrap();
+                let rebuild = || {
+                    let (m, r) = (&plain.mean, &plain.rstd);
+                    ops::group_norm_apply_dropout_keeping_mask(&x, &gamma, &beta, m, r, groups, fuse, &dr).unwrap()
+                };
+                let f = fused();
+                assert_eq!(bits(&f.y), bits(&want), "forward, {what}");
+                assert_eq!(bits(&f.mean), bits(&plain.mean), "{what}");
+                assert_eq!(bits(&f.rstd), bits(&plain.rstd), "{what}");
+                let (rebuilt, mask) = rebuild();
                 assert_eq!(bits(&rebuilt), bits(&want), "rebuild, {what}");
                 let masked = ops::dropout_backward_with_mask(&dy, &mask).unwrap();
                 let drawn = ops::dropout_backward_at(&dy, p, dr.seed, dr.step, dr.stream, offset).unwrap();
                 assert_eq!(bits(&masked), bits(&drawn), "kept mask, {what}");
-                let one = one_thread(|| {
-                    let f = ops::group_norm_forward_dropout(&x, &gamma, &beta, groups, EPS, fuse, &dr).unwrap();
-                    let r = ops::group_norm_apply_dropout_keeping_mask(
-                        &x,
-                        &gamma,
-                        &beta,
-                        &plain.mean,
-                        &plain.rstd,
-                        groups,
-                        fuse,
-                        &dr,
-                    )
-                    .unwrap();
-                    (bits(&f.y), bits(&r.0))
-                });
+                let one = one_thread(|| (bits(&fused().y), bits(&rebuild().0)));
                 assert_eq!(one, (bits(&want), bits(&want)), "one thread, {what}");
             }
         }

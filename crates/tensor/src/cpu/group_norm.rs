@@ -116,9 +116,24 @@ fn normalize_slab<T: Element>(
     }
 }
 
+/// A dropout that runs in [`group_norm_apply`]'s pass, keeping its mask.
+pub struct KeptDropout<'a> {
+    pub mask: MaskArgs,
+    /// The mask index of `y[0]`: a multiple of 64 (whole keep words per task).
+    pub offset: u64,
+    /// `dropout::keep_words(y.len())` words, written as
+    /// `dropout::apply_mask_keeping_bits` writes them.
+    pub keep: &'a mut [u64],
+}
+
 /// The forward's output from its saved statistics, bit for bit: what a
 /// layer that does not keep its normalised output recomputes in the
-/// backward (the U-Net's first norm of each residual block on the CPU).
+/// backward (the U-Net's norms of each residual block on the CPU). With
+/// `dropout`, the output is then masked in the same pass, bit for bit the
+/// values of `dropout::apply_mask_keeping_bits` on it. The map runs over
+/// fixed chunks of elements (not slabs: the statistics are known, and a
+/// chunk of whole Philox blocks and keep words is masked where it lies in
+/// cache).
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_apply<T: Element>(
     x: &[T],
@@ -128,47 +143,7 @@ pub fn group_norm_apply<T: Element>(
     rstd: &[T],
     d: GroupNormDims,
     fuse_silu: bool,
-    y: &mut [T],
-) {
-    apply_in_chunks(x, gamma, beta, mean, rstd, d, fuse_silu, None, y);
-}
-
-/// [`group_norm_apply`] followed by dropout in the same pass, bit for bit
-/// the values of `dropout::apply_mask_keeping_bits` on its output (element
-/// i of `y` is element `offset + i` of the mask), writing the keep bits
-/// (`dropout::keep_words(y.len())` words) too. `offset` must be a multiple
-/// of 64 (whole keep words per task).
-#[allow(clippy::too_many_arguments)]
-pub fn group_norm_apply_dropout<T: Element>(
-    x: &[T],
-    gamma: &[T],
-    beta: &[T],
-    mean: &[T],
-    rstd: &[T],
-    d: GroupNormDims,
-    fuse_silu: bool,
-    mask: MaskArgs,
-    offset: u64,
-    y: &mut [T],
-    keep: &mut [u64],
-) {
-    assert!(offset.is_multiple_of(64), "group_norm_apply_dropout: offset {offset} is not on a keep word");
-    apply_in_chunks(x, gamma, beta, mean, rstd, d, fuse_silu, Some((mask, offset, keep)), y);
-}
-
-/// The elementwise map of the forward over fixed chunks of elements (not
-/// slabs: the statistics are known, and a chunk of whole Philox blocks and
-/// keep words can be masked where it lies in cache).
-#[allow(clippy::too_many_arguments)]
-fn apply_in_chunks<T: Element>(
-    x: &[T],
-    gamma: &[T],
-    beta: &[T],
-    mean: &[T],
-    rstd: &[T],
-    d: GroupNormDims,
-    fuse_silu: bool,
-    dropout: Option<(MaskArgs, u64, &mut [u64])>,
+    dropout: Option<KeptDropout<'_>>,
     y: &mut [T],
 ) {
     const CHUNK: usize = dropout::CHUNK;
@@ -177,9 +152,10 @@ fn apply_in_chunks<T: Element>(
         return;
     }
     let (mask, offset, keep) = match dropout {
-        Some((m, o, k)) => (Some(m), o, k),
+        Some(k) => (Some(k.mask), k.offset, k.keep),
         None => (None, 0, &mut [][..]),
     };
+    assert!(offset.is_multiple_of(64), "group_norm_apply: dropout offset {offset} is not on a keep word");
     let keep_chunk = if mask.is_some() { CHUNK / 64 } else { 0 };
     let keep_chunks = keep.chunks_mut(keep_chunk.max(1)).map(Some).chain(std::iter::repeat_with(|| None));
     let tasks: Vec<_> = y.chunks_mut(CHUNK).zip(x.chunks(CHUNK)).zip(keep_chunks).enumerate().collect();

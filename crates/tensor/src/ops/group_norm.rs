@@ -164,30 +164,7 @@ pub fn group_norm_apply(
     groups: usize,
     fuse_silu: bool,
 ) -> Result<Tensor> {
-    let _timer = crate::profile::op("group_norm_apply");
-    const OP: &str = "group_norm_apply";
-    let d = check_input(OP, x, gamma, beta, groups)?;
-    check_same(OP, &[x, mean, rstd])?;
-    check_stats(OP, d, mean, rstd)?;
-    match x.storage() {
-        Storage::Cpu(s) => with_element!(s.dtype(), T, {
-            let mut y = crate::cpu::recycle::output::<T>(x.numel());
-            cpu::group_norm::group_norm_apply(
-                x.cpu_slice::<T>()?,
-                gamma.cpu_slice::<T>()?,
-                beta.cpu_slice::<T>()?,
-                mean.cpu_slice::<T>()?,
-                rstd.cpu_slice::<T>()?,
-                d,
-                fuse_silu,
-                &mut y,
-            );
-            Ok(Tensor::from_cpu(x.shape().clone(), y))
-        }),
-        Storage::Gpu(_) => {
-            Err(TensorError::invalid(OP, "runs on the CPU only (GPU layers keep group_norm_forward's output instead)"))
-        }
-    }
+    Ok(apply(x, gamma, beta, mean, rstd, groups, fuse_silu, None)?.0)
 }
 
 /// [`group_norm_apply`] then `dropout.forward_keeping_mask` on its output,
@@ -205,26 +182,44 @@ pub fn group_norm_apply_dropout_keeping_mask(
     fuse_silu: bool,
     dropout: &DropoutAt,
 ) -> Result<(Tensor, DropoutMask)> {
-    const OP: &str = "group_norm_apply";
-    let unfused = |y: Tensor| -> Result<(Tensor, DropoutMask)> {
-        match dropout.forward_keeping_mask(&y)? {
-            (y, Some(mask)) => Ok((y, mask)),
-            (_, None) => Err(TensorError::invalid(OP, "runs on the CPU only")),
-        }
+    let (y, mask) = if dropout.offset.is_multiple_of(64) {
+        apply(x, gamma, beta, mean, rstd, groups, fuse_silu, Some(dropout))?
+    } else {
+        dropout.forward_keeping_mask(&group_norm_apply(x, gamma, beta, mean, rstd, groups, fuse_silu)?)?
     };
-    if !dropout.offset.is_multiple_of(64) {
-        return unfused(group_norm_apply(x, gamma, beta, mean, rstd, groups, fuse_silu)?);
-    }
-    let _timer = crate::profile::op(OP);
+    // Both paths keep the mask of a CPU tensor, and apply refuses others.
+    let mask = mask.ok_or_else(|| TensorError::invalid("group_norm_apply", "runs on the CPU only"))?;
+    Ok((y, mask))
+}
+
+/// The apply pass, with the dropout (offset on a keep word) when given.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    groups: usize,
+    fuse_silu: bool,
+    dropout: Option<&DropoutAt>,
+) -> Result<(Tensor, Option<DropoutMask>)> {
+    let _timer = crate::profile::op("group_norm_apply");
+    const OP: &str = "group_norm_apply";
     let d = check_input(OP, x, gamma, beta, groups)?;
     check_same(OP, &[x, mean, rstd])?;
     check_stats(OP, d, mean, rstd)?;
-    let args = dropout.cpu_args(OP)?;
+    let args = dropout.map(|dr| dr.cpu_args(OP)).transpose()?;
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut y = crate::cpu::recycle::output::<T>(x.numel());
-            let mut keep = vec![0u64; cpu::dropout::keep_words(x.numel())];
-            cpu::group_norm::group_norm_apply_dropout(
+            let mut keep = vec![0u64; if dropout.is_some() { cpu::dropout::keep_words(x.numel()) } else { 0 }];
+            let kept = dropout.zip(args).map(|(dr, mask)| cpu::group_norm::KeptDropout {
+                mask,
+                offset: dr.offset,
+                keep: &mut keep,
+            });
+            cpu::group_norm::group_norm_apply(
                 x.cpu_slice::<T>()?,
                 gamma.cpu_slice::<T>()?,
                 beta.cpu_slice::<T>()?,
@@ -232,12 +227,10 @@ pub fn group_norm_apply_dropout_keeping_mask(
                 rstd.cpu_slice::<T>()?,
                 d,
                 fuse_silu,
-                args,
-                dropout.offset,
+                kept,
                 &mut y,
-                &mut keep,
             );
-            let mask = DropoutMask::from_keep_bits(keep, x.numel(), dropout.p);
+            let mask = dropout.map(|dr| DropoutMask::from_keep_bits(keep, x.numel(), dr.p));
             Ok((Tensor::from_cpu(x.shape().clone(), y), mask))
         }),
         Storage::Gpu(_) => {

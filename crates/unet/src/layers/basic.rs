@@ -155,70 +155,58 @@ impl GroupNorm {
     }
 
     pub fn forward(&self, ps: &ParamStore, x: &Tensor) -> Result<(Tensor, GroupNormCache)> {
-        let o = ops::group_norm_forward(
-            x,
-            ps.value(self.weight),
-            ps.value(self.bias),
-            self.groups,
-            GROUP_NORM_EPS,
-            self.silu,
-        )?;
-        Ok((o.y, GroupNormCache { mean: o.mean, rstd: o.rstd }))
+        self.forward_dropout(ps, x, None)
     }
 
-    /// [`GroupNorm::forward`] with its output then dropped out as `dropout`
-    /// draws it (one pass on the CPU: `ops::group_norm_forward_dropout`).
+    /// [`GroupNorm::forward`], its output then dropped out as `dropout`
+    /// draws it when given (one pass on the CPU: `ops::group_norm_forward_dropout`).
     pub fn forward_dropout(
         &self,
         ps: &ParamStore,
         x: &Tensor,
-        dropout: &DropoutAt,
+        dropout: Option<&DropoutAt>,
     ) -> Result<(Tensor, GroupNormCache)> {
-        let o = ops::group_norm_forward_dropout(
-            x,
-            ps.value(self.weight),
-            ps.value(self.bias),
-            self.groups,
-            GROUP_NORM_EPS,
-            self.silu,
-            dropout,
-        )?;
+        let (gamma, beta) = (ps.value(self.weight), ps.value(self.bias));
+        let o = match dropout {
+            Some(dr) => ops::group_norm_forward_dropout(x, gamma, beta, self.groups, GROUP_NORM_EPS, self.silu, dr)?,
+            None => ops::group_norm_forward(x, gamma, beta, self.groups, GROUP_NORM_EPS, self.silu)?,
+        };
         Ok((o.y, GroupNormCache { mean: o.mean, rstd: o.rstd }))
-    }
-
-    /// The output of [`GroupNorm::forward_dropout`] rebuilt as `recompute`
-    /// does, bit for bit, with the dropout's keep mask (CPU only).
-    pub fn recompute_dropout(
-        &self,
-        ps: &ParamStore,
-        x: &Tensor,
-        cache: &GroupNormCache,
-        dropout: &DropoutAt,
-    ) -> Result<(Tensor, DropoutMask)> {
-        Ok(ops::group_norm_apply_dropout_keeping_mask(
-            x,
-            ps.value(self.weight),
-            ps.value(self.bias),
-            &cache.mean,
-            &cache.rstd,
-            self.groups,
-            self.silu,
-            dropout,
-        )?)
     }
 
     /// The forward's output rebuilt from `x` and the saved statistics, bit
     /// for bit (CPU only; see `ops::group_norm_apply`).
     pub fn recompute(&self, ps: &ParamStore, x: &Tensor, cache: &GroupNormCache) -> Result<Tensor> {
-        Ok(ops::group_norm_apply(
-            x,
-            ps.value(self.weight),
-            ps.value(self.bias),
-            &cache.mean,
-            &cache.rstd,
-            self.groups,
-            self.silu,
-        )?)
+        Ok(self.recompute_dropout(ps, x, cache, None)?.0)
+    }
+
+    /// The output of [`GroupNorm::forward_dropout`] rebuilt as `recompute`
+    /// does, bit for bit, with the dropout's keep mask when there is one
+    /// (CPU only; `ops::group_norm_apply_dropout_keeping_mask`).
+    pub fn recompute_dropout(
+        &self,
+        ps: &ParamStore,
+        x: &Tensor,
+        cache: &GroupNormCache,
+        dropout: Option<&DropoutAt>,
+    ) -> Result<(Tensor, Option<DropoutMask>)> {
+        let (gamma, beta, c) = (ps.value(self.weight), ps.value(self.bias), cache);
+        Ok(match dropout {
+            Some(dr) => {
+                let (y, mask) = ops::group_norm_apply_dropout_keeping_mask(
+                    x,
+                    gamma,
+                    beta,
+                    &c.mean,
+                    &c.rstd,
+                    self.groups,
+                    self.silu,
+                    dr,
+                )?;
+                (y, Some(mask))
+            }
+            None => (ops::group_norm_apply(x, gamma, beta, &c.mean, &c.rstd, self.groups, self.silu)?, None),
+        })
     }
 
     pub fn backward(&self, ps: &mut ParamStore, x: &Tensor, cache: &GroupNormCache, dy: &Tensor) -> Result<Tensor> {

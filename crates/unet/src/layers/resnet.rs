@@ -138,10 +138,7 @@ impl ResnetBlock {
         let tp = self.temb_proj.forward(ps, silu_temb)?;
         let h2 = self.conv1.forward_fused(ps, &a1, ConvEpilogue { sample_bias: Some(&tp), residual: None })?;
         // a2 has h2's shape; dropout runs in group norm's pass
-        let (a2, n2) = match self.dropout_at(&mode, &h2) {
-            Some(dropout) => self.norm2.forward_dropout(ps, &h2, &dropout)?,
-            None => self.norm2.forward(ps, &h2)?,
-        };
+        let (a2, n2) = self.norm2.forward_dropout(ps, &h2, self.dropout_at(&mode, &h2).as_ref())?;
         let a2 = if mode.train { self.conv2.cacheable_input(ps, a2)? } else { a2 };
         let shortcut = match &self.nin_shortcut {
             Some(nin) => nin.forward(ps, x)?,
@@ -169,13 +166,7 @@ impl ResnetBlock {
     /// coordinates, in one pass (bit for bit: `ops::group_norm_apply_dropout_keeping_mask`).
     /// Also the drawn mask, for the dropout's backward.
     fn rebuild_a2(&self, ps: &ParamStore, c: &ResCache) -> Result<(Tensor, Option<ops::DropoutMask>)> {
-        match self.dropout_at(&c.mode, &c.h2) {
-            Some(dropout) => {
-                let (a, mask) = self.norm2.recompute_dropout(ps, &c.h2, &c.n2, &dropout)?;
-                Ok((a, Some(mask)))
-            }
-            None => Ok((self.norm2.recompute(ps, &c.h2, &c.n2)?, None)),
-        }
+        self.norm2.recompute_dropout(ps, &c.h2, &c.n2, self.dropout_at(&c.mode, &c.h2).as_ref())
     }
 
     /// Returns (dx, d silu_temb); accumulates every trainable parameter's
