@@ -30,6 +30,28 @@ pub fn bench(c: &mut Criterion) {
                     .expect("backward")
             })
         });
+        // conv2's input in a residual block is dropout(silu(norm2(h))), and an
+        // identity block's dx takes dy: both run in the backward's pass
+        let dr = ops::DropoutAt { p: 0.1, seed: 5, step: 1.into(), stream: 2, offset: 0 };
+        let (_, mask) = dr.forward_keeping_mask(&f.y).expect("dropout");
+        let residual = randn(&[b, ch, hw, hw], 5);
+        g.bench_function("dropout backward, backward, residual add", |bch| {
+            bch.iter(|| {
+                let m = mask.as_ref().expect("a CPU mask");
+                let masked = ops::dropout_backward_with_mask(black_box(&dy), m).expect("dropout");
+                let mut d = ops::group_norm_backward(&masked, &x, &gamma, &beta, &f.mean, &f.rstd, groups, silu)
+                    .expect("backward");
+                ops::add_in_place(&mut d.dx, &residual).expect("add");
+                d
+            })
+        });
+        g.bench_function("backward fused with both", |bch| {
+            let fused = ops::GroupNormBackwardFusion { dy_mask: mask.as_ref(), residual: Some(&residual) };
+            bch.iter(|| {
+                ops::group_norm_backward_fused(black_box(&dy), &x, &gamma, &beta, &f.mean, &f.rstd, groups, silu, fused)
+                    .expect("backward")
+            })
+        });
         g.finish();
     }
 }

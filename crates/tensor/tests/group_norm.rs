@@ -517,3 +517,70 @@ fn dropout_fused_into_group_norm_matches_the_two_ops() {
     let e = ops::group_norm_forward_dropout(&x, &g, &b, 2, EPS, true, &bad).unwrap_err().to_string();
     assert!(e.contains("dropout probability must be in [0, 1)"), "{e}");
 }
+
+/// The backward with a dropout's backward before it and a residual gradient
+/// after it in its pass gives the separate ops' bits: slabs whose starts
+/// fall anywhere in a keep word, f32 and f64, with and without SiLU, on one
+/// thread as on two; a mask or residual of the wrong size is an error.
+#[test]
+fn backward_fused_with_dropout_and_residual_matches_the_separate_ops() {
+    use diffuse_tensor::ops::{DropoutAt, GroupNormBackwardFusion};
+    let mut rng = TensorRng::new(47);
+    let bits = |t: &Tensor| v64(t).iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let cases: &[(&[usize], usize)] = &[(&[3, 6, 7, 5], 3), (&[2, 8, 40, 41], 4), (&[5, 7], 7), (&[2, 12, 3, 3], 6)];
+    for (k, &(shape, groups)) in cases.iter().enumerate() {
+        for (fuse, offset, p) in [(true, 0u64, 0.1f32), (false, 5, 0.3), (true, 37 * 64 + 9, 0.5)] {
+            let c = shape[1];
+            let x = rng.tensor_in(shape, -3.0, 5.0);
+            let gamma = rng.tensor_in(&[c], 0.5, 1.5);
+            let beta = rng.tensor_in(&[c], -0.5, 0.5);
+            let dy = rng.tensor(shape);
+            let residual = rng.tensor(shape);
+            let dr = DropoutAt { p, seed: 91 + k as u64, step: 2.into(), stream: 3, offset };
+            for (x, gamma, beta, dy, residual) in [
+                (x.clone(), gamma.clone(), beta.clone(), dy.clone(), residual.clone()),
+                (f64_of(&x), f64_of(&gamma), f64_of(&beta), f64_of(&dy), f64_of(&residual)),
+            ] {
+                let what = format!("{shape:?} G{groups} silu={fuse} offset {offset} {:?}", x.dtype());
+                let f = ops::group_norm_forward(&x, &gamma, &beta, groups, EPS, fuse).unwrap();
+                let (_, mask) = dr.forward_keeping_mask(&f.y).unwrap();
+                let mask = mask.expect("a CPU tensor keeps its mask");
+                let separate = {
+                    let masked = ops::dropout_backward_with_mask(&dy, &mask).unwrap();
+                    let mut g =
+                        ops::group_norm_backward(&masked, &x, &gamma, &beta, &f.mean, &f.rstd, groups, fuse).unwrap();
+                    ops::add_in_place(&mut g.dx, &residual).unwrap();
+                    [bits(&g.dx), bits(&g.dgamma), bits(&g.dbeta)]
+                };
+                let fused = |dy_mask, residual| {
+                    let fusion = GroupNormBackwardFusion { dy_mask, residual };
+                    let g =
+                        ops::group_norm_backward_fused(&dy, &x, &gamma, &beta, &f.mean, &f.rstd, groups, fuse, fusion)
+                            .unwrap();
+                    [bits(&g.dx), bits(&g.dgamma), bits(&g.dbeta)]
+                };
+                assert_eq!(fused(Some(&mask), Some(&residual)), separate, "{what}");
+                assert_eq!(one_thread(|| fused(Some(&mask), Some(&residual))), separate, "one thread, {what}");
+                // each part alone
+                let masked = ops::dropout_backward_with_mask(&dy, &mask).unwrap();
+                let g = ops::group_norm_backward(&masked, &x, &gamma, &beta, &f.mean, &f.rstd, groups, fuse).unwrap();
+                assert_eq!(fused(Some(&mask), None), [bits(&g.dx), bits(&g.dgamma), bits(&g.dbeta)], "{what}");
+                let mut g = ops::group_norm_backward(&dy, &x, &gamma, &beta, &f.mean, &f.rstd, groups, fuse).unwrap();
+                ops::add_in_place(&mut g.dx, &residual).unwrap();
+                assert_eq!(fused(None, Some(&residual)), [bits(&g.dx), bits(&g.dgamma), bits(&g.dbeta)], "{what}");
+            }
+        }
+    }
+    let x = rng.tensor(&[2, 4, 3, 3]);
+    let (g, b, dy) = (rng.tensor(&[4]), rng.tensor(&[4]), rng.tensor(&[2, 4, 3, 3]));
+    let f = ops::group_norm_forward(&x, &g, &b, 2, EPS, true).unwrap();
+    let dr = DropoutAt { p: 0.2, seed: 1, step: 0.into(), stream: 0, offset: 0 };
+    let (_, short) = dr.forward_keeping_mask(&rng.tensor(&[2, 4, 3, 2])).unwrap();
+    let fusion = GroupNormBackwardFusion { dy_mask: short.as_ref(), residual: None };
+    let e = ops::group_norm_backward_fused(&dy, &x, &g, &b, &f.mean, &f.rstd, 2, true, fusion).unwrap_err().to_string();
+    assert!(e.contains("a dropout mask of 48 elements for dy of 72"), "{e}");
+    let wrong = rng.tensor(&[2, 4, 9]);
+    let fusion = GroupNormBackwardFusion { dy_mask: None, residual: Some(&wrong) };
+    let e = ops::group_norm_backward_fused(&dy, &x, &g, &b, &f.mean, &f.rstd, 2, true, fusion).unwrap_err().to_string();
+    assert!(e.contains("a residual gradient shaped like x"), "{e}");
+}

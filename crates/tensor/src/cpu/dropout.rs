@@ -57,19 +57,34 @@ pub fn apply_mask_keeping_bits<T: Element>(
 /// wrote `keep` ([`apply_mask_keeping_bits`]); the same values as drawing the
 /// mask again.
 pub fn apply_keep_bits<T: Element>(dy: &[T], p: f32, keep: &[u64], out: &mut [T]) {
-    let scale = T::from_f64(1.0 / (1.0 - p as f64));
+    let scale = keep_scale(p);
     out.par_chunks_mut(CHUNK).zip(dy.par_chunks(CHUNK)).zip(keep.par_chunks(CHUNK / 64)).for_each(|((o, dy), keep)| {
         widest(
             #[inline(always)]
-            || {
-                for ((o, dy), &word) in o.chunks_mut(64).zip(dy.chunks(64)).zip(keep) {
-                    for (e, (o, &d)) in o.iter_mut().zip(dy).enumerate() {
-                        *o = if (word >> e) & 1 != 0 { d * scale } else { T::zero() };
-                    }
-                }
-            },
+            || apply_keep_bits_from(dy, scale, keep, 0, o),
         );
     });
+}
+
+/// The factor kept elements are scaled by, 1 / (1 - p), rounded to `T`.
+pub(crate) fn keep_scale<T: Element>(p: f32) -> T {
+    T::from_f64(1.0 / (1.0 - p as f64))
+}
+
+/// [`apply_keep_bits`] on a run of elements whose first is element `start`
+/// of the mask `keep` (any start, not only a word's first bit), serially:
+/// for a pass that applies the mask to data it is reading anyway.
+#[inline(always)]
+pub(crate) fn apply_keep_bits_from<T: Element>(dy: &[T], scale: T, keep: &[u64], start: usize, out: &mut [T]) {
+    let mut i = 0;
+    while i < dy.len() {
+        let (word, shift) = (keep[(start + i) / 64], (start + i) % 64);
+        let n = (64 - shift).min(dy.len() - i);
+        for (e, (o, &d)) in out[i..i + n].iter_mut().zip(&dy[i..i + n]).enumerate() {
+            *o = if (word >> (shift + e)) & 1 != 0 { d * scale } else { T::zero() };
+        }
+        i += n;
+    }
 }
 
 /// The 16 mask bits of the GROUP elements served by blocks
@@ -159,7 +174,7 @@ fn mask_at<T: Element>(
 ) {
     const { assert!(CHUNK.is_multiple_of(64) && GROUP.is_multiple_of(64)) };
     let threshold = philox::mask_threshold(p);
-    let scale = T::from_f64(1.0 / (1.0 - p as f64));
+    let scale = keep_scale::<T>(p);
     // `move`: captured by value, the threshold and scale stay in registers
     // (by reference, every store through `out` might change them, which
     // keeps the masking loop scalar).

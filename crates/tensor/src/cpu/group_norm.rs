@@ -242,13 +242,25 @@ impl<T: Element> SlabStats<T> {
     }
 }
 
+/// A dropout whose backward comes before the norm's: dy is masked and
+/// scaled as `dropout::apply_keep_bits` does before anything else uses it.
+#[derive(Clone, Copy)]
+pub struct DyKeep<'a> {
+    /// The forward's keep bits, `dropout::keep_words(len)` words.
+    pub keep: &'a [u64],
+    pub p: f32,
+}
+
 /// Backward pass 1 on one slab: writes dz = dL/d(pre-activation) into `dx`
 /// (recomputing the pre-SiLU value exactly as the forward did, when fused)
-/// and returns per channel (sum dz * xhat, sum dz) into `pg`, `pb`.
+/// and returns per channel (sum dz * xhat, sum dz) into `pg`, `pb`. With
+/// `keep` (the bits, their scale, and the mask index of the slab's first
+/// element), each plane of dy is masked into `dx` first, in cache.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn slab_dz<T: Element>(
     dy: &[T],
+    keep: Option<(&[u64], T, usize)>,
     x: &[T],
     gamma: &[T],
     beta: &[T],
@@ -261,13 +273,24 @@ fn slab_dz<T: Element>(
 ) {
     let channels = dy.chunks_exact(hw).zip(x.chunks_exact(hw)).zip(dx.chunks_exact_mut(hw));
     for (j, ((dyc, xc), dzc)) in channels.enumerate() {
-        if fuse_silu {
-            let (a, b) = (T::from_f64(st.rstd * gamma[j].to_f64()), beta[j]);
-            for ((dz, &dy), &x) in dzc.iter_mut().zip(dyc).zip(xc) {
-                *dz = dy * silu_grad((x - st.mean_t) * a + b);
+        let a = || (T::from_f64(st.rstd * gamma[j].to_f64()), beta[j]);
+        match keep {
+            Some((bits, scale, start)) => {
+                dropout::apply_keep_bits_from(dyc, scale, bits, start + j * hw, dzc);
+                if fuse_silu {
+                    let (a, b) = a();
+                    for (dz, &x) in dzc.iter_mut().zip(xc) {
+                        *dz = *dz * silu_grad((x - st.mean_t) * a + b);
+                    }
+                }
             }
-        } else {
-            dzc.copy_from_slice(dyc);
+            None if fuse_silu => {
+                let (a, b) = a();
+                for ((dz, &dy), &x) in dzc.iter_mut().zip(dyc).zip(xc) {
+                    *dz = dy * silu_grad((x - st.mean_t) * a + b);
+                }
+            }
+            None => dzc.copy_from_slice(dyc),
         }
         (pg[j], pb[j]) = dz_sums(dzc, xc, st);
     }
@@ -298,25 +321,67 @@ fn dz_sums<T: Element>(dz: &[T], x: &[T], st: &SlabStats<T>) -> (f64, f64) {
 /// `dx = rstd * (gamma dz - mean(gamma dz) - xhat * mean(gamma dz xhat))`,
 /// the slab's means in f64 and the per-element map in `T`, in this order so
 /// that a group of one value gets exactly zero (gamma dz cancels itself).
+/// With `residual` (this slab's part of it), dx is written as `dx + residual`.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn slab_dx<T: Element>(x: &[T], gamma: &[T], st: &SlabStats<T>, hw: usize, pg: &[f64], pb: &[f64], dx: &mut [T]) {
+fn slab_dx<T: Element>(
+    x: &[T],
+    gamma: &[T],
+    st: &SlabStats<T>,
+    hw: usize,
+    pg: &[f64],
+    pb: &[f64],
+    residual: Option<&[T]>,
+    dx: &mut [T],
+) {
     let len = x.len() as f64;
     let mean_dxhat: f64 = gamma.iter().zip(pb).map(|(&g, &s)| g.to_f64() * s).sum::<f64>() / len;
     let mean_dxhat_xhat: f64 = gamma.iter().zip(pg).map(|(&g, &s)| g.to_f64() * s).sum::<f64>() / len;
     let (m_dxhat, m_dxhat_xhat) = (T::from_f64(mean_dxhat), T::from_f64(mean_dxhat_xhat));
-    for ((xc, dxc), &g) in x.chunks_exact(hw).zip(dx.chunks_exact_mut(hw)).zip(gamma) {
-        for (d, &x) in dxc.iter_mut().zip(xc) {
-            let xhat = (x - st.mean_t) * st.rstd_t;
-            *d = st.rstd_t * (g * *d - m_dxhat - xhat * m_dxhat_xhat);
+    let dx_of = |d: T, x: T, g: T| {
+        let xhat = (x - st.mean_t) * st.rstd_t;
+        st.rstd_t * (g * d - m_dxhat - xhat * m_dxhat_xhat)
+    };
+    for (j, ((xc, dxc), &g)) in x.chunks_exact(hw).zip(dx.chunks_exact_mut(hw)).zip(gamma).enumerate() {
+        match residual {
+            Some(r) => {
+                for ((d, &x), &r) in dxc.iter_mut().zip(xc).zip(&r[j * hw..(j + 1) * hw]) {
+                    *d = dx_of(*d, x, g) + r;
+                }
+            }
+            None => {
+                for (d, &x) in dxc.iter_mut().zip(xc) {
+                    *d = dx_of(*d, x, g);
+                }
+            }
         }
     }
 }
 
+/// What the backward folds into its pass besides the norm's own gradient.
+#[derive(Clone, Copy)]
+pub struct BackwardFusion<'a, T> {
+    /// dy is the gradient of a dropout's output: the dropout's backward runs first.
+    pub dy_keep: Option<DyKeep<'a>>,
+    /// Added to dx as it is written (a residual branch's gradient, shaped like `x`),
+    /// with the values of adding it afterwards.
+    pub residual: Option<&'a [T]>,
+}
+
+impl<T> Default for BackwardFusion<'_, T> {
+    fn default() -> Self {
+        BackwardFusion { dy_keep: None, residual: None }
+    }
+}
+
 /// Backward over all slabs: fills `dx` (like `x`), `dgamma`, `dbeta` (`c`).
-/// `mean`, `rstd` are the forward's saved statistics.
+/// `mean`, `rstd` are the forward's saved statistics. `fused` brings a
+/// dropout backward before and a residual add after into the same pass,
+/// bit for bit the values of the separate ops.
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_backward<T: Element>(
     dy: &[T],
+    fused: BackwardFusion<'_, T>,
     x: &[T],
     gamma: &[T],
     beta: &[T],
@@ -341,11 +406,13 @@ pub fn group_norm_backward<T: Element>(
                 let c0 = (s % d.groups) * cpg;
                 let (g, b) = (&gamma[c0..c0 + cpg], &beta[c0..c0 + cpg]);
                 let st = SlabStats::new(mean[s], rstd[s]);
+                let keep = fused.dy_keep.map(|k| (k.keep, dropout::keep_scale(k.p), s * slab));
+                let residual = fused.residual.map(|r| &r[s * slab..(s + 1) * slab]);
                 widest(
                     #[inline(always)]
                     || {
-                        slab_dz(dy, x, g, b, &st, d.hw, fuse_silu, dx, pg, pb);
-                        slab_dx(x, g, &st, d.hw, pg, pb, dx);
+                        slab_dz(dy, keep, x, g, b, &st, d.hw, fuse_silu, dx, pg, pb);
+                        slab_dx(x, g, &st, d.hw, pg, pb, residual, dx);
                     },
                 );
             });

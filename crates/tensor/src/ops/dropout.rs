@@ -74,9 +74,9 @@ impl DropoutAt {
 /// right after it ([`dropout_backward_with_mask`]) applies it instead of
 /// drawing the Philox words again (the same values, without the draw).
 pub struct DropoutMask {
-    keep: Vec<u64>,
-    len: usize,
-    p: f32,
+    pub(crate) keep: Vec<u64>,
+    pub(crate) len: usize,
+    pub(crate) p: f32,
 }
 
 impl DropoutMask {

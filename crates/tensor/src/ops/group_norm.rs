@@ -253,6 +253,36 @@ pub fn group_norm_backward(
     groups: usize,
     fuse_silu: bool,
 ) -> Result<GroupNormGrads> {
+    group_norm_backward_fused(dy, x, gamma, beta, mean, rstd, groups, fuse_silu, GroupNormBackwardFusion::default())
+}
+
+/// The ops a group norm's backward can take into its pass.
+#[derive(Clone, Copy, Default)]
+pub struct GroupNormBackwardFusion<'a> {
+    /// `dy` is the gradient of a dropout applied to the norm's output, with
+    /// this kept mask: `dropout_backward_with_mask` runs first (CPU only, as
+    /// kept masks are).
+    pub dy_mask: Option<&'a DropoutMask>,
+    /// Added to dx (shaped like `x`): a residual branch's gradient, the
+    /// values of `add_in_place(dx, residual)` afterwards.
+    pub residual: Option<&'a Tensor>,
+}
+
+/// [`group_norm_backward`] of `dropout_backward_with_mask(dy, mask)` plus a
+/// residual gradient, as `fused` says: one pass over the data on the CPU,
+/// bit for bit the separate ops' values; on a GPU the residual is added after.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_backward_fused(
+    dy: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    groups: usize,
+    fuse_silu: bool,
+    fused: GroupNormBackwardFusion<'_>,
+) -> Result<GroupNormGrads> {
     let _timer = crate::profile::op("group_norm_backward");
     const OP: &str = "group_norm_backward";
     let d = check_input(OP, x, gamma, beta, groups)?;
@@ -261,13 +291,32 @@ pub fn group_norm_backward(
         return Err(TensorError::shape(OP, format!("dy shaped like x {}", x.shape()), dy.shape()));
     }
     check_stats(OP, d, mean, rstd)?;
+    if let Some(r) = fused.residual {
+        check_same(OP, &[x, r])?;
+        if r.shape() != x.shape() {
+            return Err(TensorError::shape(OP, format!("a residual gradient shaped like x {}", x.shape()), r.shape()));
+        }
+    }
+    if let Some(m) = fused.dy_mask {
+        if m.len != x.numel() {
+            return Err(TensorError::invalid(
+                OP,
+                format!("a dropout mask of {} elements for dy of {}", m.len, x.numel()),
+            ));
+        }
+    }
     match x.storage() {
         Storage::Cpu(s) => with_element!(s.dtype(), T, {
             let mut dx = crate::cpu::recycle::output::<T>(x.numel());
             let mut dgamma = vec![T::default(); d.c];
             let mut dbeta = vec![T::default(); d.c];
+            let cpu_fused = cpu::group_norm::BackwardFusion {
+                dy_keep: fused.dy_mask.map(|m| cpu::group_norm::DyKeep { keep: &m.keep, p: m.p }),
+                residual: fused.residual.map(|r| r.cpu_slice::<T>()).transpose()?,
+            };
             cpu::group_norm::group_norm_backward(
                 dy.cpu_slice::<T>()?,
+                cpu_fused,
                 x.cpu_slice::<T>()?,
                 gamma.cpu_slice::<T>()?,
                 beta.cpu_slice::<T>()?,
@@ -286,6 +335,9 @@ pub fn group_norm_backward(
             })
         }),
         Storage::Gpu(xs) => {
+            if fused.dy_mask.is_some() {
+                return Err(TensorError::invalid(OP, "a kept dropout mask applies to CPU tensors only"));
+            }
             let (dx, dgamma, dbeta) = launch::group_norm::group_norm_backward(
                 xs.device(),
                 gpu_of(OP, dy)?,
@@ -297,8 +349,12 @@ pub fn group_norm_backward(
                 d,
                 fuse_silu,
             )?;
+            let mut dx = Tensor::from_gpu(x.shape().clone(), dx);
+            if let Some(r) = fused.residual {
+                super::add_in_place(&mut dx, r)?;
+            }
             Ok(GroupNormGrads {
-                dx: Tensor::from_gpu(x.shape().clone(), dx),
+                dx,
                 dgamma: Tensor::from_gpu(Shape::new([d.c]), dgamma),
                 dbeta: Tensor::from_gpu(Shape::new([d.c]), dbeta),
             })

@@ -210,7 +210,21 @@ impl GroupNorm {
     }
 
     pub fn backward(&self, ps: &mut ParamStore, x: &Tensor, cache: &GroupNormCache, dy: &Tensor) -> Result<Tensor> {
-        let g = ops::group_norm_backward(
+        self.backward_fused(ps, x, cache, dy, ops::GroupNormBackwardFusion::default())
+    }
+
+    /// [`GroupNorm::backward`] with a dropout's backward before it and a
+    /// residual gradient added to dx in the same pass, as `fused` says
+    /// (`ops::group_norm_backward_fused`).
+    pub fn backward_fused(
+        &self,
+        ps: &mut ParamStore,
+        x: &Tensor,
+        cache: &GroupNormCache,
+        dy: &Tensor,
+        fused: ops::GroupNormBackwardFusion<'_>,
+    ) -> Result<Tensor> {
+        let g = ops::group_norm_backward_fused(
             dy,
             x,
             ps.value(self.weight),
@@ -219,6 +233,7 @@ impl GroupNorm {
             &cache.rstd,
             self.groups,
             self.silu,
+            fused,
         )?;
         ps.accumulate_grad(self.weight, g.dgamma)?;
         ps.accumulate_grad(self.bias, g.dbeta)?;

@@ -187,17 +187,14 @@ impl ResnetBlock {
                 (self.conv2.backward(ps, &a2, dy)?, mask)
             }
         };
-        if self.dropout_on(&c.mode) {
-            da2 = match &mask {
-                // the rebuild's mask (one bit an element) saves drawing it a third time
-                Some(mask) => ops::dropout_backward_with_mask(&da2, mask)?,
-                None => {
-                    let (m, offset) = (&c.mode, c.mode.element_offset(&da2));
-                    ops::dropout_backward_at(&da2, self.dropout, m.seed, m.philox_step(), self.dropout_stream, offset)?
-                }
-            };
+        if self.dropout_on(&c.mode) && mask.is_none() {
+            let (m, offset) = (&c.mode, c.mode.element_offset(&da2));
+            da2 = ops::dropout_backward_at(&da2, self.dropout, m.seed, m.philox_step(), self.dropout_stream, offset)?;
         }
-        let dh2 = self.norm2.backward(ps, &c.h2, &c.n2, &da2)?;
+        // the rebuild's mask (one bit an element) saves drawing it a third
+        // time, and its backward runs in the norm's pass
+        let fused = ops::GroupNormBackwardFusion { dy_mask: mask.as_ref(), residual: None };
+        let dh2 = self.norm2.backward_fused(ps, &c.h2, &c.n2, &da2, fused)?;
         drop(da2);
         let dsilu_temb = if need_dtemb || !self.temb_proj.is_frozen(ps) {
             let dtp = ops::channel_bias_backward(&dh2)?;
@@ -210,10 +207,14 @@ impl ResnetBlock {
             Some(a1) => self.conv1.backward(ps, a1, &dh2)?,
             None => self.conv1.backward(ps, &self.norm1.recompute(ps, &x, &c.n1)?, &dh2)?,
         };
-        let mut dx = self.norm1.backward(ps, &x, &c.n1, &da1)?;
-        match &self.nin_shortcut {
-            Some(nin) => ops::add_in_place(&mut dx, &nin.backward(ps, &x, dy)?)?,
-            None => ops::add_in_place(&mut dx, dy)?,
+        // An identity shortcut's gradient is added in the norm's pass. A 1x1
+        // conv's comes after it: computed first, it would push da1 and x
+        // out of cache before the norm reads them (measured slower).
+        let residual = self.nin_shortcut.is_none().then_some(dy);
+        let fused = ops::GroupNormBackwardFusion { dy_mask: None, residual };
+        let mut dx = self.norm1.backward_fused(ps, &x, &c.n1, &da1, fused)?;
+        if let Some(nin) = &self.nin_shortcut {
+            ops::add_in_place(&mut dx, &nin.backward(ps, &x, dy)?)?;
         }
         Ok((dx, dsilu_temb.filter(|_| need_dtemb)))
     }
