@@ -280,7 +280,7 @@ fn slab_dz<T: Element>(
                 if fuse_silu {
                     let (a, b) = a();
                     for (dz, &x) in dzc.iter_mut().zip(xc) {
-                        *dz = *dz * silu_grad((x - st.mean_t) * a + b);
+                        *dz *= silu_grad((x - st.mean_t) * a + b);
                     }
                 }
             }
